@@ -1,0 +1,1 @@
+"""Shared runtime of the FinPulse services: config, logging, gRPC server, DB, cache, clients."""

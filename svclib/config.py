@@ -1,0 +1,246 @@
+"""Configuration from FINPULSE_* environment variables, validated once at start-up.
+
+Every process reads its settings through `load_settings()`. A bad or missing value raises
+`ConfigError` listing every problem at once, each naming its variable, so a process fails fast with a
+message an operator can act on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Mapping
+from urllib.parse import urlparse
+
+DEFAULT_TEAM_ID = "team200"
+# Development-only secret shared by the local bank emulator and the suite (shown in the README).
+DEFAULT_TEAM_SECRET = "finpulse-dev-secret"
+
+# Known banks of the sandbox, in the order the frontend lists them, with local emulator defaults.
+KNOWN_BANKS: dict[str, dict[str, str]] = {
+    "vbank": {"name": "VBank", "url": "http://127.0.0.1:9101", "approval": "auto"},
+    "abank": {"name": "ABank", "url": "http://127.0.0.1:9102", "approval": "auto"},
+    "sbank": {"name": "SBank", "url": "http://127.0.0.1:9103", "approval": "manual"},
+}
+
+SERVICE_PORTS = {"onboarding": 50051, "consent": 50052, "sync": 50053, "dashboard": 50054}
+
+_ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class ConfigError(Exception):
+    """One or more configuration values are bad; the message lists each with its variable."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class BankConfig:
+    id: str
+    name: str
+    base_url: str | None  # None: not configured (listed as missing_url)
+    approval_mode: str  # "auto" | "manual"
+    # Template of the page where the customer approves a manual consent ({request_id}, {client_id}).
+    approval_url_template: str | None = None
+
+    def approval_url(self, request_id: str, client_id: str) -> str | None:
+        if not self.approval_url_template:
+            return None
+        return self.approval_url_template.format(request_id=request_id, client_id=client_id,
+                                                 base_url=self.base_url or "")
+
+
+@dataclasses.dataclass(frozen=True)
+class TeamCredentials:
+    client_id: str  # team code, e.g. team200; also X-Requesting-Bank
+    client_secret: str
+    name: str = "FinPulse"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    env: str  # "local" | "production"
+    database_url: str | None  # None: embedded Postgres (local mode only)
+    redis_url: str | None  # None: embedded Redis (local mode only)
+    team: TeamCredentials
+    banks: tuple[BankConfig, ...]
+    service_addrs: Mapping[str, str]  # service name -> host:port of its gRPC server
+    grpc_host: str
+    grpc_port: int | None  # override of this process's own port (else SERVICE_PORTS)
+    gateway_host: str
+    gateway_port: int
+    cors_origins: tuple[str, ...]
+    log_level: str
+    shutdown_grace: float
+    bank_timeout: float
+    bank_max_retries: int
+    migrate_on_start: bool
+    data_dir: str  # where embedded Postgres/Redis keep their data
+    rpc_timeout: float  # deadline of a service-to-service or gateway-to-service call
+
+    @property
+    def is_local(self) -> bool:
+        return self.env == "local"
+
+    def bank(self, bank_id: str) -> BankConfig | None:
+        for bank in self.banks:
+            if bank.id == bank_id:
+                return bank
+        return None
+
+    def port_for(self, service: str) -> int:
+        if self.grpc_port is not None:
+            return self.grpc_port
+        return SERVICE_PORTS[service]
+
+
+class _Reader:
+    def __init__(self, environ: Mapping[str, str]):
+        self.env = environ
+        self.problems: list[str] = []
+
+    def str(self, name: str, default: str | None = None) -> str | None:
+        value = self.env.get(name)
+        if value is None or value.strip() == "":
+            return default
+        return value.strip()
+
+    def int(self, name: str, default: int, lo: int, hi: int) -> int:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            self.problems.append(f"{name}={raw!r}: not an integer")
+            return default
+        if not lo <= value <= hi:
+            self.problems.append(f"{name}={value}: must be between {lo} and {hi}")
+        return value
+
+    def float(self, name: str, default: float, lo: float, hi: float) -> float:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            self.problems.append(f"{name}={raw!r}: not a number")
+            return default
+        if not lo <= value <= hi:
+            self.problems.append(f"{name}={value}: must be between {lo} and {hi}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        self.problems.append(f"{name}={raw!r}: expected true/false")
+        return default
+
+    def url(self, name: str, schemes: tuple[str, ...]) -> str | None:
+        raw = self.str(name)
+        if raw is None:
+            return None
+        parsed = urlparse(raw)
+        if parsed.scheme not in schemes:
+            self.problems.append(f"{name}: scheme must be one of {', '.join(schemes)} (got {parsed.scheme or 'none'!r})")
+        return raw
+
+    def addr(self, name: str, default: str) -> str:
+        raw = self.str(name, default)
+        host, sep, port = raw.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            self.problems.append(f"{name}={raw!r}: expected host:port")
+        return raw
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    r = _Reader(os.environ if environ is None else environ)
+    env = r.str("FINPULSE_ENV", "local")
+    if env not in ("local", "production"):
+        r.problems.append(f"FINPULSE_ENV={env!r}: expected 'local' or 'production'")
+    database_url = r.url("FINPULSE_DATABASE_URL", ("postgres", "postgresql"))
+    redis_url = r.url("FINPULSE_REDIS_URL", ("redis", "rediss", "unix"))
+    if env == "production":
+        if database_url is None:
+            r.problems.append("FINPULSE_DATABASE_URL: required when FINPULSE_ENV=production")
+        if redis_url is None:
+            r.problems.append("FINPULSE_REDIS_URL: required when FINPULSE_ENV=production")
+
+    team_id = r.str("FINPULSE_TEAM_ID", DEFAULT_TEAM_ID)
+    team_secret = r.str("FINPULSE_TEAM_SECRET", DEFAULT_TEAM_SECRET if env == "local" else None)
+    if team_secret is None:
+        r.problems.append("FINPULSE_TEAM_SECRET: required when FINPULSE_ENV=production")
+    team = TeamCredentials(team_id, team_secret or "", r.str("FINPULSE_TEAM_NAME", "FinPulse"))
+
+    bank_ids = [b.strip() for b in (r.str("FINPULSE_BANKS", ",".join(KNOWN_BANKS)) or "").split(",") if b.strip()]
+    if not bank_ids:
+        r.problems.append("FINPULSE_BANKS: at least one bank id is needed")
+    if len(set(bank_ids)) != len(bank_ids):
+        r.problems.append(f"FINPULSE_BANKS: duplicate bank id in {bank_ids}")
+    banks = []
+    for bank_id in bank_ids:
+        if not _ID_RE.match(bank_id):
+            r.problems.append(f"FINPULSE_BANKS: bank id {bank_id!r} must be lowercase letters, digits, - or _")
+            continue
+        known = KNOWN_BANKS.get(bank_id, {})
+        prefix = f"FINPULSE_BANK_{bank_id.upper().replace('-', '_')}_"
+        url = r.url(prefix + "URL", ("http", "https"))
+        if url is None and env == "local":
+            url = known.get("url")
+        approval = r.str(prefix + "APPROVAL", known.get("approval", "auto"))
+        if approval not in ("auto", "manual"):
+            r.problems.append(f"{prefix}APPROVAL={approval!r}: expected 'auto' or 'manual'")
+        banks.append(BankConfig(
+            id=bank_id,
+            name=r.str(prefix + "NAME", known.get("name", bank_id)),
+            base_url=url.rstrip("/") if url else None,
+            approval_mode=approval,
+            approval_url_template=r.str(prefix + "APPROVAL_URL",
+                                        "{base_url}/client/consents/{request_id}" if env == "local" and url else None),
+        ))
+
+    service_addrs = {
+        name: r.addr(f"FINPULSE_{name.upper()}_ADDR", f"127.0.0.1:{port}") for name, port in SERVICE_PORTS.items()
+    }
+    grpc_port_raw = r.str("FINPULSE_GRPC_PORT")
+    grpc_port = r.int("FINPULSE_GRPC_PORT", 0, 1, 65535) if grpc_port_raw is not None else None
+    cors_default = "http://localhost:3000" if env == "local" else ""
+    cors = tuple(o.strip() for o in (r.str("FINPULSE_CORS_ORIGINS", cors_default) or "").split(",") if o.strip())
+    for origin in cors:
+        if urlparse(origin).scheme not in ("http", "https"):
+            r.problems.append(f"FINPULSE_CORS_ORIGINS: {origin!r} is not an http(s) origin")
+    log_level = (r.str("FINPULSE_LOG_LEVEL", "INFO") or "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        r.problems.append(f"FINPULSE_LOG_LEVEL={log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
+
+    settings = Settings(
+        env=env,
+        database_url=database_url,
+        redis_url=redis_url,
+        team=team,
+        banks=tuple(banks),
+        service_addrs=service_addrs,
+        grpc_host=r.str("FINPULSE_GRPC_HOST", "0.0.0.0"),
+        grpc_port=grpc_port,
+        gateway_host=r.str("FINPULSE_GATEWAY_HOST", "0.0.0.0"),
+        gateway_port=r.int("FINPULSE_GATEWAY_PORT", 8000, 1, 65535),
+        cors_origins=cors,
+        log_level=log_level,
+        shutdown_grace=r.float("FINPULSE_SHUTDOWN_GRACE", 5.0, 0.0, 300.0),
+        bank_timeout=r.float("FINPULSE_BANK_TIMEOUT", 10.0, 0.1, 300.0),
+        bank_max_retries=r.int("FINPULSE_BANK_MAX_RETRIES", 3, 0, 20),
+        migrate_on_start=r.bool("FINPULSE_MIGRATE_ON_START", env == "local"),
+        data_dir=r.str("FINPULSE_DATA_DIR", os.path.join(os.getcwd(), ".finpulse")),
+        rpc_timeout=r.float("FINPULSE_RPC_TIMEOUT", 15.0, 0.1, 600.0),
+    )
+    if r.problems:
+        raise ConfigError(r.problems)
+    return settings
