@@ -1,0 +1,58 @@
+"""SQL of the `dashboard` schema."""
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+
+from dashboard_svc.model import FinancialInputs
+
+
+def _inputs(row: asyncpg.Record | None) -> tuple[FinancialInputs, dt.datetime | None]:
+    if row is None:
+        return FinancialInputs(), None
+    return FinancialInputs(
+        salary_amount=row["salary_amount"], next_salary_date=row["next_salary_date"],
+        credit_payment_amount=row["credit_payment_amount"], credit_payment_date=row["credit_payment_date"],
+    ), row["updated_at"]
+
+
+class DashboardStorage:
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    async def get_inputs(self, user_id: str) -> tuple[FinancialInputs, dt.datetime | None]:
+        row = await self.pool.fetchrow("SELECT * FROM user_financial_inputs WHERE user_id = $1", user_id)
+        return _inputs(row)
+
+    async def put_inputs(self, user_id: str, inputs: FinancialInputs) -> tuple[FinancialInputs, dt.datetime]:
+        """Replace the user's inputs (PUT semantics); the timestamp moves only when something changed."""
+        row = await self.pool.fetchrow(
+            """
+            INSERT INTO user_financial_inputs AS f
+                (user_id, salary_amount, next_salary_date, credit_payment_amount, credit_payment_date)
+            VALUES ($1, $2, $3, $4, $5)
+            ON CONFLICT (user_id) DO UPDATE SET
+                salary_amount = EXCLUDED.salary_amount,
+                next_salary_date = EXCLUDED.next_salary_date,
+                credit_payment_amount = EXCLUDED.credit_payment_amount,
+                credit_payment_date = EXCLUDED.credit_payment_date,
+                updated_at = now()
+            WHERE (f.salary_amount, f.next_salary_date, f.credit_payment_amount, f.credit_payment_date)
+                  IS DISTINCT FROM
+                  (EXCLUDED.salary_amount, EXCLUDED.next_salary_date, EXCLUDED.credit_payment_amount,
+                   EXCLUDED.credit_payment_date)
+            RETURNING *
+            """,
+            user_id, inputs.salary_amount, inputs.next_salary_date, inputs.credit_payment_amount,
+            inputs.credit_payment_date)
+        if row is None:  # nothing changed: read back what is stored
+            stored, updated_at = await self.get_inputs(user_id)
+            return stored, updated_at
+        return _inputs(row)
+
+    async def drop_cached_dashboard(self, user_id: str) -> None:
+        await self.pool.execute("DELETE FROM dashboard_cache WHERE user_id = $1", user_id)
+
+
+

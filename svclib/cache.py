@@ -1,0 +1,98 @@
+"""The shared Redis cache: JSON values with TTLs, degrading to misses when Redis is down.
+
+Redis holds only what can be rebuilt (caches, bank tokens, locks, rate-limit buckets). Every method
+here swallows Redis failures, logs them (at most one warning per interval), and answers as a miss,
+so callers fall back to Postgres and keep working, slower.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("svclib.cache")
+
+_FAILURES = (RedisError, OSError, ConnectionError, TimeoutError)
+
+
+class Cache:
+    def __init__(self, url: str, *, prefix: str = "finpulse:", socket_timeout: float = 0.5):
+        self.prefix = prefix
+        self.redis = aioredis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+                                       decode_responses=True)
+        self._last_warning = 0.0
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def _degraded(self, op: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_warning > 10:
+            self._last_warning = now
+            log.warning("redis unavailable, continuing without cache", extra={"op": op, "error": repr(exc)})
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except _FAILURES as exc:
+            self._degraded("ping", exc)
+            return False
+
+    async def get_json(self, key: str) -> Any | None:
+        try:
+            raw = await self.redis.get(key)
+        except _FAILURES as exc:
+            self._degraded("get", exc)
+            return None
+        return None if raw is None else json.loads(raw)
+
+    async def set_json(self, key: str, value: Any, ttl_seconds: int) -> None:
+        try:
+            await self.redis.set(key, json.dumps(value, default=str), ex=ttl_seconds)
+        except _FAILURES as exc:
+            self._degraded("set", exc)
+
+    async def get(self, key: str) -> str | None:
+        try:
+            return await self.redis.get(key)
+        except _FAILURES as exc:
+            self._degraded("get", exc)
+            return None
+
+    async def set(self, key: str, value: str, ttl_seconds: int) -> None:
+        try:
+            await self.redis.set(key, value, ex=ttl_seconds)
+        except _FAILURES as exc:
+            self._degraded("set", exc)
+
+    async def delete(self, *keys: str) -> None:
+        if not keys:
+            return
+        try:
+            await self.redis.delete(*keys)
+        except _FAILURES as exc:
+            self._degraded("delete", exc)
+
+    async def delete_prefix(self, prefix: str) -> None:
+        """Drop every key starting with `prefix` (SCAN, never KEYS)."""
+        try:
+            batch = []
+            async for key in self.redis.scan_iter(match=prefix + "*", count=500):
+                batch.append(key)
+                if len(batch) >= 500:
+                    await self.redis.delete(*batch)
+                    batch.clear()
+            if batch:
+                await self.redis.delete(*batch)
+        except _FAILURES as exc:
+            self._degraded("delete_prefix", exc)
+
+    async def close(self) -> None:
+        try:
+            await self.redis.aclose()
+        except _FAILURES:
+            pass

@@ -1,0 +1,118 @@
+"""gRPC clients of the suite's services: one channel per target, request id and deadline on every call.
+
+`ServiceClients(settings)` gives typed stubs (`clients.consent`, `clients.sync`, ...) over lazily
+created `grpc.aio` channels. Every outgoing call carries the current request id as `x-request-id`
+metadata and a deadline (`Settings.rpc_timeout`) unless the caller sets one.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+
+from svclib.config import Settings
+from svclib.logging import request_id_var, user_id_var
+
+# Transient failures of idempotent reads are retried by gRPC itself (channel service config).
+_SERVICE_CONFIG = json.dumps({
+    "methodConfig": [{
+        "name": [{}],
+        "retryPolicy": {
+            "maxAttempts": 3,
+            "initialBackoff": "0.1s",
+            "maxBackoff": "1s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }]
+})
+
+
+class _ContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    """Adds x-request-id / x-user-id metadata and a default deadline to every call."""
+
+    def __init__(self, default_timeout: float):
+        self.default_timeout = default_timeout
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        request_id = request_id_var.get()
+        if request_id and "x-request-id" not in metadata:
+            metadata.add("x-request-id", request_id)
+        user_id = user_id_var.get()
+        if user_id and "x-user-id" not in metadata:
+            metadata.add("x-user-id", user_id)
+        timeout = details.timeout if details.timeout is not None else self.default_timeout
+        return grpc.aio.ClientCallDetails(details.method, timeout, metadata, details.credentials,
+                                          details.wait_for_ready)
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        return await continuation(self._details(client_call_details), request)
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):
+        return await continuation(self._details(client_call_details), request)
+
+
+def make_channel(target: str, default_timeout: float) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(
+        target,
+        options=[("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)],
+        interceptors=[_ContextInterceptor(default_timeout)],
+    )
+
+
+def _stub_classes() -> dict[str, Any]:
+    from finpulse.consent.v1 import consent_pb2_grpc
+    from finpulse.dashboard.v1 import dashboard_pb2_grpc
+    from finpulse.onboarding.v1 import onboarding_pb2_grpc
+    from finpulse.sync.v1 import sync_pb2_grpc
+    return {
+        "onboarding": onboarding_pb2_grpc.OnboardingServiceStub,
+        "consent": consent_pb2_grpc.ConsentServiceStub,
+        "sync": sync_pb2_grpc.SyncServiceStub,
+        "dashboard": dashboard_pb2_grpc.DashboardServiceStub,
+    }
+
+
+class ServiceClients:
+    """Stubs of the suite's services by name, over channels opened on first use."""
+
+    def __init__(self, settings: Settings):
+        self._addrs = dict(settings.service_addrs)
+        self._timeout = settings.rpc_timeout
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, Any] = {}
+        self._classes = _stub_classes()
+
+    def channel(self, service: str) -> grpc.aio.Channel:
+        if service not in self._channels:
+            self._channels[service] = make_channel(self._addrs[service], self._timeout)
+        return self._channels[service]
+
+    def stub(self, service: str) -> Any:
+        if service not in self._stubs:
+            self._stubs[service] = self._classes[service](self.channel(service))
+        return self._stubs[service]
+
+    @property
+    def onboarding(self):
+        return self.stub("onboarding")
+
+    @property
+    def consent(self):
+        return self.stub("consent")
+
+    @property
+    def sync(self):
+        return self.stub("sync")
+
+    @property
+    def dashboard(self):
+        return self.stub("dashboard")
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        self._stubs.clear()

@@ -1,0 +1,157 @@
+"""Run a service process: `python -m <service> serve|migrate`.
+
+A service declares a `ServiceSpec` (its name, schema, migrations folder and a `setup` coroutine that
+registers its servicers and background tasks); this module owns everything else: settings, logging,
+embedded stores in local mode, migrations, the pool, Redis, clients of the other services, the gRPC
+server with its health status, signals and an orderly shutdown.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import pathlib
+import sys
+from typing import Awaitable, Callable
+
+import asyncpg
+
+from svclib import db
+from svclib.cache import Cache
+from svclib.clients import ServiceClients
+from svclib.config import ConfigError, Settings, load_settings
+from svclib.embedded import BackingServices, ensure_backing_services
+from svclib.logging import setup_logging
+from svclib.server import GrpcServer, install_signal_handlers
+
+log = logging.getLogger("svclib.runtime")
+
+READINESS_INTERVAL = 5.0
+
+
+@dataclasses.dataclass
+class Runtime:
+    """What a service's setup gets: shared plumbing, opened and closed by the runner."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    cache: Cache
+    clients: ServiceClients
+    _closers: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
+    _tasks: list[asyncio.Task] = dataclasses.field(default_factory=list)
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        self._closers.append(closer)
+
+    def background(self, coro: Awaitable, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.append(task)
+        return task
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for closer in reversed(self._closers):
+            try:
+                await closer()
+            except Exception:  # noqa: BLE001 - shutdown goes on
+                log.exception("error while closing")
+        await self.clients.close()
+        await self.cache.close()
+        await self.pool.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceSpec:
+    name: str  # "consent"; also the key in SERVICE_PORTS / service_addrs
+    schema: str
+    migrations: pathlib.Path
+    # Registers servicers on the server (GrpcServer.add) and starts background work on the runtime.
+    setup: Callable[[Runtime, GrpcServer], Awaitable[None]]
+
+
+def resolve_backing(settings: Settings) -> BackingServices:
+    """Configured URLs, or embedded stores in local mode when a URL is not configured."""
+    return ensure_backing_services(settings.database_url, settings.redis_url, settings.data_dir)
+
+
+async def open_runtime(settings: Settings, spec: ServiceSpec, database_url: str, redis_url: str) -> Runtime:
+    pool = await db.create_pool(database_url, spec.schema, application_name=f"finpulse-{spec.name}")
+    return Runtime(settings=settings, pool=pool, cache=Cache(redis_url), clients=ServiceClients(settings))
+
+
+async def _stores_ready(runtime: Runtime) -> bool:
+    try:
+        await runtime.pool.fetchval("SELECT 1", timeout=2)
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        return False
+    return await runtime.cache.ping()
+
+
+async def _watch_readiness(runtime: Runtime, server: GrpcServer) -> None:
+    """SERVING once Postgres and Redis answer; NOT_SERVING while Postgres does not."""
+    serving = False
+    while True:
+        if not serving:
+            if await _stores_ready(runtime):
+                serving = True
+                await server.set_serving(True)
+                log.info("serving")
+        else:
+            try:
+                await runtime.pool.fetchval("SELECT 1", timeout=2)
+            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+                serving = False
+                await server.set_serving(False)
+                log.warning("database unreachable: NOT_SERVING")
+        await asyncio.sleep(0.2 if not serving else READINESS_INTERVAL)
+
+
+async def serve(spec: ServiceSpec, settings: Settings) -> None:
+    backing = resolve_backing(settings)
+    try:
+        if settings.migrate_on_start:
+            await db.migrate(backing.database_url, spec.schema, spec.migrations)
+        runtime = await open_runtime(settings, spec, backing.database_url, backing.redis_url)
+        server = GrpcServer(spec.name, settings.grpc_host, settings.port_for(spec.name), settings.shutdown_grace)
+        try:
+            await spec.setup(runtime, server)
+            await server.start()
+            watcher = asyncio.create_task(_watch_readiness(runtime, server))
+            stop = asyncio.Event()
+            install_signal_handlers(stop)
+            await stop.wait()
+            log.info("shutting down", extra={"grace_s": settings.shutdown_grace})
+            watcher.cancel()
+            await server.stop()
+        finally:
+            await runtime.close()
+    finally:
+        backing.stop()
+    log.info("stopped")
+
+
+async def run_migrations(spec: ServiceSpec, settings: Settings) -> None:
+    backing = resolve_backing(settings)
+    try:
+        applied = await db.migrate(backing.database_url, spec.schema, spec.migrations)
+        log.info("migrations done", extra={"schema": spec.schema, "applied": applied})
+    finally:
+        backing.stop()
+
+
+def main(spec: ServiceSpec, argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {spec.name}_svc")
+    parser.add_argument("command", choices=["serve", "migrate"], nargs="?", default="serve")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"{spec.name}_svc: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(f"{spec.name}_svc", settings.log_level)
+    runner = serve if args.command == "serve" else run_migrations
+    asyncio.run(runner(spec, settings))
+    return 0

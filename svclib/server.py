@@ -1,0 +1,163 @@
+"""The grpc.aio server every service runs: health, reflection, interceptors, graceful shutdown.
+
+- `grpc.health.v1` through grpc's aio HealthServicer: NOT_SERVING until the service's database and
+  Redis answer, SERVING after, NOT_SERVING again from the first moment of shutdown.
+- Server reflection, so `grpcurl list/describe` work.
+- One interceptor that sets the request id (metadata `x-request-id`, or a new one) and the caller's
+  user (`x-user-id`) into context variables, maps domain errors to status codes (an unexpected
+  exception becomes INTERNAL with a generic message; the traceback goes to the log only), and writes
+  one JSON access-log line per call.
+- SIGTERM/SIGINT → health NOT_SERVING, `server.stop(grace)`, then the caller's cleanup.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Awaitable, Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from svclib.errors import DomainError
+from svclib.logging import new_request_id, request_id_var, user_id_var
+
+log = logging.getLogger("svclib.server")
+access_log = logging.getLogger("svclib.access")
+
+
+def _status_code(name: str) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Request id + user context, domain error mapping and access log for every RPC."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        method = handler_call_details.method
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary_unary(request, context):
+                with _CallScope(method, metadata, context) as scope:
+                    return await scope.guard(inner(request, context))
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            async def unary_stream(request, context):
+                with _CallScope(method, metadata, context) as scope:
+                    async for item in scope.guard_stream(inner_stream(request, context)):
+                        yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler
+
+
+class _CallScope:
+    def __init__(self, method: str, metadata: dict, context: grpc.aio.ServicerContext):
+        self.method = method
+        self.context = context
+        self.request_id = metadata.get("x-request-id") or new_request_id()
+        self.user_id = metadata.get("x-user-id")
+        self.code = grpc.StatusCode.OK
+
+    def __enter__(self):
+        self.started = time.perf_counter()
+        self.tokens = (request_id_var.set(self.request_id), user_id_var.set(self.user_id))
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is not None and self.code == grpc.StatusCode.OK:
+            self.code = self.context.code() or grpc.StatusCode.UNKNOWN
+            if isinstance(exc, asyncio.CancelledError):
+                self.code = grpc.StatusCode.CANCELLED
+        if self.method.startswith("/grpc.health.v1.Health/") and self.code == grpc.StatusCode.OK:
+            pass  # probes every few seconds: not worth a log line each
+        else:
+            access_log.info("rpc", extra={
+                "rpc": self.method, "code": self.code.name,
+                "latency_ms": round((time.perf_counter() - self.started) * 1000, 2)})
+        request_id_var.reset(self.tokens[0])
+        user_id_var.reset(self.tokens[1])
+        return False
+
+    async def _fail(self, exc: Exception):
+        if isinstance(exc, DomainError):
+            self.code = _status_code(exc.code)
+            await self.context.abort(self.code, exc.message)
+        log.exception("unhandled error in %s", self.method)
+        self.code = grpc.StatusCode.INTERNAL
+        await self.context.abort(self.code, "internal error (see the service log for this request id)")
+
+    async def guard(self, awaitable: Awaitable):
+        try:
+            return await awaitable
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the boundary: nothing unexpected leaks to the client
+            await self._fail(exc)
+
+    async def guard_stream(self, stream):
+        try:
+            async for item in stream:
+                yield item
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await self._fail(exc)
+
+
+class GrpcServer:
+    """A grpc.aio server with health and reflection; register servicers, then `run()`."""
+
+    def __init__(self, name: str, host: str, port: int, grace: float):
+        self.name = name
+        self.address = f"{host}:{port}"
+        self.grace = grace
+        self.server = grpc.aio.server(interceptors=[ServiceInterceptor()],
+                                      options=[("grpc.so_reuseport", 0)])
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names: list[str] = []
+
+    def add(self, add_fn: Callable, servicer: object, full_name: str) -> None:
+        add_fn(servicer, self.server)
+        self.service_names.append(full_name)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    async def start(self) -> int:
+        reflection.enable_server_reflection(
+            (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        await self.set_serving(False)
+        port = self.server.add_insecure_port(self.address)
+        if port == 0:
+            raise RuntimeError(f"cannot listen on {self.address}")
+        await self.server.start()
+        log.info("grpc server listening", extra={"address": self.address, "services": self.service_names})
+        return port
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.grace)
+
+
+def install_signal_handlers(stop: asyncio.Event, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
