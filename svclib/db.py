@@ -93,3 +93,25 @@ async def migrate(dsn: str, schema: str, folder: pathlib.Path) -> list[str]:
     finally:
         await conn.close()
     return applied_now
+
+
+class AdvisoryLock:
+    """`async with AdvisoryLock(pool, name)`: a session-level Postgres advisory lock, held on its own
+    pooled connection, that serialises work on `name` across processes and replicas."""
+
+    def __init__(self, pool: asyncpg.Pool, name: str):
+        self.pool = pool
+        self.name = name
+        self.conn: asyncpg.Connection | None = None
+
+    async def __aenter__(self) -> None:
+        self.conn = await self.pool.acquire()
+        await self.conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", self.name)
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.conn is not None
+        try:
+            await self.conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", self.name)
+        finally:
+            await self.pool.release(self.conn)
+            self.conn = None

@@ -32,6 +32,15 @@ def _status_code(name: str) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
 
 
+# Codes of a failed downstream call that are passed on as they are (a timeout becomes UNAVAILABLE).
+_DOWNSTREAM_CODES = {
+    code: code for code in (
+        grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.ABORTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
+} | {grpc.StatusCode.DEADLINE_EXCEEDED: grpc.StatusCode.UNAVAILABLE}
+
+
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Request id + user context, domain error mapping and access log for every RPC."""
 
@@ -97,6 +106,12 @@ class _CallScope:
         if isinstance(exc, DomainError):
             self.code = _status_code(exc.code)
             await self.context.abort(self.code, exc.message)
+        if isinstance(exc, grpc.aio.AioRpcError):
+            # A call to another service failed: pass its verdict on, without its debug string.
+            self.code = _DOWNSTREAM_CODES.get(exc.code(), grpc.StatusCode.INTERNAL)
+            log.warning("downstream call failed", extra={"code": exc.code().name, "details": exc.details()})
+            message = exc.details() if self.code != grpc.StatusCode.UNAVAILABLE else "a backing service is unavailable"
+            await self.context.abort(self.code, message or "downstream error")
         log.exception("unhandled error in %s", self.method)
         self.code = grpc.StatusCode.INTERNAL
         await self.context.abort(self.code, "internal error (see the service log for this request id)")

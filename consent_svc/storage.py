@@ -1,0 +1,164 @@
+"""SQL of the `consent` schema."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import asyncpg
+
+from svclib.db import AdvisoryLock
+
+_COLUMNS = ("id, user_id, bank_id, consent_type, consent_id, request_id, status, bank_status, approval_url, "
+            "permissions, expires_at, created_at, updated_at, checked_at")
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredConsent:
+    id: int
+    user_id: str
+    bank_id: str
+    kind: str  # accounts | products | payments
+    consent_id: str | None
+    request_id: str | None
+    status: str  # PENDING | AWAITING_USER | APPROVED | REJECTED | REVOKED | EXPIRED
+    bank_status: str | None
+    approval_url: str | None
+    permissions: tuple[str, ...]
+    expires_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    checked_at: dt.datetime
+
+    @property
+    def bank_ref(self) -> str:
+        """The id the bank knows this consent by: the consent id, or the request id while pending."""
+        return self.consent_id or self.request_id or ""
+
+
+def _consent(row: asyncpg.Record | None) -> StoredConsent | None:
+    if row is None:
+        return None
+    return StoredConsent(row["id"], row["user_id"], row["bank_id"], row["consent_type"], row["consent_id"],
+                         row["request_id"], row["status"], row["bank_status"], row["approval_url"],
+                         tuple(row["permissions"]), row["expires_at"], row["created_at"], row["updated_at"],
+                         row["checked_at"])
+
+
+@dataclasses.dataclass(frozen=True)
+class NewConsent:
+    user_id: str
+    bank_id: str
+    kind: str
+    consent_id: str | None
+    request_id: str | None
+    status: str
+    bank_status: str | None
+    approval_url: str | None
+    permissions: tuple[str, ...]
+    expires_at: dt.datetime | None
+
+
+class ConsentStorage:
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    def creation_lock(self, user_id: str, bank_id: str, kind: str) -> AdvisoryLock:
+        """Serialises consent creation for one (user, bank, kind) across replicas."""
+        return AdvisoryLock(self.pool, f"consent:{user_id}:{bank_id}:{kind}")
+
+    async def insert(self, new: NewConsent) -> StoredConsent:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"""
+                INSERT INTO consents (user_id, bank_id, consent_type, consent_id, request_id, status, bank_status,
+                                      approval_url, permissions, expires_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                RETURNING {_COLUMNS}
+                """, new.user_id, new.bank_id, new.kind, new.consent_id, new.request_id, new.status,
+                new.bank_status, new.approval_url, list(new.permissions), new.expires_at)
+            await conn.execute(
+                "INSERT INTO consent_events (consent_row, user_id, bank_id, old_status, new_status, bank_status, "
+                "source) VALUES ($1, $2, $3, NULL, $4, $5, 'create')",
+                row["id"], new.user_id, new.bank_id, new.status, new.bank_status)
+            return _consent(row)
+
+    async def update(self, consent: StoredConsent, *, status: str, source: str, bank_status: str | None = None,
+                     consent_id: str | None = None, expires_at: dt.datetime | None = None,
+                     permissions: tuple[str, ...] | None = None, message: str | None = None) -> StoredConsent:
+        """Record what the bank said; an event row is written when the status changes."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            old = await conn.fetchval("SELECT status FROM consents WHERE id = $1 FOR UPDATE", consent.id)
+            row = await conn.fetchrow(
+                f"""
+                UPDATE consents SET
+                    status = $2,
+                    bank_status = COALESCE($3, bank_status),
+                    consent_id = COALESCE($4, consent_id),
+                    expires_at = COALESCE($5, expires_at),
+                    permissions = COALESCE($6, permissions),
+                    updated_at = CASE WHEN status IS DISTINCT FROM $2 OR consent_id IS DISTINCT FROM COALESCE($4, consent_id)
+                                      THEN now() ELSE updated_at END,
+                    checked_at = now()
+                WHERE id = $1
+                RETURNING {_COLUMNS}
+                """, consent.id, status, bank_status, consent_id, expires_at,
+                list(permissions) if permissions is not None else None)
+            if old != status:
+                await conn.execute(
+                    "INSERT INTO consent_events (consent_row, user_id, bank_id, old_status, new_status, bank_status, "
+                    "source, message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    consent.id, consent.user_id, consent.bank_id, old, status, bank_status, source, message)
+            return _consent(row)
+
+    async def latest(self, user_id: str, bank_id: str, kind: str) -> StoredConsent | None:
+        return _consent(await self.pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM consents WHERE user_id = $1 AND bank_id = $2 AND consent_type = $3 "
+            "ORDER BY created_at DESC, id DESC LIMIT 1", user_id, bank_id, kind))
+
+    async def find_for_user(self, user_id: str, bank_ref: str) -> StoredConsent | None:
+        """A consent of the user by its consent id or request id."""
+        return _consent(await self.pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM consents WHERE user_id = $1 AND (consent_id = $2 OR request_id = $2) "
+            "ORDER BY id DESC LIMIT 1", user_id, bank_ref))
+
+    async def by_request(self, bank_id: str, request_id: str) -> StoredConsent | None:
+        return _consent(await self.pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM consents WHERE bank_id = $1 AND request_id = $2", bank_id, request_id))
+
+    async def by_consent_id(self, bank_id: str, consent_id: str) -> StoredConsent | None:
+        return _consent(await self.pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM consents WHERE bank_id = $1 AND consent_id = $2", bank_id, consent_id))
+
+    async def latest_per_kind(self, user_id: str) -> list[StoredConsent]:
+        """The newest consent of each (bank, kind) of the user, banks in order of their first consent."""
+        rows = await self.pool.fetch(
+            f"""
+            WITH latest AS (
+                SELECT DISTINCT ON (bank_id, consent_type) {_COLUMNS}
+                FROM consents WHERE user_id = $1
+                ORDER BY bank_id, consent_type, created_at DESC, id DESC
+            ), first_seen AS (
+                SELECT bank_id, min(id) AS first_id FROM consents WHERE user_id = $1 GROUP BY bank_id
+            )
+            SELECT latest.* FROM latest JOIN first_seen USING (bank_id)
+            ORDER BY first_seen.first_id, latest.consent_type
+            """, user_id)
+        return [_consent(r) for r in rows]
+
+    async def unsettled(self, user_id: str) -> list[StoredConsent]:
+        """Consents waiting on the bank or the customer, and approved ones past their expiry."""
+        rows = await self.pool.fetch(
+            f"SELECT {_COLUMNS} FROM consents WHERE user_id = $1 AND (status IN ('PENDING', 'AWAITING_USER') "
+            "OR (status = 'APPROVED' AND expires_at < now()))", user_id)
+        return [_consent(r) for r in rows]
+
+    async def approved(self, user_id: str, bank_id: str | None) -> list[StoredConsent]:
+        """The newest approved, unexpired consent of each (bank, kind) of the user."""
+        rows = await self.pool.fetch(
+            f"""
+            SELECT DISTINCT ON (bank_id, consent_type) {_COLUMNS} FROM consents
+            WHERE user_id = $1 AND ($2::text IS NULL OR bank_id = $2) AND status = 'APPROVED'
+              AND (expires_at IS NULL OR expires_at > now())
+            ORDER BY bank_id, consent_type, created_at DESC, id DESC
+            """, user_id, bank_id)
+        return [_consent(r) for r in rows]

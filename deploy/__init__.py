@@ -1,0 +1,1 @@
+"""Deployment: the local launcher, container image, compose and Kubernetes manifests."""

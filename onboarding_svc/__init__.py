@@ -1,0 +1,1 @@
+"""onboarding_svc: onboarding sessions and user profiles (schema `onboarding`)."""

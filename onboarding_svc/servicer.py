@@ -1,0 +1,85 @@
+"""gRPC transport of onboarding_svc: proto <-> domain, and the adapters to consent_svc and sync_svc."""
+from __future__ import annotations
+
+import datetime as dt
+
+from finpulse.consent.v1 import consent_pb2
+from finpulse.onboarding.v1 import onboarding_pb2 as pb
+from finpulse.onboarding.v1 import onboarding_pb2_grpc as pb_grpc
+from finpulse.sync.v1 import sync_pb2
+
+from svclib.clients import ServiceClients
+from svclib.protoconv import optional, set_timestamp
+from svclib.runtime import Runtime
+from svclib.server import GrpcServer
+
+from onboarding_svc.model import COMPLETED, ConsentInfo, QueuedSync
+from onboarding_svc.service import OnboardingService
+from onboarding_svc.storage import OnboardingStorage
+
+_KIND_NAMES = {consent_pb2.CONSENT_KIND_ACCOUNTS: "accounts", consent_pb2.CONSENT_KIND_PRODUCTS: "products",
+               consent_pb2.CONSENT_KIND_PAYMENTS: "payments"}
+
+
+class ConsentClient:
+    def __init__(self, clients: ServiceClients):
+        self.clients = clients
+
+    async def list_user_consents(self, user_id: str) -> list[ConsentInfo]:
+        reply = await self.clients.consent.ListUserConsents(consent_pb2.ListUserConsentsRequest(user_id=user_id))
+        return [ConsentInfo(c.bank_id, _KIND_NAMES.get(c.kind, "unknown"),
+                            consent_pb2.ConsentStatus.Name(c.status).removeprefix("CONSENT_STATUS_"))
+                for c in reply.consents]
+
+
+class SyncClient:
+    def __init__(self, clients: ServiceClients):
+        self.clients = clients
+
+    async def start_sync(self, user_id: str, bank_ids: list[str], reason: str) -> list[QueuedSync]:
+        reply = await self.clients.sync.StartSync(
+            sync_pb2.StartSyncRequest(user_id=user_id, bank_ids=bank_ids, reason=reason))
+        return [QueuedSync(j.bank_id, j.job_id) for j in reply.jobs]
+
+
+class OnboardingServicer(pb_grpc.OnboardingServiceServicer):
+    def __init__(self, service: OnboardingService):
+        self.service = service
+
+    async def StartOnboarding(self, request, context):
+        session = await self.service.start(request.user_id, optional(request, "user_name"))
+        response = pb.StartOnboardingResponse(onboarding_id=session.onboarding_id, user_id=session.user_id,
+                                              status=session.status)
+        if session.user_name is not None:
+            response.user_name = session.user_name
+        set_timestamp(response, "created_at", session.created_at)
+        return response
+
+    async def GetOnboardingStatus(self, request, context):
+        view = await self.service.status(request.onboarding_id)
+        session = view.session
+        response = pb.GetOnboardingStatusResponse(
+            onboarding_id=session.onboarding_id, user_id=session.user_id, status=session.status,
+            session_status=pb.SESSION_STATUS_COMPLETED if session.status == COMPLETED else pb.SESSION_STATUS_STARTED,
+            current_step=view.current_step, completed_steps=view.completed_steps)
+        for bank_id, kinds in view.consents_status.items():
+            response.consents_status[bank_id].CopyFrom(pb.BankConsentKinds(**kinds))
+        set_timestamp(response, "created_at", session.created_at)
+        set_timestamp(response, "completed_at", session.completed_at)
+        return response
+
+    async def FinalizeOnboarding(self, request, context):
+        result = await self.service.finalize(request.onboarding_id, request.user_id)
+        response = pb.FinalizeOnboardingResponse(
+            onboarding_id=result["onboarding_id"], user_id=result["user_id"], status=result["status"],
+            ready=result["ready"], approved_consents_count=result["approved_consents_count"],
+            bootstrap_results=[pb.BankBootstrapResult(**item) for item in result["bootstrap_results"]])
+        set_timestamp(response, "completed_at", dt.datetime.fromisoformat(result["completed_at"]))
+        return response
+
+
+async def setup(runtime: Runtime, server: GrpcServer) -> None:
+    service = OnboardingService(OnboardingStorage(runtime.pool), ConsentClient(runtime.clients),
+                                SyncClient(runtime.clients))
+    server.add(pb_grpc.add_OnboardingServiceServicer_to_server, OnboardingServicer(service),
+               pb.DESCRIPTOR.services_by_name["OnboardingService"].full_name)

@@ -1,0 +1,178 @@
+"""Shared fixtures: real Postgres and Redis, pytest-grpc's contract on grpc.aio, the running suite.
+
+Stores: with FINPULSE_DATABASE_URL / FINPULSE_REDIS_URL set (CI sets the machine's servers), the tests
+create a fresh database on that server for the session and drop it afterwards; without them, they
+start the embedded Postgres and Redis in a temporary folder, exactly as `make up` does on a fresh
+machine. Nothing is mocked.
+
+pytest-grpc: tests declare `grpc_add_to_server`, `grpc_servicer` and `grpc_stub_cls` as the plugin
+documents. The plugin's own `grpc_server` is a thread-pool `grpc.server`, which cannot host
+`grpc.aio` servicers (their methods are coroutines and need the server's event loop), so the
+`grpc_server`, `grpc_create_channel`, `grpc_channel` and `grpc_stub` fixtures are overridden below
+with asyncio ones; the contract the tests see is unchanged.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tempfile
+import uuid
+from urllib.parse import urlparse, urlunparse
+
+import asyncpg
+import grpc
+import pytest
+import pytest_asyncio
+
+from svclib import db
+from svclib.cache import Cache
+from svclib.embedded import BackingServices, ensure_backing_services
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _with_database(url: str, name: str) -> str:
+    parsed = urlparse(url)
+    return urlunparse(parsed._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def backing(tmp_path_factory) -> BackingServices:
+    """Postgres (a fresh database for this session) and Redis."""
+    configured_db = os.environ.get("FINPULSE_DATABASE_URL") or None
+    configured_redis = os.environ.get("FINPULSE_REDIS_URL") or None
+    data_dir = tempfile.mkdtemp(prefix="fpt-")  # short: unix socket paths are length-limited
+    services = ensure_backing_services(configured_db, configured_redis, data_dir)
+    name = f"finpulse_test_{uuid.uuid4().hex[:10]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(services.database_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(services.database_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    admin_url = services.database_url
+    test = BackingServices(_with_database(admin_url, name), services.redis_url, services.postgres, services.redis)
+    yield test
+    asyncio.run(drop())
+    services.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(backing) -> str:
+    return backing.database_url
+
+
+@pytest.fixture(scope="session")
+def redis_url(backing) -> str:
+    return backing.redis_url
+
+
+@pytest_asyncio.fixture
+async def cache(redis_url):
+    c = Cache(redis_url, prefix=f"finpulse-test-{uuid.uuid4().hex[:8]}:")
+    yield c
+    await c.delete_prefix(c.prefix)
+    await c.close()
+
+
+@pytest_asyncio.fixture
+async def schema_pool(database_url):
+    """Factory: a pool on a service's migrated schema, closed after the test."""
+    pools: list[asyncpg.Pool] = []
+
+    async def make(spec) -> asyncpg.Pool:
+        await db.migrate(database_url, spec.schema, spec.migrations)
+        pool = await db.create_pool(database_url, spec.schema, max_size=5)
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        await pool.close()
+
+
+@pytest.fixture
+def grpc_addr() -> str:
+    """A fresh port per test (pytest-grpc's is per module)."""
+    return f"127.0.0.1:{free_port()}"
+
+
+@pytest_asyncio.fixture
+async def grpc_server(grpc_addr, grpc_add_to_server, grpc_servicer):
+    """pytest-grpc's server fixture, on grpc.aio (see the module docstring)."""
+    from svclib.server import ServiceInterceptor
+
+    server = grpc.aio.server(interceptors=[ServiceInterceptor()])
+    grpc_add_to_server(grpc_servicer, server)
+    server.add_insecure_port(grpc_addr)
+    await server.start()
+    yield server
+    await server.stop(None)
+
+
+@pytest_asyncio.fixture
+async def grpc_create_channel(grpc_addr, grpc_server):
+    channels: list[grpc.aio.Channel] = []
+
+    def create(credentials=None, options=None) -> grpc.aio.Channel:
+        channel = (grpc.aio.secure_channel(grpc_addr, credentials, options) if credentials is not None
+                   else grpc.aio.insecure_channel(grpc_addr, options))
+        channels.append(channel)
+        return channel
+
+    yield create
+    for channel in channels:
+        await channel.close()
+
+
+@pytest_asyncio.fixture
+async def grpc_channel(grpc_create_channel):
+    return grpc_create_channel()
+
+
+@pytest_asyncio.fixture
+async def grpc_stub(grpc_stub_cls, grpc_channel):
+    return grpc_stub_cls(grpc_channel)
+
+
+@pytest.fixture(scope="session")
+def suite(backing, tmp_path_factory):
+    """The whole suite as `make up` runs it (emulator, four services, gateway), on free ports."""
+    from deploy.launcher import SERVICES, Suite
+    from svclib.config import KNOWN_BANKS, load_settings
+
+    log_dir = str(tmp_path_factory.mktemp("suite-logs"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
+    env.update(FINPULSE_ENV="local", FINPULSE_GRPC_HOST="127.0.0.1", FINPULSE_GATEWAY_HOST="127.0.0.1",
+               FINPULSE_GATEWAY_PORT=str(free_port()), FINPULSE_SHUTDOWN_GRACE="2",
+               FINPULSE_DATA_DIR=log_dir, FINPULSE_LOG_LEVEL="INFO")
+    for name in SERVICES:
+        env[f"FINPULSE_{name.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
+    for bank_id in KNOWN_BANKS:
+        env[f"FINPULSE_BANK_{bank_id.upper()}_URL"] = f"http://127.0.0.1:{free_port()}"
+    settings = load_settings(env)
+    running = Suite(settings, backing, base_env=env, log_dir=log_dir)
+    asyncio.run(running.migrate())
+    running.start()
+    try:
+        asyncio.run(running.wait_healthy())
+    except RuntimeError:
+        running.stop()
+        raise
+    yield running
+    running.stop()
