@@ -1,0 +1,100 @@
+"""Shared plumbing: configuration, migrations, the Redis cache, the server's error mapping."""
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import uuid
+
+import asyncpg
+import pytest
+
+from svclib import db
+from svclib.cache import Cache
+from svclib.config import ConfigError, load_settings
+
+
+def test_config_defaults_are_the_local_suite():
+    settings = load_settings({})
+    assert settings.is_local and settings.database_url is None
+    assert [(b.id, b.base_url, b.approval_mode) for b in settings.banks] == [
+        ("vbank", "http://127.0.0.1:9101", "auto"), ("abank", "http://127.0.0.1:9102", "auto"),
+        ("sbank", "http://127.0.0.1:9103", "manual")]
+    assert settings.service_addrs["consent"] == "127.0.0.1:50052"
+    assert settings.cors_origins == ("http://localhost:3000",)
+
+
+def test_config_names_every_bad_value():
+    with pytest.raises(ConfigError) as err:
+        load_settings({"FINPULSE_ENV": "production", "FINPULSE_GATEWAY_PORT": "eighty",
+                       "FINPULSE_DATABASE_URL": "mysql://x", "FINPULSE_BANKS": "vbank,Bad Bank",
+                       "FINPULSE_BANK_VBANK_APPROVAL": "sometimes", "FINPULSE_SYNC_ADDR": "nowhere",
+                       "FINPULSE_SHUTDOWN_GRACE": "-1"})
+    text = str(err.value)
+    for name in ("FINPULSE_GATEWAY_PORT", "FINPULSE_DATABASE_URL", "FINPULSE_REDIS_URL", "FINPULSE_TEAM_SECRET",
+                 "'Bad Bank'", "FINPULSE_BANK_VBANK_APPROVAL", "FINPULSE_SYNC_ADDR", "FINPULSE_SHUTDOWN_GRACE"):
+        assert name in text, name
+
+
+def test_real_bank_urls_are_configuration_only():
+    settings = load_settings({"FINPULSE_ENV": "production", "FINPULSE_DATABASE_URL": "postgresql://db/x",
+                              "FINPULSE_REDIS_URL": "redis://r", "FINPULSE_TEAM_SECRET": "s3cret",
+                              "FINPULSE_BANK_VBANK_URL": "https://vbank.open.bankingapi.ru/",
+                              "FINPULSE_BANK_SBANK_URL": "https://sbank.open.bankingapi.ru"})
+    assert settings.bank("vbank").base_url == "https://vbank.open.bankingapi.ru"
+    assert settings.bank("abank").base_url is None  # not configured: listed as missing_url
+    assert settings.bank("sbank").approval_mode == "manual"
+    assert settings.cors_origins == ()
+
+
+async def test_migrations_apply_once_under_concurrency(database_url, tmp_path: pathlib.Path):
+    schema = f"mig_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "001_first.sql").write_text("CREATE TABLE t (id int PRIMARY KEY);")
+    (tmp_path / "002_second.sql").write_text("INSERT INTO t VALUES (1);")
+    results = await asyncio.gather(*(db.migrate(database_url, schema, tmp_path) for _ in range(4)))
+    assert sorted(len(r) for r in results) == [0, 0, 0, 2], "one runner applied both, the others found nothing"
+    assert await db.migrate(database_url, schema, tmp_path) == []
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval(f"SELECT count(*) FROM {schema}.t") == 1
+        assert await conn.fetchval(f"SELECT count(*) FROM {schema}.schema_migrations") == 2
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    finally:
+        await conn.close()
+
+
+async def test_failed_migration_rolls_back_its_step(database_url, tmp_path: pathlib.Path):
+    schema = f"mig_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "001_ok.sql").write_text("CREATE TABLE t (id int);")
+    (tmp_path / "002_broken.sql").write_text("CREATE TABLE u (id int); SELECT no_such_function();")
+    with pytest.raises(asyncpg.PostgresError):
+        await db.migrate(database_url, schema, tmp_path)
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval(f"SELECT max(version) FROM {schema}.schema_migrations") == 1
+        assert await conn.fetchval("SELECT to_regclass($1)", f"{schema}.u") is None
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    finally:
+        await conn.close()
+
+
+def test_migration_file_names_are_checked(tmp_path: pathlib.Path):
+    (tmp_path / "1_bad.sql").write_text("")
+    with pytest.raises(ValueError, match="NNN_lowercase_name"):
+        db.discover_migrations(tmp_path)
+
+
+async def test_cache_round_trip_and_prefix_delete(cache: Cache):
+    await cache.set_json(cache.key("a", "1"), {"x": "1.10"}, 60)
+    await cache.set_json(cache.key("a", "2"), [1, 2], 60)
+    assert await cache.get_json(cache.key("a", "1")) == {"x": "1.10"}
+    await cache.delete_prefix(cache.key("a", ""))
+    assert await cache.get_json(cache.key("a", "2")) is None
+
+
+async def test_cache_degrades_to_misses_when_redis_is_down():
+    dead = Cache("redis://127.0.0.1:1/0", socket_timeout=0.2)  # nothing listens on port 1
+    assert await dead.ping() is False
+    assert await dead.get_json("k") is None
+    await dead.set_json("k", {"a": 1}, 10)  # no exception
+    await dead.delete("k")
+    await dead.close()
