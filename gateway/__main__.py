@@ -1,0 +1,60 @@
+"""`python -m gateway`: serve the REST gateway on FINPULSE_GATEWAY_HOST:FINPULSE_GATEWAY_PORT.
+
+Exit codes: 0 after a graceful stop (SIGTERM/SIGINT), 1 when the protos' HTTP annotations cannot be
+routed, 2 on bad configuration.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from gateway.app import ROUTES, create_app
+from gateway.routes import Route, RouteError, build_routes
+from svclib.config import ConfigError, Settings, load_settings
+from svclib.logging import setup_logging
+
+log = logging.getLogger("gateway")
+
+
+async def serve(settings: Settings, routes: list[Route] | None = None) -> None:
+    """Run the gateway until SIGTERM or SIGINT, then drain requests and close the gRPC channels."""
+    app = create_app(settings, routes=routes)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port)
+        await site.start()
+        log.info("gateway listening on %s:%s", settings.gateway_host, settings.gateway_port,
+                 extra={"routes": len(app[ROUTES])})
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("gateway shutting down")
+    finally:
+        await runner.cleanup()  # stops listening, waits for in-flight requests, closes the clients
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        routes = build_routes()
+    except RouteError as exc:
+        print(f"cannot route the HTTP annotations: {exc}", file=sys.stderr)
+        return 1
+    setup_logging("gateway", settings.log_level)
+    asyncio.run(serve(settings, routes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

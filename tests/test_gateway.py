@@ -1,0 +1,668 @@
+"""Gateway tests: HTTP <-> gRPC translation against in-process fake backends.
+
+Each backend is a `grpc.aio` server on a free port hosting a recording fake of the generated
+servicer (every RPC records its request and metadata, then answers a canned reply or aborts) plus
+the standard health service. These tests check the gateway's routing, transcoding, error mapping
+and plumbing; the real services have their own tests.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any, Callable
+
+import grpc
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from google.api import annotations_pb2
+from google.protobuf import message_factory, timestamp_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from finpulse.consent.v1 import consent_pb2, consent_pb2_grpc
+from finpulse.dashboard.v1 import dashboard_pb2, dashboard_pb2_grpc
+from finpulse.onboarding.v1 import onboarding_pb2, onboarding_pb2_grpc
+from finpulse.sync.v1 import sync_pb2, sync_pb2_grpc
+from gateway import transcode
+from gateway.app import DEFAULT_MAX_BODY_BYTES, create_app
+from gateway.errors import ApiError
+from gateway.routes import (SERVICE_MODULES, Route, RouteError, _convert_template, build_routes,
+                            routes_for_services, service_descriptors)
+from svclib.clients import ServiceClients
+from svclib.config import load_settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# service key -> (generated servicer base class, add_to_server, service descriptor)
+SERVICES = {
+    "onboarding": (onboarding_pb2_grpc.OnboardingServiceServicer,
+                   onboarding_pb2_grpc.add_OnboardingServiceServicer_to_server,
+                   onboarding_pb2.DESCRIPTOR.services_by_name["OnboardingService"]),
+    "consent": (consent_pb2_grpc.ConsentServiceServicer,
+                consent_pb2_grpc.add_ConsentServiceServicer_to_server,
+                consent_pb2.DESCRIPTOR.services_by_name["ConsentService"]),
+    "sync": (sync_pb2_grpc.SyncServiceServicer,
+             sync_pb2_grpc.add_SyncServiceServicer_to_server,
+             sync_pb2.DESCRIPTOR.services_by_name["SyncService"]),
+    "dashboard": (dashboard_pb2_grpc.DashboardServiceServicer,
+                  dashboard_pb2_grpc.add_DashboardServiceServicer_to_server,
+                  dashboard_pb2.DESCRIPTOR.services_by_name["DashboardService"]),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake backends
+
+
+@dataclasses.dataclass
+class Abort:
+    code: grpc.StatusCode
+    message: str
+    trailing_metadata: tuple = ()
+
+
+@dataclasses.dataclass
+class Sleep:
+    seconds: float
+
+
+@dataclasses.dataclass
+class Call:
+    method: str
+    request: Any
+    metadata: dict[str, str]
+
+
+class Backend:
+    """A grpc.aio server with a recording fake of one service and a health service."""
+
+    def __init__(self, key: str, with_health: bool = True):
+        self.key = key
+        self.with_health = with_health
+        self.calls: list[Call] = []
+        self.replies: dict[str, Any] = {}  # method -> message | Abort | Sleep | Exception | callable
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.addr = ""
+
+    def _servicer(self):
+        base, _, service = SERVICES[self.key]
+        backend = self
+
+        def rpc(method):
+            reply_cls = message_factory.GetMessageClass(method.output_type)
+
+            async def handler(self, request, context):
+                backend.calls.append(Call(method.name, request, dict(context.invocation_metadata())))
+                reply = backend.replies.get(method.name)
+                if callable(reply) and not isinstance(reply, type):
+                    reply = reply(request)
+                if isinstance(reply, Sleep):
+                    await asyncio.sleep(reply.seconds)
+                    reply = None
+                if isinstance(reply, Abort):
+                    await context.abort(reply.code, reply.message, trailing_metadata=reply.trailing_metadata)
+                if isinstance(reply, Exception):
+                    raise reply
+                return reply if reply is not None else reply_cls()
+            return handler
+
+        return type(f"Fake{service.name}", (base,), {m.name: rpc(m) for m in service.methods})()
+
+    async def start(self) -> None:
+        _, add_to_server, _ = SERVICES[self.key]
+        self.server = grpc.aio.server()
+        add_to_server(self._servicer(), self.server)
+        if self.with_health:
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+            await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.addr = f"127.0.0.1:{port}"
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop(None)
+
+    def methods_called(self) -> list[str]:
+        return [c.method for c in self.calls]
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound and released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+async def backends():
+    started = {key: Backend(key) for key in SERVICES}
+    for backend in started.values():
+        await backend.start()
+    yield started
+    for backend in started.values():
+        await backend.stop()
+
+
+@pytest.fixture
+async def make_gateway(backends):
+    """Factory: a TestClient on a gateway app over the fake backends (env overrides FINPULSE_*)."""
+    opened: list[tuple[TestClient, ServiceClients]] = []
+
+    async def make(env: dict[str, str] | None = None, **app_kwargs) -> TestClient:
+        environ = {f"FINPULSE_{key.upper()}_ADDR": b.addr for key, b in backends.items()}
+        environ.update({"FINPULSE_RPC_TIMEOUT": "5", "FINPULSE_CORS_ORIGINS": "http://localhost:3000"})
+        environ.update(env or {})
+        settings = load_settings(environ)
+        clients = ServiceClients(settings)
+        client = TestClient(TestServer(create_app(settings, clients, **app_kwargs)))
+        await client.start_server()
+        opened.append((client, clients))
+        return client
+
+    yield make
+    for client, clients in opened:
+        await client.close()
+        await clients.close()
+
+
+@pytest.fixture
+async def gw(make_gateway):
+    return await make_gateway()
+
+
+def all_calls(backends) -> list[str]:
+    return [f"{key}.{name}" for key, b in backends.items() for name in b.methods_called()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Route table
+
+
+def annotated_bindings() -> set[tuple[str, str, str]]:
+    """(HTTP method, path template, gRPC path) read straight from the annotations."""
+    found = set()
+    for module_name in SERVICE_MODULES.values():
+        module = __import__(module_name, fromlist=["DESCRIPTOR"])
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                if not method.GetOptions().HasExtension(annotations_pb2.http):
+                    continue
+                rule = method.GetOptions().Extensions[annotations_pb2.http]
+                for binding in [rule, *rule.additional_bindings]:
+                    kind = binding.WhichOneof("pattern")
+                    found.add((kind.upper(), getattr(binding, kind), f"/{service.full_name}/{method.name}"))
+    return found
+
+
+def test_route_table_equals_annotations():
+    routes = build_routes()
+    assert {(r.http_method, r.path_template, r.grpc_path) for r in routes} == annotated_bindings()
+    # The documented endpoints that exist in the protos today, and some internal RPCs that must not be routed.
+    table = {(r.http_method, r.path_template): f"{r.service_key}.{r.method_name}" for r in routes}
+    for binding, rpc in {
+        ("POST", "/api/onboarding/start"): "onboarding.StartOnboarding",
+        ("GET", "/api/onboarding/status"): "onboarding.GetOnboardingStatus",
+        ("POST", "/api/onboarding/finalize"): "onboarding.FinalizeOnboarding",
+        ("POST", "/api/onboarding/consents"): "consent.CreateConsents",
+        ("GET", "/api/onboarding/consents/status"): "consent.GetConsentStatus",
+        ("GET", "/api/banks"): "sync.ListBanks",
+        ("DELETE", "/api/consents/{consent_id}"): "consent.RevokeConsent",
+        ("PUT", "/api/users/{user_id}/financial-inputs"): "dashboard.UpdateFinancialInputs",
+    }.items():
+        assert table[binding] == rpc
+    assert not {"ListApprovedConsents", "ListUserConsents", "StartSync"} & {r.method_name for r in routes}
+    by_name = {r.method_name: r for r in routes}
+    assert by_name["UpdateFinancialInputs"].body == "inputs"
+    assert by_name["UpdateFinancialInputs"].path_fields == ("user_id",)
+    assert by_name["CreateConsents"].body == "*"
+    assert set(by_name["RevokeConsent"].query_fields()) == {"user_id"}
+
+
+async def test_every_unary_route_is_registered(gw):
+    registered = {(r.method, r.resource.canonical) for r in gw.app.router.routes() if r.resource is not None}
+    for route in build_routes():
+        assert (route.http_method, route.aiohttp_path) in registered or route.is_server_streaming
+
+
+def test_conflicting_bindings_are_rejected():
+    consent = [pair for pair in service_descriptors() if pair[0] == "consent"]
+    with pytest.raises(RouteError, match="bound by both"):
+        routes_for_services(consent + consent)
+
+
+def test_path_template_conversion():
+    desc = consent_pb2.RevokeConsentRequest.DESCRIPTOR
+    assert _convert_template("/api/consents/{consent_id}", "m", desc) == ("/api/consents/{consent_id}", ("consent_id",))
+    assert _convert_template("/api/{consent_id=consents/*}:revoke", "m", desc) == (
+        "/api/{consent_id:consents/[^/]+}:revoke", ("consent_id",))
+    assert _convert_template("/u/{user_id}/c/{consent_id=**}", "m", desc) == (
+        "/u/{user_id}/c/{consent_id:.+}", ("user_id", "consent_id"))
+    with pytest.raises(RouteError, match="nope"):
+        _convert_template("/api/{nope}", "m", desc)
+    with pytest.raises(RouteError, match="unsupported"):
+        _convert_template("/api/*/x", "m", desc)
+    nested = consent_pb2.BankConsentRequest.DESCRIPTOR
+    assert _convert_template("/b/{bank_id}/{consents.account}", "m", nested) == (
+        "/b/{bank_id}/{consents__account}", ("bank_id", "consents.account"))
+    with pytest.raises(RouteError, match="singular scalar"):
+        _convert_template("/b/{consents}", "m", nested)
+
+
+# ---------------------------------------------------------------------------------------------
+# Request and response mapping
+
+
+async def test_body_star_and_nulls_for_unset_presence_fields(gw, backends):
+    backends["consent"].replies["CreateConsents"] = consent_pb2.CreateConsentsResponse(
+        user_id="team200-1", overall_status="in_progress",
+        results=[consent_pb2.BankConsentResult(
+            bank_id="vbank", bank_name="VBank",
+            account_consent=consent_pb2.ConsentOutcome(status="pending", request_id="req-123",
+                                                       approval_url="https://vbank/approve?req=req-123"))])
+    body = {"user_id": "team200-1",
+            "banks": [{"bank_id": "vbank", "consents": {"account": True, "product": True, "payment": False}}]}
+    resp = await gw.post("/api/onboarding/consents", json=body)
+    assert resp.status == 200, await resp.text()
+    data = await resp.json()
+    [call] = backends["consent"].calls
+    assert call.method == "CreateConsents"
+    assert call.request == consent_pb2.CreateConsentsRequest(
+        user_id="team200-1", banks=[consent_pb2.BankConsentRequest(
+            bank_id="vbank", consents=consent_pb2.ConsentSelection(account=True, product=True))])
+    assert data["user_id"] == "team200-1" and data["overall_status"] == "in_progress"
+    result = data["results"][0]
+    assert result["bank_id"] == "vbank" and result["bank_name"] == "VBank"
+    assert result["product_consent"] is None and result["payment_consent"] is None
+    account = result["account_consent"]
+    assert account["status"] == "pending" and account["request_id"] == "req-123"
+    assert account["consent_id"] is None and account["error_message"] is None
+    assert account["reused"] is False and account["expires_at"] is None
+
+
+async def test_start_onboarding_shape(gw, backends):
+    backends["onboarding"].replies["StartOnboarding"] = lambda req: onboarding_pb2.StartOnboardingResponse(
+        onboarding_id="1d6305c0", user_id=req.user_id, status="started",
+        **({"user_name": req.user_name} if req.HasField("user_name") else {}))
+    resp = await gw.post("/api/onboarding/start", json={"user_id": "team200-1"})
+    assert resp.status == 200
+    data = await resp.json()
+    assert {k: data[k] for k in ("onboarding_id", "user_id", "user_name", "status")} == {
+        "onboarding_id": "1d6305c0", "user_id": "team200-1", "user_name": None, "status": "started"}
+    resp = await gw.post("/api/onboarding/start", json={"user_id": "team200-1", "user_name": "Ann"})
+    assert (await resp.json())["user_name"] == "Ann"
+
+
+async def test_path_field_and_named_body_field(gw, backends):
+    backends["dashboard"].replies["UpdateFinancialInputs"] = lambda req: dashboard_pb2.UpdateFinancialInputsResponse(
+        user_id=req.user_id, inputs=req.inputs, updated_at=timestamp_pb2.Timestamp(seconds=1764202764))
+    resp = await gw.put("/api/users/u1/financial-inputs",
+                        json={"salary_amount": "120000.00", "next_salary_date": "2025-12-01"})
+    assert resp.status == 200, await resp.text()
+    [call] = backends["dashboard"].calls
+    assert call.request == dashboard_pb2.UpdateFinancialInputsRequest(
+        user_id="u1", inputs=dashboard_pb2.FinancialInputs(salary_amount="120000.00", next_salary_date="2025-12-01"))
+    assert await resp.json() == {
+        "user_id": "u1", "updated_at": "2025-11-27T00:19:24Z",
+        "inputs": {"salary_amount": "120000.00", "next_salary_date": "2025-12-01",
+                   "credit_payment_amount": None, "credit_payment_date": None}}
+    resp = await gw.get("/api/users/u%202/financial-inputs")
+    assert resp.status == 200
+    assert backends["dashboard"].calls[-1].request == dashboard_pb2.GetFinancialInputsRequest(user_id="u 2")
+    assert (await resp.json())["inputs"] is None
+
+
+async def test_delete_with_path_and_query(gw, backends):
+    backends["consent"].replies["RevokeConsent"] = lambda req: consent_pb2.RevokeConsentResponse(
+        consent_id=req.consent_id, bank_id="vbank", kind=consent_pb2.CONSENT_KIND_ACCOUNTS, status="REVOKED")
+    resp = await gw.delete("/api/consents/c-1?user_id=team200-1")
+    assert resp.status == 200
+    assert backends["consent"].calls[0].request == consent_pb2.RevokeConsentRequest(user_id="team200-1", consent_id="c-1")
+    assert await resp.json() == {"consent_id": "c-1", "bank_id": "vbank", "kind": "CONSENT_KIND_ACCOUNTS",
+                                 "status": "REVOKED"}
+
+
+async def test_query_string_get_with_map_response(gw, backends):
+    backends["onboarding"].replies["GetOnboardingStatus"] = onboarding_pb2.GetOnboardingStatusResponse(
+        onboarding_id="o1", current_step=3, completed_steps=[1, 2],
+        consents_status={"vbank": onboarding_pb2.BankConsentKinds(accounts="APPROVED")},
+        session_status=onboarding_pb2.SESSION_STATUS_STARTED)
+    resp = await gw.get("/api/onboarding/status", params={"onboarding_id": "o1"})
+    assert resp.status == 200
+    assert backends["onboarding"].calls[0].request.onboarding_id == "o1"
+    data = await resp.json()
+    assert data["current_step"] == 3 and data["completed_steps"] == [1, 2]
+    assert data["consents_status"] == {"vbank": {"accounts": "APPROVED", "products": None, "payments": None}}
+    assert data["session_status"] == "SESSION_STATUS_STARTED" and data["completed_at"] is None
+    resp = await gw.get("/api/banks")  # user_id is optional here
+    assert resp.status == 200 and await resp.json() == {"banks": []}
+    assert not backends["sync"].calls[0].request.HasField("user_id")
+
+
+def _route(desc, body="", path_fields=()) -> Route:
+    """A route over an arbitrary message type, to exercise query typing without a backend."""
+    return Route("GET", "/t", "/t", "x", "x.X", "M", desc, desc, body, tuple(path_fields), False)
+
+
+class MultiDict(dict):
+    def getall(self, key):
+        value = self[key]
+        return value if isinstance(value, list) else [value]
+
+
+def test_query_typing_bools_ints_enums_repeated_nested():
+    sel = transcode.build_request(_route(consent_pb2.ConsentSelection.DESCRIPTOR), b"",
+                                  MultiDict(account="YES", product="off", payment="1"), {})
+    assert (sel.account, sel.product, sel.payment) == (True, False, True)
+    status = transcode.build_request(
+        _route(onboarding_pb2.GetOnboardingStatusResponse.DESCRIPTOR), b"",
+        MultiDict(current_step="3", completed_steps=["1", "2"], session_status="SESSION_STATUS_COMPLETED",
+                  completed_at="2025-11-27T00:19:24Z"), {})
+    assert status.current_step == 3 and list(status.completed_steps) == [1, 2]
+    assert status.session_status == onboarding_pb2.SESSION_STATUS_COMPLETED
+    assert status.completed_at.seconds == 1764202764
+    bank = transcode.build_request(_route(consent_pb2.BankConsentRequest.DESCRIPTOR), b"",
+                                   MultiDict({"bank_id": "v", "consents.account": "true"}), {})
+    assert bank.consents.account is True and bank.bank_id == "v"
+    for query, expected in [
+        ({"account": "maybe"}, 'account: expected a boolean (true/false, 1/0, yes/no, on/off), got "maybe"'),
+        ({"consents.account": "2"}, "consents.account: expected a boolean"),
+        ({"current_step": "1.5"}, 'current_step: expected an integer, got "1.5"'),
+        ({"current_step": "99999999999"}, "current_step: 99999999999 is out of range"),
+        ({"session_status": "NOPE"}, "session_status: expected one of SESSION_STATUS_UNSPECIFIED"),
+        ({"completed_at": "yesterday"}, "completed_at:"),
+        ({"current_step": ["1", "2"]}, "query parameter 'current_step' given more than once"),
+        ({"consents_status": "x"}, "unknown query parameter 'consents_status'"),
+    ]:
+        desc = (consent_pb2.ConsentSelection if "account" in query else consent_pb2.BankConsentRequest
+                if "consents.account" in query else onboarding_pb2.GetOnboardingStatusResponse).DESCRIPTOR
+        with pytest.raises(ApiError) as err:
+            transcode.build_request(_route(desc), b"", MultiDict(query), {})
+        assert err.value.http_status == 400 and expected in err.value.message, (query, err.value.message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+
+
+BIG = b'{"user_id": "' + b"x" * (DEFAULT_MAX_BODY_BYTES + 10) + b'"}'
+DEEP = b'{"user_id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+BAD_INPUT = [
+    # (id, method, path, raw body, status, text expected in the message, field violation or None)
+    ("malformed-json", "POST", "/api/onboarding/consents", b'{"user_id": "u",', 400, "malformed JSON", None),
+    ("array-body", "POST", "/api/onboarding/consents", b'[{"user_id": "u"}]', 400,
+     "request body must be a JSON object, got an array", None),
+    ("not-utf8", "POST", "/api/onboarding/start", b'{"user_id": "\xff"}', 400, "not UTF-8", None),
+    ("too-deep", "POST", "/api/onboarding/start", DEEP, 400, "nested too deeply", None),
+    ("nan", "POST", "/api/onboarding/start", b'{"user_id": NaN}', 400, "NaN is not valid JSON", None),
+    ("wrong-type-bool", "POST", "/api/onboarding/consents",
+     b'{"user_id": "u", "banks": [{"bank_id": "vbank", "consents": {"account": "yes"}}]}', 400,
+     'banks[0].consents.account: expected a boolean, got "yes"', "banks[0].consents.account"),
+    ("wrong-type-string", "POST", "/api/onboarding/start", b'{"user_id": 5}', 400,
+     "user_id: expected a string, got 5", "user_id"),
+    ("wrong-type-array", "POST", "/api/onboarding/consents", b'{"user_id": "u", "banks": {}}', 400,
+     "banks: expected an array, got an object", "banks"),
+    ("wrong-type-object", "POST", "/api/onboarding/consents",
+     b'{"user_id": "u", "banks": [{"bank_id": "v", "consents": true}]}', 400,
+     "banks[0].consents: expected an object, got true", "banks[0].consents"),
+    ("wrong-type-named-body", "PUT", "/api/users/u1/financial-inputs", b'{"salary_amount": 100}', 400,
+     "inputs.salary_amount: expected a string, got 100", "inputs.salary_amount"),
+    ("unknown-body-field", "POST", "/api/onboarding/start", b'{"user_id": "u", "bogus": 1}', 400,
+     "bogus: unknown field", "bogus"),
+    ("duplicate-spelling", "POST", "/api/onboarding/start", b'{"user_id": "a", "userId": "b"}', 400,
+     "user_id: given twice (as user_id and userId)", "user_id"),
+    ("unknown-nested-field", "POST", "/api/onboarding/consents",
+     b'{"user_id": "u", "banks": [{"bank_id": "v", "consents": {"account": true, "loans": true}}]}', 400,
+     "banks[0].consents.loans: unknown field", "banks[0].consents.loans"),
+    ("unknown-query", "GET", "/api/banks?user_id=u&limit=5", b"", 400, "unknown query parameter 'limit'", "limit"),
+    ("query-on-body-route", "POST", "/api/onboarding/start?user_id=u", b'{"user_id": "u"}', 400,
+     "unknown query parameter 'user_id'", "user_id"),
+    ("repeated-singular-query", "GET", "/api/banks?user_id=a&user_id=b", b"", 400, "given more than once", "user_id"),
+    ("body-on-bodyless-route", "DELETE", "/api/consents/c1?user_id=u", b'{"x": 1}', 400, "takes no request body", None),
+    ("missing-required-top", "POST", "/api/onboarding/start", b"{}", 400, "user_id is required", "user_id"),
+    ("missing-required-empty-body", "POST", "/api/onboarding/finalize", b"", 400,
+     "onboarding_id is required; user_id is required", "onboarding_id"),
+    ("missing-required-query", "GET", "/api/onboarding/consents/status", b"", 400, "user_id is required", "user_id"),
+    ("missing-required-nested-repeated", "POST", "/api/onboarding/consents",
+     b'{"user_id": "u", "banks": [{"bank_id": "vbank", "consents": {"account": true}}, {"bank_id": "abank"}]}',
+     400, "banks[1].consents is required", "banks[1].consents"),
+    ("empty-required-id", "POST", "/api/onboarding/finalize", b'{"onboarding_id": "", "user_id": "u"}', 400,
+     "onboarding_id is required", "onboarding_id"),
+    ("blank-required-nested-id", "POST", "/api/onboarding/consents",
+     b'{"user_id": "u", "banks": [{"bank_id": "  ", "consents": {}}]}', 400,
+     "banks[0].bank_id is required", "banks[0].bank_id"),
+    ("empty-required-query-id", "DELETE", "/api/consents/c1?user_id=", b"", 400, "user_id is required", "user_id"),
+    ("missing-named-body", "PUT", "/api/users/u1/financial-inputs", b"", 400, "inputs is required", "inputs"),
+    ("oversized", "POST", "/api/onboarding/start", BIG, 413, "too large", None),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+async def test_bad_input_is_400_naming_the_field(gw, backends, case):
+    _, method, path, body, status, text, field = case
+    resp = await gw.request(method, path, data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == status, await resp.text()
+    data = await resp.json()
+    assert data["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0] and data["error"] == "INVALID_ARGUMENT"
+    assert text in data["message"], data["message"]
+    if field is not None:
+        [detail] = data["details"]
+        assert detail["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+        assert detail["field_violations"][0]["field"] == field
+    assert "Traceback" not in data["message"]
+    assert all_calls(backends) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+EXPECTED_HTTP = {
+    "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400, "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429, "FAILED_PRECONDITION": 400,
+    "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501, "INTERNAL": 500, "UNAVAILABLE": 503,
+    "DATA_LOSS": 500, "UNAUTHENTICATED": 401,
+}
+
+
+@pytest.mark.parametrize("code", [c for c in grpc.StatusCode if c != grpc.StatusCode.OK], ids=lambda c: c.name)
+async def test_grpc_code_maps_to_http_status(gw, backends, code):
+    backends["sync"].replies["ListBanks"] = Abort(code, f"boom {code.name}")
+    resp = await gw.get("/api/banks?user_id=u1")
+    assert resp.status == EXPECTED_HTTP[code.name]
+    data = await resp.json()
+    assert data["code"] == code.value[0] and data["error"] == code.name and data["details"] == []
+    if code == grpc.StatusCode.UNKNOWN:
+        assert data["message"] == "internal error in the sync service"
+    else:
+        assert data["message"] == f"boom {code.name}"
+    assert resp.headers["X-Request-Id"]
+
+
+async def test_status_details_are_passed_through(gw, backends):
+    violation = error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field="user_id", description="unknown user")])
+    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="bad user")
+    status.details.add().Pack(violation)
+    backends["sync"].replies["ListBanks"] = Abort(grpc.StatusCode.INVALID_ARGUMENT, "bad user",
+                                                  (("grpc-status-details-bin", status.SerializeToString()),))
+    resp = await gw.get("/api/banks?user_id=u1")
+    assert resp.status == 400
+    assert (await resp.json())["details"] == [{
+        "@type": "type.googleapis.com/google.rpc.BadRequest",
+        "field_violations": [{"field": "user_id", "description": "unknown user"}]}]
+
+
+async def test_servicer_exception_is_500_without_its_text(gw, backends):
+    backends["sync"].replies["ListBanks"] = ValueError("secret database password")
+    resp = await gw.get("/api/banks")
+    assert resp.status == 500
+    text = await resp.text()
+    assert "secret" not in text and json.loads(text)["error"] == "UNKNOWN"
+
+
+async def test_backend_down_is_503(make_gateway, backends):
+    gw = await make_gateway({"FINPULSE_SYNC_ADDR": f"127.0.0.1:{free_port()}"})
+    resp = await gw.get("/api/banks?user_id=u1")
+    assert resp.status == 503
+    data = await resp.json()
+    assert data == {"code": 14, "error": "UNAVAILABLE", "message": "the sync service is unavailable, try again later",
+                    "details": []}
+
+
+async def test_deadline_exceeded_is_504(make_gateway, backends):
+    gw = await make_gateway({"FINPULSE_RPC_TIMEOUT": "0.2"})
+    backends["sync"].replies["ListBanks"] = Sleep(2)
+    resp = await gw.get("/api/banks")
+    assert resp.status == 504
+    data = await resp.json()
+    assert data["error"] == "DEADLINE_EXCEEDED" and data["message"] == "the sync service did not answer in time"
+
+
+async def test_gateway_bug_is_generic_500_and_logged(gw, backends, monkeypatch, caplog):
+    def broken(message, route=None):
+        raise RuntimeError("internal secret detail")
+    monkeypatch.setattr(transcode, "render", broken)
+    with caplog.at_level(logging.ERROR, logger="gateway"):
+        resp = await gw.get("/api/banks")
+    assert resp.status == 500
+    text = await resp.text()
+    assert json.loads(text) == {"code": 13, "error": "INTERNAL", "message": "internal error", "details": []}
+    assert "secret" not in text
+    assert any(r.exc_info and "internal secret detail" in str(r.exc_info[1]) for r in caplog.records)
+
+
+async def test_unknown_path_and_method_are_json(gw):
+    resp = await gw.get("/api/nope")
+    assert resp.status == 404 and (await resp.json())["error"] == "NOT_FOUND"
+    resp = await gw.patch("/api/banks")
+    assert resp.status == 405 and (await resp.json())["error"] == "UNIMPLEMENTED"
+    assert "GET" in resp.headers["Allow"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Request id, access log, CORS, probes
+
+
+async def test_request_id_propagated_and_echoed(gw, backends, caplog):
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        resp = await gw.get("/api/banks", headers={"X-Request-Id": "req-abc.123"})
+    assert resp.status == 200
+    assert resp.headers["X-Request-Id"] == "req-abc.123"
+    assert backends["sync"].calls[0].metadata["x-request-id"] == "req-abc.123"
+    [line] = [r for r in caplog.records if r.name == "gateway.access"]
+    assert (line.method, line.route, line.status) == ("GET", "/api/banks", 200)
+    assert line.latency_ms >= 0
+
+    resp = await gw.get("/api/banks", headers={"X-Request-Id": "bad id\twith spaces"})
+    generated = resp.headers["X-Request-Id"]
+    assert generated != "bad id\twith spaces" and len(generated) == 32
+    assert backends["sync"].calls[1].metadata["x-request-id"] == generated
+    resp = await gw.get("/api/banks")
+    assert resp.headers["X-Request-Id"] == backends["sync"].calls[2].metadata["x-request-id"] != generated
+
+
+async def test_cors(gw, backends):
+    preflight = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"}
+    resp = await gw.options("/api/onboarding/consents", headers=preflight)
+    assert resp.status == 204
+    assert resp.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+    assert resp.headers["Access-Control-Allow-Credentials"] == "true"
+    assert "POST" in resp.headers["Access-Control-Allow-Methods"]
+    assert resp.headers["Access-Control-Allow-Headers"] == "content-type"
+
+    resp = await gw.options("/api/onboarding/consents", headers={**preflight, "Origin": "http://evil.example"})
+    assert resp.status == 403
+    assert not any(h.startswith("Access-Control-") for h in resp.headers)
+
+    resp = await gw.get("/api/banks", headers={"Origin": "http://localhost:3000"})
+    assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+    assert resp.headers["Access-Control-Allow-Credentials"] == "true"
+    resp = await gw.get("/api/banks", headers={"Origin": "http://evil.example"})
+    assert resp.status == 200 and not any(h.startswith("Access-Control-") for h in resp.headers)
+    resp = await gw.get("/api/nope", headers={"Origin": "http://localhost:3000"})
+    assert resp.status == 404 and resp.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+    assert all_calls(backends) == ["sync.ListBanks", "sync.ListBanks"]
+
+
+async def test_healthz_and_readyz(gw, backends):
+    assert (await gw.get("/healthz")).status == 200
+    resp = await gw.get("/readyz")
+    assert resp.status == 200
+    assert await resp.json() == {"status": "ready", "not_ready": [],
+                                 "services": {k: "SERVING" for k in ("onboarding", "consent", "sync", "dashboard")}}
+    await backends["consent"].health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    resp = await gw.get("/readyz")
+    assert resp.status == 503
+    data = await resp.json()
+    assert data["not_ready"] == ["consent"] and data["services"]["consent"] == "NOT_SERVING"
+
+
+async def test_readyz_without_health_service_or_backend(make_gateway, backends):
+    bare = Backend("dashboard", with_health=False)
+    await bare.start()
+    try:
+        gw = await make_gateway({"FINPULSE_DASHBOARD_ADDR": bare.addr,
+                                 "FINPULSE_SYNC_ADDR": f"127.0.0.1:{free_port()}"})
+        resp = await gw.get("/readyz")
+        assert resp.status == 503
+        data = await resp.json()
+        assert data["services"] == {"onboarding": "SERVING", "consent": "SERVING",
+                                    "sync": "UNAVAILABLE", "dashboard": "UNIMPLEMENTED"}
+        assert data["not_ready"] == ["sync", "dashboard"]
+    finally:
+        await bare.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m gateway
+
+
+def _run_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
+    env.update(extra)
+    return env
+
+
+def test_main_bad_config_exits_2():
+    proc = subprocess.run([sys.executable, "-m", "gateway"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=_run_env(FINPULSE_GATEWAY_PORT="not-a-port"))
+    assert proc.returncode == 2
+    assert "FINPULSE_GATEWAY_PORT" in proc.stderr and "Traceback" not in proc.stderr
+
+
+async def test_main_serves_and_stops_on_sigterm():
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+        env=_run_env(FINPULSE_GATEWAY_HOST="127.0.0.1", FINPULSE_GATEWAY_PORT=str(port)))
+    try:
+        for _ in range(200):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        else:
+            pytest.fail("gateway did not start listening")
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = await reader.read()
+        writer.close()
+        assert reply.startswith(b"HTTP/1.1 200") and b"X-Request-Id" in reply
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        lines = [json.loads(line) for line in (await proc.stderr.read()).decode().splitlines() if line.strip()]
+        assert any(line["logger"] == "gateway.access" and line["route"] == "/healthz" for line in lines)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
