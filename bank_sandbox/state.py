@@ -1,0 +1,115 @@
+"""One bank's in-memory state, and the registry through which the banks of one process pay each other."""
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Iterator
+
+from bank_sandbox import data
+from bank_sandbox.config import SandboxConfig
+from bank_sandbox.consents import Consent, ConsentBook
+from bank_sandbox.models import Account, Customer, Draft, Payment, Transaction, utcnow
+from bank_sandbox.protocol import ApiError
+
+
+class BankState:
+    """Customers (built on first use, deterministically), consents, payments and the fault knobs."""
+
+    def __init__(self, bank_id: str, config: SandboxConfig, anchor: datetime | None = None):
+        self.bank_id = bank_id
+        self.config = config
+        # Histories end at the start of the day the bank started: two banks started the same day agree.
+        self.anchor = anchor or utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+        self.catalogue = data.catalogue(config.seed, bank_id)
+        self.profiles = {who.client_id: who for who in (data.profile(config.seed, config.team_id, index)
+                                                         for index in range(1, config.customers + 1))}
+        self.consents = ConsentBook()
+        self.payments: dict[str, Payment] = {}
+        self.faults = config.faults()
+        self.fault_rng = data.rng(config.seed, bank_id, "faults")
+        self.down = False  # every API call answers 503
+        self.secret = secrets.token_bytes(32)  # signs this bank's tokens, and only them
+        self._customers: dict[str, Customer] = {}
+
+    @property
+    def manual_approval(self) -> bool:
+        return self.config.approval_mode(self.bank_id) == "manual"
+
+    def customer(self, client_id: str) -> Customer:
+        customer = self._customers.get(client_id)
+        if customer is None:
+            who = self.profiles.get(client_id)
+            if who is None:
+                raise ApiError(404, f"Client {client_id} not found")
+            customer = data.build_customer(self.config.seed, self.bank_id, who, self.catalogue, self.anchor,
+                                           self.config.history_days)
+            self._customers[client_id] = customer
+        return customer
+
+    def account_numbers(self) -> Iterator[tuple[str, str]]:
+        """(account number, customer id) of every account, without building the customers."""
+        for who in self.profiles.values():
+            for position in range(len(who.accounts)):
+                yield data.account_number(self.config.seed, self.bank_id, who.index, position), who.client_id
+
+    def pay(self, customer: Customer, consent: Consent, source: Account, target: tuple[Customer, Account],
+            amount: Decimal, comment: str | None) -> Payment:
+        """Move `amount` from `source` to `target` (at this bank or another), booking both sides at once."""
+        if amount > source.balance:
+            raise ApiError(400, "Insufficient funds")
+        now = utcnow()
+        creditor, target_account = target
+        note = f": {comment}" if comment else ""
+        source.book(Draft(now, "Debit", amount, f"Перевод клиенту {creditor.name}{note}"))
+        target_account.book(Draft(now, "Credit", amount, f"Перевод от клиента {customer.name}{note}"))
+        consent.payments.append((now, amount))
+        payment = Payment(f"pay-{uuid.uuid4().hex[:12]}", customer.client_id, amount, now)
+        self.payments[payment.payment_id] = payment
+        return payment
+
+    def append_transactions(self, customer: Customer, account: Account, count: int) -> list[Transaction]:
+        """`count` new movements dated now, the same ones for the same seed and history."""
+        r = data.rng(self.config.seed, self.bank_id, customer.client_id, account.account_id, "extra",
+                     len(account.transactions))
+        now = utcnow()
+        return [account.book(data.extra_activity(r, account, customer.city, now + timedelta(microseconds=i)))
+                for i in range(count)]
+
+    def counts(self, customer: Customer) -> dict[str, Any]:
+        by_account = {account.account_id: len(account.transactions) for account in customer.accounts}
+        now = utcnow()
+        return {"accounts": len(customer.accounts), "transactions": sum(by_account.values()),
+                "transactions_by_account": by_account,
+                "balances": sum(len(account.balances_json(now)) for account in customer.accounts),
+                "agreements": len(customer.agreements)}
+
+
+class Registry:
+    """Which bank of this process holds each account number."""
+
+    def __init__(self) -> None:
+        self._banks: dict[str, BankState] = {}
+        self._owners: dict[str, tuple[BankState, str]] = {}
+
+    def add(self, bank: BankState) -> None:
+        if bank.bank_id in self._banks:
+            raise ValueError(f"bank {bank.bank_id!r} is already registered")
+        owners: dict[str, tuple[BankState, str]] = {}
+        for number, client_id in bank.account_numbers():
+            if number in self._owners or number in owners:
+                raise ValueError(f"account number {number} of {bank.bank_id} is already taken: use another seed")
+            owners[number] = (bank, client_id)
+        self._banks[bank.bank_id] = bank
+        self._owners.update(owners)
+
+    def locate(self, number: str, bank_code: str | None = None) -> tuple[Customer, Account] | None:
+        """The customer and account holding `number` (at bank `bank_code`, when given)."""
+        owner = self._owners.get(number)
+        if owner is None or bank_code not in (None, owner[0].bank_id):
+            return None
+        customer = owner[0].customer(owner[1])
+        account = customer.account_by_number(number)
+        assert account is not None  # numbers are derived the same way for the registry and the customers
+        return customer, account
