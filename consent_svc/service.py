@@ -229,7 +229,9 @@ class ConsentService:
         grouped: dict[str, dict[str, StoredConsent]] = {}
         for consent in await self.storage.latest_per_kind(user_id):
             grouped.setdefault(consent.bank_id, {})[consent.kind] = consent
-        return list(grouped.items())
+        # Banks in configuration order (the bank list's order); unknown (removed) banks last.
+        rank = {bank_id: i for i, bank_id in enumerate(self.order)}
+        return sorted(grouped.items(), key=lambda item: rank.get(item[0], len(rank)))
 
     def bank_name(self, bank_id: str) -> str:
         bank = self.banks.get(bank_id)

@@ -130,18 +130,12 @@ class ConsentStorage:
             f"SELECT {_COLUMNS} FROM consents WHERE bank_id = $1 AND consent_id = $2", bank_id, consent_id))
 
     async def latest_per_kind(self, user_id: str) -> list[StoredConsent]:
-        """The newest consent of each (bank, kind) of the user, banks in order of their first consent."""
+        """The newest consent of each (bank, kind) of the user."""
         rows = await self.pool.fetch(
             f"""
-            WITH latest AS (
-                SELECT DISTINCT ON (bank_id, consent_type) {_COLUMNS}
-                FROM consents WHERE user_id = $1
-                ORDER BY bank_id, consent_type, created_at DESC, id DESC
-            ), first_seen AS (
-                SELECT bank_id, min(id) AS first_id FROM consents WHERE user_id = $1 GROUP BY bank_id
-            )
-            SELECT latest.* FROM latest JOIN first_seen USING (bank_id)
-            ORDER BY first_seen.first_id, latest.consent_type
+            SELECT DISTINCT ON (bank_id, consent_type) {_COLUMNS}
+            FROM consents WHERE user_id = $1
+            ORDER BY bank_id, consent_type, created_at DESC, id DESC
             """, user_id)
         return [_consent(r) for r in rows]
 
