@@ -7,6 +7,7 @@ from finpulse.consent.v1 import consent_pb2 as pb
 from finpulse.consent.v1 import consent_pb2_grpc as pb_grpc
 
 from bankapi.client import BankClients
+from bankapi.tokens import RedisTokenStore
 from svclib.protoconv import optional, set_timestamp
 from svclib.runtime import Runtime
 from svclib.server import GrpcServer
@@ -118,7 +119,7 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
 
 
 async def setup(runtime: Runtime, server: GrpcServer) -> None:
-    clients = BankClients(runtime.settings, token_store=runtime.cache)
+    clients = BankClients(runtime.settings, token_store=RedisTokenStore(runtime.cache.redis))
     runtime.on_close(clients.close)
     service = ConsentService(ConsentStorage(runtime.pool), runtime.settings.banks, clients)
     server.add(pb_grpc.add_ConsentServiceServicer_to_server, ConsentServicer(service),
