@@ -15,6 +15,7 @@ from typing import Callable, TypeVar
 from bank_sandbox.app import start_banks
 from bank_sandbox.config import APPROVAL_MODES, DEFAULT_PORTS, SandboxConfig, parse_bool
 from svclib.logging import setup_logging
+from svclib.process import die_with_parent
 
 log = logging.getLogger("bank_sandbox")
 T = TypeVar("T")
@@ -96,6 +97,7 @@ async def serve(config: SandboxConfig, ports: dict[str, int], host: str) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     config, ports, host = parse_args(argv)
     setup_logging("bank_sandbox")
     try:

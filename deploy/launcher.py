@@ -5,14 +5,14 @@ every service's migrations, then the bank emulator (when the banks point at this
 gRPC services and the gateway; waits until each one answers its health check, prints where the
 gateway is with a first curl command, and on Ctrl-C (or SIGTERM) stops everything in order: children
 get SIGTERM and their grace period, stragglers are killed, the embedded servers stop, data is kept.
-Children also die with the launcher (PR_SET_PDEATHSIG), so a killed launcher leaves no orphans.
+Children also die with the launcher (`svclib.process.die_with_parent`), so a killed launcher leaves
+no orphans.
 
 The `Suite` class is the same machinery for the end-to-end tests.
 """
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import dataclasses
 import os
 import signal
@@ -29,16 +29,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from svclib import db
 from svclib.config import SERVICE_PORTS, ConfigError, Settings, load_settings
 from svclib.embedded import BackingServices, ensure_backing_services
+from svclib.process import PARENT_ENV
 
 SERVICES = tuple(SERVICE_PORTS)  # onboarding, consent, sync, dashboard
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def emulator_ports(settings: Settings) -> dict[str, int] | None:
@@ -64,8 +58,9 @@ class Child:
 
     def start(self) -> None:
         out = open(self.log_path, "ab") if self.log_path else None
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+        env = {**self.env, PARENT_ENV: str(os.getpid())}  # the child dies with us (svclib.process)
+        self.proc = subprocess.Popen(self.argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
         if out:
             out.close()
 

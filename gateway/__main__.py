@@ -16,6 +16,7 @@ from gateway.app import ROUTES, create_app
 from gateway.routes import Route, RouteError, build_routes
 from svclib.config import ConfigError, Settings, load_settings
 from svclib.logging import setup_logging
+from svclib.process import die_with_parent
 
 log = logging.getLogger("gateway")
 

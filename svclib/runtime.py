@@ -23,6 +23,7 @@ from svclib.clients import ServiceClients
 from svclib.config import ConfigError, Settings, load_settings
 from svclib.embedded import BackingServices, ensure_backing_services
 from svclib.logging import setup_logging
+from svclib.process import die_with_parent
 from svclib.server import GrpcServer, install_signal_handlers
 
 log = logging.getLogger("svclib.runtime")
@@ -143,6 +144,7 @@ async def run_migrations(spec: ServiceSpec, settings: Settings) -> None:
 
 
 def main(spec: ServiceSpec, argv: list[str] | None = None) -> int:
+    die_with_parent()
     parser = argparse.ArgumentParser(prog=f"python -m {spec.name}_svc")
     parser.add_argument("command", choices=["serve", "migrate"], nargs="?", default="serve")
     args = parser.parse_args(argv)
