@@ -1,0 +1,788 @@
+"""SQL of the bank data in the `sync` schema: the sync write path and the dashboard's read API.
+
+Write path (`BankDataStorage.write_bank_data`): one transaction per fetch of one (user, bank),
+serialised per (user, bank) by a transaction-scoped advisory lock. Each table goes through the same
+machinery (`_Upsert`, `_write`): the rows are COPYed (binary, `copy_records_to_table`, built lazily
+so Python encodes while the server parses) into a temporary table that is dropped at commit, then
+one `INSERT … SELECT … ON CONFLICT (natural key) DO UPDATE` moves them into the real table. Rows
+identical to the stored ones are filtered out before the insert, so an unchanged row is neither
+rewritten nor locked; the `DO UPDATE … WHERE … IS DISTINCT FROM …` guard says the same thing once
+more at the row. Inserts and updates are told apart by `xmax = 0`. When a table holds no row of the
+(user, bank) yet (its first sync, the big one), the rows are COPYed straight into it instead.
+Balance snapshots are appended only when the value differs from the latest snapshot. The sync
+state (watermark, last success, running row totals) is updated in the same transaction, and the
+user's data version is bumped there too, but only when a row was inserted, updated or deleted: a
+second sync with no new bank data writes no bank-data row and leaves the version alone.
+
+Read API: small frozen dataclasses with `Decimal` money and aware-UTC datetimes (the pool's
+session time zone is UTC); aggregates are computed by Postgres, never by looping over rows here.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import functools
+import json
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence, TypeVar
+
+import asyncpg
+
+from bankapi.models import Account, Balance, ProductAgreement, Transaction
+
+__all__ = [
+    "BankDataStorage", "WriteStats", "TableStats", "SyncState", "Counts", "BankCall",
+    "StoredAccount", "StoredBalance", "StoredCredit", "StoredTransaction", "TransactionCursor",
+    "MonthlyCashFlow", "CategorySpending", "LoanRepayments",
+]
+
+MAX_PAGE = 1000
+R = TypeVar("R")  # a result dataclass
+M = TypeVar("M")  # a bank model
+_MESSAGE_LIMIT = 2000  # characters of a bank call's message kept in bank_status_log
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+@dataclass(frozen=True)
+class TableStats:
+    """What one write did to one table. `unchanged` counts fetched rows identical to the stored ones."""
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.inserted or self.updated or self.deleted)
+
+
+@dataclass(frozen=True)
+class WriteStats:
+    """Outcome of `write_bank_data`. `skipped` counts transactions with neither a booking nor a value
+    time (they cannot be placed in time and are not stored); `data_version` is the user's version
+    after the write (bumped only when `changed`)."""
+    accounts: TableStats
+    balances: TableStats
+    transactions: TableStats
+    credits: TableStats
+    skipped: int
+    watermark: datetime | None
+    data_version: int
+    changed: bool
+
+    def _total(self, name: str) -> int:
+        return sum(getattr(t, name) for t in (self.accounts, self.balances, self.transactions, self.credits))
+
+    @property
+    def inserted(self) -> int:
+        return self._total("inserted")
+
+    @property
+    def updated(self) -> int:
+        return self._total("updated")
+
+    @property
+    def deleted(self) -> int:
+        return self._total("deleted")
+
+    @property
+    def unchanged(self) -> int:
+        return self._total("unchanged")
+
+
+@dataclass(frozen=True)
+class SyncState:
+    """Per (user, bank). `watermark` is the newest booking time stored; the counts are running totals
+    kept in each write's transaction (`BankDataStorage.counts` recounts the tables)."""
+    user_id: str
+    bank_id: str
+    watermark: datetime | None
+    last_success_at: datetime | None
+    last_changed_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    accounts_count: int
+    balances_count: int
+    transactions_count: int
+    credits_count: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Counts:
+    accounts: int
+    balances: int
+    transactions: int
+    credits: int
+
+
+@dataclass(frozen=True)
+class BankCall:
+    """One bank call for `bank_status_log` (a Mapping with the same keys is accepted too)."""
+    bank_id: str
+    operation: str
+    outcome: str
+    user_id: str | None = None
+    http_status: int | None = None
+    latency_ms: float | None = None
+    interaction_id: str | None = None
+    message: str | None = None
+    at: datetime | None = None  # defaults to the time of logging
+
+
+@dataclass(frozen=True)
+class StoredAccount:
+    bank_id: str
+    account_id: str
+    status: str | None
+    currency: str | None
+    account_type: str | None
+    account_sub_type: str | None
+    nickname: str | None
+    opening_date: date | None
+    account_number: str | None
+    owner_name: str | None
+    first_seen_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredBalance:
+    bank_id: str
+    account_id: str
+    balance_type: str
+    amount: Decimal
+    signed_amount: Decimal  # negative for a Debit balance
+    currency: str | None
+    credit_debit_indicator: str | None
+    as_of: datetime
+    fetched_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredCredit:
+    bank_id: str
+    agreement_id: str
+    product_id: str | None
+    product_type: str | None
+    product_name: str | None
+    amount: Decimal  # principal, deposited sum or card limit: not a debt
+    interest_rate: Decimal | None
+    status: str | None
+    start_date: datetime | None
+    end_date: datetime | None
+    account_number: str | None
+    account_balance: Decimal | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredTransaction:
+    bank_id: str
+    account_id: str
+    transaction_id: str
+    amount: Decimal
+    signed_amount: Decimal  # negative for a debit
+    currency: str | None
+    direction: str  # credit | debit
+    status: str | None
+    booking_time: datetime
+    value_time: datetime | None
+    description: str | None
+    bank_code: str | None
+    merchant: str | None
+    category: str | None
+    mcc: str | None
+    agreement_id: str | None
+    first_seen_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class TransactionCursor:
+    """Keyset position in the (booking_time, bank_id, account_id, transaction_id) DESC order: the last
+    row of a page. `token()`/`from_token()` turn it into an opaque page token and back."""
+    booking_time: datetime
+    bank_id: str
+    account_id: str
+    transaction_id: str
+
+    def token(self) -> str:
+        text = json.dumps([self.booking_time.isoformat(), self.bank_id, self.account_id, self.transaction_id],
+                          ensure_ascii=False, separators=(",", ":"))
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    @classmethod
+    def from_token(cls, token: str) -> TransactionCursor:
+        """ValueError when the token was not made by `token()`."""
+        try:
+            text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            when, bank_id, account_id, transaction_id = json.loads(text)
+            moment = datetime.fromisoformat(when)
+            if moment.tzinfo is None or not all(isinstance(v, str) for v in (bank_id, account_id, transaction_id)):
+                raise ValueError
+        except (ValueError, TypeError, UnicodeDecodeError):
+            raise ValueError("invalid page token") from None
+        return cls(moment, bank_id, account_id, transaction_id)
+
+
+@dataclass(frozen=True)
+class MonthlyCashFlow:
+    month: date  # first day of the calendar month (UTC)
+    currency: str | None
+    income: Decimal  # sum of credits
+    spending: Decimal  # sum of debits, positive
+    count: int
+
+
+@dataclass(frozen=True)
+class CategorySpending:
+    category: str | None  # merchant category; None for debits without a merchant (transfers, repayments)
+    currency: str | None
+    total: Decimal  # positive
+    count: int
+
+
+@dataclass(frozen=True)
+class LoanRepayments:
+    """Debits naming a loan agreement ("Платеж по кредиту №<agreement_id>")."""
+    bank_id: str
+    agreement_id: str
+    currency: str | None
+    count: int
+    total: Decimal
+    average: Decimal  # rounded to cents
+    last_paid_at: datetime
+    typical_day: int  # most common day of month (UTC); the earliest such day on a tie
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+def _json_default(value: Any) -> Any:
+    """JSON for what the bank client leaves in `raw`: Decimal numbers (it parses floats as Decimal)
+    stay numbers whenever a float carries the exact same value, else become strings."""
+    if isinstance(value, Decimal):
+        if value == value.to_integral_value():
+            return int(value)
+        as_float = float(value)
+        return as_float if Decimal(repr(as_float)) == value else str(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    return str(value)
+
+
+_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_default).encode
+
+
+def _direction(indicator: str | None) -> str:
+    return "debit" if indicator is not None and indicator.lower() == "debit" else "credit"
+
+
+def _account_row(a: Account) -> tuple:
+    return (a.account_id, a.status, a.currency, a.account_type, a.account_sub_type, a.nickname, a.opening_date,
+            a.account_number, a.owner_name, _to_json(a.raw))
+
+
+def _credit_row(p: ProductAgreement) -> tuple:
+    return (p.agreement_id, p.product_id, p.product_type, p.product_name, p.amount, p.interest_rate, p.status,
+            p.start_date, p.end_date, p.account_number, p.account_balance, _to_json(p.raw))
+
+
+def _balance_row(b: Balance) -> tuple:
+    return (b.account_id, b.type or "", b.amount, b.currency, b.credit_debit_indicator, b.as_of, _to_json(b.raw))
+
+
+def _transaction_row(t: Transaction) -> tuple:
+    return (t.account_id, t.transaction_id, t.amount, _direction(t.credit_debit_indicator), t.currency, t.status,
+            t.booking_time or t.value_time, t.value_time, t.description, t.bank_code, t.merchant_name,
+            t.merchant_category, t.mcc, t.agreement_id, _to_json(t.raw))
+
+
+# ---------------------------------------------------------------------------------------------- upsert machinery
+
+@dataclass(frozen=True)
+class _Upsert:
+    """How one table is written: staged by COPY, then upserted on (user_id, bank_id, *key).
+
+    `values` are compared to decide whether a stored row changed. A column in `keep_when_null` keeps
+    its stored value when a fetch lacks it (e.g. interest_rate, which only the detail call carries).
+    """
+    table: str
+    key: tuple[str, ...]
+    values: tuple[str, ...]
+    keep_when_null: frozenset[str] = frozenset()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.key + self.values
+
+    @property
+    def stage(self) -> str:
+        return f"_stage_{self.table}"
+
+    def _new(self, column: str, fresh: str, stored: str) -> str:
+        """The value a write stores for `column`, from the fresh row alias and the stored row alias."""
+        if column in self.keep_when_null:
+            return f"COALESCE({fresh}.{column}, {stored}.{column})"
+        return f"{fresh}.{column}"
+
+    def _same(self, fresh: str, stored: str, op: str) -> str:
+        old = ", ".join(f"{stored}.{c}" for c in self.values)
+        new = ", ".join(self._new(c, fresh, stored) for c in self.values)
+        return f"ROW({old}) {op} ROW({new})"
+
+    @property
+    def any_stored_sql(self) -> str:
+        """$1 user_id, $2 bank_id; answers whether the table holds a row of theirs."""
+        return f"SELECT EXISTS (SELECT 1 FROM {self.table} WHERE user_id = $1 AND bank_id = $2)"
+
+    @functools.cached_property
+    def sql(self) -> str:
+        """$1 user_id, $2 bank_id; answers (inserted, updated)."""
+        cols = ", ".join(self.columns)
+        key_match = " AND ".join(f"o.{k} = s.{k}" for k in self.key)
+        return f"""
+            WITH written AS (
+                INSERT INTO {self.table} AS t (user_id, bank_id, {cols})
+                SELECT $1, $2, {", ".join(f"s.{c}" for c in self.columns)}
+                FROM {self.stage} s
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM {self.table} o
+                    WHERE o.user_id = $1 AND o.bank_id = $2 AND {key_match}
+                      AND {self._same("s", "o", "IS NOT DISTINCT FROM")})
+                ON CONFLICT (user_id, bank_id, {", ".join(self.key)}) DO UPDATE
+                SET {", ".join(f"{c} = {self._new(c, 'EXCLUDED', 't')}" for c in self.values)}, updated_at = now()
+                WHERE {self._same("EXCLUDED", "t", "IS DISTINCT FROM")}
+                RETURNING xmax = 0 AS inserted
+            )
+            SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
+        """
+
+
+ACCOUNTS = _Upsert(
+    "accounts", ("account_id",),
+    ("status", "currency", "account_type", "account_sub_type", "nickname", "opening_date", "account_number",
+     "owner_name", "raw"),
+    keep_when_null=frozenset({"account_number", "owner_name"}))  # GET /accounts/{id} has no identification
+CREDITS = _Upsert(
+    "credits", ("agreement_id",),
+    ("product_id", "product_type", "product_name", "amount", "interest_rate", "status", "start_date", "end_date",
+     "account_number", "account_balance", "raw"),
+    keep_when_null=frozenset({"interest_rate", "account_balance"}))  # only in the detail call
+TRANSACTIONS = _Upsert(
+    "transactions", ("account_id", "transaction_id"),
+    ("amount", "direction", "currency", "status", "booking_time", "value_time", "description", "bank_code",
+     "merchant", "category", "mcc", "agreement_id", "raw"))
+BALANCE_COLUMNS = ("account_id", "balance_type", "amount", "currency", "credit_debit_indicator", "as_of", "raw")
+
+
+async def _stage(conn: asyncpg.Connection, table: str, stage: str, columns: Sequence[str],
+                 rows: Iterable[tuple]) -> None:
+    """A temporary copy of `table`'s `columns` (same types, no constraints), dropped at commit, filled by
+    binary COPY. `rows` may be lazy: they are then built while the server parses what was sent."""
+    await conn.execute(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS "
+                       f"SELECT {', '.join(columns)} FROM {table} WITH NO DATA")
+    await conn.copy_records_to_table(stage, records=rows, columns=list(columns))
+
+
+async def _write(conn: asyncpg.Connection, spec: _Upsert, user_id: str, bank_id: str,
+                 rows: Iterable[tuple], count: int) -> tuple[TableStats, bool]:
+    """Write `count` rows (unique per key) of (user_id, bank_id) into `spec.table`; answers the stats and
+    whether the rows were staged (then `spec.stage` holds them until commit).
+
+    Normally: stage, then upsert. When the table holds no row of (user_id, bank_id) yet — the first
+    sync of that bank, by far the largest write — the rows are COPYed straight into the table: there
+    is nothing they could conflict with (every key starts with user and bank, the rows are unique per
+    key, and the caller holds the (user, bank) advisory lock), so staging would only copy them twice.
+    """
+    if count and not await conn.fetchval(spec.any_stored_sql, user_id, bank_id):
+        await conn.copy_records_to_table(spec.table, records=((user_id, bank_id, *row) for row in rows),
+                                         columns=["user_id", "bank_id", *spec.columns])
+        return TableStats(inserted=count), False
+    await _stage(conn, spec.table, spec.stage, spec.columns, rows)
+    inserted, updated = await conn.fetchrow(spec.sql, user_id, bank_id)
+    return TableStats(inserted=inserted, updated=updated, unchanged=count - inserted - updated), True
+
+
+def _latest(items: Iterable[M], key: Callable[[M], tuple]) -> list[M]:
+    """One item per natural key, the last one fetched winning: a key twice in one upsert is an error,
+    and pages shift while new transactions arrive."""
+    return list({key(item): item for item in items}.values())
+
+
+_SNAPSHOT_BALANCES = f"""
+    WITH written AS (
+        INSERT INTO balances (user_id, bank_id, {", ".join(BALANCE_COLUMNS)})
+        SELECT $1, $2, s.account_id, s.balance_type, s.amount, s.currency, s.credit_debit_indicator,
+               COALESCE(s.as_of, now()), s.raw
+        FROM _stage_balances s
+        WHERE NOT EXISTS (
+            SELECT 1 FROM (SELECT b.amount, b.currency, b.credit_debit_indicator FROM balances b
+                           WHERE b.user_id = $1 AND b.bank_id = $2 AND b.account_id = s.account_id
+                             AND b.balance_type = s.balance_type
+                           ORDER BY b.id DESC LIMIT 1) latest
+            WHERE ROW(latest.amount, latest.currency, latest.credit_debit_indicator)
+                  IS NOT DISTINCT FROM ROW(s.amount, s.currency, s.credit_debit_indicator))
+        RETURNING 1
+    )
+    SELECT count(*) FROM written
+"""
+
+# Pending rows of the fetched accounts, inside the fetched window, that this fetch no longer carries:
+# the bank replaced them by their booked version under a new id.
+_DELETE_REPLACED_PENDING = """
+    WITH gone AS (
+        DELETE FROM transactions t
+        WHERE t.user_id = $1 AND t.bank_id = $2 AND t.account_id = ANY($3::text[])
+          AND lower(t.status) = 'pending'
+          AND t.booking_time >= COALESCE($4::timestamptz, '-infinity') AND t.booking_time <= $5
+          AND NOT EXISTS (SELECT 1 FROM _stage_transactions s
+                          WHERE s.account_id = t.account_id AND s.transaction_id = t.transaction_id)
+        RETURNING 1
+    )
+    SELECT count(*) FROM gone
+"""
+
+_RECORD_SUCCESS = """
+    INSERT INTO sync_state AS s (user_id, bank_id, watermark, last_success_at, last_changed_at,
+                                 accounts_count, balances_count, transactions_count, credits_count)
+    VALUES ($1, $2, $3, now(), CASE WHEN $4 THEN now() END, $5, $6, $7, $8)
+    ON CONFLICT (user_id, bank_id) DO UPDATE SET
+        watermark = GREATEST(s.watermark, EXCLUDED.watermark),
+        last_success_at = now(),
+        last_changed_at = COALESCE(EXCLUDED.last_changed_at, s.last_changed_at),
+        accounts_count = s.accounts_count + EXCLUDED.accounts_count,
+        balances_count = s.balances_count + EXCLUDED.balances_count,
+        transactions_count = s.transactions_count + EXCLUDED.transactions_count,
+        credits_count = s.credits_count + EXCLUDED.credits_count,
+        updated_at = now()
+    RETURNING watermark
+"""
+
+_BUMP_VERSION = """
+    INSERT INTO user_data_version AS v (user_id, version) VALUES ($1, 1)
+    ON CONFLICT (user_id) DO UPDATE SET version = v.version + 1, updated_at = now()
+    RETURNING version
+"""
+_DATA_VERSION = "SELECT version FROM user_data_version WHERE user_id = $1"
+
+_BANK_CALL_COLUMNS = ("at", "user_id", "bank_id", "operation", "outcome", "http_status", "latency_ms",
+                      "interaction_id", "message")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+@functools.cache
+def _select(cls: type) -> str:
+    """The select list of a result dataclass: its field names are the column names."""
+    return ", ".join(f.name for f in dataclasses.fields(cls))
+
+
+def _build(cls: type[R], records: Iterable[asyncpg.Record]) -> list[R]:
+    return [cls(**dict(r)) for r in records]
+
+
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware")
+    return value
+
+
+def _lock_name(user_id: str, bank_id: str) -> str:
+    return f"finpulse:sync:bank-data:{user_id}\x1f{bank_id}"
+
+
+def _field(record: Any, name: str) -> Any:
+    return record.get(name) if isinstance(record, Mapping) else getattr(record, name, None)
+
+
+class _Where:
+    """AND-ed conditions with numbered parameters, for the reads with optional filters."""
+
+    def __init__(self) -> None:
+        self.clauses: list[str] = []
+        self.args: list[Any] = []
+
+    def arg(self, value: Any) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+    def add(self, clause: str, *values: Any) -> _Where:
+        """`clause` with `{}` placeholders for `values`."""
+        self.clauses.append(clause.format(*(self.arg(v) for v in values)))
+        return self
+
+    def maybe(self, clause: str, value: Any) -> _Where:
+        return self.add(clause, value) if value is not None else self
+
+    def __str__(self) -> str:
+        return " AND ".join(self.clauses) or "true"
+
+
+# ---------------------------------------------------------------------------------------------- storage
+
+class BankDataStorage:
+    """Bank data of the `sync` schema on a pool whose search_path is that schema (svclib.db.create_pool)."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    # ------------------------------------------------------------------------------------------ writes
+
+    async def write_bank_data(
+        self, user_id: str, bank_id: str, *,
+        accounts: Iterable[Account] = (),
+        balances: Iterable[Balance] = (),
+        transactions: Iterable[Transaction] = (),
+        agreements: Iterable[ProductAgreement] = (),
+        fetched_window: tuple[datetime | None, datetime] | None = None,
+        window_accounts: Collection[str] | None = None,
+    ) -> WriteStats:
+        """Store one fetch of one (user, bank) in one transaction; idempotent.
+
+        Accounts, agreements and transactions are upserted on their natural keys (a changed row is
+        updated in place, an identical one is not touched); balances get a new snapshot only when the
+        value changed. With `fetched_window = (from, to)` (`from` None = since the beginning) the
+        transactions were fetched completely over that booking-time window: pending rows of the
+        window that this fetch no longer carries are deleted (the bank replaced them by their booked
+        version under a new id). That clean-up covers `window_accounts`, by default every account in
+        `accounts` or in `transactions`; pass the accounts whose transaction fetch covered the window
+        when some did not. Rows and the sync state (watermark = newest booking time, last success,
+        running totals) commit together; the user's data version is bumped in the same transaction
+        when any row was inserted, updated or deleted.
+        """
+        if fetched_window is not None:
+            _aware(fetched_window[0], "fetched_window[0]")
+            if _aware(fetched_window[1], "fetched_window[1]") is None:
+                raise ValueError("fetched_window needs an end")
+        accounts = _latest(accounts, lambda a: (a.account_id,))
+        agreements = _latest(agreements, lambda p: (p.agreement_id,))
+        balances = _latest(balances, lambda b: (b.account_id, b.type or ""))
+        fetched = list(transactions)
+        transactions = _latest((t for t in fetched if t.booking_time or t.value_time),
+                               lambda t: (t.account_id, t.transaction_id))
+        skipped = sum(1 for t in fetched if not (t.booking_time or t.value_time))
+        newest = max((t.booking_time or t.value_time for t in transactions), default=None)
+        if fetched_window is not None and window_accounts is None:
+            window_accounts = {a.account_id for a in accounts} | {t.account_id for t in fetched}
+
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _lock_name(user_id, bank_id))
+            account_stats = credit_stats = balance_stats = transaction_stats = TableStats()
+            if accounts:
+                account_stats, _ = await _write(conn, ACCOUNTS, user_id, bank_id, map(_account_row, accounts),
+                                                len(accounts))
+            if agreements:
+                credit_stats, _ = await _write(conn, CREDITS, user_id, bank_id, map(_credit_row, agreements),
+                                               len(agreements))
+            if balances:
+                await _stage(conn, "balances", "_stage_balances", BALANCE_COLUMNS, map(_balance_row, balances))
+                added = await conn.fetchval(_SNAPSHOT_BALANCES, user_id, bank_id)
+                balance_stats = TableStats(inserted=added, unchanged=len(balances) - added)
+            if transactions or fetched_window is not None:
+                transaction_stats, staged = await _write(conn, TRANSACTIONS, user_id, bank_id,
+                                                         map(_transaction_row, transactions), len(transactions))
+                # unstaged: nothing was stored before this write, so no pending row to clean up
+                if staged and fetched_window is not None and window_accounts:
+                    deleted = await conn.fetchval(_DELETE_REPLACED_PENDING, user_id, bank_id,
+                                                  sorted(window_accounts), *fetched_window)
+                    transaction_stats = dataclasses.replace(transaction_stats, deleted=deleted)
+
+            changed = any(s.changed for s in (account_stats, credit_stats, balance_stats, transaction_stats))
+            watermark = await conn.fetchval(
+                _RECORD_SUCCESS, user_id, bank_id, newest, changed, account_stats.inserted, balance_stats.inserted,
+                transaction_stats.inserted - transaction_stats.deleted, credit_stats.inserted)
+            version = await conn.fetchval(_BUMP_VERSION if changed else _DATA_VERSION, user_id) or 0
+
+        return WriteStats(accounts=account_stats, balances=balance_stats, transactions=transaction_stats,
+                          credits=credit_stats, skipped=skipped, watermark=watermark, data_version=version,
+                          changed=changed)
+
+    async def record_failure(self, user_id: str, bank_id: str, message: str) -> None:
+        """Note a failed sync of (user, bank): last_error and its time; the last success is kept."""
+        await self.pool.execute(
+            """
+            INSERT INTO sync_state AS s (user_id, bank_id, last_error, last_error_at) VALUES ($1, $2, $3, now())
+            ON CONFLICT (user_id, bank_id) DO UPDATE
+            SET last_error = EXCLUDED.last_error, last_error_at = EXCLUDED.last_error_at, updated_at = now()
+            """, user_id, bank_id, message)
+
+    async def log_bank_calls(self, records: Iterable[BankCall | Mapping[str, Any] | Any]) -> int:
+        """Append bank calls to bank_status_log in one COPY. Each record is a `BankCall`, a Mapping or any
+        object with its attribute names; a missing `at` is the time of logging. Returns the rows written."""
+        now = datetime.now(timezone.utc)
+        rows = []
+        for rec in records:
+            message = _field(rec, "message")
+            latency = _field(rec, "latency_ms")
+            status = _field(rec, "http_status")
+            rows.append((_aware(_field(rec, "at"), "at") or now, _field(rec, "user_id"), _field(rec, "bank_id"),
+                         _field(rec, "operation"), _field(rec, "outcome"), None if status is None else int(status),
+                         None if latency is None else float(latency), _field(rec, "interaction_id"),
+                         None if message is None else str(message)[:_MESSAGE_LIMIT]))
+        if rows:
+            async with self.pool.acquire() as conn:
+                await conn.copy_records_to_table("bank_status_log", records=rows, columns=list(_BANK_CALL_COLUMNS))
+        return len(rows)
+
+    # ------------------------------------------------------------------------------------------ sync state
+
+    async def sync_state(self, user_id: str, bank_id: str) -> SyncState | None:
+        """The (user, bank) sync state; None before the first sync or failure."""
+        states = await self._sync_states(_Where().add("user_id = {}", user_id).add("bank_id = {}", bank_id))
+        return states[0] if states else None
+
+    async def sync_states(self, user_id: str) -> list[SyncState]:
+        """The user's sync state at every bank synced so far, by bank id."""
+        return await self._sync_states(_Where().add("user_id = {}", user_id))
+
+    async def _sync_states(self, where: _Where) -> list[SyncState]:
+        rows = await self.pool.fetch(
+            f"SELECT {_select(SyncState)} FROM sync_state WHERE {where} ORDER BY bank_id", *where.args)
+        return _build(SyncState, rows)
+
+    async def data_version(self, user_id: str) -> int:
+        """The user's data version: 0 before the first change, then bumped by every changing sync."""
+        return await self.pool.fetchval(_DATA_VERSION, user_id) or 0
+
+    async def stored_transaction_ids(self, user_id: str, bank_id: str, account_id: str,
+                                     ids: Collection[str]) -> set[str]:
+        """Which of `ids` are already stored for the account (the incremental sync's stop check)."""
+        rows = await self.pool.fetch(
+            """SELECT transaction_id FROM transactions
+               WHERE user_id = $1 AND bank_id = $2 AND account_id = $3 AND transaction_id = ANY($4::text[])""",
+            user_id, bank_id, account_id, list(ids))
+        return {r[0] for r in rows}
+
+    async def counts(self, user_id: str, bank_id: str) -> Counts:
+        """Rows stored for (user, bank), counted now."""
+        row = await self.pool.fetchrow(
+            """
+            SELECT (SELECT count(*) FROM accounts WHERE user_id = $1 AND bank_id = $2) AS accounts,
+                   (SELECT count(*) FROM balances WHERE user_id = $1 AND bank_id = $2) AS balances,
+                   (SELECT count(*) FROM transactions WHERE user_id = $1 AND bank_id = $2) AS transactions,
+                   (SELECT count(*) FROM credits WHERE user_id = $1 AND bank_id = $2) AS credits
+            """, user_id, bank_id)
+        return Counts(**dict(row))
+
+    # ------------------------------------------------------------------------------------------ reads
+
+    async def accounts(self, user_id: str, bank_id: str | None = None) -> list[StoredAccount]:
+        """The user's accounts (at one bank or all), by bank and account id."""
+        where = _Where().add("user_id = {}", user_id).maybe("bank_id = {}", bank_id)
+        rows = await self.pool.fetch(
+            f"SELECT {_select(StoredAccount)} FROM accounts WHERE {where} ORDER BY bank_id, account_id", *where.args)
+        return _build(StoredAccount, rows)
+
+    async def latest_balances(self, user_id: str, bank_id: str | None = None) -> list[StoredBalance]:
+        """The latest snapshot of every (account, balance type)."""
+        where = _Where().add("user_id = {}", user_id).maybe("bank_id = {}", bank_id)
+        rows = await self.pool.fetch(
+            f"""SELECT DISTINCT ON (bank_id, account_id, balance_type) {_select(StoredBalance)}
+                FROM balances WHERE {where}
+                ORDER BY bank_id, account_id, balance_type, id DESC""", *where.args)
+        return _build(StoredBalance, rows)
+
+    async def balance_history(self, user_id: str, bank_id: str, account_id: str) -> list[StoredBalance]:
+        """Every snapshot of one account, oldest first."""
+        rows = await self.pool.fetch(
+            f"""SELECT {_select(StoredBalance)} FROM balances
+                WHERE user_id = $1 AND bank_id = $2 AND account_id = $3 ORDER BY balance_type, id""",
+            user_id, bank_id, account_id)
+        return _build(StoredBalance, rows)
+
+    async def credits(self, user_id: str, bank_id: str | None = None) -> list[StoredCredit]:
+        """The user's product agreements (loans, deposits, cards), by bank and agreement id."""
+        where = _Where().add("user_id = {}", user_id).maybe("bank_id = {}", bank_id)
+        rows = await self.pool.fetch(
+            f"SELECT {_select(StoredCredit)} FROM credits WHERE {where} ORDER BY bank_id, agreement_id", *where.args)
+        return _build(StoredCredit, rows)
+
+    async def transactions(
+        self, user_id: str, *, bank_id: str | None = None, account_id: str | None = None,
+        since: datetime | None = None, until: datetime | None = None, limit: int = 100,
+        after: TransactionCursor | None = None,
+    ) -> tuple[list[StoredTransaction], TransactionCursor | None]:
+        """One page of the user's transactions with booking time in [since, until), newest first, ordered
+        by (booking_time, bank_id, account_id, transaction_id) descending. Returns the page and the
+        cursor of the next one (None on the last page); pass it back as `after`."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be 1…{MAX_PAGE}")
+        where = (_Where().add("user_id = {}", user_id).maybe("bank_id = {}", bank_id)
+                 .maybe("account_id = {}", account_id)
+                 .maybe("booking_time >= {}", _aware(since, "since"))
+                 .maybe("booking_time < {}", _aware(until, "until")))
+        if after is not None:
+            _aware(after.booking_time, "after.booking_time")
+            # the first conjunct is implied by the second; it lets the time indexes bound the scan
+            where.add("booking_time <= {0} AND "
+                      "(booking_time, bank_id, account_id, transaction_id) < ({0}, {1}, {2}, {3})",
+                      after.booking_time, after.bank_id, after.account_id, after.transaction_id)
+        limit_param = where.arg(limit + 1)  # one more row than asked tells whether a next page exists
+        rows = _build(StoredTransaction, await self.pool.fetch(
+            f"""SELECT {_select(StoredTransaction)} FROM transactions WHERE {where}
+                ORDER BY booking_time DESC, bank_id DESC, account_id DESC, transaction_id DESC
+                LIMIT {limit_param}""", *where.args))
+        if len(rows) <= limit:
+            return rows, None
+        last = rows[limit - 1]
+        return rows[:limit], TransactionCursor(last.booking_time, last.bank_id, last.account_id, last.transaction_id)
+
+    # ------------------------------------------------------------------------------------------ aggregates
+
+    async def monthly_cash_flow(self, user_id: str, months: int = 12, *,
+                                at: datetime | None = None) -> list[MonthlyCashFlow]:
+        """Income (credits) and spending (debits, positive) per calendar month (UTC) and currency, for the
+        `months` months ending with the month of `at` (default now), oldest first; months without
+        transactions are absent."""
+        if months < 1:
+            raise ValueError("months must be at least 1")
+        rows = await self.pool.fetch(
+            """
+            WITH bounds AS (
+                SELECT date_trunc('month', COALESCE($3::timestamptz, now()) AT TIME ZONE 'UTC') AS this_month
+            )
+            SELECT date_trunc('month', t.booking_time AT TIME ZONE 'UTC')::date AS month, t.currency,
+                   COALESCE(sum(t.signed_amount) FILTER (WHERE t.direction = 'credit'), 0) AS income,
+                   COALESCE(-sum(t.signed_amount) FILTER (WHERE t.direction = 'debit'), 0) AS spending,
+                   count(*) AS count
+            FROM transactions t, bounds b
+            WHERE t.user_id = $1
+              AND t.booking_time >= (b.this_month - make_interval(months => $2 - 1)) AT TIME ZONE 'UTC'
+              AND t.booking_time < (b.this_month + interval '1 month') AT TIME ZONE 'UTC'
+            GROUP BY 1, 2 ORDER BY 1, 2
+            """, user_id, months, _aware(at, "at"))
+        return _build(MonthlyCashFlow, rows)
+
+    async def spending_by_category(self, user_id: str, since: datetime,
+                                   until: datetime | None = None) -> list[CategorySpending]:
+        """Debits booked in [since, until) per merchant category and currency, largest total first."""
+        where = (_Where().add("user_id = {}", user_id).add("direction = 'debit'")
+                 .add("booking_time >= {}", _aware(since, "since")).maybe("booking_time < {}", _aware(until, "until")))
+        rows = await self.pool.fetch(
+            f"""SELECT category, currency, -sum(signed_amount) AS total, count(*) AS count
+                FROM transactions WHERE {where}
+                GROUP BY category, currency ORDER BY total DESC, category NULLS LAST, currency""", *where.args)
+        return _build(CategorySpending, rows)
+
+    async def loan_repayments(self, user_id: str, since: datetime | None = None) -> list[LoanRepayments]:
+        """Per loan agreement (bank, agreement id, currency): the debits naming it — count, total, average,
+        last payment and the most common day of month."""
+        where = (_Where().add("user_id = {}", user_id).add("agreement_id IS NOT NULL").add("direction = 'debit'")
+                 .maybe("booking_time >= {}", _aware(since, "since")))
+        rows = await self.pool.fetch(
+            f"""SELECT bank_id, agreement_id, currency, count(*) AS count, -sum(signed_amount) AS total,
+                       round(-avg(signed_amount), 2) AS average, max(booking_time) AS last_paid_at,
+                       mode() WITHIN GROUP (ORDER BY extract(day FROM booking_time AT TIME ZONE 'UTC'))::int
+                           AS typical_day
+                FROM transactions WHERE {where}
+                GROUP BY bank_id, agreement_id, currency ORDER BY bank_id, agreement_id, currency""", *where.args)
+        return _build(LoanRepayments, rows)
