@@ -172,7 +172,8 @@ class BankClient:
     def __init__(self, bank: BankConfig, team: TeamCredentials, *, token_store: TokenStore | None = None,
                  timeout: float = 10.0, max_retries: int = 3, backoff_base: float = 0.2, backoff_max: float = 5.0,
                  session: aiohttp.ClientSession | None = None, on_call: OnCall | None = None,
-                 request_id_provider: Callable[[], str | None] | None = None, pool_size: int = 20):
+                 request_id_provider: Callable[[], str | None] | None = None, pool_size: int = 20,
+                 throttle: Callable[[str], Awaitable[None]] | None = None):
         if not bank.base_url:
             raise UnknownBank(f"bank {bank.id!r} has no base URL configured", bank_id=bank.id)
         if max_retries < 0 or timeout <= 0:
@@ -188,6 +189,8 @@ class BankClient:
         self._owns_session = session is None
         self._pool_size = pool_size
         self._on_call = on_call
+        # Awaited before every HTTP exchange with the bank id: a request-rate cap shared by replicas.
+        self._throttle = throttle
         self._request_id_provider = request_id_provider or _suite_request_id_provider()
         self._random = random.Random()
         self._tokens = TokenCache(f"{bank.id}:{team.client_id}", self._fetch_token, token_store)
@@ -489,6 +492,8 @@ class BankClient:
     async def _send(self, operation: str, method: str, path: str, params: Mapping[str, Any] | None, body: Any,
                     headers: Mapping[str, str] | None, token: str | None, iid: str, attempt: int) -> _Response:
         """One HTTP exchange, logged and reported to `on_call`. Raises `_TransportError`."""
+        if self._throttle is not None:
+            await self._throttle(self.bank_id)
         request_headers = {"Accept": "application/json", "X-Fapi-Interaction-Id": iid}
         if token:
             request_headers["Authorization"] = f"Bearer {token}"

@@ -29,6 +29,8 @@ from svclib.config import Settings
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 #: Deadline of one readiness health check (capped by Settings.rpc_timeout).
 READY_CHECK_TIMEOUT = 2.0
+#: Deadline of a streamed (Server-Sent Events) call; the services end their streams well before.
+STREAM_TIMEOUT = 15 * 60.0
 
 SETTINGS = web.AppKey("settings", Settings)
 CLIENTS = web.AppKey("clients", ServiceClients)
@@ -53,11 +55,8 @@ def create_app(settings: Settings, clients: ServiceClients | None = None, *,
     app[CLIENTS] = clients
     app[ROUTES] = build_routes() if routes is None else routes
     for route in app[ROUTES]:
-        # Server-streaming RPCs are not served over plain JSON; they get an SSE transport together
-        # with the sync issue that introduces the first one.
-        if route.is_server_streaming:
-            continue
-        app.router.add_route(route.http_method, route.aiohttp_path, _handler(route))
+        make = _sse_handler if route.is_server_streaming else _handler
+        app.router.add_route(route.http_method, route.aiohttp_path, make(route))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
@@ -82,6 +81,45 @@ def _handler(route: Route):
 
     handle.__name__ = handle.__qualname__ = f"handle_{route.method_name}"
     handle.__doc__ = f"{route.http_method} {route.path_template} -> {route.grpc_path}"
+    return handle
+
+
+def _sse_handler(route: Route):
+    """A server-streaming RPC as Server-Sent Events: one `data:` line of JSON per message.
+
+    The first message is awaited before the response starts, so a bad request or a failing backend
+    still gets its HTTP status and JSON error; a failure later in the stream becomes an `error` event.
+    """
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        request[middleware.ROUTE_TEMPLATE] = route.path_template
+        message = transcode.build_request(route, await request.read(), request.query, request.match_info)
+        call = getattr(request.app[CLIENTS].stub(route.service_key), route.method_name)(
+            message, timeout=STREAM_TIMEOUT)
+        try:
+            first = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, route.service_key) from None
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        item = first
+        try:
+            while item is not grpc.aio.EOF:
+                await response.write(f"data: {_dumps(transcode.render(item, route))}\n\n".encode())
+                item = await call.read()
+            await response.write(b"event: end\ndata: {}\n\n")
+        except grpc.aio.AioRpcError as exc:
+            error = from_rpc_error(exc, route.service_key)
+            await response.write(f"event: error\ndata: {_dumps(error.body())}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            call.cancel()
+            raise
+        await response.write_eof()
+        return response
+
+    handle.__name__ = handle.__qualname__ = f"stream_{route.method_name}"
+    handle.__doc__ = f"{route.http_method} {route.path_template} -> {route.grpc_path} (text/event-stream)"
     return handle
 
 

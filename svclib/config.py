@@ -79,6 +79,10 @@ class Settings:
     migrate_on_start: bool
     data_dir: str  # where embedded Postgres/Redis keep their data
     rpc_timeout: float  # deadline of a service-to-service or gateway-to-service call
+    bank_rate_limit: float  # requests per second per bank, shared by every replica (sandbox asks < 100)
+    sync_workers: int  # sync jobs one sync_svc process runs at once
+    sync_concurrency: int  # bank requests one sync job has in flight at once
+    sync_lease: float  # seconds a sync job stays claimed without a heartbeat (a dead worker's job waits this)
 
     @property
     def is_local(self) -> bool:
@@ -240,6 +244,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         migrate_on_start=r.bool("FINPULSE_MIGRATE_ON_START", env == "local"),
         data_dir=r.str("FINPULSE_DATA_DIR", os.path.join(os.getcwd(), ".finpulse")),
         rpc_timeout=r.float("FINPULSE_RPC_TIMEOUT", 15.0, 0.1, 600.0),
+        bank_rate_limit=r.float("FINPULSE_BANK_RATE_LIMIT", 50.0, 0.1, 10000.0),
+        sync_workers=r.int("FINPULSE_SYNC_WORKERS", 4, 1, 64),
+        sync_concurrency=r.int("FINPULSE_SYNC_CONCURRENCY", 8, 1, 64),
+        sync_lease=r.float("FINPULSE_SYNC_LEASE", 30.0, 2.0, 3600.0),
     )
     if r.problems:
         raise ConfigError(r.problems)

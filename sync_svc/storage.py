@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 
 import asyncpg
 
@@ -20,17 +21,18 @@ class SyncStorage:
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
 
-    async def enqueue(self, user_id: str, bank_id: str, reason: str) -> JobRef:
+    async def enqueue(self, user_id: str, bank_id: str, reason: str, force: bool = False) -> JobRef:
         """Queue a job for (user, bank), or join the one already queued or running."""
         async with self.pool.acquire() as conn:
             for _ in range(3):  # a concurrent insert can win the race between our two statements
                 row = await conn.fetchrow(
                     """
-                    INSERT INTO sync_jobs (user_id, bank_id, reason) VALUES ($1, $2, $3)
+                    INSERT INTO sync_jobs (user_id, bank_id, reason, force) VALUES ($1, $2, $3, $4)
                     ON CONFLICT (user_id, bank_id) WHERE state IN ('queued', 'running') DO NOTHING
                     RETURNING job_id, bank_id, state, created_at
-                    """, user_id, bank_id, reason)
+                    """, user_id, bank_id, reason, force)
                 if row is not None:
+                    await conn.execute("NOTIFY sync_jobs")
                     return JobRef(str(row["job_id"]), row["bank_id"], row["state"], row["created_at"], False)
                 row = await conn.fetchrow(
                     """
@@ -40,3 +42,102 @@ class SyncStorage:
                 if row is not None:
                     return JobRef(str(row["job_id"]), row["bank_id"], row["state"], row["created_at"], True)
         raise RuntimeError(f"could not enqueue a sync job for {user_id}/{bank_id}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    job_id: str
+    user_id: str
+    bank_id: str
+    state: str
+    reason: str
+    force: bool
+    attempts: int
+    run_after: dt.datetime
+    lease_until: dt.datetime | None
+    worker_id: str | None
+    last_error: str | None
+    progress: dict
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    finished_at: dt.datetime | None
+
+
+_JOB_COLUMNS = ("job_id, user_id, bank_id, state, reason, force, attempts, run_after, lease_until, worker_id, "
+                "last_error, progress, created_at, updated_at, finished_at")
+
+
+def _job(row: asyncpg.Record | None) -> Job | None:
+    if row is None:
+        return None
+    values = dict(row)
+    values["job_id"] = str(values["job_id"])
+    progress = values["progress"]
+    values["progress"] = json.loads(progress) if isinstance(progress, str) else (progress or {})
+    return Job(**values)
+
+
+class JobStorage:
+    """The durable job queue: claimed with FOR UPDATE SKIP LOCKED, held with a lease."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    async def claim(self, worker_id: str, lease_seconds: float) -> Job | None:
+        """Take the oldest runnable job: queued and due, or running with an expired lease (its worker
+        died). The claim counts as an attempt."""
+        return _job(await self.pool.fetchrow(
+            f"""
+            UPDATE sync_jobs SET state = 'running', worker_id = $1, attempts = attempts + 1,
+                   lease_until = now() + make_interval(secs => $2), started_at = COALESCE(started_at, now()),
+                   updated_at = now()
+            WHERE job_id = (
+                SELECT job_id FROM sync_jobs
+                WHERE (state = 'queued' AND run_after <= now()) OR (state = 'running' AND lease_until < now())
+                ORDER BY run_after, created_at
+                LIMIT 1 FOR UPDATE SKIP LOCKED)
+            RETURNING {_JOB_COLUMNS}
+            """, worker_id, lease_seconds))
+
+    async def heartbeat(self, job_id: str, worker_id: str, lease_seconds: float, progress: dict) -> bool:
+        """Extend the lease and store progress; False when the job is no longer ours."""
+        status = await self.pool.execute(
+            """
+            UPDATE sync_jobs SET lease_until = now() + make_interval(secs => $3), progress = $4::jsonb,
+                   updated_at = now()
+            WHERE job_id = $1 AND worker_id = $2 AND state = 'running'
+            """, job_id, worker_id, lease_seconds, json.dumps(progress))
+        return status.endswith(" 1")
+
+    async def finish(self, job_id: str, worker_id: str, state: str, progress: dict, error: str | None = None) -> bool:
+        status = await self.pool.execute(
+            """
+            UPDATE sync_jobs SET state = $3, progress = $4::jsonb, last_error = $5, lease_until = NULL,
+                   finished_at = now(), updated_at = now()
+            WHERE job_id = $1 AND worker_id = $2 AND state = 'running'
+            """, job_id, worker_id, state, json.dumps(progress), error)
+        return status.endswith(" 1")
+
+    async def retry_later(self, job_id: str, worker_id: str, delay_seconds: float, error: str) -> bool:
+        status = await self.pool.execute(
+            """
+            UPDATE sync_jobs SET state = 'queued', run_after = now() + make_interval(secs => $3),
+                   last_error = $4, lease_until = NULL, worker_id = NULL, updated_at = now()
+            WHERE job_id = $1 AND worker_id = $2 AND state = 'running'
+            """, job_id, worker_id, delay_seconds, error)
+        return status.endswith(" 1")
+
+    async def get(self, job_id: str) -> Job | None:
+        return _job(await self.pool.fetchrow(f"SELECT {_JOB_COLUMNS} FROM sync_jobs WHERE job_id = $1", job_id))
+
+    async def latest_per_bank(self, user_id: str) -> list[Job]:
+        """The newest job of each bank of the user."""
+        rows = await self.pool.fetch(
+            f"""
+            SELECT DISTINCT ON (bank_id) {_JOB_COLUMNS} FROM sync_jobs WHERE user_id = $1
+            ORDER BY bank_id, created_at DESC
+            """, user_id)
+        return [_job(r) for r in rows]
+
+    async def wake_workers(self) -> None:
+        await self.pool.execute("NOTIFY sync_jobs")

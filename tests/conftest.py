@@ -41,35 +41,53 @@ def _with_database(url: str, name: str) -> str:
     return urlunparse(parsed._replace(path=f"/{name}"))
 
 
+async def _create_database(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def _drop_database(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="session")
-def backing(tmp_path_factory) -> BackingServices:
-    """Postgres (a fresh database for this session) and Redis."""
+def servers() -> BackingServices:
+    """The Postgres and Redis servers of this run: configured, or embedded in a temporary folder."""
     configured_db = os.environ.get("FINPULSE_DATABASE_URL") or None
     configured_redis = os.environ.get("FINPULSE_REDIS_URL") or None
     data_dir = tempfile.mkdtemp(prefix="fpt-")  # short: unix socket paths are length-limited
     services = ensure_backing_services(configured_db, configured_redis, data_dir)
-    name = f"finpulse_test_{uuid.uuid4().hex[:10]}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(services.database_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(services.database_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    admin_url = services.database_url
-    test = BackingServices(_with_database(admin_url, name), services.redis_url, services.postgres, services.redis)
-    yield test
-    asyncio.run(drop())
+    yield services
     services.stop()
+
+
+@pytest.fixture(scope="session")
+def fresh_database(servers):
+    """Factory: a new database on the test server, dropped at the end of the session."""
+    created: list[str] = []
+
+    def make(label: str) -> BackingServices:
+        name = f"finpulse_test_{label}_{uuid.uuid4().hex[:8]}"
+        asyncio.run(_create_database(servers.database_url, name))
+        created.append(name)
+        return BackingServices(_with_database(servers.database_url, name), servers.redis_url)
+
+    yield make
+    for name in created:
+        asyncio.run(_drop_database(servers.database_url, name))
+
+
+@pytest.fixture(scope="session")
+def backing(fresh_database) -> BackingServices:
+    """Postgres (a fresh database for the unit and gRPC tests of this session) and Redis."""
+    return fresh_database("unit")
 
 
 @pytest.fixture(scope="session")
@@ -151,8 +169,9 @@ async def grpc_stub(grpc_stub_cls, grpc_channel):
 
 
 @pytest.fixture(scope="session")
-def suite(backing, tmp_path_factory):
-    """The whole suite as `make up` runs it (emulator, four services, gateway), on free ports."""
+def suite(fresh_database, tmp_path_factory):
+    """The whole suite as `make up` runs it (emulator, four services, gateway), on free ports, with a
+    database of its own (its sync workers must not take the unit tests' jobs)."""
     from deploy.launcher import SERVICES, Suite
     from svclib.config import KNOWN_BANKS, load_settings
 
@@ -160,13 +179,15 @@ def suite(backing, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
     env.update(FINPULSE_ENV="local", FINPULSE_GRPC_HOST="127.0.0.1", FINPULSE_GATEWAY_HOST="127.0.0.1",
                FINPULSE_GATEWAY_PORT=str(free_port()), FINPULSE_SHUTDOWN_GRACE="2",
-               FINPULSE_DATA_DIR=log_dir, FINPULSE_LOG_LEVEL="INFO")
+               FINPULSE_DATA_DIR=log_dir, FINPULSE_LOG_LEVEL="INFO", FINPULSE_SYNC_LEASE="4")
     for name in SERVICES:
         env[f"FINPULSE_{name.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
     for bank_id in KNOWN_BANKS:
         env[f"FINPULSE_BANK_{bank_id.upper()}_URL"] = f"http://127.0.0.1:{free_port()}"
     settings = load_settings(env)
-    running = Suite(settings, backing, base_env=env, log_dir=log_dir)
+    # 30 emulator customers: each test takes its own.
+    running = Suite(settings, fresh_database("suite"), base_env=env, log_dir=log_dir,
+                    emulator_args=["--customers", "30"])
     asyncio.run(running.migrate())
     running.start()
     try:

@@ -31,7 +31,7 @@ def _bank(body: dict, bank_id: str) -> dict:
     return next(r for r in body["results"] if r["bank_id"] == bank_id)
 
 
-async def test_full_onboarding_survives_a_restart(suite, http, bank_urls, database_url):
+async def test_full_onboarding_survives_a_restart(suite, http, bank_urls):
     user = "team200-1"
     status, started = await http.post("/api/onboarding/start", {"user_id": user, "user_name": "Ivan"})
     assert status == 200, started
@@ -113,7 +113,7 @@ async def test_full_onboarding_survives_a_restart(suite, http, bank_urls, databa
     assert progress["consents_status"]["sbank"] == {"accounts": "APPROVED", "products": "APPROVED", "payments": None}
 
     # Finalize queued one durable sync job per connected bank.
-    conn = await asyncpg.connect(database_url)
+    conn = await asyncpg.connect(suite.backing.database_url)
     try:
         jobs = await conn.fetch("SELECT bank_id, state FROM sync.sync_jobs WHERE user_id = $1", user)
     finally:
@@ -240,13 +240,13 @@ async def test_one_bank_down_does_not_stop_the_others(http, bank_urls):
     assert created["overall_status"] == "error"
 
 
-async def test_concurrent_consent_requests_create_one_consent(http, database_url):
+async def test_concurrent_consent_requests_create_one_consent(suite, http):
     user = "team200-8"
     request = {"user_id": user, "banks": [{"bank_id": "vbank", "consents": {"account": True, "product": False}}]}
     answers = await asyncio.gather(*(http.post("/api/onboarding/consents", request) for _ in range(5)))
     ids = {_bank(body, "vbank")["account_consent"]["consent_id"] for _, body in answers}
     assert len(ids) == 1
-    conn = await asyncpg.connect(database_url)
+    conn = await asyncpg.connect(suite.backing.database_url)
     try:
         count = await conn.fetchval("SELECT count(*) FROM consent.consents WHERE user_id = $1", user)
     finally:

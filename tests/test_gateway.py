@@ -218,7 +218,7 @@ def test_route_table_equals_annotations():
         ("PUT", "/api/users/{user_id}/financial-inputs"): "dashboard.UpdateFinancialInputs",
     }.items():
         assert table[binding] == rpc
-    assert not {"ListApprovedConsents", "ListUserConsents", "StartSync"} & {r.method_name for r in routes}
+    assert not {"ListApprovedConsents", "ListUserConsents", "ListTransactions", "GetAggregates"} & {r.method_name for r in routes}
     by_name = {r.method_name: r for r in routes}
     assert by_name["UpdateFinancialInputs"].body == "inputs"
     assert by_name["UpdateFinancialInputs"].path_fields == ("user_id",)

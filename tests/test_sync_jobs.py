@@ -1,4 +1,7 @@
-"""sync_svc's bank list and durable job queue over gRPC (pytest-grpc contract, real Postgres)."""
+"""sync_svc's bank list and durable job queue over gRPC (pytest-grpc contract, real Postgres).
+
+consent_svc is played by `connected` (users named connected-… have vbank and abank connected).
+"""
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +16,8 @@ from svclib.config import load_settings
 from sync_svc.__main__ import SPEC
 from sync_svc.servicer import SyncServicer
 from sync_svc.service import SyncService
-from sync_svc.storage import SyncStorage
+from sync_svc.bank_storage import BankDataStorage
+from sync_svc.storage import JobStorage, SyncStorage
 
 CONNECTED = {"vbank", "abank"}  # what consent_svc would answer: approved account consents
 
@@ -28,13 +32,17 @@ async def pool(schema_pool):
     return await schema_pool(SPEC)
 
 
-@pytest.fixture
-def grpc_servicer(pool):
-    async def connected(user_id: str) -> set[str]:
-        return CONNECTED if user_id.startswith("connected-") else set()
+async def connected(user_id: str) -> set[str]:
+    return CONNECTED if user_id.startswith("connected-") else set()
 
-    settings = load_settings({"FINPULSE_BANKS": "vbank,abank,sbank", "FINPULSE_BANK_SBANK_URL": ""})
-    return SyncServicer(SyncService(SyncStorage(pool), settings.banks, connected))
+
+def make_service(pool, cache, settings) -> SyncService:
+    return SyncService(SyncStorage(pool), JobStorage(pool), BankDataStorage(pool), cache, settings.banks, connected)
+
+
+@pytest.fixture
+def grpc_servicer(pool, cache):
+    return SyncServicer(make_service(pool, cache, load_settings({})))
 
 
 @pytest.fixture
@@ -53,15 +61,11 @@ async def test_bank_list_in_configured_order_with_connection(grpc_stub):
     assert not any(b.connected for b in anonymous.banks)
 
 
-async def test_unconfigured_bank_is_listed_as_missing_url(pool):
+async def test_unconfigured_bank_is_listed_as_missing_url(pool, cache):
     settings = load_settings({"FINPULSE_ENV": "production", "FINPULSE_DATABASE_URL": "postgresql://x/y",
                               "FINPULSE_REDIS_URL": "redis://x", "FINPULSE_TEAM_SECRET": "s",
                               "FINPULSE_BANK_VBANK_URL": "https://vbank.example"})
-
-    async def connected(user_id: str) -> set[str]:
-        return set()
-
-    listings = await SyncService(SyncStorage(pool), settings.banks, connected).list_banks(None)
+    listings = await make_service(pool, cache, settings).list_banks(None)
     assert [(item.bank.id, item.bank.base_url) for item in listings] == [
         ("vbank", "https://vbank.example"), ("abank", None), ("sbank", None)]
 
@@ -97,3 +101,34 @@ async def test_start_sync_rejects_bad_requests(grpc_stub, request_, code):
         await grpc_stub.StartSync(request_)
     assert err.value.code() == code
     assert err.value.details()
+
+
+async def test_concurrent_claims_take_each_job_once(pool):
+    storage, jobs = SyncStorage(pool), JobStorage(pool)
+    users = [f"claim-{uuid.uuid4().hex[:6]}" for _ in range(6)]
+    queued = {(await storage.enqueue(u, "vbank", "test")).job_id for u in users}
+    claims = await asyncio.gather(*(jobs.claim(f"w{i}", 30) for i in range(20)))
+    taken = [c.job_id for c in claims if c is not None and c.job_id in queued]
+    assert sorted(taken) == sorted(queued), "every job claimed exactly once"
+    assert all(c.attempts == 1 and c.state == "running" for c in claims if c is not None and c.job_id in queued)
+
+
+async def test_expired_lease_is_taken_over_and_the_old_worker_loses_it(pool):
+    storage, jobs = SyncStorage(pool), JobStorage(pool)
+    user = f"lease-{uuid.uuid4().hex[:6]}"
+    ref = await storage.enqueue(user, "vbank", "test")
+    await pool.execute("UPDATE sync_jobs SET run_after = now() - interval '1 hour' WHERE job_id = $1", ref.job_id)
+    first = await jobs.claim("dead-worker", 30)
+    while first is not None and first.job_id != ref.job_id:  # other tests' jobs may be due too
+        first = await jobs.claim("dead-worker", 30)
+    assert first is not None
+    await pool.execute("UPDATE sync_jobs SET lease_until = now() - interval '1 second' WHERE job_id = $1", ref.job_id)
+    second = await jobs.claim("live-worker", 30)
+    while second is not None and second.job_id != ref.job_id:
+        second = await jobs.claim("live-worker", 30)
+    assert second is not None and second.attempts == 2 and second.worker_id == "live-worker"
+    assert not await jobs.heartbeat(ref.job_id, "dead-worker", 30, {}), "the dead worker's lease is gone"
+    assert not await jobs.finish(ref.job_id, "dead-worker", "succeeded", {})
+    assert await jobs.retry_later(ref.job_id, "live-worker", 60, "bank down")
+    again = await jobs.get(ref.job_id)
+    assert again.state == "queued" and again.last_error == "bank down" and again.worker_id is None

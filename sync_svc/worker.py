@@ -1,0 +1,204 @@
+"""Sync job workers (no gRPC): claim durable jobs, fetch a bank, write it in one transaction.
+
+Workers inside every sync_svc replica claim jobs with FOR UPDATE SKIP LOCKED and hold them with a
+lease they extend while working; a job whose worker died is claimed again once its lease expires.
+Outcomes: success; transient failure (bank 5xx/timeouts/429 beyond the per-call retries, a backing
+service down) → queued again with exponential backoff and jitter, up to `max_attempts`; the bank
+refusing our consent → `needs_reconsent`, no retry. A failure at one bank never touches another
+bank's job.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import logging
+import random
+import uuid
+from typing import Awaitable, Protocol
+
+from bankapi import errors as bank_errors
+from bankapi.client import BankClients, CallRecord
+
+from svclib.cache import Cache
+
+from sync_svc.bank_storage import BankCall, BankDataStorage
+from sync_svc.fetcher import BankFetcher, Progress
+from sync_svc.storage import Job, JobStorage
+
+log = logging.getLogger("sync_svc.worker")
+
+_calls: contextvars.ContextVar[list[CallRecord] | None] = contextvars.ContextVar("sync_calls", default=None)
+
+
+def record_call(record: CallRecord) -> None:
+    """`on_call` hook of the bank clients: collect the calls of the job running in this context."""
+    calls = _calls.get()
+    if calls is not None:
+        calls.append(record)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConsents:
+    account_consent: str | None
+    product_consent: str | None
+
+
+class Consents(Protocol):
+    """What a sync job needs of consent_svc: the approved consents of (user, bank)."""
+
+    def for_bank(self, user_id: str, bank_id: str) -> Awaitable[JobConsents]: ...
+
+
+class NeedsReconsent(Exception):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+    workers: int = 4
+    concurrency: int = 8
+    lease_seconds: float = 30.0
+    max_attempts: int = 8
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    idle_poll: float = 1.0
+
+
+def data_cache_prefix(cache: Cache, user_id: str, bank_id: str) -> str:
+    return cache.key("data", user_id, bank_id, "")
+
+
+class SyncWorkers:
+    def __init__(self, jobs: JobStorage, data: BankDataStorage, banks: BankClients, consents: Consents,
+                 cache: Cache, config: WorkerConfig):
+        self.jobs = jobs
+        self.data = data
+        self.banks = banks
+        self.consents = consents
+        self.cache = cache
+        self.config = config
+        self.worker_id = f"sync-{uuid.uuid4().hex[:8]}"
+        self._wake = asyncio.Event()
+        self._random = random.Random()
+
+    def wake(self, *_args) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Run `config.workers` claim loops until cancelled."""
+        await asyncio.gather(*(self._loop(i) for i in range(self.config.workers)))
+
+    async def _loop(self, index: int) -> None:
+        while True:
+            try:
+                job = await self.jobs.claim(self.worker_id, self.config.lease_seconds)
+            except Exception:  # noqa: BLE001 - the database may be restarting: keep the loop alive
+                log.exception("claiming a job failed")
+                job = None
+            if job is None:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.config.idle_poll)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            await self.process(job)
+
+    async def process(self, job: Job) -> None:
+        progress = Progress()
+        calls: list[CallRecord] = []
+        token = _calls.set(calls)
+        heartbeat = asyncio.create_task(self._heartbeat(job, progress))
+        log.info("sync job started", extra={"job_id": job.job_id, "bank_id": job.bank_id, "attempt": job.attempts})
+        try:
+            await self._run_job(job, progress)
+        except asyncio.CancelledError:
+            # Shutting down: hand the job back at once (if this fails, the lease runs out instead).
+            await asyncio.shield(self._hand_back(job))
+            raise
+        except NeedsReconsent as exc:
+            await self._give_up(job, progress, "needs_reconsent", str(exc))
+        except (bank_errors.ConsentRequired,) as exc:
+            await self._give_up(job, progress, "needs_reconsent", f"the bank refused the consent: {exc.message}")
+        except (bank_errors.BadRequest, bank_errors.NotFound, bank_errors.AuthFailed, bank_errors.Forbidden,
+                bank_errors.UnknownBank) as exc:
+            await self._give_up(job, progress, "failed", str(exc))
+        except Exception as exc:  # noqa: BLE001 - transient (bank down, 429s, a service restarting)
+            await self._retry(job, progress, exc)
+        finally:
+            heartbeat.cancel()
+            _calls.reset(token)
+            await self._log_calls(job, calls)
+
+    async def _run_job(self, job: Job, progress: Progress) -> None:
+        consents = await self.consents.for_bank(job.user_id, job.bank_id)
+        if not consents.account_consent:
+            raise NeedsReconsent("no approved account consent at this bank")
+        state = await self.data.sync_state(job.user_id, job.bank_id)
+        fetcher = BankFetcher(
+            self.banks.get(job.bank_id), job.user_id, account_consent=consents.account_consent,
+            product_consent=consents.product_consent, watermark=state.watermark if state else None,
+            force=job.force, progress=progress, concurrency=self.config.concurrency,
+            stored_ids=lambda account_id, ids: self.data.stored_transaction_ids(
+                job.user_id, job.bank_id, account_id, ids))
+        fetched = await fetcher.fetch()
+        stats = await self.data.write_bank_data(
+            job.user_id, job.bank_id, accounts=fetched.accounts, balances=fetched.balances,
+            transactions=fetched.transactions, agreements=fetched.agreements, fetched_window=fetched.window,
+            window_accounts=fetched.window_accounts)
+        progress.rows_written = stats.inserted + stats.updated + stats.deleted
+        if not await self.jobs.finish(job.job_id, self.worker_id, "succeeded", progress.as_dict()):
+            log.warning("job was taken over before it finished", extra={"job_id": job.job_id})
+        # Committed: whatever was cached for this user and bank is stale now.
+        await self.cache.delete_prefix(data_cache_prefix(self.cache, job.user_id, job.bank_id))
+        log.info("sync job succeeded", extra={
+            "job_id": job.job_id, "bank_id": job.bank_id, "inserted": stats.inserted, "updated": stats.updated,
+            "deleted": stats.deleted, "pages": progress.pages_fetched, "data_version": stats.data_version})
+
+    async def _hand_back(self, job: Job) -> None:
+        try:
+            await self.jobs.retry_later(job.job_id, self.worker_id, 0, "the worker stopped; resumed by another")
+        except Exception:  # noqa: BLE001
+            log.warning("could not hand the job back; its lease will expire", extra={"job_id": job.job_id})
+
+    async def _heartbeat(self, job: Job, progress: Progress) -> None:
+        while True:
+            await asyncio.sleep(min(0.5, self.config.lease_seconds / 3))
+            try:
+                await self.jobs.heartbeat(job.job_id, self.worker_id, self.config.lease_seconds, progress.as_dict())
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the lease has slack
+                log.warning("heartbeat failed", extra={"job_id": job.job_id})
+
+    async def _give_up(self, job: Job, progress: Progress, state: str, message: str) -> None:
+        log.warning("sync job stopped", extra={"job_id": job.job_id, "bank_id": job.bank_id, "state": state,
+                                                "error": message})
+        await self.jobs.finish(job.job_id, self.worker_id, state, progress.as_dict(), message)
+        await self.data.record_failure(job.user_id, job.bank_id, message)
+
+    async def _retry(self, job: Job, progress: Progress, exc: Exception) -> None:
+        message = str(exc) or type(exc).__name__
+        if not isinstance(exc, bank_errors.BankError):
+            log.exception("sync job failed", extra={"job_id": job.job_id})
+        if job.attempts >= self.config.max_attempts:
+            await self._give_up(job, progress, "failed", f"gave up after {job.attempts} attempts: {message}")
+            return
+        delay = getattr(exc, "retry_after", None)
+        if delay is None:
+            cap = min(self.config.backoff_max, self.config.backoff_base * 2 ** (job.attempts - 1))
+            delay = cap / 2 + self._random.uniform(0, cap / 2)
+        log.warning("sync job will retry", extra={"job_id": job.job_id, "bank_id": job.bank_id,
+                                                   "delay_s": round(delay, 2), "error": message})
+        await self.jobs.retry_later(job.job_id, self.worker_id, delay, message)
+        await self.data.record_failure(job.user_id, job.bank_id, message)
+
+    async def _log_calls(self, job: Job, calls: list[CallRecord]) -> None:
+        if not calls:
+            return
+        try:
+            await self.data.log_bank_calls(BankCall(
+                bank_id=c.bank_id, operation=c.operation, outcome=c.outcome, user_id=job.user_id,
+                http_status=c.http_status, latency_ms=c.latency_ms, interaction_id=c.interaction_id,
+                message=c.message) for c in calls)
+        except Exception:  # noqa: BLE001 - the log must not fail the job
+            log.exception("writing bank_status_log failed", extra={"job_id": job.job_id})
