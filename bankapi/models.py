@@ -106,12 +106,12 @@ def items_of(data: Any, *keys: str) -> Iterable[Mapping[str, Any]]:
     """The list inside `data`: `data` itself when it is a list, else the first list under `keys`."""
     if isinstance(data, list):
         return data
-    if isinstance(data, Mapping):
+    if isinstance(data, dict):
         for key in keys:
             value = data.get(key)
             if isinstance(value, list):
                 return value
-            if isinstance(value, Mapping):
+            if isinstance(value, dict):
                 return [value]
     return []
 
@@ -231,7 +231,7 @@ class ConsentResult:
     @classmethod
     def from_api(cls, kind: ConsentKind, body: Mapping[str, Any], *, queried_id: str | None = None) -> ConsentResult:
         """Parse a creation answer (flat, snake_case) or a GET answer (`{"data": {consentId, status, …}}`)."""
-        data = body.get("data") if isinstance(body.get("data"), Mapping) else body
+        data = body.get("data") if isinstance(body.get("data"), dict) else body
         raw_status = _opt_str(_pick(data, "status", "Status"))
         status = normalize_status(raw_status)
         consent_id = _opt_str(_pick(data, "consent_id", "consentId"))
@@ -275,7 +275,7 @@ class Account:
 
     @classmethod
     def from_api(cls, obj: Mapping[str, Any]) -> Account:
-        ids = [a for a in (obj.get("account") or ()) if isinstance(a, Mapping)]
+        ids = [a for a in (obj.get("account") or ()) if isinstance(a, dict)]
         ident = next((a for a in ids if a.get("schemeName") == "RU.CBR.PAN"), ids[0] if ids else {})
         return cls(
             account_id=_req(obj, "accountId", "account_id"),
@@ -294,7 +294,7 @@ class Account:
 def _amount_and_currency(obj: Mapping[str, Any]) -> tuple[Decimal, str | None]:
     """`{"amount": {"amount": "1.00", "currency": "RUB"}}` or a flat `amount` + `currency`."""
     amount = obj.get("amount")
-    if isinstance(amount, Mapping):
+    if isinstance(amount, dict):
         return to_decimal(amount.get("amount")), _opt_str(amount.get("currency") or obj.get("currency"))
     return to_decimal(amount), _opt_str(obj.get("currency"))
 
@@ -354,7 +354,7 @@ class Transaction:
     def from_api(cls, obj: Mapping[str, Any], *, account_id: str | None = None) -> Transaction:
         amount, currency = _amount_and_currency(obj)
         code = obj.get("bankTransactionCode")
-        merchant = obj.get("merchant") if isinstance(obj.get("merchant"), Mapping) else {}
+        merchant = obj.get("merchant") if isinstance(obj.get("merchant"), dict) else {}
         description = _opt_str(_pick(obj, "transactionInformation", "transaction_information", "description"))
         return cls(
             account_id=_req(obj, "accountId", "account_id", default=account_id),
@@ -366,7 +366,7 @@ class Transaction:
             booking_time=parse_datetime(_pick(obj, "bookingDateTime", "booking_date_time")),
             value_time=parse_datetime(_pick(obj, "valueDateTime", "value_date_time")),
             description=description,
-            bank_code=_opt_str(code.get("code") if isinstance(code, Mapping) else code),
+            bank_code=_opt_str(code.get("code") if isinstance(code, dict) else code),
             merchant_name=_opt_str(merchant.get("name")),
             merchant_category=_opt_str(merchant.get("category")),
             mcc=_opt_str(_pick(merchant, "mccCode", "mcc")),
@@ -482,10 +482,10 @@ class Payment:
 
     @classmethod
     def from_api(cls, body: Mapping[str, Any]) -> Payment:
-        data = body.get("data") if isinstance(body.get("data"), Mapping) else body
+        data = body.get("data") if isinstance(body.get("data"), dict) else body
         amount: Any = data.get("amount")
         currency = data.get("currency")
-        if isinstance(amount, Mapping):
+        if isinstance(amount, dict):
             amount, currency = amount.get("amount"), amount.get("currency", currency)
         elif amount is None:  # fall back to the initiation block when echoed
             instructed = ((data.get("initiation") or {}).get("instructedAmount") or {})
