@@ -1,10 +1,13 @@
 """SQL of the bank data in the `sync` schema: the sync write path and the dashboard's read API.
 
-Write path (`BankDataStorage.write_bank_data`): one transaction per fetch of one (user, bank),
-serialised per (user, bank) by a transaction-scoped advisory lock. Each table goes through the same
-machinery (`_Upsert`, `_write`): the rows are COPYed (binary, `copy_records_to_table`, built lazily
-so Python encodes while the server parses) into a temporary table that is dropped at commit, then
-one `INSERT … SELECT … ON CONFLICT (natural key) DO UPDATE` moves them into the real table. Rows
+Write path (`BankDataStorage.bank_write`, and `write_bank_data` on top of it): one transaction per
+fetch of one (user, bank), serialised per (user, bank) by a transaction-scoped advisory lock. The
+transaction is opened when the fetch starts and the transaction pages are COPYed into it as they
+arrive (`BankWrite`: a queue and one COPY task on the write's connection), so Postgres parses and
+indexes them while the bank is still being waited on; the rest is written at `commit`. Each table
+goes through the same machinery (`_Upsert`, `_write`): the rows are COPYed (binary,
+`copy_records_to_table`) into a temporary table that is dropped at commit, then one
+`INSERT … SELECT … ON CONFLICT (natural key) DO UPDATE` moves them into the real table. Rows
 identical to the stored ones are filtered out before the insert, so an unchanged row is neither
 rewritten nor locked; the `DO UPDATE … WHERE … IS DISTINCT FROM …` guard says the same thing once
 more at the row. Inserts and updates are told apart by `xmax = 0`. When a table holds no row of the
@@ -12,21 +15,24 @@ more at the row. Inserts and updates are told apart by `xmax = 0`. When a table 
 Balance snapshots are appended only when the value differs from the latest snapshot. The sync
 state (watermark, last success, running row totals) is updated in the same transaction, and the
 user's data version is bumped there too, but only when a row was inserted, updated or deleted: a
-second sync with no new bank data writes no bank-data row and leaves the version alone.
+second sync with no new bank data writes no bank-data row and leaves the version alone. A write
+that fails or is abandoned before `commit` rolls back whole.
 
 Read API: small frozen dataclasses with `Decimal` money and aware-UTC datetimes (the pool's
 session time zone is UTC); aggregates are computed by Postgres, never by looping over rows here.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import dataclasses
 import functools
 import json
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Any, Callable, Collection, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence, TypeVar
 
 import asyncpg
 
@@ -35,7 +41,7 @@ from bankapi.models import Account, Balance, ProductAgreement, Transaction
 __all__ = [
     "BankDataStorage", "WriteStats", "TableStats", "SyncState", "Counts", "BankCall",
     "StoredAccount", "StoredBalance", "StoredCredit", "StoredTransaction", "TransactionCursor",
-    "MonthlyCashFlow", "CategorySpending", "LoanRepayments",
+    "MonthlyCashFlow", "CategorySpending", "LoanRepayments", "DayIncome",
 ]
 
 MAX_PAGE = 1000
@@ -259,6 +265,15 @@ class LoanRepayments:
     typical_day: int  # most common day of month (UTC); the earliest such day on a tie
 
 
+@dataclass(frozen=True)
+class DayIncome:
+    """Income credits of one UTC day in one currency."""
+    day: date
+    currency: str | None
+    total: Decimal
+    count: int
+
+
 # ---------------------------------------------------------------------------------------------- rows
 
 def _json_default(value: Any) -> Any:
@@ -278,7 +293,9 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_default).encode
+# check_circular off: `raw` comes from json.loads, it cannot hold a cycle (and the check costs ~8%)
+_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_default,
+                            check_circular=False).encode
 
 
 def _direction(indicator: str | None) -> str:
@@ -299,10 +316,11 @@ def _balance_row(b: Balance) -> tuple:
     return (b.account_id, b.type or "", b.amount, b.currency, b.credit_debit_indicator, b.as_of, _to_json(b.raw))
 
 
-def _transaction_row(t: Transaction) -> tuple:
-    return (t.account_id, t.transaction_id, t.amount, _direction(t.credit_debit_indicator), t.currency, t.status,
-            t.booking_time or t.value_time, t.value_time, t.description, t.bank_code, t.merchant_name,
-            t.merchant_category, t.mcc, t.agreement_id, _to_json(t.raw))
+def _transaction_row(t: Transaction, head: tuple = ()) -> tuple:
+    """`head` + the TRANSACTIONS columns (head: user and bank, for a COPY straight into the table)."""
+    return head + (t.account_id, t.transaction_id, t.amount, _direction(t.credit_debit_indicator), t.currency,
+                   t.status, t.booking_time or t.value_time, t.value_time, t.description, t.bank_code,
+                   t.merchant_name, t.merchant_category, t.mcc, t.agreement_id, _to_json(t.raw))
 
 
 # ---------------------------------------------------------------------------------------------- upsert machinery
@@ -383,12 +401,17 @@ TRANSACTIONS = _Upsert(
 BALANCE_COLUMNS = ("account_id", "balance_type", "amount", "currency", "credit_debit_indicator", "as_of", "raw")
 
 
-async def _stage(conn: asyncpg.Connection, table: str, stage: str, columns: Sequence[str],
-                 rows: Iterable[tuple]) -> None:
-    """A temporary copy of `table`'s `columns` (same types, no constraints), dropped at commit, filled by
-    binary COPY. `rows` may be lazy: they are then built while the server parses what was sent."""
+async def _create_stage(conn: asyncpg.Connection, table: str, stage: str, columns: Sequence[str]) -> None:
+    """A temporary copy of `table`'s `columns` (same types, no constraints), dropped at commit."""
     await conn.execute(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS "
                        f"SELECT {', '.join(columns)} FROM {table} WITH NO DATA")
+
+
+async def _stage(conn: asyncpg.Connection, table: str, stage: str, columns: Sequence[str],
+                 rows: Iterable[tuple]) -> None:
+    """`_create_stage`, filled by binary COPY. `rows` may be lazy: they are then built while the server
+    parses what was sent."""
+    await _create_stage(conn, table, stage, columns)
     await conn.copy_records_to_table(stage, records=rows, columns=list(columns))
 
 
@@ -527,6 +550,229 @@ class _Where:
         return " AND ".join(self.clauses) or "true"
 
 
+# ---------------------------------------------------------------------------------------------- streaming write
+
+# Replacing rows that a later page of the same fetch carried again, changed (last one fetched wins).
+_FORGET_STAGED = """
+    DELETE FROM _stage_transactions
+    WHERE (account_id, transaction_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+"""
+_FORGET_COPIED = """
+    DELETE FROM transactions
+    WHERE user_id = $1 AND bank_id = $2
+      AND (account_id, transaction_id) IN (SELECT * FROM unnest($3::text[], $4::text[]))
+"""
+_NEWEST_STAGED = "SELECT max(booking_time) FROM _stage_transactions"
+_NEWEST_COPIED = "SELECT max(booking_time) FROM transactions WHERE user_id = $1 AND bank_id = $2"
+_DONE = None  # end of the pages, for the COPY task
+# Rows `add_transactions` queues at a time: given many at once (`write_bank_data`), it builds the next
+# chunk while the COPY task sends the last one and the server parses it, and the event loop stays free.
+_CHUNK = 500
+
+
+class BankWrite:
+    """One fetch of one (user, bank) being written, in one transaction: `BankDataStorage.bank_write`.
+
+    Opened (connection, transaction, the (user, bank) advisory lock) before the fetch starts, so the
+    database takes the transaction pages while the bank is still being asked for the next ones:
+    `add_transactions` turns a page into rows and queues them, and one task COPYs whatever is queued
+    (several pages in one COPY when they piled up) on the write's connection — asyncpg runs one
+    command per connection at a time, and this way a slow COPY never blocks the fetch. When no
+    transaction of (user, bank) was stored before (its first sync), the rows go straight into
+    `transactions` (nothing they could conflict with, and the lock keeps it so); otherwise into the
+    temporary stage that `commit` upserts from. `commit` writes the rest and commits: rows, sync state
+    and data version together. Leaving the `async with` without `commit` (or with an exception, or
+    when the COPY task failed) rolls everything back.
+
+    A transaction fetched twice (pages shift while new ones arrive) is stored once, the last one
+    fetched winning: the first copy is sent at once, a later one is kept aside and replaces it in
+    `commit`. Only the keys of the rows sent are remembered, not the rows. Transactions with neither
+    a booking nor a value time are not stored (counted as `skipped`).
+    """
+
+    def __init__(self, conn: asyncpg.Connection, user_id: str, bank_id: str):
+        self._conn = conn
+        self.user_id = user_id
+        self.bank_id = bank_id
+        self._direct = False
+        self._head: tuple = ()
+        self._columns: list[str] = []
+        self._target = ""
+        self._sent: set[tuple[str, str]] = set()  # (account, transaction id) of the rows queued
+        self._late: dict[tuple[str, str], tuple] = {}  # later copies of those, the last one fetched
+        self._newest: datetime | None = None  # booking time (or value time) of the rows
+        self._account_ids: set[str] = set()
+        self._skipped = 0
+        self._pages: asyncio.Queue[list[tuple] | None] = asyncio.Queue()
+        self._copier: asyncio.Task | None = None
+        self._transaction = conn.transaction()
+        self._closed = False
+        self._started = self._committed = False
+
+    async def _open(self) -> None:
+        conn = self._conn
+        await self._transaction.start()
+        self._started = True
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                           _lock_name(self.user_id, self.bank_id))
+        self._direct = not await conn.fetchval(TRANSACTIONS.any_stored_sql, self.user_id, self.bank_id)
+        if self._direct:
+            self._head = (self.user_id, self.bank_id)
+            self._columns = ["user_id", "bank_id", *TRANSACTIONS.columns]
+            self._target = TRANSACTIONS.table
+        else:
+            await _create_stage(conn, TRANSACTIONS.table, TRANSACTIONS.stage, TRANSACTIONS.columns)
+            self._columns = list(TRANSACTIONS.columns)
+            self._target = TRANSACTIONS.stage
+        self._copier = asyncio.create_task(self._copy_pages(), name=f"bank-write-copy:{self.bank_id}")
+
+    async def _copy_pages(self) -> None:
+        while True:
+            rows = await self._pages.get()
+            if rows is _DONE:
+                return
+            done = False
+            while not self._pages.empty():  # whatever piled up during the last COPY goes in one
+                more = self._pages.get_nowait()
+                if more is _DONE:
+                    done = True
+                    break
+                rows.extend(more)
+            await self._conn.copy_records_to_table(self._target, records=rows, columns=self._columns)
+            if done:
+                return
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise RuntimeError("this bank write is finished")
+        if self._copier is not None and self._copier.done() and not self._copier.cancelled() \
+                and self._copier.exception() is not None:
+            raise self._copier.exception()
+
+    async def add_transactions(self, transactions: Iterable[Transaction]) -> None:
+        """Queue fetched transactions (a page, or any batch) for the COPY task and return: a page goes
+        in one piece, a large batch in chunks of `_CHUNK` rows with the COPY task running in between.
+        Raises the COPY's error if an earlier one failed (the write is then lost: leave the
+        `async with`)."""
+        self._check_usable()
+        head, sent, late, rows = self._head, self._sent, self._late, []
+        newest = self._newest
+        for t in transactions:
+            self._account_ids.add(t.account_id)
+            when = t.booking_time or t.value_time
+            if when is None:
+                self._skipped += 1
+                continue
+            if newest is None or when > newest:
+                newest = when
+            key = (t.account_id, t.transaction_id)
+            if key in sent:
+                late[key] = _transaction_row(t, head)
+                continue
+            sent.add(key)
+            rows.append(_transaction_row(t, head))
+            if len(rows) == _CHUNK:
+                self._newest = newest
+                self._pages.put_nowait(rows)
+                rows = []
+                await asyncio.sleep(0)  # the COPY task takes them
+                self._check_usable()
+                newest = self._newest  # another caller may have added rows meanwhile
+        self._newest = newest
+        if rows:
+            self._pages.put_nowait(rows)
+
+    async def commit(
+        self, *,
+        accounts: Iterable[Account] = (),
+        balances: Iterable[Balance] = (),
+        agreements: Iterable[ProductAgreement] = (),
+        fetched_window: tuple[datetime | None, datetime] | None = None,
+        window_accounts: Collection[str] | None = None,
+    ) -> WriteStats:
+        """Write the rest of the fetch and commit; see `BankDataStorage.write_bank_data` for what each
+        argument means (there, `transactions` are the ones given to `add_transactions`)."""
+        self._check_usable()
+        if fetched_window is not None:
+            _aware(fetched_window[0], "fetched_window[0]")
+            if _aware(fetched_window[1], "fetched_window[1]") is None:
+                raise ValueError("fetched_window needs an end")
+        accounts = _latest(accounts, lambda a: (a.account_id,))
+        agreements = _latest(agreements, lambda p: (p.agreement_id,))
+        balances = _latest(balances, lambda b: (b.account_id, b.type or ""))
+        if fetched_window is not None and window_accounts is None:
+            window_accounts = {a.account_id for a in accounts} | self._account_ids
+        user_id, bank_id, conn = self.user_id, self.bank_id, self._conn
+
+        self._pages.put_nowait(_DONE)
+        assert self._copier is not None
+        await self._copier  # the COPY's error, if any, ends the write here
+        self._closed = True
+        newest = self._newest
+        if self._late:
+            account_ids, transaction_ids = zip(*self._late)
+            if self._direct:
+                await conn.execute(_FORGET_COPIED, user_id, bank_id, account_ids, transaction_ids)
+            else:
+                await conn.execute(_FORGET_STAGED, account_ids, transaction_ids)
+            await conn.copy_records_to_table(self._target, records=list(self._late.values()), columns=self._columns)
+            # the replaced copies' times no longer count
+            newest = await (conn.fetchval(_NEWEST_COPIED, user_id, bank_id) if self._direct
+                            else conn.fetchval(_NEWEST_STAGED))
+
+        account_stats = credit_stats = balance_stats = transaction_stats = TableStats()
+        if accounts:
+            account_stats, _ = await _write(conn, ACCOUNTS, user_id, bank_id, map(_account_row, accounts),
+                                            len(accounts))
+        if agreements:
+            credit_stats, _ = await _write(conn, CREDITS, user_id, bank_id, map(_credit_row, agreements),
+                                           len(agreements))
+        if balances:
+            await _stage(conn, "balances", "_stage_balances", BALANCE_COLUMNS, map(_balance_row, balances))
+            added = await conn.fetchval(_SNAPSHOT_BALANCES, user_id, bank_id)
+            balance_stats = TableStats(inserted=added, unchanged=len(balances) - added)
+        count = len(self._sent)
+        if self._direct:
+            # nothing was stored before this write: every row is new and no pending row needs cleaning up
+            transaction_stats = TableStats(inserted=count)
+        else:
+            if count:
+                inserted, updated = await conn.fetchrow(TRANSACTIONS.sql, user_id, bank_id)
+                transaction_stats = TableStats(inserted=inserted, updated=updated, unchanged=count - inserted - updated)
+            if fetched_window is not None and window_accounts:
+                deleted = await conn.fetchval(_DELETE_REPLACED_PENDING, user_id, bank_id, sorted(window_accounts),
+                                              *fetched_window)
+                transaction_stats = dataclasses.replace(transaction_stats, deleted=deleted)
+
+        changed = any(s.changed for s in (account_stats, credit_stats, balance_stats, transaction_stats))
+        watermark = await conn.fetchval(
+            _RECORD_SUCCESS, user_id, bank_id, newest, changed, account_stats.inserted, balance_stats.inserted,
+            transaction_stats.inserted - transaction_stats.deleted, credit_stats.inserted)
+        version = await conn.fetchval(_BUMP_VERSION if changed else _DATA_VERSION, user_id) or 0
+        await self._transaction.commit()
+        self._committed = True
+        return WriteStats(accounts=account_stats, balances=balance_stats, transactions=transaction_stats,
+                          credits=credit_stats, skipped=self._skipped, watermark=watermark, data_version=version,
+                          changed=changed)
+
+    async def _close(self) -> None:
+        """End of the `async with`: stop the COPY task if it still runs, and roll back unless committed."""
+        self._closed = True
+        copier = self._copier
+        if copier is not None:
+            if not copier.done():
+                copier.cancel()
+            await asyncio.wait([copier])
+            if not copier.cancelled():
+                copier.exception()  # retrieved: the error reached the caller already (or nobody asked)
+        if not self._started or self._committed or self._conn.is_closed():
+            return
+        try:
+            await self._transaction.rollback()
+        except Exception:  # noqa: BLE001 - e.g. COMMIT itself failed: drop the session, the server rolls back
+            self._conn.terminate()
+
+
 # ---------------------------------------------------------------------------------------------- storage
 
 class BankDataStorage:
@@ -537,6 +783,23 @@ class BankDataStorage:
 
     # ------------------------------------------------------------------------------------------ writes
 
+    @contextlib.asynccontextmanager
+    async def bank_write(self, user_id: str, bank_id: str) -> AsyncIterator[BankWrite]:
+        """`async with storage.bank_write(user, bank) as w: await w.add_transactions(page); …;
+        stats = await w.commit(accounts=…, balances=…, agreements=…, fetched_window=…)`.
+
+        The one write path (see `BankWrite`): it holds a pooled connection, its transaction and the
+        (user, bank) advisory lock from entry until `commit` or the end of the block, so open it when
+        the fetch starts, not before anything else that may wait. Without `commit`, or on an
+        exception, nothing is written."""
+        async with self.pool.acquire() as conn:
+            write = BankWrite(conn, user_id, bank_id)
+            try:
+                await write._open()
+                yield write
+            finally:
+                await write._close()
+
     async def write_bank_data(
         self, user_id: str, bank_id: str, *,
         accounts: Iterable[Account] = (),
@@ -546,7 +809,8 @@ class BankDataStorage:
         fetched_window: tuple[datetime | None, datetime] | None = None,
         window_accounts: Collection[str] | None = None,
     ) -> WriteStats:
-        """Store one fetch of one (user, bank) in one transaction; idempotent.
+        """Store one fetch of one (user, bank) in one transaction; idempotent. (`bank_write` with every
+        transaction added at once.)
 
         Accounts, agreements and transactions are upserted on their natural keys (a changed row is
         updated in place, an identical one is not touched); balances get a new snapshot only when the
@@ -559,52 +823,14 @@ class BankDataStorage:
         running totals) commit together; the user's data version is bumped in the same transaction
         when any row was inserted, updated or deleted.
         """
-        if fetched_window is not None:
+        if fetched_window is not None:  # refused before taking a connection and the lock
             _aware(fetched_window[0], "fetched_window[0]")
             if _aware(fetched_window[1], "fetched_window[1]") is None:
                 raise ValueError("fetched_window needs an end")
-        accounts = _latest(accounts, lambda a: (a.account_id,))
-        agreements = _latest(agreements, lambda p: (p.agreement_id,))
-        balances = _latest(balances, lambda b: (b.account_id, b.type or ""))
-        fetched = list(transactions)
-        transactions = _latest((t for t in fetched if t.booking_time or t.value_time),
-                               lambda t: (t.account_id, t.transaction_id))
-        skipped = sum(1 for t in fetched if not (t.booking_time or t.value_time))
-        newest = max((t.booking_time or t.value_time for t in transactions), default=None)
-        if fetched_window is not None and window_accounts is None:
-            window_accounts = {a.account_id for a in accounts} | {t.account_id for t in fetched}
-
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _lock_name(user_id, bank_id))
-            account_stats = credit_stats = balance_stats = transaction_stats = TableStats()
-            if accounts:
-                account_stats, _ = await _write(conn, ACCOUNTS, user_id, bank_id, map(_account_row, accounts),
-                                                len(accounts))
-            if agreements:
-                credit_stats, _ = await _write(conn, CREDITS, user_id, bank_id, map(_credit_row, agreements),
-                                               len(agreements))
-            if balances:
-                await _stage(conn, "balances", "_stage_balances", BALANCE_COLUMNS, map(_balance_row, balances))
-                added = await conn.fetchval(_SNAPSHOT_BALANCES, user_id, bank_id)
-                balance_stats = TableStats(inserted=added, unchanged=len(balances) - added)
-            if transactions or fetched_window is not None:
-                transaction_stats, staged = await _write(conn, TRANSACTIONS, user_id, bank_id,
-                                                         map(_transaction_row, transactions), len(transactions))
-                # unstaged: nothing was stored before this write, so no pending row to clean up
-                if staged and fetched_window is not None and window_accounts:
-                    deleted = await conn.fetchval(_DELETE_REPLACED_PENDING, user_id, bank_id,
-                                                  sorted(window_accounts), *fetched_window)
-                    transaction_stats = dataclasses.replace(transaction_stats, deleted=deleted)
-
-            changed = any(s.changed for s in (account_stats, credit_stats, balance_stats, transaction_stats))
-            watermark = await conn.fetchval(
-                _RECORD_SUCCESS, user_id, bank_id, newest, changed, account_stats.inserted, balance_stats.inserted,
-                transaction_stats.inserted - transaction_stats.deleted, credit_stats.inserted)
-            version = await conn.fetchval(_BUMP_VERSION if changed else _DATA_VERSION, user_id) or 0
-
-        return WriteStats(accounts=account_stats, balances=balance_stats, transactions=transaction_stats,
-                          credits=credit_stats, skipped=skipped, watermark=watermark, data_version=version,
-                          changed=changed)
+        async with self.bank_write(user_id, bank_id) as write:
+            await write.add_transactions(transactions)
+            return await write.commit(accounts=accounts, balances=balances, agreements=agreements,
+                                      fetched_window=fetched_window, window_accounts=window_accounts)
 
     async def record_failure(self, user_id: str, bank_id: str, message: str) -> None:
         """Note a failed sync of (user, bank): last_error and its time; the last success is kept."""
@@ -786,3 +1012,16 @@ class BankDataStorage:
                 FROM transactions WHERE {where}
                 GROUP BY bank_id, agreement_id, currency ORDER BY bank_id, agreement_id, currency""", *where.args)
         return _build(LoanRepayments, rows)
+
+    async def income_by_day(self, user_id: str, since: datetime) -> list[DayIncome]:
+        """Income per UTC day and currency since `since`, oldest first: credits, without deposit interest
+        or anything naming an agreement, and without transfers ("Перевод…", which move the user's own
+        money between accounts or come from other people)."""
+        rows = await self.pool.fetch(
+            """SELECT (booking_time AT TIME ZONE 'UTC')::date AS day, currency, sum(amount) AS total,
+                      count(*) AS count
+               FROM transactions
+               WHERE user_id = $1 AND direction = 'credit' AND booking_time >= $2 AND agreement_id IS NULL
+                 AND coalesce(description, '') NOT ILIKE 'Перевод%'
+               GROUP BY 1, currency ORDER BY 1, currency""", user_id, _aware(since, "since"))
+        return _build(DayIncome, rows)

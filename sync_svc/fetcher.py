@@ -7,6 +7,9 @@ their details. An incremental fetch (a watermark exists and the job is not force
 time and stops at the first page whose transactions are all stored already and older than the
 watermark minus the overlap window.
 
+Transaction pages are handed to `on_transactions` as each one arrives (the sync job streams them into
+its write transaction meanwhile); without that hook they are collected into `Fetched.transactions`.
+
 Rate limits (429) and transient failures that outlast the client's own retries are retried here per
 call, honouring Retry-After, so one bad answer among hundreds does not restart the whole job.
 """
@@ -17,11 +20,11 @@ import dataclasses
 import datetime as dt
 import logging
 import random
-from typing import Awaitable, Callable, TypeVar
+from typing import Awaitable, Callable, Sequence, TypeVar
 
 from bankapi import errors as bank_errors
 from bankapi.client import BankClient
-from bankapi.models import Account, Balance, ProductAgreement, Transaction
+from bankapi.models import Account, Balance, ProductAgreement, Transaction, TransactionPage
 
 log = logging.getLogger("sync_svc.fetcher")
 
@@ -33,6 +36,8 @@ T = TypeVar("T")
 
 # (account id, transaction ids) -> the ids already stored (for the incremental stop check)
 StoredIds = Callable[[str, list[str]], Awaitable[set[str]]]
+# a page of transactions, as it arrives
+OnTransactions = Callable[[Sequence[Transaction]], Awaitable[None]]
 
 
 @dataclasses.dataclass
@@ -50,7 +55,7 @@ class Progress:
 class Fetched:
     accounts: list[Account]
     balances: list[Balance]
-    transactions: list[Transaction]
+    transactions: list[Transaction]  # empty when they went to `on_transactions`
     agreements: list[ProductAgreement]
     # Booking-time window the transactions were fetched completely over (None start: all history).
     window: tuple[dt.datetime | None, dt.datetime]
@@ -60,7 +65,8 @@ class Fetched:
 class BankFetcher:
     def __init__(self, client: BankClient, user_id: str, *, account_consent: str, product_consent: str | None,
                  watermark: dt.datetime | None, force: bool, stored_ids: StoredIds, progress: Progress,
-                 concurrency: int = 8, backoff_base: float = 0.5, backoff_max: float = 30.0):
+                 concurrency: int = 8, backoff_base: float = 0.5, backoff_max: float = 30.0,
+                 on_transactions: OnTransactions | None = None):
         self.client = client
         self.user_id = user_id
         self.account_consent = account_consent
@@ -73,6 +79,11 @@ class BankFetcher:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self._random = random.Random()
+        self._collected: list[Transaction] = []
+        self._on_transactions = on_transactions or self._collect
+
+    async def _collect(self, transactions: Sequence[Transaction]) -> None:
+        self._collected.extend(transactions)
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """One bank request under the concurrency cap, retried on 429 and transient failures."""
@@ -93,67 +104,59 @@ class BankFetcher:
         started = dt.datetime.now(dt.timezone.utc)
         accounts = await self.call(lambda: self.client.get_accounts(self.user_id, self.account_consent))
         self.progress.accounts_total = len(accounts)
-        per_account, agreements = await asyncio.gather(
-            asyncio.gather(*(self._account(a) for a in accounts)), self._agreements())
-        balances = [b for bs, _, _ in per_account for b in bs]
-        transactions = [t for _, ts, _ in per_account for t in ts]
-        oldest = [o for _, _, o in per_account]
+        per_account, agreements = await _all(_all(*(self._account(a) for a in accounts)), self._agreements())
+        balances = [b for bs, _ in per_account for b in bs]
         window_start = None
         if self.incremental:
             # Everything newer than the oldest transaction we paged down to was seen in full.
-            window_start = min((o for o in oldest if o is not None), default=started)
-        return Fetched(accounts, balances, transactions, agreements, (window_start, started),
+            window_start = min((o for _, o in per_account if o is not None), default=started)
+        return Fetched(accounts, balances, self._collected, agreements, (window_start, started),
                        {a.account_id for a in accounts})
 
-    async def _account(self, account: Account) -> tuple[list[Balance], list[Transaction], dt.datetime | None]:
-        balances, (transactions, oldest) = await asyncio.gather(
+    async def _account(self, account: Account) -> tuple[list[Balance], dt.datetime | None]:
+        balances, oldest = await _all(
             self.call(lambda: self.client.get_balances(self.user_id, self.account_consent, account.account_id)),
             self._transactions(account.account_id))
         self.progress.accounts_done += 1
-        return balances, transactions, oldest
+        return balances, oldest
 
-    def _page(self, account_id: str, page: int):
-        return self.call(lambda: self.client.get_transactions_page(
+    async def _page(self, account_id: str, page: int) -> TransactionPage:
+        """Fetch one page and hand its transactions over before anything else is done with it."""
+        got = await self.call(lambda: self.client.get_transactions_page(
             self.user_id, self.account_consent, account_id, page=page, limit=PAGE_LIMIT))
-
-    async def _transactions(self, account_id: str) -> tuple[list[Transaction], dt.datetime | None]:
-        first = await self._page(account_id, 1)
         self.progress.pages_fetched += 1
-        rows = list(first.transactions)
+        await self._on_transactions(got.transactions)
+        return got
+
+    async def _transactions(self, account_id: str) -> dt.datetime | None:
+        """Every page of the account; answers the oldest booking time paged down to (incremental only)."""
+        first = await self._page(account_id, 1)
         if self.incremental:
-            return await self._incremental(account_id, rows, first.next_link is not None)
+            return await self._incremental(account_id, first)
         if first.total_pages is not None:
-            pages = await asyncio.gather(*(self._page(account_id, n) for n in range(2, first.total_pages + 1)))
-            self.progress.pages_fetched += len(pages)
-            for page in pages:
-                rows.extend(page.transactions)
-            return rows, None
+            await _all(*(self._page(account_id, n) for n in range(2, first.total_pages + 1)))
+            return None
         page_no, more = 1, first.next_link is not None  # no totalPages: follow links.next
         while more:
             page_no += 1
             page = await self._page(account_id, page_no)
-            self.progress.pages_fetched += 1
-            rows.extend(page.transactions)
             more = page.next_link is not None and bool(page.transactions)
-        return rows, None
+        return None
 
-    async def _incremental(self, account_id: str, rows: list[Transaction], more: bool
-                           ) -> tuple[list[Transaction], dt.datetime | None]:
-        page_rows = list(rows)
+    async def _incremental(self, account_id: str, page: TransactionPage) -> dt.datetime | None:
+        oldest: dt.datetime | None = None
         page_no = 1
         while True:
-            if await self._page_is_known(account_id, page_rows) or not more:
-                break
+            times = [t.booking_time for t in page.transactions if t.booking_time is not None]
+            if times:
+                oldest = min(times) if oldest is None else min(oldest, min(times))
+            more = page.next_link is not None and bool(page.transactions)
+            if not more or await self._page_is_known(account_id, page.transactions):
+                return oldest
             page_no += 1
             page = await self._page(account_id, page_no)
-            self.progress.pages_fetched += 1
-            page_rows = list(page.transactions)
-            rows.extend(page_rows)
-            more = page.next_link is not None and bool(page_rows)
-        times = [t.booking_time for t in rows if t.booking_time is not None]
-        return rows, min(times) if times else None
 
-    async def _page_is_known(self, account_id: str, page: list[Transaction]) -> bool:
+    async def _page_is_known(self, account_id: str, page: Sequence[Transaction]) -> bool:
         if not page:
             return True
         if any(t.booking_time is None or t.booking_time >= self.stop_before for t in page):
@@ -165,7 +168,7 @@ class BankFetcher:
         if not self.product_consent:
             return []
         listed = await self.call(lambda: self.client.get_product_agreements(self.user_id, self.product_consent))
-        return list(await asyncio.gather(*(self._agreement_details(a) for a in listed)))
+        return list(await _all(*(self._agreement_details(a) for a in listed)))
 
     async def _agreement_details(self, agreement: ProductAgreement) -> ProductAgreement:
         try:
@@ -179,3 +182,16 @@ class BankFetcher:
             interest_rate=detailed.interest_rate if detailed.interest_rate is not None else agreement.interest_rate,
             account_balance=detailed.account_balance if detailed.account_balance is not None
             else agreement.account_balance)
+
+
+async def _all(*aws: Awaitable[T]) -> list[T]:
+    """`asyncio.gather`, except that the first failure cancels the others (no request keeps going for
+    a fetch that already failed) and is raised once they have stopped."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

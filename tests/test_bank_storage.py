@@ -1,5 +1,6 @@
 """sync_svc bank-data storage on real Postgres: idempotent bulk writes, pending clean-up, history,
-keyset paging, SQL aggregates, the bank call log and concurrent writers."""
+keyset paging, SQL aggregates, the bank call log, concurrent writers and the streaming write (pages
+COPYed while the fetch goes on, one transaction, rolled back on failure)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,6 +8,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import asyncpg
 import pytest
 
 from bankapi.models import Account, Balance, ProductAgreement, Transaction
@@ -356,3 +358,182 @@ async def test_concurrent_identical_writes_leave_no_duplicates(storage, user):
     assert await storage.data_version(user) == 1
     state = await storage.sync_state(user, "vbank")
     assert (state.balances_count, state.transactions_count) == (2, 50)
+
+
+# ---------------------------------------------------------------------------------------------- streaming write
+
+TX_QUERY = """SELECT account_id, transaction_id, amount, direction, signed_amount, currency, status, booking_time,
+                     value_time, description, bank_code, merchant, category, mcc, agreement_id, raw
+              FROM transactions WHERE user_id = $1 AND bank_id = $2 ORDER BY account_id, transaction_id"""
+
+
+async def stored_rows(storage, user: str, bank_id: str) -> list[tuple]:
+    return [tuple(r) for r in await storage.pool.fetch(TX_QUERY, user, bank_id)]
+
+
+async def stream(storage, user: str, bank_id: str, pages: list[list[Transaction]], **rest):
+    """One write fed page by page, as a sync job does, letting the COPY task run between pages."""
+    async with storage.bank_write(user, bank_id) as write:
+        for page in pages:
+            await write.add_transactions(page)
+            await asyncio.sleep(0)
+        return await write.commit(**rest)
+
+
+def paged(data: dict, size: int = 7) -> tuple[list[list[Transaction]], dict]:
+    rest = {k: v for k, v in data.items() if k != "transactions"}
+    txs = data["transactions"]
+    return [txs[i:i + size] for i in range(0, len(txs), size)], rest
+
+
+async def test_pages_streamed_in_batches_equal_one_write(storage, user):
+    """First sync (COPY into the table) and a later one (staged upsert), streamed page by page or written
+    at once: the same rows, stats, watermark and sync state. A key repeated on a later page, changed,
+    is stored once with its last version."""
+    data = fetch(40)
+    data["transactions"] += [tx("tx-3", "1.00", T0 + timedelta(hours=1)),  # changed on a later page
+                             tx("tx-5", "105.50", T0 - timedelta(days=5))]  # repeated unchanged
+    pages, rest = paged(data)
+    streamed = await stream(storage, user, "vbank", pages, **rest)
+    at_once = await storage.write_bank_data(user, "abank", **data)
+    assert streamed.transactions == at_once.transactions == TableStats(inserted=40)
+    assert (streamed.watermark, streamed.inserted, streamed.changed) == (at_once.watermark, at_once.inserted, True)
+    assert streamed.watermark == T0 + timedelta(hours=1)
+    assert await stored_rows(storage, user, "vbank") == await stored_rows(storage, user, "abank")
+    assert {r[1]: r[2] for r in await stored_rows(storage, user, "vbank")}["tx-3"] == Decimal("1.00")
+
+    # A second sync with changes goes through the stage on both paths.
+    again = fetch(45)
+    again["transactions"][10] = tx("tx-10", "999.99", T0 - timedelta(days=10))
+    again["transactions"].append(tx("tx-11", "5.00", T0 - timedelta(days=11), status="Booked"))
+    pages, rest = paged(again, 4)
+    streamed = await stream(storage, user, "vbank", pages, **rest)
+    at_once = await storage.write_bank_data(user, "abank", **again)
+    assert streamed.transactions == at_once.transactions == TableStats(inserted=5, updated=3, unchanged=37)
+    assert await stored_rows(storage, user, "vbank") == await stored_rows(storage, user, "abank")
+    vstate, astate = await storage.sync_state(user, "vbank"), await storage.sync_state(user, "abank")
+    assert (vstate.watermark, vstate.transactions_count) == (astate.watermark, astate.transactions_count) == (
+        T0 + timedelta(hours=1), 45)
+
+
+async def test_identical_streamed_resync_writes_nothing(storage, user):
+    pages, rest = paged(fetch(30), 4)
+    first = await stream(storage, user, "vbank", pages, **rest)
+    assert first.changed and first.data_version == 1
+    query = "SELECT xmin::text, xmax::text, updated_at FROM {} WHERE user_id = $1 ORDER BY 1"
+    before = {t: await storage.pool.fetch(query.format(t), user) for t in ("accounts", "transactions", "credits")}
+    second = await stream(storage, user, "vbank", pages, **rest,
+                          fetched_window=(None, T0 + timedelta(days=1)))
+    assert not second.changed and second.data_version == 1 == await storage.data_version(user)
+    assert (second.inserted, second.updated, second.deleted) == (0, 0, 0)
+    assert second.transactions == TableStats(unchanged=30)
+    after = {t: await storage.pool.fetch(query.format(t), user) for t in ("accounts", "transactions", "credits")}
+    assert before == after
+
+
+@pytest.mark.parametrize("stored_before", [False, True], ids=["first-sync", "staged"])
+async def test_failed_streamed_write_leaves_nothing(storage, user, stored_before):
+    if stored_before:
+        await storage.write_bank_data(user, "vbank", **fetch(3))
+    before = (await stored_rows(storage, user, "vbank"), await storage.sync_state(user, "vbank"),
+              await storage.data_version(user))
+    pages, rest = paged(fetch(30), 5)
+
+    # The fetch fails after some pages were COPYed.
+    with pytest.raises(LookupError):
+        async with storage.bank_write(user, "vbank") as write:
+            for page in pages[:4]:
+                await write.add_transactions(page)
+                await asyncio.sleep(0.01)
+            raise LookupError("the bank went away")
+    # Leaving without commit.
+    async with storage.bank_write(user, "vbank") as write:
+        await write.add_transactions(pages[0])
+    # A page the database refuses (the amount overflows numeric(18, 2)): the COPY task fails, and the
+    # next call of the write says so.
+    with pytest.raises(asyncpg.NumericValueOutOfRangeError):
+        async with storage.bank_write(user, "vbank") as write:
+            await write.add_transactions(pages[0])
+            await write.add_transactions([tx("tx-huge", "1e20", T0)])
+            for page in pages[1:]:
+                await asyncio.sleep(0.01)
+                await write.add_transactions(page)
+            await write.commit(**rest)
+    with pytest.raises(RuntimeError, match="finished"):
+        await write.add_transactions(pages[0])
+
+    after = (await stored_rows(storage, user, "vbank"), await storage.sync_state(user, "vbank"),
+             await storage.data_version(user))
+    assert after == before
+    # The lock was released and the connections are fine: the same write now goes through.
+    done = await stream(storage, user, "vbank", pages, **rest)
+    assert done.transactions.inserted == (27 if stored_before else 30)
+
+
+async def test_cancelled_streamed_write_rolls_back(storage, user):
+    pages, rest = paged(fetch(600), 100)
+    started = asyncio.Event()
+
+    async def job():
+        async with storage.bank_write(user, "vbank") as write:
+            for page in pages:
+                await write.add_transactions(page)
+            started.set()
+            await asyncio.sleep(0)  # the COPY task is sending now
+            await asyncio.sleep(30)
+
+    task = asyncio.create_task(job())
+    await started.wait()
+    await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await stored_rows(storage, user, "vbank") == []
+    assert await storage.sync_state(user, "vbank") is None
+    assert (await stream(storage, user, "vbank", pages, **rest)).transactions.inserted == 600
+
+
+async def test_streamed_writes_of_one_bank_take_turns(storage, user):
+    """The (user, bank) lock is taken when the write opens: a second write waits for the first to commit
+    and then upserts against its rows (no duplicate, no lost update); another bank does not wait."""
+    pages, rest = paged(fetch(20), 5)
+    first_open = asyncio.Event()
+    release = asyncio.Event()
+
+    async def first():
+        async with storage.bank_write(user, "vbank") as write:
+            first_open.set()
+            for page in pages:
+                await write.add_transactions(page)
+            await release.wait()
+            return await write.commit(**rest)
+
+    one = asyncio.create_task(first())
+    await first_open.wait()
+    two = asyncio.create_task(stream(storage, user, "vbank", pages, **rest))
+    other = await asyncio.wait_for(stream(storage, user, "abank", pages, **rest), 10)
+    assert other.transactions.inserted == 20
+    await asyncio.sleep(0.2)
+    assert not two.done()
+    release.set()
+    first_stats, second_stats = await one, await two
+    assert first_stats.transactions == TableStats(inserted=20)
+    assert second_stats.transactions == TableStats(unchanged=20) and not second_stats.changed
+    assert (await storage.counts(user, "vbank")).transactions == 20
+
+
+async def test_large_batches_and_concurrent_pages(storage, user):
+    """A batch larger than a COPY chunk, and pages added by concurrent tasks (as the fetcher's page tasks
+    do): every row once, the last copy of a repeated key winning, the watermark the newest time."""
+    txs = [tx(f"tx-{i}", "1.00", T0 - timedelta(minutes=i)) for i in range(1300)]
+    txs.append(tx("tx-1299", "2.00", T0 + timedelta(hours=2)))  # in the last chunk, replacing one of the first
+    stats = await storage.write_bank_data(user, "vbank", transactions=txs)
+    assert stats.transactions == TableStats(inserted=1300) and stats.watermark == T0 + timedelta(hours=2)
+
+    async with storage.bank_write(user, "abank") as write:
+        await asyncio.gather(*(write.add_transactions(txs[i:i + 100]) for i in range(0, 1200, 100)),
+                             write.add_transactions(txs[1200:]))
+        concurrent = await write.commit()
+    assert concurrent.transactions == stats.transactions and concurrent.watermark == stats.watermark
+    assert await stored_rows(storage, user, "vbank") == await stored_rows(storage, user, "abank")
+    assert {r[1]: r[2] for r in await stored_rows(storage, user, "abank")}["tx-1299"] == Decimal("2.00")
