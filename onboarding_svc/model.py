@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from decimal import Decimal
 from typing import Any, Awaitable, Protocol
 
 STARTED = "started"
@@ -54,3 +55,20 @@ class Sync(Protocol):
     """What onboarding needs of sync_svc."""
 
     def start_sync(self, user_id: str, bank_ids: list[str], reason: str) -> Awaitable[list[QueuedSync]]: ...
+
+
+GOAL_TYPES = ("savings", "loans", "emergency_fund")
+
+
+@dataclasses.dataclass(frozen=True)
+class Goals:
+    goal_type: str | None = None  # one of GOAL_TYPES
+    target_amount: Decimal | None = None
+    target_date: dt.date | None = None
+    note: str | None = None
+
+
+class Dashboard(Protocol):
+    """What onboarding needs of dashboard_svc: drop a user's cached dashboard when the goals change."""
+
+    def invalidate(self, user_id: str) -> Awaitable[None]: ...

@@ -5,9 +5,10 @@ import datetime as dt
 import logging
 from typing import Any
 
-from svclib.errors import FailedPrecondition, NotFound, PermissionDenied, require
+from svclib.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, require
+from svclib.validation import parse_amount, parse_date
 
-from onboarding_svc.model import COMPLETED, KINDS, Consents, Session, StatusView, Sync
+from onboarding_svc.model import COMPLETED, GOAL_TYPES, KINDS, Consents, Dashboard, Goals, Session, StatusView, Sync
 from onboarding_svc.storage import OnboardingStorage
 
 log = logging.getLogger("onboarding_svc")
@@ -19,10 +20,11 @@ STEP_START, STEP_CONSENTS, STEP_PRODUCTS, STEP_GOALS, STEP_FINALIZE = 1, 2, 3, 4
 
 
 class OnboardingService:
-    def __init__(self, storage: OnboardingStorage, consents: Consents, sync: Sync):
+    def __init__(self, storage: OnboardingStorage, consents: Consents, sync: Sync, dashboard: Dashboard):
         self.storage = storage
         self.consents = consents
         self.sync = sync
+        self.dashboard = dashboard
 
     async def start(self, user_id: str, user_name: str | None) -> Session:
         user_id = require(user_id, "user_id")
@@ -102,3 +104,24 @@ class OnboardingService:
         stored = await self.storage.complete(session.onboarding_id, result)
         log.info("onboarding finalized", extra={"onboarding_id": session.onboarding_id, "banks": account_banks})
         return stored.finalize_result or result
+
+    # ------------------------------------------------------------------------------------ goals
+
+    async def goals(self, user_id: str) -> tuple[Goals, dt.datetime | None]:
+        return await self.storage.get_goals(require(user_id, "user_id"))
+
+    async def set_goals(self, user_id: str, goal_type: str | None, target_amount: str | None,
+                        target_date: str | None, note: str | None) -> tuple[Goals, dt.datetime]:
+        user_id = require(user_id, "user_id")
+        if goal_type is not None and goal_type not in GOAL_TYPES:
+            raise InvalidArgument(f"profile.goal_type: expected one of {', '.join(GOAL_TYPES)}", "profile.goal_type")
+        today = dt.datetime.now(dt.timezone.utc).date()
+        goals = Goals(
+            goal_type=goal_type,
+            target_amount=parse_amount(target_amount, "profile.target_amount") if target_amount else None,
+            target_date=parse_date(target_date, "profile.target_date", earliest=today + dt.timedelta(days=1))
+            if target_date else None,
+            note=(note.strip()[:500] or None) if note else None)
+        stored = await self.storage.put_goals(user_id, goals)
+        await self.dashboard.invalidate(user_id)  # the savings part of the dashboard follows at once
+        return stored

@@ -4,14 +4,17 @@ from __future__ import annotations
 import datetime as dt
 
 from finpulse.consent.v1 import consent_pb2
+from finpulse.dashboard.v1 import dashboard_pb2
 from finpulse.onboarding.v1 import onboarding_pb2 as pb
 from finpulse.onboarding.v1 import onboarding_pb2_grpc as pb_grpc
 from finpulse.sync.v1 import sync_pb2
 
 from svclib.clients import ServiceClients
+from svclib.errors import InvalidArgument
 from svclib.protoconv import optional, set_timestamp
 from svclib.runtime import Runtime
 from svclib.server import GrpcServer
+from svclib.validation import format_amount
 
 from onboarding_svc.model import COMPLETED, ConsentInfo, QueuedSync
 from onboarding_svc.service import OnboardingService
@@ -40,6 +43,14 @@ class SyncClient:
         reply = await self.clients.sync.StartSync(
             sync_pb2.StartSyncRequest(user_id=user_id, bank_ids=bank_ids, reason=reason))
         return [QueuedSync(j.bank_id, j.job_id) for j in reply.jobs]
+
+
+class DashboardClient:
+    def __init__(self, clients: ServiceClients):
+        self.clients = clients
+
+    async def invalidate(self, user_id: str) -> None:
+        await self.clients.dashboard.InvalidateDashboard(dashboard_pb2.InvalidateDashboardRequest(user_id=user_id))
 
 
 class OnboardingServicer(pb_grpc.OnboardingServiceServicer):
@@ -78,8 +89,37 @@ class OnboardingServicer(pb_grpc.OnboardingServiceServicer):
         return response
 
 
+    async def GetProfile(self, request, context):
+        goals, updated_at = await self.service.goals(request.user_id)
+        return _profile_response(pb.GetProfileResponse, request.user_id, goals, updated_at)
+
+    async def UpdateProfile(self, request, context):
+        if not request.HasField("profile"):
+            raise InvalidArgument("profile is required", "profile")
+        p = request.profile
+        goal_type = pb.GoalType.Name(p.goal_type).removeprefix("GOAL_TYPE_").lower() if p.goal_type else None
+        goals, updated_at = await self.service.set_goals(
+            request.user_id, goal_type, optional(p, "target_amount"), optional(p, "target_date"), optional(p, "note"))
+        return _profile_response(pb.UpdateProfileResponse, request.user_id, goals, updated_at)
+
+
+def _profile_response(cls, user_id: str, goals, updated_at):
+    profile = pb.Profile()
+    if goals.goal_type:
+        profile.goal_type = pb.GoalType.Value(f"GOAL_TYPE_{goals.goal_type.upper()}")
+    if goals.target_amount is not None:
+        profile.target_amount = format_amount(goals.target_amount)
+    if goals.target_date is not None:
+        profile.target_date = goals.target_date.isoformat()
+    if goals.note:
+        profile.note = goals.note
+    response = cls(user_id=user_id, profile=profile)
+    set_timestamp(response, "updated_at", updated_at)
+    return response
+
+
 async def setup(runtime: Runtime, server: GrpcServer) -> None:
     service = OnboardingService(OnboardingStorage(runtime.pool), ConsentClient(runtime.clients),
-                                SyncClient(runtime.clients))
+                                SyncClient(runtime.clients), DashboardClient(runtime.clients))
     server.add(pb_grpc.add_OnboardingServiceServicer_to_server, OnboardingServicer(service),
                pb.DESCRIPTOR.services_by_name["OnboardingService"].full_name)

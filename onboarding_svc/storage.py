@@ -1,13 +1,15 @@
 """SQL of the `onboarding` schema."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
-from onboarding_svc.model import COMPLETED, STARTED, Session
+from onboarding_svc.model import COMPLETED, STARTED, Goals, Session
 
 _COLUMNS = "onboarding_id, user_id, user_name, status, created_at, completed_at, finalize_result"
 
@@ -66,3 +68,37 @@ class OnboardingStorage:
     async def has_goal(self, user_id: str) -> bool:
         return bool(await self.pool.fetchval(
             "SELECT goal_type IS NOT NULL FROM user_profiles WHERE user_id = $1", user_id))
+
+    async def get_goals(self, user_id: str) -> tuple[Goals, dt.datetime | None]:
+        row = await self.pool.fetchrow("SELECT goal_type, goal_details, updated_at FROM user_profiles "
+                                       "WHERE user_id = $1", user_id)
+        return _goals(row)
+
+    async def put_goals(self, user_id: str, goals: Goals) -> tuple[Goals, dt.datetime]:
+        """Replace the user's goals; the timestamp moves only when something changed."""
+        details = json.dumps({"target_amount": str(goals.target_amount) if goals.target_amount is not None else None,
+                              "target_date": goals.target_date.isoformat() if goals.target_date else None,
+                              "note": goals.note})
+        row = await self.pool.fetchrow(
+            """
+            INSERT INTO user_profiles AS p (user_id, goal_type, goal_details) VALUES ($1, $2, $3::jsonb)
+            ON CONFLICT (user_id) DO UPDATE SET goal_type = EXCLUDED.goal_type,
+                goal_details = EXCLUDED.goal_details, updated_at = now()
+            WHERE (p.goal_type, p.goal_details) IS DISTINCT FROM (EXCLUDED.goal_type, EXCLUDED.goal_details)
+            RETURNING goal_type, goal_details, updated_at
+            """, user_id, goals.goal_type, details)
+        if row is None:
+            return await self.get_goals(user_id)
+        return _goals(row)
+
+
+def _goals(row: asyncpg.Record | None) -> tuple[Goals, dt.datetime | None]:
+    if row is None:
+        return Goals(), None
+    details = row["goal_details"]
+    details = json.loads(details) if isinstance(details, str) else (details or {})
+    amount = details.get("target_amount")
+    target_date = details.get("target_date")
+    return Goals(goal_type=row["goal_type"], target_amount=Decimal(amount) if amount else None,
+                 target_date=dt.date.fromisoformat(target_date) if target_date else None,
+                 note=details.get("note")), row["updated_at"]

@@ -18,6 +18,12 @@ log = logging.getLogger("svclib.cache")
 
 _FAILURES = (RedisError, OSError, ConnectionError, TimeoutError)
 
+_RAISE_TO = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+return 0
+"""
+
 
 class Cache:
     def __init__(self, url: str, *, prefix: str = "finpulse:", socket_timeout: float = 0.5):
@@ -63,11 +69,19 @@ class Cache:
             self._degraded("get", exc)
             return None
 
-    async def set(self, key: str, value: str, ttl_seconds: int) -> None:
+    async def set(self, key: str, value: str, ttl_seconds: int, *, only_if_missing: bool = False) -> None:
         try:
-            await self.redis.set(key, value, ex=ttl_seconds)
+            await self.redis.set(key, value, ex=ttl_seconds, nx=only_if_missing)
         except _FAILURES as exc:
             self._degraded("set", exc)
+
+    async def raise_to(self, key: str, value: int, ttl_seconds: int) -> None:
+        """Set an integer key to `value` unless it already holds a larger one (publishers racing
+        each other can then never move it backwards)."""
+        try:
+            await self.redis.eval(_RAISE_TO, 1, key, value, ttl_seconds)
+        except _FAILURES as exc:
+            self._degraded("raise_to", exc)
 
     async def delete(self, *keys: str) -> None:
         if not keys:
@@ -96,3 +110,12 @@ class Cache:
             await self.redis.aclose()
         except _FAILURES:
             pass
+
+
+DATA_VERSION_TTL = 24 * 3600
+
+
+def data_version_key(cache: Cache, user_id: str) -> str:
+    """Where sync_svc publishes a user's data version after every committed change; readers fall back
+    to asking sync_svc when the key is missing (Redis restarted, or down)."""
+    return cache.key("dataversion", user_id)

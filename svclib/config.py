@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from decimal import Decimal, InvalidOperation
 from typing import Mapping
 from urllib.parse import urlparse
 
@@ -83,6 +84,8 @@ class Settings:
     sync_workers: int  # sync jobs one sync_svc process runs at once
     sync_concurrency: int  # bank requests one sync job has in flight at once
     sync_lease: float  # seconds a sync job stays claimed without a heartbeat (a dead worker's job waits this)
+    base_currency: str  # the dashboard's currency; balances in others are shown, never converted
+    safety_buffer: Decimal  # kept aside by safe-to-spend, in the base currency
 
     @property
     def is_local(self) -> bool:
@@ -156,6 +159,23 @@ class _Reader:
         if parsed.scheme not in schemes:
             self.problems.append(f"{name}: scheme must be one of {', '.join(schemes)} (got {parsed.scheme or 'none'!r})")
         return raw
+
+    def currency(self, name: str, default: str) -> str:
+        raw = (self.str(name, default) or default).upper()
+        if not re.fullmatch(r"[A-Z]{3}", raw):
+            self.problems.append(f"{name}={raw!r}: expected a three-letter currency code")
+        return raw
+
+    def money(self, name: str, default: str) -> Decimal:
+        raw = self.str(name, default) or default
+        try:
+            value = Decimal(raw)
+        except InvalidOperation:
+            self.problems.append(f"{name}={raw!r}: not a decimal amount")
+            return Decimal(default)
+        if not value.is_finite() or value < 0 or value != value.quantize(Decimal("0.01")):
+            self.problems.append(f"{name}={raw!r}: expected a non-negative amount with at most two decimals")
+        return value
 
     def addr(self, name: str, default: str) -> str:
         raw = self.str(name, default)
@@ -248,6 +268,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         sync_workers=r.int("FINPULSE_SYNC_WORKERS", 4, 1, 64),
         sync_concurrency=r.int("FINPULSE_SYNC_CONCURRENCY", 8, 1, 64),
         sync_lease=r.float("FINPULSE_SYNC_LEASE", 30.0, 2.0, 3600.0),
+        base_currency=r.currency("FINPULSE_BASE_CURRENCY", "RUB"),
+        safety_buffer=r.money("FINPULSE_SAFETY_BUFFER", "3000.00"),
     )
     if r.problems:
         raise ConfigError(r.problems)

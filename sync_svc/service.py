@@ -8,11 +8,11 @@ import logging
 from decimal import Decimal
 from typing import AsyncIterator, Awaitable, Callable, Iterable
 
-from svclib.cache import Cache
+from svclib.cache import DATA_VERSION_TTL, Cache, data_version_key
 from svclib.config import BankConfig
 from svclib.errors import InvalidArgument, NotFound, require
 
-from sync_svc.bank_storage import (BankDataStorage, CategorySpending, LoanRepayments, MonthlyCashFlow,
+from sync_svc.bank_storage import (BankDataStorage, CategorySpending, DayIncome, LoanRepayments, MonthlyCashFlow,
                                    StoredAccount, StoredBalance, StoredCredit, StoredTransaction, SyncState,
                                    TransactionCursor)
 from sync_svc.storage import Job, JobRef, JobStorage, SyncStorage
@@ -81,6 +81,8 @@ class Aggregates:
     spending: list[CategorySpending]
     loans: list[LoanRepayments]
     data_version: int
+    income_days: list[DayIncome]
+    spent_today: list[CategorySpending]
 
 
 def page_size(value: int) -> int:
@@ -238,15 +240,30 @@ class SyncService:
             until=until, limit=page_size(size), after=cursor(token))
         return rows, next_cursor.token() if next_cursor else ""
 
-    async def aggregates(self, user_id: str, months: int, spending_since: dt.datetime | None) -> Aggregates:
+    async def aggregates(self, user_id: str, months: int, spending_since: dt.datetime | None,
+                         income_days: int = 0, today_since: dt.datetime | None = None) -> Aggregates:
         user_id = require(user_id, "user_id")
         if not 0 <= months <= 120:
             raise InvalidArgument("months must be between 1 and 120", "months")
-        since = spending_since or dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)
-        cash_flow, spending, loans, version = await asyncio.gather(
+        if not 0 <= income_days <= 3660:
+            raise InvalidArgument("income_days must be between 1 and 3660", "income_days")
+        now = dt.datetime.now(dt.timezone.utc)
+        since = spending_since or now - dt.timedelta(days=30)
+        today = today_since or now.replace(hour=0, minute=0, second=0, microsecond=0)
+        cash_flow, spending, loans, version, income, spent_today = await asyncio.gather(
             self.data.monthly_cash_flow(user_id, months or 12), self.data.spending_by_category(user_id, since),
-            self.data.loan_repayments(user_id), self.data.data_version(user_id))
-        return Aggregates(cash_flow, spending, loans, version)
+            self.data.loan_repayments(user_id), self.data.data_version(user_id),
+            self.data.income_by_day(user_id, now - dt.timedelta(days=income_days or 180)),
+            self.data.spending_by_category(user_id, today))
+        return Aggregates(cash_flow, spending, loans, version, income, spent_today)
+
+    async def data_version(self, user_id: str) -> int:
+        user_id = require(user_id, "user_id")
+        version = await self.data.data_version(user_id)
+        # Only if missing: a worker that committed meanwhile has published a newer version.
+        await self.cache.set(data_version_key(self.cache, user_id), str(version), DATA_VERSION_TTL,
+                             only_if_missing=True)
+        return version
 
 
 def _dump(row) -> dict:

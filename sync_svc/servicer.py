@@ -202,20 +202,28 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
         return pb.ListTransactionsResponse(transactions=[_transaction(t) for t in rows], next_page_token=token)
 
     async def GetAggregates(self, request, context):
-        agg = await self.service.aggregates(request.user_id, request.months, _time(request, "spending_since"))
+        agg = await self.service.aggregates(request.user_id, request.months, _time(request, "spending_since"),
+                                            request.income_days, _time(request, "today_since"))
         response = pb.GetAggregatesResponse(data_version=agg.data_version)
         for row in agg.cash_flow:
             response.cash_flow.add(month=row.month.isoformat(), currency=row.currency or "",
                                    income=format_amount(row.income), spending=format_amount(row.spending))
-        for row in agg.spending:
-            response.spending_by_category.add(category=row.category or "", currency=row.currency or "",
-                                              total=format_amount(row.total), count=row.count)
+        for target, rows in ((response.spending_by_category, agg.spending), (response.spent_today, agg.spent_today)):
+            for row in rows:
+                target.add(category=row.category or "", currency=row.currency or "", total=format_amount(row.total),
+                           count=row.count)
+        for row in agg.income_days:
+            response.income_days.add(day=row.day.isoformat(), currency=row.currency or "",
+                                     total=format_amount(row.total), count=row.count)
         for row in agg.loans:
             loan = response.loan_repayments.add(
                 agreement_id=row.agreement_id, bank_id=row.bank_id, count=row.count, total=format_amount(row.total),
                 average=format_amount(row.average), currency=row.currency or "", typical_day=row.typical_day)
             set_timestamp(loan, "last_paid_at", row.last_paid_at)
         return response
+
+    async def GetDataVersion(self, request, context):
+        return pb.GetDataVersionResponse(data_version=await self.service.data_version(request.user_id))
 
 
 class ConsentAdapter:

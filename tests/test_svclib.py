@@ -98,3 +98,12 @@ async def test_cache_degrades_to_misses_when_redis_is_down():
     await dead.set_json("k", {"a": 1}, 10)  # no exception
     await dead.delete("k")
     await dead.close()
+
+
+async def test_raise_to_never_moves_backwards(cache: Cache):
+    key = cache.key("version")
+    await cache.raise_to(key, 5, 60)
+    await cache.raise_to(key, 3, 60)  # a late publisher of an older version
+    assert await cache.get(key) == "5"
+    await cache.raise_to(key, 6, 60)
+    assert await cache.get(key) == "6"
