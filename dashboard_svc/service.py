@@ -1,17 +1,31 @@
-"""Dashboard domain logic (no gRPC)."""
+"""Dashboard domain logic (no gRPC): financial inputs, and the dashboard behind a two-level cache.
+
+Cache: Redis first, the `dashboard_cache` table second. An entry serves while it is younger than
+15 minutes AND was computed from the user's current data version (bumped by every sync that changed
+stored data); entries expire after 30 minutes; `force_refresh` recomputes; changed inputs or goals
+drop both levels at once. One computation per user at a time, across replicas (an advisory lock):
+concurrent requests wait for it and take its result. When Redis is down the table still serves.
+"""
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime as dt
 import logging
+from typing import Awaitable, Callable, Protocol
 
 from svclib.cache import Cache
 from svclib.errors import InvalidArgument, require
 from svclib.validation import parse_amount, parse_date
 
-from dashboard_svc.model import FinancialInputs
-from dashboard_svc.storage import DashboardStorage
+from dashboard_svc import calc
+from dashboard_svc.model import DashboardConfig, DashboardData, FinancialInputs, Goals
+from dashboard_svc.storage import CacheRow, DashboardStorage
 
 log = logging.getLogger("dashboard_svc")
+
+FRESH_FOR = dt.timedelta(minutes=15)
+EXPIRES_AFTER = dt.timedelta(minutes=30)
 
 
 def parse_inputs(salary_amount: str | None, next_salary_date: str | None,
@@ -31,10 +45,53 @@ def parse_inputs(salary_amount: str | None, next_salary_date: str | None,
     )
 
 
+class BankData(Protocol):
+    """What the dashboard reads from sync_svc (and onboarding_svc for goals)."""
+
+    def data_version(self, user_id: str) -> Awaitable[int]: ...
+
+    def gather(self, user_id: str, now: dt.datetime) -> Awaitable["Gathered"]: ...
+
+    def goals(self, user_id: str) -> Awaitable[Goals]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Gathered:
+    """The stored bank data of a user, as DashboardData needs it (everything but inputs and goals)."""
+    fields: dict  # DashboardData field name -> value
+    data_version: int
+    synced_at: dt.datetime | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    payload: dict  # calc.compute's output (the response without cache_info and ages)
+    calculated_at: dt.datetime
+    data_version: int
+    is_cached: bool
+
+
+def _entry_json(entry: CacheRow) -> dict:
+    return {"payload": entry.payload, "calculated_at": entry.calculated_at.isoformat(),
+            "data_version": entry.data_version}
+
+
+def _entry_from_json(raw: dict) -> CacheRow:
+    return CacheRow(raw["payload"], dt.datetime.fromisoformat(raw["calculated_at"]), int(raw["data_version"]))
+
+
 class DashboardService:
-    def __init__(self, storage: DashboardStorage, cache: Cache):
+    def __init__(self, storage: DashboardStorage, cache: Cache, data: BankData | None = None,
+                 config: DashboardConfig = DashboardConfig(),
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
         self.storage = storage
         self.cache = cache
+        self.data = data
+        self.config = config
+        self.clock = clock
+        self._local_locks: dict[str, asyncio.Lock] = {}
+
+    # ------------------------------------------------------------------------------------ inputs
 
     async def get_inputs(self, user_id: str) -> tuple[FinancialInputs, dt.datetime | None]:
         return await self.storage.get_inputs(require(user_id, "user_id"))
@@ -44,7 +101,65 @@ class DashboardService:
         if inputs is None:
             raise InvalidArgument("inputs is required", "inputs")
         stored, updated_at = await self.storage.put_inputs(user_id, inputs)
-        # Changed inputs change the dashboard at once: drop both cache levels.
-        await self.cache.delete(self.cache.key("dashboard", user_id))
-        await self.storage.drop_cached_dashboard(user_id)
+        await self.invalidate(user_id)  # changed inputs change the dashboard at once
         return stored, updated_at
+
+    # ------------------------------------------------------------------------------------ dashboard
+
+    def _key(self, user_id: str) -> str:
+        return self.cache.key("dashboard", user_id)
+
+    async def invalidate(self, user_id: str) -> None:
+        user_id = require(user_id, "user_id")
+        await self.cache.delete(self._key(user_id))
+        await self.storage.drop_cached_dashboard(user_id)
+
+    def _fresh(self, entry: CacheRow | None, version: int, now: dt.datetime,
+               not_before: dt.datetime | None = None) -> bool:
+        return (entry is not None and entry.data_version == version and now - entry.calculated_at < FRESH_FOR
+                and (not_before is None or entry.calculated_at > not_before))
+
+    async def _cached(self, user_id: str, version: int, now: dt.datetime,
+                      not_before: dt.datetime | None = None) -> CacheRow | None:
+        raw = await self.cache.get_json(self._key(user_id))
+        entry = _entry_from_json(raw) if raw else None
+        if self._fresh(entry, version, now, not_before):
+            return entry
+        entry = await self.storage.cached(user_id)
+        if self._fresh(entry, version, now, not_before):
+            await self.cache.set_json(self._key(user_id), _entry_json(entry), int(EXPIRES_AFTER.total_seconds()))
+            return entry
+        return None
+
+    async def dashboard(self, user_id: str, force_refresh: bool) -> Answer:
+        user_id = require(user_id, "user_id")
+        asked_at = self.clock()
+        version = await self.data.data_version(user_id)
+        if not force_refresh:
+            entry = await self._cached(user_id, version, asked_at)
+            if entry is not None:
+                return Answer(entry.payload, entry.calculated_at, entry.data_version, True)
+        local = self._local_locks.setdefault(user_id, asyncio.Lock())
+        async with local, self.storage.compute_lock(user_id):
+            # Someone may have computed it while we waited: a forced refresh takes only a result
+            # computed after it was asked for, a plain request any fresh one.
+            entry = await self._cached(user_id, version, self.clock(), asked_at if force_refresh else None)
+            if entry is not None:
+                return Answer(entry.payload, entry.calculated_at, entry.data_version, True)
+            entry = await self._compute(user_id)
+        if not local.locked():
+            self._local_locks.pop(user_id, None)
+        return Answer(entry.payload, entry.calculated_at, entry.data_version, False)
+
+    async def _compute(self, user_id: str) -> CacheRow:
+        now = self.clock()
+        gathered, goals, (inputs, _) = await asyncio.gather(
+            self.data.gather(user_id, now), self.data.goals(user_id), self.storage.get_inputs(user_id))
+        data = DashboardData(user_id=user_id, now=now, inputs=inputs, goals=goals, config=self.config,
+                             **gathered.fields)
+        payload = calc.compute(data)
+        entry = CacheRow(payload, now, gathered.data_version)
+        await self.storage.store_cached(user_id, entry, gathered.synced_at, EXPIRES_AFTER)
+        await self.cache.set_json(self._key(user_id), _entry_json(entry), int(EXPIRES_AFTER.total_seconds()))
+        log.info("dashboard computed", extra={"data_version": gathered.data_version})
+        return entry

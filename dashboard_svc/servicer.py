@@ -1,17 +1,32 @@
-"""gRPC transport of dashboard_svc: proto <-> domain, nothing else."""
+"""gRPC transport of dashboard_svc: proto <-> domain, and the adapters to sync_svc and onboarding_svc."""
 from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+from decimal import Decimal
+
+from google.protobuf import json_format
 
 from finpulse.dashboard.v1 import dashboard_pb2 as pb
 from finpulse.dashboard.v1 import dashboard_pb2_grpc as pb_grpc
+from finpulse.onboarding.v1 import onboarding_pb2
+from finpulse.sync.v1 import sync_pb2
 
+from svclib.cache import Cache, data_version_key
+from svclib.clients import ServiceClients
 from svclib.protoconv import optional, set_timestamp
 from svclib.runtime import Runtime
 from svclib.server import GrpcServer
 from svclib.validation import format_amount
 
-from dashboard_svc.model import FinancialInputs
-from dashboard_svc.service import DashboardService, parse_inputs
+from dashboard_svc.model import (AccountView, BankFreshness, CategoryTotal, CreditView, DashboardConfig, DayAmount,
+                                 FinancialInputs,
+                                 Goals, MonthFlow, Repayments, TransactionView)
+from dashboard_svc.service import Answer, DashboardService, Gathered, parse_inputs
 from dashboard_svc.storage import DashboardStorage
+
+RECENT = 10
 
 
 def _inputs_pb(inputs: FinancialInputs) -> pb.FinancialInputs:
@@ -27,9 +42,146 @@ def _inputs_pb(inputs: FinancialInputs) -> pb.FinancialInputs:
     return msg
 
 
+def _dec(text: str) -> Decimal | None:
+    return Decimal(text) if text else None
+
+
+def _time(msg, field: str) -> dt.datetime | None:
+    return getattr(msg, field).ToDatetime(dt.timezone.utc) if msg.HasField(field) else None
+
+
+def _date(text: str | None) -> dt.date | None:
+    return dt.date.fromisoformat(text[:10]) if text else None
+
+
+_BANK_STATUS = {sync_pb2.JOB_STATE_QUEUED: "syncing", sync_pb2.JOB_STATE_RUNNING: "syncing",
+                sync_pb2.JOB_STATE_SUCCEEDED: "ok", sync_pb2.JOB_STATE_FAILED: "error",
+                sync_pb2.JOB_STATE_NEEDS_RECONSENT: "needs_reconsent"}
+
+
+class SyncData:
+    """sync_svc (bank data, aggregates, versions) and onboarding_svc (goals) as the dashboard needs them."""
+
+    def __init__(self, clients: ServiceClients, cache: Cache):
+        self.clients = clients
+        self.cache = cache
+
+    async def data_version(self, user_id: str) -> int:
+        published = await self.cache.get(data_version_key(self.cache, user_id))
+        if published is not None:
+            return int(published)
+        reply = await self.clients.sync.GetDataVersion(sync_pb2.GetDataVersionRequest(user_id=user_id))
+        return reply.data_version
+
+    async def goals(self, user_id: str) -> Goals:
+        reply = await self.clients.onboarding.GetProfile(onboarding_pb2.GetProfileRequest(user_id=user_id))
+        p = reply.profile
+        return Goals(
+            goal_type=onboarding_pb2.GoalType.Name(p.goal_type).removeprefix("GOAL_TYPE_").lower()
+            if p.goal_type else None,
+            target_amount=_dec(optional(p, "target_amount") or ""), target_date=_date(optional(p, "target_date")))
+
+    async def gather(self, user_id: str, now: dt.datetime) -> Gathered:
+        sync = self.clients.sync
+        today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        aggregates_request = sync_pb2.GetAggregatesRequest(user_id=user_id, months=12, income_days=180)
+        aggregates_request.spending_since.FromDatetime(now - dt.timedelta(days=30))
+        aggregates_request.today_since.FromDatetime(today)
+        accounts, balances, credits, aggregates, recent, banks = await asyncio.gather(
+            sync.ListAccounts(sync_pb2.ListAccountsRequest(user_id=user_id)),
+            sync.ListBalances(sync_pb2.ListBalancesRequest(user_id=user_id)),
+            sync.ListCredits(sync_pb2.ListCreditsRequest(user_id=user_id)),
+            sync.GetAggregates(aggregates_request),
+            sync.ListTransactions(sync_pb2.ListTransactionsRequest(user_id=user_id, page_size=RECENT)),
+            sync.ListBanks(sync_pb2.ListBanksRequest(user_id=user_id)))
+        by_account: dict[tuple[str, str], dict[str, Decimal]] = {}
+        for b in balances.balances:
+            amount = Decimal(b.amount) * (-1 if b.credit_debit_indicator.lower() == "debit" else 1)
+            by_account.setdefault((b.bank_id, b.account_id), {})[b.type] = amount
+        views = []
+        for a in accounts.accounts:
+            kinds = by_account.get((a.bank_id, a.account_id), {})
+            available = kinds.get("InterimAvailable", kinds.get("ClosingAvailable", kinds.get("InterimBooked")))
+            views.append(AccountView(
+                bank_id=a.bank_id, bank_name=a.bank_name, account_id=a.account_id, sub_type=a.account_sub_type,
+                currency=a.currency or "RUB", nickname=a.nickname, account_number=optional(a, "account_number"),
+                available=available, booked=kinds.get("InterimBooked")))
+        fields = {
+            "accounts": views,
+            "credits": [CreditView(
+                bank_id=c.bank_id, agreement_id=c.agreement_id, product_type=c.product_type,
+                product_name=c.product_name, amount=Decimal(c.amount),
+                interest_rate=_dec(optional(c, "interest_rate") or ""), status=c.status,
+                start_date=_date(optional(c, "start_date")), account_number=optional(c, "account_number"),
+                account_balance=_dec(optional(c, "account_balance") or "")) for c in credits.credits],
+            "repayments": [Repayments(
+                bank_id=r.bank_id, agreement_id=r.agreement_id, count=r.count, total=Decimal(r.total),
+                average=Decimal(r.average), currency=r.currency or "RUB", last_paid_at=_time(r, "last_paid_at"),
+                typical_day=r.typical_day) for r in aggregates.loan_repayments],
+            "income_days": [DayAmount(day=dt.date.fromisoformat(d.day), currency=d.currency or "RUB",
+                                      total=Decimal(d.total), count=d.count) for d in aggregates.income_days],
+            "cash_flow": [MonthFlow(month=dt.date.fromisoformat(m.month), currency=m.currency or "RUB",
+                                    income=Decimal(m.income), spending=Decimal(m.spending))
+                          for m in aggregates.cash_flow],
+            "spending_30d": [CategoryTotal(c.category, c.currency or "RUB", Decimal(c.total), c.count)
+                             for c in aggregates.spending_by_category],
+            "spent_today": [CategoryTotal(c.category, c.currency or "RUB", Decimal(c.total), c.count)
+                            for c in aggregates.spent_today],
+            "recent_transactions": [TransactionView(
+                bank_id=t.bank_id, account_id=t.account_id, transaction_id=t.transaction_id,
+                booking_time=_time(t, "booking_time"), signed_amount=Decimal(t.signed_amount),
+                currency=t.currency or "RUB", description=t.description, category=optional(t, "category"))
+                for t in recent.transactions],
+            "banks": [BankFreshness(
+                bank_id=b.id, bank_name=b.name,
+                status=_BANK_STATUS.get(b.sync.state, "never_synced") if b.HasField("sync") else "never_synced",
+                last_success_at=_time(b.sync, "last_success_at"), last_error=optional(b.sync, "last_error"))
+                for b in banks.banks if b.connected or (b.HasField("sync") and b.sync.HasField("last_success_at"))],
+        }
+        successes = [b.last_success_at for b in fields["banks"] if b.last_success_at]
+        return Gathered(fields, aggregates.data_version, max(successes) if successes else None)
+
+
+def _minutes(since: dt.datetime, now: dt.datetime) -> int:
+    return max(0, int((now - since).total_seconds() // 60))
+
+
+class ParsedPayloads:
+    """Serialized protos of recent dashboard payloads, so a cached answer is parsed from JSON once per
+    process, not once per request (a bounded LRU keyed by user, computation time and data version)."""
+
+    def __init__(self, size: int = 1024):
+        self.size = size
+        self._items: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
+
+    def message(self, user_id: str, answer: Answer) -> pb.GetDashboardResponse:
+        key = (user_id, answer.calculated_at, answer.data_version)
+        raw = self._items.get(key)
+        if raw is not None:
+            self._items.move_to_end(key)
+            return pb.GetDashboardResponse.FromString(raw)
+        message = json_format.ParseDict(answer.payload, pb.GetDashboardResponse())
+        self._items[key] = message.SerializeToString()
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return message
+
+
+def _response(response: pb.GetDashboardResponse, answer: Answer, now: dt.datetime) -> pb.GetDashboardResponse:
+    response.cache_info.is_cached = answer.is_cached
+    response.cache_info.calculated_at = answer.calculated_at.isoformat()
+    response.cache_info.age_minutes = _minutes(answer.calculated_at, now)
+    response.cache_info.data_version = answer.data_version
+    for item in response.data_freshness:  # ages are "now", even when the dashboard is cached
+        if item.HasField("fetched_at"):
+            item.age_minutes = _minutes(dt.datetime.fromisoformat(item.fetched_at.replace("Z", "+00:00")), now)
+    return response
+
+
 class DashboardServicer(pb_grpc.DashboardServiceServicer):
     def __init__(self, service: DashboardService):
         self.service = service
+        self.parsed = ParsedPayloads()
 
     async def GetFinancialInputs(self, request, context):
         inputs, updated_at = await self.service.get_inputs(request.user_id)
@@ -48,8 +200,18 @@ class DashboardServicer(pb_grpc.DashboardServiceServicer):
         set_timestamp(response, "updated_at", updated_at)
         return response
 
+    async def GetDashboard(self, request, context):
+        answer = await self.service.dashboard(request.user_id, request.force_refresh)
+        return _response(self.parsed.message(request.user_id, answer), answer, self.service.clock())
+
+    async def InvalidateDashboard(self, request, context):
+        await self.service.invalidate(request.user_id)
+        return pb.InvalidateDashboardResponse()
+
 
 async def setup(runtime: Runtime, server: GrpcServer) -> None:
-    service = DashboardService(DashboardStorage(runtime.pool), runtime.cache)
+    config = DashboardConfig(base_currency=runtime.settings.base_currency,
+                             safety_buffer=runtime.settings.safety_buffer)
+    service = DashboardService(DashboardStorage(runtime.pool), runtime.cache, SyncData(runtime.clients, runtime.cache), config)
     server.add(pb_grpc.add_DashboardServiceServicer_to_server, DashboardServicer(service),
                pb.DESCRIPTOR.services_by_name["DashboardService"].full_name)

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import asyncpg
+
+from svclib.db import AdvisoryLock
 
 from dashboard_svc.model import FinancialInputs
 
@@ -15,6 +18,17 @@ def _inputs(row: asyncpg.Record | None) -> tuple[FinancialInputs, dt.datetime | 
         salary_amount=row["salary_amount"], next_salary_date=row["next_salary_date"],
         credit_payment_amount=row["credit_payment_amount"], credit_payment_date=row["credit_payment_date"],
     ), row["updated_at"]
+
+
+class CacheRow:
+    """A stored dashboard: the computed payload and what it was computed from."""
+
+    __slots__ = ("payload", "calculated_at", "data_version")
+
+    def __init__(self, payload: dict, calculated_at: dt.datetime, data_version: int):
+        self.payload = payload
+        self.calculated_at = calculated_at
+        self.data_version = data_version
 
 
 class DashboardStorage:
@@ -54,5 +68,30 @@ class DashboardStorage:
     async def drop_cached_dashboard(self, user_id: str) -> None:
         await self.pool.execute("DELETE FROM dashboard_cache WHERE user_id = $1", user_id)
 
+    async def cached(self, user_id: str) -> CacheRow | None:
+        """The stored dashboard (the second cache level, which still serves when Redis is down)."""
+        row = await self.pool.fetchrow(
+            "SELECT dashboard_data, calculated_at, data_version FROM dashboard_cache "
+            "WHERE user_id = $1 AND expires_at > now()", user_id)
+        if row is None:
+            return None
+        data = row["dashboard_data"]
+        return CacheRow(json.loads(data) if isinstance(data, str) else data, row["calculated_at"],
+                        row["data_version"])
 
+    async def store_cached(self, user_id: str, entry: CacheRow, synced_at: dt.datetime | None, ttl: dt.timedelta) -> None:
+        await self.pool.execute(
+            """
+            INSERT INTO dashboard_cache (user_id, dashboard_data, synced_at, calculated_at, expires_at, data_version)
+            VALUES ($1, $2::jsonb, $3, $4, $5, $6)
+            ON CONFLICT (user_id) DO UPDATE SET dashboard_data = EXCLUDED.dashboard_data,
+                synced_at = EXCLUDED.synced_at, calculated_at = EXCLUDED.calculated_at,
+                expires_at = EXCLUDED.expires_at, data_version = EXCLUDED.data_version,
+                version = dashboard_cache.version + 1
+            WHERE dashboard_cache.calculated_at <= EXCLUDED.calculated_at
+            """, user_id, json.dumps(entry.payload), synced_at, entry.calculated_at, entry.calculated_at + ttl,
+            entry.data_version)
 
+    def compute_lock(self, user_id: str) -> AdvisoryLock:
+        """One computation per user at a time, across replicas."""
+        return AdvisoryLock(self.pool, f"dashboard:{user_id}")
