@@ -12,7 +12,9 @@ of them are SERVING, else 503 naming the ones that are not.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
+import hashlib
 import json
 
 import grpc
@@ -32,7 +34,35 @@ READY_CHECK_TIMEOUT = 2.0
 #: Deadline of a streamed (Server-Sent Events) call; the services end their streams well before.
 STREAM_TIMEOUT = 15 * 60.0
 
+class RenderedCache:
+    """JSON bodies of recent replies, keyed by the reply's deterministic bytes.
+
+    Rendering a large message to JSON (`json_format` walks it in Python) costs far more than
+    serializing it (upb, in C); a service answering the same content again (a cached dashboard,
+    a bank list) gets its JSON from here. Bounded LRU, per process: nothing to invalidate, since the
+    key is the content itself.
+    """
+
+    def __init__(self, size: int = 512):
+        self.size = size
+        self._bodies: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
+
+    def body(self, route: Route, reply) -> bytes:
+        key = hashlib.blake2b(reply.SerializeToString(deterministic=True), digest_size=16,
+                              person=route.grpc_path.encode()[-16:]).digest()
+        body = self._bodies.get(key)
+        if body is not None:
+            self._bodies.move_to_end(key)
+            return body
+        body = _dumps(transcode.render(reply, route)).encode()
+        self._bodies[key] = body
+        if len(self._bodies) > self.size:
+            self._bodies.popitem(last=False)
+        return body
+
+
 SETTINGS = web.AppKey("settings", Settings)
+RENDERED = web.AppKey("rendered", RenderedCache)
 CLIENTS = web.AppKey("clients", ServiceClients)
 ROUTES = web.AppKey("routes", list)
 
@@ -48,6 +78,7 @@ def create_app(settings: Settings, clients: ServiceClients | None = None, *,
         middlewares=[middleware.request_context, middleware.cors(settings.cors_origins), middleware.errors],
     )
     app[SETTINGS] = settings
+    app[RENDERED] = RenderedCache()
     app[middleware.MAX_BODY_BYTES] = max_body_bytes
     if clients is None:
         clients = ServiceClients(settings)
@@ -77,7 +108,7 @@ def _handler(route: Route):
             reply = await call(message, timeout=request.app[SETTINGS].rpc_timeout)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, route.service_key) from None
-        return web.json_response(transcode.render(reply, route), dumps=_dumps)
+        return web.Response(body=request.app[RENDERED].body(route, reply), content_type="application/json")
 
     handle.__name__ = handle.__qualname__ = f"handle_{route.method_name}"
     handle.__doc__ = f"{route.http_method} {route.path_template} -> {route.grpc_path}"
