@@ -1,0 +1,215 @@
+"""Dashboard: (1) cached GET /api/dashboard requests/s through the gateway ÷ a bare aiohttp handler
+returning the same JSON body (same machine, same load tool, same concurrency; goal ≥ 0.6), and
+(2) uncached dashboard latency (p50, p99) for a user with 3 banks × 4 accounts × 5,000 transactions,
+and its ratio to the SQL aggregates alone.
+
+The whole suite runs as `make up` runs it (emulator, four services, gateway, each its own process)
+on a scratch database (on FINPULSE_DATABASE_URL when set, else embedded Postgres and Redis). The user
+is synced through the real flow (consents, finalize, sync jobs). The load tool is wrk when it is on
+PATH (`apt-get install wrk`), else a small aiohttp load loop (then both sides pay for it alike).
+"SQL aggregates alone" is the time of the sync storage queries the dashboard's data comes from
+(accounts, latest balances, credits, last transactions, monthly cash flow, spending by category,
+spending today, loan repayments, income by day, data version), run concurrently on one pool, as
+sync_svc runs them, with no gRPC and no calculation.
+
+`python -m bench.dashboard [--transactions 5000] [--seconds 10] [--connections 32] [--samples 30]`
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import aiohttp
+
+from bench._common import free_port, scratch_database
+from deploy.launcher import Suite
+from svclib import db
+from svclib.config import KNOWN_BANKS, load_settings
+from svclib.embedded import BackingServices
+from sync_svc.__main__ import SPEC as SYNC_SPEC
+from sync_svc.bank_storage import BankDataStorage
+
+BANKS = tuple(KNOWN_BANKS)
+
+_BARE_SERVER = """
+import sys
+from aiohttp import web
+body = open(sys.argv[1], "rb").read()
+async def handle(request):
+    return web.Response(body=body, content_type="application/json")
+app = web.Application()
+app.router.add_get("/api/dashboard", handle)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), print=None, access_log=None)
+"""
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def _load(url: str, seconds: float, connections: int) -> float:
+    """Requests per second from wrk, or from an aiohttp loop when wrk is not installed."""
+    if shutil.which("wrk"):
+        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", url],
+                             capture_output=True, text=True, check=True).stdout
+        return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    done = 0
+    deadline = time.perf_counter() + seconds
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as session:
+        async def worker():
+            nonlocal done
+            while time.perf_counter() < deadline:
+                async with session.get(url) as resp:
+                    await resp.read()
+                    done += 1
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        return done / (time.perf_counter() - started)
+
+
+async def _admin(session, url: str, path: str, body=None):
+    method = session.post if body is not None else session.get
+    async with method(f"{url}/__admin__/{path}", json=body) as resp:
+        resp.raise_for_status()
+        return await resp.json()
+
+
+async def _prepare_user(session, suite: Suite, per_account: int) -> str:
+    urls = {b.id: b.base_url for b in suite.settings.banks}
+    user = None
+    for n in range(1, 61):
+        if (await _admin(session, urls["vbank"], f"customers/team200-{n}/counts"))["accounts"] == 4:
+            user = f"team200-{n}"
+            break
+    assert user, "no emulator customer with four accounts"
+    for url in urls.values():
+        counts = await _admin(session, url, f"customers/{user}/counts")
+        for account_id, have in counts["transactions_by_account"].items():
+            missing = per_account - have
+            while missing > 0:
+                step = min(missing, 1000)
+                await _admin(session, url, f"customers/{user}/transactions", {"account_id": account_id, "count": step})
+                missing -= step
+    gateway = suite.gateway_url
+    body = {"user_id": user, "banks": [{"bank_id": b, "consents": {"account": True, "product": True}} for b in BANKS]}
+    async with session.post(f"{gateway}/api/onboarding/consents", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+    async with session.post(f"{gateway}/api/onboarding/finalize", json={"onboarding_id": user, "user_id": user}) as r:
+        assert r.status == 200, await r.text()
+    for _ in range(1200):
+        async with session.get(f"{gateway}/api/sync/status", params={"user_id": user}) as resp:
+            status = await resp.json()
+        if status["status"] == "completed":
+            break
+        await asyncio.sleep(0.5)
+    assert all(b["state"] == "JOB_STATE_SUCCEEDED" for b in status["banks"]), status
+    return user
+
+
+async def _sql_alone(dsn: str, user: str, samples: int) -> list[float]:
+    pool = await db.create_pool(dsn, SYNC_SPEC.schema, max_size=10)
+    storage = BankDataStorage(pool)
+    now = dt.datetime.now(dt.timezone.utc)
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    timings = []
+    try:
+        for _ in range(samples):
+            started = time.perf_counter()
+            await asyncio.gather(
+                storage.accounts(user), storage.latest_balances(user), storage.credits(user),
+                storage.transactions(user, limit=10), storage.monthly_cash_flow(user, 12),
+                storage.spending_by_category(user, now - dt.timedelta(days=30)),
+                storage.spending_by_category(user, today), storage.loan_repayments(user),
+                storage.income_by_day(user, now - dt.timedelta(days=180)), storage.data_version(user))
+            timings.append(time.perf_counter() - started)
+    finally:
+        await pool.close()
+    return timings
+
+
+async def run(per_account: int, seconds: float, connections: int, samples: int) -> None:
+    async with scratch_database("dashboard") as backing:
+        await _run(backing, per_account, seconds, connections, samples)
+
+
+async def _run(backing: BackingServices, per_account: int, seconds: float, connections: int, samples: int) -> None:
+    log_dir = tempfile.mkdtemp(prefix="fpd-logs-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
+    env.update(FINPULSE_ENV="local", FINPULSE_GRPC_HOST="127.0.0.1", FINPULSE_GATEWAY_HOST="127.0.0.1",
+               FINPULSE_GATEWAY_PORT=str(free_port()), FINPULSE_DATA_DIR=log_dir, FINPULSE_LOG_LEVEL="WARNING",
+               FINPULSE_BANK_RATE_LIMIT="99", FINPULSE_RPC_TIMEOUT="60")
+    for service in ("onboarding", "consent", "sync", "dashboard"):
+        env[f"FINPULSE_{service.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
+    for bank in BANKS:
+        env[f"FINPULSE_BANK_{bank.upper()}_URL"] = f"http://127.0.0.1:{free_port()}"
+    suite = Suite(load_settings(env), backing, base_env=env, log_dir=log_dir,
+                  emulator_args=["--customers", "60", "--approval", ",".join(f"{b}=auto" for b in BANKS)])
+    bare = None
+    try:
+        await suite.migrate()
+        suite.start()
+        await suite.wait_healthy()
+        async with aiohttp.ClientSession() as session:
+            user = await _prepare_user(session, suite, per_account)
+            url = f"{suite.gateway_url}/api/dashboard?user_id={user}"
+            latencies = []
+            for _ in range(samples):
+                started = time.perf_counter()
+                async with session.get(url + "&force_refresh=true") as resp:
+                    assert resp.status == 200, await resp.text()
+                    await resp.read()
+                latencies.append(time.perf_counter() - started)
+            async with session.get(url) as resp:
+                body = await resp.read()
+                assert (await resp.json())["cache_info"]["is_cached"], "the dashboard should be cached now"
+        sql = await _sql_alone(backing.database_url, user, samples)
+
+        body_file = os.path.join(log_dir, "body.json")
+        with open(body_file, "wb") as f:
+            f.write(body)
+        bare_port = free_port()
+        bare = subprocess.Popen([sys.executable, "-c", _BARE_SERVER, body_file, str(bare_port)])
+        await asyncio.sleep(1.0)
+        gateway_rps = await _load(url, seconds, connections)
+        bare_rps = await _load(f"http://127.0.0.1:{bare_port}/api/dashboard?user_id={user}", seconds, connections)
+
+        tool = "wrk -t1" if shutil.which("wrk") else "aiohttp loop"
+        p50, p99 = _percentile(latencies, 0.5), _percentile(latencies, 0.99)
+        s50, s99 = _percentile(sql, 0.5), _percentile(sql, 0.99)
+        print(f"dashboard: user with {len(BANKS)} banks x 4 accounts x {per_account} transactions "
+              f"({len(body)} bytes of JSON); load tool {tool}, {connections} connections, {seconds:g} s each")
+        print(f"  cached GET /api/dashboard via gateway: {gateway_rps:,.0f} req/s")
+        print(f"  bare aiohttp handler, same body:       {bare_rps:,.0f} req/s")
+        print(f"  ratio gateway / bare: {gateway_rps / bare_rps:.2f} (goal >= 0.6)")
+        print(f"  uncached dashboard (force_refresh) over {samples} calls: p50 {p50 * 1000:.1f} ms, "
+              f"p99 {p99 * 1000:.1f} ms")
+        print(f"  SQL aggregates alone:                     p50 {s50 * 1000:.1f} ms, p99 {s99 * 1000:.1f} ms")
+        print(f"  ratio uncached / SQL alone: p50 {p50 / s50:.2f}, p99 {p99 / s99:.2f}")
+    finally:
+        if bare is not None:
+            bare.terminate()
+            bare.wait(5)
+        suite.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transactions", type=int, default=5000, help="per account")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=30)
+    args = parser.parse_args(argv)
+    asyncio.run(run(args.transactions, args.seconds, args.connections, args.samples))
+
+
+if __name__ == "__main__":
+    main()
