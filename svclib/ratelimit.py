@@ -1,7 +1,7 @@
 """Request-rate caps shared by every replica through Redis (GCRA), with a local fallback.
 
-`RateLimiter.acquire(key)` waits until one more request under `key` fits `rate` per second (with a
-small burst). The state lives in Redis, keyed by `key`, and time comes from the Redis server, so all
+`RateLimiter.acquire(key)` takes the next request slot under `key` (`rate` per second, with a small
+burst) and waits until it comes. The state lives in Redis, keyed by `key`, and time comes from the Redis server, so all
 replicas share one budget without trusting their own clocks. When Redis is unreachable the limiter
 keeps the same cap per process (a degraded but still bounded mode) and logs it once in a while.
 """
@@ -16,8 +16,9 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger("svclib.ratelimit")
 
-# GCRA: the "theoretical arrival time" of the next request is kept per key. Returns the
-# milliseconds to wait (0: go now, and the slot is taken).
+# GCRA with reservation: the "theoretical arrival time" of the next request is kept per key; each
+# call takes the next slot and returns the milliseconds to wait for it (0: go now). One round trip
+# per request, however many requests are waiting.
 _GCRA = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
@@ -25,9 +26,8 @@ local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-if tat - burst > now then return tat - burst - now end
 redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil(tat + interval - now) + 1000)
-return 0
+return math.max(0, tat - burst - now)
 """
 
 
@@ -44,10 +44,9 @@ class RateLimiter:
         self._last_warning = 0.0
 
     async def acquire(self, key: str) -> None:
-        while True:
-            wait_ms = await self._reserve(key)
-            if wait_ms <= 0:
-                return
+        """Take the next slot under `key` and wait until it comes."""
+        wait_ms = await self._reserve(key)
+        if wait_ms > 0:
             await asyncio.sleep(wait_ms / 1000.0)
 
     async def _reserve(self, key: str) -> float:
@@ -65,7 +64,5 @@ class RateLimiter:
     def _reserve_local(self, key: str) -> float:
         now = time.monotonic() * 1000.0
         tat = max(self._local.get(key, now), now)
-        if tat - self.burst_ms > now:
-            return tat - self.burst_ms - now
         self._local[key] = tat + self.interval_ms
-        return 0.0
+        return max(0.0, tat - self.burst_ms - now)

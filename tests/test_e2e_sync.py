@@ -217,7 +217,7 @@ async def test_kill_9_mid_sync_then_restart_completes(suite, http, db, bank_urls
         await onboard_consents_only(http, user, bank)
     async with aiohttp.ClientSession() as session:
         for bank in AUTO_BANKS:
-            await set_faults(session, bank_urls[bank], latency_ms=150)
+            await set_faults(session, bank_urls[bank], latency_ms=400)  # a sync of several seconds
         try:
             await http.post("/api/onboarding/finalize", {"onboarding_id": user, "user_id": user})
 

@@ -107,3 +107,23 @@ async def test_raise_to_never_moves_backwards(cache: Cache):
     assert await cache.get(key) == "5"
     await cache.raise_to(key, 6, 60)
     assert await cache.get(key) == "6"
+
+
+async def test_rate_limiter_caps_requests_across_limiters(redis_url):
+    """Two limiters (two replicas) on one key share one budget: 20 requests at 50/s with a burst of 5
+    cannot finish before (20 - 5) / 50 = 0.3 s."""
+    import time
+
+    import redis.asyncio as aioredis
+
+    from svclib.ratelimit import RateLimiter
+
+    client = aioredis.from_url(redis_url)
+    key = f"test-{uuid.uuid4().hex[:8]}"
+    first, second = (RateLimiter(client, 50, burst=5, prefix="finpulse-test:rl:") for _ in range(2))
+    started = time.perf_counter()
+    await asyncio.gather(*(limiter.acquire(key) for limiter in (first, second) for _ in range(10)))
+    elapsed = time.perf_counter() - started
+    assert elapsed >= 0.28, elapsed
+    await client.delete(f"finpulse-test:rl:{key}")
+    await client.aclose()
