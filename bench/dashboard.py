@@ -146,7 +146,8 @@ async def _run(backing: BackingServices, per_account: int, seconds: float, conne
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
     env.update(FINPULSE_ENV="local", FINPULSE_GRPC_HOST="127.0.0.1", FINPULSE_GATEWAY_HOST="127.0.0.1",
                FINPULSE_GATEWAY_PORT=str(free_port()), FINPULSE_DATA_DIR=log_dir, FINPULSE_LOG_LEVEL="WARNING",
-               FINPULSE_BANK_RATE_LIMIT="99", FINPULSE_RPC_TIMEOUT="60")
+               FINPULSE_BANK_RATE_LIMIT="99", FINPULSE_RPC_TIMEOUT="60",
+               FINPULSE_REDIS_PREFIX=f"finpulse-bench-{free_port()}:")
     for service in ("onboarding", "consent", "sync", "dashboard"):
         env[f"FINPULSE_{service.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
     for bank in BANKS:

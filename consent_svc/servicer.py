@@ -119,7 +119,8 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
 
 
 async def setup(runtime: Runtime, server: GrpcServer) -> None:
-    clients = BankClients(runtime.settings, token_store=RedisTokenStore(runtime.cache.redis))
+    tokens = RedisTokenStore(runtime.cache.redis, prefix=runtime.cache.key("banktoken", ""))
+    clients = BankClients(runtime.settings, token_store=tokens)
     runtime.on_close(clients.close)
     service = ConsentService(ConsentStorage(runtime.pool), runtime.settings.banks, clients)
     server.add(pb_grpc.add_ConsentServiceServicer_to_server, ConsentServicer(service),

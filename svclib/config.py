@@ -65,6 +65,7 @@ class Settings:
     env: str  # "local" | "production"
     database_url: str | None  # None: embedded Postgres (local mode only)
     redis_url: str | None  # None: embedded Redis (local mode only)
+    redis_prefix: str  # every key the suite writes starts with it (several suites can share one Redis)
     team: TeamCredentials
     banks: tuple[BankConfig, ...]
     service_addrs: Mapping[str, str]  # service name -> host:port of its gRPC server
@@ -249,6 +250,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         env=env,
         database_url=database_url,
         redis_url=redis_url,
+        redis_prefix=r.str("FINPULSE_REDIS_PREFIX", "finpulse:"),
         team=team,
         banks=tuple(banks),
         service_addrs=service_addrs,

@@ -80,7 +80,7 @@ def resolve_backing(settings: Settings) -> BackingServices:
 
 async def open_runtime(settings: Settings, spec: ServiceSpec, database_url: str, redis_url: str) -> Runtime:
     pool = await db.create_pool(database_url, spec.schema, application_name=f"finpulse-{spec.name}")
-    return Runtime(settings=settings, pool=pool, cache=Cache(redis_url), clients=ServiceClients(settings))
+    return Runtime(settings=settings, pool=pool, cache=Cache(redis_url, prefix=settings.redis_prefix), clients=ServiceClients(settings))
 
 
 async def _stores_ready(runtime: Runtime) -> bool:

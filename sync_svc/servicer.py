@@ -257,8 +257,9 @@ async def setup(runtime: Runtime, server: GrpcServer) -> None:
     server.add(pb_grpc.add_SyncServiceServicer_to_server, SyncServicer(service),
                pb.DESCRIPTOR.services_by_name["SyncService"].full_name)
 
-    limiter = RateLimiter(runtime.cache.redis, settings.bank_rate_limit, burst=5)
-    banks = BankClients(settings, token_store=RedisTokenStore(runtime.cache.redis), on_call=record_call,
+    limiter = RateLimiter(runtime.cache.redis, settings.bank_rate_limit, burst=5, prefix=runtime.cache.key("rl", ""))
+    tokens = RedisTokenStore(runtime.cache.redis, prefix=runtime.cache.key("banktoken", ""))
+    banks = BankClients(settings, token_store=tokens, on_call=record_call,
                         throttle=lambda bank_id: limiter.acquire(f"bank:{bank_id}"))
     runtime.on_close(banks.close)
     workers = SyncWorkers(jobs, data, banks, consents, runtime.cache,

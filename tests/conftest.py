@@ -179,7 +179,9 @@ def suite(fresh_database, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
     env.update(FINPULSE_ENV="local", FINPULSE_GRPC_HOST="127.0.0.1", FINPULSE_GATEWAY_HOST="127.0.0.1",
                FINPULSE_GATEWAY_PORT=str(free_port()), FINPULSE_SHUTDOWN_GRACE="2",
-               FINPULSE_DATA_DIR=log_dir, FINPULSE_LOG_LEVEL="INFO", FINPULSE_SYNC_LEASE="4")
+               FINPULSE_DATA_DIR=log_dir, FINPULSE_LOG_LEVEL="INFO", FINPULSE_SYNC_LEASE="4",
+               # Its own Redis keys: a shared Redis may hold another run's (for another database).
+               FINPULSE_REDIS_PREFIX=f"finpulse-test-{uuid.uuid4().hex[:8]}:")
     for name in SERVICES:
         env[f"FINPULSE_{name.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
     for bank_id in KNOWN_BANKS:
