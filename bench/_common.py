@@ -9,6 +9,7 @@ import uuid
 from typing import AsyncIterator
 from urllib.parse import urlparse, urlunparse
 
+import aiohttp
 import asyncpg
 
 from svclib.embedded import BackingServices, ensure_backing_services
@@ -41,3 +42,32 @@ async def scratch_database(label: str) -> AsyncIterator[BackingServices]:
     finally:
         await admin.close()
         servers.stop()
+
+
+async def emulator_admin(session: aiohttp.ClientSession, url: str, path: str, body=None):
+    """Call the bank emulator's admin API (`/__admin__/…`): GET without a body, POST with one."""
+    method = session.post if body is not None else session.get
+    async with method(f"{url}/__admin__/{path}", json=body) as resp:
+        resp.raise_for_status()
+        return await resp.json()
+
+
+async def customer_with_accounts(session: aiohttp.ClientSession, url: str, customers: int, accounts: int = 4) -> str:
+    """An emulator customer with exactly `accounts` accounts (the same at every bank)."""
+    for n in range(1, customers + 1):
+        if (await emulator_admin(session, url, f"customers/team200-{n}/counts"))["accounts"] == accounts:
+            return f"team200-{n}"
+    raise RuntimeError(f"no emulator customer with {accounts} accounts among {customers}")
+
+
+async def top_up(session: aiohttp.ClientSession, urls: dict[str, str], user: str, per_account: int) -> None:
+    """Append transactions until every account of `user` at every bank holds `per_account`."""
+    for url in urls.values():
+        counts = await emulator_admin(session, url, f"customers/{user}/counts")
+        for account_id, have in counts["transactions_by_account"].items():
+            missing = per_account - have
+            while missing > 0:
+                step = min(missing, 1000)
+                await emulator_admin(session, url, f"customers/{user}/transactions",
+                                     {"account_id": account_id, "count": step})
+                missing -= step

@@ -29,7 +29,7 @@ import time
 
 import aiohttp
 
-from bench._common import free_port, scratch_database
+from bench._common import customer_with_accounts, free_port, scratch_database, top_up
 from deploy.launcher import Suite
 from svclib import db
 from svclib.config import KNOWN_BANKS, load_settings
@@ -76,29 +76,10 @@ async def _load(url: str, seconds: float, connections: int) -> float:
         return done / (time.perf_counter() - started)
 
 
-async def _admin(session, url: str, path: str, body=None):
-    method = session.post if body is not None else session.get
-    async with method(f"{url}/__admin__/{path}", json=body) as resp:
-        resp.raise_for_status()
-        return await resp.json()
-
-
 async def _prepare_user(session, suite: Suite, per_account: int) -> str:
     urls = {b.id: b.base_url for b in suite.settings.banks}
-    user = None
-    for n in range(1, 61):
-        if (await _admin(session, urls["vbank"], f"customers/team200-{n}/counts"))["accounts"] == 4:
-            user = f"team200-{n}"
-            break
-    assert user, "no emulator customer with four accounts"
-    for url in urls.values():
-        counts = await _admin(session, url, f"customers/{user}/counts")
-        for account_id, have in counts["transactions_by_account"].items():
-            missing = per_account - have
-            while missing > 0:
-                step = min(missing, 1000)
-                await _admin(session, url, f"customers/{user}/transactions", {"account_id": account_id, "count": step})
-                missing -= step
+    user = await customer_with_accounts(session, urls["vbank"], 60)
+    await top_up(session, urls, user, per_account)
     gateway = suite.gateway_url
     body = {"user_id": user, "banks": [{"bank_id": b, "consents": {"account": True, "product": True}} for b in BANKS]}
     async with session.post(f"{gateway}/api/onboarding/consents", json=body) as resp:

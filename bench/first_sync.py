@@ -41,10 +41,8 @@ import asyncio
 import logging
 import math
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
@@ -52,10 +50,10 @@ import aiohttp
 
 from bankapi.client import BankClients
 from bankapi.tokens import RedisTokenStore
+from bench._common import customer_with_accounts, emulator_admin, free_port, scratch_database, top_up
 from svclib import db
 from svclib.cache import Cache
 from svclib.config import BankConfig, TeamCredentials, load_settings
-from svclib.embedded import ensure_backing_services
 from svclib.ratelimit import RateLimiter
 from sync_svc.__main__ import SPEC
 from sync_svc.bank_storage import BankDataStorage
@@ -66,12 +64,6 @@ BANKS = ("vbank", "abank", "sbank")
 TEAM = TeamCredentials("team200", "finpulse-dev-secret")
 ACCOUNTS = 4
 CUSTOMERS = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def _wait_for(urls: dict[str, str]) -> None:
@@ -87,32 +79,6 @@ async def _wait_for(urls: dict[str, str]) -> None:
                 await asyncio.sleep(0.05)
             else:
                 raise RuntimeError(f"the bank emulator did not start at {url}")
-
-
-async def _admin(session: aiohttp.ClientSession, url: str, path: str, body=None):
-    method = session.post if body is not None else session.get
-    async with method(f"{url}/__admin__/{path}", json=body) as resp:
-        resp.raise_for_status()
-        return await resp.json()
-
-
-async def _customer_with_four_accounts(session, url: str, customers: int) -> str:
-    for n in range(1, customers + 1):
-        counts = await _admin(session, url, f"customers/team200-{n}/counts")
-        if counts["accounts"] == ACCOUNTS:
-            return f"team200-{n}"
-    raise RuntimeError("no emulator customer with four accounts")
-
-
-async def _top_up(session, urls: dict[str, str], user: str, per_account: int) -> None:
-    for url in urls.values():
-        counts = await _admin(session, url, f"customers/{user}/counts")
-        for account_id, have in counts["transactions_by_account"].items():
-            missing = per_account - have
-            while missing > 0:
-                step = min(missing, 1000)
-                await _admin(session, url, f"customers/{user}/transactions", {"account_id": account_id, "count": step})
-                missing -= step
 
 
 class _Consents:
@@ -178,15 +144,13 @@ def lower_bound(requests: int, latency: float, concurrency: int, rate: float, bu
 
 
 async def run(latency_ms: float, per_account: int, rate: float, concurrency: int) -> None:
-    backing = ensure_backing_services(os.environ.get("FINPULSE_DATABASE_URL") or None,
-                                      os.environ.get("FINPULSE_REDIS_URL") or None, tempfile.mkdtemp(prefix="fpb-"))
-    import asyncpg
-    name = f"finpulse_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(backing.database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = backing.database_url.replace("/postgres?", f"/{name}?") if "/postgres?" in backing.database_url \
-        else backing.database_url.rsplit("/", 1)[0] + f"/{name}"
-    ports = {b: _free_port() for b in BANKS}
+    async with scratch_database("first_sync") as backing:
+        await _run(backing, latency_ms, per_account, rate, concurrency)
+
+
+async def _run(backing, latency_ms: float, per_account: int, rate: float, concurrency: int) -> None:
+    dsn = backing.database_url
+    ports = {b: free_port() for b in BANKS}
     urls = {b: f"http://127.0.0.1:{p}" for b, p in ports.items()}
     # The banks are other machines: the emulator runs in its own process, not on this event loop.
     emulator = subprocess.Popen(
@@ -200,8 +164,8 @@ async def run(latency_ms: float, per_account: int, rate: float, concurrency: int
         await db.migrate(dsn, SPEC.schema, SPEC.migrations)
         pool = await db.create_pool(dsn, SPEC.schema, max_size=10)
         async with aiohttp.ClientSession() as session:
-            user = await _customer_with_four_accounts(session, urls["vbank"], CUSTOMERS)
-            await _top_up(session, urls, user, per_account)
+            user = await customer_with_accounts(session, urls["vbank"], CUSTOMERS)
+            await top_up(session, urls, user, per_account)
             bank_configs = [BankConfig(b, b, urls[b], "auto") for b in BANKS]
             setup = BankClients(bank_configs, TEAM)
             consents = {}
@@ -212,7 +176,7 @@ async def run(latency_ms: float, per_account: int, rate: float, concurrency: int
                 consents[bank] = JobConsents(account.consent_id, product.consent_id)
             await setup.close()
             for url in urls.values():
-                await _admin(session, url, "faults", {"latency_ms": latency_ms})
+                await emulator_admin(session, url, "faults", {"latency_ms": latency_ms})
 
             limiter = RateLimiter(cache.redis, rate, burst=5, prefix=cache.prefix + "rl:")
             calls = []
@@ -277,9 +241,6 @@ async def run(latency_ms: float, per_account: int, rate: float, concurrency: int
         emulator.wait(10)
         await cache.delete_prefix(cache.prefix)
         await cache.close()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-        backing.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

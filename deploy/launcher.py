@@ -187,7 +187,7 @@ def _banner(suite: Suite) -> str:
     lines = [
         "",
         f"FinPulse is up: gateway {url}",
-        f"  services: " + ", ".join(f"{n} {suite.settings.service_addrs[n]}" for n in SERVICES),
+        "  services: " + ", ".join(f"{n} {suite.settings.service_addrs[n]}" for n in SERVICES),
         f"  database: {'embedded' if suite.backing.postgres else 'configured'}, "
         f"redis: {'embedded' if suite.backing.redis else 'configured'}",
         "Try:",

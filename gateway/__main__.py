@@ -42,6 +42,7 @@ async def serve(settings: Settings, routes: list[Route] | None = None) -> None:
 
 
 def main() -> int:
+    die_with_parent()
     try:
         settings = load_settings()
     except ConfigError as exc:

@@ -26,7 +26,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from gateway.errors import ApiError, bad_request
-from gateway.routes import SCALAR_JSON_MESSAGES, Route, resolve_field
+from gateway.routes import Route, resolve_field
 
 F = FieldDescriptor
 _INT_RANGES = {

@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import pytest
