@@ -25,8 +25,7 @@ Refinements of the plain rules (each explained where it is applied):
 - repayments of an agreement we do not know (no product consent) still count as payments
   (`orphan_obligations`);
 - savings daily payment is 0 once the target is reached (`savings_summary`);
-- on-time repayments assume consecutive repayments, since only their count and the last one are known
-  (`months_paid`).
+- on-time repayments count the calendar months that had a repayment (`months_paid`).
 """
 from __future__ import annotations
 
@@ -899,11 +898,14 @@ def score_debt_load(has_accounts: bool, loans: list[LoanAnalysis], monthly_payme
 
 
 def months_paid(repayments: Repayments | None, window: range) -> int:
-    """Months of `window` (month indexes) with a repayment. Only the count and the last payment are known,
-    so the repayments are assumed to be on consecutive months ending with the last payment's month: a
-    loan whose payments stopped loses the recent months."""
+    """Months of `window` (month indexes) with a repayment, from the months the repayments were booked
+    in. When those are not known (only the count and the last payment), the repayments are assumed to
+    be on consecutive months ending with the last payment's month: a loan whose payments stopped
+    loses the recent months, but a month missed in the middle goes unseen."""
     if repayments is None or repayments.count <= 0:
         return 0
+    if repayments.months:
+        return len({month_index(m) for m in repayments.months} & set(window))
     last = month_index(today_of(repayments.last_paid_at))
     paid = range(last - repayments.count + 1, last + 1)
     return len(set(paid) & set(window))
@@ -932,7 +934,7 @@ def score_on_time(has_accounts: bool, loans: list[LoanAnalysis], today: dt.date)
         return component("on_time_repayments", HUNDRED, inputs, "no loan repayment due yet", [])
     share = Decimal(paid) / Decimal(expected)
     return component("on_time_repayments", share * HUNDRED, inputs,
-                     f"{paid} of {expected} due months had a repayment (consecutive payments assumed)", [])
+                     f"{paid} of {expected} due months had a repayment", [])
 
 
 WEAK_REASONS = {

@@ -61,6 +61,7 @@ class Repayments:
     currency: str
     last_paid_at: dt.datetime
     typical_day: int  # most common day of month
+    months: tuple[dt.date, ...] = ()  # first day of every month with a repayment (empty: unknown)
 
 
 @dataclasses.dataclass(frozen=True)

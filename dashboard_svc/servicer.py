@@ -117,7 +117,8 @@ class SyncData:
             "repayments": [Repayments(
                 bank_id=r.bank_id, agreement_id=r.agreement_id, count=r.count, total=Decimal(r.total),
                 average=Decimal(r.average), currency=r.currency or "RUB", last_paid_at=_time(r, "last_paid_at"),
-                typical_day=r.typical_day) for r in aggregates.loan_repayments],
+                typical_day=r.typical_day, months=tuple(dt.date.fromisoformat(m) for m in r.months_paid))
+                for r in aggregates.loan_repayments],
             "income_days": [DayAmount(day=dt.date.fromisoformat(d.day), currency=d.currency or "RUB",
                                       total=Decimal(d.total), count=d.count) for d in aggregates.income_days],
             "cash_flow": [MonthFlow(month=dt.date.fromisoformat(m.month), currency=m.currency or "RUB",

@@ -263,6 +263,7 @@ class LoanRepayments:
     average: Decimal  # rounded to cents
     last_paid_at: datetime
     typical_day: int  # most common day of month (UTC); the earliest such day on a tie
+    months: list[date]  # first day of every calendar month (UTC) with a repayment, oldest first
 
 
 @dataclass(frozen=True)
@@ -1008,7 +1009,8 @@ class BankDataStorage:
             f"""SELECT bank_id, agreement_id, currency, count(*) AS count, -sum(signed_amount) AS total,
                        round(-avg(signed_amount), 2) AS average, max(booking_time) AS last_paid_at,
                        mode() WITHIN GROUP (ORDER BY extract(day FROM booking_time AT TIME ZONE 'UTC'))::int
-                           AS typical_day
+                           AS typical_day,
+                       array_agg(DISTINCT date_trunc('month', booking_time AT TIME ZONE 'UTC')::date) AS months
                 FROM transactions WHERE {where}
                 GROUP BY bank_id, agreement_id, currency ORDER BY bank_id, agreement_id, currency""", *where.args)
         return _build(LoanRepayments, rows)

@@ -218,7 +218,8 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
         for row in agg.loans:
             loan = response.loan_repayments.add(
                 agreement_id=row.agreement_id, bank_id=row.bank_id, count=row.count, total=format_amount(row.total),
-                average=format_amount(row.average), currency=row.currency or "", typical_day=row.typical_day)
+                average=format_amount(row.average), currency=row.currency or "", typical_day=row.typical_day,
+                months_paid=[m.isoformat() for m in row.months])
             set_timestamp(loan, "last_paid_at", row.last_paid_at)
         return response
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import asyncpg
@@ -324,9 +324,9 @@ async def test_aggregates_on_a_hand_computed_dataset(storage, user):
     repayments = await storage.loan_repayments(user)
     assert repayments == [
         LoanRepayments("abank", "loan-team200-1-0447", "RUB", 2, Decimal("10000.00"), Decimal("5000.00"),
-                       datetime(2025, 3, 28, tzinfo=UTC), 28),
+                       datetime(2025, 3, 28, tzinfo=UTC), 28, [date(2025, 2, 1), date(2025, 3, 1)]),
         LoanRepayments("vbank", "loan-team200-1-0447", "RUB", 2, Decimal("10000.00"), Decimal("5000.00"),
-                       feb + timedelta(days=14), 15),
+                       feb + timedelta(days=14), 15, [date(2025, 1, 1), date(2025, 2, 1)]),
     ]
     assert [r.count for r in await storage.loan_repayments(user, since=feb)] == [2, 1]
 

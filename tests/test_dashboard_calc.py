@@ -474,3 +474,21 @@ def test_sandbox_style_income_is_not_mistaken_for_a_salary():
         data = make(now=anchor, accounts=[account("acc-1", "Checking", "100000.00")],
                     income_days=[DayAmount(day, "RUB", total, 1) for day, total in totals.items()])
         assert run(data)["sts_today"]["detail"]["income_source"] == "irregular", who.client_id
+
+
+def test_on_time_repayments_see_months_missed_in_the_middle():
+    """Today 2026-11-27; the window is the last 6 complete months, 2026-05 … 2026-10. Repayments were
+    booked every month from January to July, then in October (8 payments, the last on 10-15): August
+    and September were missed. Exact months: May, Jun, Jul, Oct paid → 4 of 6. Knowing only the count
+    and the last payment, 8 consecutive months ending in October (Mar … Oct) would be assumed → 6 of 6."""
+    import dataclasses
+
+    from dashboard_svc.calc import month_index, months_paid
+
+    months = tuple(dt.date(2026, m, 1) for m in (1, 2, 3, 4, 5, 6, 7, 10))
+    repayments = Repayments("vbank", "loan-1", 8, D("40000.00"), D("5000.00"), "RUB",
+                            dt.datetime(2026, 10, 15, tzinfo=dt.timezone.utc), 15, months)
+    current = month_index(dt.date(2026, 11, 27))
+    window = range(current - 6, current)
+    assert months_paid(repayments, window) == 4
+    assert months_paid(dataclasses.replace(repayments, months=()), window) == 6
