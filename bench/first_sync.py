@@ -57,7 +57,7 @@ from svclib.config import BankConfig, TeamCredentials, load_settings
 from svclib.ratelimit import RateLimiter
 from sync_svc.__main__ import SPEC
 from sync_svc.bank_storage import BankDataStorage
-from sync_svc.storage import JobStorage, SyncStorage
+from sync_svc.storage import JobStorage
 from sync_svc.worker import JobConsents, SyncWorkers, WorkerConfig, record_call
 
 BANKS = ("vbank", "abank", "sbank")
@@ -189,7 +189,7 @@ async def _run(backing, latency_ms: float, per_account: int, rate: float, concur
             workers = SyncWorkers(jobs, BankDataStorage(pool), clients, _Consents(consents), cache,
                                   WorkerConfig(workers=3, concurrency=concurrency))
             for bank in BANKS:
-                await SyncStorage(pool).enqueue(user, bank, "bench")
+                await JobStorage(pool).enqueue(user, bank, "bench")
             job_times = _JobTimes()
             worker_log = logging.getLogger("sync_svc.worker")
             worker_log.addHandler(job_times)

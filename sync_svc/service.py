@@ -5,6 +5,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import typing
 from decimal import Decimal
 from typing import AsyncIterator, Awaitable, Callable, Iterable
 
@@ -15,7 +16,7 @@ from svclib.errors import InvalidArgument, NotFound, require
 from sync_svc.bank_storage import (BankDataStorage, CategorySpending, DayIncome, LoanRepayments, MonthlyCashFlow,
                                    StoredAccount, StoredBalance, StoredCredit, StoredTransaction, SyncState,
                                    TransactionCursor)
-from sync_svc.storage import Job, JobRef, JobStorage, SyncStorage
+from sync_svc.storage import Job, JobRef, JobStorage
 from sync_svc.worker import data_cache_prefix
 
 log = logging.getLogger("sync_svc")
@@ -66,6 +67,7 @@ class SyncEvent:
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
     """What is stored for one bank of the user (the bootstrap answer)."""
+    bank: BankConfig
     accounts: list[StoredAccount]
     balances: list[StoredBalance]
     credits: list[StoredCredit]
@@ -101,9 +103,8 @@ def cursor(token: str) -> TransactionCursor | None:
 
 
 class SyncService:
-    def __init__(self, storage: SyncStorage, jobs: JobStorage, data: BankDataStorage, cache: Cache,
+    def __init__(self, jobs: JobStorage, data: BankDataStorage, cache: Cache,
                  banks: Iterable[BankConfig], connected_banks: ConnectedBanks, *, bootstrap_wait: float = 10.0):
-        self.storage = storage
         self.jobs = jobs
         self.data = data
         self.cache = cache
@@ -148,7 +149,7 @@ class SyncService:
                 f"bank_ids: no approved account consent at {', '.join(not_connected)} for this user", "bank_ids")
         if not targets:
             raise InvalidArgument("the user has no connected bank: approve an account consent first", "user_id")
-        jobs = [await self.storage.enqueue(user_id, bank_id, reason or "refresh", force) for bank_id in targets]
+        jobs = [await self.jobs.enqueue(user_id, bank_id, reason or "refresh", force) for bank_id in targets]
         log.info("sync requested", extra={"banks": targets, "joined": [j.bank_id for j in jobs if j.joined]})
         return jobs
 
@@ -194,7 +195,7 @@ class SyncService:
         accounts, balances, credits = await self._cached_bank_data(user_id, bank.id)
         transactions, next_cursor = await self.data.transactions(user_id, bank_id=bank.id, limit=size, after=after)
         stale = status.job is None or status.job.state != "succeeded"
-        return Snapshot(accounts, balances, credits, transactions, next_cursor.token() if next_cursor else "",
+        return Snapshot(bank, accounts, balances, credits, transactions, next_cursor.token() if next_cursor else "",
                         status, from_cache=stale and not skip_sync)
 
     async def _wait_for(self, job_id: str) -> Job | None:
@@ -271,23 +272,14 @@ def _dump(row) -> dict:
                 not isinstance(v, (str, int, bool)) else v) for k, v in dataclasses.asdict(row).items()}
 
 
+_PARSERS = {Decimal: Decimal, dt.datetime: dt.datetime.fromisoformat, dt.date: dt.date.fromisoformat}
+
+
 def _rebuild(cls, items: list[dict]):
     """Cached JSON back into the storage's dataclasses (Decimal money, aware datetimes)."""
-    hints = {f.name: f.type for f in dataclasses.fields(cls)}
-    out = []
-    for item in items:
-        values = {}
-        for name, value in item.items():
-            kind = str(hints[name])
-            if value is None:
-                values[name] = None
-            elif "Decimal" in kind:
-                values[name] = Decimal(value)
-            elif "datetime" in kind:
-                values[name] = dt.datetime.fromisoformat(value)
-            elif kind.startswith("date"):
-                values[name] = dt.date.fromisoformat(value)
-            else:
-                values[name] = value
-        out.append(cls(**values))
-    return out
+    parsers = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        kinds = typing.get_args(hint) or (hint,)  # `X | None` -> (X, NoneType)
+        parsers[name] = next((_PARSERS[k] for k in kinds if k in _PARSERS), None)
+    return [cls(**{name: value if value is None or parsers[name] is None else parsers[name](value)
+                   for name, value in item.items()}) for item in items]

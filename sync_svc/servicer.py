@@ -17,7 +17,7 @@ from svclib.validation import format_amount
 
 from sync_svc.bank_storage import BankDataStorage
 from sync_svc.service import BankStatus, SyncService
-from sync_svc.storage import Job, JobStorage, SyncStorage
+from sync_svc.storage import Job, JobStorage
 from sync_svc.worker import JobConsents, SyncWorkers, WorkerConfig, record_call
 
 _JOB_STATES = {
@@ -165,7 +165,7 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
     async def BootstrapBank(self, request, context):
         snap = await self.service.bootstrap(request.user_id, request.bank_id, request.page_size, request.page_token,
                                             request.skip_sync)
-        bank = self.service._bank(request.bank_id)
+        bank = snap.bank
         response = pb.BootstrapBankResponse(
             bank_id=bank.id, user_id=request.user_id, from_cache=snap.from_cache,
             next_page_token=snap.next_page_token, sync=_bank_status(snap.status),
@@ -253,7 +253,7 @@ async def setup(runtime: Runtime, server: GrpcServer) -> None:
     consents = ConsentAdapter(runtime)
     data = BankDataStorage(runtime.pool)
     jobs = JobStorage(runtime.pool)
-    service = SyncService(SyncStorage(runtime.pool), jobs, data, runtime.cache, settings.banks,
+    service = SyncService(jobs, data, runtime.cache, settings.banks,
                           consents.connected_banks, bootstrap_wait=max(1.0, settings.rpc_timeout - 3))
     server.add(pb_grpc.add_SyncServiceServicer_to_server, SyncServicer(service),
                pb.DESCRIPTOR.services_by_name["SyncService"].full_name)

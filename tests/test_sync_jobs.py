@@ -17,7 +17,7 @@ from sync_svc.__main__ import SPEC
 from sync_svc.servicer import SyncServicer
 from sync_svc.service import SyncService
 from sync_svc.bank_storage import BankDataStorage
-from sync_svc.storage import JobStorage, SyncStorage
+from sync_svc.storage import JobStorage
 
 CONNECTED = {"vbank", "abank"}  # what consent_svc would answer: approved account consents
 
@@ -37,7 +37,7 @@ async def connected(user_id: str) -> set[str]:
 
 
 def make_service(pool, cache, settings) -> SyncService:
-    return SyncService(SyncStorage(pool), JobStorage(pool), BankDataStorage(pool), cache, settings.banks, connected)
+    return SyncService(JobStorage(pool), BankDataStorage(pool), cache, settings.banks, connected)
 
 
 @pytest.fixture
@@ -104,9 +104,9 @@ async def test_start_sync_rejects_bad_requests(grpc_stub, request_, code):
 
 
 async def test_concurrent_claims_take_each_job_once(pool):
-    storage, jobs = SyncStorage(pool), JobStorage(pool)
+    jobs = JobStorage(pool)
     users = [f"claim-{uuid.uuid4().hex[:6]}" for _ in range(6)]
-    queued = {(await storage.enqueue(u, "vbank", "test")).job_id for u in users}
+    queued = {(await jobs.enqueue(u, "vbank", "test")).job_id for u in users}
     claims = await asyncio.gather(*(jobs.claim(f"w{i}", 30) for i in range(20)))
     taken = [c.job_id for c in claims if c is not None and c.job_id in queued]
     assert sorted(taken) == sorted(queued), "every job claimed exactly once"
@@ -114,9 +114,9 @@ async def test_concurrent_claims_take_each_job_once(pool):
 
 
 async def test_expired_lease_is_taken_over_and_the_old_worker_loses_it(pool):
-    storage, jobs = SyncStorage(pool), JobStorage(pool)
+    jobs = JobStorage(pool)
     user = f"lease-{uuid.uuid4().hex[:6]}"
-    ref = await storage.enqueue(user, "vbank", "test")
+    ref = await jobs.enqueue(user, "vbank", "test")
     await pool.execute("UPDATE sync_jobs SET run_after = now() - interval '1 hour' WHERE job_id = $1", ref.job_id)
     first = await jobs.claim("dead-worker", 30)
     while first is not None and first.job_id != ref.job_id:  # other tests' jobs may be due too
