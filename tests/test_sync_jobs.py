@@ -132,3 +132,20 @@ async def test_expired_lease_is_taken_over_and_the_old_worker_loses_it(pool):
     assert await jobs.retry_later(ref.job_id, "live-worker", 60, "bank down")
     again = await jobs.get(ref.job_id)
     assert again.state == "queued" and again.last_error == "bank down" and again.worker_id is None
+
+
+def test_read_cache_round_trips_stored_rows_exactly():
+    """The bootstrap read cache stores rows as JSON; they come back with Decimal money and aware times."""
+    import datetime as dt
+    from decimal import Decimal
+
+    from sync_svc.bank_storage import StoredAccount, StoredCredit
+    from sync_svc.service import _dump, _rebuild
+
+    now = dt.datetime.now(dt.timezone.utc)
+    credit = StoredCredit("vbank", "loan-1", "prod-1", "loan", "Ипотека", Decimal("895465.41"), None, "active",
+                          now, None, "40817810000000000001", Decimal("10.05"), now)
+    account = StoredAccount("vbank", "acc-1", "Enabled", "RUB", "Personal", "Checking", "Main", dt.date(2024, 10, 30),
+                            "40817810000000000001", "Ivan", now, now)
+    assert _rebuild(StoredCredit, [_dump(credit)]) == [credit]
+    assert _rebuild(StoredAccount, [_dump(account)]) == [account]
