@@ -29,9 +29,7 @@ class OnboardingService:
     async def start(self, user_id: str, user_name: str | None) -> Session:
         user_id = require(user_id, "user_id")
         if user_name is not None:
-            user_name = user_name.strip() or None
-            if user_name and len(user_name) > 200:
-                user_name = require(user_name, "user_name", max_len=200)
+            user_name = require(user_name, "user_name", max_len=200) if user_name.strip() else None
         return await self.storage.open_session(user_id, user_name)
 
     async def status(self, onboarding_id: str) -> StatusView:
