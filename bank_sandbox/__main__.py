@@ -63,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SandboxConfig, dict[str, 
     parser.add_argument("--error-rate", type=float)
     parser.add_argument("--rate-limit-rate", type=float)
     parser.add_argument("--sticky-awaiting", type=parse_bool, metavar="BOOL")
+    parser.add_argument("--payment-delay-ms", type=float)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--customers", type=int)
     parser.add_argument("--history-days", type=int)

@@ -31,7 +31,7 @@ class Admin:
         return self._faults_json()
 
     async def set_faults(self, request: web.Request) -> web.Response:
-        """Partial update of latency_ms, error_rate, rate_limit_rate, sticky_awaiting."""
+        """Partial update of latency_ms, error_rate, rate_limit_rate, sticky_awaiting, payment_delay_ms."""
         changes = await read_json(request)
         unknown = sorted(set(changes) - set(FAULT_KNOBS))
         if unknown:

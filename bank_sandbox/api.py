@@ -1,6 +1,7 @@
 """The banks' Open Banking API (docs/bank-api.md), answered from one bank's in-memory state."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 import math
 import time
@@ -262,6 +263,8 @@ class BankApi:
         if target is None:
             raise ApiError(400, f"Target account {creditor} not found in any bank")
         payment = self.state.pay(customer, consent, source, target, amount, comment)
+        if self.state.faults.payment_delay_ms:  # booked: only the answer is late
+            await asyncio.sleep(self.state.faults.payment_delay_ms / 1000)
         return json_response(payment.to_json(), status=201)
 
     async def payment(self, request: web.Request) -> web.Response:

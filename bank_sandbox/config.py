@@ -59,6 +59,7 @@ def _whole(lo: int | None = None, hi: int | None = None) -> Check:
 
 FAULT_CHECKS: dict[str, Check] = {
     "latency_ms": _non_negative,
+    "payment_delay_ms": _non_negative,
     "error_rate": _share,
     "rate_limit_rate": _share,
     "sticky_awaiting": _flag,
@@ -96,6 +97,9 @@ class Faults:
     error_rate: float = 0.0
     rate_limit_rate: float = 0.0
     sticky_awaiting: bool = False
+    # A payment is booked, then its answer waits this long: a caller can die after the bank acted
+    # and before it learnt the outcome (the case an idempotent payment must reconcile).
+    payment_delay_ms: float = 0.0
 
     def __post_init__(self) -> None:
         problems = _problems(dataclasses.asdict(self), FAULT_CHECKS)
@@ -109,6 +113,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "BANK_SANDBOX_ERROR_RATE": ("error_rate", float),
     "BANK_SANDBOX_RATE_LIMIT_RATE": ("rate_limit_rate", float),
     "BANK_SANDBOX_STICKY_AWAITING": ("sticky_awaiting", parse_bool),
+    "BANK_SANDBOX_PAYMENT_DELAY_MS": ("payment_delay_ms", float),
     "BANK_SANDBOX_SEED": ("seed", int),
     "FINPULSE_TEAM_ID": ("team_id", str),
     "FINPULSE_TEAM_SECRET": ("team_secret", str),
@@ -125,6 +130,7 @@ class SandboxConfig:
     error_rate: float = 0.0  # share of requests answered 503 / 500
     rate_limit_rate: float = 0.0  # share of requests answered 429 with Retry-After
     sticky_awaiting: bool = False  # GET by request id keeps answering AwaitingAuthorization after signing
+    payment_delay_ms: float = 0.0  # a booked payment's answer waits this long
     token_ttl: int = 86400
     seed: int = 42
     history_days: int = 365
@@ -142,7 +148,8 @@ class SandboxConfig:
         return self.approval.get(bank_id, "auto")
 
     def faults(self) -> Faults:
-        return Faults(self.latency_ms, self.error_rate, self.rate_limit_rate, self.sticky_awaiting)
+        return Faults(self.latency_ms, self.error_rate, self.rate_limit_rate, self.sticky_awaiting,
+                      self.payment_delay_ms)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SandboxConfig:

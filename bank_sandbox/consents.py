@@ -72,6 +72,7 @@ class Consent:
     consent_id: str | None = None
     state: State = State.AWAITING
     payments: list[tuple[datetime, Decimal]] = field(default_factory=list)  # what payment consents were used for
+    payment_ids: list[str] = field(default_factory=list)  # the payments made with a payment consent
 
     def state_at(self, now: datetime) -> State:
         return State.EXPIRED if self.state is State.AUTHORIZED and now >= self.expires else self.state
@@ -234,7 +235,7 @@ class PaymentTerms(Terms):
 
     def view(self, consent: Consent, state: State, consent_id: str | None, requested_id: str) -> dict[str, Any]:
         details = {"consentType": self.consent_type, "currency": self.currency, "debtorAccount": self.debtor_account,
-                   "usedCount": len(consent.payments)}
+                   "usedCount": len(consent.payments), "paymentIds": list(consent.payment_ids)}
         optional = {"amount": self.amount, "creditorAccount": self.creditor_account,
                     "creditorName": self.creditor_name, "reference": self.reference, "maxUses": self.max_uses,
                     "maxAmountPerPayment": self.max_amount_per_payment, "maxTotalAmount": self.max_total_amount,
@@ -243,7 +244,10 @@ class PaymentTerms(Terms):
                     "vrpMonthlyLimit": self.vrp_monthly_limit}
         details.update({key: money(value) if isinstance(value, Decimal) else value
                         for key, value in optional.items() if value is not None})
-        return _ob_view(consent, state, consent_id, requested_id, details)
+        view = _ob_view(consent, state, consent_id, requested_id, details)
+        if state is State.AUTHORIZED and self.consent_type == "single_use" and consent.payments:
+            view["data"]["status"] = "Consumed"  # OpenBanking's word for a spent single-use consent
+        return view
 
     def authorize(self, consent: Consent, debtor: str, creditor: str, amount: Decimal, currency: str,
                   now: datetime) -> None:
@@ -303,6 +307,11 @@ class ConsentBook:
             consent.change(State.AUTHORIZED, now)
         self._index(consent)
         return consent
+
+    def count(self, kind: ConsentKind, client_id: str) -> int:
+        """How many consents of a kind a customer was asked for."""
+        unique = {id(c): c for c in self._by_id.values()}
+        return sum(1 for c in unique.values() if c.kind is kind and c.client_id == client_id)
 
     def _index(self, consent: Consent) -> None:
         self._by_id[consent.request_id] = consent

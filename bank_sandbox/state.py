@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 from bank_sandbox import data
 from bank_sandbox.config import SandboxConfig
-from bank_sandbox.consents import Consent, ConsentBook
+from bank_sandbox.consents import PAYMENT, Consent, ConsentBook
 from bank_sandbox.models import Account, Customer, Draft, Payment, Transaction, utcnow
 from bank_sandbox.protocol import ApiError
 
@@ -66,6 +66,7 @@ class BankState:
         target_account.book(Draft(now, "Credit", amount, f"Перевод от клиента {customer.name}{note}"))
         consent.payments.append((now, amount))
         payment = Payment(f"pay-{uuid.uuid4().hex[:12]}", customer.client_id, amount, now)
+        consent.payment_ids.append(payment.payment_id)
         self.payments[payment.payment_id] = payment
         return payment
 
@@ -83,11 +84,17 @@ class BankState:
         return {"accounts": len(customer.accounts), "transactions": sum(by_account.values()),
                 "transactions_by_account": by_account,
                 "balances": sum(len(account.balances_json(now)) for account in customer.accounts),
-                "agreements": len(customer.agreements)}
+                "agreements": len(customer.agreements),
+                # payments this customer made at this bank, and payment consents asked for them
+                "payments": sum(1 for p in self.payments.values() if p.client_id == customer.client_id),
+                "payment_consents": self.consents.count(PAYMENT, customer.client_id)}
 
 
 class Registry:
-    """Which bank of this process holds each account number."""
+    """Which bank of this process holds each account number. A payment to another bank's account
+    credits it at once through here, so the banks that pay each other run in one process (as
+    `python -m bank_sandbox` and the launcher start them): banks in separate processes would not
+    see each other's accounts ("Target account … not found in any bank")."""
 
     def __init__(self) -> None:
         self._banks: dict[str, BankState] = {}

@@ -222,11 +222,22 @@ class ConsentResult:
     permissions: tuple[str, ...] = ()
     message: str | None = None
     client_id: str | None = None  # the customer, when the bank's answer names them
+    # Payment consents: how many payments were made with it (None when the bank does not say), and
+    # the bank's ids of those payments when it names them.
+    used_count: int | None = None
+    payment_ids: tuple[str, ...] = ()
     raw: Mapping[str, Any] = _raw()
 
     @property
     def approved(self) -> bool:
         return self.status is ConsentStatus.APPROVED and self.consent_id is not None
+
+    @property
+    def used(self) -> bool:
+        """A payment consent the bank reports as used: `Consumed`/`used` status, a use count above
+        zero, or a payment made with it. For a single-use consent this means its payment happened."""
+        return (_status_key(self.raw_status or "") in _USED_STATUSES or bool(self.used_count)
+                or bool(self.payment_ids))
 
     @classmethod
     def from_api(cls, kind: ConsentKind, body: Mapping[str, Any], *, queried_id: str | None = None) -> ConsentResult:
@@ -243,6 +254,8 @@ class ConsentResult:
             request_id = queried_id
         perms = _pick(data, "permissions", default=())
         return cls(
+            used_count=_opt_int(_pick(data, "usedCount", "used_count")),
+            payment_ids=_payment_ids(data),
             kind=kind,
             request_id=request_id,
             consent_id=consent_id,
@@ -256,6 +269,22 @@ class ConsentResult:
             client_id=_opt_str(_pick(data, "client_id", "clientId")),
             raw=body,
         )
+
+
+_USED_STATUSES = frozenset({"used", "consumed"})
+
+
+def _payment_ids(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """Ids of the payments made with a consent: `paymentIds` / `payment_ids` (strings) or `payments`
+    (objects with `paymentId`), when the bank names them."""
+    ids = _pick(data, "paymentIds", "payment_ids")
+    if isinstance(ids, (list, tuple)):
+        return tuple(str(i) for i in ids if i)
+    payments = data.get("payments")
+    if isinstance(payments, list):
+        return tuple(str(p.get("paymentId") or p.get("payment_id")) for p in payments
+                     if isinstance(p, Mapping) and (p.get("paymentId") or p.get("payment_id")))
+    return ()
 
 
 # ---------------------------------------------------------------------------------------------- accounts

@@ -474,6 +474,45 @@ async def test_payment_moves_money_between_vbank_and_abank(banks):
     assert (await vbank.balance(payer_consent, payer["accountId"])) == after[0]
 
 
+async def test_payment_delay_answers_late_after_booking_and_the_consent_shows_its_payment(banks):
+    vbank = banks["vbank"]
+    consent = (await vbank.account_consent())["consent_id"]
+    payer = next(a for a in await vbank.accounts(consent) if a["accountSubType"] == "Checking")
+    debtor = payer["account"][0]["identification"]
+    creditor_consent = (await banks["abank"].account_consent("team200-2"))["consent_id"]
+    creditor = (await banks["abank"].accounts(creditor_consent, "team200-2"))[0]["account"][0]["identification"]
+    counts = (await vbank.admin("GET", f"customers/{CUSTOMER}/counts")).body
+    assert (counts["payments"], counts["payment_consents"]) == (0, 0)
+    requested = await vbank.call("POST", "/payment-consents/request", json={
+        "requesting_bank": TEAM, "client_id": CUSTOMER, "consent_type": "single_use", "currency": "RUB",
+        "amount": "9.99", "debtor_account": debtor, "creditor_account": creditor})
+    consent_id = requested.body["consent_id"]
+    fresh = (await vbank.call("GET", f"/payment-consents/{consent_id}")).body["data"]
+    assert (fresh["status"], fresh["usedCount"], fresh["paymentIds"]) == ("Authorized", 0, [])
+    balance = await vbank.balance(consent, payer["accountId"])
+
+    assert (await vbank.admin("POST", "faults", json={"payment_delay_ms": 600})).body["payment_delay_ms"] == 600
+    paying = asyncio.create_task(vbank.call(
+        "POST", "/payments", params={"client_id": CUSTOMER}, headers={"X-Payment-Consent-Id": consent_id},
+        json={"data": {"initiation": {"instructedAmount": {"amount": "9.99", "currency": "RUB"},
+                                      "debtorAccount": {"schemeName": "RU.CBR.PAN", "identification": debtor},
+                                      "creditorAccount": {"schemeName": "RU.CBR.PAN", "identification": creditor,
+                                                          "bank_code": "abank"}}}}))
+    await asyncio.sleep(0.3)
+    assert not paying.done()  # the answer waits ...
+    counts = (await vbank.admin("GET", f"customers/{CUSTOMER}/counts")).body
+    assert (counts["payments"], counts["payment_consents"]) == (1, 1)  # ... but the money already moved
+    assert await vbank.balance(consent, payer["accountId"]) == balance - Decimal("9.99")
+    paid = await paying
+    assert paid.status == 201
+    spent = (await vbank.call("GET", f"/payment-consents/{consent_id}")).body["data"]
+    assert (spent["status"], spent["usedCount"]) == ("Consumed", 1)
+    assert spent["paymentIds"] == [paid.body["data"]["paymentId"]]
+    assert (await banks["abank"].admin("GET", "customers/team200-2/counts")).body["payments"] == 0
+    bad = await vbank.admin("POST", "faults", json={"payment_delay_ms": -1})
+    assert bad.status == 422 and "payment_delay_ms" in bad.body["detail"]
+
+
 # ------------------------------------------------------------------------------------ faults and admin
 
 async def test_fault_knobs_hit_the_api_but_not_admin(vbank):

@@ -502,6 +502,38 @@ async def test_payment_errors_are_typed_and_never_retried(sandbox):
         assert len([r for r in rec.ops("create_payment") if r.http_status and r.http_status >= 500]) == 1
 
 
+def test_payment_consent_use_is_read_in_either_form():
+    from bankapi.models import ConsentResult
+
+    def parse(data: dict) -> ConsentResult:
+        return ConsentResult.from_api(ConsentKind.PAYMENTS, {"data": {"consentId": "pcon-1", **data}})
+
+    fresh = parse({"status": "Authorised", "usedCount": 0, "paymentIds": []})
+    assert (fresh.status, fresh.used, fresh.used_count, fresh.payment_ids) == (ConsentStatus.APPROVED, False, 0, ())
+    assert parse({"status": "Consumed"}).used and parse({"status": "used"}).used
+    assert parse({"status": "Consumed"}).status is ConsentStatus.EXPIRED  # spent: as good as expired
+    assert parse({"status": "Authorized", "used_count": 1}).used
+    named = parse({"status": "Authorized", "payments": [{"paymentId": "pay-1"}, {"payment_id": "pay-2"}, {}]})
+    assert named.used and named.payment_ids == ("pay-1", "pay-2")
+    assert not parse({"status": "Expired"}).used and parse({"status": "Expired"}).used_count is None
+
+
+async def test_a_spent_single_use_consent_names_its_payment(sandbox):
+    async with make_client(sandbox, "vbank") as client:
+        account = next(a for a in await client.get_accounts(CUSTOMER, await approved_account_consent(client))
+                       if a.account_sub_type == "Checking")
+        consent = await client.request_payment_consent(CUSTOMER, debtor_account=account.account_number,
+                                                       amount="3.00", currency="RUB")
+        before = await client.get_payment_consent(consent.consent_id)
+        assert before.status is ConsentStatus.APPROVED and not before.used and before.used_count == 0
+        payment = await client.create_payment(CUSTOMER, consent.consent_id, amount="3.00", currency="RUB",
+                                              debtor_account=account.account_number,
+                                              creditor_account=account.account_number)
+        after = await client.get_payment_consent(consent.consent_id)
+        assert after.used and after.raw_status == "Consumed" and after.payment_ids == (payment.payment_id,)
+        assert after.used_count == 1
+
+
 # ------------------------------------------------------------------------------------------ failures
 
 async def test_5xx_retried_until_success(sandbox):
