@@ -3,6 +3,10 @@
 `ServiceClients(settings)` gives typed stubs (`clients.consent`, `clients.sync`, ...) over lazily
 created `grpc.aio` channels. Every outgoing call carries the current request id as `x-request-id`
 metadata and a deadline (`Settings.rpc_timeout`) unless the caller sets one.
+
+A target may name several replicas: `dns:///sync:50053` (every address the name resolves to, e.g. a
+Kubernetes headless Service) or `ipv4:127.0.0.1:50053,127.0.0.1:50063`; calls are spread over them
+round robin, and a replica that goes away is skipped.
 """
 from __future__ import annotations
 
@@ -57,7 +61,8 @@ class _ContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnarySt
 def make_channel(target: str, default_timeout: float) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
         target,
-        options=[("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)],
+        options=[("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
+                 ("grpc.lb_policy_name", "round_robin")],
         interceptors=[_ContextInterceptor(default_timeout)],
     )
 
