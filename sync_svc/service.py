@@ -12,6 +12,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable
 from svclib.cache import DATA_VERSION_TTL, Cache, data_version_key
 from svclib.config import BankConfig
 from svclib.errors import InvalidArgument, NotFound, require
+from svclib.logging import current_request_id
 
 from sync_svc.bank_storage import (BankDataStorage, CategorySpending, DayIncome, LoanRepayments, MonthlyCashFlow,
                                    StoredAccount, StoredBalance, StoredCredit, StoredTransaction, SyncState,
@@ -149,7 +150,9 @@ class SyncService:
                 f"bank_ids: no approved account consent at {', '.join(not_connected)} for this user", "bank_ids")
         if not targets:
             raise InvalidArgument("the user has no connected bank: approve an account consent first", "user_id")
-        jobs = [await self.jobs.enqueue(user_id, bank_id, reason or "refresh", force) for bank_id in targets]
+        request_id = current_request_id()
+        jobs = [await self.jobs.enqueue(user_id, bank_id, reason or "refresh", force, request_id)
+                for bank_id in targets]
         log.info("sync requested", extra={"banks": targets, "joined": [j.bank_id for j in jobs if j.joined]})
         return jobs
 

@@ -34,10 +34,11 @@ class Job:
     created_at: dt.datetime
     updated_at: dt.datetime
     finished_at: dt.datetime | None
+    request_id: str | None = None  # of the request that queued it (the worker logs under it)
 
 
 _JOB_COLUMNS = ("job_id, user_id, bank_id, state, reason, force, attempts, run_after, lease_until, worker_id, "
-                "last_error, progress, created_at, updated_at, finished_at")
+                "last_error, progress, created_at, updated_at, finished_at, request_id")
 
 
 def _job(row: asyncpg.Record | None) -> Job | None:
@@ -56,16 +57,18 @@ class JobStorage:
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
 
-    async def enqueue(self, user_id: str, bank_id: str, reason: str, force: bool = False) -> JobRef:
-        """Queue a job for (user, bank), or join the one already queued or running."""
+    async def enqueue(self, user_id: str, bank_id: str, reason: str, force: bool = False,
+                      request_id: str | None = None) -> JobRef:
+        """Queue a job for (user, bank), or join the one already queued or running (which keeps the
+        request id it was queued with)."""
         async with self.pool.acquire() as conn:
             for _ in range(3):  # a concurrent insert can win the race between our two statements
                 row = await conn.fetchrow(
                     """
-                    INSERT INTO sync_jobs (user_id, bank_id, reason, force) VALUES ($1, $2, $3, $4)
+                    INSERT INTO sync_jobs (user_id, bank_id, reason, force, request_id) VALUES ($1, $2, $3, $4, $5)
                     ON CONFLICT (user_id, bank_id) WHERE state IN ('queued', 'running') DO NOTHING
                     RETURNING job_id, bank_id, state, created_at
-                    """, user_id, bank_id, reason, force)
+                    """, user_id, bank_id, reason, force, request_id)
                 if row is not None:
                     await conn.execute("NOTIFY sync_jobs")
                     return JobRef(str(row["job_id"]), row["bank_id"], row["state"], row["created_at"], False)

@@ -28,7 +28,9 @@ from typing import Awaitable, Protocol
 from bankapi import errors as bank_errors
 from bankapi.client import BankClients, CallRecord
 
+from svclib import metrics
 from svclib.cache import DATA_VERSION_TTL, Cache, data_version_key
+from svclib.logging import new_request_id, request_id_var
 
 from sync_svc.bank_storage import BankCall, BankDataStorage, BankWrite, WriteStats
 from sync_svc.fetcher import BankFetcher, Fetched, OnTransactions, Progress
@@ -40,7 +42,9 @@ _calls: contextvars.ContextVar[list[CallRecord] | None] = contextvars.ContextVar
 
 
 def record_call(record: CallRecord) -> None:
-    """`on_call` hook of the bank clients: collect the calls of the job running in this context."""
+    """`on_call` hook of the bank clients: count every call in the metrics, and collect the calls of
+    the job running in this context."""
+    metrics.observe_bank_call(record.bank_id, record.operation, record.http_status, record.latency_ms / 1000)
     calls = _calls.get()
     if calls is not None:
         calls.append(record)
@@ -125,6 +129,9 @@ class SyncWorkers:
         progress = Progress()
         calls: list[CallRecord] = []
         token = _calls.set(calls)
+        # The job's log lines, its calls to consent_svc and its bank calls carry the id of the request
+        # that queued it (set before the heartbeat task copies this context).
+        request_token = request_id_var.set(job.request_id or new_request_id())
         heartbeat = asyncio.create_task(self._heartbeat(job, progress))
         log.info("sync job started", extra={"job_id": job.job_id, "bank_id": job.bank_id, "attempt": job.attempts})
         try:
@@ -146,6 +153,7 @@ class SyncWorkers:
             heartbeat.cancel()
             _calls.reset(token)
             await self._log_calls(job, calls)
+            request_id_var.reset(request_token)
 
     async def _run_job(self, job: Job, progress: Progress) -> None:
         consents = await self.consents.for_bank(job.user_id, job.bank_id)
@@ -172,12 +180,19 @@ class SyncWorkers:
             warm.cancel()
         committed_at = time.perf_counter()
         progress.rows_written = stats.inserted + stats.updated + stats.deleted
-        if not await self.jobs.finish(job.job_id, self.worker_id, "succeeded", progress.as_dict()):
-            log.warning("job was taken over before it finished", extra={"job_id": job.job_id})
-        # Committed: whatever was cached for this user and bank is stale now.
+        for table in ("accounts", "balances", "transactions", "credits"):
+            table_stats = getattr(stats, table)
+            for change in ("inserted", "updated", "deleted"):
+                metrics.SYNC_ROWS_WRITTEN.labels(job.bank_id, table, change).inc(getattr(table_stats, change))
+        metrics.SYNC_JOBS.labels(job.bank_id, "succeeded").inc()
+        # Committed: whatever was cached for this user and bank is stale now. Published before the job
+        # shows as finished, so whoever waits for it sees answers computed from the new data.
         await self.cache.delete_prefix(data_cache_prefix(self.cache, job.user_id, job.bank_id))
         if stats.changed:  # the dashboard's cache key: its cached answers are stale from now on
             await self.cache.raise_to(data_version_key(self.cache, job.user_id), stats.data_version, DATA_VERSION_TTL)
+            await self.cache.announce_change(job.user_id)
+        if not await self.jobs.finish(job.job_id, self.worker_id, "succeeded", progress.as_dict()):
+            log.warning("job was taken over before it finished", extra={"job_id": job.job_id})
         log.info("sync job succeeded", extra={
             "job_id": job.job_id, "bank_id": job.bank_id, "inserted": stats.inserted, "updated": stats.updated,
             "deleted": stats.deleted, "pages": progress.pages_fetched, "data_version": stats.data_version,
@@ -219,6 +234,7 @@ class SyncWorkers:
                 log.warning("heartbeat failed", extra={"job_id": job.job_id})
 
     async def _give_up(self, job: Job, progress: Progress, state: str, message: str) -> None:
+        metrics.SYNC_JOBS.labels(job.bank_id, state).inc()
         log.warning("sync job stopped", extra={"job_id": job.job_id, "bank_id": job.bank_id, "state": state,
                                                 "error": message})
         await self.jobs.finish(job.job_id, self.worker_id, state, progress.as_dict(), message)
@@ -235,6 +251,7 @@ class SyncWorkers:
         if delay is None:
             cap = min(self.config.backoff_max, self.config.backoff_base * 2 ** (job.attempts - 1))
             delay = cap / 2 + self._random.uniform(0, cap / 2)
+        metrics.SYNC_JOBS.labels(job.bank_id, "retry").inc()
         log.warning("sync job will retry", extra={"job_id": job.job_id, "bank_id": job.bank_id,
                                                    "delay_s": round(delay, 2), "error": message})
         await self.jobs.retry_later(job.job_id, self.worker_id, delay, message)
