@@ -12,7 +12,7 @@ def main(argv: list[str]) -> int:
     names = argv or sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
     for name in names:
         print(f"== bench.{name}", flush=True)
-        importlib.import_module(f"bench.{name}").main()
+        importlib.import_module(f"bench.{name}").main([])  # defaults: this command line names benchmarks
     return 0
 
 
