@@ -56,15 +56,16 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-async def _load(url: str, seconds: float, connections: int) -> float:
+async def _load(url: str, seconds: float, connections: int, headers: dict[str, str]) -> float:
     """Requests per second from wrk, or from an aiohttp loop when wrk is not installed."""
     if shutil.which("wrk"):
-        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", url],
+        header_args = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", *header_args, url],
                              capture_output=True, text=True, check=True).stdout
         return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     done = 0
     deadline = time.perf_counter() + seconds
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections), headers=headers) as session:
         async def worker():
             nonlocal done
             while time.perf_counter() < deadline:
@@ -81,13 +82,15 @@ async def _prepare_user(session, suite: Suite, per_account: int) -> str:
     user = await customer_with_accounts(session, urls["vbank"], 60)
     await top_up(session, urls, user, per_account)
     gateway = suite.gateway_url
+    auth = {"Authorization": f"Bearer {suite.token(user)}"}
     body = {"user_id": user, "banks": [{"bank_id": b, "consents": {"account": True, "product": True}} for b in BANKS]}
-    async with session.post(f"{gateway}/api/onboarding/consents", json=body) as resp:
+    async with session.post(f"{gateway}/api/onboarding/consents", json=body, headers=auth) as resp:
         assert resp.status == 200, await resp.text()
-    async with session.post(f"{gateway}/api/onboarding/finalize", json={"onboarding_id": user, "user_id": user}) as r:
+    async with session.post(f"{gateway}/api/onboarding/finalize", json={"onboarding_id": user, "user_id": user},
+                            headers=auth) as r:
         assert r.status == 200, await r.text()
     for _ in range(1200):
-        async with session.get(f"{gateway}/api/sync/status", params={"user_id": user}) as resp:
+        async with session.get(f"{gateway}/api/sync/status", params={"user_id": user}, headers=auth) as resp:
             status = await resp.json()
         if status["status"] == "completed":
             break
@@ -128,7 +131,9 @@ async def _run(backing: BackingServices, per_account: int, seconds: float, conne
     env.update(FINPULSE_ENV="local", FINPULSE_GRPC_HOST="127.0.0.1", FINPULSE_GATEWAY_HOST="127.0.0.1",
                FINPULSE_GATEWAY_PORT=str(free_port()), FINPULSE_DATA_DIR=log_dir, FINPULSE_LOG_LEVEL="WARNING",
                FINPULSE_BANK_RATE_LIMIT="99", FINPULSE_RPC_TIMEOUT="60",
-               FINPULSE_REDIS_PREFIX=f"finpulse-bench-{free_port()}:")
+               FINPULSE_REDIS_PREFIX=f"finpulse-bench-{free_port()}:",
+               # The load comes from one user: its request cap must not be what is measured.
+               FINPULSE_USER_RATE_LIMIT="100000", FINPULSE_USER_RATE_BURST="100000")
     for service in ("onboarding", "consent", "sync", "dashboard"):
         env[f"FINPULSE_{service.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
     for bank in BANKS:
@@ -142,15 +147,16 @@ async def _run(backing: BackingServices, per_account: int, seconds: float, conne
         await suite.wait_healthy()
         async with aiohttp.ClientSession() as session:
             user = await _prepare_user(session, suite, per_account)
+            auth = {"Authorization": f"Bearer {suite.token(user)}"}
             url = f"{suite.gateway_url}/api/dashboard?user_id={user}"
             latencies = []
             for _ in range(samples):
                 started = time.perf_counter()
-                async with session.get(url + "&force_refresh=true") as resp:
+                async with session.get(url + "&force_refresh=true", headers=auth) as resp:
                     assert resp.status == 200, await resp.text()
                     await resp.read()
                 latencies.append(time.perf_counter() - started)
-            async with session.get(url) as resp:
+            async with session.get(url, headers=auth) as resp:
                 body = await resp.read()
                 assert (await resp.json())["cache_info"]["is_cached"], "the dashboard should be cached now"
         sql = await _sql_alone(backing.database_url, user, samples)
@@ -161,8 +167,8 @@ async def _run(backing: BackingServices, per_account: int, seconds: float, conne
         bare_port = free_port()
         bare = subprocess.Popen([sys.executable, "-c", _BARE_SERVER, body_file, str(bare_port)])
         await asyncio.sleep(1.0)
-        gateway_rps = await _load(url, seconds, connections)
-        bare_rps = await _load(f"http://127.0.0.1:{bare_port}/api/dashboard?user_id={user}", seconds, connections)
+        gateway_rps = await _load(url, seconds, connections, auth)
+        bare_rps = await _load(f"http://127.0.0.1:{bare_port}/api/dashboard?user_id={user}", seconds, connections, auth)
 
         tool = "wrk -t1" if shutil.which("wrk") else "aiohttp loop"
         p50, p99 = _percentile(latencies, 0.5), _percentile(latencies, 0.99)

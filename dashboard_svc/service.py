@@ -5,6 +5,7 @@ Cache: Redis first, the `dashboard_cache` table second. An entry serves while it
 stored data); entries expire after 30 minutes; `force_refresh` recomputes; changed inputs or goals
 drop both levels at once. One computation per user at a time, across replicas (an advisory lock):
 concurrent requests wait for it and take its result. When Redis is down the table still serves.
+Every answer counts as a hit of the level it came from or a miss (`svclib.metrics`).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import datetime as dt
 import logging
 from typing import Awaitable, Callable, Protocol
 
+from svclib import metrics
 from svclib.cache import Cache
 from svclib.errors import InvalidArgument, require
 from svclib.validation import parse_amount, parse_date
@@ -80,6 +82,20 @@ def _entry_from_json(raw: dict) -> CacheRow:
     return CacheRow(raw["payload"], dt.datetime.fromisoformat(raw["calculated_at"]), int(raw["data_version"]))
 
 
+def unchanged_until(answer: Answer, shown_times: list[dt.datetime], now: dt.datetime) -> dt.datetime | None:
+    """Until when asking again gets this very answer, if nothing is announced meanwhile: None for a
+    fresh computation (the next request is answered from the cache, differently); for a cached one,
+    the first of the end of its freshness and the next minute boundary of any age it shows (the
+    ages in minutes of the computation and of each bank's data, `shown_times`)."""
+    if not answer.is_cached:
+        return None
+    limits = [answer.calculated_at + FRESH_FOR]
+    for shown in (answer.calculated_at, *shown_times):
+        minutes = max(0, int((now - shown).total_seconds() // 60))
+        limits.append(shown + dt.timedelta(minutes=minutes + 1))
+    return min(limits)
+
+
 class DashboardService:
     def __init__(self, storage: DashboardStorage, cache: Cache, data: BankData | None = None,
                  config: DashboardConfig = DashboardConfig(),
@@ -113,6 +129,7 @@ class DashboardService:
         user_id = require(user_id, "user_id")
         await self.cache.delete(self._key(user_id))
         await self.storage.drop_cached_dashboard(user_id)
+        await self.cache.announce_change(user_id)
 
     def _fresh(self, entry: CacheRow | None, version: int, now: dt.datetime,
                not_before: dt.datetime | None = None) -> bool:
@@ -120,33 +137,37 @@ class DashboardService:
                 and (not_before is None or entry.calculated_at > not_before))
 
     async def _cached(self, user_id: str, version: int, now: dt.datetime,
-                      not_before: dt.datetime | None = None) -> CacheRow | None:
+                      not_before: dt.datetime | None = None) -> tuple[CacheRow | None, str]:
+        """A fresh cached entry and the level it came from ("redis", "table"), or (None, "")."""
         raw = await self.cache.get_json(self._key(user_id))
         entry = _entry_from_json(raw) if raw else None
         if self._fresh(entry, version, now, not_before):
-            return entry
+            return entry, "redis"
         entry = await self.storage.cached(user_id)
         if self._fresh(entry, version, now, not_before):
             await self.cache.set_json(self._key(user_id), _entry_json(entry), int(EXPIRES_AFTER.total_seconds()))
-            return entry
-        return None
+            return entry, "table"
+        return None, ""
 
     async def dashboard(self, user_id: str, force_refresh: bool) -> Answer:
         user_id = require(user_id, "user_id")
         asked_at = self.clock()
         version = await self.data.data_version(user_id)
         if not force_refresh:
-            entry = await self._cached(user_id, version, asked_at)
+            entry, level = await self._cached(user_id, version, asked_at)
             if entry is not None:
+                metrics.DASHBOARD_CACHE_HITS.labels(level).inc()
                 return Answer(entry.payload, entry.calculated_at, entry.data_version, True)
         local = self._local_locks.setdefault(user_id, asyncio.Lock())
         async with local, self.storage.compute_lock(user_id):
             # Someone may have computed it while we waited: a forced refresh takes only a result
             # computed after it was asked for, a plain request any fresh one.
-            entry = await self._cached(user_id, version, self.clock(), asked_at if force_refresh else None)
+            entry, level = await self._cached(user_id, version, self.clock(), asked_at if force_refresh else None)
             if entry is not None:
+                metrics.DASHBOARD_CACHE_HITS.labels(level).inc()
                 return Answer(entry.payload, entry.calculated_at, entry.data_version, True)
             entry = await self._compute(user_id)
+            metrics.DASHBOARD_CACHE_MISSES.labels("force_refresh" if force_refresh else "stale").inc()
         if not local.locked():
             self._local_locks.pop(user_id, None)
         return Answer(entry.payload, entry.calculated_at, entry.data_version, False)
@@ -161,5 +182,6 @@ class DashboardService:
         entry = CacheRow(payload, now, gathered.data_version)
         await self.storage.store_cached(user_id, entry, gathered.synced_at, EXPIRES_AFTER)
         await self.cache.set_json(self._key(user_id), _entry_json(entry), int(EXPIRES_AFTER.total_seconds()))
+        await self.cache.announce_change(user_id)  # the entry others may still serve was replaced
         log.info("dashboard computed", extra={"data_version": gathered.data_version})
         return entry

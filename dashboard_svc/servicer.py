@@ -13,7 +13,7 @@ from finpulse.dashboard.v1 import dashboard_pb2_grpc as pb_grpc
 from finpulse.onboarding.v1 import onboarding_pb2
 from finpulse.sync.v1 import sync_pb2
 
-from svclib.cache import Cache, data_version_key
+from svclib.cache import CACHE_UNTIL_METADATA, Cache, data_version_key
 from svclib.clients import ServiceClients
 from svclib.protoconv import optional, set_timestamp
 from svclib.runtime import Runtime
@@ -23,7 +23,7 @@ from svclib.validation import format_amount
 from dashboard_svc.model import (AccountView, BankFreshness, CategoryTotal, CreditView, DashboardConfig, DayAmount,
                                  FinancialInputs,
                                  Goals, MonthFlow, Repayments, TransactionView)
-from dashboard_svc.service import Answer, DashboardService, Gathered, parse_inputs
+from dashboard_svc.service import Answer, DashboardService, Gathered, parse_inputs, unchanged_until
 from dashboard_svc.storage import DashboardStorage
 
 RECENT = 10
@@ -143,6 +143,10 @@ class SyncData:
         return Gathered(fields, aggregates.data_version, max(successes) if successes else None)
 
 
+def _parse_time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def _minutes(since: dt.datetime, now: dt.datetime) -> int:
     return max(0, int((now - since).total_seconds() // 60))
 
@@ -175,7 +179,7 @@ def _response(response: pb.GetDashboardResponse, answer: Answer, now: dt.datetim
     response.cache_info.data_version = answer.data_version
     for item in response.data_freshness:  # ages are "now", even when the dashboard is cached
         if item.HasField("fetched_at"):
-            item.age_minutes = _minutes(dt.datetime.fromisoformat(item.fetched_at.replace("Z", "+00:00")), now)
+            item.age_minutes = _minutes(_parse_time(item.fetched_at), now)
     return response
 
 
@@ -203,7 +207,13 @@ class DashboardServicer(pb_grpc.DashboardServiceServicer):
 
     async def GetDashboard(self, request, context):
         answer = await self.service.dashboard(request.user_id, request.force_refresh)
-        return _response(self.parsed.message(request.user_id, answer), answer, self.service.clock())
+        now = self.service.clock()
+        response = _response(self.parsed.message(request.user_id, answer), answer, now)
+        shown = [_parse_time(item.fetched_at) for item in response.data_freshness if item.HasField("fetched_at")]
+        until = unchanged_until(answer, shown, now)
+        if until is not None:
+            context.set_trailing_metadata(((CACHE_UNTIL_METADATA, str(int(until.timestamp() * 1000))),))
+        return response
 
     async def InvalidateDashboard(self, request, context):
         await self.service.invalidate(request.user_id)

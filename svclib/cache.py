@@ -6,10 +6,11 @@ so callers fall back to Postgres and keep working, slower.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -83,6 +84,15 @@ class Cache:
         except _FAILURES as exc:
             self._degraded("raise_to", exc)
 
+    async def announce_change(self, user_id: str) -> None:
+        """Tell every listener (`ChangeFeed`) that what the suite answers for `user_id` may have changed:
+        new synced data, new inputs or goals, a recomputed dashboard. Best effort: a listener that
+        misses it (Redis down) has dropped everything it kept anyway."""
+        try:
+            await self.redis.publish(self.key("changes"), user_id)
+        except _FAILURES as exc:
+            self._degraded("publish", exc)
+
     async def delete(self, *keys: str) -> None:
         if not keys:
             return
@@ -104,6 +114,65 @@ class Cache:
                 await self.redis.delete(*batch)
         except _FAILURES as exc:
             self._degraded("delete_prefix", exc)
+
+    async def close(self) -> None:
+        try:
+            await self.redis.aclose()
+        except _FAILURES:
+            pass
+
+
+#: gRPC trailing metadata of a reply that the same caller, asking the same, will get unchanged until
+#: the given time (Unix milliseconds) unless `Cache.announce_change` is sent for the user first. The
+#: gateway keeps such replies (gateway/respcache.py).
+CACHE_UNTIL_METADATA = "finpulse-cache-until"
+
+
+class ChangeFeed:
+    """Listens to `Cache.announce_change` and keeps its owner's derived state honest.
+
+    `on_change(user_id)` runs for every announcement. `on_state(True)` runs once the subscription is
+    live and `on_state(False)` whenever it is lost (Redis down, connection dropped): announcements
+    made meanwhile are lost, so the owner must drop whatever it kept and stop keeping until the next
+    `on_state(True)`. Reconnects with capped backoff until `run()` is cancelled.
+    """
+
+    def __init__(self, url: str, prefix: str, on_change: Callable[[str], None], on_state: Callable[[bool], None],
+                 *, health_check_interval: float = 5.0):
+        self.channel = prefix + "changes"
+        self.on_change = on_change
+        self.on_state = on_state
+        # No socket timeout: a subscriber waits for messages; dead connections show up on the PINGs
+        # redis-py sends every `health_check_interval` seconds while we poll.
+        self.redis = aioredis.from_url(url, socket_connect_timeout=1.0, health_check_interval=health_check_interval,
+                                       decode_responses=True)
+
+    async def run(self) -> None:
+        delay = 0.1
+        try:
+            while True:
+                pubsub = self.redis.pubsub()
+                try:
+                    await pubsub.subscribe(self.channel)
+                    await pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+                    self.on_state(True)
+                    delay = 0.1
+                    while True:
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        if message is not None and message.get("type") == "message":
+                            self.on_change(message["data"])
+                except _FAILURES as exc:
+                    self.on_state(False)
+                    log.warning("change feed lost, retrying", extra={"error": repr(exc), "retry_in_s": delay})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                finally:
+                    try:
+                        await pubsub.aclose()
+                    except _FAILURES:
+                        pass
+        finally:
+            self.on_state(False)
 
     async def close(self) -> None:
         try:
