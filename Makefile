@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 GEN_STAMP := gen/.stamp
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: up test gen venv clean check-gen lint bench
+.PHONY: up test gen venv clean check-gen lint bench token
 
 venv: $(INSTALLED)
 
@@ -32,6 +32,11 @@ up: $(GEN_STAMP)
 
 test: $(GEN_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# A bearer token for the local suite: make token USER_ID=team200-1
+token: $(GEN_STAMP)
+	@test -n "$(USER_ID)" || { echo "usage: make token USER_ID=<user id>" >&2; exit 2; }
+	@$(PY) -m gateway.token "$(USER_ID)"
 
 bench: $(GEN_STAMP)
 	$(PY) -m bench

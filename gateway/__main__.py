@@ -1,7 +1,8 @@
 """`python -m gateway`: serve the REST gateway on FINPULSE_GATEWAY_HOST:FINPULSE_GATEWAY_PORT.
 
 Exit codes: 0 after a graceful stop (SIGTERM/SIGINT), 1 when the protos' HTTP annotations cannot be
-routed, 2 on bad configuration.
+routed, 2 on bad configuration (including no key to verify bearer tokens: FINPULSE_JWT_SECRET or
+FINPULSE_JWT_PUBLIC_KEY, or FINPULSE_AUTH_DEV_TRUST_USER=1 for local development).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 from aiohttp import web
 
 from gateway.app import ROUTES, create_app
+from gateway.auth import Authenticator
 from gateway.routes import Route, RouteError, build_routes
 from svclib.config import ConfigError, Settings, load_settings
 from svclib.logging import setup_logging
@@ -45,6 +47,7 @@ def main() -> int:
     die_with_parent()
     try:
         settings = load_settings()
+        Authenticator(settings)  # the token key is checked before anything starts
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

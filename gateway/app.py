@@ -1,9 +1,16 @@
 """The aiohttp application of the gateway: one generic handler per annotated RPC, plus probes.
 
 `create_app(settings, clients)` registers every unary route of `gateway.routes.build_routes()` with
-the same handler shape: build the request message (`gateway.transcode`), call the backend stub with
-the configured deadline, render the reply as JSON or the gRPC status as a JSON error. The request
-id reaches the backends as `x-request-id` metadata through `ServiceClients`' interceptor.
+the same handler shape: authenticate and rate-limit the caller (`gateway.auth.Gatekeeper`), build the
+request message (`gateway.transcode`) with the caller's user bound to it (`gateway.auth.bind_user`),
+call the backend stub with the configured deadline, render the reply as JSON or the gRPC status as a
+JSON error. The request id and the user reach the backends as `x-request-id` / `x-user-id` metadata
+through `ServiceClients`' interceptor. GET replies a service marks reusable are kept per user and
+served without the backend call until the service's time or a change announcement
+(`gateway.respcache`).
+
+`GET /metrics`: the gateway's Prometheus metrics (`svclib.metrics`).
+`GET /openapi.json` and `GET /docs`: the OpenAPI document of these routes and Swagger UI (`gateway.openapi`).
 
 Probes: `GET /healthz` answers while the process is alive; `GET /readyz` asks every backend's
 `grpc.health.v1.Health/Check` (overall status, empty service name) and answers 200 only when all
@@ -18,14 +25,20 @@ import hashlib
 import json
 
 import grpc
+import redis.asyncio as aioredis
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway import middleware, transcode
+from gateway import middleware, openapi, transcode
+from gateway.auth import Gatekeeper, bind_user
+from gateway.respcache import ResponseCache
 from gateway.errors import from_rpc_error
 from gateway.routes import Route, build_routes
+from svclib import metrics as svc_metrics
 from svclib.clients import ServiceClients
+from svclib.cache import CACHE_UNTIL_METADATA, ChangeFeed
 from svclib.config import Settings
+from svclib.logging import user_id_var
 
 #: Largest accepted request body; larger ones are answered 413.
 DEFAULT_MAX_BODY_BYTES = 1 << 20
@@ -65,6 +78,8 @@ SETTINGS = web.AppKey("settings", Settings)
 RENDERED = web.AppKey("rendered", RenderedCache)
 CLIENTS = web.AppKey("clients", ServiceClients)
 ROUTES = web.AppKey("routes", list)
+GATEKEEPER = web.AppKey("gatekeeper", Gatekeeper)
+RESPONSES = web.AppKey("responses", ResponseCache)
 
 _dumps = functools.partial(json.dumps, ensure_ascii=False)
 
@@ -75,7 +90,8 @@ def create_app(settings: Settings, clients: ServiceClients | None = None, *,
     """The gateway app. Clients created here are closed on cleanup; passed-in ones are the caller's."""
     app = web.Application(
         client_max_size=max_body_bytes,
-        middlewares=[middleware.request_context, middleware.cors(settings.cors_origins), middleware.errors],
+        middlewares=[middleware.request_context, middleware.cors(settings.cors_origins),
+                     middleware.errors],
     )
     app[SETTINGS] = settings
     app[RENDERED] = RenderedCache()
@@ -84,31 +100,75 @@ def create_app(settings: Settings, clients: ServiceClients | None = None, *,
         clients = ServiceClients(settings)
         app.on_cleanup.append(lambda _app: clients.close())
     app[CLIENTS] = clients
+    redis = None
+    if settings.redis_url:
+        redis = aioredis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        app.on_cleanup.append(lambda _app: redis.aclose())
+    app[GATEKEEPER] = Gatekeeper(settings, redis)
+    app[RESPONSES] = ResponseCache()
+    if settings.redis_url:
+        app.cleanup_ctx.append(_change_feed(settings))
     app[ROUTES] = build_routes() if routes is None else routes
     for route in app[ROUTES]:
         make = _sse_handler if route.is_server_streaming else _handler
         app.router.add_route(route.http_method, route.aiohttp_path, make(route))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    openapi.setup(app, app[ROUTES])  # GET /openapi.json (built here, once) and GET /docs
+    app.router.add_get("/metrics", metrics_endpoint)
     return app
+
+
+def _change_feed(settings: Settings):
+    """Keeps the response cache in step with the suite's change announcements (see respcache)."""
+
+    async def context(app: web.Application):
+        responses = app[RESPONSES]
+        feed = ChangeFeed(settings.redis_url, settings.redis_prefix, responses.changed, responses.feed_state)
+        task = asyncio.create_task(feed.run(), name="change-feed")
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await feed.close()
+
+    return context
 
 
 def _handler(route: Route):
     """The generic handler of one unary route."""
+    cacheable = route.http_method == "GET"
 
     async def handle(request: web.Request) -> web.Response:
         request[middleware.ROUTE_TEMPLATE] = route.path_template
+        principal = await request.app[GATEKEEPER].admit(request)
+        responses = request.app[RESPONSES]
+        key = (route.grpc_path, principal.user_id, request.query_string) if cacheable else None
+        if key is not None:
+            body = responses.get(key)
+            if body is not None:
+                return web.Response(body=body, content_type="application/json")
+            stamp = responses.stamp()
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise middleware.too_large(request.app[middleware.MAX_BODY_BYTES]) from None
-        message = transcode.build_request(route, body, request.query, request.match_info)
-        call = getattr(request.app[CLIENTS].stub(route.service_key), route.method_name)
+        acting: list[str | None] = []
+        message = transcode.build_request(route, body, request.query, request.match_info,
+                                          lambda m: acting.append(bind_user(m, principal)), headers=request.headers)
+        user_token = user_id_var.set(acting[0])
         try:
-            reply = await call(message, timeout=request.app[SETTINGS].rpc_timeout)
+            call = getattr(request.app[CLIENTS].stub(route.service_key), route.method_name)(
+                message, timeout=request.app[SETTINGS].rpc_timeout)
+            reply = await call
+            until = _cache_until(await call.trailing_metadata()) if key is not None and acting[0] else None
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, route.service_key) from None
-        return web.Response(body=request.app[RENDERED].body(route, reply), content_type="application/json")
+        finally:
+            user_id_var.reset(user_token)
+        body = request.app[RENDERED].body(route, reply)
+        if until is not None:
+            responses.put(key, acting[0], body, until, stamp)
+        return web.Response(body=body, content_type="application/json")
 
     handle.__name__ = handle.__qualname__ = f"handle_{route.method_name}"
     handle.__doc__ = f"{route.http_method} {route.path_template} -> {route.grpc_path}"
@@ -124,9 +184,16 @@ def _sse_handler(route: Route):
 
     async def handle(request: web.Request) -> web.StreamResponse:
         request[middleware.ROUTE_TEMPLATE] = route.path_template
-        message = transcode.build_request(route, await request.read(), request.query, request.match_info)
-        call = getattr(request.app[CLIENTS].stub(route.service_key), route.method_name)(
-            message, timeout=STREAM_TIMEOUT)
+        principal = await request.app[GATEKEEPER].admit(request)
+        acting: list[str | None] = []
+        message = transcode.build_request(route, await request.read(), request.query, request.match_info,
+                                          lambda m: acting.append(bind_user(m, principal)))
+        user_token = user_id_var.set(acting[0])
+        try:
+            call = getattr(request.app[CLIENTS].stub(route.service_key), route.method_name)(
+                message, timeout=STREAM_TIMEOUT)
+        finally:
+            user_id_var.reset(user_token)
         try:
             first = await call.read()
         except grpc.aio.AioRpcError as exc:
@@ -152,6 +219,23 @@ def _sse_handler(route: Route):
     handle.__name__ = handle.__qualname__ = f"stream_{route.method_name}"
     handle.__doc__ = f"{route.http_method} {route.path_template} -> {route.grpc_path} (text/event-stream)"
     return handle
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus metrics of the gateway process (`svclib.metrics`), in the format `Accept` asks for."""
+    body, content_type = svc_metrics.render(request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def _cache_until(metadata) -> float | None:
+    """The reusable-until time a service put in the trailing metadata (Unix seconds), if any."""
+    for key, value in metadata or ():
+        if key == CACHE_UNTIL_METADATA:
+            try:
+                return int(value) / 1000.0
+            except ValueError:
+                return None
+    return None
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -59,19 +59,20 @@ class ApiError(Exception):
     """An error answered to the client as a JSON `google.rpc.Status` body."""
 
     def __init__(self, code: grpc.StatusCode, message: str, *, http: int | None = None,
-                 details: Iterable[dict[str, Any]] = ()):
+                 details: Iterable[dict[str, Any]] = (), headers: dict[str, str] | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.http_status = http if http is not None else http_status(code)
         self.details = list(details)
+        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         return {"code": self.code.value[0], "error": self.code.name, "message": self.message,
                 "details": self.details}
 
     def response(self) -> web.Response:
-        return web.json_response(self.body(), status=self.http_status, dumps=_dumps)
+        return web.json_response(self.body(), status=self.http_status, dumps=_dumps, headers=self.headers)
 
 
 def bad_request(message: str, field: str | None = None, *, http: int = 400,

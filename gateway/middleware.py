@@ -1,9 +1,10 @@
-"""aiohttp middlewares of the gateway, outermost first: request context, CORS, errors.
+"""aiohttp middlewares of the gateway, outermost first: request context (with metrics), CORS, errors.
 
 - `request_context`: the request id (a sane incoming `X-Request-Id`, else a new one) lives in
   `svclib.logging.request_id_var` for the whole request, so log lines and outgoing gRPC metadata
-  carry it; it is echoed in the response header; one JSON access line per request goes to the
-  `gateway.access` logger.
+  carry it; it is echoed in the response header; every request is counted in the Prometheus
+  metrics (count and latency by route template, `svclib.metrics`) and gets one JSON access line on
+  the `gateway.access` logger. (One middleware, not three: each layer costs every request.)
 - `cors(origins)`: CORS for the configured origins only (credentials, every method, every header,
   as the seed allowed); preflights are answered here, before routing.
 - `errors`: every failure becomes a JSON error body (see `gateway.errors`); an unexpected exception
@@ -21,6 +22,7 @@ import grpc
 from aiohttp import web
 
 from gateway.errors import ApiError, bad_request, internal_error
+from svclib import metrics as svc_metrics
 from svclib.logging import new_request_id, request_id_var
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -47,7 +49,9 @@ def _route_template(request: web.Request) -> str:
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id in the context variable and the response header; one access log line."""
+    """Request id in the context variable and the response header; Prometheus metrics (count by route
+    template, method and status, latency by route template and method: `svclib.metrics`); one access
+    log line. Outside `errors`, so error answers are counted and logged with their real status."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else new_request_id()
     token = request_id_var.set(request_id)
@@ -59,16 +63,20 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = request_id
         return response
+    except web.HTTPException as exc:  # a redirect or the like, raised past `errors`
+        status = exc.status
+        raise
     except asyncio.CancelledError:
         status = 499  # the client went away
         raise
     finally:
-        access_log.info("%s %s %s", request.method, _route_template(request), status, extra={
-            "method": request.method,
-            "route": _route_template(request),
-            "status": status,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-        })
+        elapsed = time.perf_counter() - started
+        route = _route_template(request)
+        svc_metrics.observe_gateway(route, request.method, status, elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info("%s %s %s", request.method, route, status, extra={
+                "method": request.method, "route": route, "status": status,
+                "latency_ms": round(elapsed * 1000, 2)})
         request_id_var.reset(token)
 
 

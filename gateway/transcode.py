@@ -4,7 +4,9 @@ Request: the path variables, the JSON body (`body: "*"` is the whole message, `b
 that field) and the query string (every other scalar field, dotted names for nested ones) are merged
 into one JSON object, checked against the input descriptor so that a bad value is reported with its
 field path (`banks[0].consents.account: expected a boolean, got "yes"`), converted by
-`json_format.ParseDict`, and then checked for `(google.api.field_behavior) = REQUIRED` fields.
+`json_format.ParseDict`, and then checked for `(google.api.field_behavior) = REQUIRED` fields. An
+input message with a top-level `idempotency_key` field takes it from the `Idempotency-Key` header
+(the body or query may carry the same value; a different one is a 400).
 Every problem is an `ApiError` (400, or 413 for an oversized body); nothing here raises anything else
 for bad input.
 
@@ -18,7 +20,7 @@ import functools
 import json
 import math
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from google.api import field_behavior_pb2
 from google.protobuf import json_format, message_factory
@@ -41,17 +43,22 @@ _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 _INT_TEXT = re.compile(r"^[+-]?\d+$")
 _REQUIRED = field_behavior_pb2.REQUIRED
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_FIELD = "idempotency_key"
 
 
 # ---------------------------------------------------------------------------------------------
 # Request
 
 
-def build_request(route: Route, body: bytes, query: Mapping[str, str], path_params: Mapping[str, str]) -> Message:
+def build_request(route: Route, body: bytes, query: Mapping[str, str], path_params: Mapping[str, str],
+                  complete: Callable[[Message], None] | None = None,
+                  headers: Mapping[str, str] | None = None) -> Message:
     """The request message of `route` from the raw body, the query (a multidict) and the path match.
 
     `query` must offer `getall(key)` (aiohttp's `MultiDictProxy`) when a key repeats; a plain mapping
-    is read as one value per key.
+    is read as one value per key. `complete`, when given, fills in what the caller knows (the
+    authenticated user) before required fields are checked. Of `headers`, only `Idempotency-Key` is read.
     """
     data = _body_object(route, body)
     for field_path in route.path_fields:
@@ -59,6 +66,7 @@ def build_request(route: Route, body: bytes, query: Mapping[str, str], path_para
         raw = path_params[Route.path_var(field_path)]
         _set_path(data, chain, _from_text(chain[-1], raw, field_path))
     _merge_query(route, query, data)
+    _merge_idempotency_key(route, headers, data)
     _check_message(data, route.input_descriptor, "")
     message = message_factory.GetMessageClass(route.input_descriptor)()
     try:
@@ -67,6 +75,8 @@ def build_request(route: Route, body: bytes, query: Mapping[str, str], path_para
         raise _clean_parse_error(str(exc)) from None
     except RecursionError:
         raise bad_request("request JSON is nested too deeply") from None
+    if complete is not None:
+        complete(message)
     missing = missing_required(message)
     if missing:
         raise bad_request("; ".join(f"{path} is required" for path in missing),
@@ -97,6 +107,23 @@ def _body_object(route: Route, body: bytes) -> dict[str, Any]:
             raise bad_request(f"request body must be a JSON object, got {_show(value)}")
         return value
     return {} if value is None else {route.body: value}
+
+
+def _merge_idempotency_key(route: Route, headers: Mapping[str, str] | None, data: dict[str, Any]) -> None:
+    """The `Idempotency-Key` header into a top-level string `idempotency_key` field, when the input
+    message has one; a body or query value that differs from the header is an error."""
+    field = route.input_descriptor.fields_by_name.get(IDEMPOTENCY_FIELD)
+    if field is None or field.type != F.TYPE_STRING or field.is_repeated or not headers:
+        return
+    header = headers.get(IDEMPOTENCY_HEADER)
+    if header is None:
+        return
+    given = data.get(IDEMPOTENCY_FIELD, data.get(field.json_name))
+    if given is not None and given != header:
+        raise _bad(IDEMPOTENCY_FIELD, f"differs from the {IDEMPOTENCY_HEADER} header ({_show(given)} is not "
+                                      f"{_show(header)}): send the key once")
+    data.pop(field.json_name, None)
+    data[IDEMPOTENCY_FIELD] = header
 
 
 def _merge_query(route: Route, query: Mapping[str, str], data: dict[str, Any]) -> None:
@@ -271,6 +298,8 @@ def _check_value(value: Any, field: FieldDescriptor, path: str) -> None:
     elif kind in (F.TYPE_STRING, F.TYPE_BYTES):
         if not isinstance(value, str):
             raise _bad(path, f"expected a string, got {_show(value)}")
+        if kind == F.TYPE_STRING and "\x00" in value:
+            raise _bad(path, "text cannot contain the NUL character (U+0000)")
     elif kind == F.TYPE_ENUM:
         if isinstance(value, bool) or not (
                 (isinstance(value, str) and value in field.enum_type.values_by_name)

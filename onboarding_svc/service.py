@@ -32,10 +32,12 @@ class OnboardingService:
             user_name = require(user_name, "user_name", max_len=200) if user_name.strip() else None
         return await self.storage.open_session(user_id, user_name)
 
-    async def status(self, onboarding_id: str) -> StatusView:
+    async def status(self, onboarding_id: str, caller: str | None = None) -> StatusView:
+        """The session's progress. `caller`, when known (the gateway's authenticated user), must own it:
+        another user's session is answered exactly like a missing one."""
         onboarding_id = require(onboarding_id, "onboarding_id")
         session = await self.storage.get(onboarding_id)
-        if session is None:
+        if session is None or (caller is not None and session.user_id != caller):
             raise NotFound(f"Onboarding session {onboarding_id} not found")
         consents = await self.consents.list_user_consents(session.user_id)
         by_bank: dict[str, dict[str, str]] = {}

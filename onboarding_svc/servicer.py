@@ -11,6 +11,7 @@ from finpulse.sync.v1 import sync_pb2
 
 from svclib.clients import ServiceClients
 from svclib.errors import InvalidArgument
+from svclib.logging import user_id_var
 from svclib.protoconv import optional, set_timestamp
 from svclib.runtime import Runtime
 from svclib.server import GrpcServer
@@ -67,7 +68,7 @@ class OnboardingServicer(pb_grpc.OnboardingServiceServicer):
         return response
 
     async def GetOnboardingStatus(self, request, context):
-        view = await self.service.status(request.onboarding_id)
+        view = await self.service.status(request.onboarding_id, caller=user_id_var.get())
         session = view.session
         response = pb.GetOnboardingStatusResponse(
             onboarding_id=session.onboarding_id, user_id=session.user_id, status=session.status,

@@ -87,6 +87,21 @@ class Settings:
     sync_lease: float  # seconds a sync job stays claimed without a heartbeat (a dead worker's job waits this)
     base_currency: str  # the dashboard's currency; balances in others are shown, never converted
     safety_buffer: Decimal  # kept aside by safe-to-spend, in the base currency
+    # Gateway authentication: bearer JWTs signed with `jwt_secret` (HS256) or verified with
+    # `jwt_public_key` (RS256, PEM); issuer and audience are checked, and the user is the token's `sub`.
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_issuer: str = "finpulse"
+    jwt_audience: str = "finpulse-api"
+    # Development only: a request without a token acts as the user it names (a trusted local frontend).
+    auth_dev_trust_user: bool = False
+    user_rate_limit: float = 20.0  # requests per second per user at the gateway, shared through Redis
+    user_rate_burst: int = 40  # requests a user may send at once above that rate
+    # service name -> host:port where that service serves its Prometheus metrics over HTTP (None: off)
+    metrics_addrs: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
+    # service name -> the URL that service connects with (FINPULSE_<SVC>_DATABASE_URL: its own Postgres
+    # role, which its migrations create and grant); unset: the service uses `database_url`
+    service_database_urls: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def is_local(self) -> bool:
@@ -97,6 +112,10 @@ class Settings:
             if bank.id == bank_id:
                 return bank
         return None
+
+    def database_url_for(self, service: str) -> str | None:
+        """The URL `service` connects with: its own (FINPULSE_<SVC>_DATABASE_URL), else the shared one."""
+        return self.service_database_urls.get(service) or self.database_url
 
     def port_for(self, service: str) -> int:
         if self.grpc_port is not None:
@@ -193,9 +212,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         r.problems.append(f"FINPULSE_ENV={env!r}: expected 'local' or 'production'")
     database_url = r.url("FINPULSE_DATABASE_URL", ("postgres", "postgresql"))
     redis_url = r.url("FINPULSE_REDIS_URL", ("redis", "rediss", "unix"))
+    service_database_urls = {
+        name: url for name in SERVICE_PORTS
+        if (url := r.url(f"FINPULSE_{name.upper()}_DATABASE_URL", ("postgres", "postgresql"))) is not None
+    }
+    for name, url in service_database_urls.items():
+        if not urlparse(url).username:
+            r.problems.append(f"FINPULSE_{name.upper()}_DATABASE_URL: must name the service's own role "
+                              "(postgresql://ROLE:PASSWORD@host:port/db)")
     if env == "production":
-        if database_url is None:
-            r.problems.append("FINPULSE_DATABASE_URL: required when FINPULSE_ENV=production")
+        # A service needs FINPULSE_DATABASE_URL or its own FINPULSE_<SVC>_DATABASE_URL (checked by
+        # svclib.runtime, which knows the service); the gateway needs no database.
         if redis_url is None:
             r.problems.append("FINPULSE_REDIS_URL: required when FINPULSE_ENV=production")
 
@@ -235,6 +262,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     service_addrs = {
         name: r.addr(f"FINPULSE_{name.upper()}_ADDR", f"127.0.0.1:{port}") for name, port in SERVICE_PORTS.items()
     }
+    metrics_addrs = {  # unset: that service serves no metrics
+        name: r.addr(f"FINPULSE_{name.upper()}_METRICS_ADDR", "")
+        if r.str(f"FINPULSE_{name.upper()}_METRICS_ADDR") is not None else None for name in SERVICE_PORTS
+    }
     grpc_port_raw = r.str("FINPULSE_GRPC_PORT")
     grpc_port = r.int("FINPULSE_GRPC_PORT", 0, 1, 65535) if grpc_port_raw is not None else None
     cors_default = "http://localhost:3000" if env == "local" else ""
@@ -245,6 +276,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     log_level = (r.str("FINPULSE_LOG_LEVEL", "INFO") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         r.problems.append(f"FINPULSE_LOG_LEVEL={log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
+    jwt_public_key = r.str("FINPULSE_JWT_PUBLIC_KEY")
+    key_file = r.str("FINPULSE_JWT_PUBLIC_KEY_FILE")
+    if key_file is not None:
+        try:
+            with open(key_file, encoding="ascii") as f:
+                jwt_public_key = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            r.problems.append(f"FINPULSE_JWT_PUBLIC_KEY_FILE={key_file!r}: cannot read it ({exc.__class__.__name__})")
+    if jwt_public_key is not None and "-----BEGIN PUBLIC KEY-----" not in jwt_public_key:
+        r.problems.append("FINPULSE_JWT_PUBLIC_KEY: expected a PEM public key (-----BEGIN PUBLIC KEY-----)")
+    jwt_secret = r.str("FINPULSE_JWT_SECRET")
+    if jwt_secret is not None and len(jwt_secret) < 32:
+        r.problems.append("FINPULSE_JWT_SECRET: must be at least 32 characters (HS256 wants a 256-bit key)")
+    dev_trust = r.bool("FINPULSE_AUTH_DEV_TRUST_USER", False)
+    if dev_trust and env == "production":
+        r.problems.append("FINPULSE_AUTH_DEV_TRUST_USER: a development switch, refused when FINPULSE_ENV=production")
 
     settings = Settings(
         env=env,
@@ -272,6 +319,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         sync_lease=r.float("FINPULSE_SYNC_LEASE", 30.0, 2.0, 3600.0),
         base_currency=r.currency("FINPULSE_BASE_CURRENCY", "RUB"),
         safety_buffer=r.money("FINPULSE_SAFETY_BUFFER", "3000.00"),
+        metrics_addrs=metrics_addrs,
+        service_database_urls=service_database_urls,
+        jwt_secret=jwt_secret,
+        jwt_public_key=jwt_public_key,
+        jwt_issuer=r.str("FINPULSE_JWT_ISSUER", "finpulse"),
+        jwt_audience=r.str("FINPULSE_JWT_AUDIENCE", "finpulse-api"),
+        auth_dev_trust_user=dev_trust,
+        user_rate_limit=r.float("FINPULSE_USER_RATE_LIMIT", 20.0, 0.1, 100000.0),
+        user_rate_burst=r.int("FINPULSE_USER_RATE_BURST", 40, 1, 100000),
     )
     if r.problems:
         raise ConfigError(r.problems)

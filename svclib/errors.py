@@ -61,6 +61,8 @@ def require(value: str | None, field: str, max_len: int = 128) -> str:
     if value is None or not value.strip():
         raise InvalidArgument(f"{field} is required", field)
     value = value.strip()
+    if "\x00" in value:
+        raise InvalidArgument(f"{field} cannot contain the NUL character (U+0000)", field)
     if len(value) > max_len:
         raise InvalidArgument(f"{field} is too long ({len(value)} characters, at most {max_len})", field)
     return value

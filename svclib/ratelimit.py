@@ -1,7 +1,8 @@
 """Request-rate caps shared by every replica through Redis (GCRA), with a local fallback.
 
 `RateLimiter.acquire(key)` takes the next request slot under `key` (`rate` per second, with a small
-burst) and waits until it comes. The state lives in Redis, keyed by `key`, and time comes from the Redis server, so all
+burst) and waits until it comes; `RateLimiter.admit(key)` answers at once, refusing a request over the
+cap with the seconds until one would pass (for a 429 with Retry-After). The state lives in Redis, keyed by `key`, and time comes from the Redis server, so all
 replicas share one budget without trusting their own clocks. When Redis is unreachable the limiter
 keeps the same cap per process (a degraded but still bounded mode) and logs it once in a while.
 """
@@ -31,16 +32,47 @@ return math.max(0, tat - burst - now)
 """
 
 
+# GCRA admission in batches: up to ARGV[3] request slots are granted at once if the bucket has them
+# now; a request over the limit is refused (nothing is reserved for it). Returns {granted, wait_ms}:
+# the slots granted, or 0 and the milliseconds until one would be.
+_GCRA_GRANT = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local available = math.floor((now + burst - tat) / interval) + 1
+if available < 1 then return {0, math.ceil(tat - burst - now)} end
+local granted = math.min(available, want)
+tat = tat + granted * interval
+redis.call('SET', KEYS[1], tat, 'PX', math.ceil(tat - now) + 1000)
+return {granted, 0}
+"""
+
+#: How long slots granted in a batch stay usable by the process that took them.
+LEASE_SECONDS = 1.0
+#: Past this many keys, the admission state of keys idle for a while is swept.
+_SWEEP_AT = 10_000
+
+
 class RateLimiter:
-    def __init__(self, redis: aioredis.Redis | None, rate: float, *, burst: int = 1, prefix: str = "finpulse:rl:"):
+    def __init__(self, redis: aioredis.Redis | None, rate: float, *, burst: int = 1, prefix: str = "finpulse:rl:",
+                 lease: int = 1):
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.redis = redis
         self.interval_ms = 1000.0 / rate
         self.burst_ms = self.interval_ms * max(burst - 1, 0)
         self.prefix = prefix
+        self.lease = max(1, lease)
         self._script = redis.register_script(_GCRA) if redis is not None else None
+        self._grant_script = redis.register_script(_GCRA_GRANT) if redis is not None else None
         self._local: dict[str, float] = {}
+        # key -> [slots left, usable until, refused until] (time.monotonic seconds)
+        self._admission: dict[str, list[float]] = {}
+        self._pending: dict[str, asyncio.Future] = {}
         self._last_warning = 0.0
 
     async def acquire(self, key: str) -> None:
@@ -49,16 +81,75 @@ class RateLimiter:
         if wait_ms > 0:
             await asyncio.sleep(wait_ms / 1000.0)
 
+    async def admit(self, key: str) -> float:
+        """Admit a request under `key` now (0.0), or refuse it: the seconds until one would be admitted.
+
+        Slots are taken from the shared bucket `lease` at a time and spent here for up to
+        LEASE_SECONDS, so a busy key costs one Redis call per `lease` requests (concurrent requests
+        wait for the one call in flight); slots left unused expire (the cap is never exceeded, only
+        under-used). A refusal is remembered until its wait is over, so a client hammering past its
+        cap costs no Redis calls either.
+        """
+        while True:
+            now = time.monotonic()
+            state = self._admission.get(key)
+            if state is not None:
+                if state[0] > 0 and now < state[1]:
+                    state[0] -= 1
+                    return 0.0
+                if now < state[2]:
+                    return state[2] - now
+            pending = self._pending.get(key)
+            if pending is None:
+                break
+            await asyncio.shield(pending)  # someone is asking Redis for this key: share their answer
+        pending = self._pending[key] = asyncio.get_running_loop().create_future()
+        try:
+            granted, wait_ms = await self._grant(key, self.lease)
+        finally:
+            del self._pending[key]
+            pending.set_result(None)
+        now = time.monotonic()
+        if len(self._admission) >= _SWEEP_AT:
+            self._admission = {k: v for k, v in self._admission.items() if max(v[1], v[2]) > now}
+        if granted > 0:
+            self._admission[key] = [granted - 1, now + LEASE_SECONDS, 0.0]
+            return 0.0
+        self._admission[key] = [0, 0.0, now + wait_ms / 1000.0]
+        return wait_ms / 1000.0
+
+    async def _grant(self, key: str, want: int) -> tuple[int, float]:
+        if self._grant_script is not None:
+            try:
+                granted, wait_ms = await self._grant_script(keys=[self.prefix + key],
+                                                            args=[self.interval_ms, self.burst_ms, want])
+                return int(granted), float(wait_ms)
+            except (RedisError, OSError) as exc:
+                self._warn(exc)
+        now = time.monotonic() * 1000.0
+        if len(self._local) >= _SWEEP_AT:
+            self._local = {k: tat for k, tat in self._local.items() if tat > now}
+        tat = max(self._local.get(key, now), now)
+        available = int((now + self.burst_ms - tat) // self.interval_ms) + 1
+        if available < 1:
+            return 0, tat - self.burst_ms - now
+        granted = min(available, want)
+        self._local[key] = tat + granted * self.interval_ms
+        return granted, 0.0
+
+    def _warn(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_warning > 10:
+            self._last_warning = now
+            log.warning("redis unavailable: rate cap enforced per process", extra={"error": repr(exc)})
+
     async def _reserve(self, key: str) -> float:
         if self._script is not None:
             try:
                 return float(await self._script(keys=[self.prefix + key],
                                                 args=[self.interval_ms, self.burst_ms]))
             except (RedisError, OSError) as exc:
-                now = time.monotonic()
-                if now - self._last_warning > 10:
-                    self._last_warning = now
-                    log.warning("redis unavailable: rate cap enforced per process", extra={"error": repr(exc)})
+                self._warn(exc)
         return self._reserve_local(key)
 
     def _reserve_local(self, key: str) -> float:

@@ -3,7 +3,8 @@
 A service declares a `ServiceSpec` (its name, schema, migrations folder and a `setup` coroutine that
 registers its servicers and background tasks); this module owns everything else: settings, logging,
 embedded stores in local mode, migrations, the pool, Redis, clients of the other services, the gRPC
-server with its health status, signals and an orderly shutdown.
+server with its health status, the Prometheus metrics exporter (on `FINPULSE_<SVC>_METRICS_ADDR`,
+when set), signals and an orderly shutdown.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Awaitable, Callable
 
 import asyncpg
 
-from svclib import db
+from svclib import db, metrics
 from svclib.cache import Cache
 from svclib.clients import ServiceClients
 from svclib.config import ConfigError, Settings, load_settings
@@ -73,9 +74,17 @@ class ServiceSpec:
     setup: Callable[[Runtime, GrpcServer], Awaitable[None]]
 
 
-def resolve_backing(settings: Settings) -> BackingServices:
-    """Configured URLs, or embedded stores in local mode when a URL is not configured."""
-    return ensure_backing_services(settings.database_url, settings.redis_url, settings.data_dir)
+def resolve_backing(settings: Settings, service: str | None = None) -> BackingServices:
+    """Configured URLs, or embedded stores in local mode when a URL is not configured. With `service`,
+    its own FINPULSE_<SVC>_DATABASE_URL stands in when FINPULSE_DATABASE_URL is not set."""
+    database_url = settings.database_url or (settings.database_url_for(service) if service else None)
+    return ensure_backing_services(database_url, settings.redis_url, settings.data_dir)
+
+
+def service_role(settings: Settings, spec: ServiceSpec) -> db.ServiceRole | None:
+    """The role the service's migrations create and grant: the user of FINPULSE_<SVC>_DATABASE_URL."""
+    url = settings.service_database_urls.get(spec.name)
+    return db.ServiceRole.from_url(url) if url else None
 
 
 async def open_runtime(settings: Settings, spec: ServiceSpec, database_url: str, redis_url: str) -> Runtime:
@@ -111,13 +120,16 @@ async def _watch_readiness(runtime: Runtime, server: GrpcServer) -> None:
 
 
 async def serve(spec: ServiceSpec, settings: Settings) -> None:
-    backing = resolve_backing(settings)
+    backing = resolve_backing(settings, spec.name)
     try:
         if settings.migrate_on_start:
-            await db.migrate(backing.database_url, spec.schema, spec.migrations)
-        runtime = await open_runtime(settings, spec, backing.database_url, backing.redis_url)
+            await db.migrate(backing.database_url, spec.schema, spec.migrations, service_role(settings, spec))
+        own_url = settings.service_database_urls.get(spec.name) or backing.database_url
+        runtime = await open_runtime(settings, spec, own_url, backing.redis_url)
         server = GrpcServer(spec.name, settings.grpc_host, settings.port_for(spec.name), settings.shutdown_grace)
+        exporter = None
         try:
+            exporter = metrics.start_exporter(settings.metrics_addrs.get(spec.name))
             await spec.setup(runtime, server)
             await server.start()
             watcher = asyncio.create_task(_watch_readiness(runtime, server))
@@ -129,6 +141,8 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
             await server.stop()
         finally:
             await runtime.close()
+            if exporter is not None:
+                exporter.close()
     finally:
         backing.stop()
     log.info("stopped")
@@ -137,23 +151,50 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
 async def run_migrations(spec: ServiceSpec, settings: Settings) -> None:
     backing = resolve_backing(settings)
     try:
-        applied = await db.migrate(backing.database_url, spec.schema, spec.migrations)
+        applied = await db.migrate(backing.database_url, spec.schema, spec.migrations, service_role(settings, spec))
         log.info("migrations done", extra={"schema": spec.schema, "applied": applied})
     finally:
         backing.stop()
 
 
+async def wait_for_migrations(spec: ServiceSpec, settings: Settings, timeout: float) -> int:
+    """`wait-migrations`: 0 once the image's migrations are applied (by a migration job), 1 if they
+    are not within `timeout` seconds. Reads with the service's own URL (a pod's init container)."""
+    backing = resolve_backing(settings, spec.name)
+    try:
+        url = settings.service_database_urls.get(spec.name) or backing.database_url
+        pending = await db.wait_migrated(url, spec.schema, spec.migrations, timeout)
+    finally:
+        backing.stop()
+    if pending:
+        log.error("migrations not applied in time", extra={"schema": spec.schema, "pending": pending})
+        return 1
+    log.info("migrations applied", extra={"schema": spec.schema})
+    return 0
+
+
 def main(spec: ServiceSpec, argv: list[str] | None = None) -> int:
     die_with_parent()
     parser = argparse.ArgumentParser(prog=f"python -m {spec.name}_svc")
-    parser.add_argument("command", choices=["serve", "migrate"], nargs="?", default="serve")
+    parser.add_argument("command", choices=["serve", "migrate", "wait-migrations"], nargs="?", default="serve")
+    parser.add_argument("--timeout", type=float, default=600.0, help="wait-migrations: seconds to wait")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
+        problems = []
+        if not settings.is_local and settings.database_url_for(spec.name) is None:
+            problems.append(f"FINPULSE_DATABASE_URL (or FINPULSE_{spec.name.upper()}_DATABASE_URL): "
+                            "required when FINPULSE_ENV=production")
+        elif args.command == "migrate" and not settings.is_local and settings.database_url is None:
+            problems.append("FINPULSE_DATABASE_URL: migrate needs it (a role that may create schemas and roles)")
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as exc:
         print(f"{spec.name}_svc: {exc}", file=sys.stderr)
         return 2
     setup_logging(f"{spec.name}_svc", settings.log_level)
+    if args.command == "wait-migrations":
+        return asyncio.run(wait_for_migrations(spec, settings, args.timeout))
     runner = serve if args.command == "serve" else run_migrations
     asyncio.run(runner(spec, settings))
     return 0

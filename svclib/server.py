@@ -5,8 +5,9 @@
 - Server reflection, so `grpcurl list/describe` work.
 - One interceptor that sets the request id (metadata `x-request-id`, or a new one) and the caller's
   user (`x-user-id`) into context variables, maps domain errors to status codes (an unexpected
-  exception becomes INTERNAL with a generic message; the traceback goes to the log only), and writes
-  one JSON access-log line per call.
+  exception becomes INTERNAL with a generic message; the traceback goes to the log only), writes
+  one JSON access-log line per call and counts it in the Prometheus metrics (`svclib.metrics`: per
+  method and code, with its latency).
 - SIGTERM/SIGINT → health NOT_SERVING, `server.stop(grace)`, then the caller's cleanup.
 """
 from __future__ import annotations
@@ -17,14 +18,19 @@ import signal
 import time
 from typing import Awaitable, Callable, Iterable
 
+import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from svclib import metrics
 from svclib.errors import DomainError
 from svclib.logging import new_request_id, request_id_var, user_id_var
 
 log = logging.getLogger("svclib.server")
+
+_UNSTORABLE_TEXT = (asyncpg.exceptions.CharacterNotInRepertoireError,
+                    asyncpg.exceptions.UntranslatableCharacterError)
 access_log = logging.getLogger("svclib.access")
 
 
@@ -55,6 +61,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_unary(request, context):
                 with _CallScope(method, metadata, context) as scope:
+                    await scope.check_user(request)
                     return await scope.guard(inner(request, context))
 
             return grpc.unary_unary_rpc_method_handler(
@@ -65,6 +72,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_stream(request, context):
                 with _CallScope(method, metadata, context) as scope:
+                    await scope.check_user(request)
                     async for item in scope.guard_stream(inner_stream(request, context)):
                         yield item
 
@@ -92,17 +100,32 @@ class _CallScope:
             self.code = self.context.code() or grpc.StatusCode.UNKNOWN
             if isinstance(exc, asyncio.CancelledError):
                 self.code = grpc.StatusCode.CANCELLED
+        elif self.code == grpc.StatusCode.OK:
+            self.code = self.context.code() or grpc.StatusCode.OK  # a servicer's own set_code()
+        elapsed = time.perf_counter() - self.started
+        metrics.observe_rpc(self.method, self.code.name, elapsed)
         if self.method.startswith("/grpc.health.v1.Health/") and self.code == grpc.StatusCode.OK:
             pass  # probes every few seconds: not worth a log line each
         else:
             access_log.info("rpc", extra={
-                "rpc": self.method, "code": self.code.name,
-                "latency_ms": round((time.perf_counter() - self.started) * 1000, 2)})
+                "rpc": self.method, "code": self.code.name, "latency_ms": round(elapsed * 1000, 2)})
         request_id_var.reset(self.tokens[0])
         user_id_var.reset(self.tokens[1])
         return False
 
+    async def check_user(self, request) -> None:
+        """A call made for a user (`x-user-id`) may only name that user in its `user_id` field."""
+        named = getattr(request, "user_id", None)
+        if self.user_id and named and named != self.user_id:
+            self.code = grpc.StatusCode.PERMISSION_DENIED
+            await self.context.abort(self.code, "user_id does not match the calling user")
+
     async def _fail(self, exc: Exception):
+        if isinstance(exc, _UNSTORABLE_TEXT):
+            # Text Postgres refuses (NUL, or not encodable): the caller's input, not our failure.
+            self.code = grpc.StatusCode.INVALID_ARGUMENT
+            await self.context.abort(self.code, "a text value contains a character that cannot be stored "
+                                                "(such as NUL, U+0000)")
         if isinstance(exc, DomainError):
             self.code = _status_code(exc.code)
             await self.context.abort(self.code, exc.message)
@@ -141,8 +164,13 @@ class GrpcServer:
         self.name = name
         self.address = f"{host}:{port}"
         self.grace = grace
+        # Connections are recycled every few minutes (clients reconnect at once, in-flight calls get a
+        # grace), so clients re-resolve their target and new replicas behind a headless Service get
+        # their share of the calls.
         self.server = grpc.aio.server(interceptors=[ServiceInterceptor()],
-                                      options=[("grpc.so_reuseport", 0)])
+                                      options=[("grpc.so_reuseport", 0),
+                                               ("grpc.max_connection_age_ms", 5 * 60 * 1000),
+                                               ("grpc.max_connection_age_grace_ms", 30 * 1000)])
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names: list[str] = []

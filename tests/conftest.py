@@ -184,12 +184,13 @@ def suite(fresh_database, tmp_path_factory):
                FINPULSE_REDIS_PREFIX=f"finpulse-test-{uuid.uuid4().hex[:8]}:")
     for name in SERVICES:
         env[f"FINPULSE_{name.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
+        env[f"FINPULSE_{name.upper()}_METRICS_ADDR"] = f"127.0.0.1:{free_port()}"  # Prometheus exporter
     for bank_id in KNOWN_BANKS:
         env[f"FINPULSE_BANK_{bank_id.upper()}_URL"] = f"http://127.0.0.1:{free_port()}"
     settings = load_settings(env)
-    # 30 emulator customers: each test takes its own.
+    # 40 emulator customers: each test takes its own (tests/test_isolation.py: 38 and 39).
     running = Suite(settings, fresh_database("suite"), base_env=env, log_dir=log_dir,
-                    emulator_args=["--customers", "30"])
+                    emulator_args=["--customers", "40"])
     asyncio.run(running.migrate())
     running.start()
     try:
@@ -199,3 +200,36 @@ def suite(fresh_database, tmp_path_factory):
         raise
     yield running
     running.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# End-to-end helpers on the running suite
+
+
+@pytest.fixture
+async def session():
+    import aiohttp
+
+    async with aiohttp.ClientSession() as opened:
+        yield opened
+
+
+@pytest.fixture
+def http(suite, session):
+    """The gateway as the frontend calls it: each request acts for the user it names (tests/e2e.py)."""
+    from tests.e2e import Http
+
+    return Http(session, suite.gateway_url, tokens=suite.token)
+
+
+@pytest.fixture(name="db")
+async def suite_db(suite):
+    """A connection to the running suite's database, to check what it stored."""
+    conn = await asyncpg.connect(suite.backing.database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def bank_urls(suite) -> dict[str, str]:
+    return {bank.id: bank.base_url for bank in suite.settings.banks}

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import re
+import urllib.parse
+from typing import Any, Callable
 
 import aiohttp
 
@@ -11,14 +13,42 @@ TEAM_SECRET = "finpulse-dev-secret"
 
 
 class Http:
-    """A tiny JSON client: `await http.get(path, **query)` → (status, body)."""
+    """A tiny JSON client: `await http.get(path, **query)` → (status, body).
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str):
+    With `token`, every request carries `Authorization: Bearer <token>` (unless the call passes its
+    own Authorization header); `as_user(token)` is the same client with another token. With
+    `tokens` (e.g. `suite.token`) and no fixed token, a request acts as the user it names in its
+    `user_id` (body, query or /api/users/{user_id}/ path), or else as the last user named: the flow tests read like the seed
+    frontend's calls; isolation itself is tested with explicit tokens (tests/test_isolation.py).
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str | None = None,
+                 tokens: Callable[[str], str] | None = None):
         self.session = session
         self.base = base_url.rstrip("/")
+        self.token = token
+        self.tokens = tokens
+        self.last_user: str | None = None
+
+    def as_user(self, token: str | None) -> "Http":
+        return Http(self.session, self.base, token)
+
+    def _token_for(self, path: str, json: Any, params: dict | None) -> str | None:
+        if self.token is not None or self.tokens is None:
+            return self.token
+        in_path = re.match(r"/api/users/([^/]+)/", path)
+        named = ((json.get("user_id") if isinstance(json, dict) else None) or (params or {}).get("user_id")
+                 or (urllib.parse.unquote(in_path.group(1)) if in_path else None))
+        if named:
+            self.last_user = str(named)
+        return self.tokens(self.last_user) if self.last_user else None
 
     async def call(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
                    data: bytes | None = None, headers: dict | None = None) -> tuple[int, Any]:
+        headers = dict(headers or {})
+        token = self._token_for(path, json, params)
+        if token is not None:
+            headers.setdefault("Authorization", f"Bearer {token}")
         async with self.session.request(method, self.base + path, json=json, params=params, data=data,
                                         headers=headers) as resp:
             text = await resp.text()
@@ -60,3 +90,31 @@ async def eventually(check, timeout: float = 15.0, interval: float = 0.3):
         if value or asyncio.get_running_loop().time() > deadline:
             return value
         await asyncio.sleep(interval)
+
+
+async def wait_synced(http: Http, user: str, timeout: float = 120) -> dict:
+    """Wait until every sync of `user` has finished; the last sync status. An error answer is polled
+    again (a service that was just restarted may be answering 503 for a moment)."""
+    last = None
+
+    async def done():
+        nonlocal last
+        status, last = await http.get("/api/sync/status", user_id=user)
+        return last if status == 200 and last["status"] == "completed" else None
+
+    body = await eventually(done, timeout=timeout, interval=0.5)
+    assert body, f"sync of {user} did not finish in {timeout} s; last answer {last}"
+    return body
+
+
+async def onboard(http: Http, user: str, banks=("vbank", "abank"), *, wait: bool = False) -> dict:
+    """Account and product consents at `banks` (auto-approving ones), then finalize (which queues the
+    first sync); with `wait`, until that sync has finished. The finalize answer."""
+    status, body = await http.post("/api/onboarding/consents", {"user_id": user, "banks": [
+        {"bank_id": b, "consents": {"account": True, "product": True}} for b in banks]})
+    assert status == 200 and body["overall_status"] == "completed", body
+    status, body = await http.post("/api/onboarding/finalize", {"onboarding_id": user, "user_id": user})
+    assert status == 200, body
+    if wait:
+        await wait_synced(http, user)
+    return body

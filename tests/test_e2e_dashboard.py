@@ -4,19 +4,12 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from tests.e2e import Http
-from tests.test_e2e_sync import onboard, wait_synced
+from tests.e2e import onboard, wait_synced
 
 pytestmark = pytest.mark.timeout(240)
 
 SEED_FIELDS = {"sts_today", "loan_summary", "savings_summary", "total_debit_cards_balance", "events_next_30d",
                "health_score", "bank_statuses", "user_mode", "cache_info", "data_freshness"}
-
-
-@pytest.fixture
-async def http(suite):
-    async with aiohttp.ClientSession() as session:
-        yield Http(session, suite.gateway_url)
 
 
 async def test_dashboard_of_a_synced_user_keeps_the_seed_shape_and_caches(http, suite):
@@ -94,12 +87,19 @@ async def test_user_without_data_gets_an_empty_dashboard(http):
 
 
 @pytest.mark.parametrize("params, status", [
-    ({}, 400),
     ({"user_id": "team200-24", "force_refresh": "maybe"}, 400),
+    ({"user_id": "team200-24", "days": "7"}, 400),
 ])
 async def test_dashboard_bad_requests(http, params, status):
     got, body = await http.get("/api/dashboard", **params)
     assert got == status, body
+
+
+async def test_dashboard_user_comes_from_the_token(suite, http):
+    got, body = await http.as_user(suite.token("team200-24")).get("/api/dashboard")
+    assert got == 200 and body["user_id"] == "team200-24", body
+    got, body = await http.as_user(None).get("/api/dashboard", user_id="team200-24")
+    assert got == 401, body
 
 
 @pytest.mark.parametrize("body, field", [

@@ -11,20 +11,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.e2e import Http, customer_signs, eventually, set_faults
+from tests.e2e import customer_signs, eventually, set_faults
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-async def http(suite):
-    async with aiohttp.ClientSession() as session:
-        yield Http(session, suite.gateway_url)
-
-
-@pytest.fixture
-def bank_urls(suite) -> dict[str, str]:
-    return {bank.id: bank.base_url for bank in suite.settings.banks}
 
 
 def _bank(body: dict, bank_id: str) -> dict:

@@ -9,53 +9,15 @@ import json
 import signal
 
 import aiohttp
-import asyncpg
 import pytest
 
 from deploy.launcher import Child, grpc_serving
 from tests.conftest import free_port
-from tests.e2e import Http, eventually, set_faults
+from tests.e2e import Http, eventually, onboard, set_faults, wait_synced
 
 pytestmark = pytest.mark.timeout(300)
 
 AUTO_BANKS = ("vbank", "abank")
-
-
-@pytest.fixture
-async def http(suite):
-    async with aiohttp.ClientSession() as session:
-        yield Http(session, suite.gateway_url)
-
-
-@pytest.fixture
-async def db(suite):
-    conn = await asyncpg.connect(suite.backing.database_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
-def bank_urls(suite) -> dict[str, str]:
-    return {bank.id: bank.base_url for bank in suite.settings.banks}
-
-
-async def onboard(http: Http, user: str, banks=AUTO_BANKS) -> dict:
-    status, body = await http.post("/api/onboarding/consents", {"user_id": user, "banks": [
-        {"bank_id": b, "consents": {"account": True, "product": True}} for b in banks]})
-    assert status == 200 and body["overall_status"] == "completed", body
-    status, body = await http.post("/api/onboarding/finalize", {"onboarding_id": user, "user_id": user})
-    assert status == 200, body
-    return body
-
-
-async def wait_synced(http: Http, user: str, timeout: float = 90) -> dict:
-    async def done():
-        _, body = await http.get("/api/sync/status", user_id=user)
-        return body if body["status"] == "completed" else None
-
-    body = await eventually(done, timeout=timeout, interval=0.5)
-    assert body, f"sync of {user} did not finish in {timeout} s"
-    return body
 
 
 async def emulator_counts(bank_url: str, user: str) -> dict:
@@ -242,7 +204,8 @@ async def test_kill_9_mid_sync_then_restart_completes(suite, http, db, bank_urls
 async def test_two_sync_processes_run_every_job_once(suite, http, db, bank_urls):
     users = [f"team200-{n}" for n in range(16, 20)]
     port = free_port()
-    second = Child("sync-2", suite.children["sync"].argv, {**suite.children["sync"].env, "FINPULSE_GRPC_PORT": str(port)},
+    second = Child("sync-2", suite.children["sync"].argv, {**suite.children["sync"].env, "FINPULSE_GRPC_PORT": str(port),
+                                                           "FINPULSE_SYNC_METRICS_ADDR": f"127.0.0.1:{free_port()}"},
                    suite.children["sync"].log_path.replace("sync.log", "sync-2.log"))
     second.start()
     try:

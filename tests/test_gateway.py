@@ -8,17 +8,24 @@ and plumbing; the real services have their own tests.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import hashlib
+import hmac
+import datetime as dt
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from typing import Any
 
 import grpc
+import jwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from google.api import annotations_pb2
@@ -74,6 +81,12 @@ class Sleep:
 
 
 @dataclasses.dataclass
+class WithTrailers:
+    reply: Any
+    metadata: tuple
+
+
+@dataclasses.dataclass
 class Call:
     method: str
     request: Any
@@ -111,6 +124,9 @@ class Backend:
                     await context.abort(reply.code, reply.message, trailing_metadata=reply.trailing_metadata)
                 if isinstance(reply, Exception):
                     raise reply
+                if isinstance(reply, WithTrailers):
+                    context.set_trailing_metadata(reply.metadata)
+                    reply = reply.reply
                 return reply if reply is not None else reply_cls()
             return handler
 
@@ -158,7 +174,9 @@ async def make_gateway(backends):
 
     async def make(env: dict[str, str] | None = None, **app_kwargs) -> TestClient:
         environ = {f"FINPULSE_{key.upper()}_ADDR": b.addr for key, b in backends.items()}
-        environ.update({"FINPULSE_RPC_TIMEOUT": "5", "FINPULSE_CORS_ORIGINS": "http://localhost:3000"})
+        # Transcoding tests act as a trusted local frontend; tests/test_auth.py covers tokens.
+        environ.update({"FINPULSE_RPC_TIMEOUT": "5", "FINPULSE_CORS_ORIGINS": "http://localhost:3000",
+                        "FINPULSE_AUTH_DEV_TRUST_USER": "1"})
         environ.update(env or {})
         settings = load_settings(environ)
         clients = ServiceClients(settings)
@@ -644,7 +662,8 @@ async def test_main_serves_and_stops_on_sigterm():
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", cwd=ROOT, stderr=asyncio.subprocess.PIPE,
-        env=_run_env(FINPULSE_GATEWAY_HOST="127.0.0.1", FINPULSE_GATEWAY_PORT=str(port)))
+        env=_run_env(FINPULSE_GATEWAY_HOST="127.0.0.1", FINPULSE_GATEWAY_PORT=str(port),
+                     FINPULSE_JWT_SECRET="x" * 32))
     try:
         for _ in range(200):
             try:
@@ -666,3 +685,255 @@ async def test_main_serves_and_stops_on_sigterm():
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# Authentication, isolation at the gateway, per-user rate limit
+
+SECRET = "test-secret-" + "s" * 32
+
+
+def _token(sub: str | None = "team200-1", *, key: Any = SECRET, algorithm: str = "HS256", **claims: Any) -> str:
+    now = dt.datetime.now(dt.timezone.utc)
+    body = {"iss": "finpulse", "aud": "finpulse-api", "iat": now, "exp": now + dt.timedelta(minutes=5)}
+    if sub is not None:
+        body["sub"] = sub
+    body.update(claims)
+    return jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm=algorithm)
+
+
+def _hs256_by_hand(claims: dict, key: bytes) -> str:
+    """An HS256 token built without PyJWT (which refuses a PEM key as an HMAC secret)."""
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    signing_input = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(json.dumps(claims).encode())
+    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(signature)
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def authed(make_gateway):
+    return await make_gateway({"FINPULSE_AUTH_DEV_TRUST_USER": "0", "FINPULSE_JWT_SECRET": SECRET})
+
+
+async def _assert_401(resp, fragment: str) -> None:
+    assert resp.status == 401, await resp.text()
+    assert resp.headers["WWW-Authenticate"].startswith('Bearer realm="finpulse"')
+    body = await resp.json()
+    assert body["error"] == "UNAUTHENTICATED" and fragment in body["message"], body
+
+
+@pytest.mark.parametrize("headers, fragment", [
+    ({}, "token is required"),
+    ({"Authorization": "Basic dXNlcjpwYXNz"}, "must be 'Bearer <token>'"),
+    ({"Authorization": "Bearer"}, "must be 'Bearer <token>'"),
+    ({"Authorization": "Bearer not.a.jwt"}, "malformed"),
+    (_bearer(_token(key="another-secret-" + "x" * 32)), "signature is not valid"),
+    (_bearer(_token(exp=dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5))), "expired"),
+    (_bearer(_token(aud="someone-else")), "audience"),
+    (_bearer(_token(iss="evil")), "issuer"),
+    (_bearer(_token(sub=None)), "'sub'"),
+    (_bearer(_token(exp=None)), "'exp'"),
+    (_bearer(_token(algorithm="none", key=None)), "HS256"),
+], ids=["missing", "basic", "empty", "malformed", "bad-signature", "expired", "audience", "issuer", "no-sub",
+        "no-exp", "alg-none"])
+async def test_bad_or_missing_token_is_401_and_reaches_no_service(authed, backends, headers, fragment):
+    await _assert_401(await authed.get("/api/dashboard", headers=headers), fragment)
+    await _assert_401(await authed.post("/api/onboarding/start", json={"user_id": "team200-1"}, headers=headers),
+                      fragment)
+    assert all_calls(backends) == []
+
+
+async def test_token_user_fills_user_id_and_travels_as_metadata(authed, backends):
+    resp = await authed.get("/api/dashboard", headers=_bearer(_token("team200-7")))
+    assert resp.status == 200, await resp.text()
+    [call] = backends["dashboard"].calls
+    assert call.request.user_id == "team200-7" and call.metadata["x-user-id"] == "team200-7"
+    resp = await authed.get("/api/dashboard?user_id=team200-7", headers=_bearer(_token("team200-7")))
+    assert resp.status == 200
+
+
+async def test_naming_another_user_is_403_and_reaches_no_service(authed, backends):
+    token = _bearer(_token("team200-1"))
+    for method, path, body in [("GET", "/api/dashboard?user_id=team200-2", None),
+                               ("GET", "/api/users/team200-2/profile", None),
+                               ("PUT", "/api/users/team200-2/financial-inputs", {"salary_amount": "1.00"}),
+                               ("POST", "/api/onboarding/start", {"user_id": "team200-2"}),
+                               ("GET", "/api/sync/events?user_id=team200-2", None)]:
+        resp = await authed.request(method, path, json=body, headers=token)
+        assert resp.status == 403, (path, await resp.text())
+        assert (await resp.json())["error"] == "PERMISSION_DENIED"
+    assert all_calls(backends) == []
+
+
+async def test_rs256_public_key(make_gateway, backends):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    gw = await make_gateway({"FINPULSE_AUTH_DEV_TRUST_USER": "0", "FINPULSE_JWT_PUBLIC_KEY": public_pem})
+    resp = await gw.get("/api/dashboard", headers=_bearer(_token("team200-3", key=private, algorithm="RS256")))
+    assert resp.status == 200, await resp.text()
+    assert backends["dashboard"].calls[-1].request.user_id == "team200-3"
+    # Algorithm confusion: an HS256 token "signed" with the public key as its secret is refused.
+    forged = _bearer(_hs256_by_hand({"sub": "team200-3", "iss": "finpulse", "aud": "finpulse-api",
+                                     "exp": int(time.time()) + 300}, public_pem.encode()))
+    await _assert_401(await gw.get("/api/dashboard", headers=forged), "RS256")
+    await _assert_401(await gw.get("/api/dashboard", headers=_bearer(_token("team200-3"))), "RS256")
+
+
+async def test_dev_switch_trusts_header_less_requests_only(make_gateway, backends):
+    gw = await make_gateway({"FINPULSE_AUTH_DEV_TRUST_USER": "1", "FINPULSE_JWT_SECRET": SECRET})
+    resp = await gw.get("/api/dashboard?user_id=team200-4")
+    assert resp.status == 200
+    assert backends["dashboard"].calls[-1].metadata["x-user-id"] == "team200-4"
+    await _assert_401(await gw.get("/api/dashboard?user_id=team200-4",
+                                   headers=_bearer(_token(key="wrong-secret-" + "w" * 32))), "signature")
+    resp = await gw.get("/api/dashboard?user_id=team200-5", headers=_bearer(_token("team200-4")))
+    assert resp.status == 403, "a token, when sent, still decides the user"
+
+
+@pytest.mark.parametrize("environ, fragment", [
+    ({}, "FINPULSE_JWT_SECRET or FINPULSE_JWT_PUBLIC_KEY"),
+    ({"FINPULSE_JWT_SECRET": "short"}, "at least 32 characters"),
+    ({"FINPULSE_JWT_PUBLIC_KEY": "not a pem"}, "PEM public key"),
+    ({"FINPULSE_ENV": "production", "FINPULSE_AUTH_DEV_TRUST_USER": "1"}, "refused when FINPULSE_ENV=production"),
+])
+def test_auth_configuration_errors(environ, fragment):
+    from gateway.auth import Authenticator
+    from svclib.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        Authenticator(load_settings(environ))
+
+
+async def test_per_user_rate_limit_is_shared_through_redis(make_gateway, backends, redis_url):
+    env = {"FINPULSE_AUTH_DEV_TRUST_USER": "0", "FINPULSE_JWT_SECRET": SECRET, "FINPULSE_REDIS_URL": redis_url,
+           "FINPULSE_REDIS_PREFIX": f"finpulse-test-{os.getpid()}-{id(backends)}:",
+           "FINPULSE_USER_RATE_LIMIT": "0.2", "FINPULSE_USER_RATE_BURST": "2"}
+    first, second = await make_gateway(env), await make_gateway(env)  # two replicas, one Redis
+    alice, bob = _bearer(_token("team200-8")), _bearer(_token("team200-9"))
+    assert (await first.get("/api/dashboard", headers=alice)).status == 200
+    assert (await second.get("/api/dashboard", headers=alice)).status == 200
+    refused = await first.get("/api/dashboard", headers=alice)
+    assert refused.status == 429
+    assert 1 <= int(refused.headers["Retry-After"]) <= 5
+    assert (await refused.json())["error"] == "RESOURCE_EXHAUSTED"
+    assert (await second.get("/api/dashboard", headers=alice)).status == 429, "the other replica shares the budget"
+    assert (await second.get("/api/dashboard", headers=bob)).status == 200, "another user has their own budget"
+    assert len(backends["dashboard"].calls) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Response cache: replies a service marks reusable, dropped on change announcements
+
+
+def test_response_cache_rules(monkeypatch):
+    from gateway.respcache import ResponseCache
+
+    cache = ResponseCache(size=3)
+    future = time.time() + 60
+    assert not cache.put("k", "u1", b"x", future, cache.stamp()), "nothing is kept without a live change feed"
+    cache.feed_state(True)
+    stamp = cache.stamp()
+    assert cache.put("k", "u1", b"x", future, stamp) and cache.get("k") == b"x"
+    cache.changed("u2")
+    assert cache.get("k") == b"x", "another user's change keeps u1's replies"
+    cache.changed("u1")
+    assert cache.get("k") is None, "u1's change drops them"
+    assert not cache.put("k", "u1", b"old", future, stamp), "asked before the change: refused"
+    assert cache.put("k", "u1", b"new", future, cache.stamp())
+    assert not cache.put("p", "u1", b"x", time.time() - 1, cache.stamp()), "already expired"
+    cache.put("e", "u1", b"soon", time.time() + 0.05, cache.stamp())
+    time.sleep(0.06)
+    assert cache.get("e") is None
+    for n in range(5):
+        cache.put(f"n{n}", "u3", b"n", future, cache.stamp())
+    assert len(cache) == 3, "bounded"
+    stamp = cache.stamp()
+    cache.feed_state(False)
+    assert cache.get("n4") is None and len(cache) == 0
+    cache.feed_state(True)
+    assert not cache.put("k", "u1", b"x", future, stamp), "asked before the feed came back: refused"
+
+
+async def _wait_for(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def test_gateway_serves_marked_replies_until_a_change_is_announced(make_gateway, backends, redis_url):
+    from gateway.app import RESPONSES
+    from svclib.cache import CACHE_UNTIL_METADATA, Cache
+
+    prefix = f"finpulse-test-{os.getpid()}-{id(backends)}:"
+    gw = await make_gateway({"FINPULSE_AUTH_DEV_TRUST_USER": "0", "FINPULSE_JWT_SECRET": SECRET,
+                             "FINPULSE_REDIS_URL": redis_url, "FINPULSE_REDIS_PREFIX": prefix})
+    responses = gw.server.app[RESPONSES]
+    await _wait_for(lambda: responses.enabled)
+    until = str(int((time.time() + 60) * 1000))
+    versions = iter(range(1, 100))
+    backends["dashboard"].replies["GetDashboard"] = lambda req: WithTrailers(
+        dashboard_pb2.GetDashboardResponse(user_id=req.user_id, cache_info=dashboard_pb2.CacheInfo(
+            is_cached=True, data_version=next(versions))), ((CACHE_UNTIL_METADATA, until),))
+    alice, bob = _bearer(_token("team200-1")), _bearer(_token("team200-2"))
+
+    first = await (await gw.get("/api/dashboard", headers=alice)).json()
+    again = await (await gw.get("/api/dashboard", headers=alice)).json()
+    assert first == again and first["cache_info"]["data_version"] == "1"
+    assert len(backends["dashboard"].calls) == 1, "the repeat was answered by the gateway"
+    other = await (await gw.get("/api/dashboard", headers=bob)).json()
+    assert other["user_id"] == "team200-2" and len(backends["dashboard"].calls) == 2, "never another user's copy"
+    forced = await gw.get("/api/dashboard?force_refresh=true", headers=alice)
+    assert (await forced.json())["cache_info"]["data_version"] == "3", "another query is another request"
+
+    cache = Cache(redis_url, prefix=prefix)
+    try:
+        await cache.announce_change("team200-1")
+        await _wait_for(lambda: ("/finpulse.dashboard.v1.DashboardService/GetDashboard", "team200-1", "")
+                        not in responses._entries)
+    finally:
+        await cache.close()
+    after = await (await gw.get("/api/dashboard", headers=alice)).json()
+    assert after["cache_info"]["data_version"] == "4" and len(backends["dashboard"].calls) == 4
+    await gw.get("/api/dashboard", headers=bob)
+    assert len(backends["dashboard"].calls) == 4, "bob's copy survived alice's change"
+
+
+async def test_gateway_keeps_nothing_without_a_change_feed(make_gateway, backends):
+    from svclib.cache import CACHE_UNTIL_METADATA
+
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    gw = await make_gateway({"FINPULSE_AUTH_DEV_TRUST_USER": "0", "FINPULSE_JWT_SECRET": SECRET,
+                             "FINPULSE_REDIS_URL": dead_redis})
+    until = str(int((time.time() + 60) * 1000))
+    backends["dashboard"].replies["GetDashboard"] = lambda req: WithTrailers(
+        dashboard_pb2.GetDashboardResponse(user_id=req.user_id), ((CACHE_UNTIL_METADATA, until),))
+    for _ in range(3):
+        resp = await gw.get("/api/dashboard", headers=_bearer(_token("team200-1")))
+        assert resp.status == 200, "Redis down: still answered (rate limit per process)"
+    assert len(backends["dashboard"].calls) == 3, "no change feed: every request reaches the service"
+
+
+def test_verified_tokens_are_remembered_until_they_expire(monkeypatch):
+    from gateway import auth
+
+    monkeypatch.setattr(auth, "LEEWAY", dt.timedelta(0))
+    authenticator = auth.Authenticator(load_settings({"FINPULSE_JWT_SECRET": SECRET}))
+    token = _token("team200-1", exp=int(time.time()) + 2)
+    assert authenticator.verify(token) == "team200-1"
+    real_decode = auth.jwt.decode
+    monkeypatch.setattr(auth.jwt, "decode", lambda *a, **k: pytest.fail("a remembered token is not decoded again"))
+    assert authenticator.verify(token) == "team200-1"
+    monkeypatch.setattr(auth.jwt, "decode", real_decode)
+    time.sleep(max(0.0, int(time.time()) + 2 - time.time()) + 1.05)
+    with pytest.raises(auth.Unauthenticated, match="expired"):
+        authenticator.verify(token)

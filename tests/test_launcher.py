@@ -3,10 +3,12 @@ leaves no process behind."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -67,7 +69,7 @@ def _start(env) -> tuple[subprocess.Popen, str]:
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         lines.append(line)
-        if "FinPulse is up" in line:
+        if "Press Ctrl-C to stop." in line:  # the banner's last line
             return proc, "".join(lines)
         if proc.poll() is not None:
             break
@@ -79,8 +81,15 @@ def test_ctrl_c_stops_every_process(launcher_env):
     proc, banner = _start(launcher_env)
     gateway = f"http://127.0.0.1:{launcher_env['FINPULSE_GATEWAY_PORT']}"
     assert gateway in banner
-    with urllib.request.urlopen(f"{gateway}/api/banks", timeout=10) as resp:
-        assert resp.status == 200
+    token = re.search(r"Authorization: Bearer ([\w.-]+)", banner).group(1)
+    request = urllib.request.Request(f"{gateway}/api/banks", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.status == 200, "the demo token in the banner is accepted"
+    try:
+        urllib.request.urlopen(f"{gateway}/api/banks", timeout=10)
+        raise AssertionError("a request without a token must be refused")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401
     children = _descendants(proc.pid)
     assert len(children) >= 6, "emulator, four services and the gateway"
     proc.send_signal(signal.SIGINT)

@@ -1,6 +1,7 @@
 """The shared server interceptor: request id, domain errors → codes, no internals leaked."""
 from __future__ import annotations
 
+import asyncpg
 import grpc
 import pytest
 from finpulse.dashboard.v1 import dashboard_pb2 as pb
@@ -18,6 +19,8 @@ class Probe(pb_grpc.DashboardServiceServicer):
             raise RuntimeError("database password is hunter2")
         if request.user_id == "missing":
             raise NotFound("no such user")
+        if request.user_id == "nul":  # what asyncpg raises for text with NUL (shown by the test below)
+            raise asyncpg.exceptions.CharacterNotInRepertoireError("invalid byte sequence for encoding UTF8: 0x00")
         return pb.GetFinancialInputsResponse(user_id=f"{request_id_var.get()}|{user_id_var.get()}")
 
 
@@ -37,12 +40,20 @@ def grpc_stub_cls():
 
 
 async def test_request_id_and_user_come_from_metadata(grpc_stub):
-    reply = await grpc_stub.GetFinancialInputs(pb.GetFinancialInputsRequest(user_id="u"),
+    reply = await grpc_stub.GetFinancialInputs(pb.GetFinancialInputsRequest(user_id="team200-1"),
                                                metadata=(("x-request-id", "req-42"), ("x-user-id", "team200-1")))
     assert reply.user_id == "req-42|team200-1"
     generated = await grpc_stub.GetFinancialInputs(pb.GetFinancialInputsRequest(user_id="u"))
     request_id, _, user = generated.user_id.partition("|")
     assert len(request_id) == 32 and user == "None"
+
+
+async def test_a_call_for_one_user_cannot_name_another(grpc_stub):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await grpc_stub.GetFinancialInputs(pb.GetFinancialInputsRequest(user_id="team200-2"),
+                                           metadata=(("x-user-id", "team200-1"),))
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert caught.value.details() == "user_id does not match the calling user"
 
 
 async def test_domain_error_maps_to_its_code(grpc_stub):
@@ -56,3 +67,24 @@ async def test_unexpected_error_is_internal_without_details(grpc_stub):
         await grpc_stub.GetFinancialInputs(pb.GetFinancialInputsRequest(user_id="boom"))
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert "hunter2" not in err.value.details() and "Traceback" not in err.value.details()
+
+
+async def test_text_postgres_refuses_is_invalid_argument(database_url):
+    """A NUL in text reaching SQL is the caller's bad input (INVALID_ARGUMENT), not an INTERNAL error."""
+    import asyncpg
+
+    from svclib.server import _UNSTORABLE_TEXT
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        with pytest.raises(_UNSTORABLE_TEXT):
+            await conn.fetchval("SELECT $1::text", "a\x00b")
+    finally:
+        await conn.close()
+
+
+async def test_unstorable_text_maps_to_invalid_argument(grpc_stub):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await grpc_stub.GetFinancialInputs(pb.GetFinancialInputsRequest(user_id="nul"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "NUL" in caught.value.details()

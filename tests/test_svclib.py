@@ -127,3 +127,34 @@ async def test_rate_limiter_caps_requests_across_limiters(redis_url):
     assert elapsed >= 0.28, elapsed
     await client.delete(f"finpulse-test:rl:{key}")
     await client.aclose()
+
+
+async def test_admission_leases_slots_in_batches_and_never_exceeds_the_cap(redis_url):
+    """Two replicas admitting one key with leases of 10: 100 concurrent requests at a burst of 40
+    admit exactly 40 (the shared bucket) and cost one Redis call per batch, not per request."""
+    import redis.asyncio as aioredis
+
+    from svclib.ratelimit import RateLimiter
+
+    client = aioredis.from_url(redis_url)
+    key = f"test-{uuid.uuid4().hex[:8]}"
+    replicas = [RateLimiter(client, 0.5, burst=40, prefix="finpulse-test:rl:", lease=10) for _ in range(2)]
+    calls = 0
+    for limiter in replicas:
+        grant = limiter._grant
+
+        async def counted(*args, _grant=grant):
+            nonlocal calls
+            calls += 1
+            return await _grant(*args)
+
+        limiter._grant = counted
+    waits = await asyncio.gather(*(limiter.admit(key) for limiter in replicas for _ in range(50)))
+    admitted = [w for w in waits if w == 0.0]
+    assert len(admitted) == 40, "the burst, shared by both replicas"
+    assert all(0 < w <= 2.0 for w in waits if w), "refusals say when to come back (one slot per 2 s)"
+    assert calls <= 6, f"{calls} Redis calls: 4 batches, one refusal per replica"
+    again = await asyncio.gather(*(limiter.admit(key) for limiter in replicas for _ in range(10)))
+    assert all(again) and calls <= 6, "refusals are remembered until their wait is over"
+    await client.delete(f"finpulse-test:rl:{key}")
+    await client.aclose()

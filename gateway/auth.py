@@ -1,0 +1,213 @@
+"""Authentication and per-user isolation at the gateway.
+
+Every `/api/...` request carries `Authorization: Bearer <JWT>`. The token is verified with PyJWT:
+HS256 with `Settings.jwt_secret` or RS256 with `Settings.jwt_public_key` (exactly one algorithm is
+accepted, so an RS256 public key can never be used as an HS256 secret), with issuer, audience,
+expiry and `sub` required. The user of the request is the token's `sub`.
+
+Isolation is applied to the request message before the call (`bind_user`): its top-level `user_id`
+field is filled with the token's user when the request omits it, and a request naming another user
+is refused with 403. The user also travels as gRPC metadata `x-user-id` (see
+`svclib.clients.ServiceClients`), which the services use to check the owner of resources addressed
+by their own ids (an onboarding session, a consent, a payment): another user's resource is NOT_FOUND.
+
+Missing, malformed, badly signed or expired tokens get 401 with a `WWW-Authenticate: Bearer` header
+(RFC 6750) saying why. For local development only, `FINPULSE_AUTH_DEV_TRUST_USER=1` lets a request
+without an `Authorization` header act as the user it names (the seed frontend sends none); a token
+that is sent is still verified.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import secrets
+import time
+from typing import Any
+
+import grpc
+import jwt
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from gateway.errors import ApiError
+from svclib.config import ConfigError, Settings
+from svclib.ratelimit import RateLimiter
+
+#: Clock skew tolerated on `exp`, `nbf` and `iat`.
+LEEWAY = dt.timedelta(seconds=30)
+#: Longest accepted user id (the services' own limit on `user_id`).
+MAX_USER_ID = 128
+REALM = "finpulse"
+#: Verified tokens remembered by one gateway process.
+VERIFIED_KEPT = 10_000
+
+
+class Unauthenticated(ApiError):
+    """401 with the RFC 6750 challenge."""
+
+    def __init__(self, message: str, error: str | None = "invalid_token"):
+        challenge = f'Bearer realm="{REALM}"'
+        if error:
+            description = message.replace('"', "'")
+            challenge += f', error="{error}", error_description="{description}"'
+        super().__init__(grpc.StatusCode.UNAUTHENTICATED, message, headers={"WWW-Authenticate": challenge})
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """Who a request acts for. `user_id` is None only in development mode without a token."""
+
+    user_id: str | None
+    authenticated: bool
+
+
+class Authenticator:
+    """Verifies bearer tokens against the configured key."""
+
+    def __init__(self, settings: Settings):
+        if settings.jwt_secret and settings.jwt_public_key:
+            raise ConfigError(["FINPULSE_JWT_SECRET and FINPULSE_JWT_PUBLIC_KEY: set one of them, not both"])
+        if settings.jwt_public_key:
+            self.algorithm, self.key = "RS256", settings.jwt_public_key
+        elif settings.jwt_secret:
+            self.algorithm, self.key = "HS256", settings.jwt_secret
+        elif settings.auth_dev_trust_user:
+            self.algorithm, self.key = None, None  # tokens cannot be verified: only header-less requests pass
+        else:
+            raise ConfigError(["FINPULSE_JWT_SECRET or FINPULSE_JWT_PUBLIC_KEY: the gateway needs a key to verify "
+                               "bearer tokens (or FINPULSE_AUTH_DEV_TRUST_USER=1 for local development)"])
+        self.issuer = settings.jwt_issuer
+        self.audience = settings.jwt_audience
+        self.dev_trust_user = settings.auth_dev_trust_user
+        # token or whole Authorization header -> (principal, valid until: exp + leeway), oldest first
+        self._verified: dict[str, tuple[Principal, float]] = {}
+
+    def principal(self, request: web.Request) -> Principal:
+        """The principal of `request`, or Unauthenticated."""
+        header = request.headers.get("Authorization")
+        if header is None:
+            if self.dev_trust_user:
+                return Principal(None, authenticated=False)
+            raise Unauthenticated("an Authorization: Bearer token is required", error=None)
+        known = self._verified.get(header)
+        if known is not None and time.time() < known[1]:
+            return known[0]
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("the Authorization header must be 'Bearer <token>'", error="invalid_request")
+        principal = Principal(self.verify(token.strip()), authenticated=True)
+        self._remember(header, principal, self._verified[token.strip()][1])
+        return principal
+
+    def verify(self, token: str) -> str:
+        """The user id (`sub`) of a valid token.
+
+        A token that verified is remembered until its expiry (bounded LRU, also keyed by the whole
+        header): a client sends the same token many times, and its signature and claims cannot change.
+        """
+        known = self._verified.get(token)
+        if known is not None and time.time() < known[1]:
+            return known[0].user_id
+        self._verified.pop(token, None)
+        subject, expires = self._verify(token)
+        self._remember(token, Principal(subject, authenticated=True), expires + LEEWAY.total_seconds())
+        return subject
+
+    def _remember(self, key: str, principal: Principal, valid_until: float) -> None:
+        self._verified[key] = (principal, valid_until)
+        if len(self._verified) > VERIFIED_KEPT:
+            self._verified.pop(next(iter(self._verified)))
+
+    def _verify(self, token: str) -> tuple[str, float]:
+        if self.key is None:
+            raise Unauthenticated("this gateway has no token key configured")
+        try:
+            claims = jwt.decode(token, self.key, algorithms=[self.algorithm], audience=self.audience,
+                                issuer=self.issuer, leeway=LEEWAY,
+                                options={"require": ["exp", "sub", "iss", "aud"]})
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the token has expired") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthenticated("the token's signature is not valid") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthenticated(f"the token is not for this audience ({self.audience})") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthenticated(f"the token is not from the expected issuer ({self.issuer})") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthenticated(f"the token has no '{exc.claim}' claim") from None
+        except jwt.InvalidAlgorithmError:
+            raise Unauthenticated(f"the token must be signed with {self.algorithm}") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthenticated("the token is not valid yet") from None
+        except jwt.InvalidTokenError:
+            raise Unauthenticated("the token is malformed") from None
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject.strip() or len(subject) > MAX_USER_ID:
+            raise Unauthenticated("the token's 'sub' is not a valid user id")
+        return subject, float(claims["exp"])
+
+
+class Gatekeeper:
+    """What every routed request passes first: authentication, then the per-user rate limit.
+
+    The limit (`Settings.user_rate_limit` per second, `user_rate_burst` at once) is a GCRA bucket per
+    user in Redis, shared by every gateway replica; over it the answer is 429 with `Retry-After`.
+    Development-mode requests without a token are limited per client address. When Redis is down
+    each replica applies the limit on its own.
+    """
+
+    def __init__(self, settings: Settings, redis: aioredis.Redis | None):
+        self.authenticator = Authenticator(settings)
+        # Slots are leased in batches (one Redis call per batch): a quarter of the burst, at most 50 or
+        # 50 ms worth of the rate, whichever is more.
+        lease = min(settings.user_rate_burst // 4, max(50, int(settings.user_rate_limit * 0.05)))
+        self.limiter = RateLimiter(redis, settings.user_rate_limit, burst=settings.user_rate_burst,
+                                   prefix=settings.redis_prefix + "rl:user:", lease=max(1, lease))
+
+    async def admit(self, request: web.Request) -> Principal:
+        principal = self.authenticator.principal(request)
+        key = principal.user_id if principal.user_id is not None else f"addr:{request.remote}"
+        wait = await self.limiter.admit(key)
+        if wait > 0:
+            retry_after = max(1, math.ceil(wait))
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"too many requests; retry after {retry_after} s", headers={"Retry-After": str(retry_after)})
+        return principal
+
+
+def bind_user(message: Any, principal: Principal) -> str | None:
+    """Apply the principal to the request message; the user the call acts for.
+
+    A message with a top-level `user_id` gets the token's user when it names none, and a request
+    naming another user is refused (403). In development mode without a token, the named user is
+    trusted.
+    """
+    field = message.DESCRIPTOR.fields_by_name.get("user_id")
+    named = getattr(message, "user_id") if field is not None else ""
+    if principal.user_id is None:  # development mode, no token
+        return named or None
+    if field is None:
+        return principal.user_id
+    if not named:
+        setattr(message, "user_id", principal.user_id)
+    elif named != principal.user_id:
+        raise ApiError(grpc.StatusCode.PERMISSION_DENIED,
+                       "this token's user may not act for another user (user_id does not match the token)")
+    return principal.user_id
+
+
+def mint_token(settings: Settings, user_id: str, *, ttl: dt.timedelta = dt.timedelta(hours=12),
+               now: dt.datetime | None = None) -> str:
+    """An HS256 token for `user_id`, signed with the configured secret (local use and tests)."""
+    if not settings.jwt_secret:
+        raise ValueError("minting tokens needs FINPULSE_JWT_SECRET (HS256)")
+    issued = now or dt.datetime.now(dt.timezone.utc)
+    claims = {"sub": user_id, "iss": settings.jwt_issuer, "aud": settings.jwt_audience,
+              "iat": issued, "exp": issued + ttl}
+    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+
+
+def new_secret() -> str:
+    """A fresh HS256 secret (256 bits, URL-safe text)."""
+    return secrets.token_urlsafe(32)
