@@ -137,6 +137,7 @@ def _change_feed(settings: Settings):
 def _handler(route: Route):
     """The generic handler of one unary route."""
     cacheable = route.http_method == "GET"
+    cache_hits = svc_metrics.GATEWAY_RESPONSE_CACHE_HITS.labels(route.path_template)
 
     async def handle(request: web.Request) -> web.Response:
         request[middleware.ROUTE_TEMPLATE] = route.path_template
@@ -146,6 +147,7 @@ def _handler(route: Route):
         if key is not None:
             body = responses.get(key)
             if body is not None:
+                cache_hits.inc()
                 return web.Response(body=body, content_type="application/json")
             stamp = responses.stamp()
         try:

@@ -40,6 +40,10 @@ GATEWAY_LATENCY = Histogram(
     "finpulse_gateway_request_duration_seconds", "Latency of the gateway's HTTP requests, by route template "
     "and method.", ["route", "method"], buckets=LATENCY_BUCKETS)
 
+GATEWAY_RESPONSE_CACHE_HITS = Counter(
+    "finpulse_gateway_response_cache_hits_total", "GET requests the gateway answered from its response cache "
+    "(replies a service marked reusable, e.g. the cached dashboard), by route template.", ["route"])
+
 _gateway_children: dict[tuple[str, str, int], tuple] = {}
 
 

@@ -237,7 +237,8 @@ async def test_sync_events_stream_progress(http, bank_urls):
         try:
             await http.post("/api/onboarding/finalize", {"onboarding_id": user, "user_id": user})
             events = []
-            async with session.get(f"{http.base}/api/sync/events", params={"user_id": user}) as resp:
+            async with session.get(f"{http.base}/api/sync/events", params={"user_id": user},
+                                   headers={"Authorization": f"Bearer {http.tokens(user)}"}) as resp:
                 assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
                 async for raw in resp.content:
                     line = raw.decode().strip()

@@ -886,10 +886,15 @@ async def test_gateway_serves_marked_replies_until_a_change_is_announced(make_ga
             is_cached=True, data_version=next(versions))), ((CACHE_UNTIL_METADATA, until),))
     alice, bob = _bearer(_token("team200-1")), _bearer(_token("team200-2"))
 
+    from prometheus_client import REGISTRY
+    hits_before = REGISTRY.get_sample_value("finpulse_gateway_response_cache_hits_total",
+                                            {"route": "/api/dashboard"}) or 0.0
     first = await (await gw.get("/api/dashboard", headers=alice)).json()
     again = await (await gw.get("/api/dashboard", headers=alice)).json()
     assert first == again and first["cache_info"]["data_version"] == "1"
     assert len(backends["dashboard"].calls) == 1, "the repeat was answered by the gateway"
+    assert REGISTRY.get_sample_value("finpulse_gateway_response_cache_hits_total",
+                                     {"route": "/api/dashboard"}) == hits_before + 1
     other = await (await gw.get("/api/dashboard", headers=bob)).json()
     assert other["user_id"] == "team200-2" and len(backends["dashboard"].calls) == 2, "never another user's copy"
     forced = await gw.get("/api/dashboard?force_refresh=true", headers=alice)

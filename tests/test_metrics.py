@@ -12,9 +12,11 @@ import os
 import uuid
 
 import aiohttp
+import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from finpulse.dashboard.v1 import dashboard_pb2, dashboard_pb2_grpc
 from svclib.cache import Cache
 from tests.e2e import Http, eventually, set_faults, wait_synced
 
@@ -190,14 +192,19 @@ async def test_dashboard_counts_cache_hits_by_level_and_misses(suite, session):
     url = service_url(suite, "dashboard")
     cache = Cache(suite.backing.redis_url, prefix=suite.env["FINPULSE_REDIS_PREFIX"])
 
-    async def step(**query) -> tuple[dict, dict, bool]:
+    # The service's own cache levels, asked directly: through the gateway, repeats of a cached answer
+    # are served from the gateway's response cache and never reach the service (counted below).
+    channel = grpc.aio.insecure_channel(suite.settings.service_addrs["dashboard"])
+    stub = dashboard_pb2_grpc.DashboardServiceStub(channel)
+
+    async def step(force_refresh: bool = False) -> tuple[dict, dict, bool]:
         before = await scrape(session, url)
-        status, body = await http.get("/api/dashboard", user_id=user, **query)
-        assert status == 200, body
+        reply = await stub.GetDashboard(dashboard_pb2.GetDashboardRequest(user_id=user, force_refresh=force_refresh),
+                                        metadata=(("x-user-id", user),))
         after = await scrape(session, url)
         return (moved(before, after, "finpulse_dashboard_cache_hits_total", ("level",)),
                 moved(before, after, "finpulse_dashboard_cache_misses_total", ("reason",)),
-                body["cache_info"]["is_cached"])
+                reply.cache_info.is_cached)
 
     try:
         assert await step() == ({}, {("stale",): 1}, False)
@@ -205,8 +212,18 @@ async def test_dashboard_counts_cache_hits_by_level_and_misses(suite, session):
         await cache.delete(cache.key("dashboard", user))  # Redis lost it: the table still has it
         assert await step() == ({("table",): 1}, {}, True)
         assert await step() == ({("redis",): 1}, {}, True)  # the table's entry went back to Redis
-        assert await step(force_refresh="true") == ({}, {("force_refresh",): 1}, False)
+        assert await step(force_refresh=True) == ({}, {("force_refresh",): 1}, False)
+        # Through the gateway: the first cached answer is kept there, its repeat is a gateway hit.
+        gateway = f"{suite.gateway_url}/metrics"
+        before = await scrape(session, gateway)
+        for _ in range(3):
+            status, body = await http.get("/api/dashboard", user_id=user)
+            assert status == 200 and body["cache_info"]["is_cached"], body
+        after = await scrape(session, gateway)
+        assert moved(before, after, "finpulse_gateway_response_cache_hits_total", ("route",)) == \
+            {("/api/dashboard",): 2}
     finally:
+        await channel.close()
         await cache.close()
 
 
