@@ -16,6 +16,7 @@ from aiohttp import web
 from gateway.app import ROUTES, create_app
 from gateway.auth import Authenticator
 from gateway.routes import Route, RouteError, build_routes
+from svclib import metrics
 from svclib.config import ConfigError, Settings, load_settings
 from svclib.logging import setup_logging
 from svclib.process import die_with_parent
@@ -28,6 +29,7 @@ async def serve(settings: Settings, routes: list[Route] | None = None) -> None:
     app = create_app(settings, routes=routes)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
     await runner.setup()
+    exporter = metrics.start_exporter(settings.gateway_metrics_addr)
     try:
         site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port)
         await site.start()
@@ -41,6 +43,8 @@ async def serve(settings: Settings, routes: list[Route] | None = None) -> None:
         log.info("gateway shutting down")
     finally:
         await runner.cleanup()  # stops listening, waits for in-flight requests, closes the clients
+        if exporter is not None:
+            exporter.close()
 
 
 def main() -> int:

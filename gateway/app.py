@@ -9,7 +9,8 @@ through `ServiceClients`' interceptor. GET replies a service marks reusable are 
 served without the backend call until the service's time or a change announcement
 (`gateway.respcache`).
 
-`GET /metrics`: the gateway's Prometheus metrics (`svclib.metrics`).
+`GET /metrics`: the gateway's Prometheus metrics (`svclib.metrics`), unless they are served on their
+own address (`FINPULSE_GATEWAY_METRICS_ADDR`, so the public port does not show them).
 `GET /openapi.json` and `GET /docs`: the OpenAPI document of these routes and Swagger UI (`gateway.openapi`).
 
 Probes: `GET /healthz` answers while the process is alive; `GET /readyz` asks every backend's
@@ -115,7 +116,8 @@ def create_app(settings: Settings, clients: ServiceClients | None = None, *,
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     openapi.setup(app, app[ROUTES])  # GET /openapi.json (built here, once) and GET /docs
-    app.router.add_get("/metrics", metrics_endpoint)
+    if settings.gateway_metrics_addr is None:  # else served on their own address (gateway.__main__)
+        app.router.add_get("/metrics", metrics_endpoint)
     return app
 
 

@@ -99,6 +99,9 @@ class Settings:
     user_rate_burst: int = 40  # requests a user may send at once above that rate
     # service name -> host:port where that service serves its Prometheus metrics over HTTP (None: off)
     metrics_addrs: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
+    # The gateway's metrics on their own address (not the public port); None: GET /metrics on the
+    # gateway's own port (local use).
+    gateway_metrics_addr: str | None = None
     # service name -> the URL that service connects with (FINPULSE_<SVC>_DATABASE_URL: its own Postgres
     # role, which its migrations create and grant); unset: the service uses `database_url`
     service_database_urls: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -320,6 +323,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         base_currency=r.currency("FINPULSE_BASE_CURRENCY", "RUB"),
         safety_buffer=r.money("FINPULSE_SAFETY_BUFFER", "3000.00"),
         metrics_addrs=metrics_addrs,
+        gateway_metrics_addr=(r.addr("FINPULSE_GATEWAY_METRICS_ADDR", "")
+                              if r.str("FINPULSE_GATEWAY_METRICS_ADDR") is not None else None),
         service_database_urls=service_database_urls,
         jwt_secret=jwt_secret,
         jwt_public_key=jwt_public_key,

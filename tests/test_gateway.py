@@ -24,6 +24,7 @@ import sys
 import time
 from typing import Any
 
+import aiohttp
 import grpc
 import jwt
 import pytest
@@ -942,3 +943,33 @@ def test_verified_tokens_are_remembered_until_they_expire(monkeypatch):
     time.sleep(max(0.0, int(time.time()) + 2 - time.time()) + 1.05)
     with pytest.raises(auth.Unauthenticated, match="expired"):
         authenticator.verify(token)
+
+
+async def test_metrics_on_their_own_address_are_not_on_the_public_port():
+    port, metrics_port = free_port(), free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", cwd=ROOT, stderr=asyncio.subprocess.DEVNULL,
+        env=_run_env(FINPULSE_GATEWAY_HOST="127.0.0.1", FINPULSE_GATEWAY_PORT=str(port),
+                     FINPULSE_GATEWAY_METRICS_ADDR=f"127.0.0.1:{metrics_port}", FINPULSE_JWT_SECRET="x" * 32))
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                        assert resp.status == 200
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            else:
+                pytest.fail("gateway did not start listening")
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                assert resp.status == 404, "not on the public port"
+            async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+                assert resp.status == 200
+                assert 'finpulse_gateway_requests_total{method="GET",route="/healthz",status="200"}' in await resp.text()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
