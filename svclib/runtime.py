@@ -72,6 +72,8 @@ class ServiceSpec:
     migrations: pathlib.Path
     # Registers servicers on the server (GrpcServer.add) and starts background work on the runtime.
     setup: Callable[[Runtime, GrpcServer], Awaitable[None]]
+    # True for the services that call the banks: only they need the team's secret at the banks.
+    calls_banks: bool = False
 
 
 def resolve_backing(settings: Settings, service: str | None = None) -> BackingServices:
@@ -87,8 +89,30 @@ def service_role(settings: Settings, spec: ServiceSpec) -> db.ServiceRole | None
     return db.ServiceRole.from_url(url) if url else None
 
 
+class StartupError(Exception):
+    """The service cannot start (its database stayed unreachable); the message says what to check."""
+
+
+async def _when_reachable(what: str, attempt: Callable[[], Awaitable], wait: float):
+    """`attempt()`, retried with backoff while `what` cannot be reached (a database that starts after
+    us, as in compose or Kubernetes), for up to `wait` seconds (Settings.startup_wait)."""
+    deadline = asyncio.get_running_loop().time() + wait
+    delay = 0.5
+    while True:
+        try:
+            return await attempt()
+        except (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError,
+                asyncpg.TooManyConnectionsError) as exc:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise StartupError(f"{what} is unreachable after {wait:.0f} s: {exc}") from None
+            log.warning(f"{what} is unreachable, retrying", extra={"error": str(exc), "retry_in_s": delay})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 async def open_runtime(settings: Settings, spec: ServiceSpec, database_url: str, redis_url: str) -> Runtime:
-    pool = await db.create_pool(database_url, spec.schema, application_name=f"finpulse-{spec.name}")
+    pool = await _when_reachable("the database", lambda: db.create_pool(
+        database_url, spec.schema, application_name=f"finpulse-{spec.name}"), settings.startup_wait)
     return Runtime(settings=settings, pool=pool, cache=Cache(redis_url, prefix=settings.redis_prefix), clients=ServiceClients(settings))
 
 
@@ -123,7 +147,9 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
     backing = resolve_backing(settings, spec.name)
     try:
         if settings.migrate_on_start:
-            await db.migrate(backing.database_url, spec.schema, spec.migrations, service_role(settings, spec))
+            await _when_reachable("the database", lambda: db.migrate(
+                backing.database_url, spec.schema, spec.migrations, service_role(settings, spec)),
+                settings.startup_wait)
         own_url = settings.service_database_urls.get(spec.name) or backing.database_url
         runtime = await open_runtime(settings, spec, own_url, backing.redis_url)
         server = GrpcServer(spec.name, settings.grpc_host, settings.port_for(spec.name), settings.shutdown_grace)
@@ -187,6 +213,9 @@ def main(spec: ServiceSpec, argv: list[str] | None = None) -> int:
                             "required when FINPULSE_ENV=production")
         elif args.command == "migrate" and not settings.is_local and settings.database_url is None:
             problems.append("FINPULSE_DATABASE_URL: migrate needs it (a role that may create schemas and roles)")
+        if args.command == "serve" and spec.calls_banks and not settings.team.client_secret:
+            problems.append(f"FINPULSE_TEAM_SECRET: {spec.name}_svc calls the banks and needs it "
+                            "when FINPULSE_ENV=production")
         if problems:
             raise ConfigError(problems)
     except ConfigError as exc:
@@ -196,5 +225,10 @@ def main(spec: ServiceSpec, argv: list[str] | None = None) -> int:
     if args.command == "wait-migrations":
         return asyncio.run(wait_for_migrations(spec, settings, args.timeout))
     runner = serve if args.command == "serve" else run_migrations
-    asyncio.run(runner(spec, settings))
+    try:
+        asyncio.run(runner(spec, settings))
+    except StartupError as exc:
+        log.error("cannot start", extra={"reason": str(exc)})
+        print(f"{spec.name}_svc: {exc}", file=sys.stderr)
+        return 1
     return 0

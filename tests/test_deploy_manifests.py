@@ -241,7 +241,25 @@ def test_services_probe_their_grpc_health_and_outlast_their_shutdown_grace(overl
         # It waits for its schema: the init container of the same image, with the service's own role.
         (init,) = spec["initContainers"]
         assert command_of(init)[:4] == ["python", "-m", f"{svc}_svc", "wait-migrations"]
-        assert init["envFrom"] == container["envFrom"]
+        assert init["envFrom"] == [ref for ref in container["envFrom"] if not _is_bank_credentials(ref)]
+
+
+def _is_bank_credentials(env_from: dict) -> bool:
+    return env_from.get("secretRef", {}).get("name", "").startswith("finpulse-bank-credentials")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_services_that_call_banks_get_the_bank_secret(overlay):
+    """Least privilege: the team's secret at the banks reaches consent_svc and sync_svc (and, in dev,
+    the emulator that checks it), never the gateway, the other services, init containers or migrations."""
+    holders = set()
+    for name, (_, template) in pod_templates(overlay).items():
+        pod = template["spec"]
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            if any(_is_bank_credentials(ref) for ref in container.get("envFrom", [])):
+                holders.add((name, container["name"]))
+    expected = {("finpulse-consent", "consent"), ("finpulse-sync", "sync")}
+    assert holders - {h for h in holders if h[0].endswith("bank-sandbox")} == expected
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
+import subprocess
+import sys
 import uuid
 
 import asyncpg
@@ -30,9 +33,28 @@ def test_config_names_every_bad_value():
                        "FINPULSE_BANK_VBANK_APPROVAL": "sometimes", "FINPULSE_SYNC_ADDR": "nowhere",
                        "FINPULSE_SHUTDOWN_GRACE": "-1"})
     text = str(err.value)
-    for name in ("FINPULSE_GATEWAY_PORT", "FINPULSE_DATABASE_URL", "FINPULSE_REDIS_URL", "FINPULSE_TEAM_SECRET",
+    for name in ("FINPULSE_GATEWAY_PORT", "FINPULSE_DATABASE_URL", "FINPULSE_REDIS_URL",
                  "'Bad Bank'", "FINPULSE_BANK_VBANK_APPROVAL", "FINPULSE_SYNC_ADDR", "FINPULSE_SHUTDOWN_GRACE"):
         assert name in text, name
+
+
+@pytest.mark.parametrize("service, needs_secret", [("sync", True), ("consent", True), ("dashboard", False)])
+def test_only_services_calling_banks_need_the_team_secret(service, needs_secret):
+    """In production the team's secret at the banks is required by consent_svc and sync_svc only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
+    # A port nothing listens on: a service that starts fails later, on its database, not on its config.
+    env.update(FINPULSE_ENV="production", FINPULSE_DATABASE_URL="postgresql://nobody@127.0.0.1:1/x",
+               FINPULSE_REDIS_URL="redis://127.0.0.1:1/0", FINPULSE_GRPC_PORT="1", FINPULSE_STARTUP_WAIT="1")
+    proc = subprocess.run([sys.executable, "-m", f"{service}_svc", "serve"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    named = "FINPULSE_TEAM_SECRET" in proc.stderr
+    assert named == needs_secret, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    if needs_secret:
+        assert proc.returncode == 2
+    else:  # it started, waited for its database, then gave up clearly
+        assert proc.returncode == 1
+        assert f"{service}_svc: the database is unreachable after 1 s" in proc.stderr
 
 
 def test_real_bank_urls_are_configuration_only():
