@@ -148,7 +148,9 @@ class SyncPaymentData:
                 for r in reply.loan_repayments]
 
     async def start_sync(self, user_id: str, bank_ids: list[str], reason: str) -> None:
-        await self.clients.sync.StartSync(sync_pb2.StartSyncRequest(user_id=user_id, bank_ids=bank_ids, reason=reason))
+        """After a payment: a sync of those banks, run again after one already running (after_change)."""
+        await self.clients.sync.StartSync(sync_pb2.StartSyncRequest(user_id=user_id, bank_ids=bank_ids, reason=reason,
+                                                                    after_change=True))
 
 
 class ConsentServicer(pb_grpc.ConsentServiceServicer):

@@ -136,7 +136,8 @@ class SyncService:
 
     # ------------------------------------------------------------------------------------ jobs
 
-    async def start_sync(self, user_id: str, bank_ids: list[str], reason: str, force: bool = False) -> list[JobRef]:
+    async def start_sync(self, user_id: str, bank_ids: list[str], reason: str, force: bool = False,
+                         after_change: bool = False) -> list[JobRef]:
         user_id = require(user_id, "user_id")
         if len(set(bank_ids)) != len(bank_ids):
             raise InvalidArgument("bank_ids: a bank is named twice", "bank_ids")
@@ -151,7 +152,7 @@ class SyncService:
         if not targets:
             raise InvalidArgument("the user has no connected bank: approve an account consent first", "user_id")
         request_id = current_request_id()
-        jobs = [await self.jobs.enqueue(user_id, bank_id, reason or "refresh", force, request_id)
+        jobs = [await self.jobs.enqueue(user_id, bank_id, reason or "refresh", force, request_id, after_change)
                 for bank_id in targets]
         log.info("sync requested", extra={"banks": targets, "joined": [j.bank_id for j in jobs if j.joined]})
         return jobs

@@ -140,7 +140,8 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
         return response
 
     async def StartSync(self, request, context):
-        jobs = await self.service.start_sync(request.user_id, list(request.bank_ids), request.reason, request.force)
+        jobs = await self.service.start_sync(request.user_id, list(request.bank_ids), request.reason, request.force,
+                                             request.after_change)
         response = pb.StartSyncResponse(user_id=request.user_id, status="queued", sync_id=jobs[0].job_id)
         for job in jobs:
             ref = response.jobs.add(bank_id=job.bank_id, job_id=job.job_id, state=_JOB_STATES[job.state],

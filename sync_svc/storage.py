@@ -58,9 +58,11 @@ class JobStorage:
         self.pool = pool
 
     async def enqueue(self, user_id: str, bank_id: str, reason: str, force: bool = False,
-                      request_id: str | None = None) -> JobRef:
+                      request_id: str | None = None, after_change: bool = False) -> JobRef:
         """Queue a job for (user, bank), or join the one already queued or running (which keeps the
-        request id it was queued with)."""
+        request id it was queued with). With `after_change` (the caller just changed data at the
+        bank), a running job that is joined may have read before the change: it is marked to run again
+        once it finishes."""
         async with self.pool.acquire() as conn:
             for _ in range(3):  # a concurrent insert can win the race between our two statements
                 row = await conn.fetchrow(
@@ -78,6 +80,9 @@ class JobStorage:
                     WHERE user_id = $1 AND bank_id = $2 AND state IN ('queued', 'running')
                     """, user_id, bank_id)
                 if row is not None:
+                    if after_change and row["state"] == "running":
+                        await conn.execute("UPDATE sync_jobs SET rerun = true WHERE job_id = $1 AND state = 'running'",
+                                           row["job_id"])
                     return JobRef(str(row["job_id"]), row["bank_id"], row["state"], row["created_at"], True)
         raise RuntimeError(f"could not enqueue a sync job for {user_id}/{bank_id}")
 
@@ -86,7 +91,7 @@ class JobStorage:
         died). The claim counts as an attempt."""
         return _job(await self.pool.fetchrow(
             f"""
-            UPDATE sync_jobs SET state = 'running', worker_id = $1, attempts = attempts + 1,
+            UPDATE sync_jobs SET state = 'running', worker_id = $1, attempts = attempts + 1, rerun = false,
                    lease_until = now() + make_interval(secs => $2), started_at = COALESCE(started_at, now()),
                    updated_at = now()
             WHERE job_id = (
@@ -108,19 +113,33 @@ class JobStorage:
         return status.endswith(" 1")
 
     async def finish(self, job_id: str, worker_id: str, state: str, progress: dict, error: str | None = None) -> bool:
-        status = await self.pool.execute(
-            """
-            UPDATE sync_jobs SET state = $3, progress = $4::jsonb, last_error = $5, lease_until = NULL,
-                   finished_at = now(), updated_at = now()
-            WHERE job_id = $1 AND worker_id = $2 AND state = 'running'
-            """, job_id, worker_id, state, json.dumps(progress), error)
-        return status.endswith(" 1")
+        """Record the job's end; a job marked to run again (see `enqueue`) queues its successor in the
+        same transaction. False when the job is no longer ours."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            done = await conn.fetchrow(
+                """
+                UPDATE sync_jobs SET state = $3, progress = $4::jsonb, last_error = $5, lease_until = NULL,
+                       finished_at = now(), updated_at = now()
+                WHERE job_id = $1 AND worker_id = $2 AND state = 'running'
+                RETURNING user_id, bank_id, force, request_id, rerun
+                """, job_id, worker_id, state, json.dumps(progress), error)
+            if done is None:
+                return False
+            if done["rerun"]:
+                await conn.execute(
+                    """
+                    INSERT INTO sync_jobs (user_id, bank_id, reason, force, request_id)
+                    VALUES ($1, $2, 'after_change', $3, $4)
+                    ON CONFLICT (user_id, bank_id) WHERE state IN ('queued', 'running') DO NOTHING
+                    """, done["user_id"], done["bank_id"], done["force"], done["request_id"])
+                await conn.execute("NOTIFY sync_jobs")
+            return True
 
     async def retry_later(self, job_id: str, worker_id: str, delay_seconds: float, error: str) -> bool:
         status = await self.pool.execute(
             """
             UPDATE sync_jobs SET state = 'queued', run_after = now() + make_interval(secs => $3),
-                   last_error = $4, lease_until = NULL, worker_id = NULL, updated_at = now()
+                   last_error = $4, lease_until = NULL, worker_id = NULL, rerun = false, updated_at = now()
             WHERE job_id = $1 AND worker_id = $2 AND state = 'running'
             """, job_id, worker_id, delay_seconds, error)
         return status.endswith(" 1")

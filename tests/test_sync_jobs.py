@@ -149,3 +149,54 @@ def test_read_cache_round_trips_stored_rows_exactly():
                             "40817810000000000001", "Ivan", now, now)
     assert _rebuild(StoredCredit, [_dump(credit)]) == [credit]
     assert _rebuild(StoredAccount, [_dump(account)]) == [account]
+
+
+async def test_a_change_at_the_bank_during_a_running_sync_queues_another_after_it(grpc_stub, pool):
+    """A payment completes while a sync of its bank runs (and may have read the balances before it):
+    StartSync(after_change) joins the running job and its end queues a successor; a plain join, or
+    a join of a job that has not started yet, does not."""
+    jobs = JobStorage(pool)
+    user = f"connected-{uuid.uuid4().hex[:6]}"
+
+    async def start(after_change: bool) -> pb.StartSyncResponse:
+        return await grpc_stub.StartSync(pb.StartSyncRequest(user_id=user, bank_ids=["vbank"], reason="payment",
+                                                             after_change=after_change))
+
+    async def jobs_of_user() -> list:
+        return await pool.fetch("SELECT job_id, state, reason FROM sync.sync_jobs WHERE user_id = $1 "
+                                "ORDER BY created_at", user)
+
+    await start(False)
+    queued = await start(True)  # joins a job that has not run yet: it will read after the change
+    assert queued.jobs[0].joined
+    claimed = await _claim_for(jobs, user)
+    assert not await pool.fetchval("SELECT rerun FROM sync.sync_jobs WHERE job_id = $1", claimed.job_id)
+    assert (await start(False)).jobs[0].joined  # a plain refresh joins and changes nothing
+    assert await jobs.finish(claimed.job_id, claimed.worker_id, "succeeded", {})
+    assert [r["state"] for r in await jobs_of_user()] == ["succeeded"]
+
+    await start(False)
+    running = await _claim_for(jobs, user)
+    assert (await start(True)).jobs[0].joined
+    assert await jobs.finish(running.job_id, running.worker_id, "succeeded", {})
+    rows = await jobs_of_user()
+    assert [(r["state"], r["reason"]) for r in rows] == [
+        ("succeeded", "payment"), ("succeeded", "payment"), ("queued", "after_change")]
+
+    # Sent back to the queue to retry, the job reads everything again: no successor needed.
+    successor = await _claim_for(jobs, user)
+    assert (await start(True)).jobs[0].joined
+    assert await jobs.retry_later(successor.job_id, successor.worker_id, 0, "bank down")
+    again = await _claim_for(jobs, user)
+    assert await jobs.finish(again.job_id, again.worker_id, "succeeded", {})
+    assert [r["state"] for r in await jobs_of_user()] == ["succeeded"] * 3
+
+
+async def _claim_for(jobs: JobStorage, user: str):
+    """Claim jobs until this user's is taken (other tests' jobs may be queued in the same schema)."""
+    for _ in range(50):
+        job = await jobs.claim(f"worker-{uuid.uuid4().hex[:6]}", 30)
+        assert job is not None, "the user's job was not claimable"
+        if job.user_id == user:
+            return job
+    raise AssertionError("too many foreign jobs")
