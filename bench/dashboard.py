@@ -19,17 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
-import re
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
 
 import aiohttp
 
-from bench._common import customer_with_accounts, free_port, scratch_database, top_up
+from bench._common import bare_server, customer_with_accounts, http_load, http_tool, scratch_database, suite_env, top_up
 from deploy.launcher import Suite
 from svclib import db
 from svclib.config import KNOWN_BANKS, load_settings
@@ -39,42 +34,14 @@ from sync_svc.bank_storage import BankDataStorage
 
 BANKS = tuple(KNOWN_BANKS)
 
-_BARE_SERVER = """
-import sys
-from aiohttp import web
-body = open(sys.argv[1], "rb").read()
-async def handle(request):
-    return web.Response(body=body, content_type="application/json")
-app = web.Application()
-app.router.add_get("/api/dashboard", handle)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), print=None, access_log=None)
-"""
+def _rate(load: tuple[int, float]) -> float:
+    requests, seconds = load
+    return requests / seconds
 
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-async def _load(url: str, seconds: float, connections: int, headers: dict[str, str]) -> float:
-    """Requests per second from wrk, or from an aiohttp loop when wrk is not installed."""
-    if shutil.which("wrk"):
-        header_args = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
-        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", *header_args, url],
-                             capture_output=True, text=True, check=True).stdout
-        return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    done = 0
-    deadline = time.perf_counter() + seconds
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections), headers=headers) as session:
-        async def worker():
-            nonlocal done
-            while time.perf_counter() < deadline:
-                async with session.get(url) as resp:
-                    await resp.read()
-                    done += 1
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(connections)))
-        return done / (time.perf_counter() - started)
 
 
 async def _prepare_user(session, suite: Suite, per_account: int) -> str:
@@ -127,20 +94,11 @@ async def run(per_account: int, seconds: float, connections: int, samples: int) 
 
 async def _run(backing: BackingServices, per_account: int, seconds: float, connections: int, samples: int) -> None:
     log_dir = tempfile.mkdtemp(prefix="fpd-logs-")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
-    env.update(FINPULSE_ENV="local", FINPULSE_GRPC_HOST="127.0.0.1", FINPULSE_GATEWAY_HOST="127.0.0.1",
-               FINPULSE_GATEWAY_PORT=str(free_port()), FINPULSE_DATA_DIR=log_dir, FINPULSE_LOG_LEVEL="WARNING",
-               FINPULSE_BANK_RATE_LIMIT="99", FINPULSE_RPC_TIMEOUT="60",
-               FINPULSE_REDIS_PREFIX=f"finpulse-bench-{free_port()}:",
-               # The load comes from one user: its request cap must not be what is measured.
-               FINPULSE_USER_RATE_LIMIT="100000", FINPULSE_USER_RATE_BURST="100000")
-    for service in ("onboarding", "consent", "sync", "dashboard"):
-        env[f"FINPULSE_{service.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
-    for bank in BANKS:
-        env[f"FINPULSE_BANK_{bank.upper()}_URL"] = f"http://127.0.0.1:{free_port()}"
+    # The load comes from one user: its request cap must not be what is measured.
+    env = suite_env(log_dir, FINPULSE_BANK_RATE_LIMIT="99", FINPULSE_RPC_TIMEOUT="60",
+                    FINPULSE_USER_RATE_LIMIT="100000", FINPULSE_USER_RATE_BURST="100000")
     suite = Suite(load_settings(env), backing, base_env=env, log_dir=log_dir,
                   emulator_args=["--customers", "60", "--approval", ",".join(f"{b}=auto" for b in BANKS)])
-    bare = None
     try:
         await suite.migrate()
         suite.start()
@@ -161,16 +119,12 @@ async def _run(backing: BackingServices, per_account: int, seconds: float, conne
                 assert (await resp.json())["cache_info"]["is_cached"], "the dashboard should be cached now"
         sql = await _sql_alone(backing.database_url, user, samples)
 
-        body_file = os.path.join(log_dir, "body.json")
-        with open(body_file, "wb") as f:
-            f.write(body)
-        bare_port = free_port()
-        bare = subprocess.Popen([sys.executable, "-c", _BARE_SERVER, body_file, str(bare_port)])
-        await asyncio.sleep(1.0)
-        gateway_rps = await _load(url, seconds, connections, auth)
-        bare_rps = await _load(f"http://127.0.0.1:{bare_port}/api/dashboard?user_id={user}", seconds, connections, auth)
+        token = suite.token(user)
+        with bare_server(body, "/api/dashboard", log_dir) as (bare_url, _):
+            gateway_rps = _rate(http_load(url, seconds, connections, token))
+            bare_rps = _rate(http_load(f"{bare_url}/api/dashboard?user_id={user}", seconds, connections, token))
 
-        tool = "wrk -t1" if shutil.which("wrk") else "aiohttp loop"
+        tool = http_tool()
         p50, p99 = _percentile(latencies, 0.5), _percentile(latencies, 0.99)
         s50, s99 = _percentile(sql, 0.5), _percentile(sql, 0.99)
         print(f"dashboard: user with {len(BANKS)} banks x 4 accounts x {per_account} transactions "
@@ -183,9 +137,6 @@ async def _run(backing: BackingServices, per_account: int, seconds: float, conne
         print(f"  SQL aggregates alone:                     p50 {s50 * 1000:.1f} ms, p99 {s99 * 1000:.1f} ms")
         print(f"  ratio uncached / SQL alone: p50 {p50 / s50:.2f}, p99 {p99 / s99:.2f}")
     finally:
-        if bare is not None:
-            bare.terminate()
-            bare.wait(5)
         suite.stop()
 
 

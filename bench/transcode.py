@@ -32,48 +32,24 @@ import argparse
 import asyncio
 import dataclasses
 import os
-import re
-import shutil
 import subprocess
 import sys
 import tempfile
 
 import aiohttp
 
-from bench._common import free_port, scratch_database
+from bench._common import bare_server, http_load, http_tool, scratch_database, suite_env
 from deploy.launcher import Suite
-from svclib.config import KNOWN_BANKS, load_settings
+from svclib.config import load_settings
 from svclib.embedded import BackingServices
 
 PATH = "/api/banks"
 USER = "bench-transcode-user"
 
-_BARE_SERVER = """
-import sys
-from aiohttp import web
-body = open(sys.argv[1], "rb").read()
-async def handle(request):
-    return web.Response(body=body, content_type="application/json")
-app = web.Application()
-app.router.add_get(sys.argv[3], handle)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), print=None, access_log=None)
-"""
-
-# argv: kind (http|grpc), target (URL | host:port), seconds, connections, user ("" for none), token ("" for none)
-_LOAD = """
+# The gRPC load (HTTP load is bench._common.http_load). argv: target (host:port), seconds, connections, user ("" for none)
+_GRPC_LOOP = """
 import asyncio, sys, time
-kind, target, seconds, connections, user, token = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
-
-async def run_http():
-    import aiohttp
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections), headers=headers) as session:
-        async def call():
-            async with session.get(target) as resp:
-                await resp.read()
-                if resp.status != 200:
-                    raise SystemExit(f"HTTP {resp.status}")
-        return await drive(call)
+target, seconds, connections, user = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 
 async def run_grpc():
     import grpc
@@ -99,7 +75,7 @@ async def drive(call):
     await asyncio.gather(*(worker() for _ in range(connections)))
     return done, time.perf_counter() - started
 
-done, elapsed = asyncio.run(run_http() if kind == "http" else run_grpc())
+done, elapsed = asyncio.run(run_grpc())
 print(done, elapsed)
 """
 
@@ -131,28 +107,12 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
-def _wrk(url: str, seconds: float, connections: int, token: str) -> tuple[int, float]:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
-    if token:
-        cmd += ["-H", f"Authorization: Bearer {token}"]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
-    if "Non-2xx or 3xx responses" in out or "Socket errors" in out:
-        raise RuntimeError(f"wrk saw failed requests on {url}:\n{out}")
-    match = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)\b", out)
-    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[match.group(3)]
-    return int(match.group(1)), float(match.group(2)) * scale
-
-
-def _loop(kind: str, target: str, seconds: float, connections: int, user: str, token: str) -> tuple[int, float]:
-    out = subprocess.run([sys.executable, "-c", _LOAD, kind, target, str(seconds), str(connections), user, token],
+def load(kind: str, target: str, seconds: float, connections: int, user: str = "", token: str = "") -> tuple[int, float]:
+    if kind == "http":
+        return http_load(target, seconds, connections, token)
+    out = subprocess.run([sys.executable, "-c", _GRPC_LOOP, target, str(seconds), str(connections), user],
                          capture_output=True, text=True, check=True).stdout.split()
     return int(out[0]), float(out[1])
-
-
-def load(kind: str, target: str, seconds: float, connections: int, user: str = "", token: str = "") -> tuple[int, float]:
-    if kind == "http" and shutil.which("wrk"):
-        return _wrk(target, seconds, connections, token)
-    return _loop(kind, target, seconds, connections, user, token)
 
 
 def measure(label: str, pids: list[int], kind: str, target: str, args, **auth: str) -> Result:
@@ -178,18 +138,9 @@ async def run(args) -> None:
 
 async def _run(backing: BackingServices, args) -> None:
     log_dir = tempfile.mkdtemp(prefix="fpt-logs-")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
-    env.update(FINPULSE_ENV="local", FINPULSE_GRPC_HOST="127.0.0.1", FINPULSE_GATEWAY_HOST="127.0.0.1",
-               FINPULSE_GATEWAY_PORT=str(free_port()), FINPULSE_DATA_DIR=log_dir, FINPULSE_LOG_LEVEL="WARNING",
-               FINPULSE_AUTH_DEV_TRUST_USER="1", FINPULSE_USER_RATE_LIMIT="100000",
-               FINPULSE_USER_RATE_BURST="100000", FINPULSE_BANK_EMULATOR="off",
-               FINPULSE_REDIS_PREFIX=f"finpulse-bench-{free_port()}:")
-    for service in ("onboarding", "consent", "sync", "dashboard"):
-        env[f"FINPULSE_{service.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
-    for bank in KNOWN_BANKS:
-        env[f"FINPULSE_BANK_{bank.upper()}_URL"] = f"http://127.0.0.1:{free_port()}"
+    env = suite_env(log_dir, FINPULSE_AUTH_DEV_TRUST_USER="1", FINPULSE_USER_RATE_LIMIT="100000",
+                    FINPULSE_USER_RATE_BURST="100000", FINPULSE_BANK_EMULATOR="off")
     suite = Suite(load_settings(env), backing, base_env=env, log_dir=log_dir)
-    bare = None
     try:
         await suite.migrate()
         suite.start()
@@ -202,26 +153,20 @@ async def _run(backing: BackingServices, args) -> None:
             async with session.get(url) as resp:
                 assert resp.status == 200, await resp.text()
                 body = await resp.read()
-        body_file = os.path.join(log_dir, "body.json")
-        with open(body_file, "wb") as f:
-            f.write(body)
-        bare_port = free_port()
-        bare = subprocess.Popen([sys.executable, "-c", _BARE_SERVER, body_file, str(bare_port), PATH])
-        await asyncio.sleep(1.0)
+        with bare_server(body, PATH, log_dir) as (bare_url, bare):
+            plain = measure("(c) bare aiohttp, same body", [bare.pid], "http", bare_url + PATH, args)
 
         idle_before = {name: cpu_seconds([pid[name]]) for name in ("gateway", "sync", "consent")}
         await asyncio.sleep(args.warmup)
         idle = {name: (cpu_seconds([pid[name]]) - cpu) / args.warmup for name, cpu in idle_before.items()}
         rest = measure("(a) REST via the gateway", [pid["gateway"], pid["sync"]], "http", url, args)
         direct = measure("(b) grpc.aio, ListBanks directly", [pid["sync"]], "grpc", sync_addr, args)
-        plain = measure("(c) bare aiohttp, same body", [bare.pid], "http", f"http://127.0.0.1:{bare_port}{PATH}", args)
         rest_user = measure("(a) REST via the gateway, token", [pid["gateway"], pid["sync"], pid["consent"]],
                             "http", url, args, token=token)
         direct_user = measure("(b) grpc.aio, ListBanks(user)", [pid["sync"], pid["consent"]], "grpc", sync_addr,
                               args, user=USER)
 
-        http_tool = "wrk -t1" if shutil.which("wrk") else "aiohttp client loop"
-        print(f"transcode: GET {PATH} -> SyncService.ListBanks ({len(body)} bytes of JSON); load: {http_tool} "
+        print(f"transcode: GET {PATH} -> SyncService.ListBanks ({len(body)} bytes of JSON); load: {http_tool()} "
               f"(HTTP), grpc.aio client loop (gRPC); {args.connections} in flight, {args.seconds:g} s each; "
               f"CPU of the serving processes")
         print("  no user (no database work):")
@@ -237,9 +182,6 @@ async def _run(backing: BackingServices, args) -> None:
         print("  idle CPU of the processes (counted above as it comes; sync_svc's workers poll for jobs): "
               + ", ".join(f"{name} {rate * 1000:.0f} ms/s" for name, rate in idle.items()))
     finally:
-        if bare is not None:
-            bare.terminate()
-            bare.wait(5)
         suite.stop()
 
 
