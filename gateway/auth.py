@@ -80,8 +80,7 @@ class Authenticator:
         self.issuer = settings.jwt_issuer
         self.audience = settings.jwt_audience
         self.dev_trust_user = settings.auth_dev_trust_user
-        # token or whole Authorization header -> (principal, valid until: exp + leeway), oldest first
-        self._verified: dict[str, tuple[Principal, float]] = {}
+        self._verified: dict[str, tuple[str, float]] = {}  # token -> (sub, exp + leeway), oldest first
 
     def principal(self, request: web.Request) -> Principal:
         """The principal of `request`, or Unauthenticated."""
@@ -90,34 +89,26 @@ class Authenticator:
             if self.dev_trust_user:
                 return Principal(None, authenticated=False)
             raise Unauthenticated("an Authorization: Bearer token is required", error=None)
-        known = self._verified.get(header)
-        if known is not None and time.time() < known[1]:
-            return known[0]
         scheme, _, token = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("the Authorization header must be 'Bearer <token>'", error="invalid_request")
-        principal = Principal(self.verify(token.strip()), authenticated=True)
-        self._remember(header, principal, self._verified[token.strip()][1])
-        return principal
+        return Principal(self.verify(token.strip()), authenticated=True)
 
     def verify(self, token: str) -> str:
         """The user id (`sub`) of a valid token.
 
-        A token that verified is remembered until its expiry (bounded LRU, also keyed by the whole
-        header): a client sends the same token many times, and its signature and claims cannot change.
+        A token that verified is remembered until its expiry (bounded, oldest forgotten first): a
+        client sends the same token many times, and its signature and claims cannot change.
         """
         known = self._verified.get(token)
         if known is not None and time.time() < known[1]:
-            return known[0].user_id
+            return known[0]
         self._verified.pop(token, None)
         subject, expires = self._verify(token)
-        self._remember(token, Principal(subject, authenticated=True), expires + LEEWAY.total_seconds())
-        return subject
-
-    def _remember(self, key: str, principal: Principal, valid_until: float) -> None:
-        self._verified[key] = (principal, valid_until)
+        self._verified[token] = (subject, expires + LEEWAY.total_seconds())
         if len(self._verified) > VERIFIED_KEPT:
             self._verified.pop(next(iter(self._verified)))
+        return subject
 
     def _verify(self, token: str) -> tuple[str, float]:
         if self.key is None:

@@ -21,6 +21,7 @@ on `FINPULSE_<SVC>_METRICS_ADDR` (`start_exporter`, called by `svclib.runtime`).
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
@@ -44,18 +45,19 @@ GATEWAY_RESPONSE_CACHE_HITS = Counter(
     "finpulse_gateway_response_cache_hits_total", "GET requests the gateway answered from its response cache "
     "(replies a service marked reusable, e.g. the cached dashboard), by route template.", ["route"])
 
-_gateway_children: dict[tuple[str, str, int], tuple] = {}
+# The labelled children of a request's count and latency, looked up once per label set (routes, RPC
+# methods, statuses and codes are bounded sets), not per request: this runs on every request.
+
+@functools.cache
+def _gateway_children(route: str, method: str, status: int) -> tuple:
+    return GATEWAY_REQUESTS.labels(route, method, str(status)), GATEWAY_LATENCY.labels(route, method)
 
 
 def observe_gateway(route: str, method: str, status: int, seconds: float) -> None:
-    """One answered HTTP request of the gateway (`route` is its template: a bounded set). The labelled
-    children are looked up once per (route, method, status), not per request."""
-    children = _gateway_children.get((route, method, status))
-    if children is None:
-        children = _gateway_children[(route, method, status)] = (
-            GATEWAY_REQUESTS.labels(route, method, str(status)), GATEWAY_LATENCY.labels(route, method))
-    children[0].inc()
-    children[1].observe(seconds)
+    """One answered HTTP request of the gateway (`route` is its template)."""
+    count, latency = _gateway_children(route, method, status)
+    count.inc()
+    latency.observe(seconds)
 
 
 # ------------------------------------------------------------------------------------------- services
@@ -98,11 +100,17 @@ DASHBOARD_CACHE_MISSES = Counter(
 
 # ------------------------------------------------------------------------------------------- recording
 
+@functools.cache
+def _rpc_children(full_method: str, code: str) -> tuple:
+    service, _, method = full_method.lstrip("/").rpartition("/")
+    return RPC_REQUESTS.labels(service, method, code), RPC_LATENCY.labels(service, method)
+
+
 def observe_rpc(full_method: str, code: str, seconds: float) -> None:
     """One handled RPC; `full_method` is gRPC's "/package.Service/Method"."""
-    service, _, method = full_method.lstrip("/").rpartition("/")
-    RPC_REQUESTS.labels(service, method, code).inc()
-    RPC_LATENCY.labels(service, method).observe(seconds)
+    count, latency = _rpc_children(full_method, code)
+    count.inc()
+    latency.observe(seconds)
 
 
 def observe_bank_call(bank: str, operation: str, http_status: int | None, seconds: float) -> None:

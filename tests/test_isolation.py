@@ -21,7 +21,7 @@ import jwt
 import pytest
 
 from gateway.routes import Route, build_routes
-from tests.e2e import Http, eventually
+from tests.e2e import Http, wait_synced
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,12 +49,7 @@ async def _onboard_b(http: Http) -> dict[str, object]:
     status, body = await http.post("/api/onboarding/finalize", {"onboarding_id": started["onboarding_id"],
                                                                 "user_id": USER_B})
     assert status == 200, body
-
-    async def synced():
-        _, body = await http.get("/api/sync/status", user_id=USER_B)
-        return body if body["status"] == "completed" else None
-
-    assert await eventually(synced, timeout=90, interval=0.5), "B's sync did not finish"
+    await wait_synced(http, USER_B)
     boots = {}
     for bank in ("vbank", "abank"):
         status, boots[bank] = await http.get(f"/api/banks/{bank}/bootstrap", user_id=USER_B, skip_sync="true")
