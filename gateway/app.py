@@ -31,7 +31,7 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import middleware, openapi, transcode
-from gateway.auth import Gatekeeper, bind_user
+from gateway.auth import Gatekeeper, Principal, bind_user
 from gateway.respcache import ResponseCache
 from gateway.errors import from_rpc_error
 from gateway.routes import Route, build_routes
@@ -136,6 +136,15 @@ def _change_feed(settings: Settings):
     return context
 
 
+def _bound_request(route: Route, request: web.Request, principal: Principal, body: bytes):
+    """The request message, with the caller's user bound to it before its required fields are checked
+    (`gateway.auth.bind_user`); (message, the user the call acts for)."""
+    acting: list[str | None] = []
+    message = transcode.build_request(route, body, request.query, request.match_info,
+                                      lambda m: acting.append(bind_user(m, principal)), headers=request.headers)
+    return message, acting[0]
+
+
 def _handler(route: Route):
     """The generic handler of one unary route."""
     cacheable = route.http_method == "GET"
@@ -156,22 +165,20 @@ def _handler(route: Route):
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise middleware.too_large(request.app[middleware.MAX_BODY_BYTES]) from None
-        acting: list[str | None] = []
-        message = transcode.build_request(route, body, request.query, request.match_info,
-                                          lambda m: acting.append(bind_user(m, principal)), headers=request.headers)
-        user_token = user_id_var.set(acting[0])
+        message, user = _bound_request(route, request, principal, body)
+        user_token = user_id_var.set(user)
         try:
             call = getattr(request.app[CLIENTS].stub(route.service_key), route.method_name)(
                 message, timeout=request.app[SETTINGS].rpc_timeout)
             reply = await call
-            until = _cache_until(await call.trailing_metadata()) if key is not None and acting[0] else None
+            until = _cache_until(await call.trailing_metadata()) if key is not None and user else None
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, route.service_key) from None
         finally:
             user_id_var.reset(user_token)
         body = request.app[RENDERED].body(route, reply)
         if until is not None:
-            responses.put(key, acting[0], body, until, stamp)
+            responses.put(key, user, body, until, stamp)
         return web.Response(body=body, content_type="application/json")
 
     handle.__name__ = handle.__qualname__ = f"handle_{route.method_name}"
@@ -189,10 +196,8 @@ def _sse_handler(route: Route):
     async def handle(request: web.Request) -> web.StreamResponse:
         request[middleware.ROUTE_TEMPLATE] = route.path_template
         principal = await request.app[GATEKEEPER].admit(request)
-        acting: list[str | None] = []
-        message = transcode.build_request(route, await request.read(), request.query, request.match_info,
-                                          lambda m: acting.append(bind_user(m, principal)))
-        user_token = user_id_var.set(acting[0])
+        message, user = _bound_request(route, request, principal, await request.read())
+        user_token = user_id_var.set(user)
         try:
             call = getattr(request.app[CLIENTS].stub(route.service_key), route.method_name)(
                 message, timeout=STREAM_TIMEOUT)
