@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from svclib import i18n
 from svclib.config import Settings
 from svclib.logging import request_id_var, user_id_var
 
@@ -34,7 +35,8 @@ _SERVICE_CONFIG = json.dumps({
 
 
 def context_metadata(metadata=None) -> tuple[tuple[str, str], ...]:
-    """`metadata` plus the current request id (`x-request-id`) and user (`x-user-id`) unless set."""
+    """`metadata` plus the current request id (`x-request-id`), user (`x-user-id`) and language
+    (`x-language`, svclib.i18n) unless set."""
     items = tuple(metadata or ())
     keys = {key for key, _ in items}
     request_id = request_id_var.get()
@@ -43,6 +45,9 @@ def context_metadata(metadata=None) -> tuple[tuple[str, str], ...]:
     user_id = user_id_var.get()
     if user_id and "x-user-id" not in keys:
         items += (("x-user-id", user_id),)
+    language = i18n.language_var.get()
+    if language and i18n.METADATA_KEY not in keys:
+        items += ((i18n.METADATA_KEY, language),)
     return items
 
 

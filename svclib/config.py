@@ -103,6 +103,8 @@ class Settings:
     # gateway's own port (local use).
     gateway_metrics_addr: str | None = None
     startup_wait: float = 60.0  # seconds a starting service waits for its database before it exits 1
+    # Language of texts for people when a request's Accept-Language names none we have (svclib.i18n).
+    default_language: str = "ru"
     # service name -> the URL that service connects with (FINPULSE_<SVC>_DATABASE_URL: its own Postgres
     # role, which its migrations create and grant); unset: the service uses `database_url`
     service_database_urls: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -297,8 +299,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if dev_trust and env == "production":
         r.problems.append("FINPULSE_AUTH_DEV_TRUST_USER: a development switch, refused when FINPULSE_ENV=production")
 
+    default_language = (r.str("FINPULSE_DEFAULT_LANGUAGE", "ru") or "ru").lower()
+    if default_language not in ("ru", "en"):
+        r.problems.append(f"FINPULSE_DEFAULT_LANGUAGE={default_language!r}: expected 'ru' or 'en'")
+
     settings = Settings(
         env=env,
+        default_language=default_language,
         database_url=database_url,
         redis_url=redis_url,
         redis_prefix=r.str("FINPULSE_REDIS_PREFIX", "finpulse:"),

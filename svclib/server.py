@@ -23,7 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from svclib import metrics
+from svclib import i18n, metrics
 from svclib.errors import DomainError
 from svclib.logging import new_request_id, request_id_var, user_id_var
 
@@ -88,11 +88,14 @@ class _CallScope:
         self.context = context
         self.request_id = metadata.get("x-request-id") or new_request_id()
         self.user_id = metadata.get("x-user-id")
+        language = metadata.get(i18n.METADATA_KEY)
+        self.language = language if language and i18n.supported(language) else None
         self.code = grpc.StatusCode.OK
 
     def __enter__(self):
         self.started = time.perf_counter()
-        self.tokens = (request_id_var.set(self.request_id), user_id_var.set(self.user_id))
+        self.tokens = (request_id_var.set(self.request_id), user_id_var.set(self.user_id),
+                       i18n.language_var.set(self.language))
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -111,6 +114,7 @@ class _CallScope:
                 "rpc": self.method, "code": self.code.name, "latency_ms": round(elapsed * 1000, 2)})
         request_id_var.reset(self.tokens[0])
         user_id_var.reset(self.tokens[1])
+        i18n.language_var.reset(self.tokens[2])
         return False
 
     async def check_user(self, request) -> None:
