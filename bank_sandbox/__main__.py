@@ -1,6 +1,8 @@
 """`python -m bank_sandbox`: serve the banks until SIGTERM or SIGINT, then stop cleanly.
 
 Settings: defaults, then the environment (see `SandboxConfig.from_env`), then these flags.
+With --state-dir DIR the banks keep what changes (consents, payments and their effects, fault knobs)
+in DIR/banks.json, written before each answer, and start from it again; without it, in memory only.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Callable, TypeVar
 
 from bank_sandbox.app import start_banks
 from bank_sandbox.config import APPROVAL_MODES, DEFAULT_PORTS, SandboxConfig, parse_bool
+from bank_sandbox.persistence import StateError
 from svclib.logging import setup_logging
 from svclib.process import die_with_parent
 
@@ -52,7 +55,7 @@ def _approval(text: str) -> str:
     return text
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[SandboxConfig, dict[str, int], str]:
+def parse_args(argv: list[str] | None = None) -> tuple[SandboxConfig, dict[str, int], str, str | None]:
     parser = argparse.ArgumentParser(prog="python -m bank_sandbox", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--banks", type=_pairs(_port), default=dict(DEFAULT_PORTS),
@@ -70,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[SandboxConfig, dict[str, 
     parser.add_argument("--token-ttl", type=int)
     parser.add_argument("--team-id")
     parser.add_argument("--team-secret")
+    parser.add_argument("--state-dir", metavar="DIR",
+                        help="keep the banks' changes in DIR/banks.json and start from it (default: memory only)")
     args = parser.parse_args(argv)
     fields = {f.name for f in dataclasses.fields(SandboxConfig)}
     overrides = {name: value for name, value in vars(args).items() if name in fields and value is not None}
@@ -80,12 +85,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[SandboxConfig, dict[str, 
         config = dataclasses.replace(config, **overrides)
     except ValueError as exc:
         parser.error(str(exc))
-    return config, args.banks, args.host
+    return config, args.banks, args.host, args.state_dir
 
 
-async def serve(config: SandboxConfig, ports: dict[str, int], host: str) -> None:
-    running = await start_banks(config, ports, host)
-    log.info("banks started", extra={"banks": running.urls})
+async def serve(config: SandboxConfig, ports: dict[str, int], host: str, state_dir: str | None = None) -> None:
+    running = await start_banks(config, ports, host, state_dir)
+    log.info("banks started", extra={"banks": running.urls, "state_dir": state_dir})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -99,11 +104,11 @@ async def serve(config: SandboxConfig, ports: dict[str, int], host: str) -> None
 
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
-    config, ports, host = parse_args(argv)
+    config, ports, host, state_dir = parse_args(argv)
     setup_logging("bank_sandbox")
     try:
-        asyncio.run(serve(config, ports, host))
-    except OSError as exc:  # a port already taken
+        asyncio.run(serve(config, ports, host, state_dir))
+    except (OSError, StateError) as exc:  # a port already taken; a state folder in use or unreadable
         log.error("cannot serve the banks: %s", exc)
         return 1
     return 0

@@ -1,6 +1,7 @@
 """One aiohttp application per bank, and `start_banks` to serve several of them from one process.
 
-Middlewares, outermost first: one JSON log line per request; the fault knobs and outages (never on
+Middlewares, outermost first: one JSON log line per request; saving the state after a request that may
+have changed it (with a state folder: bank_sandbox.persistence); the fault knobs and outages (never on
 /__admin__/); FastAPI-style rendering of every error.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from bank_sandbox.admin import PREFIX as ADMIN_PREFIX
 from bank_sandbox.admin import Admin
 from bank_sandbox.api import BankApi
 from bank_sandbox.config import SandboxConfig
+from bank_sandbox.persistence import StateFile
 from bank_sandbox.portal import Portal
 from bank_sandbox.protocol import ApiError, error_response
 from bank_sandbox.state import BankState, Registry
@@ -51,6 +53,22 @@ async def log_requests(request: web.Request, handler: Handler) -> web.StreamResp
             "bank": request.app[STATE].bank_id, "method": request.method, "path": request.path, "status": status,
             "latency_ms": round((time.perf_counter() - started) * 1000, 1), "x-fapi-interaction-id": interaction_id})
         request_id_var.reset(request_id)
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CHANGE_NOTHING = frozenset({"/auth/bank-token", "/auth/login"})  # POSTs that only issue a token
+
+
+@web.middleware
+async def save_changes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """After any request but a read, the bank's changes go to disk before the answer does (a no-op
+    without a state folder, or when nothing changed)."""
+    if request.method in SAFE_METHODS or request.path in CHANGE_NOTHING:
+        return await handler(request)
+    try:
+        return await handler(request)
+    finally:
+        request.app[STATE].on_change()
 
 
 def _proxy_answer(status: int, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -94,7 +112,7 @@ def create_bank_app(bank_id: str, config: SandboxConfig, registry: Registry | No
     state = BankState(bank_id, config)
     registry = Registry() if registry is None else registry
     registry.add(state)
-    app = web.Application(middlewares=[log_requests, inject_faults, render_errors])
+    app = web.Application(middlewares=[log_requests, save_changes, inject_faults, render_errors])
     app[STATE] = state
     BankApi(state, registry).register(app.router)
     Admin(state).register(app.router)
@@ -106,27 +124,35 @@ def create_bank_app(bank_id: str, config: SandboxConfig, registry: Registry | No
 class RunningBanks:
     urls: dict[str, str]  # bank id -> base URL
     apps: dict[str, web.Application] = field(default_factory=dict)
+    registry: Registry | None = None
     _runners: list[web.AppRunner] = field(default_factory=list)
 
     async def stop(self) -> None:
         while self._runners:
             await self._runners.pop().cleanup()
+        if self.registry is not None and self.registry.store is not None:
+            self.registry.store.close()  # every change is on disk already
 
 
-async def start_banks(config: SandboxConfig, ports: Mapping[str, int], host: str = "127.0.0.1") -> RunningBanks:
-    """Serve each bank of `ports` on its port (0: any free one), all sharing one registry."""
-    registry = Registry()
-    running = RunningBanks({})
+async def start_banks(config: SandboxConfig, ports: Mapping[str, int], host: str = "127.0.0.1",
+                      state_dir: str | None = None) -> RunningBanks:
+    """Serve each bank of `ports` on its port (0: any free one), all sharing one registry. With
+    `state_dir`, the banks start from the state kept there and keep every change there
+    (bank_sandbox.persistence: StateError when another process holds it or its file is unreadable)."""
+    registry = Registry(StateFile(state_dir) if state_dir else None)
+    running = RunningBanks({}, registry=registry)
     url_host = f"[{host}]" if ":" in host else host
     try:
+        for bank_id in ports:
+            running.apps[bank_id] = create_bank_app(bank_id, config, registry)
+        registry.restore()  # before the first request
         for bank_id, port in ports.items():
-            app = create_bank_app(bank_id, config, registry)
+            app = running.apps[bank_id]
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             running._runners.append(runner)
             await web.TCPSite(runner, host, port).start()
             running.urls[bank_id] = f"http://{url_host}:{runner.addresses[0][1]}"
-            running.apps[bank_id] = app
     except BaseException:
         await running.stop()
         raise

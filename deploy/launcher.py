@@ -8,7 +8,15 @@ get SIGTERM and their grace period, stragglers are killed, the embedded servers 
 Children also die with the launcher (`svclib.process.die_with_parent`), so a killed launcher leaves
 no orphans.
 
-The `Suite` class is the same machinery for the end-to-end tests.
+Supervision: a child that exits without being asked to (a crash, kill -9, a SIGTERM from elsewhere) is
+started again after a delay that doubles from 0.5 s up to 30 s while it keeps exiting within 60 s of
+its start, and is back to 0.5 s once it stayed up that long (`Supervisor`); each exit, restart and
+recovery is reported on stderr. One dead child never stops the suite: only Ctrl-C / SIGTERM does.
+The bank emulator keeps its state under `<FINPULSE_DATA_DIR>/bank_sandbox`, so its restart loses no
+consent or payment.
+
+The `Suite` class is the same machinery for the end-to-end tests; `Suite.supervise()` (a coroutine)
+and `Suite.supervise_in_background()` (a thread) run the same supervision on it.
 """
 from __future__ import annotations
 
@@ -19,13 +27,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from typing import Mapping
+from typing import Callable, Mapping
 from urllib.parse import urlparse
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.auth import local_jwt_secret
 from svclib import db
 from svclib.config import SERVICE_PORTS, ConfigError, Settings, load_settings
 from svclib.embedded import BackingServices, ensure_backing_services
@@ -48,24 +58,97 @@ def emulator_ports(settings: Settings) -> dict[str, int] | None:
     return ports
 
 
-def local_jwt_secret(data_dir: str) -> str:
-    """The local HS256 secret, created once under `data_dir` (readable by its owner only)."""
-    from gateway.auth import new_secret
+@dataclasses.dataclass
+class RestartPolicy:
+    """Delays before restarting a child: `first_delay`, times `factor` for each further exit within
+    `stable_after` seconds of its start, at most `max_delay`; an exit after a stable run starts over."""
 
-    path = os.path.join(data_dir, "jwt-secret")
-    try:
-        with open(path, encoding="ascii") as f:
-            secret = f.read().strip()
-        if len(secret) >= 32:
-            return secret
-    except FileNotFoundError:
-        pass
-    os.makedirs(data_dir, exist_ok=True)
-    secret = new_secret()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(secret + "\n")
-    return secret
+    first_delay: float = 0.5
+    factor: float = 2.0
+    max_delay: float = 30.0
+    stable_after: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Restart:
+    """The supervisor's answer to an exit: start `name` again in `delay` seconds."""
+
+    name: str
+    delay: float
+    number: int  # this child's restarts so far, this one included
+    uptime: float  # how long the process that exited had run
+    quick_exits: int  # exits in a row within `stable_after` of their start, this one included
+    capped: bool  # the delay is at `max_delay`: it keeps exiting soon after start
+
+
+@dataclasses.dataclass
+class _Track:
+    started_at: float | None = None
+    quick_exits: int = 0
+    restarts: int = 0
+    due_at: float | None = None  # a restart is scheduled for then
+
+
+class Supervisor:
+    """When to restart which child: the bookkeeping only, with the time from `clock` (a test passes its
+    own). The caller reports each start (`started`) and each unexpected exit (`exited`, which answers
+    with the delay), asks `due` before starting again, and `forget`s a child it stops on purpose."""
+
+    def __init__(self, policy: RestartPolicy | None = None, clock: Callable[[], float] = time.monotonic):
+        self.policy = policy or RestartPolicy()
+        self.clock = clock
+        self._tracks: dict[str, _Track] = {}
+
+    def _track(self, name: str) -> _Track:
+        return self._tracks.setdefault(name, _Track())
+
+    def started(self, name: str) -> None:
+        track = self._track(name)
+        track.started_at = self.clock()
+        track.due_at = None
+
+    def exited(self, name: str) -> Restart:
+        """`name` exited unexpectedly: schedule its restart and say when."""
+        policy, track, now = self.policy, self._track(name), self.clock()
+        uptime = now - track.started_at if track.started_at is not None else 0.0
+        if uptime >= policy.stable_after:
+            track.quick_exits = 0  # it had recovered: start the backoff over
+        delay = min(policy.max_delay, policy.first_delay * policy.factor ** track.quick_exits)
+        track.quick_exits += 1
+        track.restarts += 1
+        track.started_at = None
+        track.due_at = now + delay
+        return Restart(name, delay, track.restarts, uptime, track.quick_exits, delay >= policy.max_delay)
+
+    def pending(self, name: str) -> bool:
+        """A restart of `name` is scheduled."""
+        return self._track(name).due_at is not None
+
+    def due(self, name: str) -> bool:
+        """The scheduled restart of `name` may happen now."""
+        due_at = self._track(name).due_at
+        return due_at is not None and self.clock() >= due_at
+
+    def forget(self, name: str) -> None:
+        """`name` is stopped on purpose: no restart pending; the backoff is kept for its next exit."""
+        self._track(name).due_at = None
+
+    def restarts(self, name: str) -> int:
+        return self._track(name).restarts
+
+
+def describe_exit(code: int | None) -> str:
+    """"code 1", "code -9 (signal SIGKILL)"."""
+    if code is not None and code < 0:
+        try:
+            return f"code {code} (signal {signal.Signals(-code).name})"
+        except ValueError:
+            return f"code {code} (signal {-code})"
+    return f"code {code}"
+
+
+def report_to_stderr(message: str) -> None:
+    print(f"launcher: {message}", file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass
@@ -75,12 +158,15 @@ class Child:
     env: dict[str, str]
     log_path: str | None = None
     proc: subprocess.Popen | None = None
+    wanted: bool = False  # the suite started it and has not stopped it: supervision restarts it
+    spawner: int | None = None  # the thread that started the current process (it dies with that thread)
 
     def start(self) -> None:
         out = open(self.log_path, "ab") if self.log_path else None
         env = {**self.env, PARENT_ENV: str(os.getpid())}  # the child dies with us (svclib.process)
         self.proc = subprocess.Popen(self.argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        self.spawner = threading.get_ident()
         if out:
             out.close()
 
@@ -102,17 +188,24 @@ class Child:
 
 
 class Suite:
-    """The suite's processes: start, wait until healthy, stop (or kill) and start again."""
+    """The suite's processes: start, wait until healthy, stop (or kill) and start again; and, while
+    `supervise()` (or `supervise_in_background()`) runs, restart those that exit unexpectedly."""
 
     def __init__(self, settings: Settings, backing: BackingServices, *, base_env: Mapping[str, str] | None = None,
                  log_dir: str | None = None, emulator_args: list[str] | None = None,
-                 replicas: Mapping[str, int] | None = None):
+                 replicas: Mapping[str, int] | None = None, restart_policy: RestartPolicy | None = None):
         """`replicas`: processes per service name (or "gateway"), 1 by default. Replica i > 1 of X is
         the child "X-i" on a port of its own; with several, every caller reaches X through the target
-        `ipv4:host:p1,host:p2,...` that svclib.clients spreads round robin."""
+        `ipv4:host:p1,host:p2,...` that svclib.clients spreads round robin. The bank emulator keeps its
+        state in `<data_dir>/bank_sandbox` unless `emulator_args` name another `--state-dir`."""
+        self.supervisor = Supervisor(restart_policy)
+        self._lock = threading.RLock()  # starts, stops and restarts, whichever thread does them
+        self._supervising = 0  # supervision loops running
         if not settings.jwt_secret and not settings.jwt_public_key:
             # Local runs sign their own tokens: a secret kept with the data, so tokens outlive a restart.
             settings = dataclasses.replace(settings, jwt_secret=local_jwt_secret(settings.data_dir))
+        # Every process of the suite signs its calls to the others with one secret (svclib.internal_auth).
+        settings = dataclasses.replace(settings, internal_secret=settings.resolved_internal_secret())
         self.settings = settings
         self.backing = backing
         self.log_dir = log_dir
@@ -121,6 +214,7 @@ class Suite:
                    FINPULSE_MIGRATE_ON_START="false", PYTHONUNBUFFERED="1")
         if settings.jwt_secret:
             env["FINPULSE_JWT_SECRET"] = settings.jwt_secret
+        env["FINPULSE_INTERNAL_SECRET"] = settings.internal_secret
         # Each service's Prometheus exporter: where configured, else (local runs) on a free loopback port.
         metrics_addrs = dict(settings.metrics_addrs)
         for name in SERVICES:
@@ -148,7 +242,9 @@ class Suite:
         ports = emulator_ports(settings)
         if ports is not None and env.get("FINPULSE_BANK_EMULATOR", "on") != "off":
             banks = ",".join(f"{bank}={port}" for bank, port in ports.items())
-            self._add("bank_sandbox", ["-m", "bank_sandbox", "--host", "127.0.0.1", "--banks", banks,
+            state = [] if "--state-dir" in (emulator_args or []) else [
+                "--state-dir", os.path.join(settings.data_dir, "bank_sandbox")]  # consents outlive a restart
+            self._add("bank_sandbox", ["-m", "bank_sandbox", "--host", "127.0.0.1", "--banks", banks, *state,
                                        *(emulator_args or [])])
         for name in SERVICES:
             for i, port in enumerate(service_ports[name], 1):
@@ -186,16 +282,25 @@ class Suite:
             await db.migrate(self.backing.database_url, spec.schema, spec.migrations, role)
 
     def start(self, names: list[str] | None = None) -> None:
-        for name in names or list(self.children):
-            self.children[name].start()
+        """Start children (all by default); one already running is left as it is."""
+        with self._lock:
+            for name in names or list(self.children):
+                child = self.children[name]
+                if not child.alive():
+                    child.start()
+                    self.supervisor.started(name)
+                child.wanted = True
 
     async def wait_healthy(self, names: list[str] | None = None, timeout: float = 60.0) -> None:
+        """Until each child answers its health check. A child that exits fails it (RuntimeError), unless
+        supervision runs: then it waits for the restart, within the same `timeout`."""
         deadline = time.monotonic() + timeout
         for name in names or list(self.children):
             child = self.children[name]
             while not await self._healthy(name):
-                if not child.alive():
-                    raise RuntimeError(f"{name} exited with code {child.proc.returncode}{self._log_hint(name)}")
+                if not child.alive() and not (self._supervising and child.wanted):
+                    code = child.proc.returncode if child.proc is not None else None
+                    raise RuntimeError(f"{name} exited with {describe_exit(code)}{self._log_hint(name)}")
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{name} did not become healthy within {timeout:.0f} s{self._log_hint(name)}")
                 await asyncio.sleep(0.1)
@@ -210,7 +315,9 @@ class Suite:
             return _port_open(self.gateway_host(), self.gateway_ports[name])
         if name in self.grpc_addrs:
             return await grpc_serving(self.grpc_addrs[name])
-        return await grpc_serving(self.settings.service_addrs[name])
+        if name in self.settings.service_addrs:
+            return await grpc_serving(self.settings.service_addrs[name])
+        return False  # a child added by hand has no health check the suite knows
 
     def gateway_host(self) -> str:
         return "127.0.0.1" if self.settings.gateway_host in ("0.0.0.0", "::") else self.settings.gateway_host
@@ -225,12 +332,16 @@ class Suite:
         return [f"http://{self.gateway_host()}:{port}" for port in self.gateway_ports.values()]
 
     def stop(self, names: list[str] | None = None, sig: int = signal.SIGTERM) -> None:
-        """Stop children (the gateway first, the emulator last), killing any that outlive their grace."""
+        """Stop children (the gateway first, the emulator last), killing any that outlive their grace.
+        Supervision leaves them stopped (until `start`)."""
         order = [n for kind in ("gateway", *reversed(SERVICES), "bank_sandbox")
                  for n in self.children if self.kinds.get(n, n) == kind]
         targets = [n for n in order if names is None or n in names]
-        for name in targets:
-            self.children[name].signal(sig)
+        with self._lock:
+            for name in targets:
+                self.children[name].wanted = False
+                self.supervisor.forget(name)
+                self.children[name].signal(sig)
         grace = self.settings.shutdown_grace + 5
         for name in targets:
             if not self.children[name].wait(grace):
@@ -239,6 +350,103 @@ class Suite:
 
     def exited(self) -> list[str]:
         return [name for name, child in self.children.items() if child.proc is not None and not child.alive()]
+
+    # ------------------------------------------------------------------------------ supervision
+
+    def check_children(self, report: Callable[[str], None] = report_to_stderr) -> list[str]:
+        """One round of supervision: schedule the restart of each child that exited unexpectedly, and
+        start again those whose delay is over; the names started again."""
+        restarted = []
+        with self._lock:
+            for name, child in self.children.items():
+                if not child.wanted or child.proc is None:
+                    continue
+                if child.alive():
+                    if self.supervisor.pending(name):  # started again by someone else meanwhile
+                        self.supervisor.started(name)
+                    continue
+                if not self.supervisor.pending(name):
+                    plan = self.supervisor.exited(name)
+                    message = (f"{name} exited with {describe_exit(child.proc.returncode)}; "
+                               f"restarting in {plan.delay:.1f} s, restart #{plan.number}")
+                    if plan.capped:
+                        message += (f" (it exited within {self.supervisor.policy.stable_after:g} s of its start "
+                                    f"{plan.quick_exits} times in a row: retrying every "
+                                    f"{self.supervisor.policy.max_delay:g} s{self._log_hint(name)})")
+                    report(message)
+                if self.supervisor.due(name):
+                    try:
+                        child.start()
+                    except OSError as exc:  # cannot fork or exec right now: try again later
+                        plan = self.supervisor.exited(name)
+                        report(f"cannot start {name} ({exc}); trying again in {plan.delay:.1f} s")
+                        continue
+                    self.supervisor.started(name)
+                    report(f"{name} started again (pid {child.proc.pid}), restart #{self.supervisor.restarts(name)}")
+                    restarted.append(name)
+        return restarted
+
+    async def supervise(self, report: Callable[[str], None] = report_to_stderr, poll: float = 0.25,
+                        until: threading.Event | None = None) -> None:
+        """Supervise the started children until cancelled (or `until` is set): restart each that exits
+        unexpectedly (`check_children`), and report when it answers its health check again. Children
+        stopped with `stop()` stay stopped. Children it restarts are started from the thread running
+        this loop, and die with it (PR_SET_PDEATHSIG is per thread): run it where the suite lives."""
+        recovering: set[str] = set()
+        with self._lock:
+            self._supervising += 1
+        try:
+            while until is None or not until.is_set():
+                try:
+                    recovering.update(self.check_children(report))
+                    for name in sorted(recovering):
+                        child = self.children[name]
+                        if not (child.wanted and child.alive()):
+                            recovering.discard(name)  # stopped, or exited again (already reported)
+                        elif await self._healthy(name):
+                            recovering.discard(name)
+                            report(f"{name} is healthy again")
+                except Exception as exc:  # supervision goes on whatever one round met
+                    report(f"supervision: {exc!r}")
+                await asyncio.sleep(poll)
+        finally:
+            with self._lock:
+                self._supervising -= 1
+
+    def supervise_in_background(self, report: Callable[[str], None] = report_to_stderr,
+                                poll: float = 0.25) -> Supervision:
+        """`supervise()` in a thread of its own (for synchronous callers, such as a session fixture);
+        `.stop()` ends it. The thread outlives that while a child it restarted runs, since a child dies
+        with the thread that started it; it is a daemon, and `Suite.stop()` ends those children."""
+        return Supervision(self, report, poll)
+
+
+class Supervision:
+    """A running `Suite.supervise_in_background()`."""
+
+    def __init__(self, suite: Suite, report: Callable[[str], None], poll: float):
+        self.suite = suite
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(report, poll), name="suite-supervision", daemon=True)
+        self._thread.start()
+
+    def _run(self, report: Callable[[str], None], poll: float) -> None:
+        try:
+            asyncio.run(self.suite.supervise(report, poll, self._stop))
+        except Exception as exc:  # reported, not raised into nowhere
+            report(f"supervision failed: {exc!r}; dead children are no longer restarted")
+        finally:
+            me = threading.get_ident()
+            while any(child.spawner == me and child.alive() for child in self.suite.children.values()):
+                time.sleep(poll)  # keep the children this thread started alive (see Suite.supervise)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive() and not self._stop.is_set()
+
+    def stop(self) -> None:
+        """Stop restarting children (those it restarted keep running)."""
+        self._stop.set()
 
 
 def free_port() -> int:
@@ -288,6 +496,18 @@ def _banner(suite: Suite) -> str:
     return "\n".join(lines)
 
 
+async def _announce(suite: Suite) -> None:
+    """The banner once every child is healthy; meanwhile, every minute, which one is not yet."""
+    while True:
+        try:
+            await suite.wait_healthy(timeout=60)
+        except RuntimeError as exc:
+            report_to_stderr(f"{exc}; still waiting (a child that exits is restarted)")
+            continue
+        print(_banner(suite), flush=True)
+        return
+
+
 async def run(settings: Settings) -> int:
     backing = ensure_backing_services(settings.database_url, settings.redis_url, settings.data_dir)
     suite = Suite(settings, backing)
@@ -295,26 +515,21 @@ async def run(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    tasks: list[asyncio.Task] = []
     code = 0
     try:
         await suite.migrate()
-        suite.start()
-        await suite.wait_healthy()
-        print(_banner(suite), flush=True)
-        while not stop.is_set():
-            dead = suite.exited()
-            if dead:
-                print(f"launcher: {', '.join(dead)} exited unexpectedly; stopping the suite", file=sys.stderr)
-                code = 1
-                break
-            try:
-                await asyncio.wait_for(stop.wait(), 1.0)
-            except asyncio.TimeoutError:
-                pass
+        if not stop.is_set():
+            suite.start()
+            tasks = [asyncio.create_task(suite.supervise()), asyncio.create_task(_announce(suite))]
+            await stop.wait()  # only Ctrl-C / SIGTERM stops the suite: a child that exits is restarted
     except RuntimeError as exc:
         print(f"launcher: {exc}", file=sys.stderr)
         code = 1
     finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         print("launcher: stopping...", file=sys.stderr)
         suite.stop()
         backing.stop()
