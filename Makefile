@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 GEN_STAMP := gen/.stamp
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: up test gen venv clean check-gen lint bench token
+.PHONY: up test gen venv clean check-gen lint bench token grpc-token
 
 venv: $(INSTALLED)
 
@@ -37,6 +37,10 @@ test: $(GEN_STAMP)
 token: $(GEN_STAMP)
 	@test -n "$(USER_ID)" || { echo "usage: make token USER_ID=<user id>" >&2; exit 2; }
 	@$(PY) -m gateway.token "$(USER_ID)"
+
+# A signed statement for grpcurl against a local suite's services (1 hour): make grpc-token [USER_ID=team200-1]
+grpc-token: $(GEN_STAMP)
+	@$(PY) -m svclib.internal_auth $(if $(USER_ID),--user "$(USER_ID)")
 
 bench: $(GEN_STAMP)
 	$(PY) -m bench

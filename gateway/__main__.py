@@ -52,6 +52,7 @@ def main() -> int:
     try:
         settings = load_settings()
         Authenticator(settings)  # the token key is checked before anything starts
+        settings.resolved_internal_secret()  # and the secret its calls to the services are signed with
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

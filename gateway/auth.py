@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-import secrets
 import time
 from typing import Any
 
@@ -31,6 +30,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.errors import ApiError
+from svclib import localsecrets
 from svclib.config import ConfigError, Settings
 from svclib.ratelimit import RateLimiter
 
@@ -60,6 +60,7 @@ class Principal:
 
     user_id: str | None
     authenticated: bool
+    token: str | None = dataclasses.field(default=None, repr=False)  # the verified bearer token
 
 
 class Authenticator:
@@ -82,17 +83,18 @@ class Authenticator:
         self.dev_trust_user = settings.auth_dev_trust_user
         self._verified: dict[str, tuple[str, float]] = {}  # token -> (sub, exp + leeway), oldest first
 
-    def principal(self, request: web.Request) -> Principal:
-        """The principal of `request`, or Unauthenticated."""
+    def principal(self, request: web.Request, *, anonymous: bool = False) -> Principal:
+        """The principal of `request`, or Unauthenticated. With `anonymous`, a request without an
+        Authorization header passes as nobody (the local login, which names its user and gets a token)."""
         header = request.headers.get("Authorization")
         if header is None:
-            if self.dev_trust_user:
+            if self.dev_trust_user or anonymous:
                 return Principal(None, authenticated=False)
             raise Unauthenticated("an Authorization: Bearer token is required", error=None)
         scheme, _, token = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("the Authorization header must be 'Bearer <token>'", error="invalid_request")
-        return Principal(self.verify(token.strip()), authenticated=True)
+        return Principal(self.verify(token.strip()), authenticated=True, token=token.strip())
 
     def verify(self, token: str) -> str:
         """The user id (`sub`) of a valid token.
@@ -134,7 +136,8 @@ class Authenticator:
         except jwt.InvalidTokenError:
             raise Unauthenticated("the token is malformed") from None
         subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject.strip() or len(subject) > MAX_USER_ID:
+        if (not isinstance(subject, str) or not subject.strip() or len(subject) > MAX_USER_ID
+                or any(ord(ch) < 32 or ord(ch) == 127 for ch in subject)):
             raise Unauthenticated("the token's 'sub' is not a valid user id")
         return subject, float(claims["exp"])
 
@@ -156,8 +159,8 @@ class Gatekeeper:
         self.limiter = RateLimiter(redis, settings.user_rate_limit, burst=settings.user_rate_burst,
                                    prefix=settings.redis_prefix + "rl:user:", lease=max(1, lease))
 
-    async def admit(self, request: web.Request) -> Principal:
-        principal = self.authenticator.principal(request)
+    async def admit(self, request: web.Request, *, anonymous: bool = False) -> Principal:
+        principal = self.authenticator.principal(request, anonymous=anonymous)
         key = principal.user_id if principal.user_id is not None else f"addr:{request.remote}"
         wait = await self.limiter.admit(key)
         if wait > 0:
@@ -201,4 +204,9 @@ def mint_token(settings: Settings, user_id: str, *, ttl: dt.timedelta = dt.timed
 
 def new_secret() -> str:
     """A fresh HS256 secret (256 bits, URL-safe text)."""
-    return secrets.token_urlsafe(32)
+    return localsecrets.new_secret()
+
+
+def local_jwt_secret(data_dir: str) -> str:
+    """The local HS256 secret `make up` signs with, created once under `data_dir` (owner-only)."""
+    return localsecrets.local_secret(data_dir, "jwt-secret")

@@ -47,6 +47,8 @@ _TRANSPORT_FAILURE_RE = re.compile(
     re.IGNORECASE,
 )
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
+#: Retry-After (seconds) of a 503 whose service gave no hint.
+DEFAULT_RETRY_AFTER = 1
 _dumps = functools.partial(json.dumps, ensure_ascii=False)
 
 
@@ -130,4 +132,15 @@ def from_rpc_error(err: grpc.aio.AioRpcError, service_key: str) -> ApiError:
         # An exception escaped the servicer; grpc puts its repr here, which is not for clients.
         log.error("backend failed", extra={"backend": service_key, "grpc_details": message})
         message = f"internal error in the {service_key} service"
-    return ApiError(code, message, details=_status_details(err))
+    headers = None
+    if code == grpc.StatusCode.UNAVAILABLE:
+        # 503 always says when to come back: the service's own hint (a database restarting), else soon.
+        headers = {"Retry-After": _retry_after(err)}
+    return ApiError(code, message, details=_status_details(err), headers=headers)
+
+
+def _retry_after(err: grpc.aio.AioRpcError) -> str:
+    for key, value in err.trailing_metadata() or ():
+        if key == "retry-after" and isinstance(value, str) and value.isdigit() and 0 < int(value) <= 3600:
+            return value
+    return str(DEFAULT_RETRY_AFTER)

@@ -17,34 +17,43 @@ import grpc
 
 from svclib import i18n
 from svclib.config import Settings
+from svclib.internal_auth import METADATA_KEY as AUTH_METADATA, Signer
 from svclib.logging import request_id_var, user_id_var
 
-# Transient failures of idempotent reads are retried by gRPC itself (channel service config).
-_SERVICE_CONFIG = json.dumps({
-    "methodConfig": [{
-        "name": [{}],
-        "retryPolicy": {
-            "maxAttempts": 3,
-            "initialBackoff": "0.1s",
-            "maxBackoff": "1s",
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        },
-    }]
-})
+_RETRY_POLICY = {
+    "maxAttempts": 3,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
 
 
-def context_metadata(metadata=None) -> tuple[tuple[str, str], ...]:
-    """`metadata` plus the current request id (`x-request-id`), user (`x-user-id`) and language
-    (`x-language`, svclib.i18n) unless set."""
+def retry_service_config(services) -> str:
+    """The channels' service config: gRPC itself retries an UNAVAILABLE call (3 attempts, backoff) only
+    for methods the contract declares safe to repeat (`option idempotency_level = NO_SIDE_EFFECTS` or
+    `IDEMPOTENT` in the protos). Every other method (a payment, a consent's creation at a bank) is
+    sent once; its caller decides, with its idempotency key."""
+    from google.protobuf import descriptor_pb2
+
+    unknown = descriptor_pb2.MethodOptions.IDEMPOTENCY_UNKNOWN
+    names = [{"service": service.full_name, "method": method.name}
+             for service in services for method in service.methods
+             if method.GetOptions().idempotency_level != unknown]
+    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": _RETRY_POLICY}] if names else []})
+
+
+def context_metadata(metadata=None, signer: Signer | None = None) -> tuple[tuple[str, str], ...]:
+    """`metadata` plus the current request id (`x-request-id`), language (`x-language`, svclib.i18n)
+    and, with a signer, the signed statement of this process acting for the current user
+    (`authorization`, svclib.internal_auth) unless set."""
     items = tuple(metadata or ())
     keys = {key for key, _ in items}
     request_id = request_id_var.get()
     if request_id and "x-request-id" not in keys:
         items += (("x-request-id", request_id),)
-    user_id = user_id_var.get()
-    if user_id and "x-user-id" not in keys:
-        items += (("x-user-id", user_id),)
+    if signer is not None and AUTH_METADATA not in keys:
+        items += (signer.metadata(user_id_var.get()),)
     language = i18n.language_var.get()
     if language and i18n.METADATA_KEY not in keys:
         items += ((i18n.METADATA_KEY, language),)
@@ -58,29 +67,40 @@ class _ContextStub:
     with its own call objects, which costs every call a noticeable share of its CPU.
     """
 
-    def __init__(self, stub: Any, default_timeout: float):
+    def __init__(self, stub: Any, default_timeout: float, signer: Signer):
         self._stub = stub
         self._default_timeout = default_timeout
+        self._signer = signer
 
     def __getattr__(self, name: str):
         method = getattr(self._stub, name)
         default_timeout = self._default_timeout
+        signer = self._signer
 
         def call(request, *, timeout: float | None = None, metadata=None, **kwargs):
             return method(request, timeout=default_timeout if timeout is None else timeout,
-                          metadata=context_metadata(metadata), **kwargs)
+                          metadata=context_metadata(metadata, signer), **kwargs)
 
         call.__name__ = name
         self.__dict__[name] = call  # found directly from now on
         return call
 
 
-def make_channel(target: str) -> grpc.aio.Channel:
+def make_channel(target: str, service_config: str | None = None) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
         target,
-        options=[("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
+        options=[("grpc.service_config", service_config or _suite_service_config()), ("grpc.enable_retries", 1),
                  ("grpc.lb_policy_name", "round_robin")],
     )
+
+
+def _suite_service_config() -> str:
+    from finpulse.consent.v1 import consent_pb2
+    from finpulse.dashboard.v1 import dashboard_pb2
+    from finpulse.onboarding.v1 import onboarding_pb2
+    from finpulse.sync.v1 import sync_pb2
+    return retry_service_config([service for module in (onboarding_pb2, consent_pb2, sync_pb2, dashboard_pb2)
+                                 for service in module.DESCRIPTOR.services_by_name.values()])
 
 
 def _stub_classes() -> dict[str, Any]:
@@ -99,21 +119,25 @@ def _stub_classes() -> dict[str, Any]:
 class ServiceClients:
     """Stubs of the suite's services by name, over channels opened on first use."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, caller: str):
+        """`caller`: who this process is in the statements it signs (`gateway`, `sync`, ...)."""
         self._addrs = dict(settings.service_addrs)
         self._timeout = settings.rpc_timeout
+        self.signer = Signer(settings.resolved_internal_secret(), caller)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, Any] = {}
         self._classes = _stub_classes()
+        self._service_config = _suite_service_config()
 
     def channel(self, service: str) -> grpc.aio.Channel:
         if service not in self._channels:
-            self._channels[service] = make_channel(self._addrs[service])
+            self._channels[service] = make_channel(self._addrs[service], self._service_config)
         return self._channels[service]
 
     def stub(self, service: str) -> Any:
         if service not in self._stubs:
-            self._stubs[service] = _ContextStub(self._classes[service](self.channel(service)), self._timeout)
+            self._stubs[service] = _ContextStub(self._classes[service](self.channel(service)), self._timeout,
+                                                self.signer)
         return self._stubs[service]
 
     @property

@@ -105,6 +105,9 @@ class Settings:
     startup_wait: float = 60.0  # seconds a starting service waits for its database before it exits 1
     # Language of texts for people when a request's Accept-Language names none we have (svclib.i18n).
     default_language: str = "ru"
+    # Signs and verifies the statements of calls between the suite's processes (svclib.internal_auth);
+    # None in local mode: a secret kept under data_dir (svclib.localsecrets) is used.
+    internal_secret: str | None = None
     # service name -> the URL that service connects with (FINPULSE_<SVC>_DATABASE_URL: its own Postgres
     # role, which its migrations create and grant); unset: the service uses `database_url`
     service_database_urls: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -122,6 +125,16 @@ class Settings:
     def database_url_for(self, service: str) -> str | None:
         """The URL `service` connects with: its own (FINPULSE_<SVC>_DATABASE_URL), else the shared one."""
         return self.service_database_urls.get(service) or self.database_url
+
+    def resolved_internal_secret(self) -> str:
+        """The internal secret: configured, or (local mode) the one kept under the data dir."""
+        if self.internal_secret:
+            return self.internal_secret
+        if not self.is_local:
+            raise ConfigError(["FINPULSE_INTERNAL_SECRET: required when FINPULSE_ENV=production (every service and "
+                               "the gateway sign and verify their calls to each other with it)"])
+        from svclib.localsecrets import local_secret
+        return local_secret(self.data_dir, "internal-secret")
 
     def port_for(self, service: str) -> int:
         if self.grpc_port is not None:
@@ -299,6 +312,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if dev_trust and env == "production":
         r.problems.append("FINPULSE_AUTH_DEV_TRUST_USER: a development switch, refused when FINPULSE_ENV=production")
 
+    internal_secret = r.str("FINPULSE_INTERNAL_SECRET")
+    if internal_secret is not None and len(internal_secret) < 32:
+        r.problems.append("FINPULSE_INTERNAL_SECRET: must be at least 32 characters")
     default_language = (r.str("FINPULSE_DEFAULT_LANGUAGE", "ru") or "ru").lower()
     if default_language not in ("ru", "en"):
         r.problems.append(f"FINPULSE_DEFAULT_LANGUAGE={default_language!r}: expected 'ru' or 'en'")
@@ -306,15 +322,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(
         env=env,
         default_language=default_language,
+        internal_secret=internal_secret,
         database_url=database_url,
         redis_url=redis_url,
         redis_prefix=r.str("FINPULSE_REDIS_PREFIX", "finpulse:"),
         team=team,
         banks=tuple(banks),
         service_addrs=service_addrs,
-        grpc_host=r.str("FINPULSE_GRPC_HOST", "0.0.0.0"),
+        # Local runs listen on loopback only; containers (production) on every interface.
+        grpc_host=r.str("FINPULSE_GRPC_HOST", "127.0.0.1" if env == "local" else "0.0.0.0"),
         grpc_port=grpc_port,
-        gateway_host=r.str("FINPULSE_GATEWAY_HOST", "0.0.0.0"),
+        gateway_host=r.str("FINPULSE_GATEWAY_HOST", "127.0.0.1" if env == "local" else "0.0.0.0"),
         gateway_port=r.int("FINPULSE_GATEWAY_PORT", 8000, 1, 65535),
         cors_origins=cors,
         log_level=log_level,

@@ -25,6 +25,8 @@ from svclib.config import ConfigError, Settings, load_settings
 from svclib.embedded import BackingServices, ensure_backing_services
 from svclib.logging import setup_logging
 from svclib.process import die_with_parent
+from svclib.internal_auth import Verifier
+from svclib.resilience import LoopHealth, is_unavailable
 from svclib.server import GrpcServer, install_signal_handlers
 
 log = logging.getLogger("svclib.runtime")
@@ -40,6 +42,9 @@ class Runtime:
     pool: asyncpg.Pool
     cache: Cache
     clients: ServiceClients
+    database_url: str = ""  # what `pool` connects to (a Listener opens its own connection there)
+    # Heartbeats of the service's long-running loops: health turns NOT_SERVING when one goes silent.
+    health: LoopHealth = dataclasses.field(default_factory=LoopHealth)
     _closers: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
     _tasks: list[asyncio.Task] = dataclasses.field(default_factory=list)
 
@@ -47,9 +52,20 @@ class Runtime:
         self._closers.append(closer)
 
     def background(self, coro: Awaitable, name: str) -> asyncio.Task:
+        """Run `coro` until the service stops. It should never end by itself (use
+        svclib.resilience.run_forever); if it does, that is logged and health turns NOT_SERVING."""
         task = asyncio.create_task(coro, name=name)
         self._tasks.append(task)
+        self.health.register(f"task:{name}", float("inf"))
+        task.add_done_callback(self._task_ended)
         return task
+
+    def _task_ended(self, task: asyncio.Task) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        log.error("background task %s ended", task.get_name(), exc_info=exc)
+        self.health.register(f"task:{task.get_name()}", -1.0)  # stale at once: NOT_SERVING
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -113,33 +129,47 @@ async def _when_reachable(what: str, attempt: Callable[[], Awaitable], wait: flo
 async def open_runtime(settings: Settings, spec: ServiceSpec, database_url: str, redis_url: str) -> Runtime:
     pool = await _when_reachable("the database", lambda: db.create_pool(
         database_url, spec.schema, application_name=f"finpulse-{spec.name}"), settings.startup_wait)
-    return Runtime(settings=settings, pool=pool, cache=Cache(redis_url, prefix=settings.redis_prefix), clients=ServiceClients(settings))
+    return Runtime(settings=settings, pool=pool, cache=Cache(redis_url, prefix=settings.redis_prefix),
+                   clients=ServiceClients(settings, spec.name), database_url=database_url)
 
 
 async def _stores_ready(runtime: Runtime) -> bool:
+    return await _database_answers(runtime) and await runtime.cache.ping()
+
+
+async def _database_answers(runtime: Runtime) -> bool:
     try:
         await runtime.pool.fetchval("SELECT 1", timeout=2)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        return True
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not ready"
+        if not is_unavailable(exc):
+            log.warning("readiness check failed", extra={"error": repr(exc)})
         return False
-    return await runtime.cache.ping()
 
 
 async def _watch_readiness(runtime: Runtime, server: GrpcServer) -> None:
-    """SERVING once Postgres and Redis answer; NOT_SERVING while Postgres does not."""
+    """SERVING once Postgres and Redis answer; NOT_SERVING while Postgres does not, or while one of the
+    service's loops is silent (runtime.health: dead or stuck). Redis being down later does not count:
+    every service keeps working without it."""
     serving = False
     while True:
-        if not serving:
-            if await _stores_ready(runtime):
-                serving = True
-                await server.set_serving(True)
-                log.info("serving")
-        else:
-            try:
-                await runtime.pool.fetchval("SELECT 1", timeout=2)
-            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
-                serving = False
-                await server.set_serving(False)
-                log.warning("database unreachable: NOT_SERVING")
+        try:
+            if not serving:
+                ready = await _stores_ready(runtime) and runtime.health.healthy()
+            else:
+                ready = await _database_answers(runtime) and runtime.health.healthy()
+            if ready != serving:
+                serving = ready
+                await server.set_serving(serving)
+                if serving:
+                    log.info("serving")
+                else:
+                    log.warning("NOT_SERVING", extra={"database": await _database_answers(runtime),
+                                                      "silent_loops": runtime.health.stale()})
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the watch itself must never stop
+            log.exception("readiness watch failed; retrying")
         await asyncio.sleep(0.2 if not serving else READINESS_INTERVAL)
 
 
@@ -152,7 +182,8 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
                 settings.startup_wait)
         own_url = settings.service_database_urls.get(spec.name) or backing.database_url
         runtime = await open_runtime(settings, spec, own_url, backing.redis_url)
-        server = GrpcServer(spec.name, settings.grpc_host, settings.port_for(spec.name), settings.shutdown_grace)
+        server = GrpcServer(spec.name, settings.grpc_host, settings.port_for(spec.name), settings.shutdown_grace,
+                            Verifier(settings.resolved_internal_secret()))
         exporter = None
         try:
             exporter = metrics.start_exporter(settings.metrics_addrs.get(spec.name))
@@ -216,6 +247,9 @@ def main(spec: ServiceSpec, argv: list[str] | None = None) -> int:
         if args.command == "serve" and spec.calls_banks and not settings.team.client_secret:
             problems.append(f"FINPULSE_TEAM_SECRET: {spec.name}_svc calls the banks and needs it "
                             "when FINPULSE_ENV=production")
+        if args.command == "serve" and not settings.is_local and not settings.internal_secret:
+            problems.append("FINPULSE_INTERNAL_SECRET: required when FINPULSE_ENV=production (the services and "
+                            "the gateway sign and verify their calls to each other with it)")
         if problems:
             raise ConfigError(problems)
     except ConfigError as exc:

@@ -3,8 +3,10 @@
 - `grpc.health.v1` through grpc's aio HealthServicer: NOT_SERVING until the service's database and
   Redis answer, SERVING after, NOT_SERVING again from the first moment of shutdown.
 - Server reflection, so `grpcurl list/describe` work.
-- One interceptor that sets the request id (metadata `x-request-id`, or a new one) and the caller's
-  user (`x-user-id`) into context variables, maps domain errors to status codes (an unexpected
+- One interceptor that verifies the caller's signed statement (svclib.internal_auth: UNAUTHENTICATED
+  without a valid one, except for health and reflection), sets the request id (metadata
+  `x-request-id`, or a new one), the statement's user and the language (`x-language`) into context
+  variables, maps domain errors to status codes (an unexpected
   exception becomes INTERNAL with a generic message; the traceback goes to the log only), writes
   one JSON access-log line per call and counts it in the Prometheus metrics (`svclib.metrics`: per
   method and code, with its latency).
@@ -25,6 +27,8 @@ from grpc_reflection.v1alpha import reflection
 
 from svclib import i18n, metrics
 from svclib.errors import DomainError
+from svclib.internal_auth import METADATA_KEY as AUTH_METADATA, Caller, InvalidStatement, Verifier, is_open
+from svclib.resilience import RETRY_AFTER_SECONDS, is_unavailable
 from svclib.logging import new_request_id, request_id_var, user_id_var
 
 log = logging.getLogger("svclib.server")
@@ -47,8 +51,38 @@ _DOWNSTREAM_CODES = {
 } | {grpc.StatusCode.DEADLINE_EXCEEDED: grpc.StatusCode.UNAVAILABLE}
 
 
+def _refuse(handler, message: str):
+    """A handler that answers UNAUTHENTICATED (same shape as `handler`)."""
+    async def refuse(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def refuse_stream(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - a generator, never reached
+
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream, request_deserializer=handler.request_deserializer,
+                                                    response_serializer=handler.response_serializer)
+    return grpc.unary_unary_rpc_method_handler(refuse, request_deserializer=handler.request_deserializer,
+                                               response_serializer=handler.response_serializer)
+
+
+#: Trailing metadata of an UNAVAILABLE answer: seconds to wait before retrying (the gateway's Retry-After).
+RETRY_AFTER_METADATA = "retry-after"
+#: Longest error message a service sends (status details travel in headers, which have a size limit; a
+#: message echoing a huge input would turn into RESOURCE_EXHAUSTED on the way).
+MAX_MESSAGE = 1000
+
+
+def bounded_message(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE - 1] + "…"
+
+
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Request id + user context, domain error mapping and access log for every RPC."""
+    """Caller verification, request id + user context, domain error mapping and access log for every RPC."""
+
+    def __init__(self, verifier: Verifier):
+        self.verifier = verifier
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -56,11 +90,20 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             return None
         metadata = dict(handler_call_details.invocation_metadata or ())
         method = handler_call_details.method
+        caller = None
+        if not is_open(method):
+            try:
+                caller = self.verifier.verify(metadata.get(AUTH_METADATA))
+            except InvalidStatement as exc:
+                metrics.observe_rpc(method, grpc.StatusCode.UNAUTHENTICATED.name, 0.0)
+                access_log.warning("rpc refused", extra={"rpc": method, "code": "UNAUTHENTICATED",
+                                                         "reason": str(exc)})
+                return _refuse(handler, str(exc))
         if handler.unary_unary:
             inner = handler.unary_unary
 
             async def unary_unary(request, context):
-                with _CallScope(method, metadata, context) as scope:
+                with _CallScope(method, metadata, context, caller) as scope:
                     await scope.check_user(request)
                     return await scope.guard(inner(request, context))
 
@@ -71,7 +114,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def unary_stream(request, context):
-                with _CallScope(method, metadata, context) as scope:
+                with _CallScope(method, metadata, context, caller) as scope:
                     await scope.check_user(request)
                     async for item in scope.guard_stream(inner_stream(request, context)):
                         yield item
@@ -83,11 +126,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
 
 class _CallScope:
-    def __init__(self, method: str, metadata: dict, context: grpc.aio.ServicerContext):
+    def __init__(self, method: str, metadata: dict, context: grpc.aio.ServicerContext, caller: Caller | None):
         self.method = method
         self.context = context
-        self.request_id = metadata.get("x-request-id") or new_request_id()
-        self.user_id = metadata.get("x-user-id")
+        request_id = metadata.get("x-request-id") or ""
+        self.request_id = request_id if 0 < len(request_id) <= 128 else new_request_id()
+        # The acting user comes from the verified statement only (an x-user-id header proves nothing).
+        self.user_id = caller.user if caller is not None else None
         language = metadata.get(i18n.METADATA_KEY)
         self.language = language if language and i18n.supported(language) else None
         self.code = grpc.StatusCode.OK
@@ -125,6 +170,12 @@ class _CallScope:
             await self.context.abort(self.code, "user_id does not match the calling user")
 
     async def _fail(self, exc: Exception):
+        if is_unavailable(exc):
+            # The database (or the network to it) is away for now: the caller should retry, not report a bug.
+            self.code = grpc.StatusCode.UNAVAILABLE
+            log.warning("database unavailable", extra={"rpc": self.method, "error": repr(exc)})
+            await self.context.abort(self.code, "the service's database is unavailable; retry in a moment",
+                                     trailing_metadata=((RETRY_AFTER_METADATA, str(RETRY_AFTER_SECONDS)),))
         if isinstance(exc, _UNSTORABLE_TEXT):
             # Text Postgres refuses (NUL, or not encodable): the caller's input, not our failure.
             self.code = grpc.StatusCode.INVALID_ARGUMENT
@@ -132,7 +183,7 @@ class _CallScope:
                                                 "(such as NUL, U+0000)")
         if isinstance(exc, DomainError):
             self.code = _status_code(exc.code)
-            await self.context.abort(self.code, exc.message)
+            await self.context.abort(self.code, bounded_message(exc.message))
         if isinstance(exc, grpc.aio.AioRpcError):
             # A call to another service failed: pass its verdict on, without its debug string.
             self.code = _DOWNSTREAM_CODES.get(exc.code(), grpc.StatusCode.INTERNAL)
@@ -164,14 +215,14 @@ class _CallScope:
 class GrpcServer:
     """A grpc.aio server with health and reflection; register servicers, then `run()`."""
 
-    def __init__(self, name: str, host: str, port: int, grace: float):
+    def __init__(self, name: str, host: str, port: int, grace: float, verifier: Verifier):
         self.name = name
         self.address = f"{host}:{port}"
         self.grace = grace
         # Connections are recycled every few minutes (clients reconnect at once, in-flight calls get a
         # grace), so clients re-resolve their target and new replicas behind a headless Service get
         # their share of the calls.
-        self.server = grpc.aio.server(interceptors=[ServiceInterceptor()],
+        self.server = grpc.aio.server(interceptors=[ServiceInterceptor(verifier)],
                                       options=[("grpc.so_reuseport", 0),
                                                ("grpc.max_connection_age_ms", 5 * 60 * 1000),
                                                ("grpc.max_connection_age_grace_ms", 30 * 1000)])

@@ -130,12 +130,39 @@ def grpc_addr() -> str:
     return f"127.0.0.1:{free_port()}"
 
 
+#: The internal secret of the in-process servers and channels below (svclib.internal_auth).
+INTERNAL_SECRET = "test-internal-secret-" + "i" * 32
+
+
+class _SignedCalls(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    """Test channels sign their calls as the services do (caller `test`); the user a test names with
+    `x-user-id` metadata becomes the statement's user (the servers ignore the header itself)."""
+
+    def __init__(self):
+        from svclib.internal_auth import Signer
+        self.signer = Signer(INTERNAL_SECRET, "test")
+
+    def _details(self, details):
+        metadata = list(details.metadata or ())
+        if not any(key == "authorization" for key, _ in metadata):
+            user = next((value for key, value in metadata if key == "x-user-id"), None)
+            metadata.append(self.signer.metadata(user))
+        return details._replace(metadata=grpc.aio.Metadata(*metadata))
+
+    async def intercept_unary_unary(self, continuation, details, request):
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):
+        return await continuation(self._details(details), request)
+
+
 @pytest_asyncio.fixture
 async def grpc_server(grpc_addr, grpc_add_to_server, grpc_servicer):
     """pytest-grpc's server fixture, on grpc.aio (see the module docstring)."""
+    from svclib.internal_auth import Verifier
     from svclib.server import ServiceInterceptor
 
-    server = grpc.aio.server(interceptors=[ServiceInterceptor()])
+    server = grpc.aio.server(interceptors=[ServiceInterceptor(Verifier(INTERNAL_SECRET))])
     grpc_add_to_server(grpc_servicer, server)
     server.add_insecure_port(grpc_addr)
     await server.start()
@@ -148,8 +175,10 @@ async def grpc_create_channel(grpc_addr, grpc_server):
     channels: list[grpc.aio.Channel] = []
 
     def create(credentials=None, options=None) -> grpc.aio.Channel:
-        channel = (grpc.aio.secure_channel(grpc_addr, credentials, options) if credentials is not None
-                   else grpc.aio.insecure_channel(grpc_addr, options))
+        interceptors = [_SignedCalls()]
+        channel = (grpc.aio.secure_channel(grpc_addr, credentials, options, interceptors=interceptors)
+                   if credentials is not None else grpc.aio.insecure_channel(grpc_addr, options,
+                                                                             interceptors=interceptors))
         channels.append(channel)
         return channel
 
@@ -180,6 +209,9 @@ def suite(fresh_database, tmp_path_factory):
     env.update(FINPULSE_ENV="local", FINPULSE_GRPC_HOST="127.0.0.1", FINPULSE_GATEWAY_HOST="127.0.0.1",
                FINPULSE_GATEWAY_PORT=str(free_port()), FINPULSE_SHUTDOWN_GRACE="2",
                FINPULSE_DATA_DIR=log_dir, FINPULSE_LOG_LEVEL="INFO", FINPULSE_SYNC_LEASE="4",
+               # The flows below send bursts far above a person's (test_isolation walks every route at
+               # once); the per-user limit itself is tested on a gateway of its own (test_gateway.py).
+               FINPULSE_USER_RATE_LIMIT="1000", FINPULSE_USER_RATE_BURST="2000",
                # Its own Redis keys: a shared Redis may hold another run's (for another database).
                FINPULSE_REDIS_PREFIX=f"finpulse-test-{uuid.uuid4().hex[:8]}:")
     for name in SERVICES:

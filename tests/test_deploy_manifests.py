@@ -49,6 +49,7 @@ PROD_EXTERNAL_SECRETS = {
     "finpulse-redis": {"FINPULSE_REDIS_URL": "rediss://:x@redis.internal:6380/0"},
     "finpulse-bank-credentials": {"FINPULSE_TEAM_SECRET": "x"},
     "finpulse-jwt": {"FINPULSE_JWT_SECRET": "x" * 40},
+    "finpulse-internal": {"FINPULSE_INTERNAL_SECRET": "i" * 40},
 }
 
 
@@ -241,11 +242,33 @@ def test_services_probe_their_grpc_health_and_outlast_their_shutdown_grace(overl
         # It waits for its schema: the init container of the same image, with the service's own role.
         (init,) = spec["initContainers"]
         assert command_of(init)[:4] == ["python", "-m", f"{svc}_svc", "wait-migrations"]
-        assert init["envFrom"] == [ref for ref in container["envFrom"] if not _is_bank_credentials(ref)]
+        # (Neither the bank's secret nor the internal one: waiting for migrations calls nobody.)
+        assert init["envFrom"] == [ref for ref in container["envFrom"]
+                                   if not _is_bank_credentials(ref) and not _is_internal_secret(ref)]
 
 
 def _is_bank_credentials(env_from: dict) -> bool:
     return env_from.get("secretRef", {}).get("name", "").startswith("finpulse-bank-credentials")
+
+
+def _is_internal_secret(env_from: dict) -> bool:
+    return env_from.get("secretRef", {}).get("name", "").startswith("finpulse-internal")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_and_every_service_sign_their_calls(overlay):
+    """svclib.internal_auth: the serving processes hold the internal secret; migrations and init
+    containers do not."""
+    for name, (kind, template) in pod_templates(overlay).items():
+        for container in [*template["spec"].get("initContainers", []), *template["spec"]["containers"]]:
+            if not is_finpulse_image(container) or command_of(container)[2] == "bank_sandbox":
+                continue
+            command = command_of(container)
+            serving = command[2] == "gateway" or command[3] == "serve"
+            has = any(_is_internal_secret(ref) for ref in container.get("envFrom", []))
+            assert has == serving, (name, command)
+            if serving:
+                assert len(container_env(overlay, container)["FINPULSE_INTERNAL_SECRET"]) >= 32
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -33,6 +33,15 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=30)
 
 
+def operator_token(suite, user: str | None = None) -> str:
+    """What `make grpc-token` prints for this suite (its data dir holds the suite's internal secret)."""
+    env = {**suite.env, "FINPULSE_DATA_DIR": suite.settings.data_dir}
+    out = subprocess.run([sys.executable, "-m", "svclib.internal_auth", *(["--user", user] if user else [])],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 @pytest.mark.parametrize("name", list(SERVICES))
 def test_list_describe_health_and_a_read(suite, name):
     addr = suite.settings.service_addrs[name]
@@ -48,5 +57,21 @@ def test_list_describe_health_and_a_read(suite, name):
     assert health.returncode == 0 and json.loads(health.stdout) == {"status": "SERVING"}
 
     method, request, expected = READS[name]
-    answer = grpcurl("-d", json.dumps(request), addr, f"{SERVICES[name]}/{method}")
+    refused = grpcurl("-d", json.dumps(request), addr, f"{SERVICES[name]}/{method}")
+    assert refused.returncode != 0 and "Unauthenticated" in refused.stderr, "no statement, no answer"
+    answer = grpcurl("-H", f"authorization: Bearer {operator_token(suite)}", "-d", json.dumps(request), addr,
+                     f"{SERVICES[name]}/{method}")
     assert expected in answer.stdout + answer.stderr
+
+
+def test_a_forged_user_header_changes_nothing(suite):
+    """The acting user is the signed statement's: x-user-id naming another user is ignored, and a
+    statement for one user cannot read another's data."""
+    addr = suite.settings.service_addrs["dashboard"]
+    token = operator_token(suite, "team200-10")
+    own = grpcurl("-H", f"authorization: Bearer {token}", "-H", "x-user-id: team200-9",
+                  "-d", json.dumps({"user_id": "team200-10"}), addr, f"{SERVICES['dashboard']}/GetFinancialInputs")
+    assert own.returncode == 0, own.stderr
+    other = grpcurl("-H", f"authorization: Bearer {token}", "-H", "x-user-id: team200-9",
+                    "-d", json.dumps({"user_id": "team200-9"}), addr, f"{SERVICES['dashboard']}/GetFinancialInputs")
+    assert other.returncode != 0 and "PermissionDenied" in other.stderr, other.stdout

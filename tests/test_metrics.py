@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from finpulse.dashboard.v1 import dashboard_pb2, dashboard_pb2_grpc
 from svclib.cache import Cache
+from svclib.internal_auth import Signer
 from tests.e2e import Http, eventually, set_faults, wait_synced
 
 pytestmark = pytest.mark.timeout(240)
@@ -195,12 +196,13 @@ async def test_dashboard_counts_cache_hits_by_level_and_misses(suite, session):
     # The service's own cache levels, asked directly: through the gateway, repeats of a cached answer
     # are served from the gateway's response cache and never reach the service (counted below).
     channel = grpc.aio.insecure_channel(suite.settings.service_addrs["dashboard"])
+    signer = Signer(suite.settings.resolved_internal_secret(), "test")  # as the gateway would sign
     stub = dashboard_pb2_grpc.DashboardServiceStub(channel)
 
     async def step(force_refresh: bool = False) -> tuple[dict, dict, bool]:
         before = await scrape(session, url)
         reply = await stub.GetDashboard(dashboard_pb2.GetDashboardRequest(user_id=user, force_refresh=force_refresh),
-                                        metadata=(("x-user-id", user),))
+                                        metadata=(signer.metadata(user),))
         after = await scrape(session, url)
         return (moved(before, after, "finpulse_dashboard_cache_hits_total", ("level",)),
                 moved(before, after, "finpulse_dashboard_cache_misses_total", ("reason",)),

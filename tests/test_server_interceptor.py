@@ -19,6 +19,8 @@ class Probe(pb_grpc.DashboardServiceServicer):
             raise RuntimeError("database password is hunter2")
         if request.user_id == "missing":
             raise NotFound("no such user")
+        if request.user_id == "db-down":  # what asyncpg raises while Postgres restarts
+            raise asyncpg.exceptions.CannotConnectNowError("the database system is starting up")
         if request.user_id == "nul":  # what asyncpg raises for text with NUL (shown by the test below)
             raise asyncpg.exceptions.CharacterNotInRepertoireError("invalid byte sequence for encoding UTF8: 0x00")
         return pb.GetFinancialInputsResponse(user_id=f"{request_id_var.get()}|{user_id_var.get()}")
@@ -88,3 +90,37 @@ async def test_unstorable_text_maps_to_invalid_argument(grpc_stub):
         await grpc_stub.GetFinancialInputs(pb.GetFinancialInputsRequest(user_id="nul"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "NUL" in caught.value.details()
+
+
+# ---------------------------------------------------------------------------------------------
+# Callers are verified (svclib.internal_auth): the test channels sign like the services do.
+
+async def test_unsigned_forged_and_expired_statements_are_refused(grpc_addr, grpc_server):
+    from svclib.internal_auth import Signer
+    from tests.conftest import INTERNAL_SECRET
+
+    request = pb.GetFinancialInputsRequest(user_id="team200-1")
+    async with grpc.aio.insecure_channel(grpc_addr) as raw:  # no statement at all
+        stub = pb_grpc.DashboardServiceStub(raw)
+        cases = {
+            "none": (("x-user-id", "team200-1"),),
+            "other secret": (Signer("another-secret-" + "x" * 32, "gateway").metadata("team200-1"),),
+            "expired": (Signer(INTERNAL_SECRET, "gateway", clock=lambda: 1_000_000.0).metadata("team200-1"),),
+            "not bearer": (("authorization", "Basic abc"),),
+        }
+        for name, metadata in cases.items():
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetFinancialInputs(request, metadata=metadata)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
+        good = Signer(INTERNAL_SECRET, "gateway").metadata("team200-1")
+        reply = await stub.GetFinancialInputs(request, metadata=(good, ("x-user-id", "team200-2")))
+        assert reply.user_id.endswith("|team200-1"), "the statement's user, never the x-user-id header"
+
+
+async def test_an_unreachable_database_is_unavailable_with_retry_after(grpc_stub):
+    """A database that is briefly away is UNAVAILABLE (the gateway: 503 + Retry-After), not INTERNAL."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await grpc_stub.GetFinancialInputs(pb.GetFinancialInputsRequest(user_id="db-down"))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "database is unavailable" in err.value.details()
+    assert ("retry-after", "2") in tuple(err.value.trailing_metadata())

@@ -44,7 +44,8 @@ def test_only_services_calling_banks_need_the_team_secret(service, needs_secret)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
     # A port nothing listens on: a service that starts fails later, on its database, not on its config.
     env.update(FINPULSE_ENV="production", FINPULSE_DATABASE_URL="postgresql://nobody@127.0.0.1:1/x",
-               FINPULSE_REDIS_URL="redis://127.0.0.1:1/0", FINPULSE_GRPC_PORT="1", FINPULSE_STARTUP_WAIT="1")
+               FINPULSE_REDIS_URL="redis://127.0.0.1:1/0", FINPULSE_GRPC_PORT="1", FINPULSE_STARTUP_WAIT="1",
+               FINPULSE_INTERNAL_SECRET="internal-" + "s" * 32)
     proc = subprocess.run([sys.executable, "-m", f"{service}_svc", "serve"], env=env, capture_output=True, text=True,
                           timeout=60)
     named = "FINPULSE_TEAM_SECRET" in proc.stderr
@@ -180,3 +181,17 @@ async def test_admission_leases_slots_in_batches_and_never_exceeds_the_cap(redis
     assert all(again) and calls <= 6, "refusals are remembered until their wait is over"
     await client.delete(f"finpulse-test:rl:{key}")
     await client.aclose()
+
+
+def test_production_services_need_the_internal_secret():
+    """Every service signs and verifies the calls between the suite's processes (svclib.internal_auth)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
+    env.update(FINPULSE_ENV="production", FINPULSE_DATABASE_URL="postgresql://nobody@127.0.0.1:1/x",
+               FINPULSE_REDIS_URL="redis://127.0.0.1:1/0", FINPULSE_GRPC_PORT="1", FINPULSE_STARTUP_WAIT="1")
+    proc = subprocess.run([sys.executable, "-m", "dashboard_svc", "serve"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "FINPULSE_INTERNAL_SECRET" in proc.stderr, proc.stderr[-2000:]
+    env["FINPULSE_INTERNAL_SECRET"] = "short"
+    proc = subprocess.run([sys.executable, "-m", "dashboard_svc", "serve"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "at least 32 characters" in proc.stderr, proc.stderr[-2000:]
