@@ -757,7 +757,20 @@ class BankWrite:
                           changed=changed)
 
     async def _close(self) -> None:
-        """End of the `async with`: stop the COPY task if it still runs, and roll back unless committed."""
+        """End of the `async with`: stop the COPY task if it still runs, and roll back unless committed.
+
+        Runs to its end even when the caller is cancelled meanwhile (a worker stopping, a request
+        abandoned): the connection goes back to the pool only once no task of this write uses it any
+        more (otherwise the COPY task would touch a connection already released, or one another task
+        was given)."""
+        cleanup = asyncio.ensure_future(self._close_now())
+        try:
+            await asyncio.shield(cleanup)
+        except asyncio.CancelledError:
+            await asyncio.wait([cleanup])
+            raise
+
+    async def _close_now(self) -> None:
         self._closed = True
         copier = self._copier
         if copier is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import functools
 import logging
 import random
 import time
@@ -31,6 +32,7 @@ from bankapi.client import BankClients, CallRecord
 from svclib import metrics
 from svclib.cache import DATA_VERSION_TTL, Cache, data_version_key
 from svclib.logging import new_request_id, request_id_var
+from svclib.resilience import LoopHealth, run_forever
 
 from sync_svc.bank_storage import BankCall, BankDataStorage, BankWrite, WriteStats
 from sync_svc.fetcher import BankFetcher, Fetched, OnTransactions, Progress
@@ -98,6 +100,8 @@ class SyncWorkers:
         self.config = config
         self.worker_id = f"sync-{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
+        self.health: LoopHealth | None = None
+        self._current_loop: contextvars.ContextVar[str | None] = contextvars.ContextVar("sync_loop", default=None)
         self._random = random.Random()
         # A streaming job holds a pooled connection from its first bank request to its commit.
         self._stream_slots = asyncio.Semaphore(max(1, data.pool.get_max_size() // 2))
@@ -105,28 +109,30 @@ class SyncWorkers:
     def wake(self, *_args) -> None:
         self._wake.set()
 
-    async def run(self) -> None:
-        """Run `config.workers` claim loops until cancelled."""
-        await asyncio.gather(*(self._loop(i) for i in range(self.config.workers)))
+    async def run(self, health: LoopHealth | None = None) -> None:
+        """Run `config.workers` claim loops until cancelled. Each loop outlives any failure (a database
+        restart, a bug in one job): it logs it and claims again (svclib.resilience.run_forever), and
+        beats `health` on every pass and while its job runs, so a loop that stops shows as NOT_SERVING."""
+        self.health = health
+        silence = max(60.0, self.config.lease_seconds * 4)
+        await asyncio.gather(*(run_forever(f"sync-worker-{i}", functools.partial(self._claim_once, i), health,
+                                           allowed_silence=silence) for i in range(self.config.workers)))
 
-    async def _loop(self, index: int) -> None:
-        while True:
+    async def _claim_once(self, index: int) -> None:
+        """One pass of a worker loop: claim a job and run it, or wait for work (a wake-up or the poll)."""
+        job = await self.jobs.claim(self.worker_id, self.config.lease_seconds)
+        if job is None:
+            self._wake.clear()
             try:
-                job = await self.jobs.claim(self.worker_id, self.config.lease_seconds)
-            except Exception:  # noqa: BLE001 - the database may be restarting: keep the loop alive
-                log.exception("claiming a job failed")
-                job = None
-            if job is None:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.config.idle_poll)
-                except asyncio.TimeoutError:
-                    pass
-                continue
-            await self.process(job)
+                await asyncio.wait_for(self._wake.wait(), self.config.idle_poll)
+            except asyncio.TimeoutError:
+                pass
+            return
+        await self.process(job, loop_name=f"sync-worker-{index}")
 
-    async def process(self, job: Job) -> None:
+    async def process(self, job: Job, loop_name: str | None = None) -> None:
         progress = Progress()
+        self._current_loop.set(loop_name)
         calls: list[CallRecord] = []
         token = _calls.set(calls)
         # The job's log lines, its calls to consent_svc and its bank calls carry the id of the request
@@ -226,10 +232,13 @@ class SyncWorkers:
             log.warning("could not hand the job back; its lease will expire", extra={"job_id": job.job_id})
 
     async def _heartbeat(self, job: Job, progress: Progress) -> None:
+        loop_name = self._current_loop.get()
         while True:
             await asyncio.sleep(min(0.5, self.config.lease_seconds / 3))
             try:
                 await self.jobs.heartbeat(job.job_id, self.worker_id, self.config.lease_seconds, progress.as_dict())
+                if self.health is not None and loop_name:
+                    self.health.beat(loop_name)  # a long job keeps its loop alive
             except Exception:  # noqa: BLE001 - a missed beat is retried; the lease has slack
                 log.warning("heartbeat failed", extra={"job_id": job.job_id})
 
