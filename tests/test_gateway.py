@@ -45,6 +45,8 @@ from gateway.routes import (SERVICE_MODULES, Route, RouteError, _convert_templat
                             routes_for_services, service_descriptors)
 from svclib.clients import ServiceClients
 from svclib.config import load_settings
+from svclib.internal_auth import Verifier
+from tests.conftest import INTERNAL_SECRET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -177,10 +179,10 @@ async def make_gateway(backends):
         environ = {f"FINPULSE_{key.upper()}_ADDR": b.addr for key, b in backends.items()}
         # Transcoding tests act as a trusted local frontend; tests/test_auth.py covers tokens.
         environ.update({"FINPULSE_RPC_TIMEOUT": "5", "FINPULSE_CORS_ORIGINS": "http://localhost:3000",
-                        "FINPULSE_AUTH_DEV_TRUST_USER": "1"})
+                        "FINPULSE_AUTH_DEV_TRUST_USER": "1", "FINPULSE_INTERNAL_SECRET": INTERNAL_SECRET})
         environ.update(env or {})
         settings = load_settings(environ)
-        clients = ServiceClients(settings)
+        clients = ServiceClients(settings, "gateway")
         client = TestClient(TestServer(create_app(settings, clients, **app_kwargs)))
         await client.start_server()
         opened.append((client, clients))
@@ -195,6 +197,13 @@ async def make_gateway(backends):
 @pytest.fixture
 async def gw(make_gateway):
     return await make_gateway()
+
+
+def acting_user(call: Call) -> str | None:
+    """The user of the gateway's signed statement on a backend call (svclib.internal_auth)."""
+    caller = Verifier(INTERNAL_SECRET).verify(call.metadata["authorization"])
+    assert caller.name == "gateway"
+    return caller.user
 
 
 def all_calls(backends) -> list[str]:
@@ -535,6 +544,16 @@ async def test_backend_down_is_503(make_gateway, backends):
     data = await resp.json()
     assert data == {"code": 14, "error": "UNAVAILABLE", "message": "the sync service is unavailable, try again later",
                     "details": []}
+    assert resp.headers["Retry-After"] == "1"
+
+
+async def test_a_database_outage_is_503_with_the_services_retry_after(gw, backends):
+    backends["dashboard"].replies["GetDashboard"] = Abort(
+        grpc.StatusCode.UNAVAILABLE, "the service's database is unavailable; retry in a moment",
+        trailing_metadata=(("retry-after", "2"),))
+    resp = await gw.get("/api/dashboard?user_id=u1")
+    assert resp.status == 503 and resp.headers["Retry-After"] == "2"
+    assert (await resp.json())["message"] == "the service's database is unavailable; retry in a moment"
 
 
 async def test_deadline_exceeded_is_504(make_gateway, backends):
@@ -753,7 +772,7 @@ async def test_token_user_fills_user_id_and_travels_as_metadata(authed, backends
     resp = await authed.get("/api/dashboard", headers=_bearer(_token("team200-7")))
     assert resp.status == 200, await resp.text()
     [call] = backends["dashboard"].calls
-    assert call.request.user_id == "team200-7" and call.metadata["x-user-id"] == "team200-7"
+    assert call.request.user_id == "team200-7" and acting_user(call) == "team200-7"
     resp = await authed.get("/api/dashboard?user_id=team200-7", headers=_bearer(_token("team200-7")))
     assert resp.status == 200
 
@@ -793,7 +812,7 @@ async def test_dev_switch_trusts_header_less_requests_only(make_gateway, backend
     gw = await make_gateway({"FINPULSE_AUTH_DEV_TRUST_USER": "1", "FINPULSE_JWT_SECRET": SECRET})
     resp = await gw.get("/api/dashboard?user_id=team200-4")
     assert resp.status == 200
-    assert backends["dashboard"].calls[-1].metadata["x-user-id"] == "team200-4"
+    assert acting_user(backends["dashboard"].calls[-1]) == "team200-4"
     await _assert_401(await gw.get("/api/dashboard?user_id=team200-4",
                                    headers=_bearer(_token(key="wrong-secret-" + "w" * 32))), "signature")
     resp = await gw.get("/api/dashboard?user_id=team200-5", headers=_bearer(_token("team200-4")))
@@ -973,3 +992,75 @@ async def test_metrics_on_their_own_address_are_not_on_the_public_port():
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# Login: where tokens come from, per mode (gateway/login.py)
+
+
+def _login_reply(request):
+    return onboarding_pb2.LoginResponse(profile=onboarding_pb2.UserProfile(
+        user_id=request.user_id, name=request.user_name or f"User {request.user_id}", subscription_plan="free",
+        is_active=True))
+
+
+async def test_local_login_signs_a_token_that_works_on_every_route(make_gateway, backends):
+    backends["onboarding"].replies["Login"] = _login_reply
+    gw = await make_gateway({"FINPULSE_AUTH_DEV_TRUST_USER": "0", "FINPULSE_JWT_SECRET": SECRET})
+    resp = await gw.post("/api/auth/login", json={"user_id": "team200-6"})  # the app sends no token
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["profile"] == {"user_id": "team200-6", "name": "User team200-6", "subscription_plan": "free",
+                               "is_active": True}
+    claims = jwt.decode(body["token"], SECRET, algorithms=["HS256"], audience="finpulse-api", issuer="finpulse")
+    assert claims["sub"] == "team200-6" and claims["exp"] - claims["iat"] == 12 * 3600
+    assert dt.datetime.fromisoformat(body["token_expires_at"].replace("Z", "+00:00")).timestamp() == claims["exp"]
+    resp = await gw.get("/api/dashboard", headers=_bearer(body["token"]))
+    assert resp.status == 200 and backends["dashboard"].calls[-1].request.user_id == "team200-6"
+    # A token that is sent decides the user: it cannot log in as someone else.
+    resp = await gw.post("/api/auth/login", json={"user_id": "team200-7"}, headers=_bearer(body["token"]))
+    assert resp.status == 403, await resp.text()
+    assert [c.request.user_id for c in backends["onboarding"].calls] == ["team200-6"]
+
+
+async def test_production_login_never_mints_a_token(make_gateway, backends):
+    backends["onboarding"].replies["Login"] = _login_reply
+    gw = await make_gateway({"FINPULSE_ENV": "production", "FINPULSE_AUTH_DEV_TRUST_USER": "0",
+                             "FINPULSE_JWT_SECRET": SECRET, "FINPULSE_REDIS_URL": "redis://127.0.0.1:1/0"})
+    resp = await gw.post("/api/auth/login", json={"user_id": "team200-6"})
+    assert resp.status == 401, await resp.text()
+    assert "identity provider" in (await resp.json())["message"]
+    idp_token = _token("team200-6")  # as the identity provider signed it
+    resp = await gw.post("/api/auth/login", json={"user_id": "team200-7"}, headers=_bearer(idp_token))
+    assert resp.status == 403, "never another user's session"
+    assert backends["onboarding"].calls == []
+    resp = await gw.post("/api/auth/login", json={"user_id": "team200-6"}, headers=_bearer(idp_token))
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["token"] == idp_token and body["token_expires_at"] is None, "the provider's own token, echoed"
+
+
+async def test_language_follows_accept_language(make_gateway, backends):
+    gw = await make_gateway({"FINPULSE_DEFAULT_LANGUAGE": "en"})
+    for header, expected in [(None, "en"), ("ru-RU,ru;q=0.9,en;q=0.8", "ru"), ("de, en;q=0.5", "en"),
+                             ("fr", "en"), ("en;q=0.2, ru;q=0.8", "ru")]:
+        headers = {"Accept-Language": header} if header else {}
+        resp = await gw.get("/api/dashboard?user_id=team200-1", headers=headers)
+        assert resp.status == 200
+        assert backends["dashboard"].calls[-1].metadata["x-language"] == expected, header
+
+
+async def test_only_methods_safe_to_repeat_are_retried_by_the_channel(gw, backends):
+    """A payment reaches its service once, whatever happens; a read is retried on UNAVAILABLE (the
+    contract's idempotency_level decides, svclib.clients.retry_service_config)."""
+    unavailable = Abort(grpc.StatusCode.UNAVAILABLE, "try again")
+    backends["consent"].replies["CreatePayment"] = unavailable
+    backends["consent"].replies["GetPayment"] = unavailable
+    body = {"user_id": "u1", "bank_id": "vbank", "account_id": "a", "creditor_account": "40817810000000000001",
+            "amount": "1.00"}
+    resp = await gw.post("/api/payments", json=body, headers={"Idempotency-Key": "k1"})
+    assert resp.status == 503
+    assert backends["consent"].methods_called() == ["CreatePayment"], "never sent twice by the channel"
+    resp = await gw.get("/api/payments/pmt-1?user_id=u1")
+    assert resp.status == 503
+    assert backends["consent"].methods_called().count("GetPayment") == 3, "a read is retried (3 attempts)"
