@@ -48,6 +48,8 @@ class CreditView:
     account_number: str | None
     account_balance: Decimal | None
     currency: str = "RUB"
+    end_date: dt.date | None = None  # the agreement's end date, when the bank gives one
+    product_id: str = ""  # the catalogue product (bank-scoped), "" when unknown
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,9 +114,28 @@ class BankFreshness:
 
 @dataclasses.dataclass(frozen=True)
 class Goals:
-    goal_type: str | None = None  # e.g. "savings", "loans"
+    goal_type: str | None = None  # e.g. "savings", "loans", "savings_and_loans"
     target_amount: Decimal | None = None
     target_date: dt.date | None = None
+    loans_speed: str | None = None  # conservative | optimal | fast (None: optimal)
+    savings_speed: str | None = None  # conservative | optimal | fast (not used by the calculation yet)
+    loan_strategy: str | None = None  # avalanche | snowball (None: avalanche)
+    horizon_months: int | None = None  # the savings goal's horizon when it has no target date
+
+
+@dataclasses.dataclass(frozen=True)
+class ProductView:
+    """A product of a bank's public catalogue (`GET /products`). `commission` is a one-off amount in the
+    product's currency (the base currency), None when the bank names none; None limits: no limit."""
+    bank_id: str
+    product_id: str
+    product_type: str  # loan | deposit | card
+    product_name: str
+    interest_rate: Decimal | None  # percent per year
+    min_amount: Decimal | None
+    max_amount: Decimal | None
+    term_months: int | None
+    commission: Decimal | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,3 +164,5 @@ class DashboardData:
     inputs: FinancialInputs
     goals: Goals
     config: DashboardConfig
+    products: list[ProductView] = dataclasses.field(default_factory=list)  # every configured bank's catalogue
+    bank_names: dict[str, str] = dataclasses.field(default_factory=dict)  # bank id -> display name

@@ -3,8 +3,9 @@
 Every scenario runs at the same moment, NOW = 2025-11-20 09:00 UTC (today = Thursday 2025-11-20), with the
 default configuration: base currency RUB, safety buffer 3,000.00, horizon without a known income date
 30 days, default savings target 100,000.00 and daily savings 500.00. The arithmetic behind every
-expected number is written next to its assert. Every result is also parsed into the proto
-(`GetDashboardResponse`), which is the contract.
+expected number is written next to its assert. Every test names the language of its texts ("ru", the
+app's, or "en"). Every result is also parsed into the protos (`GetDashboardResponse`, and the loans,
+deposits and refinancing answers of `compute_all`), which are the contract.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from finpulse.dashboard.v1 import dashboard_pb2
 from google.protobuf import json_format
 
-from dashboard_svc.calc import compute, outstanding_estimate
+from dashboard_svc.calc import compute, compute_all, outstanding_estimate
 from dashboard_svc.model import (
     AccountView,
     BankFreshness,
@@ -78,11 +79,19 @@ def make(**fields) -> DashboardData:
     return DashboardData(**values)
 
 
-def run(data: DashboardData) -> dict:
-    """compute(), then check the contract: JSON-able and accepted by the proto as it is."""
-    result = compute(data)
-    json.dumps(result, ensure_ascii=False)
-    json_format.ParseDict(result, dashboard_pb2.GetDashboardResponse())
+PARTS = {"dashboard": dashboard_pb2.GetDashboardResponse, "loans": dashboard_pb2.GetLoansResponse,
+         "deposits": dashboard_pb2.GetDepositsResponse, "refinance": dashboard_pb2.OptimizeLoansResponse}
+
+
+def run(data: DashboardData, lang: str) -> dict:
+    """compute(data, lang), then check the contract: JSON-able and accepted by the proto as it is; the same
+    for every part of compute_all, whose dashboard is compute's."""
+    result = compute(data, lang)
+    everything = compute_all(data, lang)
+    assert everything["dashboard"] == result
+    for name, message in PARTS.items():
+        json.dumps(everything[name], ensure_ascii=False)
+        json_format.ParseDict(everything[name], message())
     return result
 
 
@@ -108,7 +117,7 @@ def regular_salary_with_loan(**overrides) -> DashboardData:
 # ------------------------------------------------------------------------------------------- scenarios
 
 def test_regular_monthly_salary_and_a_loan_due_before_it():
-    result = run(regular_salary_with_loan())
+    result = run(regular_salary_with_loan(), "ru")
     sts = result["sts_today"]
     detail = sts["detail"]
     # Salary on the 4th in each of the 4 month-long windows ending today -> monthly, next 2025-12-04.
@@ -128,8 +137,10 @@ def test_regular_monthly_salary_and_a_loan_due_before_it():
     assert detail["amount_per_day"] == "8714.28"
     assert sts["amount"] == 8714.28
     assert detail["status"] == "OK"
-    assert ("150000.00 − mandatory payments 25000.00 − safety buffer 3000.00 = 122000.00 over 14 days"
-            in detail["reason"])
+    # The working, in Russian (amounts grouped with a space, a decimal comma, the rouble sign; dd.mm.yyyy).
+    assert detail["reason"] == ("доступно 150 000,00 ₽ − обязательные платежи 25 000,00 ₽ − резерв 3 000,00 ₽ = "
+                                "122 000,00 ₽ на 14 дней до дохода 04.12.2025 → 8 714,28 ₽ в день; "
+                                "ежемесячный доход: 120 000,00 ₽ около 4-го числа")
     # No income tomorrow: tomorrow is the same figure.
     assert sts["tomorrow"] == {"amount": 8714.28, "impact": "Стабильный прогноз"}
     # Events of [2025-11-20, 2025-12-20]: the loan on Dec 1, the salary on Dec 4.
@@ -137,13 +148,29 @@ def test_regular_monthly_salary_and_a_loan_due_before_it():
         ("2025-12-01", "loan_payment", 25000.0, "Платеж по кредиту"),
         ("2025-12-04", "salary", 120000.0, "Получение зарплаты")]
     # Loan: annuity estimate (see test_loan_outstanding_by_amortisation): 376,959.70.
-    # MDP = 25,000.00 / 30 = 833.333 -> 833.33; ADP = 833.33 * 0.3 = 249.999 -> 250.00; total = 833.33 * 30 = 24,999.90.
-    assert result["loan_summary"] == {"total_outstanding": 376959.70, "mandatory_daily_payment": 833.33,
-                                      "additional_daily_payment": 250.00, "total_monthly_payment": 24999.90}
+    # MDP = 25,000.00 / 30 = 833.333 -> 833.33; ADP (default speed optimal, +20 %) = 833.33 * 0.20 = 166.666
+    # -> 166.67 (below safe-to-spend 8,714.28, so not capped); total = 833.33 * 30 = 24,999.90.
+    summary = result["loan_summary"]
+    assert {k: v for k, v in summary.items() if k != "detail"} == {
+        "total_outstanding": 376959.70, "mandatory_daily_payment": 833.33, "additional_daily_payment": 166.67,
+        "total_monthly_payment": 24999.90}
+    assert summary["detail"] == {
+        "total_outstanding": "376959.70", "monthly_payments": "25000.00", "mandatory_daily_payment": "833.33",
+        "additional_daily_payment": "166.67", "speed": "optimal", "additional_share": "0.20", "strategy": "avalanche",
+        "explanation": "Скорость погашения «оптимальная»: +20 % к обязательному платежу, 833,33 ₽ × 0,20 = "
+                       "166,67 ₽ в день; по стратегии «лавина» дополнительные платежи идут сначала на кредит с "
+                       "самой высокой ставкой.",
+        "currency": "RUB"}
+    # Remaining term at 12 % (i = 0.01) and 25,000.00 a month: (1.01)^-n = 1 - 376,959.70 * 0.01 / 25,000
+    # = 0.8492161 -> n = -ln(0.8492161) / ln(1.01) = 0.163441 / 0.0099503 = 16.43 -> 17 payments (the 17th
+    # partial). Maturity estimated: next due 2025-12-01 + 16 months on the 1st = 2027-04-01.
     assert result["loans"] == [{"bank_id": "vbank", "agreement_id": "loan-1", "name": "Потребительский кредит",
                                 "principal": "500000.00", "interest_rate": "12.0", "outstanding_estimate": "376959.70",
                                 "monthly_payment": "25000.00", "next_due_date": "2025-12-01", "payments_seen": 6,
-                                "currency": "RUB"}]
+                                "currency": "RUB", "bank_name": "Vbank", "kind": "consumer",
+                                "type": "Потребительский кредит", "maturity_date": "2027-04-01",
+                                "maturity_source": "estimated", "priority": 1, "is_refi_candidate": False,
+                                "remaining_months": 17, "status": "active"}]
     assert result["user_mode"] == "loans"
     # Debit cards balance: Checking accounts only = 140,000.00.
     assert result["total_debit_cards_balance"] == 140000.0
@@ -153,7 +180,7 @@ def test_regular_monthly_salary_and_a_loan_due_before_it():
 
 
 def test_health_score_sub_scores_by_hand():
-    health = run(regular_salary_with_loan())["health_score"]
+    health = run(regular_salary_with_loan(), "en")["health_score"]
     parts = {c["name"]: c for c in health["components"]}
     # Complete months Aug-Oct: income 120,000.00 each; spending (96,000 + 90,000 + 84,000) / 3 = 90,000.00.
     # spend_vs_income: 90,000 / 120,000 = 0.75 -> 100 * (1.2 - 0.75) / 0.5 = 90.0.
@@ -175,14 +202,32 @@ def test_health_score_sub_scores_by_hand():
     assert health["value"] == 78.7
     assert health["status"] == "good"
     assert health["missing_inputs"] == []
-    # One reason per sub-score below 60: only liquid_savings.
-    assert len(health["reasons"]) == 1 and health["reasons"][0].startswith("liquid_savings 51.7/100")
+    # One reason per sub-score below 60: only liquid_savings (in English here).
+    assert health["reasons"] == ["Liquid savings 51.7/100: little liquid money compared with monthly spending: "
+                                 "liquid money covers 1.7 months of spending (6 months → 100)"]
+    assert parts["spend_vs_income"]["explanation"] == "spending is 75% of income (100 at ≤ 70%, 0 at ≥ 120%)"
+
+
+def test_health_reasons_in_russian():
+    health = run(regular_salary_with_loan(), "ru")["health_score"]
+    # The same numbers as test_health_score_sub_scores_by_hand, said in Russian.
+    assert health["reasons"] == ["Финансовая подушка: 51,7 из 100 — мало свободных денег по сравнению с "
+                                 "ежемесячными расходами: свободных денег хватит на 1,7 мес. расходов "
+                                 "(6 месяцев → 100 баллов)"]
+    parts = {c["name"]: c for c in health["components"]}
+    assert parts["debt_load"]["explanation"] == ("платежи по кредитам забирают 20,8 % дохода (100 баллов при "
+                                                 "≤ 10 %, 0 при ≥ 50 %)")
+    assert parts["on_time_repayments"]["explanation"] == "платежи были в 5 из 5 месяцев, когда их нужно было вносить"
+    # With no data at all, the reason names what is missing.
+    empty = run(make(), "ru")["health_score"]
+    assert empty["reasons"] == ["Недостаточно данных для оценки финансового здоровья. Не хватает: доходы за месяц, "
+                                "расходы за месяц, остатки на счетах, данные банков"]
 
 
 def test_biweekly_income():
     # 50,000.00 every other Friday; the latest on 2025-11-14.
     days = incomes(*[((dt.date(2025, 11, 14) - dt.timedelta(days=14 * k)).isoformat(), "50000.00") for k in range(9)])
-    result = run(make(accounts=[account("acc-1", "Checking", "60000.00")], income_days=days))
+    result = run(make(accounts=[account("acc-1", "Checking", "60000.00")], income_days=days), "ru")
     detail = result["sts_today"]["detail"]
     assert detail["income_source"] == "biweekly"
     # Next: 2025-11-14 + 14 = 2025-11-28; days left: 28 - 20 = 8.
@@ -201,7 +246,7 @@ def test_irregular_income():
     days = incomes(("2025-06-03", "40000.00"), ("2025-06-21", "15000.00"), ("2025-07-09", "52000.00"),
                    ("2025-08-14", "23000.00"), ("2025-08-29", "61000.00"), ("2025-09-18", "18000.00"),
                    ("2025-10-07", "44000.00"), ("2025-10-26", "30000.00"), ("2025-11-12", "57000.00"))
-    result = run(make(accounts=[account("acc-1", "Checking", "80000.00")], income_days=days))
+    result = run(make(accounts=[account("acc-1", "Checking", "80000.00")], income_days=days), "en")
     detail = result["sts_today"]["detail"]
     assert detail["income_source"] == "irregular"
     assert "next_income_date" not in detail
@@ -214,10 +259,11 @@ def test_irregular_income():
     assert detail["status"] == "OK"
     # No reliable date: no salary event.
     assert result["events_next_30d"] == []
+    assert detail["reason"].endswith("income: irregular income, 56,666.67 RUB a month on average, no reliable date")
 
 
 def test_no_income_at_all_is_danger():
-    result = run(make(accounts=[account("acc-1", "Checking", "50000.00")]))
+    result = run(make(accounts=[account("acc-1", "Checking", "50000.00")]), "en")
     sts = result["sts_today"]
     detail = sts["detail"]
     assert detail["income_source"] == "none"
@@ -227,12 +273,15 @@ def test_no_income_at_all_is_danger():
     assert detail["amount_per_day"] == "1566.66"
     assert detail["status"] == "DANGER"
     assert detail["reason"].startswith("no income expected in the next 30 days")
+    ru = run(make(accounts=[account("acc-1", "Checking", "50000.00")]), "ru")["sts_today"]["detail"]
+    assert ru["reason"].startswith("в ближайшие 30 дней доход не ожидается: в истории операций его нет, и зарплата "
+                                   "в ваших данных не указана; ")
 
 
 def test_user_inputs_override_detection():
     inputs = FinancialInputs(salary_amount=D("150000.00"), next_salary_date=dt.date(2025, 11, 28),
                              credit_payment_amount=D("30000.00"), credit_payment_date=dt.date(2025, 11, 25))
-    result = run(regular_salary_with_loan(inputs=inputs))
+    result = run(regular_salary_with_loan(inputs=inputs), "en")
     detail = result["sts_today"]["detail"]
     # The user's salary wins over the detected one (the 4th, 120,000.00): 150,000.00 on 2025-11-28, 8 days away.
     assert detail["income_source"] == "user_input"
@@ -247,10 +296,11 @@ def test_user_inputs_override_detection():
     # Events follow the inputs too: payment Nov 25, salary Nov 28 (Dec 25 / Dec 28 are past Dec 20).
     assert [(e["date"], e["type"], e["amount_exact"]) for e in result["events_next_30d"]] == [
         ("2025-11-25", "loan_payment", "30000.00"), ("2025-11-28", "salary", "150000.00")]
-    # MDP from the user's payment: 30,000.00 / 30 = 1,000.00; ADP 300.00; total 30,000.00.
+    assert "income: salary 150,000.00 RUB on 2025-11-28 from your inputs" in detail["reason"]
+    # MDP from the user's payment: 30,000.00 / 30 = 1,000.00; ADP +20 % = 200.00; total 30,000.00.
     summary = result["loan_summary"]
     assert (summary["mandatory_daily_payment"], summary["additional_daily_payment"],
-            summary["total_monthly_payment"]) == (1000.0, 300.0, 30000.0)
+            summary["total_monthly_payment"]) == (1000.0, 200.0, 30000.0)
 
 
 def test_user_credit_payment_outside_the_horizon_still_replaces_detection():
@@ -259,7 +309,7 @@ def test_user_credit_payment_outside_the_horizon_still_replaces_detection():
     # and the detected loan (Dec 1, also after Nov 28) is replaced anyway.
     inputs = FinancialInputs(salary_amount=D("150000.00"), next_salary_date=dt.date(2025, 10, 28),
                              credit_payment_amount=D("30000.00"), credit_payment_date=dt.date(2025, 12, 10))
-    detail = run(regular_salary_with_loan(inputs=inputs))["sts_today"]["detail"]
+    detail = run(regular_salary_with_loan(inputs=inputs), "ru")["sts_today"]["detail"]
     assert detail["next_income_date"] == "2025-11-28"
     assert detail["mandatory_payments"] == "0.00"
     # (150,000.00 - 0 - 3,000.00) / 8 = 18,375.00.
@@ -270,7 +320,7 @@ def test_multiple_currencies_are_never_mixed():
     accounts = [account("acc-1", "Checking", "100000.00"), account("acc-2", "Checking", "2000.00", currency="USD"),
                 account("acc-3", "Savings", "500.00", currency="EUR", bank_id="abank"),
                 account("acc-4", "Checking", "1500.00", currency="USD", bank_id="abank")]
-    result = run(make(accounts=accounts, income_days=MONTHLY_SALARY))
+    result = run(make(accounts=accounts, income_days=MONTHLY_SALARY), "ru")
     detail = result["sts_today"]["detail"]
     # Only RUB is spendable: 100,000.00. (100,000.00 - 3,000.00) / 14 = 6,928.571... -> 6,928.57.
     assert detail["spendable_balance"] == "100000.00"
@@ -292,10 +342,14 @@ def test_a_credit_card_limit_is_not_debt():
                credit("card-2", "card", "0", name="Дебетовая карта"),
                credit("dep-1", "deposit", "200000.00", rate="16.5", name="Вклад Надёжный")]
     result = run(make(accounts=[account("acc-1", "Checking", "40000.00")], credits=credits,
-                      income_days=MONTHLY_SALARY))
+                      income_days=MONTHLY_SALARY), "en")
     # A 500,000.00 limit is not debt: nothing outstanding, no loan payments, "deposits" mode.
-    assert result["loan_summary"] == {"total_outstanding": 0.0, "mandatory_daily_payment": 0.0,
-                                      "additional_daily_payment": 0.0, "total_monthly_payment": 0.0}
+    summary = result["loan_summary"]
+    assert {k: v for k, v in summary.items() if k != "detail"} == {
+        "total_outstanding": 0.0, "mandatory_daily_payment": 0.0, "additional_daily_payment": 0.0,
+        "total_monthly_payment": 0.0}
+    assert summary["detail"]["explanation"] == ("There are no mandatory loan payments, so no additional payment "
+                                                "is suggested.")
     assert result["user_mode"] == "deposits"
     assert result["loans"] == []
     assert result["cards"] == [
@@ -307,25 +361,29 @@ def test_a_credit_card_limit_is_not_debt():
     # The deposit counts as savings: 200,000.00 of 100,000.00 -> progress capped at 100, nothing more to save.
     assert result["savings_summary"] == {"total_saved": 200000.0, "daily_payment": 0.0, "target": 100000.0,
                                          "progress_percent": 100.0}
+    # No catalogue product and no dates: term and maturity unknown (left out).
     assert result["deposits"] == [{"bank_id": "vbank", "agreement_id": "dep-1", "name": "Вклад Надёжный",
-                                   "amount": "200000.00", "interest_rate": "16.5", "currency": "RUB"}]
+                                   "amount": "200000.00", "interest_rate": "16.5", "currency": "RUB",
+                                   "bank_name": "Vbank", "status": "active"}]
     # No loans: debt load 100.
     debt = next(c for c in result["health_score"]["components"] if c["name"] == "debt_load")
     assert debt["score"] == 100.0
 
 
 def test_a_user_with_no_data_gets_a_clear_empty_dashboard():
-    result = run(make())
+    result = run(make(), "en")
     sts = result["sts_today"]
     assert sts["amount"] == 0.0 and sts["spent"] == 0.0
-    assert sts["tomorrow"] == {"amount": 0.0, "impact": "Стабильный прогноз"}
+    assert sts["tomorrow"] == {"amount": 0.0, "impact": "Stable forecast"}
     detail = sts["detail"]
     assert detail["status"] == "DANGER"
     assert detail["reason"] == "no bank data yet: connect a bank"
+    assert run(make(), "ru")["sts_today"]["detail"]["reason"] == "нет данных из банков: подключите банк"
     assert (detail["spendable_balance"], detail["mandatory_payments"], detail["income_source"]) == (
         "0.00", "0.00", "none")
-    assert result["loan_summary"] == {"total_outstanding": 0.0, "mandatory_daily_payment": 0.0,
-                                      "additional_daily_payment": 0.0, "total_monthly_payment": 0.0}
+    assert {k: v for k, v in result["loan_summary"].items() if k != "detail"} == {
+        "total_outstanding": 0.0, "mandatory_daily_payment": 0.0, "additional_daily_payment": 0.0,
+        "total_monthly_payment": 0.0}
     assert result["savings_summary"] == {"total_saved": 0.0, "daily_payment": 500.0, "target": 100000.0,
                                          "progress_percent": 0.0}
     health = result["health_score"]
@@ -356,7 +414,7 @@ def test_loan_outstanding_by_amortisation():
     # In the dashboard: the same loan, listed with its estimate.
     loan = credit("loan-9", "loan", "1000000.00", rate="12", start=dt.date(2025, 4, 15))
     result = run(make(accounts=[account("acc-1", "Checking", "1000.00")], credits=[loan],
-                      repayments=[repayments("loan-9", 6, "50000.00", 15, dt.date(2025, 11, 15))]))
+                      repayments=[repayments("loan-9", 6, "50000.00", 15, dt.date(2025, 11, 15))]), "ru")
     assert result["loans"][0]["outstanding_estimate"] == "753919.40"
     assert result["loan_summary"]["total_outstanding"] == 753919.40
 
@@ -365,9 +423,14 @@ def test_closed_loans_are_listed_not_counted():
     closed = credit("loan-2", "loan", "300000.00", rate="15", status="closed", start=dt.date(2024, 1, 10))
     result = run(regular_salary_with_loan(credits=[LOAN, closed],
                                           repayments=[LOAN_REPAYMENTS,
-                                                      repayments("loan-2", 10, "15000.00", 10, dt.date(2024, 11, 10))]))
+                                                      repayments("loan-2", 10, "15000.00", 10, dt.date(2024, 11, 10))]),
+                 "ru")
     assert [(l["agreement_id"], l["outstanding_estimate"], "next_due_date" in l) for l in result["loans"]] == [
         ("loan-1", "376959.70", True), ("loan-2", "0.00", False)]
+    # A closed loan has priority 0, no remaining term, no maturity without an end date.
+    closed_row = result["loans"][1]
+    assert (closed_row["priority"], closed_row["status"], closed_row["maturity_source"]) == (0, "closed", "")
+    assert "remaining_months" not in closed_row and "maturity_date" not in closed_row
     # Only the active loan's 25,000.00 is mandatory: still 8,714.28 a day.
     assert result["sts_today"]["detail"]["mandatory_payments"] == "25000.00"
     assert result["sts_today"]["detail"]["amount_per_day"] == "8714.28"
@@ -375,21 +438,24 @@ def test_closed_loans_are_listed_not_counted():
 
 def test_shortfall_is_danger_with_its_reason():
     accounts = [account("acc-1", "Checking", "20000.00")]
-    result = run(regular_salary_with_loan(accounts=accounts))
+    result = run(regular_salary_with_loan(accounts=accounts), "en")
     detail = result["sts_today"]["detail"]
     # 20,000.00 - 25,000.00 (loan on Dec 1) - 3,000.00 = -8,000.00: nothing to spend, 8,000.00 short.
     assert detail["amount_per_day"] == "0.00"
     assert result["sts_today"]["amount"] == 0.0
     assert detail["status"] == "DANGER"
-    assert detail["reason"].startswith("shortfall of 8000.00 RUB: spendable 20000.00 is less than mandatory "
-                                       "payments 25000.00 + safety buffer 3000.00")
+    assert detail["reason"].startswith("shortfall of 8,000.00 RUB: spendable 20,000.00 RUB is less than mandatory "
+                                       "payments 25,000.00 RUB + safety buffer 3,000.00 RUB; ")
+    ru = run(regular_salary_with_loan(accounts=accounts), "ru")["sts_today"]["detail"]
+    assert ru["reason"].startswith("не хватает 8 000,00 ₽: на счетах 20 000,00 ₽, а обязательные платежи "
+                                   "25 000,00 ₽ и резерв 3 000,00 ₽ больше этой суммы; ")
 
 
 def test_income_tomorrow_changes_tomorrows_figure():
     # Salary 100,000.00 on the 21st (Jul-Oct); today is Nov 20, so it is due tomorrow.
     days = incomes(("2025-07-21", "100000.00"), ("2025-08-21", "100000.00"), ("2025-09-21", "100000.00"),
                    ("2025-10-21", "100000.00"))
-    result = run(regular_salary_with_loan(accounts=[account("acc-1", "Checking", "30000.00")], income_days=days))
+    result = run(regular_salary_with_loan(accounts=[account("acc-1", "Checking", "30000.00")], income_days=days), "ru")
     sts = result["sts_today"]
     assert sts["detail"]["next_income_date"] == "2025-11-21"
     assert sts["detail"]["days_left"] == 1
@@ -398,6 +464,9 @@ def test_income_tomorrow_changes_tomorrows_figure():
     # Tomorrow: + 100,000.00 income; next cycle Nov 21 -> Dec 21 (30 days) holds the loan on Dec 1:
     # (30,000.00 - 0 + 100,000.00 - 25,000.00 - 3,000.00) / 30 = 102,000.00 / 30 = 3,400.00.
     assert sts["tomorrow"] == {"amount": 3400.0, "impact": "После завтрашнего дохода"}
+    english = run(regular_salary_with_loan(accounts=[account("acc-1", "Checking", "30000.00")], income_days=days),
+                  "en")
+    assert english["sts_today"]["tomorrow"] == {"amount": 3400.0, "impact": "After tomorrow's income"}
 
 
 def test_spent_today_transactions_categories_and_banks():
@@ -413,7 +482,7 @@ def test_spent_today_transactions_categories_and_banks():
         banks=[BankFreshness("vbank", "VBank", "ok", seen, None),
                BankFreshness("sbank", "SBank", "never_synced", None, None),
                BankFreshness("abank", "ABank", "error", seen - dt.timedelta(days=1), "HTTP 503")])
-    result = run(data)
+    result = run(data, "ru")
     # Spent today in RUB: 1,234.50 + 500.00 = 1,734.50 (the USD 10.00 is not mixed in).
     assert result["sts_today"]["spent"] == 1734.5
     assert result["sts_today"]["detail"]["spent_today"] == "1734.50"
@@ -428,14 +497,15 @@ def test_spent_today_transactions_categories_and_banks():
         {"bank_id": "sbank", "bank_name": "SBank", "status": "never_synced"},
         {"bank_id": "abank", "bank_name": "ABank", "status": "error", "fetched_at": "2025-11-19T08:30:00Z",
          "error": "HTTP 503"}]
+    # Freshness only for banks with a last successful sync: the never-synced sbank is left out (its status
+    # above says why), so the service always has an age to add.
     assert result["data_freshness"] == [{"bank_id": "vbank", "fetched_at": "2025-11-20T08:30:00Z"},
-                                        {"bank_id": "sbank"},
                                         {"bank_id": "abank", "fetched_at": "2025-11-19T08:30:00Z"}]
 
 
 def test_savings_goal_gives_the_daily_payment():
     goals = Goals(goal_type="savings", target_amount=D("300000.00"), target_date=dt.date(2026, 2, 28))
-    result = run(regular_salary_with_loan(goals=goals))
+    result = run(regular_salary_with_loan(goals=goals), "ru")
     # Saved: Savings account 10,000.00. Days to 2026-02-28: 10 + 31 + 31 + 28 = 100.
     # (300,000.00 - 10,000.00) / 100 = 2,900.00 a day; progress 10,000 / 300,000 = 3.33 % -> 3.3.
     assert result["savings_summary"] == {"total_saved": 10000.0, "daily_payment": 2900.0, "target": 300000.0,
@@ -446,7 +516,7 @@ def test_advance_and_salary_are_two_monthly_streams():
     # An advance of 40,000.00 on the 10th and a salary of 60,000.00 on the 25th, Jul-Nov.
     days = incomes(*[(f"2025-{m:02d}-10", "40000.00") for m in range(7, 12)],
                    *[(f"2025-{m:02d}-25", "60000.00") for m in range(7, 11)])
-    result = run(make(accounts=[account("acc-1", "Checking", "50000.00")], income_days=days))
+    result = run(make(accounts=[account("acc-1", "Checking", "50000.00")], income_days=days), "ru")
     detail = result["sts_today"]["detail"]
     # The next income is the salary on Nov 25 (5 days); the advance of Dec 10 follows.
     assert (detail["income_source"], detail["next_income_date"], detail["expected_income"]) == (
@@ -473,7 +543,7 @@ def test_sandbox_style_income_is_not_mistaken_for_a_salary():
                     totals[draft.booked.date()] = totals.get(draft.booked.date(), D(0)) + draft.amount
         data = make(now=anchor, accounts=[account("acc-1", "Checking", "100000.00")],
                     income_days=[DayAmount(day, "RUB", total, 1) for day, total in totals.items()])
-        assert run(data)["sts_today"]["detail"]["income_source"] == "irregular", who.client_id
+        assert run(data, "ru")["sts_today"]["detail"]["income_source"] == "irregular", who.client_id
 
 
 def test_on_time_repayments_see_months_missed_in_the_middle():
@@ -492,3 +562,28 @@ def test_on_time_repayments_see_months_missed_in_the_middle():
     window = range(current - 6, current)
     assert months_paid(repayments, window) == 4
     assert months_paid(dataclasses.replace(repayments, months=()), window) == 6
+
+
+def test_text_catalogue_has_both_languages_with_the_same_parameters():
+    """Every text for people exists in Russian and English with the same format parameters; language codes
+    are normalised ("en-US" -> en, anything else -> ru, the app's language)."""
+    import string
+
+    from dashboard_svc import texts
+
+    def fields(template: str) -> set[str]:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+    for key, versions in texts.TEXTS.items():
+        assert set(versions) == {"ru", "en"}, key
+        assert fields(versions["ru"]) == fields(versions["en"]), key
+    assert [texts.language(x) for x in ("en", "EN-us", "ru", "ru-RU", "", None, "de")] == [
+        "en", "en", "ru", "ru", "ru", "ru", "ru"]
+    # Formats: grouped amounts, rouble sign in Russian, Russian plurals.
+    assert texts.fmt_money(D("1234567.5"), "RUB", "ru") == "1 234 567,50 ₽"
+    assert texts.fmt_money(D("1234567.5"), "RUB", "en") == "1,234,567.50 RUB"
+    assert texts.fmt_money(D("10"), "USD", "ru") == "10,00 USD"
+    assert [texts.fmt_days(n, "ru") for n in (1, 2, 5, 11, 21, 22, 14)] == [
+        "1 день", "2 дня", "5 дней", "11 дней", "21 день", "22 дня", "14 дней"]
+    assert [texts.fmt_months(n, "en") for n in (1, 36)] == ["1 month", "36 months"]
+    assert (texts.fmt_percent(D("19.90"), "ru"), texts.fmt_percent(D("8"), "en")) == ("19,9 %", "8%")
