@@ -26,6 +26,12 @@ log = logging.getLogger("sync_svc")
 ConnectedBanks = Callable[[str], Awaitable[set[str]]]
 
 ACTIVE = ("queued", "running")
+REASON_MAX = 64
+
+
+def waits_to_retry(job: Job) -> bool:
+    """Queued again after a failed attempt (not yet running its next one)."""
+    return job.state == "queued" and job.attempts > 0
 DEFAULT_PAGE, MAX_PAGE = 100, 500
 READ_CACHE_TTL = 300
 WATCH_INTERVAL = 0.3
@@ -137,8 +143,12 @@ class SyncService:
     # ------------------------------------------------------------------------------------ jobs
 
     async def start_sync(self, user_id: str, bank_ids: list[str], reason: str, force: bool = False,
-                         after_change: bool = False) -> list[JobRef]:
+                         after_change: bool = False, skip_synced: bool = False) -> list[JobRef]:
+        """Queue (or join) a job per bank. With `skip_synced`, banks whose data is stored already or
+        being synced are answered with their latest job instead of a new one."""
         user_id = require(user_id, "user_id")
+        if reason and (len(reason) > REASON_MAX or not reason.replace("_", "").isalnum()):
+            raise InvalidArgument(f"reason: at most {REASON_MAX} letters, digits or '_'", "reason")
         if len(set(bank_ids)) != len(bank_ids):
             raise InvalidArgument("bank_ids: a bank is named twice", "bank_ids")
         for bank_id in bank_ids:
@@ -152,7 +162,15 @@ class SyncService:
         if not targets:
             raise InvalidArgument("the user has no connected bank: approve an account consent first", "user_id")
         request_id = current_request_id()
-        jobs = [await self.jobs.enqueue(user_id, bank_id, reason or "refresh", force, request_id, after_change)
+        settled: dict[str, JobRef] = {}
+        if skip_synced:
+            for bank_id, status in (await self._statuses(user_id)).items():
+                job = status.job
+                synced = status.state is not None and status.state.last_success_at is not None
+                if bank_id in targets and job is not None and (synced or job.state in ACTIVE):
+                    settled[bank_id] = JobRef(job.job_id, bank_id, job.state, job.created_at, True)
+        jobs = [settled.get(bank_id) or await self.jobs.enqueue(user_id, bank_id, reason or "refresh", force,
+                                                                request_id, after_change)
                 for bank_id in targets]
         log.info("sync requested", extra={"banks": targets, "joined": [j.bank_id for j in jobs if j.joined]})
         return jobs
@@ -160,7 +178,9 @@ class SyncService:
     async def overview(self, user_id: str) -> SyncOverview:
         user_id = require(user_id, "user_id")
         statuses = list((await self._statuses(user_id)).values())
-        active = [s.job for s in statuses if s.job is not None and s.job.state in ACTIVE]
+        # A job waiting to retry after a failed attempt is not "running" for the app, which polls until
+        # `completed` (and gives up after 60 s): its bank's entry tells the failure and the next try.
+        active = [s.job for s in statuses if s.job is not None and s.job.state in ACTIVE and not waits_to_retry(s.job)]
         successes = [s.state.last_success_at for s in statuses if s.state and s.state.last_success_at]
         newest = max(active, key=lambda j: j.created_at) if active else None
         return SyncOverview(running=bool(active), sync_id=newest.job_id if newest else None,

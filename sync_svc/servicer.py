@@ -11,11 +11,14 @@ from bankapi.client import BankClients
 from bankapi.tokens import RedisTokenStore
 from svclib.protoconv import optional, set_timestamp
 from svclib.ratelimit import RateLimiter
+from svclib.resilience import Listener
 from svclib.runtime import Runtime
 from svclib.server import GrpcServer
 from svclib.validation import format_amount
 
 from sync_svc.bank_storage import BankDataStorage
+from sync_svc.catalogue import Catalogues
+from sync_svc.catalogue_storage import CatalogueStorage
 from sync_svc.service import BankStatus, SyncService
 from sync_svc.storage import Job, JobStorage
 from sync_svc.worker import JobConsents, SyncWorkers, WorkerConfig, record_call
@@ -115,8 +118,9 @@ def _time(msg, field: str) -> dt.datetime | None:
 
 
 class SyncServicer(pb_grpc.SyncServiceServicer):
-    def __init__(self, service: SyncService):
+    def __init__(self, service: SyncService, catalogues: Catalogues):
         self.service = service
+        self.catalogues = catalogues
         self.bank_names = {b.id: b.name for b in service.banks}
 
     async def ListBanks(self, request, context):
@@ -141,7 +145,7 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
 
     async def StartSync(self, request, context):
         jobs = await self.service.start_sync(request.user_id, list(request.bank_ids), request.reason, request.force,
-                                             request.after_change)
+                                             request.after_change, request.skip_synced)
         response = pb.StartSyncResponse(user_id=request.user_id, status="queued", sync_id=jobs[0].job_id)
         for job in jobs:
             ref = response.jobs.add(bank_id=job.bank_id, job_id=job.job_id, state=_JOB_STATES[job.state],
@@ -227,6 +231,26 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
     async def GetDataVersion(self, request, context):
         return pb.GetDataVersionResponse(data_version=await self.service.data_version(request.user_id))
 
+    async def ListProducts(self, request, context):
+        products, states = await self.catalogues.products(list(request.bank_ids), request.product_type)
+        response = pb.ListProductsResponse()
+        for p in products:
+            item = response.products.add(bank_id=p.bank_id, product_id=p.product_id, product_type=p.product_type,
+                                         product_name=p.product_name)
+            for field in ("interest_rate", "min_amount", "max_amount", "commission"):
+                value = getattr(p, field)
+                if value is not None:
+                    setattr(item, field, f"{value.normalize():f}" if field == "interest_rate" else format_amount(value))
+            if p.term_months is not None:
+                item.term_months = p.term_months
+        for bank_id, state in states:
+            status = response.banks.add(bank_id=bank_id)
+            if state is not None:
+                set_timestamp(status, "fetched_at", state.fetched_at)
+                if state.last_error:
+                    status.error = state.last_error
+        return response
+
 
 class ConsentAdapter:
     """consent_svc as the sync domain needs it."""
@@ -256,23 +280,23 @@ async def setup(runtime: Runtime, server: GrpcServer) -> None:
     jobs = JobStorage(runtime.pool)
     service = SyncService(jobs, data, runtime.cache, settings.banks,
                           consents.connected_banks, bootstrap_wait=max(1.0, settings.rpc_timeout - 3))
-    server.add(pb_grpc.add_SyncServiceServicer_to_server, SyncServicer(service),
-               pb.DESCRIPTOR.services_by_name["SyncService"].full_name)
-
     limiter = RateLimiter(runtime.cache.redis, settings.bank_rate_limit, burst=5, prefix=runtime.cache.key("rl", ""))
     tokens = RedisTokenStore(runtime.cache.redis, prefix=runtime.cache.key("banktoken", ""))
     banks = BankClients(settings, token_store=tokens, on_call=record_call,
                         throttle=lambda bank_id: limiter.acquire(f"bank:{bank_id}"))
     runtime.on_close(banks.close)
+    catalogues = Catalogues(CatalogueStorage(runtime.pool), settings.banks,
+                            lambda bank_id: banks.get(bank_id).get_products())
+    runtime.on_close(catalogues.close)
+    server.add(pb_grpc.add_SyncServiceServicer_to_server, SyncServicer(service, catalogues),
+               pb.DESCRIPTOR.services_by_name["SyncService"].full_name)
     workers = SyncWorkers(jobs, data, banks, consents, runtime.cache,
                           WorkerConfig(workers=settings.sync_workers, concurrency=settings.sync_concurrency,
                                        lease_seconds=settings.sync_lease))
-    listener = await runtime.pool.acquire()
-    await listener.add_listener("sync_jobs", workers.wake)
-
-    async def release_listener() -> None:
-        await listener.remove_listener("sync_jobs", workers.wake)
-        await runtime.pool.release(listener)
-
-    runtime.on_close(release_listener)
-    runtime.background(workers.run(), "sync-workers")
+    # New jobs wake the workers at once (NOTIFY sync_jobs); the listener reconnects after a database
+    # restart, and the workers poll meanwhile (svclib.resilience.Listener).
+    listener = Listener(runtime.database_url, "sync_jobs", workers.wake, health=runtime.health,
+                        server_settings={"application_name": "finpulse-sync-listener"})
+    runtime.on_close(listener.close)
+    runtime.background(listener.run(), "sync-listener")
+    runtime.background(workers.run(runtime.health), "sync-workers")

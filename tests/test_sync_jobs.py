@@ -14,6 +14,8 @@ from finpulse.sync.v1 import sync_pb2_grpc as pb_grpc
 
 from svclib.config import load_settings
 from sync_svc.__main__ import SPEC
+from sync_svc.catalogue import Catalogues
+from sync_svc.catalogue_storage import CatalogueStorage
 from sync_svc.servicer import SyncServicer
 from sync_svc.service import SyncService
 from sync_svc.bank_storage import BankDataStorage
@@ -40,9 +42,14 @@ def make_service(pool, cache, settings) -> SyncService:
     return SyncService(JobStorage(pool), BankDataStorage(pool), cache, settings.banks, connected)
 
 
+async def no_bank(bank_id: str):
+    raise ConnectionError(f"{bank_id} is not reachable from these tests")
+
+
 @pytest.fixture
 def grpc_servicer(pool, cache):
-    return SyncServicer(make_service(pool, cache, load_settings({})))
+    settings = load_settings({})
+    return SyncServicer(make_service(pool, cache, settings), Catalogues(CatalogueStorage(pool), settings.banks, no_bank))
 
 
 @pytest.fixture
