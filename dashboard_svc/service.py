@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 from typing import Awaitable, Callable, Protocol
 
-from svclib import metrics
+from svclib import i18n, metrics
 from svclib.cache import Cache
 from svclib.errors import InvalidArgument, require
 from svclib.validation import parse_amount, parse_date
@@ -28,6 +28,13 @@ log = logging.getLogger("dashboard_svc")
 
 FRESH_FOR = dt.timedelta(minutes=15)
 EXPIRES_AFTER = dt.timedelta(minutes=30)
+#: Shape of a cached payload: {"v": PAYLOAD_VERSION, "<language>": {<part>: <dict>}}; entries of an
+#: older shape are stale (recomputed on their next request).
+PAYLOAD_VERSION = 2
+#: The parts of one computation (calc.compute_all): the dashboard and the routes that show its figures.
+PARTS = ("dashboard", "loans", "deposits", "refinance")
+#: Longest a dashboard request waits for a user's first sync in flight (within its deadline).
+FIRST_SYNC_WAIT = 10.0
 
 
 def parse_inputs(salary_amount: str | None, next_salary_date: str | None,
@@ -56,6 +63,9 @@ class BankData(Protocol):
 
     def goals(self, user_id: str) -> Awaitable[Goals]: ...
 
+    def wait_for_first_sync(self, user_id: str, timeout: float) -> Awaitable[None]:
+        """Return once the user has data, or no sync is in flight, or `timeout` seconds passed."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Gathered:
@@ -67,10 +77,14 @@ class Gathered:
 
 @dataclasses.dataclass(frozen=True)
 class Answer:
-    payload: dict  # calc.compute's output (the response without cache_info and ages)
+    payload: dict  # {"v": 2, language: calc.compute_all's output} (responses without cache_info and ages)
     calculated_at: dt.datetime
     data_version: int
     is_cached: bool
+
+    def part(self, name: str, language: str | None = None) -> dict:
+        """One part (PARTS) of the computation, with texts in `language` (the current one by default)."""
+        return self.payload[language or i18n.current_language()][name]
 
 
 def _entry_json(entry: CacheRow) -> dict:
@@ -133,7 +147,8 @@ class DashboardService:
 
     def _fresh(self, entry: CacheRow | None, version: int, now: dt.datetime,
                not_before: dt.datetime | None = None) -> bool:
-        return (entry is not None and entry.data_version == version and now - entry.calculated_at < FRESH_FOR
+        return (entry is not None and entry.payload.get("v") == PAYLOAD_VERSION and entry.data_version == version
+                and now - entry.calculated_at < FRESH_FOR
                 and (not_before is None or entry.calculated_at > not_before))
 
     async def _cached(self, user_id: str, version: int, now: dt.datetime,
@@ -149,10 +164,19 @@ class DashboardService:
             return entry, "table"
         return None, ""
 
-    async def dashboard(self, user_id: str, force_refresh: bool) -> Answer:
+    async def dashboard(self, user_id: str, force_refresh: bool, wait_first_sync: float = 0.0) -> Answer:
+        """The user's dashboard computation (every part of it), from the cache when fresh.
+
+        A user with no data yet whose first sync is in flight (a bank was just connected during
+        onboarding) is answered once that sync has committed, waiting at most `wait_first_sync` seconds
+        (the caller's deadline allowing), so the goals step sees the loans; after that the answer says
+        why it is empty (bank statuses, safe-to-spend reason)."""
         user_id = require(user_id, "user_id")
         asked_at = self.clock()
         version = await self.data.data_version(user_id)
+        if version == 0 and wait_first_sync > 0:
+            await self.data.wait_for_first_sync(user_id, min(wait_first_sync, FIRST_SYNC_WAIT))
+            version = await self.data.data_version(user_id)
         if not force_refresh:
             entry, level = await self._cached(user_id, version, asked_at)
             if entry is not None:
@@ -178,7 +202,9 @@ class DashboardService:
             self.data.gather(user_id, now), self.data.goals(user_id), self.storage.get_inputs(user_id))
         data = DashboardData(user_id=user_id, now=now, inputs=inputs, goals=goals, config=self.config,
                              **gathered.fields)
-        payload = calc.compute(data)
+        # Every language at once: the texts are cheap next to gathering the data, and one entry then
+        # serves whoever asks, in their language.
+        payload = {"v": PAYLOAD_VERSION, **{language: calc.compute_all(data, language) for language in i18n.LANGUAGES}}
         entry = CacheRow(payload, now, gathered.data_version)
         await self.storage.store_cached(user_id, entry, gathered.synced_at, EXPIRES_AFTER)
         await self.cache.set_json(self._key(user_id), _entry_json(entry), int(EXPIRES_AFTER.total_seconds()))

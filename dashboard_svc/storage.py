@@ -95,3 +95,65 @@ class DashboardStorage:
     def compute_lock(self, user_id: str) -> AdvisoryLock:
         """One computation per user at a time, across replicas."""
         return AdvisoryLock(self.pool, f"dashboard:{user_id}")
+
+    # ------------------------------------------------------------------------------ refinancing
+
+    async def record_application(self, application_id: str, user_id: str, offer_id: str,
+                                 offer: dict) -> tuple[StoredApplication, bool]:
+        """Record an application for an offer, once per (user, offer): (the application, True when it was
+        recorded by an earlier request)."""
+        row = await self.pool.fetchrow(
+            f"""
+            INSERT INTO refinance_applications (application_id, user_id, offer_id, status, offer)
+            VALUES ($1, $2, $3, 'recorded', $4::jsonb)
+            ON CONFLICT (user_id, offer_id) DO NOTHING
+            RETURNING {_APPLICATION_COLUMNS}
+            """, application_id, user_id, offer_id, json.dumps(offer))
+        if row is not None:
+            return _application(row), False
+        existing = await self.application_for_offer(user_id, offer_id)
+        assert existing is not None  # the conflict was this user's application for this offer
+        return existing, True
+
+    async def application_for_offer(self, user_id: str, offer_id: str) -> StoredApplication | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_APPLICATION_COLUMNS} FROM refinance_applications WHERE user_id = $1 AND offer_id = $2",
+            user_id, offer_id)
+        return _application(row) if row is not None else None
+
+    async def application(self, application_id: str) -> StoredApplication | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_APPLICATION_COLUMNS} FROM refinance_applications WHERE application_id = $1", application_id)
+        return _application(row) if row is not None else None
+
+    async def applications(self, user_id: str, limit: int = 100) -> list[StoredApplication]:
+        rows = await self.pool.fetch(
+            f"SELECT {_APPLICATION_COLUMNS} FROM refinance_applications WHERE user_id = $1 "
+            "ORDER BY created_at DESC, application_id LIMIT $2", user_id, limit)
+        return [_application(r) for r in rows]
+
+
+_APPLICATION_COLUMNS = "application_id, user_id, offer_id, status, offer, created_at, updated_at"
+
+
+class StoredApplication:
+    """A recorded refinancing application: the offer as it was shown when applied for."""
+
+    __slots__ = ("application_id", "user_id", "offer_id", "status", "offer", "created_at", "updated_at")
+
+    def __init__(self, application_id: str, user_id: str, offer_id: str, status: str, offer: dict,
+                 created_at: dt.datetime, updated_at: dt.datetime):
+        self.application_id = application_id
+        self.user_id = user_id
+        self.offer_id = offer_id
+        self.status = status
+        self.offer = offer
+        self.created_at = created_at
+        self.updated_at = updated_at
+
+
+def _application(row: asyncpg.Record) -> StoredApplication:
+    offer = row["offer"]
+    return StoredApplication(row["application_id"], row["user_id"], row["offer_id"], row["status"],
+                             json.loads(offer) if isinstance(offer, str) else offer, row["created_at"],
+                             row["updated_at"])
