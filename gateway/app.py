@@ -32,9 +32,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import middleware, openapi, transcode
 from gateway.auth import Gatekeeper, Principal, bind_user
+from gateway.login import LOGIN_METHOD, LoginPolicy
 from gateway.respcache import ResponseCache
 from gateway.errors import from_rpc_error
 from gateway.routes import Route, build_routes
+from svclib import i18n
 from svclib import metrics as svc_metrics
 from svclib.clients import ServiceClients
 from svclib.cache import CACHE_UNTIL_METADATA, ChangeFeed
@@ -81,6 +83,7 @@ CLIENTS = web.AppKey("clients", ServiceClients)
 ROUTES = web.AppKey("routes", list)
 GATEKEEPER = web.AppKey("gatekeeper", Gatekeeper)
 RESPONSES = web.AppKey("responses", ResponseCache)
+LOGIN = web.AppKey("login", LoginPolicy)
 
 _dumps = functools.partial(json.dumps, ensure_ascii=False)
 
@@ -98,7 +101,7 @@ def create_app(settings: Settings, clients: ServiceClients | None = None, *,
     app[RENDERED] = RenderedCache()
     app[middleware.MAX_BODY_BYTES] = max_body_bytes
     if clients is None:
-        clients = ServiceClients(settings)
+        clients = ServiceClients(settings, "gateway")
         app.on_cleanup.append(lambda _app: clients.close())
     app[CLIENTS] = clients
     redis = None
@@ -106,6 +109,7 @@ def create_app(settings: Settings, clients: ServiceClients | None = None, *,
         redis = aioredis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         app.on_cleanup.append(lambda _app: redis.aclose())
     app[GATEKEEPER] = Gatekeeper(settings, redis)
+    app[LOGIN] = LoginPolicy(settings)
     app[RESPONSES] = ResponseCache()
     if settings.redis_url:
         app.cleanup_ctx.append(_change_feed(settings))
@@ -145,16 +149,28 @@ def _bound_request(route: Route, request: web.Request, principal: Principal, bod
     return message, acting[0]
 
 
+def _language(request: web.Request) -> str:
+    """The language of texts for people in the answer (svclib.i18n), from Accept-Language."""
+    return i18n.negotiate(request.headers.get("Accept-Language"), request.app[SETTINGS].default_language)
+
+
 def _handler(route: Route):
     """The generic handler of one unary route."""
     cacheable = route.http_method == "GET"
     cache_hits = svc_metrics.GATEWAY_RESPONSE_CACHE_HITS.labels(route.path_template)
+    is_login = route.grpc_path == LOGIN_METHOD
 
     async def handle(request: web.Request) -> web.Response:
         request[middleware.ROUTE_TEMPLATE] = route.path_template
-        principal = await request.app[GATEKEEPER].admit(request)
+        login = request.app[LOGIN] if is_login else None
+        # The login route lets a token-less request through to its own policy, which says where tokens
+        # come from in this mode (gateway/login.py).
+        principal = await request.app[GATEKEEPER].admit(request, anonymous=login is not None)
+        if login is not None:
+            login.check(principal)
         responses = request.app[RESPONSES]
-        key = (route.grpc_path, principal.user_id, request.query_string) if cacheable else None
+        language = _language(request)
+        key = (route.grpc_path, principal.user_id, request.query_string, language) if cacheable else None
         if key is not None:
             body = responses.get(key)
             if body is not None:
@@ -166,7 +182,7 @@ def _handler(route: Route):
         except web.HTTPRequestEntityTooLarge:
             raise middleware.too_large(request.app[middleware.MAX_BODY_BYTES]) from None
         message, user = _bound_request(route, request, principal, body)
-        user_token = user_id_var.set(user)
+        user_token, language_token = user_id_var.set(user), i18n.language_var.set(language)
         try:
             call = getattr(request.app[CLIENTS].stub(route.service_key), route.method_name)(
                 message, timeout=request.app[SETTINGS].rpc_timeout)
@@ -176,6 +192,10 @@ def _handler(route: Route):
             raise from_rpc_error(exc, route.service_key) from None
         finally:
             user_id_var.reset(user_token)
+            i18n.language_var.reset(language_token)
+        if login is not None:
+            login.complete(reply, principal, user)
+            return web.json_response(transcode.render(reply, route), dumps=_dumps)
         body = request.app[RENDERED].body(route, reply)
         if until is not None:
             responses.put(key, user, body, until, stamp)
@@ -197,12 +217,13 @@ def _sse_handler(route: Route):
         request[middleware.ROUTE_TEMPLATE] = route.path_template
         principal = await request.app[GATEKEEPER].admit(request)
         message, user = _bound_request(route, request, principal, await request.read())
-        user_token = user_id_var.set(user)
+        user_token, language_token = user_id_var.set(user), i18n.language_var.set(_language(request))
         try:
             call = getattr(request.app[CLIENTS].stub(route.service_key), route.method_name)(
                 message, timeout=STREAM_TIMEOUT)
         finally:
             user_id_var.reset(user_token)
+            i18n.language_var.reset(language_token)
         try:
             first = await call.read()
         except grpc.aio.AioRpcError as exc:

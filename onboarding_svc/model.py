@@ -35,6 +35,7 @@ class ConsentInfo:
 class QueuedSync:
     bank_id: str
     job_id: str
+    state: str = "queued"  # queued | running | succeeded | failed | needs_reconsent (the job's state)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,10 +55,14 @@ class Consents(Protocol):
 class Sync(Protocol):
     """What onboarding needs of sync_svc."""
 
-    def start_sync(self, user_id: str, bank_ids: list[str], reason: str) -> Awaitable[list[QueuedSync]]: ...
+    def start_sync(self, user_id: str, bank_ids: list[str], reason: str,
+                   skip_synced: bool = False) -> Awaitable[list[QueuedSync]]: ...
 
 
-GOAL_TYPES = ("savings", "loans", "emergency_fund")
+GOAL_TYPES = ("savings", "loans", "emergency_fund", "savings_and_loans")
+SPEEDS = ("conservative", "optimal", "fast")
+STRATEGIES = ("avalanche", "snowball")
+PLANS = ("free", "premium")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +71,38 @@ class Goals:
     target_amount: Decimal | None = None
     target_date: dt.date | None = None
     note: str | None = None
+    loans_speed: str | None = None  # one of SPEEDS (None: the default, optimal)
+    savings_speed: str | None = None
+    loan_strategy: str | None = None  # one of STRATEGIES (None: the default, avalanche)
+    horizon_months: int | None = None  # savings horizon when there is no target date
+
+
+@dataclasses.dataclass(frozen=True)
+class Account:
+    """Who the user is: display name (None: never given), plan, active flag."""
+    user_id: str
+    name: str | None = None
+    subscription_plan: str = "free"
+    is_active: bool = True
+
+    @property
+    def display_name(self) -> str:
+        return self.name or f"User {self.user_id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class AccountChange:
+    """Fields of an update of the account part of a profile; None keeps the stored value."""
+    name: str | None = None
+    subscription_plan: str | None = None
+    is_active: bool | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    account: Account
+    goals: Goals
+    updated_at: dt.datetime | None
 
 
 class Dashboard(Protocol):

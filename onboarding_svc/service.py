@@ -3,17 +3,24 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from typing import Any
 
-from svclib.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, require
+from svclib.errors import FailedPrecondition, InvalidArgument, NotFound, require
 from svclib.validation import parse_amount, parse_date
 
-from onboarding_svc.model import COMPLETED, GOAL_TYPES, KINDS, Consents, Dashboard, Goals, Session, StatusView, Sync
+from onboarding_svc.model import (COMPLETED, GOAL_TYPES, KINDS, PLANS, SPEEDS, STRATEGIES, Account, AccountChange,
+                                  Consents, Dashboard, Goals, Profile, Session, StatusView, Sync)
 from onboarding_svc.storage import OnboardingStorage
 
 log = logging.getLogger("onboarding_svc")
 
 APPROVED = "APPROVED"
+
+# A user id is the bank customer id; the app builds query strings without encoding, so it must be URL-safe.
+_USER_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+NAME_MAX = 200
+NOTE_MAX = 500
 
 # Steps: 1 start, 2 account consent approved, 3 product consent approved, 4 goals, 5 finalized.
 STEP_START, STEP_CONSENTS, STEP_PRODUCTS, STEP_GOALS, STEP_FINALIZE = 1, 2, 3, 4, 5
@@ -28,9 +35,19 @@ class OnboardingService:
 
     async def start(self, user_id: str, user_name: str | None) -> Session:
         user_id = require(user_id, "user_id")
+        user_name = _display_name(user_name, "user_name")
+        session = await self.storage.open_session(user_id, user_name)
         if user_name is not None:
-            user_name = require(user_name, "user_name", max_len=200) if user_name.strip() else None
-        return await self.storage.open_session(user_id, user_name)
+            await self.storage.rename(user_id, user_name)
+        return session
+
+    async def login(self, user_id: str, user_name: str | None) -> Account:
+        """The app's sign-in: the user's account, created at the first login (plan free, active); a
+        given name replaces the stored one. Tokens are not this service's business (the gateway's)."""
+        user_id = require(user_id, "user_id")
+        if not _USER_ID_RE.match(user_id):
+            raise InvalidArgument("user_id: letters, digits, '.', '_' and '-' only (it goes into URLs)", "user_id")
+        return await self.storage.login(user_id, _display_name(user_name, "user_name"))
 
     async def status(self, onboarding_id: str, caller: str | None = None) -> StatusView:
         """The session's progress. `caller`, when known (the gateway's authenticated user), must own it:
@@ -66,7 +83,8 @@ class OnboardingService:
         if session is None:
             raise NotFound(f"Onboarding session {onboarding_id} not found")
         if session.user_id != user_id:
-            raise PermissionDenied(f"Onboarding session {onboarding_id} belongs to another user")
+            # Another user's session is answered exactly like a missing one: its existence is not theirs to know.
+            raise NotFound(f"Onboarding session {onboarding_id} not found")
         return session
 
     async def finalize(self, onboarding_id: str, user_id: str) -> dict[str, Any]:
@@ -90,38 +108,68 @@ class OnboardingService:
                 "No approved account consents found. Cannot finalize onboarding: "
                 f"the account consent is mandatory{hint}.")
 
-        # Ask sync_svc to load every connected bank; it joins jobs already queued, so a retry is safe.
-        jobs = await self.sync.start_sync(user_id, account_banks, "onboarding")
+        # Every connected bank's first sync was queued when its account consent was approved; ask sync_svc
+        # for the banks not synced and not syncing yet (a retry is safe: jobs in flight are joined).
+        jobs = await self.sync.start_sync(user_id, account_banks, "onboarding", skip_synced=True)
         result = {
             "onboarding_id": session.onboarding_id,
             "user_id": user_id,
             "status": COMPLETED,
             "ready": True,
             "approved_consents_count": len(approved),
-            "bootstrap_results": [{"bank_id": j.bank_id, "status": "queued", "job_id": j.job_id} for j in jobs],
+            "bootstrap_results": [{"bank_id": j.bank_id, "status": "synced" if j.state == "succeeded" else "queued",
+                                   "job_id": j.job_id} for j in jobs],
             "completed_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         }
         stored = await self.storage.complete(session.onboarding_id, result)
         log.info("onboarding finalized", extra={"onboarding_id": session.onboarding_id, "banks": account_banks})
         return stored.finalize_result or result
 
-    # ------------------------------------------------------------------------------------ goals
+    # ------------------------------------------------------------------------------------ profile
 
-    async def goals(self, user_id: str) -> tuple[Goals, dt.datetime | None]:
-        return await self.storage.get_goals(require(user_id, "user_id"))
+    async def profile(self, user_id: str) -> Profile:
+        return await self.storage.get_profile(require(user_id, "user_id"))
 
-    async def set_goals(self, user_id: str, goal_type: str | None, target_amount: str | None,
-                        target_date: str | None, note: str | None) -> tuple[Goals, dt.datetime]:
+    async def update_profile(self, user_id: str, fields: dict[str, Any]) -> Profile:
+        """Replace the goals (goal fields absent from `fields` are cleared) and apply name, plan and
+        active flag when given (absent: kept). `fields` holds raw values by Profile field name."""
         user_id = require(user_id, "user_id")
+        goal_type = fields.get("goal_type")
         if goal_type is not None and goal_type not in GOAL_TYPES:
             raise InvalidArgument(f"profile.goal_type: expected one of {', '.join(GOAL_TYPES)}", "profile.goal_type")
+        for name, allowed in (("loans_speed", SPEEDS), ("savings_speed", SPEEDS), ("loan_strategy", STRATEGIES)):
+            if fields.get(name) is not None and fields[name] not in allowed:
+                raise InvalidArgument(f"profile.{name}: expected one of {', '.join(allowed)}", f"profile.{name}")
+        horizon = fields.get("horizon_months")
+        if horizon is not None and not 1 <= horizon <= 600:
+            raise InvalidArgument("profile.horizon_months: must be between 1 and 600", "profile.horizon_months")
+        plan = fields.get("subscription_plan")
+        if plan is not None and plan.strip().lower() not in PLANS:
+            raise InvalidArgument(f"profile.subscription_plan: expected one of {', '.join(PLANS)}",
+                                  "profile.subscription_plan")
+        note = fields.get("note")
+        if note is not None and len(note.strip()) > NOTE_MAX:
+            raise InvalidArgument(f"profile.note: at most {NOTE_MAX} characters", "profile.note")
         today = dt.datetime.now(dt.timezone.utc).date()
+        amount, target_date = fields.get("target_amount"), fields.get("target_date")
         goals = Goals(
             goal_type=goal_type,
-            target_amount=parse_amount(target_amount, "profile.target_amount") if target_amount else None,
+            target_amount=parse_amount(amount, "profile.target_amount") if amount else None,
             target_date=parse_date(target_date, "profile.target_date", earliest=today + dt.timedelta(days=1))
             if target_date else None,
-            note=(note.strip()[:500] or None) if note else None)
-        stored = await self.storage.put_goals(user_id, goals)
-        await self.dashboard.invalidate(user_id)  # the savings part of the dashboard follows at once
+            note=(note or "").strip() or None,
+            loans_speed=fields.get("loans_speed"), savings_speed=fields.get("savings_speed"),
+            loan_strategy=fields.get("loan_strategy"), horizon_months=horizon)
+        change = AccountChange(name=_display_name(fields.get("name"), "profile.name"),
+                               subscription_plan=plan.strip().lower() if plan is not None else None,
+                               is_active=fields.get("is_active"))
+        stored = await self.storage.put_profile(user_id, goals, change)
+        await self.dashboard.invalidate(user_id)  # the savings and loan parts of the dashboard follow at once
         return stored
+
+
+def _display_name(value: str | None, field: str) -> str | None:
+    """A display name: blank is unset, over NAME_MAX characters an error."""
+    if value is None or not value.strip():
+        return None
+    return require(value, field, max_len=NAME_MAX)

@@ -17,7 +17,7 @@ from svclib.runtime import Runtime
 from svclib.server import GrpcServer
 from svclib.validation import format_amount
 
-from onboarding_svc.model import COMPLETED, ConsentInfo, QueuedSync
+from onboarding_svc.model import COMPLETED, Account, ConsentInfo, Profile, QueuedSync
 from onboarding_svc.service import OnboardingService
 from onboarding_svc.storage import OnboardingStorage
 
@@ -40,10 +40,12 @@ class SyncClient:
     def __init__(self, clients: ServiceClients):
         self.clients = clients
 
-    async def start_sync(self, user_id: str, bank_ids: list[str], reason: str) -> list[QueuedSync]:
+    async def start_sync(self, user_id: str, bank_ids: list[str], reason: str,
+                         skip_synced: bool = False) -> list[QueuedSync]:
         reply = await self.clients.sync.StartSync(
-            sync_pb2.StartSyncRequest(user_id=user_id, bank_ids=bank_ids, reason=reason))
-        return [QueuedSync(j.bank_id, j.job_id) for j in reply.jobs]
+            sync_pb2.StartSyncRequest(user_id=user_id, bank_ids=bank_ids, reason=reason, skip_synced=skip_synced))
+        return [QueuedSync(j.bank_id, j.job_id,
+                           sync_pb2.JobState.Name(j.state).removeprefix("JOB_STATE_").lower()) for j in reply.jobs]
 
 
 class DashboardClient:
@@ -90,22 +92,45 @@ class OnboardingServicer(pb_grpc.OnboardingServiceServicer):
         return response
 
 
+    async def Login(self, request, context):
+        account = await self.service.login(request.user_id, optional(request, "user_name"))
+        # The token is the gateway's to give (it alone holds the signing key): it fills `token`.
+        return pb.LoginResponse(profile=_user_profile(account))
+
     async def GetProfile(self, request, context):
-        goals, updated_at = await self.service.goals(request.user_id)
-        return _profile_response(pb.GetProfileResponse, request.user_id, goals, updated_at)
+        profile = await self.service.profile(request.user_id)
+        return _profile_response(pb.GetProfileResponse, request.user_id, profile)
 
     async def UpdateProfile(self, request, context):
         if not request.HasField("profile"):
             raise InvalidArgument("profile is required", "profile")
         p = request.profile
-        goal_type = pb.GoalType.Name(p.goal_type).removeprefix("GOAL_TYPE_").lower() if p.goal_type else None
-        goals, updated_at = await self.service.set_goals(
-            request.user_id, goal_type, optional(p, "target_amount"), optional(p, "target_date"), optional(p, "note"))
-        return _profile_response(pb.UpdateProfileResponse, request.user_id, goals, updated_at)
+        fields = {
+            "goal_type": _enum_name(pb.GoalType, p.goal_type, "GOAL_TYPE_"),
+            "loans_speed": _enum_name(pb.RepaymentSpeed, p.loans_speed, "REPAYMENT_SPEED_"),
+            "savings_speed": _enum_name(pb.RepaymentSpeed, p.savings_speed, "REPAYMENT_SPEED_"),
+            "loan_strategy": _enum_name(pb.LoanStrategy, p.loan_strategy, "LOAN_STRATEGY_"),
+            **{name: optional(p, name) for name in ("target_amount", "target_date", "note", "horizon_months",
+                                                    "name", "subscription_plan", "is_active")},
+        }
+        profile = await self.service.update_profile(request.user_id, fields)
+        return _profile_response(pb.UpdateProfileResponse, request.user_id, profile)
 
 
-def _profile_response(cls, user_id: str, goals, updated_at):
-    profile = pb.Profile()
+def _enum_name(enum, value: int, prefix: str) -> str | None:
+    """An enum value as the domain's lowercase word; None for the zero value (unset)."""
+    return enum.Name(value).removeprefix(prefix).lower() if value else None
+
+
+def _user_profile(account: Account) -> pb.UserProfile:
+    return pb.UserProfile(user_id=account.user_id, name=account.display_name,
+                          subscription_plan=account.subscription_plan, is_active=account.is_active)
+
+
+def _profile_response(cls, user_id: str, stored: Profile):
+    goals, account = stored.goals, stored.account
+    profile = pb.Profile(name=account.display_name, subscription_plan=account.subscription_plan,
+                         is_active=account.is_active)
     if goals.goal_type:
         profile.goal_type = pb.GoalType.Value(f"GOAL_TYPE_{goals.goal_type.upper()}")
     if goals.target_amount is not None:
@@ -114,8 +139,16 @@ def _profile_response(cls, user_id: str, goals, updated_at):
         profile.target_date = goals.target_date.isoformat()
     if goals.note:
         profile.note = goals.note
+    if goals.loans_speed:
+        profile.loans_speed = pb.RepaymentSpeed.Value(f"REPAYMENT_SPEED_{goals.loans_speed.upper()}")
+    if goals.savings_speed:
+        profile.savings_speed = pb.RepaymentSpeed.Value(f"REPAYMENT_SPEED_{goals.savings_speed.upper()}")
+    if goals.loan_strategy:
+        profile.loan_strategy = pb.LoanStrategy.Value(f"LOAN_STRATEGY_{goals.loan_strategy.upper()}")
+    if goals.horizon_months is not None:
+        profile.horizon_months = goals.horizon_months
     response = cls(user_id=user_id, profile=profile)
-    set_timestamp(response, "updated_at", updated_at)
+    set_timestamp(response, "updated_at", stored.updated_at)
     return response
 
 
