@@ -11,7 +11,8 @@ from typing import Any, Sequence
 from aiohttp import web
 
 from bank_sandbox import tokens
-from bank_sandbox.consents import ACCOUNT, DEFAULT_LIFETIME, KINDS, PAYMENT, PRODUCT, ConsentKind, PaymentTerms
+from bank_sandbox.consents import (ACCOUNT, DEFAULT_LIFETIME, KINDS, PAYMENT, PRODUCT, ConsentKind, PaymentTerms,
+                                   payment_request_fields)
 from bank_sandbox.models import Account, Customer, utcnow
 from bank_sandbox.protocol import ApiError, Fields, json_response, read_json
 from bank_sandbox.state import BankState, Registry
@@ -118,7 +119,13 @@ class BankApi:
 
     async def request_consent(self, kind: ConsentKind, request: web.Request) -> web.Response:
         self._team(request, requesting_bank=kind.requesting_bank_header or "X-Requesting-Bank" in request.headers)
-        body = Fields(await read_json(request), ("body",))
+        raw = await read_json(request)
+        if kind is PAYMENT:
+            if self.state.faults.refuse_payment_consents:
+                raise ApiError(401, "Insufficient permissions")
+            raw = payment_request_fields(raw, request.query, self.state.config.payment_consent_form_of(
+                self.state.bank_id))
+        body = Fields(raw, ("body",))
         query_client = request.query.get("client_id") if kind.client_in_query else None
         client_id = query_client or body.text("client_id", required=query_client is None) or ""
         valid_until = body.moment("valid_until")

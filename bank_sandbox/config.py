@@ -16,6 +16,10 @@ from urllib.parse import urlparse
 from svclib.config import DEFAULT_TEAM_ID, DEFAULT_TEAM_SECRET, KNOWN_BANKS
 
 APPROVAL_MODES = ("auto", "manual")
+# Body forms of a payment-consent request a bank takes (docs/bank-api.md, "Payment consent"): the flat
+# one (the default), only the nested Open Banking one (the flat one is answered 422 `body.data: Field
+# required`, as some deployments do), or both.
+PAYMENT_CONSENT_FORMS = ("flat", "nested", "both")
 # The suite's own defaults for the known banks: the emulator listens where the suite looks by default.
 DEFAULT_APPROVAL = {bank: spec["approval"] for bank, spec in KNOWN_BANKS.items()}
 DEFAULT_PORTS = {bank: urlparse(spec["url"]).port for bank, spec in KNOWN_BANKS.items()}
@@ -63,6 +67,7 @@ FAULT_CHECKS: dict[str, Check] = {
     "error_rate": _share,
     "rate_limit_rate": _share,
     "sticky_awaiting": _flag,
+    "refuse_payment_consents": _flag,
 }
 CONFIG_CHECKS: dict[str, Check] = {
     **FAULT_CHECKS,
@@ -100,6 +105,9 @@ class Faults:
     # A payment is booked, then its answer waits this long: a caller can die after the bank acted
     # and before it learnt the outcome (the case an idempotent payment must reconcile).
     payment_delay_ms: float = 0.0
+    # Payment-consent requests are answered 401 `Insufficient permissions` (a deployment that will not
+    # take this call from the team's token).
+    refuse_payment_consents: bool = False
 
     def __post_init__(self) -> None:
         problems = _problems(dataclasses.asdict(self), FAULT_CHECKS)
@@ -114,6 +122,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "BANK_SANDBOX_RATE_LIMIT_RATE": ("rate_limit_rate", float),
     "BANK_SANDBOX_STICKY_AWAITING": ("sticky_awaiting", parse_bool),
     "BANK_SANDBOX_PAYMENT_DELAY_MS": ("payment_delay_ms", float),
+    "BANK_SANDBOX_REFUSE_PAYMENT_CONSENTS": ("refuse_payment_consents", parse_bool),
     "BANK_SANDBOX_SEED": ("seed", int),
     "FINPULSE_TEAM_ID": ("team_id", str),
     "FINPULSE_TEAM_SECRET": ("team_secret", str),
@@ -135,11 +144,16 @@ class SandboxConfig:
     seed: int = 42
     history_days: int = 365
     approval: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_APPROVAL))  # bank id -> auto | manual
+    refuse_payment_consents: bool = False  # payment-consent requests answered 401 Insufficient permissions
+    # bank id -> the payment-consent body form it takes (PAYMENT_CONSENT_FORMS); unnamed banks: flat
+    payment_consent_form: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = _problems(dataclasses.asdict(self), CONFIG_CHECKS)
         problems += [f"approval[{bank!r}]={mode!r}: expected one of {', '.join(APPROVAL_MODES)}"
                      for bank, mode in self.approval.items() if mode not in APPROVAL_MODES]
+        problems += [f"payment_consent_form[{bank!r}]={form!r}: expected one of {', '.join(PAYMENT_CONSENT_FORMS)}"
+                     for bank, form in self.payment_consent_form.items() if form not in PAYMENT_CONSENT_FORMS]
         if problems:
             raise ValueError("invalid bank sandbox configuration: " + "; ".join(problems))
 
@@ -147,13 +161,19 @@ class SandboxConfig:
         """A bank not named in `approval` approves automatically."""
         return self.approval.get(bank_id, "auto")
 
+    def payment_consent_form_of(self, bank_id: str) -> str:
+        """The payment-consent body form `bank_id` takes (flat unless configured)."""
+        return self.payment_consent_form.get(bank_id, "flat")
+
     def faults(self) -> Faults:
         return Faults(self.latency_ms, self.error_rate, self.rate_limit_rate, self.sticky_awaiting,
-                      self.payment_delay_ms)
+                      self.payment_delay_ms, self.refuse_payment_consents)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SandboxConfig:
-        """Defaults overridden by ENVIRONMENT's variables and by the suite's FINPULSE_BANK_<ID>_APPROVAL."""
+        """Defaults overridden by ENVIRONMENT's variables, the suite's FINPULSE_BANK_<ID>_APPROVAL and
+        BANK_SANDBOX_PAYMENT_CONSENT_FORM ("sbank=nested,abank=both": banks taking another body form of
+        the payment-consent request than the flat one)."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         problems: list[str] = []
@@ -179,6 +199,15 @@ class SandboxConfig:
                 problems.append(f"{variable}={mode!r}: expected one of {', '.join(APPROVAL_MODES)}")
             elif mode:
                 approval[bank] = mode
+        forms: dict[str, str] = {}
+        raw_forms = env.get("BANK_SANDBOX_PAYMENT_CONSENT_FORM", "").strip()
+        for item in filter(None, (part.strip() for part in raw_forms.split(","))):
+            bank, sep, form = (text.strip() for text in item.partition("="))
+            if not sep or not bank or form not in PAYMENT_CONSENT_FORMS:
+                problems.append(f"BANK_SANDBOX_PAYMENT_CONSENT_FORM={raw_forms!r}: expected bank=form,... with form "
+                                f"one of {', '.join(PAYMENT_CONSENT_FORMS)}, got {item!r}")
+                continue
+            forms[bank] = form
         if problems:
             raise ValueError("invalid bank sandbox environment: " + "; ".join(problems))
-        return cls(**values, approval=approval)
+        return cls(**values, approval=approval, payment_consent_form=forms)

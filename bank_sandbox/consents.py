@@ -12,10 +12,10 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 from bank_sandbox.models import Customer, iso_naive, iso_z, money
-from bank_sandbox.protocol import ApiError, Fields
+from bank_sandbox.protocol import ApiError, Fields, body_error
 
 DEFAULT_LIFETIME = timedelta(days=365)
 
@@ -277,6 +277,34 @@ class PaymentTerms(Terms):
         for broken, message in limits:
             if broken:
                 raise kind.refusal(Problem.MISMATCH, message)
+
+
+def payment_request_fields(body: dict[str, Any], query: Mapping[str, str], form: str) -> dict[str, Any]:
+    """The flat fields of a payment-consent request sent in the body form `form` allows (flat, nested or
+    both; bank_sandbox.config.PAYMENT_CONSENT_FORMS). The nested Open Banking form names the customer in
+    the query: `{"data": {"initiation": {"instructedAmount", "debtorAccount", "creditorAccount",
+    "comment"}, <consent_type, limits, valid_until>}}`. A bank taking only the nested form answers the
+    flat one 422 `body.data: Field required`."""
+    nested = isinstance(body.get("data"), dict)
+    if form == "nested" and not nested:
+        raise body_error("missing", "Field required", body, ("body", "data"))
+    if form == "flat" or not nested:
+        return body
+    fields = Fields(body, ("body",))
+    client_id = Fields(query, ("query",), fields.errors).text("client_id", required=True)
+    initiation = fields.nested("data").nested("initiation")
+    debtor = initiation.nested("debtorAccount").text("identification", required=True)
+    fields.done()
+    raw = body["data"]["initiation"]
+    instructed = raw.get("instructedAmount") if isinstance(raw.get("instructedAmount"), dict) else {}
+    creditor = raw.get("creditorAccount") if isinstance(raw.get("creditorAccount"), dict) else {}
+    flat = {key: value for key, value in body["data"].items() if key != "initiation"}
+    flat.update({"client_id": client_id, "debtor_account": debtor, "amount": instructed.get("amount"),
+                 "creditor_account": creditor.get("identification"), "creditor_name": creditor.get("name"),
+                 "reference": raw.get("comment")})
+    if instructed.get("currency") is not None:
+        flat["currency"] = instructed["currency"]
+    return {key: value for key, value in flat.items() if value is not None}
 
 
 def _over(limit: Decimal | None, amount: Decimal, earlier: Sequence[Decimal] = ()) -> bool:

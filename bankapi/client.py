@@ -4,7 +4,8 @@ One pooled aiohttp session per bank, created lazily, closed by `close()` / `asyn
 
 * goes to `BankConfig.base_url` with the team's credentials (nothing bank-specific is hard-coded);
 * carries a bearer token from the per-bank `TokenCache` (in-process → shared `TokenStore` → bank);
-  a 401 drops the token, fetches a new one and repeats the call once (then `AuthFailed`);
+  a 401 drops the token, fetches a new one and repeats the call once (then `AuthFailed`), except a
+  401 `Insufficient permissions`, which refuses the call, not the token (`CallRefused`, at once);
 * carries a fresh uuid4 `X-Fapi-Interaction-Id` (and `X-Request-Id` when a provider gives one), and is
   logged (logger `bankapi`) and reported to the `on_call` hook as a `CallRecord`;
 * is bounded by `aiohttp.ClientTimeout(total=timeout)`;
@@ -34,7 +35,8 @@ import aiohttp
 
 from svclib.config import BankConfig, TeamCredentials
 
-from .errors import BankUnavailable, MalformedResponse, UnknownBank, decode_body, describe_detail, error_for_status
+from .errors import (BadRequest, BankUnavailable, MalformedResponse, UnknownBank, decode_body, describe_detail,
+                     error_for_status, is_refusal)
 from .models import (Account, Balance, ConsentKind, ConsentResult, Payment, Product, ProductAgreement, Transaction,
                      TransactionPage, items_of, to_decimal)
 from .tokens import Token, TokenCache, TokenStore
@@ -47,6 +49,9 @@ MAX_PAGE_LIMIT = 100  # the API rejects limit > 100 with 422
 DEFAULT_TOKEN_LIFETIME = 86400.0  # seconds, when the token answer has no expires_in
 MAX_PAGES = 10_000  # safety stop for a server whose links.next never ends
 ACCOUNT_SCHEME = "RU.CBR.PAN"
+# The two bodies of a payment-consent request (docs/bank-api.md, "Payment consent"): flat, with the
+# customer in the body, or the nested Open Banking form with the customer in the query.
+PAYMENT_CONSENT_FORMS = ("flat", "nested")
 
 
 @dataclass(frozen=True)
@@ -194,6 +199,10 @@ class BankClient:
         self._request_id_provider = request_id_provider or _suite_request_id_provider()
         self._random = random.Random()
         self._tokens = TokenCache(f"{bank.id}:{team.client_id}", self._fetch_token, token_store)
+        # The payment-consent body form this bank takes, once learnt (None: not known yet, the flat
+        # form is tried first). Kept by this client, so per process: another replica learns it again
+        # with one refused request.
+        self.payment_consent_form: str | None = None
 
     @property
     def bank_id(self) -> str:
@@ -283,14 +292,35 @@ class BankClient:
                                       amount: Decimal | int | str | None, currency: str = "RUB",
                                       creditor_account: str | None = None, creditor_name: str | None = None,
                                       reference: str | None = None, consent_type: str = "single_use",
-                                      **extra: Any) -> ConsentResult:
+                                      creditor_bank_code: str | None = None, **extra: Any) -> ConsentResult:
         """Ask for a payment consent. Accounts are account numbers (`Account.account_number`), not ids.
-        `extra` carries the multi_use / vrp fields (max_uses, vrp_daily_limit, valid_until, …)."""
-        body: dict[str, Any] = {"consent_type": consent_type, "currency": currency, "debtor_account": debtor_account}
-        optional = {"amount": None if amount is None else to_decimal(amount), "creditor_account": creditor_account,
-                    "creditor_name": creditor_name, "reference": reference, **extra}
-        body.update({k: v for k, v in optional.items() if v is not None})
-        return await self._request_consent(ConsentKind.PAYMENTS, client_id, body)
+        `extra` carries the multi_use / vrp fields (max_uses, vrp_daily_limit, valid_until, …).
+
+        The flat body is sent first; a bank that answers it 422 `body.data: Field required` takes only
+        the nested Open Banking form (customer in the query): the request is sent again in that form,
+        and this client remembers it for the bank (`payment_consent_form`), so later requests go nested
+        at once. `creditor_bank_code` is sent in the nested form only (the flat one has no such field)."""
+        fields = {"consent_type": consent_type, "currency": currency, "debtor_account": debtor_account,
+                  "amount": None if amount is None else to_decimal(amount), "creditor_account": creditor_account,
+                  "creditor_name": creditor_name, "reference": reference, **extra}
+        fields = {k: v for k, v in fields.items() if v is not None}
+        if self.payment_consent_form != "nested":
+            try:
+                result = await self._request_consent(ConsentKind.PAYMENTS, client_id, fields)
+            except BadRequest as exc:
+                if not _wants_nested_form(exc):
+                    raise
+                log.info("bank=%s takes payment consents in the nested form only", self.bank_id,
+                         extra={"bank_id": self.bank_id, "operation": "request_payment_consent"})
+                self.payment_consent_form = "nested"
+            else:
+                self.payment_consent_form = "flat"
+                return result
+        body = _nested_payment_consent(fields, creditor_bank_code)
+        answer = await self._call("request_payment_consent", "POST", "/payment-consents/request",
+                                  params={"client_id": client_id}, body=body, headers=self._requesting_bank())
+        return self._parse("request_payment_consent", answer,
+                           lambda b: ConsentResult.from_api(ConsentKind.PAYMENTS, b))
 
     async def get_payment_consent(self, consent_or_request_id: str) -> ConsentResult:
         return await self._get_consent(ConsentKind.PAYMENTS, consent_or_request_id)
@@ -471,7 +501,7 @@ class BankClient:
                 raise BankUnavailable(str(exc), attempts=attempt, **context) from exc
             if response.status < 300:
                 return response
-            if response.status == 401 and authorized and not refreshed:
+            if response.status == 401 and authorized and not refreshed and not is_refusal(response.body):
                 refreshed = True
                 attempt -= 1  # a token refresh is not a retry
                 await self._tokens.refresh(token or "")
@@ -544,6 +574,41 @@ class BankClient:
                 await result
         except Exception:  # the hook must never break a bank call
             log.exception("bankapi on_call hook failed")
+
+
+def _wants_nested_form(exc: BadRequest) -> bool:
+    """The 422 of a bank that takes payment consents only in the nested form: `body.data` is missing."""
+    if exc.http_status != 422:
+        return False
+    if isinstance(exc.detail, list):
+        return any(isinstance(item, Mapping) and list(item.get("loc") or ()) == ["body", "data"]
+                   for item in exc.detail)
+    return "body.data" in exc.message
+
+
+def _nested_payment_consent(fields: Mapping[str, Any], creditor_bank_code: str | None) -> dict[str, Any]:
+    """The nested Open Banking body of a payment-consent request, from the flat fields: the payment's
+    initiation (amount, debtor, creditor, comment), and the standing consent's type and limits beside it."""
+    initiation: dict[str, Any] = {
+        "debtorAccount": {"schemeName": ACCOUNT_SCHEME, "identification": fields["debtor_account"]}}
+    if "amount" in fields:
+        initiation["instructedAmount"] = {"amount": format_amount(fields["amount"]), "currency": fields["currency"]}
+    if "creditor_account" in fields:
+        creditor: dict[str, Any] = {"schemeName": ACCOUNT_SCHEME, "identification": fields["creditor_account"]}
+        if "creditor_name" in fields:
+            creditor["name"] = fields["creditor_name"]
+        if creditor_bank_code:
+            creditor["bank_code"] = creditor_bank_code
+        initiation["creditorAccount"] = creditor
+    if "reference" in fields:
+        initiation["comment"] = fields["reference"]
+    data: dict[str, Any] = {"initiation": initiation}
+    rest = {k: v for k, v in fields.items()
+            if k not in ("debtor_account", "amount", "creditor_account", "creditor_name", "reference")}
+    if rest.get("consent_type") == "single_use" and "amount" in fields:
+        rest = {}  # a single payment: the initiation says it all
+    data.update(rest)
+    return {"data": data}
 
 
 def _single_account(body: Mapping[str, Any]) -> Account:

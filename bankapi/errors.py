@@ -9,6 +9,7 @@ exceptions: the services translate them to gRPC status codes themselves.
 |----------------------------------------------|--------------------------------|
 | 400, 409, 422 and other unlisted 4xx          | `BadRequest` (bank's detail)   |
 | 401 on the token call, or again after refresh | `AuthFailed`                   |
+| 401 `Insufficient permissions` (valid token)  | `CallRefused` (no refresh)     |
 | 403 (CONSENT_REQUIRED, INVALID_CONSENT, …)    | `ConsentRequired` (with code)  |
 | 403 that names no consent problem             | `Forbidden`                    |
 | 404                                           | `NotFound`                     |
@@ -96,6 +97,12 @@ class AuthFailed(BankError):
     """401 on the token call (bad team credentials), or 401 again right after a token refresh."""
 
 
+class CallRefused(BankError):
+    """401 `Insufficient permissions` to the team's token: the bank will not accept this call from the app
+    (some deployments answer the payment-consent request so). A refusal: not a token problem (no token
+    refresh is tried) and not an outage (do not retry)."""
+
+
 class UnknownBank(BankError):
     """The bank id is not configured (or has no base URL)."""
 
@@ -149,6 +156,11 @@ def describe_detail(body: Any) -> tuple[str, str | None]:
     return ("no detail" if detail is None else str(detail)[:500]), None
 
 
+def is_refusal(body: Any) -> bool:
+    """A 401 body that refuses the call (`Insufficient permissions`) rather than the token."""
+    return "insufficient permission" in describe_detail(body)[0].lower()
+
+
 def error_for_status(status: int, body: Any, *, retry_after_header: str | None = None,
                      after_refresh: bool = False, **context: Any) -> BankError:
     """The typed error for a non-2xx answer. `context`: bank_id, operation, interaction_id."""
@@ -156,6 +168,8 @@ def error_for_status(status: int, body: Any, *, retry_after_header: str | None =
     detail = body.get("detail", body) if isinstance(body, Mapping) else body
     kw = dict(context, http_status=status, detail=detail)
     if status == 401:
+        if is_refusal(body):
+            return CallRefused(message, **kw)
         return AuthFailed(message + (" (after a token refresh)" if after_refresh else ""), **kw)
     if status == 403:
         if code or "consent" in message.lower():

@@ -226,6 +226,8 @@ class ConsentResult:
     # the bank's ids of those payments when it names them.
     used_count: int | None = None
     payment_ids: tuple[str, ...] = ()
+    # Payment consents: single_use, multi_use or vrp, when the answer says.
+    consent_type: str | None = None
     raw: Mapping[str, Any] = _raw()
 
     @property
@@ -256,6 +258,7 @@ class ConsentResult:
         return cls(
             used_count=_opt_int(_pick(data, "usedCount", "used_count")),
             payment_ids=_payment_ids(data),
+            consent_type=_opt_str(_pick(data, "consent_type", "consentType")),
             kind=kind,
             request_id=request_id,
             consent_id=consent_id,

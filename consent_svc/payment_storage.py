@@ -19,12 +19,14 @@ _COLUMNS = ("id, payment_id, user_id, idempotency_key, fingerprint, kind, status
             "debtor_account, creditor_account, creditor_bank_id, creditor_name, amount, currency, comment, "
             "agreement_id, amount_source, amount_note, consent_request_id, consent_id, consent_status, "
             "approval_url, in_doubt, bank_attempts, interaction_id, bank_payment_id, bank_status, error_code, "
-            "error_message, created_at, updated_at, completed_at")
+            "error_message, created_at, updated_at, completed_at, consent_kind, consent_used_count, "
+            "consent_payment_ids")
 
 # Columns a step may change (`PaymentStorage.update`).
 _MUTABLE = frozenset({"status", "consent_request_id", "consent_id", "consent_status", "approval_url", "in_doubt",
                       "bank_attempts", "interaction_id", "bank_payment_id", "bank_status", "error_code",
-                      "error_message"})
+                      "error_message", "consent_kind", "consent_used_count", "consent_payment_ids"})
+STANDING = ("vrp", "multi_use")  # consent kinds several payments share
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +85,21 @@ class StoredPayment:
     created_at: dt.datetime
     updated_at: dt.datetime
     completed_at: dt.datetime | None
+    # The kind of payment consent used: single_use (made for this payment), or the user's standing
+    # vrp / multi_use one (None: none chosen yet). For a standing one, its use count and payment ids
+    # as the bank reported them just before the last payment call.
+    consent_kind: str | None = None
+    consent_used_count: int | None = None
+    consent_payment_ids: tuple[str, ...] | None = None
 
     @property
     def final(self) -> bool:
         return self.status in FINAL
+
+    @property
+    def standing(self) -> bool:
+        """Paid through a standing consent shared with other payments."""
+        return self.consent_kind in STANDING
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +137,12 @@ class PaymentCursor:
 
 
 def _payment(row: asyncpg.Record | None) -> StoredPayment | None:
-    return None if row is None else StoredPayment(**{key: row[key] for key in row.keys()})
+    if row is None:
+        return None
+    values = {key: row[key] for key in row.keys()}
+    if values["consent_payment_ids"] is not None:
+        values["consent_payment_ids"] = tuple(values["consent_payment_ids"])
+    return StoredPayment(**values)
 
 
 class PaymentStorage:
@@ -142,6 +160,33 @@ class PaymentStorage:
         lock = AdvisoryLock(self.pool, f"payment:{payment.id}", wait=False)
         async with lock:
             yield PaymentStorage(self.pool, lock.conn)
+
+    @contextlib.asynccontextmanager
+    async def consent_lock(self, bank_id: str, consent_id: str) -> AsyncIterator[None]:
+        """Serialise the payments on one standing consent across requests and replicas (waiting for
+        the holder), on the connection `hold` bound: a payment in progress still uses one connection."""
+        if self._conn is None:
+            raise RuntimeError("consent_lock needs the storage bound by hold()")
+        name = f"payment-consent:{bank_id}:{consent_id}"
+        await self._conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", name)
+        try:
+            yield
+        finally:
+            await self._conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", name)
+
+    async def other_in_doubt(self, payment: StoredPayment, consent_id: str) -> str | None:
+        """Another payment whose call with this consent has an unknown outcome (its payment id)."""
+        async with self._connection() as conn:
+            return await conn.fetchval(
+                "SELECT payment_id FROM payments WHERE bank_id = $1 AND consent_id = $2 AND in_doubt AND id <> $3 "
+                "LIMIT 1", payment.bank_id, consent_id, payment.id)
+
+    async def owner_of_bank_payment(self, bank_id: str, bank_payment_id: str) -> str | None:
+        """Our payment recorded with this bank payment id, if any."""
+        async with self._connection() as conn:
+            return await conn.fetchval(
+                "SELECT payment_id FROM payments WHERE bank_id = $1 AND bank_payment_id = $2 LIMIT 1",
+                bank_id, bank_payment_id)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:

@@ -1,4 +1,5 @@
-"""Payments (no gRPC): idempotent single payments and loan repayments through single-use payment consents.
+"""Payments (no gRPC): idempotent single payments and loan repayments through single-use payment consents,
+or, for loan repayments, through the user's standing payment consent (below).
 
 Payments live in consent_svc because a payment is the use of a payment consent: this service already
 owns the consents, their lifecycle at the banks and the bank clients that create them, and a
@@ -17,7 +18,8 @@ One request (CreatePayment or RepayLoan) with its idempotency key:
    concurrent insert of the same key loses and continues as a retry).
 3. Take the payment's advisory lock without waiting: held by another request → ABORTED (409).
 4. Advance the payment from what is stored, never repeating a step the bank may have done:
-   - no consent: ask the debtor's bank for a single-use consent for exactly this amount, debtor and
+   - no consent: a loan repayment pays through the standing consent when there is one (below);
+     otherwise ask the debtor's bank for a single-use consent for exactly this amount, debtor and
      creditor (reference = our payment id); a manual bank leaves it AWAITING_AUTHORIZATION;
    - a consent: mark the payment `in_doubt` (committed), call POST /payments with a fresh
      X-Fapi-Interaction-Id, record the answer;
@@ -27,6 +29,26 @@ One request (CreatePayment or RepayLoan) with its idempotency key:
      with it again (single use: the bank can never execute it twice); unused and dead → a new
      consent for this same payment; unknowable → kept pending, never paid again.
 5. A payment that completes queues a sync of the banks involved (where the user is connected).
+
+Loan repayments through the standing consent. A RepayLoan at a bank where the user has an APPROVED,
+unexpired standing payment consent (the onboarding's `vrp`, or a `multi_use` one) paying from that
+account uses it instead of asking for a single-use consent, so a bank that approves manually does not
+need the customer for each instalment. Several payments then share one consent, so the bank's "used"
+no longer tells which payment happened; instead:
+
+- payments on one standing consent are serialised across requests and replicas (an advisory lock on
+  the consent, held from the reading of its uses to the recording of the answer);
+- under that lock, the consent's uses as the bank reports them (its use count and payment ids) are
+  read and committed with `in_doubt` BEFORE the payment call; a bank that reports neither is not
+  used (its payments could not be reconciled);
+- a retry after an unknown outcome reads the uses again: a payment id not known before is this
+  payment (fetched and recorded; a higher count without ids: made, unnamed); no new use → it was
+  not paid: pay again (with a fresh reading) while the consent is approved;
+- while one payment on the consent is in doubt, no other payment uses it (they take single-use
+  consents), so a new use can only be that payment's;
+- a refusal of the standing consent for this payment (403: a limit exceeded, the consent invalid or
+  revoked) paid nothing: the payment falls back to the single-use flow above (`consent_kind` says
+  which kind a payment used). CreatePayment (transfers to any account) always uses single-use consents.
 
 Bank refusals (insufficient funds, unknown creditor, refused or rejected consent) make the payment
 FAILED with the bank's reason and answer a 4xx; an unreachable bank answers UNAVAILABLE and leaves
@@ -57,9 +79,9 @@ from svclib.errors import (AlreadyExists, Aborted, DomainError, FailedPreconditi
 from svclib.logging import user_id_var
 from svclib.validation import format_amount, parse_amount
 
-from consent_svc.payment_storage import (PaymentCursor, PaymentEventRow, PaymentIntent, PaymentStorage,
+from consent_svc.payment_storage import (STANDING, PaymentCursor, PaymentEventRow, PaymentIntent, PaymentStorage,
                                          StoredPayment)
-from consent_svc.storage import ConsentStorage
+from consent_svc.storage import ConsentStorage, StoredConsent
 
 log = logging.getLogger("consent_svc.payments")
 
@@ -194,7 +216,7 @@ def _amount(value: str | None) -> Decimal:
 
 def _refusal_code(exc: bank_errors.BankError) -> str:
     """error_code for a bank's refusal of a payment or its consent."""
-    if isinstance(exc, (bank_errors.ConsentRequired, bank_errors.Forbidden)):
+    if isinstance(exc, (bank_errors.ConsentRequired, bank_errors.Forbidden, bank_errors.CallRefused)):
         return "CONSENT_REFUSED"
     text = exc.message.lower()
     if "insufficient" in text:
@@ -207,6 +229,16 @@ def _refusal_code(exc: bank_errors.BankError) -> str:
 
 
 _STATUS_OF = {PaymentStatus.COMPLETED: "COMPLETED", PaymentStatus.FAILED: "FAILED", PaymentStatus.PENDING: "PENDING"}
+
+
+@dataclasses.dataclass
+class _Work:
+    """One request's work on a payment, besides the payment's own connection: the user's standing
+    consent for it (read before the payment's lock is taken, so a request never waits for a second
+    pooled connection while it holds one), and standing consents the bank showed as no longer
+    approved (recorded after)."""
+    standing: StoredConsent | None = None
+    dead: list[tuple[str, ConsentResult]] = dataclasses.field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------- service
@@ -412,20 +444,31 @@ class PaymentService:
 
     async def _work_on(self, payment: StoredPayment, *, initiate: bool) -> StoredPayment:
         """Advance the payment under its lock (`LockBusy` when another request holds it); a payment that
-        completes here queues a sync once the lock and its connection are given back."""
-        async with self.storage.hold(payment) as store:
-            payment = await store.reload(payment)
-            before = payment.status
-            payment = await self._advance(store, payment, initiate=initiate)
+        completes here queues a sync once the lock and its connection are given back. While the lock is
+        held, only its connection is used: what else is needed from the database is read before
+        (the standing consent) and written after (a standing consent seen dead)."""
+        work = _Work()
+        if initiate and payment.kind == "loan_repayment" and payment.consent_kind is None:
+            work.standing = await self.consents.standing_payment_consent(payment.user_id, payment.bank_id,
+                                                                         payment.debtor_account)
+        try:
+            async with self.storage.hold(payment) as store:
+                payment = await store.reload(payment)
+                before = payment.status
+                payment = await self._advance(store, payment, initiate=initiate, work=work)
+        finally:
+            await self._record_dead_consents(payment, work)
         if payment.status == "COMPLETED" and before != "COMPLETED":
             await self._after_completion(payment)
         return payment
 
     # ------------------------------------------------------------------------------------ the steps
 
-    async def _advance(self, store: PaymentStorage, p: StoredPayment, *, initiate: bool) -> StoredPayment:
+    async def _advance(self, store: PaymentStorage, p: StoredPayment, *, initiate: bool,
+                       work: _Work | None = None) -> StoredPayment:
         """Move a payment on from its stored state. `initiate` False (reads): only ask the bank, never
         request a consent or pay, and keep the stored state when the bank does not answer."""
+        work = work or _Work()
         client = self._client(p.bank_id)
         for _ in range(MAX_STEPS):
             if p.final:
@@ -433,7 +476,8 @@ class PaymentService:
             if p.bank_payment_id:
                 return await self._refresh_payment(store, p, client)
             if p.in_doubt:
-                p = await self._reconcile(store, p, client, strict=initiate)
+                reconcile = self._reconcile_standing if p.standing else self._reconcile
+                p = await reconcile(store, p, client, strict=initiate)
                 if p.in_doubt:
                     return p  # the bank could not tell (read mode)
                 continue
@@ -441,6 +485,11 @@ class PaymentService:
                 if p.consent_request_id is None:
                     if not initiate:
                         return p
+                    standing = work.standing
+                    if p.kind == "loan_repayment" and p.consent_kind is None and standing is not None:
+                        p = await self._pay_standing(store, p, client, standing.consent_id,
+                                                     standing.payment_type, work)
+                        continue  # paid, failed, or fallen back to a single-use consent
                     p = await self._request_consent(store, p, client)
                 else:
                     p = await self._refresh_consent(store, p, client, strict=initiate)
@@ -449,6 +498,9 @@ class PaymentService:
                 continue
             if not initiate:
                 return p
+            if p.standing:  # not paid with it after all (reconciled): again, with a fresh reading of its uses
+                p = await self._pay_standing(store, p, client, p.consent_id, p.consent_kind, work)
+                continue
             p = await self._pay(store, p, client)
         raise Unavailable(f"Payment {p.payment_id} could not be settled with {p.bank_id} yet: retry with the same "
                           "Idempotency-Key")
@@ -472,11 +524,11 @@ class PaymentService:
             result = await client.request_payment_consent(
                 p.user_id, debtor_account=p.debtor_account, amount=p.amount, currency=p.currency,
                 creditor_account=p.creditor_account, creditor_name=p.creditor_name, reference=p.payment_id,
-                consent_type="single_use")
+                consent_type="single_use", creditor_bank_code=p.creditor_bank_id)
         except TRANSIENT as exc:
             raise self._unavailable(p, "the payment consent request", exc) from None
         except bank_errors.BankError as exc:
-            return await self._fail(store, p, "consent", _refusal_code(exc), exc.message)
+            return await self._fail(store, p, "consent", _refusal_code(exc), exc.message, consent_kind="single_use")
         if not (result.request_id or result.consent_id):
             raise self._unavailable(p, "the payment consent request", ValueError("no consent or request id"))
         return await self._store_consent(store, p, result)
@@ -504,16 +556,17 @@ class PaymentService:
             return await store.update(
                 p, source="consent", message=f"payment consent {result.consent_id} approved",
                 bank_status=result.raw_status, status="INITIATING", consent_request_id=request_id,
-                consent_id=result.consent_id, consent_status=result.status.value, approval_url=None)
+                consent_id=result.consent_id, consent_status=result.status.value, approval_url=None,
+                consent_kind="single_use")
         if result.status in WAITING:
             url = self.banks[p.bank_id].approval_url(request_id, p.user_id) if request_id else None
             return await store.update(
                 p, source="consent", message=f"payment consent {request_id} waits for the customer",
                 bank_status=result.raw_status, status="AWAITING_AUTHORIZATION", consent_request_id=request_id,
-                consent_status=result.status.value, approval_url=url)
+                consent_status=result.status.value, approval_url=url, consent_kind="single_use")
         return await self._fail(store, p, "consent", "CONSENT_REJECTED", f"the payment consent is {result.raw_status}",
                                 consent_request_id=request_id, consent_status=result.status.value,
-                                bank_status=result.raw_status, approval_url=None)
+                                bank_status=result.raw_status, approval_url=None, consent_kind="single_use")
 
     async def _pay(self, store: PaymentStorage, p: StoredPayment, client: BankClient) -> StoredPayment:
         interaction_id = str(uuid.uuid4())
@@ -594,6 +647,135 @@ class PaymentService:
         if strict:
             raise FailedPrecondition(reason)
         return p
+
+    # ------------------------------------------------------------------------------------ standing consents
+
+    async def _pay_standing(self, store: PaymentStorage, p: StoredPayment, client: BankClient, consent_id: str,
+                            kind: str | None, work: _Work) -> StoredPayment:
+        """Pay through the user's standing consent, under its lock (module docstring): its uses are read
+        and committed with `in_doubt` before the call. A consent the bank shows as no longer approved is
+        noted (`work.dead`, recorded once the payment's lock is given back) and the payment falls back
+        to a single-use consent."""
+        async with store.consent_lock(p.bank_id, consent_id):
+            p, seen = await self._pay_standing_locked(store, p, client, consent_id, kind)
+        if seen is not None and seen.status is not ConsentStatus.APPROVED and seen.status not in WAITING:
+            work.dead.append((consent_id, seen))
+        return p
+
+    async def _record_dead_consents(self, p: StoredPayment, work: _Work) -> None:
+        """Standing consents the bank showed as revoked, expired or rejected while paying: stored so, so
+        the next repayment does not try them (best effort)."""
+        for consent_id, seen in work.dead:
+            try:
+                stored = await self.consents.by_consent_id(p.bank_id, consent_id)
+                if stored is not None and stored.status == "APPROVED":
+                    await self.consents.update(stored, status=seen.status.value, source="poll",
+                                               bank_status=seen.raw_status,
+                                               message=f"seen {seen.raw_status} when paying {p.payment_id}")
+            except Exception as exc:  # noqa: BLE001 - the payment went on; the next status poll sees it too
+                log.warning("could not record a standing consent's status", extra={"consent_id": consent_id,
+                                                                                    "error": str(exc)})
+
+    async def _pay_standing_locked(self, store: PaymentStorage, p: StoredPayment, client: BankClient,
+                                   consent_id: str, kind: str | None) -> tuple[StoredPayment, ConsentResult | None]:
+        other = await store.other_in_doubt(p, consent_id)
+        if other is not None:
+            return await self._fall_back(store, p, f"the outcome of payment {other} with standing consent "
+                                                   f"{consent_id} is not known yet"), None
+        try:
+            seen = await client.get_payment_consent(consent_id)
+        except TRANSIENT as exc:
+            raise self._unavailable(p, "the standing payment consent", exc) from None
+        except bank_errors.BankError as exc:
+            return await self._fall_back(store, p, f"{p.bank_id} did not show standing consent {consent_id} "
+                                                   f"({exc.message})"), None
+        if seen.status is not ConsentStatus.APPROVED:
+            return await self._fall_back(store, p, f"standing consent {consent_id} is {seen.raw_status}"), seen
+        if seen.used_count is None and not seen.payment_ids:
+            return await self._fall_back(store, p, f"{p.bank_id} does not report the uses of standing consent "
+                                                   f"{consent_id}, so a payment with it could not be reconciled"), None
+        interaction_id = str(uuid.uuid4())
+        uses = seen.used_count if seen.used_count is not None else len(seen.payment_ids)
+        kind = kind if kind in STANDING else "vrp"
+        p = await store.update(
+            p, source="bank_call", consent_id=consent_id, consent_kind=kind, consent_status="APPROVED",
+            consent_request_id=None, approval_url=None, consent_used_count=seen.used_count,
+            consent_payment_ids=list(seen.payment_ids), in_doubt=True, bank_attempts=p.bank_attempts + 1,
+            interaction_id=interaction_id,
+            message=f"payment sent with standing {kind} consent {consent_id}, used {uses} times "
+                    f"before (X-Fapi-Interaction-Id {interaction_id})")
+        try:
+            answer = await client.create_payment(
+                p.user_id, consent_id, amount=p.amount, currency=p.currency, debtor_account=p.debtor_account,
+                creditor_account=p.creditor_account, creditor_bank_code=p.creditor_bank_id, comment=p.comment,
+                interaction_id=interaction_id)
+        except bank_errors.ConsentRequired as exc:  # refused for this payment: nothing was paid
+            return await self._fall_back(store, p, f"{p.bank_id} refused standing consent {consent_id} for this "
+                                                   f"payment ({exc.message})", in_doubt=False), None
+        except TRANSIENT as exc:
+            raise self._unavailable(p, "the payment", exc) from None
+        except bank_errors.BankError as exc:  # refused: nothing was paid
+            return await self._fail(store, p, "bank_answer", _refusal_code(exc), exc.message, in_doubt=False), None
+        return await self._record(store, p, answer, "bank_answer"), None
+
+    async def _fall_back(self, store: PaymentStorage, p: StoredPayment, reason: str,
+                         **changes: object) -> StoredPayment:
+        """The standing consent is not used for this payment: the single-use flow takes over."""
+        log.info("payment falls back to a single-use consent", extra={"payment_id": p.payment_id, "reason": reason})
+        return await store.update(p, source="consent", message=f"{reason}: a single-use consent is asked for instead",
+                                  consent_id=None, consent_kind="single_use", consent_status=None,
+                                  consent_used_count=None, consent_payment_ids=None, **changes)
+
+    async def _reconcile_standing(self, store: PaymentStorage, p: StoredPayment, client: BankClient, *,
+                                  strict: bool) -> StoredPayment:
+        """The outcome of a payment call with a standing consent is unknown: compare the consent's uses
+        now with those recorded before the call. Under the consent's lock, except for reads (which
+        never pay, and no other payment uses the consent while this one is in doubt)."""
+        if not strict:
+            return await self._reconcile_standing_locked(store, p, client, strict=False)
+        async with store.consent_lock(p.bank_id, p.consent_id):
+            return await self._reconcile_standing_locked(store, p, client, strict=True)
+
+    async def _reconcile_standing_locked(self, store: PaymentStorage, p: StoredPayment, client: BankClient, *,
+                                         strict: bool) -> StoredPayment:
+        consent_id = p.consent_id
+        try:
+            seen = await client.get_payment_consent(consent_id)
+            known = set(p.consent_payment_ids or ())
+            candidates = []
+            for bank_payment_id in (i for i in seen.payment_ids if i not in known):
+                if await store.owner_of_bank_payment(p.bank_id, bank_payment_id) is not None:
+                    continue  # another of our payments (never expected while this one is in doubt)
+                paid = await client.get_payment(p.user_id, bank_payment_id)
+                if paid.amount is None or paid.amount == p.amount:
+                    candidates.append(paid)
+        except bank_errors.BankError as exc:
+            if strict:
+                raise self._unavailable(p, "the reconciliation of the last payment call", exc) from None
+            log.warning("payment reconciliation failed", extra={"payment_id": p.payment_id, "error": str(exc)})
+            return p
+        new_ids = [i for i in seen.payment_ids if i not in known]
+        if len(candidates) == 1:
+            return await self._record(store, p, candidates[0], "reconcile")
+        if new_ids:
+            reason = (f"{p.bank_id} reports {len(new_ids)} new payments with consent {consent_id} since payment "
+                      f"{p.payment_id} was sent, and cannot say which is it: it is kept pending and will not be sent "
+                      "again; check the account")
+            if strict:
+                raise FailedPrecondition(reason)
+            return p
+        before, now = p.consent_used_count, seen.used_count
+        if before is not None and now is not None and now > before:
+            return await store.update(
+                p, source="reconcile", status="COMPLETED", in_doubt=False, bank_status=seen.raw_status,
+                message=f"the bank reports consent {consent_id} used {now} times, {before} before this payment was "
+                        "sent: the payment was made (the bank does not name it)")
+        if seen.status is ConsentStatus.APPROVED:
+            return await store.update(p, source="reconcile", in_doubt=False,
+                                      message=f"standing consent {consent_id} has no new use: the payment was not "
+                                              "made")
+        return await self._fall_back(store, p, f"standing consent {consent_id} has no new use and is "
+                                               f"{seen.raw_status}", in_doubt=False)
 
     async def _after_completion(self, p: StoredPayment) -> None:
         """Queue a sync of the banks the money moved at, where the user is connected (best effort)."""

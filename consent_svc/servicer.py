@@ -21,7 +21,7 @@ from consent_svc.payment_storage import PaymentEventRow, PaymentStorage, StoredP
 from consent_svc.payments import DebtorAccount, Loan, PaymentService, RepaymentRequest, \
     TransferRequest
 from consent_svc.service import ACCOUNTS, PAYMENTS, PRODUCTS, BankRequest, ConsentService, Outcome, client_status, \
-    overall_status
+    consent_message, overall_status
 from consent_svc.storage import ConsentStorage, StoredConsent
 
 _KINDS = {ACCOUNTS: pb.CONSENT_KIND_ACCOUNTS, PRODUCTS: pb.CONSENT_KIND_PRODUCTS, PAYMENTS: pb.CONSENT_KIND_PAYMENTS}
@@ -34,8 +34,10 @@ def _status_enum(status: str) -> int:
 
 def _outcome_pb(outcome: Outcome) -> pb.ConsentOutcome:
     msg = pb.ConsentOutcome(status=outcome.status, reused=outcome.reused)
+    message = outcome.message
+    if message:
+        msg.error_message = message
     if outcome.error:
-        msg.error_message = outcome.error
         return msg
     consent = outcome.consent
     msg.raw_status = consent.status
@@ -56,7 +58,11 @@ def _state_pb(consent: StoredConsent) -> pb.ConsentState:
     msg = pb.ConsentState(status=client_status(consent.status), raw_status=consent.status,
                           permissions=list(consent.permissions))
     # As the seed did, a pending consent shows its request id where the consent id would be.
-    msg.consent_id = consent.consent_id or consent.request_id or ""
+    if consent.consent_id or consent.request_id:
+        msg.consent_id = consent.consent_id or consent.request_id
+    message = consent_message(consent)
+    if message:
+        msg.error_message = message
     if consent.request_id:
         msg.request_id = consent.request_id
     if consent.approval_url and consent.status != "APPROVED":
@@ -121,7 +127,10 @@ def _dec(text: str) -> Decimal:
 
 
 class SyncPaymentData:
-    """sync_svc as payments need it: stored accounts and loans, loan repayments, and queueing a sync."""
+    """sync_svc as consents and payments need it: stored accounts and loans, loan repayments, and
+    queueing a sync (the `SyncQueue` of consent_svc.service and the `PaymentData` of payments)."""
+
+    START_SYNC_TIMEOUT = 5.0  # seconds: queueing a sync is best effort, never worth the whole deadline
 
     def __init__(self, clients: ServiceClients):
         self.clients = clients
@@ -147,10 +156,12 @@ class SyncPaymentData:
                            months=tuple(dt.date.fromisoformat(m) for m in r.months_paid))
                 for r in reply.loan_repayments]
 
-    async def start_sync(self, user_id: str, bank_ids: list[str], reason: str) -> None:
-        """After a payment: a sync of those banks, run again after one already running (after_change)."""
+    async def start_sync(self, user_id: str, bank_ids: list[str], reason: str, *, after_change: bool = True) -> None:
+        """A sync of those banks; with `after_change` (after a payment, a newly approved product
+        consent) run again after one already running, which read before the change."""
         await self.clients.sync.StartSync(sync_pb2.StartSyncRequest(user_id=user_id, bank_ids=bank_ids, reason=reason,
-                                                                    after_change=True))
+                                                                    after_change=after_change),
+                                          timeout=self.START_SYNC_TIMEOUT)
 
 
 class ConsentServicer(pb_grpc.ConsentServiceServicer):
@@ -230,8 +241,8 @@ async def setup(runtime: Runtime, server: GrpcServer) -> None:
     clients = BankClients(runtime.settings, token_store=tokens)
     runtime.on_close(clients.close)
     storage = ConsentStorage(runtime.pool)
-    service = ConsentService(storage, runtime.settings.banks, clients)
-    payments = PaymentService(PaymentStorage(runtime.pool), runtime.settings.banks, clients, storage,
-                              SyncPaymentData(runtime.clients))
+    sync = SyncPaymentData(runtime.clients)
+    service = ConsentService(storage, runtime.settings.banks, clients, sync)
+    payments = PaymentService(PaymentStorage(runtime.pool), runtime.settings.banks, clients, storage, sync)
     server.add(pb_grpc.add_ConsentServiceServicer_to_server, ConsentServicer(service, payments),
                pb.DESCRIPTOR.services_by_name["ConsentService"].full_name)

@@ -513,6 +513,68 @@ async def test_payment_delay_answers_late_after_booking_and_the_consent_shows_it
     assert bad.status == 422 and "payment_delay_ms" in bad.body["detail"]
 
 
+async def test_payment_consent_body_forms_per_bank():
+    """A bank configured for the nested form answers the flat one 422 `body.data: Field required` and
+    takes the nested one (customer in the query); `both` takes either; a bank not named takes the flat
+    form. `refuse_payment_consents` answers 401 Insufficient permissions."""
+    running = await start_banks(SandboxConfig(payment_consent_form={"vbank": "nested", "abank": "both"}),
+                                {"vbank": 0, "abank": 0, "sbank": 0})
+    try:
+        async with aiohttp.ClientSession() as session:
+            banks = {bank_id: Bank(session, url) for bank_id, url in running.urls.items()}
+            numbers = {}
+            for bank_id, bank in banks.items():
+                consent = (await bank.account_consent())["consent_id"] if bank_id != "sbank" else None
+                if consent:
+                    numbers[bank_id] = (await bank.accounts(consent))[0]["account"][0]["identification"]
+
+            def flat(bank_id: str) -> dict[str, Any]:
+                return {"requesting_bank": TEAM, "client_id": CUSTOMER, "consent_type": "single_use",
+                        "currency": "RUB", "amount": "7.50", "debtor_account": numbers[bank_id]}
+
+            def nested(bank_id: str, **extra: Any) -> dict[str, Any]:
+                return {"data": {"initiation": {
+                    "instructedAmount": {"amount": "7.50", "currency": "RUB"},
+                    "debtorAccount": {"schemeName": "RU.CBR.PAN", "identification": numbers[bank_id]},
+                    "creditorAccount": {"schemeName": "RU.CBR.PAN", "identification": numbers["abank"],
+                                        "bank_code": "abank", "name": "Me"},
+                    "comment": "rent"}, **extra}}
+
+            vbank, abank = banks["vbank"], banks["abank"]
+            refused = await vbank.call("POST", "/payment-consents/request", json=flat("vbank"))
+            assert refused.status == 422
+            assert refused.body["detail"][0]["loc"] == ["body", "data"]
+            assert refused.body["detail"][0]["msg"] == "Field required"
+            taken = await vbank.call("POST", "/payment-consents/request", params={"client_id": CUSTOMER},
+                                     json=nested("vbank"))
+            assert taken.status == 200 and taken.body["status"] == "approved", taken
+            view = (await vbank.call("GET", f"/payment-consents/{taken.body['consent_id']}")).body["data"]
+            assert (view["amount"], view["creditorAccount"], view["creditorName"], view["reference"]) == (
+                "7.50", numbers["abank"], "Me", "rent")
+            no_customer = await vbank.call("POST", "/payment-consents/request", json=nested("vbank"))
+            assert no_customer.status == 422 and no_customer.body["detail"][0]["loc"] == ["query", "client_id"]
+            standing = await vbank.call("POST", "/payment-consents/request", params={"client_id": CUSTOMER},
+                                        json={"data": {"initiation": {"debtorAccount": {
+                                            "schemeName": "RU.CBR.PAN", "identification": numbers["vbank"]}},
+                                            "consent_type": "vrp", "currency": "RUB", "vrp_daily_limit": "100.00"}})
+            assert standing.status == 200 and standing.body["consent_type"] == "vrp", standing
+
+            for body, params in ((flat("abank"), None), (nested("abank"), {"client_id": CUSTOMER})):
+                answer = await abank.call("POST", "/payment-consents/request", json=body, params=params)
+                assert answer.status == 200, answer
+            wrong = await banks["sbank"].call("POST", "/payment-consents/request", params={"client_id": CUSTOMER},
+                                              json={"data": {"initiation": {}}})
+            assert wrong.status == 422 and {"body", "client_id"} <= set(wrong.body["detail"][0]["loc"])
+
+            assert (await vbank.admin("POST", "faults", json={"refuse_payment_consents": True})).status == 200
+            answer = await vbank.call("POST", "/payment-consents/request", params={"client_id": CUSTOMER},
+                                      json=nested("vbank"))
+            assert (answer.status, answer.body) == (401, {"detail": "Insufficient permissions"})
+            assert (await vbank.call("GET", f"/payment-consents/{taken.body['consent_id']}")).status == 200
+    finally:
+        await running.stop()
+
+
 # ------------------------------------------------------------------------------------ faults and admin
 
 async def test_fault_knobs_hit_the_api_but_not_admin(vbank):
@@ -564,6 +626,14 @@ def test_config_from_env_and_its_errors():
         SandboxConfig.from_env({"BANK_SANDBOX_LATENCY_MS": "slow"})
     with pytest.raises(ValueError, match="customers"):
         SandboxConfig(customers=0)
+    forms = SandboxConfig.from_env({"BANK_SANDBOX_PAYMENT_CONSENT_FORM": "sbank=nested, abank=both",
+                                    "BANK_SANDBOX_REFUSE_PAYMENT_CONSENTS": "1"})
+    assert forms.payment_consent_form_of("sbank") == "nested" and forms.payment_consent_form_of("abank") == "both"
+    assert forms.payment_consent_form_of("vbank") == "flat" and forms.faults().refuse_payment_consents
+    with pytest.raises(ValueError, match="BANK_SANDBOX_PAYMENT_CONSENT_FORM"):
+        SandboxConfig.from_env({"BANK_SANDBOX_PAYMENT_CONSENT_FORM": "sbank=sideways"})
+    with pytest.raises(ValueError, match="payment_consent_form"):
+        SandboxConfig(payment_consent_form={"vbank": "xml"})
 
 
 def _free_port() -> int:

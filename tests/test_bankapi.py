@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from bankapi import (AuthFailed, BadRequest, BankClient, BankClients, BankUnavailable, CallRecord, ConsentKind,
                      ConsentRequired, ConsentStatus, Forbidden, MemoryTokenStore, NotFound, PaymentStatus, RateLimited,
                      RedisTokenStore, UnknownBank, format_amount, normalize_payment_status, normalize_status)
-from bankapi.errors import error_for_status, parse_retry_after
+from bankapi.errors import CallRefused, error_for_status, parse_retry_after
 from bankapi.models import Transaction, agreement_id_from_text, parse_datetime
 from bankapi.tokens import Token, TokenCache
 from svclib.config import BankConfig, TeamCredentials, load_settings
@@ -204,6 +204,10 @@ def test_error_mapping():
     assert isinstance(limited, RateLimited) and limited.retry_after == 0.0  # a date in the past: now
     assert error_for_status(429, None, **ctx).retry_after is None
     assert parse_retry_after("120") == 120.0 and parse_retry_after("soon") is None
+    # 401: a bad token, or a refusal of the call itself (not a token problem, not an outage)
+    assert type(error_for_status(401, {"detail": "Could not validate credentials"}, **ctx)) is AuthFailed
+    refused = error_for_status(401, {"detail": "Insufficient permissions"}, **ctx)
+    assert isinstance(refused, CallRefused) and not isinstance(refused, (AuthFailed, BankUnavailable))
 
 
 async def test_limit_is_validated_locally():
@@ -532,6 +536,62 @@ async def test_a_spent_single_use_consent_names_its_payment(sandbox):
         after = await client.get_payment_consent(consent.consent_id)
         assert after.used and after.raw_status == "Consumed" and after.payment_ids == (payment.payment_id,)
         assert after.used_count == 1
+
+
+async def test_payment_consent_form_is_learnt_per_bank_flat_then_nested(start_sandbox):
+    """A bank taking only the nested body form answers the flat one 422 `body.data: Field required`:
+    the client sends the nested form then, and remembers it for that bank (the next request goes
+    nested at once); a flat bank keeps the flat form."""
+    sandbox = await start_sandbox(payment_consent_form={"vbank": "nested"})
+    rec = Recorder()
+    async with make_client(sandbox, "vbank", rec) as nested, make_client(sandbox, "abank", rec) as flat:
+        account = next(a for a in await nested.get_accounts(CUSTOMER, await approved_account_consent(nested))
+                       if a.account_sub_type == "Checking")
+        other = next(a for a in await flat.get_accounts(CUSTOMER, await approved_account_consent(flat))
+                     if a.account_sub_type == "Checking")
+        assert nested.payment_consent_form is None
+        single = await nested.request_payment_consent(
+            CUSTOMER, debtor_account=account.account_number, amount="5.00", creditor_account=other.account_number,
+            creditor_bank_code="abank", creditor_name="Me", reference="rent")
+        assert single.status is ConsentStatus.APPROVED and single.consent_type == "single_use"
+        assert nested.payment_consent_form == "nested"
+        assert [r.http_status for r in rec.records if r.bank_id == "vbank"
+                and r.operation == "request_payment_consent"] == [422, 200]
+        seen = await nested.get_payment_consent(single.consent_id)
+        assert (seen.raw["data"]["amount"], seen.raw["data"]["creditorAccount"]) == ("5.00", other.account_number)
+
+        standing = await nested.request_payment_consent(
+            CUSTOMER, debtor_account=account.account_number, amount=None, consent_type="vrp",
+            vrp_max_individual_amount="100.00", vrp_daily_limit="200.00")
+        assert standing.status is ConsentStatus.APPROVED and standing.consent_type == "vrp"
+        assert [r.http_status for r in rec.records if r.bank_id == "vbank"
+                and r.operation == "request_payment_consent"] == [422, 200, 200]  # nested at once
+        seen = await nested.get_payment_consent(standing.consent_id)
+        assert seen.raw["data"]["vrpMaxIndividualAmount"] == "100.00" and "amount" not in seen.raw["data"]
+        paid = await nested.create_payment(CUSTOMER, single.consent_id, amount="5.00", currency="RUB",
+                                           debtor_account=account.account_number,
+                                           creditor_account=other.account_number, creditor_bank_code="abank")
+        assert paid.status is PaymentStatus.COMPLETED
+
+        await flat.request_payment_consent(CUSTOMER, debtor_account=other.account_number, amount="1.00")
+        assert flat.payment_consent_form == "flat"
+        assert [r.http_status for r in rec.records if r.bank_id == "abank"
+                and r.operation == "request_payment_consent"] == [200]
+
+
+async def test_insufficient_permissions_is_a_refusal_not_a_token_problem(sandbox):
+    rec = Recorder()
+    async with make_client(sandbox, "vbank", rec, max_retries=3) as client:
+        account = (await client.get_accounts(CUSTOMER, await approved_account_consent(client)))[0]
+        await set_faults(sandbox, "vbank", refuse_payment_consents=True)
+        with pytest.raises(CallRefused) as info:
+            await client.request_payment_consent(CUSTOMER, debtor_account=account.account_number, amount="1.00")
+        assert info.value.http_status == 401 and "Insufficient permissions" in info.value.message
+        assert len(rec.ops("request_payment_consent")) == 1, "neither retried nor repeated after a token refresh"
+        assert len(rec.ops("get_token")) == 1
+        await set_faults(sandbox, "vbank", refuse_payment_consents=False)
+        again = await client.request_payment_consent(CUSTOMER, debtor_account=account.account_number, amount="1.00")
+        assert again.status is ConsentStatus.APPROVED
 
 
 # ------------------------------------------------------------------------------------------ failures

@@ -24,6 +24,7 @@ from consent_svc.__main__ import SPEC
 from consent_svc.payment_storage import PaymentIntent, PaymentStorage
 from consent_svc.payments import (DebtorAccount, Loan, PaymentResult, PaymentService, RepaymentRequest,
                                   TransferRequest, fingerprint)
+from consent_svc.service import ONBOARDING_VRP
 from consent_svc.storage import ConsentStorage, NewConsent
 from dashboard_svc import calc
 from dashboard_svc.model import Repayments
@@ -105,17 +106,31 @@ class Env:
 
 
 @pytest.fixture
-async def env(schema_pool):
-    running = await start_banks(SandboxConfig(customers=10, approval=dict(APPROVAL)), dict.fromkeys(APPROVAL, 0))
-    pool = await schema_pool(SPEC)
-    configs = tuple(BankConfig(b, b.upper(), url, APPROVAL[b], "{base_url}/client/consents/{request_id}")
-                    for b, url in running.urls.items())
-    clients = BankClients(configs, team=TEAM, token_store=MemoryTokenStore(), timeout=5, max_retries=1,
-                          backoff_base=0.01)
-    storage, consents, data = PaymentStorage(pool), ConsentStorage(pool), EmulatorData(running)
-    yield Env(PaymentService(storage, configs, clients, consents, data), storage, consents, data, running)
-    await clients.close()
-    await running.stop()
+async def make_env(schema_pool):
+    """Factory: the emulator (with `sandbox` settings) and the service (with bank client options)."""
+    made = []
+
+    async def make(sandbox: dict | None = None, **client_options) -> Env:
+        running = await start_banks(SandboxConfig(customers=20, approval=dict(APPROVAL), **(sandbox or {})),
+                                    dict.fromkeys(APPROVAL, 0))
+        pool = await schema_pool(SPEC)
+        configs = tuple(BankConfig(b, b.upper(), url, APPROVAL[b], "{base_url}/client/consents/{request_id}")
+                        for b, url in running.urls.items())
+        options = {"timeout": 5, "max_retries": 1, "backoff_base": 0.01, **client_options}
+        clients = BankClients(configs, team=TEAM, token_store=MemoryTokenStore(), **options)
+        made.append((clients, running))
+        storage, consents, data = PaymentStorage(pool), ConsentStorage(pool), EmulatorData(running)
+        return Env(PaymentService(storage, configs, clients, consents, data), storage, consents, data, running)
+
+    yield make
+    for clients, running in made:
+        await clients.close()
+        await running.stop()
+
+
+@pytest.fixture
+async def env(make_env):
+    return await make_env()
 
 
 def key() -> str:
@@ -384,6 +399,181 @@ async def test_loan_repayment_pays_the_dashboards_instalment_to_the_loans_accoun
         await env.service.repay_loan(user, key(), dataclasses.replace(request, agreement_id=card.agreement_id,
                                                                       loan_bank_id=card.bank_id))
     assert env.counts("abank", user)["payments"] == 2
+
+
+# ------------------------------------------------------------------------------------------ standing consents
+# Users team200-11 … 17: each test's standing consent is the only one of its user in the database.
+
+async def standing(env: Env, user: str, bank_id: str = "sbank", **limits: str) -> str:
+    """The user's standing vrp consent at the bank, approved by the customer (as onboarding stores it)."""
+    debtor = env.checking(bank_id, user).number
+    result = await env.service.clients.get(bank_id).request_payment_consent(
+        user, debtor_account=debtor, amount=None, consent_type="vrp", **(limits or ONBOARDING_VRP))
+    consent_id = result.consent_id
+    if consent_id is None:
+        async with aiohttp.ClientSession() as session:
+            signed = await customer_signs(session, env.running.urls[bank_id], user, result.request_id,
+                                          "payment-consents")
+        consent_id = signed["consent_id"]
+    await env.consents.insert(NewConsent(user, bank_id, "payments", consent_id, result.request_id, "APPROVED",
+                                         "Authorized", None, ("payment:vrp",), None, payment_type="vrp",
+                                         debtor_account=debtor))
+    return consent_id
+
+
+async def repayment(env: Env, user: str, amount: str = "1000.00", bank_id: str = "sbank") -> RepaymentRequest:
+    """A repayment of one of the user's active loans from their checking account at `bank_id`."""
+    loan = next(l for l in await env.data.loans(user) if l.product_type == "loan" and l.status == "active")
+    return RepaymentRequest(loan.agreement_id, bank_id, env.checking(bank_id, user).account_id, amount, loan.bank_id)
+
+
+async def test_loan_repayments_use_the_standing_consent_and_need_no_customer(env):
+    user = "team200-11"
+    consent_id = await standing(env, user)
+    assert env.counts("sbank", user)["payment_consents"] == 1
+    request = await repayment(env, user)
+    first = (await env.service.repay_loan(user, key(), request)).payment
+    assert (first.status, first.consent_id, first.consent_kind) == ("COMPLETED", consent_id, "vrp")
+    assert (first.consent_used_count, first.consent_payment_ids, first.approval_url) == (0, (), None)
+    second = (await env.service.repay_loan(user, key(), request)).payment
+    assert (second.status, second.consent_id, second.consent_used_count) == ("COMPLETED", consent_id, 1)
+    assert second.consent_payment_ids == (first.bank_payment_id,)
+    assert (env.counts("sbank", user)["payments"], env.counts("sbank", user)["payment_consents"]) == (2, 1)
+    _, events = await env.service.get(user, first.payment_id)
+    assert [e.source for e in events] == ["create", "bank_call", "bank_answer"]
+
+    # A transfer to any account keeps its own single-use consent (the customer approves it).
+    transfer_at_sbank = dataclasses.replace(transfer(env, user, "10.00"), bank_id="sbank",
+                                            account_id=env.checking("sbank", user).account_id)
+    waiting = (await env.service.create_payment(user, key(), transfer_at_sbank)).payment
+    assert (waiting.status, waiting.consent_kind) == ("AWAITING_AUTHORIZATION", "single_use")
+    assert env.counts("sbank", user)["payment_consents"] == 2
+
+
+async def test_repayments_on_one_standing_consent_are_serialised(env):
+    """Concurrent repayments (other keys) through one standing consent take turns: each reads the uses
+    left by the one before it, and none waits for a second pooled connection while holding one (more
+    requests than the pool has connections)."""
+    user = "team200-17"
+    consent_id = await standing(env, user)
+    request = await repayment(env, user, "100.00")
+    results = await asyncio.gather(*(env.service.repay_loan(user, key(), request) for _ in range(8)))
+    payments = [r.payment for r in results]
+    assert {(p.status, p.consent_id) for p in payments} == {("COMPLETED", consent_id)}
+    assert sorted(p.consent_used_count for p in payments) == list(range(8))
+    assert (env.counts("sbank", user)["payments"], env.counts("sbank", user)["payment_consents"]) == (8, 1)
+
+
+async def test_an_in_doubt_repayment_on_the_standing_consent_is_found_not_repeated(make_env):
+    """The bank books the repayment but its answer comes after the client gave up: the retry with the
+    same key reads the consent's uses, finds the new payment id, and records it; the bank pays once."""
+    env = await make_env(timeout=1.0, max_retries=0)
+    user, k = "team200-12", key()
+    consent_id = await standing(env, user)
+    request = await repayment(env, user, "2500.00")
+    state = env.state("sbank")
+    state.faults = dataclasses.replace(state.faults, payment_delay_ms=2000)
+    with pytest.raises(Unavailable) as info:
+        await env.service.repay_loan(user, k, request)
+    assert "retry with the same Idempotency-Key" in info.value.message
+    state.faults = dataclasses.replace(state.faults, payment_delay_ms=0)
+    pending = await env.storage.by_key(user, k)
+    assert (pending.status, pending.in_doubt, pending.consent_id, pending.consent_kind) == (
+        "INITIATING", True, consent_id, "vrp")
+    assert (pending.consent_used_count, pending.consent_payment_ids) == (0, ())
+    assert env.counts("sbank", user)["payments"] == 1  # booked
+
+    done = await env.service.repay_loan(user, k, request)
+    bank_payment = state.consents.find(None, consent_id).payment_ids[0]
+    assert done.replayed and (done.payment.status, done.payment.bank_payment_id) == ("COMPLETED", bank_payment)
+    assert not done.payment.in_doubt and done.payment.bank_attempts == 1
+    again = await env.service.repay_loan(user, k, request)
+    assert again.payment == done.payment
+    assert (env.counts("sbank", user)["payments"], env.counts("sbank", user)["payment_consents"]) == (1, 1)
+    _, events = await env.service.get(user, done.payment.payment_id)
+    assert [e.source for e in events] == ["create", "bank_call", "reconcile"]
+
+
+async def test_an_in_doubt_repayment_without_a_new_use_is_paid_once_and_blocks_the_consent_meanwhile(env):
+    user, k = "team200-13", key()
+    consent_id = await standing(env, user)
+    request = await repayment(env, user, "300.00")
+    env.state("sbank").down = True
+    with pytest.raises(Unavailable):
+        await env.service.repay_loan(user, k, request)
+    env.state("sbank").down = False
+    recorded = await env.storage.by_key(user, k)
+    assert (recorded.consent_id, recorded.consent_kind, recorded.in_doubt) == (None, None, False)
+    # What a first attempt that died right after committing its intent to pay would have left.
+    in_doubt = await env.storage.update(recorded, source="bank_call", consent_id=consent_id, consent_kind="vrp",
+                                        consent_used_count=0, consent_payment_ids=[], in_doubt=True, bank_attempts=1)
+
+    # Meanwhile another repayment does not use the consent (its new use could be taken for this one).
+    other = (await env.service.repay_loan(user, key(), request)).payment
+    assert (other.status, other.consent_kind, other.consent_id) == ("AWAITING_AUTHORIZATION", "single_use", None)
+    assert env.counts("sbank", user)["payments"] == 0
+
+    done = await env.service.repay_loan(user, k, request)
+    assert done.payment.payment_id == in_doubt.payment_id and done.payment.status == "COMPLETED"
+    assert done.payment.bank_attempts == 2 and done.payment.consent_id == consent_id
+    assert env.counts("sbank", user)["payments"] == 1
+    _, events = await env.service.get(user, in_doubt.payment_id)
+    assert [e.source for e in events][-3:] == ["reconcile", "bank_call", "bank_answer"]
+    assert "no new use" in events[-3].message
+
+
+async def test_a_refused_standing_consent_falls_back_to_a_single_use_one(env):
+    user = "team200-14"
+    consent_id = await standing(env, user, vrp_max_individual_amount="500.00", vrp_daily_limit="1000.00")
+    over_limit = (await env.service.repay_loan(user, key(), await repayment(env, user, "600.00"))).payment
+    assert (over_limit.status, over_limit.consent_kind) == ("AWAITING_AUTHORIZATION", "single_use")
+    assert over_limit.approval_url and env.counts("sbank", user)["payments"] == 0
+    _, events = await env.service.get(user, over_limit.payment_id)
+    assert any("refused standing consent" in (e.message or "") for e in events)
+    async with aiohttp.ClientSession() as session:
+        await customer_signs(session, env.running.urls["sbank"], user, over_limit.consent_request_id,
+                             "payment-consents")
+    retry = await env.service.repay_loan(user, over_limit.idempotency_key, await repayment(env, user, "600.00"))
+    assert retry.payment.status == "COMPLETED" and retry.payment.consent_id != consent_id
+    assert env.counts("sbank", user)["payments"] == 1
+
+    within = (await env.service.repay_loan(user, key(), await repayment(env, user, "400.00"))).payment
+    assert (within.status, within.consent_id) == ("COMPLETED", consent_id)
+
+    # Revoked at the bank: recorded so, and the repayment takes a single-use consent.
+    await env.service.clients.get("sbank").delete_payment_consent(consent_id)
+    after = (await env.service.repay_loan(user, key(), await repayment(env, user, "100.00"))).payment
+    assert (after.status, after.consent_kind) == ("AWAITING_AUTHORIZATION", "single_use")
+    assert (await env.consents.by_consent_id("sbank", consent_id)).status == "REVOKED"
+
+
+async def test_payments_through_a_bank_taking_only_the_nested_consent_form(make_env):
+    calls: list = []
+    env = await make_env({"payment_consent_form": {"vbank": "nested"}}, on_call=calls.append)
+    user = "team200-15"
+    first = await env.service.create_payment(user, key(), transfer(env, user, "11.00"))
+    assert first.payment.status == "COMPLETED" and first.payment.consent_kind == "single_use"
+    assert env.service.clients.get("vbank").payment_consent_form == "nested"
+    second = await env.service.create_payment(user, key(), transfer(env, user, "12.00"))
+    assert second.payment.status == "COMPLETED"
+    # The flat form was sent once; the client remembered the nested one for vbank.
+    assert [c.http_status for c in calls if c.bank_id == "vbank" and c.operation == "request_payment_consent"] == [
+        422, 200, 200]
+    assert (env.counts("vbank", user)["payments"], env.counts("vbank", user)["payment_consents"]) == (2, 2)
+    consent = env.state("vbank").consents.find(None, second.payment.consent_id).terms
+    assert (consent.amount, consent.creditor_account, consent.reference) == (
+        Decimal("12.00"), env.checking("abank", user).number, second.payment.payment_id)
+
+
+async def test_a_bank_refusing_the_consent_call_is_consent_refused_not_unavailable(env):
+    user, k = "team200-16", key()
+    env.state("vbank").faults = dataclasses.replace(env.state("vbank").faults, refuse_payment_consents=True)
+    with pytest.raises(FailedPrecondition) as info:  # 400 at the gateway, not 503
+        await env.service.create_payment(user, k, transfer(env, user, "5.00"))
+    assert "Insufficient permissions" in info.value.message
+    failed = await env.storage.by_key(user, k)
+    assert (failed.status, failed.error_code) == ("FAILED", "CONSENT_REFUSED")
+    assert env.counts("vbank", user)["payments"] == 0
 
 
 # ------------------------------------------------------------------------------------------ reads
