@@ -143,6 +143,7 @@ def _change_feed(settings: Settings):
 def _bound_request(route: Route, request: web.Request, principal: Principal, body: bytes):
     """The request message, with the caller's user bound to it before its required fields are checked
     (`gateway.auth.bind_user`); (message, the user the call acts for)."""
+    transcode.check_content_type(route, body, request.headers)
     acting: list[str | None] = []
     message = transcode.build_request(route, body, request.query, request.match_info,
                                       lambda m: acting.append(bind_user(m, principal)), headers=request.headers)

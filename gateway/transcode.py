@@ -29,6 +29,7 @@ from google.protobuf.message import Message
 
 from gateway.errors import ApiError, bad_request
 from gateway.routes import Route, resolve_field
+from svclib import limits
 
 F = FieldDescriptor
 _INT_RANGES = {
@@ -75,6 +76,9 @@ def build_request(route: Route, body: bytes, query: Mapping[str, str], path_para
         raise _clean_parse_error(str(exc)) from None
     except RecursionError:
         raise bad_request("request JSON is nested too deeply") from None
+    oversized = limits.problems(message)  # the contract's size limits, as every service checks them too
+    if oversized:
+        raise bad_request("; ".join(reason for _, reason in oversized), violations=oversized)
     if complete is not None:
         complete(message)
     missing = missing_required(message)
@@ -82,6 +86,18 @@ def build_request(route: Route, body: bytes, query: Mapping[str, str], path_para
         raise bad_request("; ".join(f"{path} is required" for path in missing),
                           violations=[(path, "is required") for path in missing])
     return message
+
+
+def check_content_type(route: Route, body: bytes, headers: Mapping[str, str]) -> None:
+    """A request body must say it is JSON (`Content-Type: application/json`, or a `+json` type): 415
+    otherwise, so a text/plain or form body is never guessed at."""
+    if not body.strip() or not route.body:
+        return
+    media = (headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        shown = _show(media) if media else "none"
+        raise bad_request(f"the request body must be JSON (Content-Type: application/json), got {shown}",
+                          http=415)
 
 
 def _reject_constant(name: str) -> Any:

@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from svclib import i18n, metrics
+from svclib import i18n, limits, metrics
 from svclib.errors import DomainError
 from svclib.internal_auth import METADATA_KEY as AUTH_METADATA, Caller, InvalidStatement, Verifier, is_open
 from svclib.resilience import RETRY_AFTER_SECONDS, is_unavailable
@@ -104,6 +104,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_unary(request, context):
                 with _CallScope(method, metadata, context, caller) as scope:
+                    await scope.check_limits(request)
                     await scope.check_user(request)
                     return await scope.guard(inner(request, context))
 
@@ -115,6 +116,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_stream(request, context):
                 with _CallScope(method, metadata, context, caller) as scope:
+                    await scope.check_limits(request)
                     await scope.check_user(request)
                     async for item in scope.guard_stream(inner_stream(request, context)):
                         yield item
@@ -161,6 +163,13 @@ class _CallScope:
         user_id_var.reset(self.tokens[1])
         i18n.language_var.reset(self.tokens[2])
         return False
+
+    async def check_limits(self, request) -> None:
+        """The contract's size limits (svclib.limits), before any servicer sees the request."""
+        found = limits.problems(request)
+        if found:
+            self.code = grpc.StatusCode.INVALID_ARGUMENT
+            await self.context.abort(self.code, bounded_message("; ".join(reason for _, reason in found)))
 
     async def check_user(self, request) -> None:
         """A call made for a user (`x-user-id`) may only name that user in its `user_id` field."""

@@ -186,8 +186,12 @@ async def test_finalize_errors(http):
     status, started = await http.post("/api/onboarding/start", {"user_id": "team200-4"})
     status, body = await http.post("/api/onboarding/finalize",
                                    {"onboarding_id": started["onboarding_id"], "user_id": user})
-    # Another user's session is not finalized (403, or 404 where sessions of others are not found).
-    assert status in (403, 404), body
+    # Another user's session is not finalized, and answers exactly as a session that does not exist.
+    assert status == 404, body
+    missing_status, missing = await http.post("/api/onboarding/finalize",
+                                              {"onboarding_id": "no-such-session", "user_id": user})
+    assert (missing_status, body["error"]) == (404, missing["error"])
+    assert body["message"].replace(started["onboarding_id"], "<id>") == missing["message"].replace("no-such-session", "<id>")
 
 
 async def test_revoke_then_data_is_refused_and_status_shows_it(http):

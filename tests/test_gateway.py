@@ -1064,3 +1064,24 @@ async def test_only_methods_safe_to_repeat_are_retried_by_the_channel(gw, backen
     resp = await gw.get("/api/payments/pmt-1?user_id=u1")
     assert resp.status == 503
     assert backends["consent"].methods_called().count("GetPayment") == 3, "a read is retried (3 attempts)"
+
+
+async def test_bodies_must_be_json_and_fit_the_contracts_limits(gw, backends):
+    body = json.dumps({"user_id": "u1", "banks": [{"bank_id": "vbank", "consents": {"account": True}}]})
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        resp = await gw.post("/api/onboarding/consents", data=body.encode(), headers=headers)
+        assert resp.status == 415, (content_type, await resp.text())
+        assert "application/json" in (await resp.json())["message"]
+    resp = await gw.post("/api/onboarding/consents", data=body, headers={"Content-Type": "application/json; charset=utf-8"})
+    assert resp.status == 200
+    huge = "x" * ((1 << 20) // 2)
+    for method, path, payload in [("POST", "/api/sync", {"user_id": "u1", "bank_ids": [huge]}),
+                                  ("POST", "/api/sync", {"user_id": "u1", "reason": huge}),
+                                  ("PUT", "/api/users/u1/financial-inputs", {"salary_amount": huge}),
+                                  ("PUT", "/api/users/u1/financial-inputs", {"next_salary_date": huge})]:
+        resp = await gw.request(method, path, json=payload)
+        text = await resp.text()
+        assert resp.status == 400 and len(text) < 1000, (path, resp.status, text[:200])
+        assert "at most" in json.loads(text)["message"]
+    assert "StartSync" not in all_calls(backends) and "UpdateFinancialInputs" not in all_calls(backends)
