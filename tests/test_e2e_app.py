@@ -252,6 +252,15 @@ async def test_the_web_app_flow_on_real_data(suite, app_gateway, bank_urls):
                                                  Decimal(home["sts_today"]["detail"]["amount_per_day"])), \
             "the default speed (optimal) adds 20 %, never more than safe-to-spend"
 
+        # Texts follow Accept-Language (Russian by default, as the app is); codes do not.
+        async with session.get(f"{app_gateway}/api/loans", params={"user_id": USER},
+                               headers={"Accept-Language": "en-GB,en;q=0.8"}) as resp:
+            english = await resp.json()
+        assert [i["id"] for i in english["loans"]] == [i["id"] for i in loans["loans"]]
+        assert [i["kind"] for i in english["loans"]] == [i["kind"] for i in loans["loans"]]
+        assert {i["type"] for i in loans["loans"]} <= {"Ипотека", "Автокредит", "Потребительский кредит", "Кредит"}
+        assert {i["type"] for i in english["loans"]} <= {"Mortgage", "Car loan", "Consumer loan", "Loan"}
+
         # Deposits: the dashboard's savings figures.
         status, deposits = await app.call("GET", "/api/deposits", user_id=USER)
         assert status == 200 and deposits["status"] == "ok"
@@ -330,3 +339,22 @@ async def test_profile_holds_name_plan_and_the_goals_step(suite, app_gateway):
         assert status == 400 and "subscription_plan" in bad["message"]
         status, bad = await app.call("POST", "/api/auth/login", {"user_id": "team 200/1"})
         assert status == 400
+
+
+def test_make_token_signs_with_the_running_suites_secret(suite, tmp_path):
+    """`make token` gets its token from the running suite's login, whatever data dir it is run with."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
+    env.update(FINPULSE_DATA_DIR=str(tmp_path / "elsewhere"), FINPULSE_GATEWAY_PORT=str(suite.settings.gateway_port))
+    out = subprocess.run([sys.executable, "-m", "gateway.token", "team200-10"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    token = out.stdout.strip()
+
+    async def banks() -> int:
+        async with aiohttp.ClientSession() as session:
+            return (await Http(session, suite.gateway_url, token=token).get("/api/banks"))[0]
+
+    assert asyncio.run(banks()) == 200
+    assert not (tmp_path / "elsewhere" / "jwt-secret").exists(), "no secret of its own was made"
