@@ -22,6 +22,8 @@ class Admin:
         router.add_post(PREFIX + "faults", self.set_faults)
         router.add_post(PREFIX + "down", self.set_down)
         router.add_get(PREFIX + "customers/{client_id}/counts", self.counts)
+        router.add_get(PREFIX + "requests", self.requests)
+        router.add_delete(PREFIX + "requests", self.reset_requests)
         router.add_post(PREFIX + "customers/{client_id}/transactions", self.add_transactions)
 
     def _faults_json(self) -> web.Response:
@@ -49,6 +51,15 @@ class Admin:
         body.done()
         self.state.down = down
         return self._faults_json()
+
+    async def requests(self, request: web.Request) -> web.Response:
+        """API requests that reached this bank (every answer counts, faults included), by path template."""
+        counted = self.state.requests
+        return json_response({"total": sum(counted.values()), "by_path": dict(sorted(counted.items()))})
+
+    async def reset_requests(self, request: web.Request) -> web.Response:
+        self.state.requests.clear()
+        return json_response({"total": 0, "by_path": {}})
 
     async def counts(self, request: web.Request) -> web.Response:
         customer = self.state.customer(request.match_info["client_id"])

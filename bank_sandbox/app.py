@@ -49,6 +49,11 @@ async def log_requests(request: web.Request, handler: Handler) -> web.StreamResp
         status = exc.status
         raise
     finally:
+        if not request.path.startswith("/__admin__/"):
+            resource = request.match_info.route.resource
+            template = resource.canonical if resource is not None else request.path
+            counted = request.app[STATE].requests
+            counted[template] = counted.get(template, 0) + 1
         log.info("request", extra={
             "bank": request.app[STATE].bank_id, "method": request.method, "path": request.path, "status": status,
             "latency_ms": round((time.perf_counter() - started) * 1000, 1), "x-fapi-interaction-id": interaction_id})

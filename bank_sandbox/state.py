@@ -34,6 +34,9 @@ class BankState:
         self.faults = config.faults()
         self.fault_rng = data.rng(config.seed, bank_id, "faults")
         self.down = False  # every API call answers 503
+        # API requests that reached this bank since start (or the last reset), by path template:
+        # what a test counts to bound how often the suite calls a failing bank (GET /__admin__/requests).
+        self.requests: dict[str, int] = {}
         self.secret = secrets.token_bytes(32)  # signs this bank's tokens, and only them
         self._customers: dict[str, Customer] = {}
         self._generated: dict[str, dict[str, int]] = {}  # client id -> account id -> generated transactions

@@ -35,7 +35,9 @@ import aiohttp
 
 from svclib.config import BankConfig, TeamCredentials
 
-from .errors import (BadRequest, BankUnavailable, MalformedResponse, UnknownBank, decode_body, describe_detail,
+from .breaker import Breaker, BreakerStore, MemoryBreakerStore
+from .errors import (BadRequest, BankUnavailable, CircuitOpen, MalformedResponse, UnknownBank, decode_body,
+                     describe_detail,
                      error_for_status, is_refusal)
 from .models import (Account, Balance, ConsentKind, ConsentResult, Payment, Product, ProductAgreement, Transaction,
                      TransactionPage, items_of, to_decimal)
@@ -178,7 +180,7 @@ class BankClient:
                  timeout: float = 10.0, max_retries: int = 3, backoff_base: float = 0.2, backoff_max: float = 5.0,
                  session: aiohttp.ClientSession | None = None, on_call: OnCall | None = None,
                  request_id_provider: Callable[[], str | None] | None = None, pool_size: int = 20,
-                 throttle: Callable[[str], Awaitable[None]] | None = None):
+                 throttle: Callable[[str], Awaitable[None]] | None = None, breaker_store: BreakerStore | None = None):
         if not bank.base_url:
             raise UnknownBank(f"bank {bank.id!r} has no base URL configured", bank_id=bank.id)
         if max_retries < 0 or timeout <= 0:
@@ -196,6 +198,8 @@ class BankClient:
         self._on_call = on_call
         # Awaited before every HTTP exchange with the bank id: a request-rate cap shared by replicas.
         self._throttle = throttle
+        # Every exchange passes the bank's circuit breaker (shared by replicas with a Redis store).
+        self._breaker = Breaker(bank.id, breaker_store or MemoryBreakerStore())
         self._request_id_provider = request_id_provider or _suite_request_id_provider()
         self._random = random.Random()
         self._tokens = TokenCache(f"{bank.id}:{team.client_id}", self._fetch_token, token_store)
@@ -521,7 +525,14 @@ class BankClient:
 
     async def _send(self, operation: str, method: str, path: str, params: Mapping[str, Any] | None, body: Any,
                     headers: Mapping[str, str] | None, token: str | None, iid: str, attempt: int) -> _Response:
-        """One HTTP exchange, logged and reported to `on_call`. Raises `_TransportError`."""
+        """One HTTP exchange, logged and reported to `on_call`. Raises `_TransportError`, or
+        `CircuitOpen` without sending anything while the bank's breaker is open."""
+        verdict = await self._breaker.before_call()
+        if not verdict.allowed:
+            raise CircuitOpen(
+                f"{self.bank_id} failing since {_clock(verdict.failing_since)}, next try at {_clock(verdict.next_try_at)}",
+                failing_since=verdict.failing_since, next_try_at=verdict.next_try_at, bank_id=self.bank_id,
+                operation=operation, interaction_id=iid)
         if self._throttle is not None:
             await self._throttle(self.bank_id)
         request_headers = {"Accept": "application/json", "X-Fapi-Interaction-Id": iid}
@@ -549,9 +560,14 @@ class BankClient:
             else:
                 message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             await self._report(operation, method, path, None, started, iid, message, attempt)
+            await self._breaker.failed()
             raise _TransportError(message) from exc
         message = "" if response.status < 300 else describe_detail(response.body)[0]
         await self._report(operation, method, path, response.status, started, iid, message, attempt)
+        if response.status >= 500:
+            await self._breaker.failed()
+        elif verdict.failing_since is not None:  # the bank answers again: the breaker closes
+            await self._breaker.succeeded()
         return response
 
     async def _report(self, operation: str, method: str, path: str, status: int | None, started: float, iid: str,
@@ -574,6 +590,13 @@ class BankClient:
                 await result
         except Exception:  # the hook must never break a bank call
             log.exception("bankapi on_call hook failed")
+
+
+def _clock(when: float | None) -> str:
+    """Unix seconds as an ISO-8601 UTC time, to the second (for messages people read)."""
+    if when is None:
+        return "?"
+    return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _wants_nested_form(exc: BadRequest) -> bool:

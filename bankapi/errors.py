@@ -15,6 +15,7 @@ exceptions: the services translate them to gRPC status codes themselves.
 | 404                                           | `NotFound`                     |
 | 429                                           | `RateLimited` (retry_after)    |
 | 5xx, transport error, timeout (after retries) | `BankUnavailable`              |
+| (not sent: the bank's breaker is open)        | `CircuitOpen` (a BankUnavailable) |
 | 2xx whose body cannot be understood           | `MalformedResponse`            |
 """
 from __future__ import annotations
@@ -79,6 +80,18 @@ class BankUnavailable(BankError):
     def __init__(self, message: str, *, attempts: int = 1, **kw: Any):
         super().__init__(message, **kw)
         self.attempts = attempts
+
+
+class CircuitOpen(BankUnavailable):
+    """The bank has been failing and its breaker is open (bankapi.breaker): the call was not sent.
+    `failing_since` and `next_try_at` are Unix seconds; `retry_after` the seconds until the next try."""
+
+    def __init__(self, message: str, *, failing_since: float | None = None, next_try_at: float | None = None,
+                 **kw: Any):
+        super().__init__(message, attempts=0, **kw)
+        self.failing_since = failing_since
+        self.next_try_at = next_try_at
+        self.retry_after = max(0.0, next_try_at - time.time()) if next_try_at else None
 
 
 class MalformedResponse(BankUnavailable):

@@ -505,10 +505,18 @@ class PaymentService:
         raise Unavailable(f"Payment {p.payment_id} could not be settled with {p.bank_id} yet: retry with the same "
                           "Idempotency-Key")
 
-    def _unavailable(self, p: StoredPayment, what: str, exc: Exception) -> Unavailable:
-        log.warning("bank unavailable for a payment", extra={"payment_id": p.payment_id, "bank_id": p.bank_id,
-                                                             "step": what, "error": str(exc)})
+    def _unavailable(self, p: StoredPayment, what: str, exc: Exception) -> DomainError:
+        """The answer to a bank that did not take the call: unreachable or busy → UNAVAILABLE; refusing
+        the app's own credentials even after a token refresh → FAILED_PRECONDITION (a refusal, not an
+        outage: retrying soon changes nothing). Either way nothing was paid and the payment is kept
+        pending for a retry with the same key."""
+        log.warning("bank did not take a payment call", extra={"payment_id": p.payment_id, "bank_id": p.bank_id,
+                                                               "step": what, "error": str(exc)})
         reason = exc.message if isinstance(exc, bank_errors.BankError) else str(exc)
+        if isinstance(exc, bank_errors.AuthFailed):
+            return FailedPrecondition(
+                f"{p.bank_id} refused the app's credentials for {what} ({reason}); nothing was paid and payment "
+                f"{p.payment_id} is kept pending: retry with the same Idempotency-Key once the credentials are fixed")
         return Unavailable(f"{p.bank_id} did not answer {what} ({reason}); payment {p.payment_id} is kept pending: "
                            "retry with the same Idempotency-Key")
 

@@ -427,6 +427,8 @@ class ConsentService:
             raise NotFound(f"Consent {consent_id} was not found at {bank.id}") from None
         except bank_errors.ConsentRequired:
             raise PermissionDenied(f"Consent {consent_id} was not given by this user at {bank.id}") from None
+        except (bank_errors.AuthFailed, bank_errors.CallRefused, bank_errors.Forbidden) as exc:
+            raise PermissionDenied(f"{bank.id} refused to verify consent {consent_id}: {exc.message}") from None
         except bank_errors.BankError as exc:
             raise Unavailable(f"Could not verify consent {consent_id} at {bank.id}: {exc.message}") from None
         recorded = await self._record(stored, dataclasses.replace(result, consent_id=consent_id), "callback")
@@ -455,6 +457,8 @@ class ConsentService:
                 await client.delete_payment_consent(stored.bank_ref)
         except bank_errors.NotFound:
             pass  # already gone at the bank
+        except (bank_errors.AuthFailed, bank_errors.CallRefused, bank_errors.Forbidden) as exc:
+            raise PermissionDenied(f"{stored.bank_id} refused to revoke consent {bank_ref}: {exc.message}") from None
         except bank_errors.BankError as exc:
             raise Unavailable(f"Could not revoke consent {bank_ref} at {stored.bank_id}: {exc.message}") from None
         return await self.storage.update(stored, status="REVOKED", source="revoke", bank_status="Revoked")

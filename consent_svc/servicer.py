@@ -9,6 +9,7 @@ from finpulse.consent.v1 import consent_pb2_grpc as pb_grpc
 from finpulse.sync.v1 import sync_pb2
 
 from bankapi.client import BankClients
+from bankapi.breaker import RedisBreakerStore
 from bankapi.tokens import RedisTokenStore
 from dashboard_svc.model import Repayments
 from svclib.clients import ServiceClients
@@ -238,7 +239,8 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
 
 async def setup(runtime: Runtime, server: GrpcServer) -> None:
     tokens = RedisTokenStore(runtime.cache.redis, prefix=runtime.cache.key("banktoken", ""))
-    clients = BankClients(runtime.settings, token_store=tokens)
+    clients = BankClients(runtime.settings, token_store=tokens,
+                          breaker_store=RedisBreakerStore(runtime.cache.redis, prefix=runtime.cache.key("breaker", "")))
     runtime.on_close(clients.close)
     storage = ConsentStorage(runtime.pool)
     sync = SyncPaymentData(runtime.clients)

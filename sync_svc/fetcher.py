@@ -46,6 +46,9 @@ class Progress:
     accounts_done: int = 0
     pages_fetched: int = 0
     rows_written: int = 0
+    # The latest failed bank exchange of a running job ("get_accounts: timeout after 10.0s, attempt 2"),
+    # shown in the sync status at once instead of after the job gives up.
+    last_problem: str | None = None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -86,12 +89,15 @@ class BankFetcher:
         self._collected.extend(transactions)
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """One bank request under the concurrency cap, retried on 429 and transient failures."""
+        """One bank request under the concurrency cap, retried on 429 (the bank asks us to slow down;
+        `Retry-After` is honoured). A bank that fails (5xx, timeouts) is not retried here: the client
+        already retried the call, and the job retries later as a whole, when the bank's breaker lets it
+        (retries on top of retries multiplied one failing bank into hundreds of calls)."""
         for attempt in range(1, CALL_ATTEMPTS + 1):
             try:
                 async with self.slots:
                     return await fn()
-            except (bank_errors.RateLimited, bank_errors.BankUnavailable) as exc:
+            except bank_errors.RateLimited as exc:
                 if attempt == CALL_ATTEMPTS:
                     raise
                 delay = getattr(exc, "retry_after", None)

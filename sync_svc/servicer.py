@@ -8,6 +8,7 @@ from finpulse.sync.v1 import sync_pb2 as pb
 from finpulse.sync.v1 import sync_pb2_grpc as pb_grpc
 
 from bankapi.client import BankClients
+from bankapi.breaker import RedisBreakerStore
 from bankapi.tokens import RedisTokenStore
 from svclib.protoconv import optional, set_timestamp
 from svclib.ratelimit import RateLimiter
@@ -30,6 +31,7 @@ _JOB_STATES = {
 
 
 def _progress(job: Job | None) -> pb.SyncProgress:
+    """The counters of a job's progress (its `last_problem` is shown as the bank's last_error)."""
     p = job.progress if job else {}
     return pb.SyncProgress(accounts_total=p.get("accounts_total", 0), accounts_done=p.get("accounts_done", 0),
                            pages_fetched=p.get("pages_fetched", 0), rows_written=p.get("rows_written", 0))
@@ -47,6 +49,8 @@ def _bank_status(status: BankStatus) -> pb.BankSyncStatus:
             set_timestamp(msg, "next_attempt_at", job.run_after)
         if job.last_error and job.state != "succeeded":
             msg.last_error = job.last_error
+        elif job.state == "running" and job.progress.get("last_problem"):
+            msg.last_error = job.progress["last_problem"]  # a failed call of the job running now
     if state is not None:
         set_timestamp(msg, "last_success_at", state.last_success_at)
         if state.last_error and not msg.HasField("last_error") and job is not None and job.state != "succeeded":
@@ -282,7 +286,8 @@ async def setup(runtime: Runtime, server: GrpcServer) -> None:
                           consents.connected_banks, bootstrap_wait=max(1.0, settings.rpc_timeout - 3))
     limiter = RateLimiter(runtime.cache.redis, settings.bank_rate_limit, burst=5, prefix=runtime.cache.key("rl", ""))
     tokens = RedisTokenStore(runtime.cache.redis, prefix=runtime.cache.key("banktoken", ""))
-    banks = BankClients(settings, token_store=tokens, on_call=record_call,
+    breakers = RedisBreakerStore(runtime.cache.redis, prefix=runtime.cache.key("breaker", ""))
+    banks = BankClients(settings, token_store=tokens, on_call=record_call, breaker_store=breakers,
                         throttle=lambda bank_id: limiter.acquire(f"bank:{bank_id}"))
     runtime.on_close(banks.close)
     catalogues = Catalogues(CatalogueStorage(runtime.pool), settings.banks,

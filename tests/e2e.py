@@ -92,15 +92,20 @@ async def eventually(check, timeout: float = 15.0, interval: float = 0.3):
         await asyncio.sleep(interval)
 
 
+ACTIVE_JOB_STATES = ("JOB_STATE_QUEUED", "JOB_STATE_RUNNING")
+
+
 async def wait_synced(http: Http, user: str, timeout: float = 120) -> dict:
-    """Wait until every sync of `user` has finished; the last sync status. An error answer is polled
-    again (a service that was just restarted may be answering 503 for a moment)."""
+    """Wait until every sync job of `user` has ended (none queued, running or waiting to retry; the
+    top-level `status` already says `completed` while a job waits to retry); the last sync status. An
+    error answer is polled again (a service that was just restarted may be answering 503 for a moment)."""
     last = None
 
     async def done():
         nonlocal last
         status, last = await http.get("/api/sync/status", user_id=user)
-        return last if status == 200 and last["status"] == "completed" else None
+        return last if status == 200 and last["status"] == "completed" and not any(
+            b.get("state") in ACTIVE_JOB_STATES for b in last["banks"]) else None
 
     body = await eventually(done, timeout=timeout, interval=0.5)
     assert body, f"sync of {user} did not finish in {timeout} s; last answer {last}"
