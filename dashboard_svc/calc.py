@@ -1048,6 +1048,23 @@ def bank_statuses(data: DashboardData) -> tuple[list[dict[str, Any]], list[dict[
     return statuses, freshness
 
 
+def bank_data_notes(data: DashboardData, lang: str = "ru") -> list[str]:
+    """One line per connected bank whose data is missing or stale, saying why (for people): a bank whose
+    last sync failed (`error`: the bank fails or refuses, with its message and the last data's time) or
+    whose consent needs renewing (`needs_reconsent`). The figures then come from the other banks (and
+    the failing bank's last stored data), so the answer says so instead of a silent 0."""
+    notes = []
+    for b in data.banks:
+        if b.status not in ("error", "needs_reconsent"):
+            continue
+        since = (texts.text(lang, "bank.last_data", when=texts.fmt_datetime(b.last_success_at, lang))
+                 if b.last_success_at else texts.text(lang, "bank.no_data_yet"))
+        key = "bank.reconsent" if b.status == "needs_reconsent" else "bank.failing"
+        notes.append(texts.text(lang, key, bank=b.bank_name or b.bank_id, error=(b.last_error or "")[:300],
+                                since=since))
+    return notes
+
+
 def totals_by_currency(accounts: Iterable[AccountView], base: str) -> list[dict[str, str]]:
     """Totals per currency of the account balances, Loan accounts left out (their balance is disbursed
     loan money, not the user's: counting it doubled a user's total)."""
@@ -1382,6 +1399,10 @@ def compute_all(data: DashboardData, lang: str = "ru") -> dict[str, dict[str, An
         score_debt_load(has_accounts, loans, figures.monthly, flow, base, lang),
         score_on_time(has_accounts, loans, today, lang),
     ], lang)
+    notes = bank_data_notes(data, lang)
+    if notes:  # which bank's data is missing or stale, and why: first, where the app shows two reasons
+        health["reasons"] = notes + health["reasons"]
+        sts["detail"]["reason"] = "; ".join(notes + [sts["detail"]["reason"]])
     savings = savings_summary(data, today)
     statuses, freshness = bank_statuses(data)
 

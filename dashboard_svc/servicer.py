@@ -60,6 +60,17 @@ _BANK_STATUS = {sync_pb2.JOB_STATE_QUEUED: "syncing", sync_pb2.JOB_STATE_RUNNING
                 sync_pb2.JOB_STATE_NEEDS_RECONSENT: "needs_reconsent"}
 
 
+def _bank_state(bank) -> str:
+    """ok | syncing | error | needs_reconsent | never_synced; a job queued again after a failed attempt
+    is `error` (the bank is failing now), not `syncing`."""
+    if not bank.HasField("sync"):
+        return "never_synced"
+    sync = bank.sync
+    if sync.state == sync_pb2.JOB_STATE_QUEUED and sync.attempts > 0 and sync.HasField("last_error"):
+        return "error"
+    return _BANK_STATUS.get(sync.state, "never_synced")
+
+
 class SyncData:
     """sync_svc (bank data, aggregates, versions) and onboarding_svc (goals) as the dashboard needs them."""
 
@@ -161,8 +172,7 @@ class SyncData:
                 currency=t.currency or "RUB", description=t.description, category=optional(t, "category"))
                 for t in recent.transactions],
             "banks": [BankFreshness(
-                bank_id=b.id, bank_name=b.name,
-                status=_BANK_STATUS.get(b.sync.state, "never_synced") if b.HasField("sync") else "never_synced",
+                bank_id=b.id, bank_name=b.name, status=_bank_state(b),
                 last_success_at=_time(b.sync, "last_success_at"), last_error=optional(b.sync, "last_error"))
                 for b in banks.banks if b.connected or (b.HasField("sync") and b.sync.HasField("last_success_at"))],
         }

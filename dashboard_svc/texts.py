@@ -56,6 +56,17 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "sts.income": {"ru": "{note}", "en": "income: {note}"},
     "impact.stable": {"ru": "Стабильный прогноз", "en": "Stable forecast"},
+    # ------------------------------------------------------------------ banks whose data is missing
+    "bank.failing": {
+        "ru": "данные {bank} не обновляются: банк не отвечает ({error}); {since}",
+        "en": "{bank} data is not up to date: the bank is failing ({error}); {since}",
+    },
+    "bank.reconsent": {
+        "ru": "данные {bank} не обновляются: согласие нужно выдать заново ({error}); {since}",
+        "en": "{bank} data is not up to date: the consent must be given again ({error}); {since}",
+    },
+    "bank.last_data": {"ru": "последние данные от {when}", "en": "last data from {when}"},
+    "bank.no_data_yet": {"ru": "данных из этого банка ещё нет", "en": "no data from this bank yet"},
     "impact.income_tomorrow": {"ru": "После завтрашнего дохода", "en": "After tomorrow's income"},
     "credit.replaces": {
         "ru": "платеж по кредиту из ваших данных заменяет платежи, найденные в истории",
@@ -316,6 +327,12 @@ def fmt_percent(value: Decimal, lang: str, max_places: int = 2) -> str:
 def fmt_date(value: dt.date, lang: str) -> str:
     """ru "04.12.2025", en "2025-12-04"."""
     return value.strftime("%d.%m.%Y") if language(lang) == "ru" else value.isoformat()
+
+
+def fmt_datetime(value: dt.datetime, lang: str) -> str:
+    """A moment in UTC: ru "04.12.2025 09:30 UTC", en "2025-12-04 09:30 UTC"."""
+    value = value.astimezone(dt.timezone.utc)
+    return f"{fmt_date(value.date(), lang)} {value:%H:%M} UTC"
 
 
 def fmt_month(value: dt.date, lang: str) -> str:

@@ -587,3 +587,22 @@ def test_text_catalogue_has_both_languages_with_the_same_parameters():
         "1 день", "2 дня", "5 дней", "11 дней", "21 день", "22 дня", "14 дней"]
     assert [texts.fmt_months(n, "en") for n in (1, 36)] == ["1 month", "36 months"]
     assert (texts.fmt_percent(D("19.90"), "ru"), texts.fmt_percent(D("8"), "en")) == ("19,9 %", "8%")
+
+
+def test_a_failing_bank_is_named_with_why_instead_of_a_silent_zero():
+    seen = dt.datetime(2025, 11, 20, 8, 30, tzinfo=UTC)
+    failing = "abank failing since 2025-11-21T09:00:00Z, next try at 2025-11-21T09:02:00Z"
+    data = regular_salary_with_loan(banks=[
+        BankFreshness("vbank", "VBank", "ok", seen, None),
+        BankFreshness("abank", "ABank", "error", seen - dt.timedelta(days=1), failing),
+        BankFreshness("sbank", "SBank", "needs_reconsent", None, "the bank refused the consent")])
+    ru, en = run(data, "ru"), run(data, "en")
+    assert ru["health_score"]["reasons"][:2] == [
+        f"данные ABank не обновляются: банк не отвечает ({failing}); последние данные от 19.11.2025 08:30 UTC",
+        "данные SBank не обновляются: согласие нужно выдать заново (the bank refused the consent); "
+        "данных из этого банка ещё нет"]
+    assert en["health_score"]["reasons"][0] == (
+        f"ABank data is not up to date: the bank is failing ({failing}); last data from 2025-11-19 08:30 UTC")
+    assert ru["sts_today"]["detail"]["reason"].startswith("данные ABank не обновляются")
+    assert run(regular_salary_with_loan(banks=[BankFreshness("vbank", "VBank", "ok", seen, None)]), "ru")[
+        "sts_today"]["detail"]["reason"].startswith("доступно"), "no note when every bank is fine"
