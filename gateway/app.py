@@ -150,6 +150,11 @@ def _bound_request(route: Route, request: web.Request, principal: Principal, bod
     return message, acting[0]
 
 
+#: Codes after which a request's outcome is unknown to the client.
+_OUTCOME_UNKNOWN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                              grpc.StatusCode.CANCELLED})
+
+
 def _language(request: web.Request) -> str:
     """The language of texts for people in the answer (svclib.i18n), from Accept-Language."""
     return i18n.negotiate(request.headers.get("Accept-Language"), request.app[SETTINGS].default_language)
@@ -160,6 +165,7 @@ def _handler(route: Route):
     cacheable = route.http_method == "GET"
     cache_hits = svc_metrics.GATEWAY_RESPONSE_CACHE_HITS.labels(route.path_template)
     is_login = route.grpc_path == LOGIN_METHOD
+    keyed = "idempotency_key" in route.input_descriptor.fields_by_name
 
     async def handle(request: web.Request) -> web.Response:
         request[middleware.ROUTE_TEMPLATE] = route.path_template
@@ -190,7 +196,12 @@ def _handler(route: Route):
             reply = await call
             until = _cache_until(await call.trailing_metadata()) if key is not None and user else None
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, route.service_key) from None
+            error = from_rpc_error(exc, route.service_key)
+            if keyed and error.code in _OUTCOME_UNKNOWN and "Idempotency-Key" not in error.message:
+                # The service may have stopped mid-request (a restart): the request may or may not have
+                # been done, and repeating it with its key is always safe.
+                error.message += "; repeat the request with the same Idempotency-Key: it is never done twice"
+            raise error from None
         finally:
             user_id_var.reset(user_token)
             i18n.language_var.reset(language_token)

@@ -126,6 +126,12 @@ class Settings:
         """The URL `service` connects with: its own (FINPULSE_<SVC>_DATABASE_URL), else the shared one."""
         return self.service_database_urls.get(service) or self.database_url
 
+    def shutdown_grace_for(self, calls_banks: bool) -> float:
+        """Seconds in-flight calls get at shutdown: the configured grace, and for a service that calls
+        the banks at least two bank timeouts (a payment's consent and payment calls), so a payment in
+        flight finishes and answers instead of a 503 for something the bank already did."""
+        return max(self.shutdown_grace, 2 * self.bank_timeout + 1) if calls_banks else self.shutdown_grace
+
     def resolved_internal_secret(self) -> str:
         """The internal secret: configured, or (local mode) the one kept under the data dir."""
         if self.internal_secret:

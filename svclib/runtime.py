@@ -182,8 +182,8 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
                 settings.startup_wait)
         own_url = settings.service_database_urls.get(spec.name) or backing.database_url
         runtime = await open_runtime(settings, spec, own_url, backing.redis_url)
-        server = GrpcServer(spec.name, settings.grpc_host, settings.port_for(spec.name), settings.shutdown_grace,
-                            Verifier(settings.resolved_internal_secret()))
+        server = GrpcServer(spec.name, settings.grpc_host, settings.port_for(spec.name),
+                            settings.shutdown_grace_for(spec.calls_banks), Verifier(settings.resolved_internal_secret()))
         exporter = None
         try:
             exporter = metrics.start_exporter(settings.metrics_addrs.get(spec.name))
@@ -193,7 +193,7 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
             stop = asyncio.Event()
             install_signal_handlers(stop)
             await stop.wait()
-            log.info("shutting down", extra={"grace_s": settings.shutdown_grace})
+            log.info("shutting down", extra={"grace_s": server.grace})
             watcher.cancel()
             await server.stop()
         finally:

@@ -1060,6 +1060,7 @@ async def test_only_methods_safe_to_repeat_are_retried_by_the_channel(gw, backen
             "amount": "1.00"}
     resp = await gw.post("/api/payments", json=body, headers={"Idempotency-Key": "k1"})
     assert resp.status == 503
+    assert "same Idempotency-Key" in (await resp.json())["message"], "the client is told how to retry"
     assert backends["consent"].methods_called() == ["CreatePayment"], "never sent twice by the channel"
     resp = await gw.get("/api/payments/pmt-1?user_id=u1")
     assert resp.status == 503
