@@ -49,11 +49,12 @@ import uuid
 import aiohttp
 
 from bankapi.client import BankClients
+from bankapi.config import BankEndpoint, TeamCredentials
 from bankapi.tokens import RedisTokenStore
 from bench._common import customer_with_accounts, emulator_admin, free_port, scratch_database, top_up
 from svclib import db
 from svclib.cache import Cache
-from svclib.config import BankConfig, TeamCredentials, load_settings
+from svclib.config import load_settings
 from svclib.ratelimit import RateLimiter
 from sync_svc.__main__ import SPEC
 from sync_svc.bank_storage import BankDataStorage
@@ -166,7 +167,7 @@ async def _run(backing, latency_ms: float, per_account: int, rate: float, concur
         async with aiohttp.ClientSession() as session:
             user = await customer_with_accounts(session, urls["vbank"], CUSTOMERS)
             await top_up(session, urls, user, per_account)
-            bank_configs = [BankConfig(b, b, urls[b], "auto") for b in BANKS]
+            bank_configs = [BankEndpoint(b, urls[b]) for b in BANKS]
             setup = BankClients(bank_configs, TEAM)
             consents = {}
             for bank in BANKS:

@@ -3,7 +3,7 @@ import sys
 
 from svclib.runtime import ServiceSpec, main
 
-from consent_svc.servicer import setup
+from consent_svc.wiring import setup
 
 SPEC = ServiceSpec(name="consent", schema="consent",
                    migrations=pathlib.Path(__file__).with_name("migrations"), setup=setup, calls_banks=True)

@@ -1,29 +1,21 @@
-"""gRPC transport of consent_svc: proto <-> domain, nothing else."""
+"""gRPC transport of consent_svc: proto <-> domain, nothing else (its client of sync_svc is in
+`consent_svc.peers`, its setup in `consent_svc.wiring`)."""
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
 
 from finpulse.consent.v1 import consent_pb2 as pb
 from finpulse.consent.v1 import consent_pb2_grpc as pb_grpc
-from finpulse.sync.v1 import sync_pb2
 
-from bankapi.client import BankClients
-from bankapi.breaker import RedisBreakerStore
-from bankapi.tokens import RedisTokenStore
-from dashboard_svc.model import Repayments
-from svclib.clients import ServiceClients
 from svclib.protoconv import optional, set_timestamp
-from svclib.runtime import Runtime
-from svclib.server import GrpcServer
 from svclib.validation import format_amount
 
-from consent_svc.payment_storage import PaymentEventRow, PaymentStorage, StoredPayment
-from consent_svc.payments import DebtorAccount, Loan, PaymentService, RepaymentRequest, \
-    TransferRequest
+from consent_svc.payment_requests import RepaymentRequest, TransferRequest
+from consent_svc.payment_storage import PaymentEventRow, StoredPayment
+from consent_svc.payments import PaymentService
 from consent_svc.service import ACCOUNTS, PAYMENTS, PRODUCTS, BankRequest, ConsentService, Outcome, client_status, \
     consent_message, overall_status
-from consent_svc.storage import ConsentStorage, StoredConsent
+from consent_svc.storage import StoredConsent
 
 _KINDS = {ACCOUNTS: pb.CONSENT_KIND_ACCOUNTS, PRODUCTS: pb.CONSENT_KIND_PRODUCTS, PAYMENTS: pb.CONSENT_KIND_PAYMENTS}
 _FIELDS = {ACCOUNTS: "account_consent", PRODUCTS: "product_consent", PAYMENTS: "payment_consent"}
@@ -123,48 +115,6 @@ def _event_pb(e: PaymentEventRow) -> pb.PaymentEvent:
     return msg
 
 
-def _dec(text: str) -> Decimal:
-    return Decimal(text) if text else Decimal(0)
-
-
-class SyncPaymentData:
-    """sync_svc as consents and payments need it: stored accounts and loans, loan repayments, and
-    queueing a sync (the `SyncQueue` of consent_svc.service and the `PaymentData` of payments)."""
-
-    START_SYNC_TIMEOUT = 5.0  # seconds: queueing a sync is best effort, never worth the whole deadline
-
-    def __init__(self, clients: ServiceClients):
-        self.clients = clients
-
-    async def account(self, user_id: str, bank_id: str, account_id: str) -> DebtorAccount | None:
-        reply = await self.clients.sync.ListAccounts(sync_pb2.ListAccountsRequest(user_id=user_id, bank_id=bank_id))
-        for a in reply.accounts:
-            if a.bank_id == bank_id and a.account_id == account_id:
-                return DebtorAccount(a.bank_id, a.account_id, optional(a, "account_number"), a.currency or "RUB",
-                                     a.account_sub_type)
-        return None
-
-    async def loans(self, user_id: str) -> list[Loan]:
-        reply = await self.clients.sync.ListCredits(sync_pb2.ListCreditsRequest(user_id=user_id))
-        return [Loan(c.bank_id, c.agreement_id, c.product_type, c.status, optional(c, "account_number"))
-                for c in reply.credits]
-
-    async def repayments(self, user_id: str) -> list[Repayments]:
-        reply = await self.clients.sync.GetAggregates(sync_pb2.GetAggregatesRequest(user_id=user_id))
-        return [Repayments(bank_id=r.bank_id, agreement_id=r.agreement_id, count=r.count, total=_dec(r.total),
-                           average=_dec(r.average), currency=r.currency or "RUB",
-                           last_paid_at=r.last_paid_at.ToDatetime(dt.timezone.utc), typical_day=r.typical_day,
-                           months=tuple(dt.date.fromisoformat(m) for m in r.months_paid))
-                for r in reply.loan_repayments]
-
-    async def start_sync(self, user_id: str, bank_ids: list[str], reason: str, *, after_change: bool = True) -> None:
-        """A sync of those banks; with `after_change` (after a payment, a newly approved product
-        consent) run again after one already running, which read before the change."""
-        await self.clients.sync.StartSync(sync_pb2.StartSyncRequest(user_id=user_id, bank_ids=bank_ids, reason=reason,
-                                                                    after_change=after_change),
-                                          timeout=self.START_SYNC_TIMEOUT)
-
-
 class ConsentServicer(pb_grpc.ConsentServiceServicer):
     def __init__(self, service: ConsentService, payments: PaymentService):
         self.service = service
@@ -235,16 +185,3 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
     async def ListPayments(self, request, context):
         payments, token = await self.payments.list(request.user_id, request.page_size, request.page_token)
         return pb.ListPaymentsResponse(payments=[_payment_pb(p) for p in payments], next_page_token=token)
-
-
-async def setup(runtime: Runtime, server: GrpcServer) -> None:
-    tokens = RedisTokenStore(runtime.cache.redis, prefix=runtime.cache.key("banktoken", ""))
-    clients = BankClients(runtime.settings, token_store=tokens,
-                          breaker_store=RedisBreakerStore(runtime.cache.redis, prefix=runtime.cache.key("breaker", "")))
-    runtime.on_close(clients.close)
-    storage = ConsentStorage(runtime.pool)
-    sync = SyncPaymentData(runtime.clients)
-    service = ConsentService(storage, runtime.settings.banks, clients, sync)
-    payments = PaymentService(PaymentStorage(runtime.pool), runtime.settings.banks, clients, storage, sync)
-    server.add(pb_grpc.add_ConsentServiceServicer_to_server, ConsentServicer(service, payments),
-               pb.DESCRIPTOR.services_by_name["ConsentService"].full_name)

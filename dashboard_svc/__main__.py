@@ -3,7 +3,7 @@ import sys
 
 from svclib.runtime import ServiceSpec, main
 
-from dashboard_svc.servicer import setup
+from dashboard_svc.wiring import setup
 
 SPEC = ServiceSpec(name="dashboard", schema="dashboard",
                    migrations=pathlib.Path(__file__).with_name("migrations"), setup=setup)

@@ -5,6 +5,8 @@ import dataclasses
 import datetime as dt
 from decimal import Decimal
 
+from finance.loans import Repayments
+
 
 @dataclasses.dataclass(frozen=True)
 class FinancialInputs:
@@ -17,7 +19,8 @@ class FinancialInputs:
 # ---------------------------------------------------------------------------------------------- inputs
 # What the calculation reads. The service gathers these from sync_svc (stored bank data and SQL
 # aggregates), onboarding_svc (goals) and its own storage (financial inputs); the calculation itself
-# (`dashboard_svc.calc`) is pure: no I/O, no gRPC, no SQL.
+# (`dashboard_svc.domain`) is pure: no I/O, no gRPC, no SQL. A loan's repayments are the shared
+# `finance.loans.Repayments`.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,20 +53,6 @@ class CreditView:
     currency: str = "RUB"
     end_date: dt.date | None = None  # the agreement's end date, when the bank gives one
     product_id: str = ""  # the catalogue product (bank-scoped), "" when unknown
-
-
-@dataclasses.dataclass(frozen=True)
-class Repayments:
-    """Repayments of one loan found in history ("Платеж по кредиту №<agreement_id>")."""
-    bank_id: str
-    agreement_id: str
-    count: int
-    total: Decimal
-    average: Decimal
-    currency: str
-    last_paid_at: dt.datetime
-    typical_day: int  # most common day of month
-    months: tuple[dt.date, ...] = ()  # first day of every month with a repayment (empty: unknown)
 
 
 @dataclasses.dataclass(frozen=True)

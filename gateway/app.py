@@ -141,13 +141,14 @@ def _change_feed(settings: Settings):
 
 
 def _bound_request(route: Route, request: web.Request, principal: Principal, body: bytes):
-    """The request message, with the caller's user bound to it before its required fields are checked
-    (`gateway.auth.bind_user`); (message, the user the call acts for)."""
+    """The request message with the caller's user bound to it (`gateway.auth.bind_user`), then its
+    required fields checked (`user_id` is REQUIRED and comes from the token); (message, the user the
+    call acts for)."""
     transcode.check_content_type(route, body, request.headers)
-    acting: list[str | None] = []
-    message = transcode.build_request(route, body, request.query, request.match_info,
-                                      lambda m: acting.append(bind_user(m, principal)), headers=request.headers)
-    return message, acting[0]
+    message = transcode.parse_request(route, body, request.query, request.match_info, headers=request.headers)
+    user = bind_user(message, principal)
+    transcode.check_required(message)
+    return message, user
 
 
 #: Codes after which a request's outcome is unknown to the client.

@@ -4,9 +4,12 @@ Request: the path variables, the JSON body (`body: "*"` is the whole message, `b
 that field) and the query string (every other scalar field, dotted names for nested ones) are merged
 into one JSON object, checked against the input descriptor so that a bad value is reported with its
 field path (`banks[0].consents.account: expected a boolean, got "yes"`), converted by
-`json_format.ParseDict`, and then checked for `(google.api.field_behavior) = REQUIRED` fields. An
-input message with a top-level `idempotency_key` field takes it from the `Idempotency-Key` header
-(the body or query may carry the same value; a different one is a 400).
+`json_format.ParseDict`, checked against the contract's size limits (`svclib.limits`), and then
+checked for `(google.api.field_behavior) = REQUIRED` fields (`build_request` does it all;
+`parse_request` stops before the required fields, so that the gateway can first bind the caller's
+user, which fills the REQUIRED `user_id`, and then `check_required`). An input message with a
+top-level `idempotency_key` field takes it from the `Idempotency-Key` header (the body or query may
+carry the same value; a different one is a 400).
 Every problem is an `ApiError` (400, or 413 for an oversized body); nothing here raises anything else
 for bad input.
 
@@ -20,7 +23,7 @@ import functools
 import json
 import math
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from google.api import field_behavior_pb2
 from google.protobuf import json_format, message_factory
@@ -53,13 +56,21 @@ IDEMPOTENCY_FIELD = "idempotency_key"
 
 
 def build_request(route: Route, body: bytes, query: Mapping[str, str], path_params: Mapping[str, str],
-                  complete: Callable[[Message], None] | None = None,
                   headers: Mapping[str, str] | None = None) -> Message:
-    """The request message of `route` from the raw body, the query (a multidict) and the path match.
+    """The request message of `route` from the raw body, the query (a multidict) and the path match,
+    with its required fields checked (`parse_request`, then `check_required`)."""
+    message = parse_request(route, body, query, path_params, headers=headers)
+    check_required(message)
+    return message
+
+
+def parse_request(route: Route, body: bytes, query: Mapping[str, str], path_params: Mapping[str, str],
+                  headers: Mapping[str, str] | None = None) -> Message:
+    """The request message of `route`, typed and within the size limits, its required fields not
+    checked yet (`check_required`, once the caller filled in what it knows: the authenticated user).
 
     `query` must offer `getall(key)` (aiohttp's `MultiDictProxy`) when a key repeats; a plain mapping
-    is read as one value per key. `complete`, when given, fills in what the caller knows (the
-    authenticated user) before required fields are checked. Of `headers`, only `Idempotency-Key` is read.
+    is read as one value per key. Of `headers`, only `Idempotency-Key` is read.
     """
     data = _body_object(route, body)
     for field_path in route.path_fields:
@@ -79,13 +90,15 @@ def build_request(route: Route, body: bytes, query: Mapping[str, str], path_para
     oversized = limits.problems(message)  # the contract's size limits, as every service checks them too
     if oversized:
         raise bad_request("; ".join(reason for _, reason in oversized), violations=oversized)
-    if complete is not None:
-        complete(message)
+    return message
+
+
+def check_required(message: Message) -> None:
+    """A 400 naming every REQUIRED field left unset or empty (`missing_required`)."""
     missing = missing_required(message)
     if missing:
         raise bad_request("; ".join(f"{path} is required" for path in missing),
                           violations=[(path, "is required") for path in missing])
-    return message
 
 
 def check_content_type(route: Route, body: bytes, headers: Mapping[str, str]) -> None:

@@ -3,7 +3,7 @@ import sys
 
 from svclib.runtime import ServiceSpec, main
 
-from onboarding_svc.servicer import setup
+from onboarding_svc.wiring import setup
 
 SPEC = ServiceSpec(name="onboarding", schema="onboarding",
                    migrations=pathlib.Path(__file__).with_name("migrations"), setup=setup)

@@ -1,59 +1,19 @@
-"""gRPC transport of onboarding_svc: proto <-> domain, and the adapters to consent_svc and sync_svc."""
+"""gRPC transport of onboarding_svc: proto <-> domain, nothing else (its clients of consent_svc, sync_svc and
+dashboard_svc are in `onboarding_svc.peers`, its setup in `onboarding_svc.wiring`)."""
 from __future__ import annotations
 
 import datetime as dt
 
-from finpulse.consent.v1 import consent_pb2
-from finpulse.dashboard.v1 import dashboard_pb2
 from finpulse.onboarding.v1 import onboarding_pb2 as pb
 from finpulse.onboarding.v1 import onboarding_pb2_grpc as pb_grpc
-from finpulse.sync.v1 import sync_pb2
 
-from svclib.clients import ServiceClients
 from svclib.errors import InvalidArgument
 from svclib.logging import user_id_var
 from svclib.protoconv import optional, set_timestamp
-from svclib.runtime import Runtime
-from svclib.server import GrpcServer
 from svclib.validation import format_amount
 
-from onboarding_svc.model import COMPLETED, Account, ConsentInfo, Profile, QueuedSync
+from onboarding_svc.model import COMPLETED, Account, Profile
 from onboarding_svc.service import OnboardingService
-from onboarding_svc.storage import OnboardingStorage
-
-_KIND_NAMES = {consent_pb2.CONSENT_KIND_ACCOUNTS: "accounts", consent_pb2.CONSENT_KIND_PRODUCTS: "products",
-               consent_pb2.CONSENT_KIND_PAYMENTS: "payments"}
-
-
-class ConsentClient:
-    def __init__(self, clients: ServiceClients):
-        self.clients = clients
-
-    async def list_user_consents(self, user_id: str) -> list[ConsentInfo]:
-        reply = await self.clients.consent.ListUserConsents(consent_pb2.ListUserConsentsRequest(user_id=user_id))
-        return [ConsentInfo(c.bank_id, _KIND_NAMES.get(c.kind, "unknown"),
-                            consent_pb2.ConsentStatus.Name(c.status).removeprefix("CONSENT_STATUS_"))
-                for c in reply.consents]
-
-
-class SyncClient:
-    def __init__(self, clients: ServiceClients):
-        self.clients = clients
-
-    async def start_sync(self, user_id: str, bank_ids: list[str], reason: str,
-                         skip_synced: bool = False) -> list[QueuedSync]:
-        reply = await self.clients.sync.StartSync(
-            sync_pb2.StartSyncRequest(user_id=user_id, bank_ids=bank_ids, reason=reason, skip_synced=skip_synced))
-        return [QueuedSync(j.bank_id, j.job_id,
-                           sync_pb2.JobState.Name(j.state).removeprefix("JOB_STATE_").lower()) for j in reply.jobs]
-
-
-class DashboardClient:
-    def __init__(self, clients: ServiceClients):
-        self.clients = clients
-
-    async def invalidate(self, user_id: str) -> None:
-        await self.clients.dashboard.InvalidateDashboard(dashboard_pb2.InvalidateDashboardRequest(user_id=user_id))
 
 
 class OnboardingServicer(pb_grpc.OnboardingServiceServicer):
@@ -150,10 +110,3 @@ def _profile_response(cls, user_id: str, stored: Profile):
     response = cls(user_id=user_id, profile=profile)
     set_timestamp(response, "updated_at", stored.updated_at)
     return response
-
-
-async def setup(runtime: Runtime, server: GrpcServer) -> None:
-    service = OnboardingService(OnboardingStorage(runtime.pool), ConsentClient(runtime.clients),
-                                SyncClient(runtime.clients), DashboardClient(runtime.clients))
-    server.add(pb_grpc.add_OnboardingServiceServicer_to_server, OnboardingServicer(service),
-               pb.DESCRIPTOR.services_by_name["OnboardingService"].full_name)

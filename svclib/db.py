@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import gc
 import hashlib
 import hmac
 import logging
@@ -28,6 +29,8 @@ import time
 from urllib.parse import unquote, urlparse
 
 import asyncpg
+
+from svclib.resilience import connection_lost
 
 log = logging.getLogger("svclib.db")
 
@@ -234,6 +237,74 @@ async def wait_migrated(dsn: str, schema: str, folder: pathlib.Path, timeout: fl
         await asyncio.sleep(interval)
 
 
+async def copy_records(conn, table: str, *, records, columns) -> str:
+    """`conn.copy_records_to_table(table, records=..., columns=...)` that fails at once, with
+    `ConnectionDoesNotExistError`, when the connection is lost while the COPY waits to send.
+
+    asyncpg's COPY waits on the transport's flow control once the server stops reading (a large COPY
+    to a server that is shutting down); a connection dropped then never resumes it, so the COPY, and
+    whoever awaits it (a sync job's commit), would wait forever, holding its job's lease with every
+    heartbeat. A termination listener ends that wait."""
+    lost = asyncio.Event()
+
+    def on_lost(_conn) -> None:
+        lost.set()
+
+    conn.add_termination_listener(on_lost)
+    protocol = conn._protocol
+
+    async def run_copy() -> str:
+        try:
+            return await conn.copy_records_to_table(table, records=records, columns=columns)
+        except asyncpg.InternalClientError:
+            _forget_orphaned_waiter(protocol)  # at once: the connection's end would report it first
+            raise
+
+    copy = asyncio.ensure_future(run_copy())
+    watch = asyncio.ensure_future(lost.wait())
+    try:
+        await asyncio.wait({copy, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # cancelled: the COPY must not outlive us (our caller releases the connection next)
+        if not copy.done() and (lost.is_set() or connection_lost(conn)):
+            # Dropped in the same moment: the COPY has its error already and ends with it by itself.
+            # Cancelling it now would leave that error unread in asyncpg's own future ("Future exception
+            # was never retrieved"), unless it waits to send (then nothing ends it but a cancel).
+            await asyncio.wait([copy], timeout=1)
+        if not copy.done():
+            copy.cancel()
+            await asyncio.wait([copy])
+        _retrieve(copy)
+        raise
+    finally:
+        watch.cancel()
+        if not connection_lost(conn):
+            conn.remove_termination_listener(on_lost)
+    if copy.done():
+        return copy.result()
+    copy.cancel()  # it would wait forever
+    await asyncio.wait([copy], timeout=5)
+    copy.add_done_callback(_retrieve)
+    raise asyncpg.ConnectionDoesNotExistError(f"the connection was lost during COPY to {table}")
+
+
+def _forget_orphaned_waiter(protocol) -> None:
+    """asyncpg's COPY creates its protocol's waiter before it switches the protocol's state, outside its
+    error handling: on a connection whose server has just sent its FATAL goodbye ("cannot switch to
+    state 21; another operation (2) is in progress") the waiter is left behind, gets the connection's
+    loss a moment later, and asyncio reports "Future exception was never retrieved". Mark it as seen:
+    the COPY's own error has reached our caller already. (asyncpg 0.29-0.32, protocol.pyx `copy_in`;
+    the protocol keeps the waiter in a private attribute, reached here as one of its references.)"""
+    for item in gc.get_referents(protocol):
+        if isinstance(item, asyncio.Future):
+            item.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    """Mark a finished task's exception as seen (its caller has reported the failure another way)."""
+    if task.done() and not task.cancelled():
+        task.exception()
+
+
 class LockBusy(Exception):
     """`AdvisoryLock(..., wait=False)`: another session holds the lock."""
 
@@ -252,10 +323,12 @@ class AdvisoryLock:
 
     async def __aenter__(self) -> None:
         self.conn = await self.pool.acquire()
-        if self.wait:
-            await self.conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", self.name)
-            return
         try:
+            if self.wait:
+                # Waiting may end in a cancellation (the caller's deadline) or a lost connection: the
+                # connection must go back to the pool either way (its reset drops a lock granted late).
+                await self.conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", self.name)
+                return
             taken = await self.conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", self.name)
         except BaseException:
             await self.pool.release(self.conn)
@@ -268,8 +341,18 @@ class AdvisoryLock:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.conn is not None
+        conn, self.conn = self.conn, None
         try:
-            await self.conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", self.name)
+            if connection_lost(conn):
+                return  # the server dropped the session, and its locks with it
+            try:
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", self.name)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError):
+                # The connection broke under the lock (the database restarting): no session, no lock.
+                # The block's own error, if any, is what the caller should see, not this one.
+                if not connection_lost(conn):
+                    conn.terminate()
+                if exc[1] is None:
+                    raise
         finally:
-            await self.pool.release(self.conn)
-            self.conn = None
+            await self.pool.release(conn)

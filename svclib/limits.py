@@ -29,6 +29,17 @@ def _declared(field: FieldDescriptor) -> int | None:
     return None
 
 
+def field_limit(field: FieldDescriptor) -> int | None:
+    """The limit `problems` applies to `field` itself: entries of a map or items of a repeated field,
+    characters of a string, bytes of a bytes field (declared, else the default); None for other fields.
+    Strings and bytes inside repeated fields and maps, and map keys, are held to `DEFAULT_TEXT`."""
+    if field.is_repeated:  # a map is a repeated field of entries
+        return _declared(field) or DEFAULT_ITEMS
+    if field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+        return _declared(field) or DEFAULT_TEXT
+    return None
+
+
 @functools.cache
 def _plan(desc: Descriptor) -> tuple:
     """(field, kind, limit) of every field worth checking: strings, bytes, repeated, maps, messages."""

@@ -5,7 +5,7 @@ The google/api and google/rpc protos come from googleapis-common-protos, google/
 
 Besides the Python modules, it writes `<out>/finpulse_descriptor_set.binpb`: a `FileDescriptorSet` of the given
 protos with their source info (the comments), which the generated modules do not keep; the gateway's
-OpenAPI document (`gateway/openapi.py`) takes its descriptions from it.
+OpenAPI document (`gateway/openapi/`) takes its descriptions from it.
 """
 from __future__ import annotations
 

@@ -26,6 +26,8 @@ log = logging.getLogger("svclib.resilience")
 
 #: Seconds a client is told to wait before retrying when the database is unavailable.
 RETRY_AFTER_SECONDS = 2
+#: Longest pause of a `run_forever` loop between two tries while the database is unavailable.
+UNAVAILABLE_BACKOFF = 2.0
 
 _UNAVAILABLE_STATES = {
     "08000", "08003", "08006", "08001", "08004", "08P01",  # connection exceptions
@@ -34,8 +36,35 @@ _UNAVAILABLE_STATES = {
 }
 
 
+#: asyncpg's words for a connection that broke under its user (see `is_unavailable`).
+_BROKEN_CONNECTION = ("connection is closed", "connection was closed", "pool is closing",
+                      # asyncpg detaches a pooled connection's proxy the moment the server drops it:
+                      # whatever its holder does with it next (a rollback, an unlock, the next statement
+                      # of the transaction) says this.
+                      "connection has been released back to the pool")
+
+
 def is_unavailable(exc: BaseException) -> bool:
-    """True when `exc` means the database (or the network to it) is unavailable right now."""
+    """True when `exc` means the database (or the network to it) is unavailable right now: a failure
+    of that kind itself, or a database error raised while handling one (a cleanup that met the same
+    dead connection: its `__cause__` / `__context__` chain holds the original). Only asyncpg's own
+    errors are followed down the chain: a domain or bank error is never taken for a database outage
+    because something under it was a network error."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if _unavailable(exc):
+            return True
+        if not isinstance(exc, _ASYNCPG_ERRORS):
+            return False
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+_ASYNCPG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
+def _unavailable(exc: BaseException) -> bool:
     if isinstance(exc, (asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
                         asyncpg.TooManyConnectionsError, asyncpg.ConnectionFailureError,
                         ConnectionError, asyncio.TimeoutError)):
@@ -46,8 +75,22 @@ def is_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, asyncpg.InterfaceError):
         text = str(exc).lower()
-        return "connection is closed" in text or "connection was closed" in text or "pool is closing" in text
+        return any(words in text for words in _BROKEN_CONNECTION)
+    if isinstance(exc, asyncpg.InternalClientError):
+        # A pooled connection whose server just sent its FATAL goodbye (a shutdown) is handed out before
+        # the end of its socket arrives: its protocol is still consuming that error, and the next
+        # statement finds "cannot switch to state N; another operation (2) is in progress".
+        return "cannot switch to state" in str(exc)
     return False
+
+
+def connection_lost(conn) -> bool:
+    """True when `conn` (a connection, or a pool's proxy of one) can no longer be used: closed, or its
+    proxy already detached by asyncpg because the server dropped it."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:  # "connection has been released back to the pool"
+        return True
 
 
 class LoopHealth:
@@ -78,8 +121,9 @@ class LoopHealth:
 async def run_forever(name: str, body: Callable[[], Awaitable[None]], health: LoopHealth | None = None, *,
                       allowed_silence: float = 60.0, backoff: float = 0.5, max_backoff: float = 10.0) -> None:
     """Run `body()` again and again until cancelled; an exception is logged and retried after a capped,
-    doubling backoff (reset by a pass that succeeds). `body` should beat `health` itself when one pass
-    lasts long (a worker waiting for jobs); each completed pass beats too."""
+    doubling backoff (reset by a pass that succeeds; at most `UNAVAILABLE_BACKOFF` while the database
+    is unavailable). `body` should beat `health` itself when one pass lasts long (a worker waiting for
+    jobs); each completed pass beats too."""
     if health is not None:
         health.register(name, allowed_silence)
     delay = backoff
@@ -94,10 +138,16 @@ async def run_forever(name: str, body: Callable[[], Awaitable[None]], health: Lo
                 raise
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any failure
                 if is_unavailable(exc):
+                    # Asking again costs one refused connection: retry often enough that the loop is back
+                    # within a couple of seconds of the database (a sync worker idling 10 s after a restart
+                    # is a bootstrap answering stale data).
+                    delay = min(delay, UNAVAILABLE_BACKOFF)
                     log.warning("%s: the database is unavailable; retrying", name,
                                 extra={"error": repr(exc), "retry_in_s": delay})
-                else:
-                    log.exception("%s failed; retrying", name, extra={"retry_in_s": delay})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, max_backoff, UNAVAILABLE_BACKOFF)
+                    continue
+                log.exception("%s failed; retrying", name, extra={"retry_in_s": delay})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_backoff)
     finally:

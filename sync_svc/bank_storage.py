@@ -37,6 +37,8 @@ from typing import Any, AsyncIterator, Callable, Collection, Iterable, Mapping, 
 import asyncpg
 
 from bankapi.models import Account, Balance, ProductAgreement, Transaction
+from svclib.db import copy_records
+from svclib.resilience import connection_lost
 
 __all__ = [
     "BankDataStorage", "WriteStats", "TableStats", "SyncState", "Counts", "BankCall",
@@ -69,7 +71,8 @@ class TableStats:
 class WriteStats:
     """Outcome of `write_bank_data`. `skipped` counts transactions with neither a booking nor a value
     time (they cannot be placed in time and are not stored); `data_version` is the user's version
-    after the write (bumped only when `changed`)."""
+    after the write (bumped only when `changed`: a row changed, or the bank was failing until this write
+    and answers again, which changes the dashboard too)."""
     accounts: TableStats
     balances: TableStats
     transactions: TableStats
@@ -413,7 +416,7 @@ async def _stage(conn: asyncpg.Connection, table: str, stage: str, columns: Sequ
     """`_create_stage`, filled by binary COPY. `rows` may be lazy: they are then built while the server
     parses what was sent."""
     await _create_stage(conn, table, stage, columns)
-    await conn.copy_records_to_table(stage, records=rows, columns=list(columns))
+    await copy_records(conn, stage, records=rows, columns=list(columns))
 
 
 async def _write(conn: asyncpg.Connection, spec: _Upsert, user_id: str, bank_id: str,
@@ -427,8 +430,8 @@ async def _write(conn: asyncpg.Connection, spec: _Upsert, user_id: str, bank_id:
     key, and the caller holds the (user, bank) advisory lock), so staging would only copy them twice.
     """
     if count and not await conn.fetchval(spec.any_stored_sql, user_id, bank_id):
-        await conn.copy_records_to_table(spec.table, records=((user_id, bank_id, *row) for row in rows),
-                                         columns=["user_id", "bank_id", *spec.columns])
+        await copy_records(conn, spec.table, records=((user_id, bank_id, *row) for row in rows),
+                           columns=["user_id", "bank_id", *spec.columns])
         return TableStats(inserted=count), False
     await _stage(conn, spec.table, spec.stage, spec.columns, rows)
     inserted, updated = await conn.fetchrow(spec.sql, user_id, bank_id)
@@ -475,6 +478,7 @@ _DELETE_REPLACED_PENDING = """
 """
 
 _RECORD_SUCCESS = """
+    WITH before AS (SELECT last_success_at, last_error_at FROM sync_state WHERE user_id = $1 AND bank_id = $2)
     INSERT INTO sync_state AS s (user_id, bank_id, watermark, last_success_at, last_changed_at,
                                  accounts_count, balances_count, transactions_count, credits_count)
     VALUES ($1, $2, $3, now(), CASE WHEN $4 THEN now() END, $5, $6, $7, $8)
@@ -487,7 +491,9 @@ _RECORD_SUCCESS = """
         transactions_count = s.transactions_count + EXCLUDED.transactions_count,
         credits_count = s.credits_count + EXCLUDED.credits_count,
         updated_at = now()
-    RETURNING watermark
+    RETURNING watermark, COALESCE((SELECT last_error_at IS NOT NULL
+                                          AND (last_success_at IS NULL OR last_error_at > last_success_at)
+                                   FROM before), false) AS was_failing
 """
 
 _BUMP_VERSION = """
@@ -639,7 +645,9 @@ class BankWrite:
                     done = True
                     break
                 rows.extend(more)
-            await self._conn.copy_records_to_table(self._target, records=rows, columns=self._columns)
+            if connection_lost(self._conn):  # dropped while the pages were being fetched
+                raise asyncpg.ConnectionDoesNotExistError("the connection of this bank write was lost")
+            await copy_records(self._conn, self._target, records=rows, columns=self._columns)
             if done:
                 return
 
@@ -716,7 +724,7 @@ class BankWrite:
                 await conn.execute(_FORGET_COPIED, user_id, bank_id, account_ids, transaction_ids)
             else:
                 await conn.execute(_FORGET_STAGED, account_ids, transaction_ids)
-            await conn.copy_records_to_table(self._target, records=list(self._late.values()), columns=self._columns)
+            await copy_records(conn, self._target, records=list(self._late.values()), columns=self._columns)
             # the replaced copies' times no longer count
             newest = await (conn.fetchval(_NEWEST_COPIED, user_id, bank_id) if self._direct
                             else conn.fetchval(_NEWEST_STAGED))
@@ -746,9 +754,10 @@ class BankWrite:
                 transaction_stats = dataclasses.replace(transaction_stats, deleted=deleted)
 
         changed = any(s.changed for s in (account_stats, credit_stats, balance_stats, transaction_stats))
-        watermark = await conn.fetchval(
+        watermark, was_failing = await conn.fetchrow(
             _RECORD_SUCCESS, user_id, bank_id, newest, changed, account_stats.inserted, balance_stats.inserted,
             transaction_stats.inserted - transaction_stats.deleted, credit_stats.inserted)
+        changed = changed or was_failing  # a bank answering again changes what the dashboard says of it
         version = await conn.fetchval(_BUMP_VERSION if changed else _DATA_VERSION, user_id) or 0
         await self._transaction.commit()
         self._committed = True
@@ -779,12 +788,15 @@ class BankWrite:
             await asyncio.wait([copier])
             if not copier.cancelled():
                 copier.exception()  # retrieved: the error reached the caller already (or nobody asked)
-        if not self._started or self._committed or self._conn.is_closed():
+        # A connection the server dropped (a restart) is detached from its pool proxy already: nothing to
+        # roll back (the server did), and touching it would only raise "released back to the pool".
+        if not self._started or self._committed or connection_lost(self._conn):
             return
         try:
             await self._transaction.rollback()
         except Exception:  # noqa: BLE001 - e.g. COMMIT itself failed: drop the session, the server rolls back
-            self._conn.terminate()
+            if not connection_lost(self._conn):
+                self._conn.terminate()
 
 
 # ---------------------------------------------------------------------------------------------- storage
@@ -846,14 +858,22 @@ class BankDataStorage:
             return await write.commit(accounts=accounts, balances=balances, agreements=agreements,
                                       fetched_window=fetched_window, window_accounts=window_accounts)
 
-    async def record_failure(self, user_id: str, bank_id: str, message: str) -> None:
-        """Note a failed sync of (user, bank): last_error and its time; the last success is kept."""
-        await self.pool.execute(
-            """
-            INSERT INTO sync_state AS s (user_id, bank_id, last_error, last_error_at) VALUES ($1, $2, $3, now())
-            ON CONFLICT (user_id, bank_id) DO UPDATE
-            SET last_error = EXCLUDED.last_error, last_error_at = EXCLUDED.last_error_at, updated_at = now()
-            """, user_id, bank_id, message)
+    async def record_failure(self, user_id: str, bank_id: str, message: str) -> int | None:
+        """Note a failed sync of (user, bank): last_error and its time; the last success is kept. When
+        the bank was healthy until now (its first failure since its last success), the user's data
+        version is bumped in the same transaction and returned (what the dashboard says of that bank
+        changes); else None."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            newly = await conn.fetchval(
+                """
+                WITH before AS (SELECT last_success_at, last_error_at FROM sync_state
+                                WHERE user_id = $1 AND bank_id = $2 FOR UPDATE)
+                INSERT INTO sync_state AS s (user_id, bank_id, last_error, last_error_at) VALUES ($1, $2, $3, now())
+                ON CONFLICT (user_id, bank_id) DO UPDATE
+                SET last_error = EXCLUDED.last_error, last_error_at = EXCLUDED.last_error_at, updated_at = now()
+                RETURNING COALESCE((SELECT last_error_at IS NULL OR last_error_at <= last_success_at FROM before), true)
+                """, user_id, bank_id, message[:_MESSAGE_LIMIT])
+            return await conn.fetchval(_BUMP_VERSION, user_id) if newly else None
 
     async def log_bank_calls(self, records: Iterable[BankCall | Mapping[str, Any] | Any]) -> int:
         """Append bank calls to bank_status_log in one COPY. Each record is a `BankCall`, a Mapping or any
@@ -870,7 +890,7 @@ class BankDataStorage:
                          None if message is None else str(message)[:_MESSAGE_LIMIT]))
         if rows:
             async with self.pool.acquire() as conn:
-                await conn.copy_records_to_table("bank_status_log", records=rows, columns=list(_BANK_CALL_COLUMNS))
+                await copy_records(conn, "bank_status_log", records=rows, columns=list(_BANK_CALL_COLUMNS))
         return len(rows)
 
     # ------------------------------------------------------------------------------------------ sync state

@@ -223,11 +223,19 @@ class SyncService:
                         status, from_cache=stale and not skip_sync)
 
     async def _wait_for(self, job_id: str) -> Job | None:
-        deadline = asyncio.get_running_loop().time() + self.bootstrap_wait
+        """The job once it has ended, or as it is when waiting longer cannot help: the deadline passed,
+        or it waits to retry (after a failed attempt) until after the deadline, so the stored data is
+        answered at once rather than after the whole wait."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.bootstrap_wait
         while True:
             job = await self.jobs.get(job_id)
-            if job is None or job.state not in ACTIVE or asyncio.get_running_loop().time() > deadline:
+            if job is None or job.state not in ACTIVE or loop.time() > deadline:
                 return job
+            if waits_to_retry(job):
+                due_in = (job.run_after - dt.datetime.now(dt.timezone.utc)).total_seconds()
+                if loop.time() + due_in > deadline:
+                    return job
             await asyncio.sleep(0.2)
 
     async def _cached_bank_data(self, user_id: str, bank_id: str):

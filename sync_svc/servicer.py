@@ -9,7 +9,9 @@ from finpulse.sync.v1 import sync_pb2_grpc as pb_grpc
 
 from bankapi.client import BankClients
 from bankapi.breaker import RedisBreakerStore
+from bankapi.config import BankEndpoint, TeamCredentials
 from bankapi.tokens import RedisTokenStore
+from svclib.logging import current_request_id
 from svclib.protoconv import optional, set_timestamp
 from svclib.ratelimit import RateLimiter
 from svclib.resilience import Listener
@@ -287,7 +289,11 @@ async def setup(runtime: Runtime, server: GrpcServer) -> None:
     limiter = RateLimiter(runtime.cache.redis, settings.bank_rate_limit, burst=5, prefix=runtime.cache.key("rl", ""))
     tokens = RedisTokenStore(runtime.cache.redis, prefix=runtime.cache.key("banktoken", ""))
     breakers = RedisBreakerStore(runtime.cache.redis, prefix=runtime.cache.key("breaker", ""))
-    banks = BankClients(settings, token_store=tokens, on_call=record_call, breaker_store=breakers,
+    # bankapi reads no settings: its banks, team and options are given here
+    banks = BankClients([BankEndpoint(b.id, b.base_url, b.approval_mode) for b in settings.banks],
+                        TeamCredentials(settings.team.client_id, settings.team.client_secret, settings.team.name),
+                        token_store=tokens, timeout=settings.bank_timeout, max_retries=settings.bank_max_retries,
+                        request_id_provider=current_request_id, on_call=record_call, breaker_store=breakers,
                         throttle=lambda bank_id: limiter.acquire(f"bank:{bank_id}"))
     runtime.on_close(banks.close)
     catalogues = Catalogues(CatalogueStorage(runtime.pool), settings.banks,

@@ -135,13 +135,18 @@ class JobStorage:
                 await conn.execute("NOTIFY sync_jobs")
             return True
 
-    async def retry_later(self, job_id: str, worker_id: str, delay_seconds: float, error: str) -> bool:
+    async def retry_later(self, job_id: str, worker_id: str, delay_seconds: float, error: str,
+                          refund_attempt: bool = False) -> bool:
+        """Queue our running job again in `delay_seconds`; with `refund_attempt`, the attempt that just
+        ended does not count (it was cut short by something else than the job: the database going
+        away). False when the job is no longer ours."""
         status = await self.pool.execute(
             """
             UPDATE sync_jobs SET state = 'queued', run_after = now() + make_interval(secs => $3),
-                   last_error = $4, lease_until = NULL, worker_id = NULL, rerun = false, updated_at = now()
+                   last_error = $4, lease_until = NULL, worker_id = NULL, rerun = false, updated_at = now(),
+                   attempts = CASE WHEN $5 THEN greatest(attempts - 1, 0) ELSE attempts END
             WHERE job_id = $1 AND worker_id = $2 AND state = 'running'
-            """, job_id, worker_id, delay_seconds, error)
+            """, job_id, worker_id, delay_seconds, error, refund_attempt)
         return status.endswith(" 1")
 
     async def get(self, job_id: str) -> Job | None:

@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import datetime as dt
 import functools
 import logging
 import random
 import time
 import uuid
-from typing import Awaitable, Protocol
+from typing import Awaitable, Callable, Protocol, TypeVar
 
 from bankapi import errors as bank_errors
 from bankapi.client import BankClients, CallRecord
@@ -32,7 +33,7 @@ from bankapi.client import BankClients, CallRecord
 from svclib import metrics
 from svclib.cache import DATA_VERSION_TTL, Cache, data_version_key
 from svclib.logging import new_request_id, request_id_var
-from svclib.resilience import LoopHealth, run_forever
+from svclib.resilience import LoopHealth, is_unavailable, run_forever
 
 from sync_svc.bank_storage import BankCall, BankDataStorage, BankWrite, WriteStats
 from sync_svc.fetcher import BankFetcher, Fetched, OnTransactions, Progress
@@ -41,15 +42,21 @@ from sync_svc.storage import Job, JobStorage
 log = logging.getLogger("sync_svc.worker")
 
 _calls: contextvars.ContextVar[list[CallRecord] | None] = contextvars.ContextVar("sync_calls", default=None)
+_progress: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("sync_progress", default=None)
 
 
 def record_call(record: CallRecord) -> None:
-    """`on_call` hook of the bank clients: count every call in the metrics, and collect the calls of
-    the job running in this context."""
+    """`on_call` hook of the bank clients: count every call in the metrics, collect the calls of the
+    job running in this context, and note a failed one on its progress at once (the next heartbeat
+    shows it in the sync status while the job still runs)."""
     metrics.observe_bank_call(record.bank_id, record.operation, record.http_status, record.latency_ms / 1000)
     calls = _calls.get()
     if calls is not None:
         calls.append(record)
+    progress = _progress.get()
+    if progress is not None and record.outcome != "ok":
+        what = record.message or (f"HTTP {record.http_status}" if record.http_status else "no answer")
+        progress.last_problem = f"{record.bank_id} {record.operation}: {what[:200]} (attempt {record.attempt})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +75,9 @@ class NeedsReconsent(Exception):
     pass
 
 
+T = TypeVar("T")
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerConfig:
     workers: int = 4
@@ -77,6 +87,13 @@ class WorkerConfig:
     backoff_base: float = 1.0
     backoff_max: float = 60.0
     idle_poll: float = 1.0
+    # A job's outcome (done, retry later, given up) that cannot be written because the database is
+    # unavailable is tried again for this long, so a restart does not leave the job `running` until its
+    # lease runs out (then it is left to the lease).
+    outcome_patience: float = 30.0
+    # An attempt cut short by the database being unavailable is not counted against `max_attempts`
+    # (a few restarts must not fail a job), while the job is younger than this.
+    refund_window: float = 15 * 60.0
 
 
 def _retrieve(task: asyncio.Task) -> None:
@@ -135,6 +152,7 @@ class SyncWorkers:
         self._current_loop.set(loop_name)
         calls: list[CallRecord] = []
         token = _calls.set(calls)
+        progress_token = _progress.set(progress)
         # The job's log lines, its calls to consent_svc and its bank calls carry the id of the request
         # that queued it (set before the heartbeat task copies this context).
         request_token = request_id_var.set(job.request_id or new_request_id())
@@ -158,6 +176,7 @@ class SyncWorkers:
         finally:
             heartbeat.cancel()
             _calls.reset(token)
+            _progress.reset(progress_token)
             await self._log_calls(job, calls)
             request_id_var.reset(request_token)
 
@@ -197,7 +216,8 @@ class SyncWorkers:
         if stats.changed:  # the dashboard's cache key: its cached answers are stale from now on
             await self.cache.raise_to(data_version_key(self.cache, job.user_id), stats.data_version, DATA_VERSION_TTL)
             await self.cache.announce_change(job.user_id)
-        if not await self.jobs.finish(job.job_id, self.worker_id, "succeeded", progress.as_dict()):
+        if not await self._persist(job, lambda: self.jobs.finish(job.job_id, self.worker_id, "succeeded",
+                                                                 progress.as_dict())):
             log.warning("job was taken over before it finished", extra={"job_id": job.job_id})
         log.info("sync job succeeded", extra={
             "job_id": job.job_id, "bank_id": job.bank_id, "inserted": stats.inserted, "updated": stats.updated,
@@ -242,15 +262,43 @@ class SyncWorkers:
             except Exception:  # noqa: BLE001 - a missed beat is retried; the lease has slack
                 log.warning("heartbeat failed", extra={"job_id": job.job_id})
 
+    async def _note_failure(self, job: Job, message: str) -> None:
+        """Store the failure on the bank's sync state; its first since the last success changes the
+        dashboard (which names the failing bank): publish the new version and announce the change."""
+        version = await self.data.record_failure(job.user_id, job.bank_id, message)
+        if version is not None:
+            await self.cache.raise_to(data_version_key(self.cache, job.user_id), version, DATA_VERSION_TTL)
+            await self.cache.announce_change(job.user_id)
+
     async def _give_up(self, job: Job, progress: Progress, state: str, message: str) -> None:
         metrics.SYNC_JOBS.labels(job.bank_id, state).inc()
         log.warning("sync job stopped", extra={"job_id": job.job_id, "bank_id": job.bank_id, "state": state,
                                                 "error": message})
-        await self.jobs.finish(job.job_id, self.worker_id, state, progress.as_dict(), message)
-        await self.data.record_failure(job.user_id, job.bank_id, message)
+        await self._persist(job, lambda: self.jobs.finish(job.job_id, self.worker_id, state, progress.as_dict(),
+                                                          message))
+        await self._persist(job, lambda: self._note_failure(job, message))
+
+    def _database_unavailable(self, job: Job, exc: Exception) -> bool:
+        """The attempt failed because the suite's database was unavailable (not the bank, not another
+        service), and the job is young enough for that not to count as an attempt."""
+        if isinstance(exc, bank_errors.BankError) or not is_unavailable(exc):
+            return False
+        age = (dt.datetime.now(dt.timezone.utc) - job.created_at).total_seconds()
+        return age < self.config.refund_window
 
     async def _retry(self, job: Job, progress: Progress, exc: Exception) -> None:
         message = str(exc) or type(exc).__name__
+        database = self._database_unavailable(job, exc)
+        if database:
+            # Not the job's fault: run it again as soon as the database is back, without counting this
+            # attempt, and without recording a failure at the bank.
+            log.warning("sync job interrupted: the database is unavailable; it runs again",
+                        extra={"job_id": job.job_id, "bank_id": job.bank_id, "error": repr(exc)})
+            delay = self.config.backoff_base * self._random.uniform(0.5, 1.0)
+            metrics.SYNC_JOBS.labels(job.bank_id, "retry").inc()
+            await self._persist(job, lambda: self.jobs.retry_later(job.job_id, self.worker_id, delay, message,
+                                                                   refund_attempt=True))
+            return
         if not isinstance(exc, bank_errors.BankError):
             log.exception("sync job failed", extra={"job_id": job.job_id})
         if job.attempts >= self.config.max_attempts:
@@ -263,16 +311,36 @@ class SyncWorkers:
         metrics.SYNC_JOBS.labels(job.bank_id, "retry").inc()
         log.warning("sync job will retry", extra={"job_id": job.job_id, "bank_id": job.bank_id,
                                                    "delay_s": round(delay, 2), "error": message})
-        await self.jobs.retry_later(job.job_id, self.worker_id, delay, message)
-        await self.data.record_failure(job.user_id, job.bank_id, message)
+        await self._persist(job, lambda: self.jobs.retry_later(job.job_id, self.worker_id, delay, message))
+        await self._persist(job, lambda: self._note_failure(job, message))
+
+    async def _persist(self, job: Job, write: Callable[[], Awaitable[T]]) -> T:
+        """`write()` (a job's outcome), tried again while the database is unavailable, for up to
+        `config.outcome_patience` seconds (the job's heartbeat keeps its lease meanwhile)."""
+        deadline = time.monotonic() + self.config.outcome_patience
+        delay = 0.1
+        while True:
+            try:
+                return await write()
+            except Exception as exc:  # noqa: BLE001 - only an unavailable database is waited out
+                if not is_unavailable(exc) or time.monotonic() + delay > deadline:
+                    raise
+                log.info("database unavailable while recording a job's outcome; trying again",
+                         extra={"job_id": job.job_id, "error": repr(exc), "retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _log_calls(self, job: Job, calls: list[CallRecord]) -> None:
         if not calls:
             return
+        rows = [BankCall(bank_id=c.bank_id, operation=c.operation, outcome=c.outcome, user_id=job.user_id,
+                         http_status=c.http_status, latency_ms=c.latency_ms, interaction_id=c.interaction_id,
+                         message=c.message) for c in calls]
         try:
-            await self.data.log_bank_calls(BankCall(
-                bank_id=c.bank_id, operation=c.operation, outcome=c.outcome, user_id=job.user_id,
-                http_status=c.http_status, latency_ms=c.latency_ms, interaction_id=c.interaction_id,
-                message=c.message) for c in calls)
-        except Exception:  # noqa: BLE001 - the log must not fail the job
-            log.exception("writing bank_status_log failed", extra={"job_id": job.job_id})
+            await self._persist(job, lambda: self.data.log_bank_calls(rows))
+        except Exception as exc:  # noqa: BLE001 - the log must not fail the job
+            if is_unavailable(exc):
+                log.warning("writing bank_status_log failed: the database is unavailable",
+                            extra={"job_id": job.job_id, "calls": len(rows), "error": repr(exc)})
+            else:
+                log.exception("writing bank_status_log failed", extra={"job_id": job.job_id})

@@ -1,7 +1,7 @@
 """Tests of `bankapi` against the local bank emulator (`bank_sandbox`) and a real Redis.
 
 Each test starts its own emulator banks on free ports (isolated consents and fault knobs), builds
-`BankConfig`/`TeamCredentials` directly, and keeps its Redis keys under a unique prefix.
+`BankEndpoint`/`TeamCredentials` (`bankapi.config`) directly, and keeps its Redis keys under a unique prefix.
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ import redis.asyncio as aioredis
 from bankapi import (AuthFailed, BadRequest, BankClient, BankClients, BankUnavailable, CallRecord, ConsentKind,
                      ConsentRequired, ConsentStatus, Forbidden, MemoryTokenStore, NotFound, PaymentStatus, RateLimited,
                      RedisTokenStore, UnknownBank, format_amount, normalize_payment_status, normalize_status)
+from bankapi.config import BankEndpoint, TeamCredentials
 from bankapi.errors import CallRefused, error_for_status, parse_retry_after
 from bankapi.models import Transaction, agreement_id_from_text, parse_datetime
 from bankapi.tokens import Token, TokenCache
-from svclib.config import BankConfig, TeamCredentials, load_settings
 from svclib.logging import request_id_var
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -89,9 +89,8 @@ async def token_store(redis_client):
         await redis_client.delete(*keys)
 
 
-def bank_config(sandbox, bank_id: str) -> BankConfig:
-    return BankConfig(id=bank_id, name=bank_id.upper(), base_url=sandbox.urls[bank_id],
-                      approval_mode=APPROVAL[bank_id])
+def bank_config(sandbox, bank_id: str) -> BankEndpoint:
+    return BankEndpoint(id=bank_id, base_url=sandbox.urls[bank_id], approval_mode=APPROVAL[bank_id])
 
 
 class Recorder:
@@ -211,7 +210,7 @@ def test_error_mapping():
 
 
 async def test_limit_is_validated_locally():
-    client = BankClient(BankConfig("vbank", "VBank", "http://127.0.0.1:9", "auto"), TEAM)
+    client = BankClient(BankEndpoint("vbank", "http://127.0.0.1:9"), TEAM)
     for bad in (0, 101, 500):
         with pytest.raises(ValueError, match="between 1 and 100"):
             await client.get_transactions_page(CUSTOMER, "consent-x", "acc-1", limit=bad)
@@ -219,7 +218,7 @@ async def test_limit_is_validated_locally():
 
 
 async def test_registry_unknown_bank():
-    banks = [BankConfig("vbank", "VBank", "http://127.0.0.1:9", "auto"), BankConfig("xbank", "X", None, "auto")]
+    banks = [BankEndpoint("vbank", "http://127.0.0.1:9"), BankEndpoint("xbank", None)]
     async with BankClients(banks, TEAM) as clients:
         assert clients.get("vbank") is clients.get("vbank")
         with pytest.raises(UnknownBank, match="unknown bank 'nobank'"):
@@ -228,14 +227,14 @@ async def test_registry_unknown_bank():
             clients.get("xbank")
 
 
-async def test_registry_from_settings_is_configuration_only(sandbox, tmp_path):
-    settings = load_settings({"FINPULSE_BANKS": "vbank,sbank", "FINPULSE_BANK_VBANK_URL": sandbox.urls["vbank"] + "/",
-                              "FINPULSE_BANK_SBANK_URL": sandbox.urls["sbank"], "FINPULSE_BANK_TIMEOUT": "2.5",
-                              "FINPULSE_BANK_MAX_RETRIES": "1", "FINPULSE_DATA_DIR": str(tmp_path)})
-    async with BankClients(settings, token_store=MemoryTokenStore(), backoff_base=0.01) as clients:
+async def test_registry_is_configured_by_its_caller_only(sandbox):
+    banks = [BankEndpoint("vbank", sandbox.urls["vbank"] + "/", "auto"),
+             BankEndpoint("sbank", sandbox.urls["sbank"], "manual")]
+    async with BankClients(banks, TEAM, token_store=MemoryTokenStore(), timeout=2.5, max_retries=1,
+                           backoff_base=0.01) as clients:
         assert clients.bank_ids == ["vbank", "sbank"] and "abank" not in clients
         vbank = clients.get("vbank")
-        assert (vbank.timeout, vbank.max_retries, vbank.team) == (2.5, 1, settings.team)
+        assert (vbank.timeout, vbank.max_retries, vbank.team) == (2.5, 1, TEAM)
         assert vbank.auto_approves and not clients.get("sbank").auto_approves
         assert await vbank.get_products()
         with pytest.raises(UnknownBank):

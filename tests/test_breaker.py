@@ -13,7 +13,7 @@ from bank_sandbox.config import SandboxConfig
 from bankapi import BankClient, BankUnavailable
 from bankapi.breaker import Breaker, MemoryBreakerStore, RedisBreakerStore
 from bankapi.errors import CircuitOpen
-from svclib.config import BankConfig, TeamCredentials
+from bankapi.config import BankEndpoint, TeamCredentials
 
 
 class Clock:
@@ -97,7 +97,7 @@ async def test_a_client_stops_calling_a_bank_that_is_down():
     banks = await start_banks(SandboxConfig(approval={"vbank": "auto"}), {"vbank": 0})
     try:
         team = TeamCredentials("team200", "finpulse-dev-secret")
-        client = BankClient(BankConfig("vbank", "VBank", banks.urls["vbank"], "auto"), team, max_retries=3,
+        client = BankClient(BankEndpoint("vbank", banks.urls["vbank"]), team, max_retries=3,
                             backoff_base=0.01, breaker_store=MemoryBreakerStore())
         await client.get_token()
         async with aiohttp.ClientSession() as session:

@@ -11,7 +11,8 @@ from bank_sandbox.app import start_banks
 from bank_sandbox.config import SandboxConfig
 from bank_sandbox.data import catalogue
 from bankapi.client import BankClients
-from svclib.config import BankConfig, TeamCredentials
+from bankapi.config import BankEndpoint, TeamCredentials
+from svclib.config import BankConfig
 from sync_svc.__main__ import SPEC
 from sync_svc.catalogue import Catalogues
 from sync_svc.catalogue_storage import CatalogueStorage
@@ -41,7 +42,8 @@ async def catalogues(banks, schema_pool):
     pool = await schema_pool(SPEC)
     await pool.execute("TRUNCATE bank_products, catalogue_state")
     configs = [BankConfig(bank_id, bank_id.upper(), banks.urls[bank_id], mode) for bank_id, mode in APPROVAL.items()]
-    clients = BankClients(configs, TEAM, max_retries=0, timeout=2)
+    clients = BankClients([BankEndpoint(c.id, c.base_url, c.approval_mode) for c in configs], TEAM, max_retries=0,
+                          timeout=2)
     calls = []
 
     async def fetch(bank_id):

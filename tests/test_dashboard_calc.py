@@ -17,7 +17,8 @@ import pytest
 from finpulse.dashboard.v1 import dashboard_pb2
 from google.protobuf import json_format
 
-from dashboard_svc.calc import compute, compute_all, outstanding_estimate
+from dashboard_svc.calc import compute, compute_all
+from dashboard_svc.domain.loans import outstanding_estimate
 from dashboard_svc.model import (
     AccountView,
     BankFreshness,
@@ -29,9 +30,9 @@ from dashboard_svc.model import (
     FinancialInputs,
     Goals,
     MonthFlow,
-    Repayments,
     TransactionView,
 )
+from finance.loans import Repayments
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2025, 11, 20, 9, 0, tzinfo=UTC)
@@ -553,7 +554,8 @@ def test_on_time_repayments_see_months_missed_in_the_middle():
     and the last payment, 8 consecutive months ending in October (Mar … Oct) would be assumed → 6 of 6."""
     import dataclasses
 
-    from dashboard_svc.calc import month_index, months_paid
+    from dashboard_svc.domain.common import month_index
+    from dashboard_svc.domain.loans import months_paid
 
     months = tuple(dt.date(2026, m, 1) for m in (1, 2, 3, 4, 5, 6, 7, 10))
     repayments = Repayments("vbank", "loan-1", 8, D("40000.00"), D("5000.00"), "RUB",
@@ -569,7 +571,7 @@ def test_text_catalogue_has_both_languages_with_the_same_parameters():
     are normalised ("en-US" -> en, anything else -> ru, the app's language)."""
     import string
 
-    from dashboard_svc import texts
+    from dashboard_svc.domain import texts
 
     def fields(template: str) -> set[str]:
         return {name for _, name, _, _ in string.Formatter().parse(template) if name}

@@ -1,6 +1,7 @@
-"""The OpenAPI document (`gateway/openapi.py`): valid OpenAPI, exactly the routes the protos annotate,
+"""The OpenAPI document (`gateway/openapi/`): valid OpenAPI, exactly the routes the protos annotate,
 request/response/error schemas for every operation, schemas that match what the gateway renders,
-descriptions from the proto comments, and served at /openapi.json with Swagger UI at /docs.
+the contract's size limits on request fields, descriptions from the proto comments, and served at
+/openapi.json with Swagger UI at /docs.
 
 The annotations and comments are read here on their own, from a descriptor set compiled from the
 current protos/ (not from the generated code), so a proto change that did not reach the document,
@@ -26,6 +27,7 @@ from gateway import openapi, transcode
 from gateway.app import create_app
 from gateway.errors import ApiError, bad_request
 from gateway.routes import Route, build_routes, service_descriptors
+from svclib import limits
 from svclib.config import load_settings
 from svclib.protogen import compile_descriptor_set
 
@@ -176,7 +178,9 @@ def test_every_api_operation_documents_request_response_and_errors(document, rou
     for method, path, op in api_operations(document):
         route = _route_of(routes, method, path)
         where = f"{method} {path}"
-        assert op["security"] == [{"bearerAuth": []}], where
+        # The login takes a token but needs none (gateway/login.py: local mode signs one).
+        login = route.grpc_path == "/finpulse.onboarding.v1.OnboardingService/Login"
+        assert op["security"] == [{"bearerAuth": []}] + ([{}] if login else []), where
         ok = op["responses"]["200"]
         if route.is_server_streaming:
             assert set(ok["content"]) == {"text/event-stream"}, where
@@ -344,6 +348,87 @@ def test_schemas_reject_what_transcode_never_renders(document):
     assert cache.is_valid({"data_version": "12"})
     assert not cache.is_valid({"data_version": 12})  # int64 is a string
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Request size limits
+
+LIMIT_KEYS = ("maxLength", "maxItems", "maxProperties")
+
+
+def _declared_max(field: FieldDescriptor) -> int | None:
+    """The field's `(finpulse.options.v1.max_length)`, read here from its options."""
+    return next((int(v) for ext, v in field.GetOptions().ListFields()
+                 if ext.full_name == "finpulse.options.v1.max_length"), None)
+
+
+def _text(field: FieldDescriptor, limit: int) -> dict[str, int]:
+    if field.message_type is None and field.type == F.TYPE_STRING:
+        return {"maxLength": limit}
+    if field.message_type is None and field.type == F.TYPE_BYTES:
+        return {"maxLength": 4 * -(-limit // 3)}  # base64
+    return {}
+
+
+def expected_limits(field: FieldDescriptor) -> tuple[dict[str, int], dict[str, int]]:
+    """(limits of the field's value, limits of each element / map value), as svclib.limits checks them."""
+    declared = _declared_max(field)
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        return ({"maxProperties": declared or limits.DEFAULT_ITEMS},
+                _text(field.message_type.fields_by_name["value"], limits.DEFAULT_TEXT))
+    if field.is_repeated:
+        return {"maxItems": declared or limits.DEFAULT_ITEMS}, _text(field, limits.DEFAULT_TEXT)
+    return _text(field, declared or limits.DEFAULT_TEXT), {}
+
+
+def documented_limits(schema: dict[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
+    inner = schema.get("items", schema.get("additionalProperties"))
+    inner = inner if isinstance(inner, dict) else {}
+    return ({k: schema[k] for k in LIMIT_KEYS if k in schema}, {k: inner[k] for k in LIMIT_KEYS if k in inner})
+
+
+def reachable(roots) -> dict[str, Descriptor]:
+    found: dict[str, Descriptor] = {}
+    stack = list(roots)
+    while stack:
+        desc = stack.pop()
+        if desc.full_name not in found and not desc.full_name.startswith("google."):
+            found[desc.full_name] = desc
+            stack += [f.message_type for f in desc.fields if f.message_type is not None]
+    return found
+
+
+def test_request_fields_document_the_size_limits(document, routes):
+    """Every field of a request message (and of the messages it carries) has svclib.limits' limit in its
+    schema, in the components, the inline bodies and the parameters; messages only replies carry have none."""
+    schemas = document["components"]["schemas"]
+    requests = reachable(r.input_descriptor for r in routes)
+    replies = reachable(r.output_descriptor for r in routes)
+    assert requests["finpulse.sync.v1.StartSyncRequest"].fields_by_name["reason"]  # a declared limit is covered
+    checked = 0
+    for full_name, desc in requests.items():
+        if desc.GetOptions().map_entry or openapi.schema_name(full_name) not in schemas:
+            continue
+        properties = schemas[openapi.schema_name(full_name)]["properties"]
+        for field in desc.fields:
+            assert documented_limits(properties[field.name]) == expected_limits(field), field.full_name
+            checked += 1
+    assert checked
+    assert documented_limits(schemas["sync.v1.StartSyncRequest"]["properties"]["reason"])[0] == {"maxLength": 64}
+    for full_name in replies.keys() - requests.keys():
+        schema = schemas.get(openapi.schema_name(full_name))
+        if schema is not None:
+            assert not [key for key in LIMIT_KEYS if key in json.dumps(schema)], full_name
+    for route in routes:
+        op = document["paths"][openapi.openapi_path(route.path_template)][route.http_method.lower()]
+        for parameter in op.get("parameters", []):
+            name = "idempotency_key" if parameter["in"] == "header" else parameter["name"]
+            leaf = route.input_descriptor.fields_by_name[name] if "." not in name else None
+            if leaf is not None:
+                assert documented_limits(parameter["schema"]) == expected_limits(leaf), (route.grpc_path, name)
+        body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+        for name, prop in body.get("properties", {}).items():
+            assert documented_limits(prop) == expected_limits(route.input_descriptor.fields_by_name[name]), name
 
 
 # ---------------------------------------------------------------------------------------------

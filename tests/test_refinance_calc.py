@@ -1,4 +1,4 @@
-"""Loans, deposits and refinancing in dashboard_svc.calc / dashboard_svc.refinance (pure, no database).
+"""Loans, deposits and refinancing in dashboard_svc.calc / dashboard_svc.domain.refinance (pure, no database).
 
 Every scenario runs at NOW = 2025-11-20 09:00 UTC (today = Thursday 2025-11-20) with the default
 configuration (RUB, safety buffer 3,000.00). Expected numbers are worked out by hand in the comments;
@@ -19,8 +19,9 @@ from fractions import Fraction
 from finpulse.dashboard.v1 import dashboard_pb2
 from google.protobuf import json_format
 
-from dashboard_svc import refinance
-from dashboard_svc.calc import bank_name_of, compute, compute_all
+from dashboard_svc.calc import compute, compute_all
+from dashboard_svc.domain import refinance
+from dashboard_svc.domain.accounts import bank_name_of
 from dashboard_svc.model import (
     AccountView,
     BankFreshness,
@@ -32,8 +33,8 @@ from dashboard_svc.model import (
     Goals,
     MonthFlow,
     ProductView,
-    Repayments,
 )
+from finance.loans import Repayments
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2025, 11, 20, 9, 0, tzinfo=UTC)

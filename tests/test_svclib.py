@@ -195,3 +195,67 @@ def test_production_services_need_the_internal_secret():
     proc = subprocess.run([sys.executable, "-m", "dashboard_svc", "serve"], env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2 and "at least 32 characters" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_database_unavailability_is_told_from_bugs_and_from_other_failures():
+    from bankapi.errors import BankUnavailable
+    from svclib.errors import NotFound
+    from svclib.resilience import is_unavailable
+
+    # What asyncpg raises once the server dropped a connection someone still holds, and when it hands
+    # out one whose server just said goodbye (tests/test_faults.py meets both around every restart).
+    assert is_unavailable(asyncpg.InterfaceError(
+        "cannot call Connection.is_closed(): connection has been released back to the pool"))
+    assert is_unavailable(asyncpg.exceptions._base.InternalClientError(
+        "cannot switch to state 12; another operation (2) is in progress"))
+    assert is_unavailable(asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"))
+    assert is_unavailable(ConnectionRefusedError(111, "Connect call failed"))
+    # A database error raised while handling a lost connection (a rollback on it) is the outage too.
+    try:
+        try:
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        except asyncpg.ConnectionDoesNotExistError:
+            raise asyncpg.InterfaceError("cannot rollback: the transaction is in an odd state")
+    except asyncpg.InterfaceError as exc:
+        assert is_unavailable(exc)
+    # Not the database: bugs, domain errors and bank failures, even with a network error under them.
+    assert not is_unavailable(asyncpg.InterfaceError("cannot perform operation: another operation is in progress"))
+    assert not is_unavailable(asyncpg.UniqueViolationError("duplicate key"))
+    assert not is_unavailable(RuntimeError("boom"))
+    for outer in (NotFound("no such consent"), BankUnavailable("vbank is down", bank_id="vbank")):
+        try:
+            try:
+                raise ConnectionResetError("reset by peer")
+            except ConnectionResetError as inner:
+                raise outer from inner
+        except Exception as exc:  # noqa: BLE001
+            assert not is_unavailable(exc), exc
+
+
+async def test_advisory_lock_gives_its_connection_back_when_cancelled_or_cut_off(database_url):
+    pool = await db.create_pool(database_url, "public", min_size=1, max_size=2)
+    try:
+        async with db.AdvisoryLock(pool, "test-lock"):
+            # Another request waits for the lock until its deadline cancels it: its connection comes back.
+            for _ in range(3):
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(db.AdvisoryLock(pool, "test-lock").__aenter__(), 0.2)
+            assert await asyncio.wait_for(pool.fetchval("SELECT 1"), 5) == 1, "the pool still has a connection"
+
+        # The server drops the lock's session (a restart): leaving the block raises nothing of its own.
+        admin = await asyncpg.connect(database_url)
+        try:
+            with pytest.raises(LookupError):
+                async with db.AdvisoryLock(pool, "test-lock") as _:
+                    pid = await admin.fetchval(
+                        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = "
+                        "(hashtextextended('test-lock', 0) & x'ffffffff'::bigint)::oid AND granted")
+                    await admin.execute("SELECT pg_terminate_backend($1)", pid)
+                    await asyncio.sleep(0.2)
+                    raise LookupError("the block's own error is the one the caller sees")
+            async with db.AdvisoryLock(pool, "test-lock", wait=False):
+                pass  # free again: the session that held it is gone
+        finally:
+            await admin.close()
+    finally:
+        pool.terminate()  # not close(): that would wait forever for a connection a bug never gave back

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import asyncpg
 import grpc
 import pytest
 from finpulse.sync.v1 import sync_pb2 as pb
@@ -207,3 +208,75 @@ async def _claim_for(jobs: JobStorage, user: str):
         if job.user_id == user:
             return job
     raise AssertionError("too many foreign jobs")
+
+
+class _DatabaseGone:
+    """consent_svc as a job meets it while Postgres restarts: the job's first database touch fails."""
+
+    async def for_bank(self, user_id: str, bank_id: str):
+        raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+
+class _FlakyJobs(JobStorage):
+    """The job queue while the database comes back: the first `fail` outcome writes find it unavailable."""
+
+    def __init__(self, pool, fail: int):
+        super().__init__(pool)
+        self.fail = fail
+
+    async def retry_later(self, *args, **kwargs) -> bool:
+        if self.fail > 0:
+            self.fail -= 1
+            raise ConnectionRefusedError(111, "Connect call failed")
+        return await super().retry_later(*args, **kwargs)
+
+
+async def test_a_job_cut_short_by_the_database_runs_again_soon_and_the_attempt_does_not_count(pool, cache):
+    from sync_svc.worker import SyncWorkers, WorkerConfig
+
+    user = f"dbgone-{uuid.uuid4().hex[:6]}"
+    jobs = _FlakyJobs(pool, fail=2)  # and its outcome is written once the database answers again
+    workers = SyncWorkers(jobs, BankDataStorage(pool), banks=None, consents=_DatabaseGone(), cache=cache,
+                          config=WorkerConfig(backoff_base=1.0, max_attempts=1))
+    ref = await jobs.enqueue(user, "vbank", "test")
+    for _ in range(50):
+        job = await jobs.claim(workers.worker_id, 30)
+        if job is not None and job.job_id == ref.job_id:
+            break
+    assert job is not None and job.attempts == 1
+    await workers.process(job)
+    again = await jobs.get(ref.job_id)
+    assert again.state == "queued" and again.worker_id is None and jobs.fail == 0
+    assert again.attempts == 0, "not counted: even max_attempts=1 does not give up"
+    assert (again.run_after - again.updated_at).total_seconds() <= 1.0, "runs again within a second"
+    assert "closed in the middle of operation" in again.last_error
+    assert await BankDataStorage(pool).sync_state(user, "vbank") is None, "no failure recorded at the bank"
+
+
+async def test_retry_later_may_refund_the_attempt(pool):
+    jobs = JobStorage(pool)
+    user = f"refund-{uuid.uuid4().hex[:6]}"
+    await jobs.enqueue(user, "vbank", "test")
+    job = await _claim_for(jobs, user)
+    assert await jobs.retry_later(job.job_id, job.worker_id, 0, "database restarting", refund_attempt=True)
+    assert (await jobs.get(job.job_id)).attempts == 0
+    job = await _claim_for(jobs, user)
+    assert await jobs.retry_later(job.job_id, job.worker_id, 0, "bank down")
+    assert (await jobs.get(job.job_id)).attempts == 1
+
+
+async def test_bootstrap_does_not_wait_for_a_job_that_retries_after_its_deadline(pool, cache):
+    """A bank whose last attempt failed waits to retry; a bootstrap joining it answers what is stored at
+    once instead of waiting its whole deadline for a job that cannot run before it."""
+    settings = load_settings({})
+    service = SyncService(JobStorage(pool), BankDataStorage(pool), cache, settings.banks, connected,
+                          bootstrap_wait=5.0)
+    user = f"connected-{uuid.uuid4().hex[:6]}"
+    jobs = JobStorage(pool)
+    await jobs.enqueue(user, "vbank", "test")
+    job = await _claim_for(jobs, user)
+    assert await jobs.retry_later(job.job_id, job.worker_id, 60, "bank down")
+    started = asyncio.get_running_loop().time()
+    snapshot = await service.bootstrap(user, "vbank", 10, "", skip_sync=False)
+    assert asyncio.get_running_loop().time() - started < 2
+    assert snapshot.from_cache and snapshot.status.job.job_id == job.job_id and snapshot.status.job.state == "queued"

@@ -1,9 +1,9 @@
 """Loan arithmetic, refinancing offers and the financing-need signal (pure: no I/O, no gRPC, no SQL).
 
-`dashboard_svc.calc` gathers the facts (outstanding estimates, payments seen, safe-to-spend, income) in
+`dashboard_svc.domain` gathers the facts (outstanding estimates, payments seen, safe-to-spend, income) in
 its one analysis pass and calls the rules below; each rule is a small function whose docstring states
 it. All money is `Decimal`, rounded ROUND_HALF_UP to cents where shown; JSON numbers are floats made at
-the edge from rounded Decimals. Texts come from `dashboard_svc.texts` in the caller's language.
+the edge from rounded Decimals. Texts come from `dashboard_svc.domain.texts` in the caller's language.
 
 The banks publish no schedule, term or outstanding debt: the remaining term and interest of a loan are
 simulated from its outstanding estimate, its rate and the payment seen in history (`remaining_schedule`).
@@ -19,7 +19,7 @@ import math
 from decimal import ROUND_HALF_UP, ROUND_UP, Decimal
 from typing import Any, Callable, Iterable, Sequence
 
-from dashboard_svc import texts
+from dashboard_svc.domain import texts
 from dashboard_svc.model import ProductView
 
 CENT = Decimal("0.01")

@@ -1,6 +1,6 @@
 """Texts for people that the dashboard calculation produces, in Russian (the app's language) and English.
 
-Pure: no I/O. Every sentence `dashboard_svc.calc` and `dashboard_svc.refinance` show to people is a
+Pure: no I/O. Every sentence the calculation (`dashboard_svc.domain`) shows to people is a
 template here, with named format parameters; codes (OK/DANGER, income_source, health status, trigger
 types, urgency, loan kinds) are language-neutral and never come from here.
 

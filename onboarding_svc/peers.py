@@ -1,0 +1,45 @@
+"""onboarding_svc's clients of its peers, as the domain declares them (`onboarding_svc.model`): consent_svc
+(the user's consents), sync_svc (queueing syncs) and dashboard_svc (dropping a cached dashboard)."""
+from __future__ import annotations
+
+from finpulse.consent.v1 import consent_pb2
+from finpulse.dashboard.v1 import dashboard_pb2
+from finpulse.sync.v1 import sync_pb2
+
+from svclib.clients import ServiceClients
+
+from onboarding_svc.model import ConsentInfo, QueuedSync
+
+_KIND_NAMES = {consent_pb2.CONSENT_KIND_ACCOUNTS: "accounts", consent_pb2.CONSENT_KIND_PRODUCTS: "products",
+               consent_pb2.CONSENT_KIND_PAYMENTS: "payments"}
+
+
+class ConsentClient:
+    def __init__(self, clients: ServiceClients):
+        self.clients = clients
+
+    async def list_user_consents(self, user_id: str) -> list[ConsentInfo]:
+        reply = await self.clients.consent.ListUserConsents(consent_pb2.ListUserConsentsRequest(user_id=user_id))
+        return [ConsentInfo(c.bank_id, _KIND_NAMES.get(c.kind, "unknown"),
+                            consent_pb2.ConsentStatus.Name(c.status).removeprefix("CONSENT_STATUS_"))
+                for c in reply.consents]
+
+
+class SyncClient:
+    def __init__(self, clients: ServiceClients):
+        self.clients = clients
+
+    async def start_sync(self, user_id: str, bank_ids: list[str], reason: str,
+                         skip_synced: bool = False) -> list[QueuedSync]:
+        reply = await self.clients.sync.StartSync(
+            sync_pb2.StartSyncRequest(user_id=user_id, bank_ids=bank_ids, reason=reason, skip_synced=skip_synced))
+        return [QueuedSync(j.bank_id, j.job_id,
+                           sync_pb2.JobState.Name(j.state).removeprefix("JOB_STATE_").lower()) for j in reply.jobs]
+
+
+class DashboardClient:
+    def __init__(self, clients: ServiceClients):
+        self.clients = clients
+
+    async def invalidate(self, user_id: str) -> None:
+        await self.clients.dashboard.InvalidateDashboard(dashboard_pb2.InvalidateDashboardRequest(user_id=user_id))
