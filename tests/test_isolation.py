@@ -126,6 +126,7 @@ async def test_user_a_never_gets_user_b_data(suite, routes):
         resource_ids = {"user_id": USER_B, "onboarding_id": b["onboarding_id"], "consent_id": b["consent_ids"][0],
                         "bank_id": "vbank", "account_id": b["account_ids"][0], "request_id": b["request_id"],
                         "payment_id": b["payment_id"], "agreement_id": b["agreement_id"],
+                        "application_id": "rfa-not-a-users", "offer_id": "ofr-not-a-users",
                         # what a payment request needs besides: valid, so only ownership can refuse it
                         "creditor_account": b["account_number"], "amount": "1.00", "idempotency_key": "isolation-a"}
         checked = []
@@ -146,7 +147,8 @@ async def test_user_a_never_gets_user_b_data(suite, routes):
             # 2. Acting as A on B's resources (ids of B in the path or fields, user_id left to the token).
             own_fields = {k: v for k, v in named_fields.items() if k != "user_id"}
             own_path = {**path_values, "user_id": USER_A}
-            resource_in_request = [k for k in ("onboarding_id", "consent_id", "account_id", "payment_id", "agreement_id")
+            resource_in_request = [k for k in ("onboarding_id", "consent_id", "account_id", "payment_id", "agreement_id",
+                                               "application_id", "offer_id")
                                    if k in own_fields or k in route.path_fields]
             path = _path(route, own_path)
             status, body = await _call(as_a, route, path, own_fields)
@@ -179,7 +181,10 @@ async def test_missing_bad_and_expired_tokens_are_401_everywhere(suite, routes):
         for token in (None, forged, expired):
             for route in routes:
                 values = {"user_id": USER_A, "onboarding_id": USER_A, "consent_id": "c-1", "bank_id": "vbank",
-                          "account_id": "a-1", "payment_id": "pmt-1", "agreement_id": "agr-1"}
+                          "account_id": "a-1", "payment_id": "pmt-1", "agreement_id": "agr-1",
+                          "application_id": "rfa-1"}
+                if token is None and route.path_template == "/api/auth/login":
+                    continue  # the one route open without a token in local mode: it signs one (test_e2e_app.py)
                 async with session.request(route.http_method, suite.gateway_url + _path(route, values),
                                            headers={"Authorization": f"Bearer {token}"} if token else {}) as resp:
                     assert resp.status == 401, (route.path_template, token and token[:12], resp.status)

@@ -232,12 +232,15 @@ async def test_dashboard_counts_cache_hits_by_level_and_misses(suite, session):
 async def test_one_request_id_reaches_every_service_and_the_bank(suite, session):
     user = "team200-29"
     http = Http(session, suite.gateway_url, token=suite.token(user))
-    await consents(http, user)
     request_id = f"metrics-e2e-{uuid.uuid4().hex}"
+    # The first sync is queued when the account consent is approved: that request's id follows it.
+    status, body = await http.call("POST", "/api/onboarding/consents", json={"user_id": user, "banks": [
+        {"bank_id": "vbank", "consents": {"account": True, "product": True}}]}, headers={"X-Request-Id": request_id})
+    assert status == 200 and body["overall_status"] == "completed", body
+    await wait_synced(http, user)
     status, body = await http.call("POST", "/api/onboarding/finalize", json={"onboarding_id": user, "user_id": user},
                                    headers={"X-Request-Id": request_id})
     assert status == 200, body
-    await wait_synced(http, user)
 
     def lines(name: str) -> list[dict]:
         return [e for e in log_lines(suite, name) if e.get("request_id") == request_id]
