@@ -220,9 +220,11 @@ def suite(fresh_database, tmp_path_factory):
     for bank_id in KNOWN_BANKS:
         env[f"FINPULSE_BANK_{bank_id.upper()}_URL"] = f"http://127.0.0.1:{free_port()}"
     settings = load_settings(env)
-    # 40 emulator customers: each test takes its own (tests/test_isolation.py: 38 and 39).
+    # 50 emulator customers: each test against the shared suite takes its own (tests/test_isolation.py:
+    # 38 and 39, test_bank_outage.py: 41, test_e2e_app.py: 30 and 42); two tests sharing one see each
+    # other's jobs.
     running = Suite(settings, fresh_database("suite"), base_env=env, log_dir=log_dir,
-                    emulator_args=["--customers", "40"])
+                    emulator_args=["--customers", "50"])
     asyncio.run(running.migrate())
     running.start()
     try:
@@ -265,3 +267,41 @@ async def suite_db(suite):
 @pytest.fixture
 def bank_urls(suite) -> dict[str, str]:
     return {bank.id: bank.base_url for bank in suite.settings.banks}
+
+
+async def _banks_back_to_normal(suite) -> None:
+    """Fault knobs off, every bank up, breakers closed, failed catalogue reads forgotten: what one test
+    did to the shared banks never reaches the next (a breaker a test opened would refuse its calls)."""
+    import aiohttp
+    import redis.asyncio as aioredis
+
+    async with aiohttp.ClientSession() as session:
+        for bank in suite.settings.banks:
+            if not bank.base_url:
+                continue
+            async with session.post(f"{bank.base_url}/__admin__/faults",
+                                    json={"error_rate": 0.0, "rate_limit_rate": 0.0, "latency_ms": 0.0,
+                                          "payment_delay_ms": 0.0, "refuse_payment_consents": False}) as resp:
+                await resp.read()
+            async with session.post(f"{bank.base_url}/__admin__/down", json={"down": False}) as resp:
+                await resp.read()
+    client = aioredis.from_url(suite.backing.redis_url)
+    try:
+        prefix = suite.env["FINPULSE_REDIS_PREFIX"] + "breaker:"
+        keys = [k async for k in client.scan_iter(match=prefix + "*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+    conn = await asyncpg.connect(suite.backing.database_url)
+    try:
+        await conn.execute("DELETE FROM sync.catalogue_state WHERE last_error IS NOT NULL")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(autouse=True)
+def _shared_banks_reset_after_each_test(request):
+    yield
+    if "suite" in request.fixturenames:
+        asyncio.run(_banks_back_to_normal(request.getfixturevalue("suite")))

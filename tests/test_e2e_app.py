@@ -320,7 +320,7 @@ async def test_the_web_app_flow_on_real_data(suite, app_gateway, bank_urls):
 
 
 async def test_profile_holds_name_plan_and_the_goals_step(suite, app_gateway):
-    user = "team200-19"
+    user = "team200-42"
     async with aiohttp.ClientSession() as session:
         app = App(session, app_gateway)
         status, login = await app.call("POST", "/api/auth/login", {"user_id": user, "user_name": "Анна"})

@@ -715,7 +715,8 @@ SECRET = "test-secret-" + "s" * 32
 
 def _token(sub: str | None = "team200-1", *, key: Any = SECRET, algorithm: str = "HS256", **claims: Any) -> str:
     now = dt.datetime.now(dt.timezone.utc)
-    body = {"iss": "finpulse", "aud": "finpulse-api", "iat": now, "exp": now + dt.timedelta(minutes=5)}
+    # Valid for hours: these tokens are made when the tests are collected, maybe long before they run.
+    body = {"iss": "finpulse", "aud": "finpulse-api", "iat": now, "exp": now + dt.timedelta(hours=6)}
     if sub is not None:
         body["sub"] = sub
     body.update(claims)
