@@ -9,7 +9,7 @@ through `ServiceClients`' interceptor. GET replies a service marks reusable are 
 served without the backend call until the service's time or a change announcement
 (`gateway.respcache`).
 
-`GET /metrics`: the gateway's Prometheus metrics (`svclib.metrics`), unless they are served on their
+`GET /metrics`: the gateway's Prometheus metrics (`gateway.metrics`), unless they are served on their
 own address (`FINPULSE_GATEWAY_METRICS_ADDR`, so the public port does not show them).
 `GET /openapi.json` and `GET /docs`: the OpenAPI document of these routes and Swagger UI (`gateway.openapi`).
 
@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway import metrics as gateway_metrics
 from gateway import middleware, openapi, transcode
 from gateway.auth import Gatekeeper, Principal, bind_user
 from gateway.login import LOGIN_METHOD, LoginPolicy
@@ -164,7 +165,8 @@ def _language(request: web.Request) -> str:
 def _handler(route: Route):
     """The generic handler of one unary route."""
     cacheable = route.http_method == "GET"
-    cache_hits = svc_metrics.GATEWAY_RESPONSE_CACHE_HITS.labels(route.path_template)
+    cache_hits = gateway_metrics.GATEWAY_RESPONSE_CACHE_HITS.labels(route.path_template)
+    stub_class = route.stub_class()
     is_login = route.grpc_path == LOGIN_METHOD
     keyed = "idempotency_key" in route.input_descriptor.fields_by_name
 
@@ -192,8 +194,8 @@ def _handler(route: Route):
         message, user = _bound_request(route, request, principal, body)
         user_token, language_token = user_id_var.set(user), i18n.language_var.set(language)
         try:
-            call = getattr(request.app[CLIENTS].stub(route.service_key), route.method_name)(
-                message, timeout=request.app[SETTINGS].rpc_timeout)
+            call = getattr(request.app[CLIENTS].stub(route.service_key, stub_class, route.proto_file),
+                           route.method_name)(message, timeout=request.app[SETTINGS].rpc_timeout)
             reply = await call
             until = _cache_until(await call.trailing_metadata()) if key is not None and user else None
         except grpc.aio.AioRpcError as exc:
@@ -226,14 +228,16 @@ def _sse_handler(route: Route):
     still gets its HTTP status and JSON error; a failure later in the stream becomes an `error` event.
     """
 
+    stub_class = route.stub_class()
+
     async def handle(request: web.Request) -> web.StreamResponse:
         request[middleware.ROUTE_TEMPLATE] = route.path_template
         principal = await request.app[GATEKEEPER].admit(request)
         message, user = _bound_request(route, request, principal, await request.read())
         user_token, language_token = user_id_var.set(user), i18n.language_var.set(_language(request))
         try:
-            call = getattr(request.app[CLIENTS].stub(route.service_key), route.method_name)(
-                message, timeout=STREAM_TIMEOUT)
+            call = getattr(request.app[CLIENTS].stub(route.service_key, stub_class, route.proto_file),
+                           route.method_name)(message, timeout=STREAM_TIMEOUT)
         finally:
             user_id_var.reset(user_token)
             i18n.language_var.reset(language_token)
@@ -265,7 +269,7 @@ def _sse_handler(route: Route):
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    """Prometheus metrics of the gateway process (`svclib.metrics`), in the format `Accept` asks for."""
+    """Prometheus metrics of the gateway process (`gateway.metrics`), in the format `Accept` asks for."""
     body, content_type = svc_metrics.render(request.headers.get("Accept"))
     return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -286,8 +290,8 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def _backend_status(clients: ServiceClients, name: str, timeout: float) -> str:
-    stub = health_pb2_grpc.HealthStub(clients.channel(name))
+async def _backend_status(clients: ServiceClients, name: str, proto_file, timeout: float) -> str:
+    stub = health_pb2_grpc.HealthStub(clients.channel(name, proto_file))
     try:
         reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
     except grpc.aio.AioRpcError as exc:
@@ -300,7 +304,8 @@ async def readyz(request: web.Request) -> web.Response:
     settings, clients = request.app[SETTINGS], request.app[CLIENTS]
     names = list(settings.service_addrs)
     timeout = min(settings.rpc_timeout, READY_CHECK_TIMEOUT)
-    statuses = await asyncio.gather(*(_backend_status(clients, name, timeout) for name in names))
+    proto_files = {route.service_key: route.proto_file for route in request.app[ROUTES]}
+    statuses = await asyncio.gather(*(_backend_status(clients, name, proto_files.get(name), timeout) for name in names))
     services = dict(zip(names, statuses))
     not_ready = [name for name, status in services.items() if status != "SERVING"]
     body = {"status": "not_ready" if not_ready else "ready", "services": services, "not_ready": not_ready}

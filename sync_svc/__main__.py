@@ -3,7 +3,7 @@ import sys
 
 from svclib.runtime import ServiceSpec, main
 
-from sync_svc.servicer import setup
+from sync_svc.wiring import setup
 
 SPEC = ServiceSpec(name="sync", schema="sync",
                    migrations=pathlib.Path(__file__).with_name("migrations"), setup=setup, calls_banks=True)
