@@ -36,8 +36,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.auth import local_jwt_secret
+from gateway.settings import GatewaySettings, load_gateway_settings, with_gateway_section
 from svclib import db
-from svclib.config import SERVICE_PORTS, ConfigError, Settings, load_settings
+from svclib.config import SERVICE_PORTS, ConfigError, Settings
 from svclib.embedded import BackingServices, ensure_backing_services
 from svclib.process import PARENT_ENV
 
@@ -201,12 +202,14 @@ class Suite:
         self.supervisor = Supervisor(restart_policy)
         self._lock = threading.RLock()  # starts, stops and restarts, whichever thread does them
         self._supervising = 0  # supervision loops running
+        # The suite runs the gateway and signs local tokens: the common settings and the gateway's section.
+        settings = with_gateway_section(settings, os.environ if base_env is None else base_env)
         if not settings.jwt_secret and not settings.jwt_public_key:
             # Local runs sign their own tokens: a secret kept with the data, so tokens outlive a restart.
             settings = dataclasses.replace(settings, jwt_secret=local_jwt_secret(settings.data_dir))
         # Every process of the suite signs its calls to the others with one secret (svclib.internal_auth).
         settings = dataclasses.replace(settings, internal_secret=settings.resolved_internal_secret())
-        self.settings = settings
+        self.settings: GatewaySettings = settings
         self.backing = backing
         self.log_dir = log_dir
         env = dict(os.environ if base_env is None else base_env)
@@ -508,7 +511,7 @@ async def _announce(suite: Suite) -> None:
         return
 
 
-async def run(settings: Settings) -> int:
+async def run(settings: GatewaySettings) -> int:
     backing = ensure_backing_services(settings.database_url, settings.redis_url, settings.data_dir)
     suite = Suite(settings, backing)
     stop = asyncio.Event()
@@ -539,7 +542,7 @@ async def run(settings: Settings) -> int:
 
 def main() -> int:
     try:
-        settings = load_settings()
+        settings = load_gateway_settings()
     except ConfigError as exc:
         print(f"launcher: {exc}", file=sys.stderr)
         return 2

@@ -37,16 +37,16 @@ from gateway.login import LOGIN_METHOD, LoginPolicy
 from gateway.respcache import ResponseCache
 from gateway.errors import from_rpc_error
 from gateway.routes import Route, build_routes
+from gateway.settings import GatewaySettings
 from svclib import i18n
 from svclib import metrics as svc_metrics
 from svclib.clients import ServiceClients
 from svclib.cache import CACHE_UNTIL_METADATA, ChangeFeed
-from svclib.config import Settings
 from svclib.logging import user_id_var
 
 #: Largest accepted request body; larger ones are answered 413.
 DEFAULT_MAX_BODY_BYTES = 1 << 20
-#: Deadline of one readiness health check (capped by Settings.rpc_timeout).
+#: Deadline of one readiness health check (capped by GatewaySettings.rpc_timeout).
 READY_CHECK_TIMEOUT = 2.0
 #: Deadline of a streamed (Server-Sent Events) call; the services end their streams well before.
 STREAM_TIMEOUT = 15 * 60.0
@@ -78,7 +78,7 @@ class RenderedCache:
         return body
 
 
-SETTINGS = web.AppKey("settings", Settings)
+SETTINGS = web.AppKey("settings", GatewaySettings)
 RENDERED = web.AppKey("rendered", RenderedCache)
 CLIENTS = web.AppKey("clients", ServiceClients)
 ROUTES = web.AppKey("routes", list)
@@ -89,7 +89,7 @@ LOGIN = web.AppKey("login", LoginPolicy)
 _dumps = functools.partial(json.dumps, ensure_ascii=False)
 
 
-def create_app(settings: Settings, clients: ServiceClients | None = None, *,
+def create_app(settings: GatewaySettings, clients: ServiceClients | None = None, *,
                routes: list[Route] | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
     """The gateway app. Clients created here are closed on cleanup; passed-in ones are the caller's."""
@@ -126,7 +126,7 @@ def create_app(settings: Settings, clients: ServiceClients | None = None, *,
     return app
 
 
-def _change_feed(settings: Settings):
+def _change_feed(settings: GatewaySettings):
     """Keeps the response cache in step with the suite's change announcements (see respcache)."""
 
     async def context(app: web.Application):

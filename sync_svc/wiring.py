@@ -21,18 +21,20 @@ from sync_svc.catalogue_storage import CatalogueStorage
 from sync_svc.peers import ConsentAdapter
 from sync_svc.service import SyncService
 from sync_svc.servicer import SyncServicer
+from sync_svc.settings import SyncSettings
 from sync_svc.storage import JobStorage
 from sync_svc.worker import SyncWorkers, WorkerConfig, record_call
 
 
 async def setup(runtime: Runtime, server: GrpcServer) -> None:
     settings = runtime.settings
+    own: SyncSettings = runtime.section  # sync_svc.settings
     consents = ConsentAdapter(runtime.clients)
     data = BankDataStorage(runtime.pool)
     jobs = JobStorage(runtime.pool)
     service = SyncService(jobs, data, runtime.cache, settings.banks,
                           consents.connected_banks, bootstrap_wait=max(1.0, settings.rpc_timeout - 3))
-    limiter = RateLimiter(runtime.cache.redis, settings.bank_rate_limit, burst=5, prefix=runtime.cache.key("rl", ""))
+    limiter = RateLimiter(runtime.cache.redis, own.bank_rate_limit, burst=5, prefix=runtime.cache.key("rl", ""))
     tokens = RedisTokenStore(runtime.cache.redis, prefix=runtime.cache.key("banktoken", ""))
     breakers = RedisBreakerStore(runtime.cache.redis, prefix=runtime.cache.key("breaker", ""))
     # bankapi reads no settings: its banks, team and options are given here
@@ -48,8 +50,7 @@ async def setup(runtime: Runtime, server: GrpcServer) -> None:
     server.add(pb_grpc.add_SyncServiceServicer_to_server, SyncServicer(service, catalogues),
                pb.DESCRIPTOR.services_by_name["SyncService"].full_name)
     workers = SyncWorkers(jobs, data, banks, consents, runtime.cache,
-                          WorkerConfig(workers=settings.sync_workers, concurrency=settings.sync_concurrency,
-                                       lease_seconds=settings.sync_lease))
+                          WorkerConfig(workers=own.workers, concurrency=own.concurrency, lease_seconds=own.lease))
     # New jobs wake the workers at once (NOTIFY sync_jobs); the listener reconnects after a database
     # restart, and the workers poll meanwhile (svclib.resilience.Listener).
     listener = Listener(runtime.database_url, "sync_jobs", workers.wake, health=runtime.health,
