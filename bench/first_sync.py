@@ -54,10 +54,11 @@ from bankapi.tokens import RedisTokenStore
 from bench._common import customer_with_accounts, emulator_admin, free_port, scratch_database, top_up
 from svclib import db
 from svclib.cache import Cache
-from svclib.config import load_settings
+from svclib.config import load_section
 from svclib.ratelimit import RateLimiter
 from sync_svc.__main__ import SPEC
 from sync_svc.bank_storage import BankDataStorage
+from sync_svc.settings import read_sync_section
 from sync_svc.storage import JobStorage
 from sync_svc.worker import JobConsents, SyncWorkers, WorkerConfig, record_call
 
@@ -245,12 +246,12 @@ async def _run(backing, latency_ms: float, per_account: int, rate: float, concur
 
 
 def main(argv: list[str] | None = None) -> None:
-    defaults = load_settings({})
+    defaults = load_section(read_sync_section, {})
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--transactions", type=int, default=1000, help="per account")
     parser.add_argument("--rate", type=float, default=defaults.bank_rate_limit, help="requests/s per bank")
-    parser.add_argument("--concurrency", type=int, default=defaults.sync_concurrency)
+    parser.add_argument("--concurrency", type=int, default=defaults.concurrency)
     args = parser.parse_args(argv)
     asyncio.run(run(args.latency_ms, args.transactions, args.rate, args.concurrency))
 

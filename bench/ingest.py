@@ -38,7 +38,7 @@ import sync_svc
 from bankapi.models import Account, Balance, ProductAgreement, Transaction
 from svclib import db
 from svclib.embedded import ensure_backing_services
-from sync_svc import bank_storage
+from sync_svc import bank_records, bank_write
 from sync_svc.bank_storage import BankDataStorage
 
 SCHEMA = "sync"
@@ -181,7 +181,7 @@ async def one_round(pool: asyncpg.Pool, fetches: dict[str, dict], copy_rows: dic
     await pool.execute(f"TRUNCATE {', '.join(BANK_TABLES)}")
     await pool.execute("DROP TABLE IF EXISTS bench_copy")
     await pool.execute("CREATE TABLE bench_copy (LIKE transactions INCLUDING ALL)")
-    columns = ["user_id", "bank_id", *bank_storage.TRANSACTIONS.columns]
+    columns = ["user_id", "bank_id", *bank_write.TRANSACTIONS.columns]
 
     await _settle(pool)
     copy = 0.0
@@ -229,7 +229,7 @@ async def measure(url: str, rows: int, rounds: int) -> None:
     total = sum(len(f["transactions"]) for f in fetches.values())
     # The baseline's rows are ready-made: the Python work (JSON of raw) is charged to the write path only.
     started = time.perf_counter()
-    copy_rows = {bank_id: [(USER_ID, bank_id, *bank_storage._transaction_row(t)) for t in fetch["transactions"]]
+    copy_rows = {bank_id: [(USER_ID, bank_id, *bank_records._transaction_row(t)) for t in fetch["transactions"]]
                  for bank_id, fetch in fetches.items()}
     build = time.perf_counter() - started
 

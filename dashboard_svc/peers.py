@@ -7,11 +7,12 @@ import asyncio
 import datetime as dt
 from decimal import Decimal
 
-from finpulse.onboarding.v1 import onboarding_pb2
-from finpulse.sync.v1 import sync_pb2
+from finpulse.onboarding.v1 import onboarding_pb2, onboarding_pb2_grpc
+from finpulse.sync.v1 import sync_pb2, sync_pb2_grpc
 
+from finance.dataversion import data_version_key
 from finance.protoconv import repayments_from_pb
-from svclib.cache import Cache, data_version_key
+from svclib.cache import Cache
 from svclib.clients import ServiceClients
 from svclib.protoconv import optional
 
@@ -54,18 +55,20 @@ class SyncData:
     """sync_svc (bank data, aggregates, versions) and onboarding_svc (goals) as the dashboard needs them."""
 
     def __init__(self, clients: ServiceClients, cache: Cache):
-        self.clients = clients
+        self.sync = clients.stub("sync", sync_pb2_grpc.SyncServiceStub, sync_pb2.DESCRIPTOR)
+        self.onboarding = clients.stub("onboarding", onboarding_pb2_grpc.OnboardingServiceStub,
+                                       onboarding_pb2.DESCRIPTOR)
         self.cache = cache
 
     async def data_version(self, user_id: str) -> int:
-        published = await self.cache.get(data_version_key(self.cache, user_id))
+        published = await self.cache.get(data_version_key(self.cache.prefix, user_id))
         if published is not None:
             return int(published)
-        reply = await self.clients.sync.GetDataVersion(sync_pb2.GetDataVersionRequest(user_id=user_id))
+        reply = await self.sync.GetDataVersion(sync_pb2.GetDataVersionRequest(user_id=user_id))
         return reply.data_version
 
     async def goals(self, user_id: str) -> Goals:
-        reply = await self.clients.onboarding.GetProfile(onboarding_pb2.GetProfileRequest(user_id=user_id))
+        reply = await self.onboarding.GetProfile(onboarding_pb2.GetProfileRequest(user_id=user_id))
         p = reply.profile
 
         def word(enum, value: int, prefix: str) -> str | None:
@@ -84,14 +87,14 @@ class SyncData:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
-            status = await self.clients.sync.GetSyncStatus(sync_pb2.GetSyncStatusRequest(user_id=user_id),
+            status = await self.sync.GetSyncStatus(sync_pb2.GetSyncStatusRequest(user_id=user_id),
                                                            timeout=max(0.5, deadline - loop.time()))
             if status.status != "running" or await self.data_version(user_id) > 0:
                 return
             await asyncio.sleep(min(0.25, max(0.0, deadline - loop.time())))
 
     async def gather(self, user_id: str, now: dt.datetime) -> Gathered:
-        sync = self.clients.sync
+        sync = self.sync
         today = now.replace(hour=0, minute=0, second=0, microsecond=0)
         aggregates_request = sync_pb2.GetAggregatesRequest(user_id=user_id, months=12, income_days=180)
         aggregates_request.spending_since.FromDatetime(now - dt.timedelta(days=30))

@@ -5,7 +5,7 @@ Cache: Redis first, the `dashboard_cache` table second. An entry serves while it
 stored data); entries expire after 30 minutes; `force_refresh` recomputes; changed inputs or goals
 drop both levels at once. One computation per user at a time, across replicas (an advisory lock):
 concurrent requests wait for it and take its result. When Redis is down the table still serves.
-Every answer counts as a hit of the level it came from or a miss (`svclib.metrics`).
+Every answer counts as a hit of the level it came from or a miss (`dashboard_svc.metrics`).
 """
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import datetime as dt
 import logging
 from typing import Awaitable, Callable, Protocol
 
-from svclib import i18n, metrics
+from svclib import i18n
 from svclib.cache import Cache
 from svclib.errors import InvalidArgument, require
 from svclib.validation import parse_amount, parse_date
 
-from dashboard_svc import calc
+from dashboard_svc import calc, metrics
 from dashboard_svc.model import DashboardConfig, DashboardData, FinancialInputs, Goals
 from dashboard_svc.storage import CacheRow, DashboardStorage
 

@@ -16,8 +16,7 @@ from dashboard_svc.storage import DashboardStorage
 
 
 async def setup(runtime: Runtime, server: GrpcServer) -> None:
-    config = DashboardConfig(base_currency=runtime.settings.base_currency,
-                             safety_buffer=runtime.settings.safety_buffer)
+    config: DashboardConfig = runtime.section  # dashboard_svc.settings
     storage = DashboardStorage(runtime.pool)
     service = DashboardService(storage, runtime.cache, SyncData(runtime.clients, runtime.cache), config)
 

@@ -11,7 +11,7 @@ no orphans.
 Supervision: a child that exits without being asked to (a crash, kill -9, a SIGTERM from elsewhere) is
 started again after a delay that doubles from 0.5 s up to 30 s while it keeps exiting within 60 s of
 its start, and is back to 0.5 s once it stayed up that long (`Supervisor`); each exit, restart and
-recovery is reported on stderr. One dead child never stops the suite: only Ctrl-C / SIGTERM does.
+recovery is reported on stderr (the bookkeeping: deploy/supervisor.py). One dead child never stops the suite: only Ctrl-C / SIGTERM does.
 The bank emulator keeps its state under `<FINPULSE_DATA_DIR>/bank_sandbox`, so its restart loses no
 consent or payment.
 
@@ -36,10 +36,16 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.auth import local_jwt_secret
+from gateway.settings import GatewaySettings, load_gateway_settings, with_gateway_section
 from svclib import db
-from svclib.config import SERVICE_PORTS, ConfigError, Settings, load_settings
+from svclib.config import SERVICE_PORTS, ConfigError, Settings
 from svclib.embedded import BackingServices, ensure_backing_services
 from svclib.process import PARENT_ENV
+
+from deploy.supervisor import Restart, RestartPolicy, Supervisor, describe_exit
+
+__all__ = ["SERVICES", "Child", "Suite", "Supervision", "RestartPolicy", "Restart", "Supervisor", "describe_exit",
+           "grpc_serving", "free_port", "emulator_ports", "run", "main"]
 
 SERVICES = tuple(SERVICE_PORTS)  # onboarding, consent, sync, dashboard
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -56,95 +62,6 @@ def emulator_ports(settings: Settings) -> dict[str, int] | None:
             return None
         ports[bank.id] = url.port
     return ports
-
-
-@dataclasses.dataclass
-class RestartPolicy:
-    """Delays before restarting a child: `first_delay`, times `factor` for each further exit within
-    `stable_after` seconds of its start, at most `max_delay`; an exit after a stable run starts over."""
-
-    first_delay: float = 0.5
-    factor: float = 2.0
-    max_delay: float = 30.0
-    stable_after: float = 60.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Restart:
-    """The supervisor's answer to an exit: start `name` again in `delay` seconds."""
-
-    name: str
-    delay: float
-    number: int  # this child's restarts so far, this one included
-    uptime: float  # how long the process that exited had run
-    quick_exits: int  # exits in a row within `stable_after` of their start, this one included
-    capped: bool  # the delay is at `max_delay`: it keeps exiting soon after start
-
-
-@dataclasses.dataclass
-class _Track:
-    started_at: float | None = None
-    quick_exits: int = 0
-    restarts: int = 0
-    due_at: float | None = None  # a restart is scheduled for then
-
-
-class Supervisor:
-    """When to restart which child: the bookkeeping only, with the time from `clock` (a test passes its
-    own). The caller reports each start (`started`) and each unexpected exit (`exited`, which answers
-    with the delay), asks `due` before starting again, and `forget`s a child it stops on purpose."""
-
-    def __init__(self, policy: RestartPolicy | None = None, clock: Callable[[], float] = time.monotonic):
-        self.policy = policy or RestartPolicy()
-        self.clock = clock
-        self._tracks: dict[str, _Track] = {}
-
-    def _track(self, name: str) -> _Track:
-        return self._tracks.setdefault(name, _Track())
-
-    def started(self, name: str) -> None:
-        track = self._track(name)
-        track.started_at = self.clock()
-        track.due_at = None
-
-    def exited(self, name: str) -> Restart:
-        """`name` exited unexpectedly: schedule its restart and say when."""
-        policy, track, now = self.policy, self._track(name), self.clock()
-        uptime = now - track.started_at if track.started_at is not None else 0.0
-        if uptime >= policy.stable_after:
-            track.quick_exits = 0  # it had recovered: start the backoff over
-        delay = min(policy.max_delay, policy.first_delay * policy.factor ** track.quick_exits)
-        track.quick_exits += 1
-        track.restarts += 1
-        track.started_at = None
-        track.due_at = now + delay
-        return Restart(name, delay, track.restarts, uptime, track.quick_exits, delay >= policy.max_delay)
-
-    def pending(self, name: str) -> bool:
-        """A restart of `name` is scheduled."""
-        return self._track(name).due_at is not None
-
-    def due(self, name: str) -> bool:
-        """The scheduled restart of `name` may happen now."""
-        due_at = self._track(name).due_at
-        return due_at is not None and self.clock() >= due_at
-
-    def forget(self, name: str) -> None:
-        """`name` is stopped on purpose: no restart pending; the backoff is kept for its next exit."""
-        self._track(name).due_at = None
-
-    def restarts(self, name: str) -> int:
-        return self._track(name).restarts
-
-
-def describe_exit(code: int | None) -> str:
-    """"code 1", "code -9 (signal SIGKILL)"."""
-    if code is not None and code < 0:
-        try:
-            return f"code {code} (signal {signal.Signals(-code).name})"
-        except ValueError:
-            return f"code {code} (signal {-code})"
-    return f"code {code}"
 
 
 def report_to_stderr(message: str) -> None:
@@ -201,12 +118,14 @@ class Suite:
         self.supervisor = Supervisor(restart_policy)
         self._lock = threading.RLock()  # starts, stops and restarts, whichever thread does them
         self._supervising = 0  # supervision loops running
+        # The suite runs the gateway and signs local tokens: the common settings and the gateway's section.
+        settings = with_gateway_section(settings, os.environ if base_env is None else base_env)
         if not settings.jwt_secret and not settings.jwt_public_key:
             # Local runs sign their own tokens: a secret kept with the data, so tokens outlive a restart.
             settings = dataclasses.replace(settings, jwt_secret=local_jwt_secret(settings.data_dir))
         # Every process of the suite signs its calls to the others with one secret (svclib.internal_auth).
         settings = dataclasses.replace(settings, internal_secret=settings.resolved_internal_secret())
-        self.settings = settings
+        self.settings: GatewaySettings = settings
         self.backing = backing
         self.log_dir = log_dir
         env = dict(os.environ if base_env is None else base_env)
@@ -508,7 +427,7 @@ async def _announce(suite: Suite) -> None:
         return
 
 
-async def run(settings: Settings) -> int:
+async def run(settings: GatewaySettings) -> int:
     backing = ensure_backing_services(settings.database_url, settings.redis_url, settings.data_dir)
     suite = Suite(settings, backing)
     stop = asyncio.Event()
@@ -539,7 +458,7 @@ async def run(settings: Settings) -> int:
 
 def main() -> int:
     try:
-        settings = load_settings()
+        settings = load_gateway_settings()
     except ConfigError as exc:
         print(f"launcher: {exc}", file=sys.stderr)
         return 2

@@ -9,5 +9,6 @@ both services use.
     finance/money.py      money rounding (cents, ROUND_HALF_UP)
     finance/dates.py      "today" of a timestamp, month arithmetic
     finance/loans.py      Repayments, Obligation, next_due_date, repayments_by_key, obligation_of
+    finance/dataversion.py  the Redis key where sync_svc publishes a user's data version (its readers' contract)
     finance/protoconv.py  sync_pb2.LoanRepayments -> Repayments (protobuf messages only, never grpc)
 """

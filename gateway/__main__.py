@@ -17,14 +17,15 @@ from gateway.app import ROUTES, create_app
 from gateway.auth import Authenticator
 from gateway.routes import Route, RouteError, build_routes
 from svclib import metrics
-from svclib.config import ConfigError, Settings, load_settings
+from gateway.settings import GatewaySettings, load_gateway_settings
+from svclib.config import ConfigError
 from svclib.logging import setup_logging
 from svclib.process import die_with_parent
 
 log = logging.getLogger("gateway")
 
 
-async def serve(settings: Settings, routes: list[Route] | None = None) -> None:
+async def serve(settings: GatewaySettings, routes: list[Route] | None = None) -> None:
     """Run the gateway until SIGTERM or SIGINT, then drain requests and close the gRPC channels."""
     app = create_app(settings, routes=routes)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
@@ -50,7 +51,7 @@ async def serve(settings: Settings, routes: list[Route] | None = None) -> None:
 def main() -> int:
     die_with_parent()
     try:
-        settings = load_settings()
+        settings = load_gateway_settings()
         Authenticator(settings)  # the token key is checked before anything starts
         settings.resolved_internal_secret()  # and the secret its calls to the services are signed with
     except ConfigError as exc:

@@ -9,7 +9,7 @@ through `ServiceClients`' interceptor. GET replies a service marks reusable are 
 served without the backend call until the service's time or a change announcement
 (`gateway.respcache`).
 
-`GET /metrics`: the gateway's Prometheus metrics (`svclib.metrics`), unless they are served on their
+`GET /metrics`: the gateway's Prometheus metrics (`gateway.metrics`), unless they are served on their
 own address (`FINPULSE_GATEWAY_METRICS_ADDR`, so the public port does not show them).
 `GET /openapi.json` and `GET /docs`: the OpenAPI document of these routes and Swagger UI (`gateway.openapi`).
 
@@ -30,22 +30,23 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway import metrics as gateway_metrics
 from gateway import middleware, openapi, transcode
 from gateway.auth import Gatekeeper, Principal, bind_user
 from gateway.login import LOGIN_METHOD, LoginPolicy
 from gateway.respcache import ResponseCache
 from gateway.errors import from_rpc_error
 from gateway.routes import Route, build_routes
+from gateway.settings import GatewaySettings
 from svclib import i18n
 from svclib import metrics as svc_metrics
 from svclib.clients import ServiceClients
 from svclib.cache import CACHE_UNTIL_METADATA, ChangeFeed
-from svclib.config import Settings
 from svclib.logging import user_id_var
 
 #: Largest accepted request body; larger ones are answered 413.
 DEFAULT_MAX_BODY_BYTES = 1 << 20
-#: Deadline of one readiness health check (capped by Settings.rpc_timeout).
+#: Deadline of one readiness health check (capped by GatewaySettings.rpc_timeout).
 READY_CHECK_TIMEOUT = 2.0
 #: Deadline of a streamed (Server-Sent Events) call; the services end their streams well before.
 STREAM_TIMEOUT = 15 * 60.0
@@ -77,7 +78,7 @@ class RenderedCache:
         return body
 
 
-SETTINGS = web.AppKey("settings", Settings)
+SETTINGS = web.AppKey("settings", GatewaySettings)
 RENDERED = web.AppKey("rendered", RenderedCache)
 CLIENTS = web.AppKey("clients", ServiceClients)
 ROUTES = web.AppKey("routes", list)
@@ -88,7 +89,7 @@ LOGIN = web.AppKey("login", LoginPolicy)
 _dumps = functools.partial(json.dumps, ensure_ascii=False)
 
 
-def create_app(settings: Settings, clients: ServiceClients | None = None, *,
+def create_app(settings: GatewaySettings, clients: ServiceClients | None = None, *,
                routes: list[Route] | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
     """The gateway app. Clients created here are closed on cleanup; passed-in ones are the caller's."""
@@ -125,7 +126,7 @@ def create_app(settings: Settings, clients: ServiceClients | None = None, *,
     return app
 
 
-def _change_feed(settings: Settings):
+def _change_feed(settings: GatewaySettings):
     """Keeps the response cache in step with the suite's change announcements (see respcache)."""
 
     async def context(app: web.Application):
@@ -164,7 +165,8 @@ def _language(request: web.Request) -> str:
 def _handler(route: Route):
     """The generic handler of one unary route."""
     cacheable = route.http_method == "GET"
-    cache_hits = svc_metrics.GATEWAY_RESPONSE_CACHE_HITS.labels(route.path_template)
+    cache_hits = gateway_metrics.GATEWAY_RESPONSE_CACHE_HITS.labels(route.path_template)
+    stub_class = route.stub_class()
     is_login = route.grpc_path == LOGIN_METHOD
     keyed = "idempotency_key" in route.input_descriptor.fields_by_name
 
@@ -192,8 +194,8 @@ def _handler(route: Route):
         message, user = _bound_request(route, request, principal, body)
         user_token, language_token = user_id_var.set(user), i18n.language_var.set(language)
         try:
-            call = getattr(request.app[CLIENTS].stub(route.service_key), route.method_name)(
-                message, timeout=request.app[SETTINGS].rpc_timeout)
+            call = getattr(request.app[CLIENTS].stub(route.service_key, stub_class, route.proto_file),
+                           route.method_name)(message, timeout=request.app[SETTINGS].rpc_timeout)
             reply = await call
             until = _cache_until(await call.trailing_metadata()) if key is not None and user else None
         except grpc.aio.AioRpcError as exc:
@@ -226,14 +228,16 @@ def _sse_handler(route: Route):
     still gets its HTTP status and JSON error; a failure later in the stream becomes an `error` event.
     """
 
+    stub_class = route.stub_class()
+
     async def handle(request: web.Request) -> web.StreamResponse:
         request[middleware.ROUTE_TEMPLATE] = route.path_template
         principal = await request.app[GATEKEEPER].admit(request)
         message, user = _bound_request(route, request, principal, await request.read())
         user_token, language_token = user_id_var.set(user), i18n.language_var.set(_language(request))
         try:
-            call = getattr(request.app[CLIENTS].stub(route.service_key), route.method_name)(
-                message, timeout=STREAM_TIMEOUT)
+            call = getattr(request.app[CLIENTS].stub(route.service_key, stub_class, route.proto_file),
+                           route.method_name)(message, timeout=STREAM_TIMEOUT)
         finally:
             user_id_var.reset(user_token)
             i18n.language_var.reset(language_token)
@@ -265,7 +269,7 @@ def _sse_handler(route: Route):
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    """Prometheus metrics of the gateway process (`svclib.metrics`), in the format `Accept` asks for."""
+    """Prometheus metrics of the gateway process (`gateway.metrics`), in the format `Accept` asks for."""
     body, content_type = svc_metrics.render(request.headers.get("Accept"))
     return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -286,8 +290,8 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def _backend_status(clients: ServiceClients, name: str, timeout: float) -> str:
-    stub = health_pb2_grpc.HealthStub(clients.channel(name))
+async def _backend_status(clients: ServiceClients, name: str, proto_file, timeout: float) -> str:
+    stub = health_pb2_grpc.HealthStub(clients.channel(name, proto_file))
     try:
         reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
     except grpc.aio.AioRpcError as exc:
@@ -300,7 +304,8 @@ async def readyz(request: web.Request) -> web.Response:
     settings, clients = request.app[SETTINGS], request.app[CLIENTS]
     names = list(settings.service_addrs)
     timeout = min(settings.rpc_timeout, READY_CHECK_TIMEOUT)
-    statuses = await asyncio.gather(*(_backend_status(clients, name, timeout) for name in names))
+    proto_files = {route.service_key: route.proto_file for route in request.app[ROUTES]}
+    statuses = await asyncio.gather(*(_backend_status(clients, name, proto_files.get(name), timeout) for name in names))
     services = dict(zip(names, statuses))
     not_ready = [name for name, status in services.items() if status != "SERVING"]
     body = {"status": "not_ready" if not_ready else "ready", "services": services, "not_ready": not_ready}

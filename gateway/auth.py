@@ -1,7 +1,7 @@
 """Authentication and per-user isolation at the gateway.
 
 Every `/api/...` request carries `Authorization: Bearer <JWT>`. The token is verified with PyJWT:
-HS256 with `Settings.jwt_secret` or RS256 with `Settings.jwt_public_key` (exactly one algorithm is
+HS256 with `GatewaySettings.jwt_secret` or RS256 with `GatewaySettings.jwt_public_key` (exactly one algorithm is
 accepted, so an RS256 public key can never be used as an HS256 secret), with issuer, audience,
 expiry and `sub` required. The user of the request is the token's `sub`.
 
@@ -30,8 +30,9 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.errors import ApiError
+from gateway.settings import GatewaySettings
 from svclib import localsecrets
-from svclib.config import ConfigError, Settings
+from svclib.config import ConfigError
 from svclib.ratelimit import RateLimiter
 
 #: Clock skew tolerated on `exp`, `nbf` and `iat`.
@@ -66,7 +67,7 @@ class Principal:
 class Authenticator:
     """Verifies bearer tokens against the configured key."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: GatewaySettings):
         if settings.jwt_secret and settings.jwt_public_key:
             raise ConfigError(["FINPULSE_JWT_SECRET and FINPULSE_JWT_PUBLIC_KEY: set one of them, not both"])
         if settings.jwt_public_key:
@@ -145,13 +146,13 @@ class Authenticator:
 class Gatekeeper:
     """What every routed request passes first: authentication, then the per-user rate limit.
 
-    The limit (`Settings.user_rate_limit` per second, `user_rate_burst` at once) is a GCRA bucket per
+    The limit (`GatewaySettings.user_rate_limit` per second, `user_rate_burst` at once) is a GCRA bucket per
     user in Redis, shared by every gateway replica; over it the answer is 429 with `Retry-After`.
     Development-mode requests without a token are limited per client address. When Redis is down
     each replica applies the limit on its own.
     """
 
-    def __init__(self, settings: Settings, redis: aioredis.Redis | None):
+    def __init__(self, settings: GatewaySettings, redis: aioredis.Redis | None):
         self.authenticator = Authenticator(settings)
         # Slots are leased in batches (one Redis call per batch): a quarter of the burst, at most 50 or
         # 50 ms worth of the rate, whichever is more.
@@ -191,7 +192,7 @@ def bind_user(message: Any, principal: Principal) -> str | None:
     return principal.user_id
 
 
-def mint_token(settings: Settings, user_id: str, *, ttl: dt.timedelta = dt.timedelta(hours=12),
+def mint_token(settings: GatewaySettings, user_id: str, *, ttl: dt.timedelta = dt.timedelta(hours=12),
                now: dt.datetime | None = None) -> str:
     """An HS256 token for `user_id`, signed with the configured secret (local use and tests)."""
     if not settings.jwt_secret:

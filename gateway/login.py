@@ -21,7 +21,7 @@ import grpc
 
 from gateway.auth import Principal, Unauthenticated, mint_token
 from gateway.errors import ApiError
-from svclib.config import Settings
+from gateway.settings import GatewaySettings
 
 #: The RPC behind POST /api/auth/login.
 LOGIN_METHOD = "/finpulse.onboarding.v1.OnboardingService/Login"
@@ -32,7 +32,7 @@ TOKEN_TTL = dt.timedelta(hours=12)
 class LoginPolicy:
     """Admission and the token of the login route."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: GatewaySettings):
         self.settings = settings
         self.mints = settings.is_local and bool(settings.jwt_secret)
 

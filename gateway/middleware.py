@@ -3,7 +3,7 @@
 - `request_context`: the request id (a sane incoming `X-Request-Id`, else a new one) lives in
   `svclib.logging.request_id_var` for the whole request, so log lines and outgoing gRPC metadata
   carry it; it is echoed in the response header; every request is counted in the Prometheus
-  metrics (count and latency by route template, `svclib.metrics`) and gets one JSON access line on
+  metrics (count and latency by route template, `gateway.metrics`) and gets one JSON access line on
   the `gateway.access` logger. (One middleware, not three: each layer costs every request.)
 - `cors(origins)`: CORS for the configured origins only (credentials, every method, every header,
   as the seed allowed); preflights are answered here, before routing.
@@ -21,8 +21,8 @@ from typing import Awaitable, Callable, Iterable
 import grpc
 from aiohttp import web
 
+from gateway import metrics as gateway_metrics
 from gateway.errors import ApiError, bad_request, internal_error
-from svclib import metrics as svc_metrics
 from svclib.logging import new_request_id, request_id_var
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -50,7 +50,7 @@ def _route_template(request: web.Request) -> str:
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id in the context variable and the response header; Prometheus metrics (count by route
-    template, method and status, latency by route template and method: `svclib.metrics`); one access
+    template, method and status, latency by route template and method: `gateway.metrics`); one access
     log line. Outside `errors`, so error answers are counted and logged with their real status."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else new_request_id()
@@ -72,7 +72,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     finally:
         elapsed = time.perf_counter() - started
         route = _route_template(request)
-        svc_metrics.observe_gateway(route, request.method, status, elapsed)
+        gateway_metrics.observe_gateway(route, request.method, status, elapsed)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("%s %s %s", request.method, route, status, extra={
                 "method": request.method, "route": route, "status": status,

@@ -17,9 +17,9 @@ import re
 from typing import Iterable, Iterator
 
 from google.api import annotations_pb2, http_pb2
-from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor, MethodDescriptor, ServiceDescriptor
 
-#: Service key (as used by `svclib.clients.ServiceClients` and `Settings.service_addrs`) -> module.
+#: Service key (as used by `Settings.service_addrs` and `svclib.clients.ServiceClients`) -> module.
 SERVICE_MODULES: dict[str, str] = {
     "onboarding": "finpulse.onboarding.v1.onboarding_pb2",
     "consent": "finpulse.consent.v1.consent_pb2",
@@ -61,6 +61,12 @@ class Route:
     path_fields: tuple[str, ...]  # dotted request field paths bound by the template, in order
     is_server_streaming: bool
     response_body: str = ""  # "" (the whole response message) or a top-level field name
+    proto_file: FileDescriptor | None = None  # the .proto file declaring the service
+
+    def stub_class(self) -> type:
+        """The generated stub class of the route's service (`<file>_pb2_grpc.<Service>Stub`)."""
+        module = importlib.import_module(self.proto_file.name.removesuffix(".proto").replace("/", ".") + "_pb2_grpc")
+        return getattr(module, self.service_full_name.rpartition(".")[2] + "Stub")
 
     @property
     def grpc_path(self) -> str:
@@ -192,6 +198,7 @@ def _method_routes(service_key: str, service: ServiceDescriptor, method: MethodD
             path_fields=path_fields,
             is_server_streaming=method.server_streaming,
             response_body=rule.response_body,
+            proto_file=service.file,
         )
 
 

@@ -19,10 +19,11 @@ import urllib.error
 import urllib.request
 
 from gateway.auth import local_jwt_secret, mint_token
-from svclib.config import ConfigError, Settings, load_settings
+from gateway.settings import GatewaySettings, load_gateway_settings
+from svclib.config import ConfigError
 
 
-def from_running_gateway(settings: Settings, user_id: str, timeout: float = 2.0) -> str | None:
+def from_running_gateway(settings: GatewaySettings, user_id: str, timeout: float = 2.0) -> str | None:
     """A token from the login endpoint of the suite running on this machine, or None when none answers."""
     host = "127.0.0.1" if settings.gateway_host in ("0.0.0.0", "::", "") else settings.gateway_host
     request = urllib.request.Request(
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hours", type=float, default=12.0, help="validity when signed here (default 12)")
     args = parser.parse_args(argv)
     try:
-        settings = load_settings()
+        settings = load_gateway_settings()
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

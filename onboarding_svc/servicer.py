@@ -8,7 +8,7 @@ from finpulse.onboarding.v1 import onboarding_pb2 as pb
 from finpulse.onboarding.v1 import onboarding_pb2_grpc as pb_grpc
 
 from svclib.errors import InvalidArgument
-from svclib.logging import user_id_var
+from svclib.internal_auth import acting_user
 from svclib.protoconv import optional, set_timestamp
 from svclib.validation import format_amount
 
@@ -30,7 +30,7 @@ class OnboardingServicer(pb_grpc.OnboardingServiceServicer):
         return response
 
     async def GetOnboardingStatus(self, request, context):
-        view = await self.service.status(request.onboarding_id, caller=user_id_var.get())
+        view = await self.service.status(request.onboarding_id, caller=acting_user())
         session = view.session
         response = pb.GetOnboardingStatusResponse(
             onboarding_id=session.onboarding_id, user_id=session.user_id, status=session.status,

@@ -1,8 +1,13 @@
-"""The shared Redis cache: JSON values with TTLs, degrading to misses when Redis is down.
+"""A generic Redis wrapper: JSON values with TTLs, degrading to misses when Redis is down.
 
 Redis holds only what can be rebuilt (caches, bank tokens, locks, rate-limit buckets). Every method
 here swallows Redis failures, logs them (at most one warning per interval), and answers as a miss,
 so callers fall back to Postgres and keep working, slower.
+
+This module names no key of any service: each owner builds its keys under the suite's prefix
+(`Cache.key`): the dashboard its cached dashboards (dashboard_svc.service), sync its data caches
+(sync_svc.worker), bank tokens, breakers and rate limits their callers' wiring; the one key two
+services share, a user's data version, is named in `finance.dataversion`.
 """
 from __future__ import annotations
 
@@ -180,11 +185,3 @@ class ChangeFeed:
         except _FAILURES:
             pass
 
-
-DATA_VERSION_TTL = 24 * 3600
-
-
-def data_version_key(cache: Cache, user_id: str) -> str:
-    """Where sync_svc publishes a user's data version after every committed change; readers fall back
-    to asking sync_svc when the key is missing (Redis restarted, or down)."""
-    return cache.key("dataversion", user_id)

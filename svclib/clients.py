@@ -1,8 +1,12 @@
-"""gRPC clients of the suite's services: one channel per target, request id and deadline on every call.
+"""gRPC client plumbing: one channel per target, request id, language, identity and deadline on every call.
 
-`ServiceClients(settings)` gives typed stubs (`clients.consent`, `clients.sync`, ...) over lazily
-created `grpc.aio` channels. Every outgoing call carries the current request id as `x-request-id`
-metadata and a deadline (`Settings.rpc_timeout`) unless the caller sets one.
+`ServiceClients(settings, caller)` opens `grpc.aio` channels to the suite's services by name
+(`Settings.service_addrs`) on first use and wraps the generated stubs it is handed. It imports no
+service's stubs: whoever calls a peer names the generated stub class and the proto file it comes from
+(`clients.stub("sync", sync_pb2_grpc.SyncServiceStub, sync_pb2.DESCRIPTOR)`), in the caller's
+`peers.py` (the gateway: from its routes). Every outgoing call carries the current request id as
+`x-request-id` metadata, the caller's signed statement for the current user and a deadline
+(`Settings.rpc_timeout`) unless the caller sets one.
 
 A target may name several replicas: `dns:///sync:50053` (every address the name resolves to, e.g. a
 Kubernetes headless Service) or `ipv4:127.0.0.1:50053,127.0.0.1:50063`; calls are spread over them
@@ -89,35 +93,13 @@ class _ContextStub:
 def make_channel(target: str, service_config: str | None = None) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
         target,
-        options=[("grpc.service_config", service_config or _suite_service_config()), ("grpc.enable_retries", 1),
+        options=[("grpc.service_config", service_config or retry_service_config(())), ("grpc.enable_retries", 1),
                  ("grpc.lb_policy_name", "round_robin")],
     )
 
 
-def _suite_service_config() -> str:
-    from finpulse.consent.v1 import consent_pb2
-    from finpulse.dashboard.v1 import dashboard_pb2
-    from finpulse.onboarding.v1 import onboarding_pb2
-    from finpulse.sync.v1 import sync_pb2
-    return retry_service_config([service for module in (onboarding_pb2, consent_pb2, sync_pb2, dashboard_pb2)
-                                 for service in module.DESCRIPTOR.services_by_name.values()])
-
-
-def _stub_classes() -> dict[str, Any]:
-    from finpulse.consent.v1 import consent_pb2_grpc
-    from finpulse.dashboard.v1 import dashboard_pb2_grpc
-    from finpulse.onboarding.v1 import onboarding_pb2_grpc
-    from finpulse.sync.v1 import sync_pb2_grpc
-    return {
-        "onboarding": onboarding_pb2_grpc.OnboardingServiceStub,
-        "consent": consent_pb2_grpc.ConsentServiceStub,
-        "sync": sync_pb2_grpc.SyncServiceStub,
-        "dashboard": dashboard_pb2_grpc.DashboardServiceStub,
-    }
-
-
 class ServiceClients:
-    """Stubs of the suite's services by name, over channels opened on first use."""
+    """Channels to the suite's services by name, opened on first use, and the stubs handed to it over them."""
 
     def __init__(self, settings: Settings, caller: str):
         """`caller`: who this process is in the statements it signs (`gateway`, `sync`, ...)."""
@@ -125,36 +107,23 @@ class ServiceClients:
         self._timeout = settings.rpc_timeout
         self.signer = Signer(settings.resolved_internal_secret(), caller)
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._stubs: dict[str, Any] = {}
-        self._classes = _stub_classes()
-        self._service_config = _suite_service_config()
+        self._stubs: dict[tuple[str, type], Any] = {}
 
-    def channel(self, service: str) -> grpc.aio.Channel:
+    def channel(self, service: str, proto_file: Any = None) -> grpc.aio.Channel:
+        """The channel to `service`; `proto_file` (the generated module's `DESCRIPTOR`) gives the retry
+        policy of its methods (`retry_service_config`) when this call opens it."""
         if service not in self._channels:
-            self._channels[service] = make_channel(self._addrs[service], self._service_config)
+            services = proto_file.services_by_name.values() if proto_file is not None else ()
+            self._channels[service] = make_channel(self._addrs[service], retry_service_config(services))
         return self._channels[service]
 
-    def stub(self, service: str) -> Any:
-        if service not in self._stubs:
-            self._stubs[service] = _ContextStub(self._classes[service](self.channel(service)), self._timeout,
-                                                self.signer)
-        return self._stubs[service]
-
-    @property
-    def onboarding(self):
-        return self.stub("onboarding")
-
-    @property
-    def consent(self):
-        return self.stub("consent")
-
-    @property
-    def sync(self):
-        return self.stub("sync")
-
-    @property
-    def dashboard(self):
-        return self.stub("dashboard")
+    def stub(self, service: str, stub_class: type, proto_file: Any) -> Any:
+        """`stub_class` (generated, e.g. `SyncServiceStub`) over the channel to `service`, its calls
+        carrying `context_metadata()` and the default deadline."""
+        key = (service, stub_class)
+        if key not in self._stubs:
+            self._stubs[key] = _ContextStub(stub_class(self.channel(service, proto_file)), self._timeout, self.signer)
+        return self._stubs[key]
 
     async def close(self) -> None:
         for channel in self._channels.values():

@@ -1,8 +1,14 @@
-"""Configuration from FINPULSE_* environment variables, validated once at start-up.
+"""Configuration from FINPULSE_* environment variables, validated once at start-up: the common part.
 
-Every process reads its settings through `load_settings()`. A bad or missing value raises
-`ConfigError` listing every problem at once, each naming its variable, so a process fails fast with a
-message an operator can act on.
+Every process reads the settings all of them share through `load_settings()`: environment, stores,
+the team and its banks, the services' addresses, logging, shutdown, timeouts, internal secret. What
+only one process needs is its own section, a dataclass read in its own module with the same
+`EnvReader`: the gateway's (`gateway/settings.py`: listen address, CORS, tokens, per-user limits),
+sync_svc's (`sync_svc/settings.py`: workers, bank rate limit) and dashboard_svc's
+(`dashboard_svc/settings.py`: base currency, safety buffer); a service declares its section loader
+in its `ServiceSpec` (svclib.runtime), which reads it at start next to these. A bad or missing value
+raises `ConfigError` listing every problem at once, each naming its variable, so a process fails
+fast with a message an operator can act on.
 """
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import dataclasses
 import os
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
 from urllib.parse import urlparse
 
 DEFAULT_TEAM_ID = "team200"
@@ -71,9 +77,6 @@ class Settings:
     service_addrs: Mapping[str, str]  # service name -> host:port of its gRPC server
     grpc_host: str
     grpc_port: int | None  # override of this process's own port (else SERVICE_PORTS)
-    gateway_host: str
-    gateway_port: int
-    cors_origins: tuple[str, ...]
     log_level: str
     shutdown_grace: float
     bank_timeout: float
@@ -81,27 +84,8 @@ class Settings:
     migrate_on_start: bool
     data_dir: str  # where embedded Postgres/Redis keep their data
     rpc_timeout: float  # deadline of a service-to-service or gateway-to-service call
-    bank_rate_limit: float  # requests per second per bank, shared by every replica (sandbox asks < 100)
-    sync_workers: int  # sync jobs one sync_svc process runs at once
-    sync_concurrency: int  # bank requests one sync job has in flight at once
-    sync_lease: float  # seconds a sync job stays claimed without a heartbeat (a dead worker's job waits this)
-    base_currency: str  # the dashboard's currency; balances in others are shown, never converted
-    safety_buffer: Decimal  # kept aside by safe-to-spend, in the base currency
-    # Gateway authentication: bearer JWTs signed with `jwt_secret` (HS256) or verified with
-    # `jwt_public_key` (RS256, PEM); issuer and audience are checked, and the user is the token's `sub`.
-    jwt_secret: str | None = None
-    jwt_public_key: str | None = None
-    jwt_issuer: str = "finpulse"
-    jwt_audience: str = "finpulse-api"
-    # Development only: a request without a token acts as the user it names (a trusted local frontend).
-    auth_dev_trust_user: bool = False
-    user_rate_limit: float = 20.0  # requests per second per user at the gateway, shared through Redis
-    user_rate_burst: int = 40  # requests a user may send at once above that rate
     # service name -> host:port where that service serves its Prometheus metrics over HTTP (None: off)
     metrics_addrs: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
-    # The gateway's metrics on their own address (not the public port); None: GET /metrics on the
-    # gateway's own port (local use).
-    gateway_metrics_addr: str | None = None
     startup_wait: float = 60.0  # seconds a starting service waits for its database before it exits 1
     # Language of texts for people when a request's Accept-Language names none we have (svclib.i18n).
     default_language: str = "ru"
@@ -148,19 +132,21 @@ class Settings:
         return SERVICE_PORTS[service]
 
 
-class _Reader:
+class EnvReader:
+    """Reads FINPULSE_* variables, each checked; `problems` collects what is wrong, each naming its variable."""
+
     def __init__(self, environ: Mapping[str, str]):
         self.env = environ
         self.problems: list[str] = []
 
-    def str(self, name: str, default: str | None = None) -> str | None:
+    def text(self, name: str, default: str | None = None) -> str | None:
         value = self.env.get(name)
         if value is None or value.strip() == "":
             return default
         return value.strip()
 
-    def int(self, name: str, default: int, lo: int, hi: int) -> int:
-        raw = self.str(name)
+    def integer(self, name: str, default: int, lo: int, hi: int) -> int:
+        raw = self.text(name)
         if raw is None:
             return default
         try:
@@ -172,8 +158,8 @@ class _Reader:
             self.problems.append(f"{name}={value}: must be between {lo} and {hi}")
         return value
 
-    def float(self, name: str, default: float, lo: float, hi: float) -> float:
-        raw = self.str(name)
+    def number(self, name: str, default: float, lo: float, hi: float) -> float:
+        raw = self.text(name)
         if raw is None:
             return default
         try:
@@ -185,8 +171,8 @@ class _Reader:
             self.problems.append(f"{name}={value}: must be between {lo} and {hi}")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
-        raw = self.str(name)
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.text(name)
         if raw is None:
             return default
         if raw.lower() in ("1", "true", "yes", "on"):
@@ -197,7 +183,7 @@ class _Reader:
         return default
 
     def url(self, name: str, schemes: tuple[str, ...]) -> str | None:
-        raw = self.str(name)
+        raw = self.text(name)
         if raw is None:
             return None
         parsed = urlparse(raw)
@@ -206,13 +192,13 @@ class _Reader:
         return raw
 
     def currency(self, name: str, default: str) -> str:
-        raw = (self.str(name, default) or default).upper()
+        raw = (self.text(name, default) or default).upper()
         if not re.fullmatch(r"[A-Z]{3}", raw):
             self.problems.append(f"{name}={raw!r}: expected a three-letter currency code")
         return raw
 
     def money(self, name: str, default: str) -> Decimal:
-        raw = self.str(name, default) or default
+        raw = self.text(name, default) or default
         try:
             value = Decimal(raw)
         except InvalidOperation:
@@ -223,16 +209,29 @@ class _Reader:
         return value
 
     def addr(self, name: str, default: str) -> str:
-        raw = self.str(name, default)
+        raw = self.text(name, default)
         host, sep, port = raw.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             self.problems.append(f"{name}={raw!r}: expected host:port")
         return raw
 
 
+T = TypeVar("T")
+
+
+def load_section(read: Callable[[EnvReader], T], environ: Mapping[str, str] | None = None) -> T:
+    """A process's own section of the settings: `read` builds it from an `EnvReader`; raises
+    `ConfigError` with every problem it found."""
+    r = EnvReader(os.environ if environ is None else environ)
+    section = read(r)
+    if r.problems:
+        raise ConfigError(r.problems)
+    return section
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    r = _Reader(os.environ if environ is None else environ)
-    env = r.str("FINPULSE_ENV", "local")
+    r = EnvReader(os.environ if environ is None else environ)
+    env = r.text("FINPULSE_ENV", "local")
     if env not in ("local", "production"):
         r.problems.append(f"FINPULSE_ENV={env!r}: expected 'local' or 'production'")
     database_url = r.url("FINPULSE_DATABASE_URL", ("postgres", "postgresql"))
@@ -251,13 +250,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if redis_url is None:
             r.problems.append("FINPULSE_REDIS_URL: required when FINPULSE_ENV=production")
 
-    team_id = r.str("FINPULSE_TEAM_ID", DEFAULT_TEAM_ID)
+    team_id = r.text("FINPULSE_TEAM_ID", DEFAULT_TEAM_ID)
     # Production: required by the services that call the banks (svclib.runtime checks), and given to
     # those only; the gateway, the other services and migrations never see it.
-    team_secret = r.str("FINPULSE_TEAM_SECRET", DEFAULT_TEAM_SECRET if env == "local" else None)
-    team = TeamCredentials(team_id, team_secret or "", r.str("FINPULSE_TEAM_NAME", "FinPulse"))
+    team_secret = r.text("FINPULSE_TEAM_SECRET", DEFAULT_TEAM_SECRET if env == "local" else None)
+    team = TeamCredentials(team_id, team_secret or "", r.text("FINPULSE_TEAM_NAME", "FinPulse"))
 
-    bank_ids = [b.strip() for b in (r.str("FINPULSE_BANKS", ",".join(KNOWN_BANKS)) or "").split(",") if b.strip()]
+    bank_ids = [b.strip() for b in (r.text("FINPULSE_BANKS", ",".join(KNOWN_BANKS)) or "").split(",") if b.strip()]
     if not bank_ids:
         r.problems.append("FINPULSE_BANKS: at least one bank id is needed")
     if len(set(bank_ids)) != len(bank_ids):
@@ -272,15 +271,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         url = r.url(prefix + "URL", ("http", "https"))
         if url is None and env == "local":
             url = known.get("url")
-        approval = r.str(prefix + "APPROVAL", known.get("approval", "auto"))
+        approval = r.text(prefix + "APPROVAL", known.get("approval", "auto"))
         if approval not in ("auto", "manual"):
             r.problems.append(f"{prefix}APPROVAL={approval!r}: expected 'auto' or 'manual'")
         banks.append(BankConfig(
             id=bank_id,
-            name=r.str(prefix + "NAME", known.get("name", bank_id)),
+            name=r.text(prefix + "NAME", known.get("name", bank_id)),
             base_url=url.rstrip("/") if url else None,
             approval_mode=approval,
-            approval_url_template=r.str(prefix + "APPROVAL_URL",
+            approval_url_template=r.text(prefix + "APPROVAL_URL",
                                         "{base_url}/client/consents/{request_id}" if env == "local" and url else None),
         ))
 
@@ -289,39 +288,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     }
     metrics_addrs = {  # unset: that service serves no metrics
         name: r.addr(f"FINPULSE_{name.upper()}_METRICS_ADDR", "")
-        if r.str(f"FINPULSE_{name.upper()}_METRICS_ADDR") is not None else None for name in SERVICE_PORTS
+        if r.text(f"FINPULSE_{name.upper()}_METRICS_ADDR") is not None else None for name in SERVICE_PORTS
     }
-    grpc_port_raw = r.str("FINPULSE_GRPC_PORT")
-    grpc_port = r.int("FINPULSE_GRPC_PORT", 0, 1, 65535) if grpc_port_raw is not None else None
-    cors_default = "http://localhost:3000" if env == "local" else ""
-    cors = tuple(o.strip() for o in (r.str("FINPULSE_CORS_ORIGINS", cors_default) or "").split(",") if o.strip())
-    for origin in cors:
-        if urlparse(origin).scheme not in ("http", "https"):
-            r.problems.append(f"FINPULSE_CORS_ORIGINS: {origin!r} is not an http(s) origin")
-    log_level = (r.str("FINPULSE_LOG_LEVEL", "INFO") or "INFO").upper()
+    grpc_port_raw = r.text("FINPULSE_GRPC_PORT")
+    grpc_port = r.integer("FINPULSE_GRPC_PORT", 0, 1, 65535) if grpc_port_raw is not None else None
+    log_level = (r.text("FINPULSE_LOG_LEVEL", "INFO") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         r.problems.append(f"FINPULSE_LOG_LEVEL={log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
-    jwt_public_key = r.str("FINPULSE_JWT_PUBLIC_KEY")
-    key_file = r.str("FINPULSE_JWT_PUBLIC_KEY_FILE")
-    if key_file is not None:
-        try:
-            with open(key_file, encoding="ascii") as f:
-                jwt_public_key = f.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            r.problems.append(f"FINPULSE_JWT_PUBLIC_KEY_FILE={key_file!r}: cannot read it ({exc.__class__.__name__})")
-    if jwt_public_key is not None and "-----BEGIN PUBLIC KEY-----" not in jwt_public_key:
-        r.problems.append("FINPULSE_JWT_PUBLIC_KEY: expected a PEM public key (-----BEGIN PUBLIC KEY-----)")
-    jwt_secret = r.str("FINPULSE_JWT_SECRET")
-    if jwt_secret is not None and len(jwt_secret) < 32:
-        r.problems.append("FINPULSE_JWT_SECRET: must be at least 32 characters (HS256 wants a 256-bit key)")
-    dev_trust = r.bool("FINPULSE_AUTH_DEV_TRUST_USER", False)
-    if dev_trust and env == "production":
-        r.problems.append("FINPULSE_AUTH_DEV_TRUST_USER: a development switch, refused when FINPULSE_ENV=production")
-
-    internal_secret = r.str("FINPULSE_INTERNAL_SECRET")
+    internal_secret = r.text("FINPULSE_INTERNAL_SECRET")
     if internal_secret is not None and len(internal_secret) < 32:
         r.problems.append("FINPULSE_INTERNAL_SECRET: must be at least 32 characters")
-    default_language = (r.str("FINPULSE_DEFAULT_LANGUAGE", "ru") or "ru").lower()
+    default_language = (r.text("FINPULSE_DEFAULT_LANGUAGE", "ru") or "ru").lower()
     if default_language not in ("ru", "en"):
         r.problems.append(f"FINPULSE_DEFAULT_LANGUAGE={default_language!r}: expected 'ru' or 'en'")
 
@@ -331,41 +308,23 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         internal_secret=internal_secret,
         database_url=database_url,
         redis_url=redis_url,
-        redis_prefix=r.str("FINPULSE_REDIS_PREFIX", "finpulse:"),
+        redis_prefix=r.text("FINPULSE_REDIS_PREFIX", "finpulse:"),
         team=team,
         banks=tuple(banks),
         service_addrs=service_addrs,
         # Local runs listen on loopback only; containers (production) on every interface.
-        grpc_host=r.str("FINPULSE_GRPC_HOST", "127.0.0.1" if env == "local" else "0.0.0.0"),
+        grpc_host=r.text("FINPULSE_GRPC_HOST", "127.0.0.1" if env == "local" else "0.0.0.0"),
         grpc_port=grpc_port,
-        gateway_host=r.str("FINPULSE_GATEWAY_HOST", "127.0.0.1" if env == "local" else "0.0.0.0"),
-        gateway_port=r.int("FINPULSE_GATEWAY_PORT", 8000, 1, 65535),
-        cors_origins=cors,
         log_level=log_level,
-        shutdown_grace=r.float("FINPULSE_SHUTDOWN_GRACE", 5.0, 0.0, 300.0),
-        bank_timeout=r.float("FINPULSE_BANK_TIMEOUT", 10.0, 0.1, 300.0),
-        bank_max_retries=r.int("FINPULSE_BANK_MAX_RETRIES", 3, 0, 20),
-        migrate_on_start=r.bool("FINPULSE_MIGRATE_ON_START", env == "local"),
-        data_dir=r.str("FINPULSE_DATA_DIR", os.path.join(os.getcwd(), ".finpulse")),
-        rpc_timeout=r.float("FINPULSE_RPC_TIMEOUT", 15.0, 0.1, 600.0),
-        bank_rate_limit=r.float("FINPULSE_BANK_RATE_LIMIT", 50.0, 0.1, 10000.0),
-        sync_workers=r.int("FINPULSE_SYNC_WORKERS", 4, 1, 64),
-        sync_concurrency=r.int("FINPULSE_SYNC_CONCURRENCY", 8, 1, 64),
-        sync_lease=r.float("FINPULSE_SYNC_LEASE", 30.0, 2.0, 3600.0),
-        base_currency=r.currency("FINPULSE_BASE_CURRENCY", "RUB"),
-        safety_buffer=r.money("FINPULSE_SAFETY_BUFFER", "3000.00"),
+        shutdown_grace=r.number("FINPULSE_SHUTDOWN_GRACE", 5.0, 0.0, 300.0),
+        bank_timeout=r.number("FINPULSE_BANK_TIMEOUT", 10.0, 0.1, 300.0),
+        bank_max_retries=r.integer("FINPULSE_BANK_MAX_RETRIES", 3, 0, 20),
+        migrate_on_start=r.flag("FINPULSE_MIGRATE_ON_START", env == "local"),
+        data_dir=r.text("FINPULSE_DATA_DIR", os.path.join(os.getcwd(), ".finpulse")),
+        rpc_timeout=r.number("FINPULSE_RPC_TIMEOUT", 15.0, 0.1, 600.0),
         metrics_addrs=metrics_addrs,
-        gateway_metrics_addr=(r.addr("FINPULSE_GATEWAY_METRICS_ADDR", "")
-                              if r.str("FINPULSE_GATEWAY_METRICS_ADDR") is not None else None),
         service_database_urls=service_database_urls,
-        jwt_secret=jwt_secret,
-        jwt_public_key=jwt_public_key,
-        jwt_issuer=r.str("FINPULSE_JWT_ISSUER", "finpulse"),
-        jwt_audience=r.str("FINPULSE_JWT_AUDIENCE", "finpulse-api"),
-        auth_dev_trust_user=dev_trust,
-        startup_wait=r.float("FINPULSE_STARTUP_WAIT", 60.0, 0.0, 3600.0),
-        user_rate_limit=r.float("FINPULSE_USER_RATE_LIMIT", 20.0, 0.1, 100000.0),
-        user_rate_burst=r.int("FINPULSE_USER_RATE_BURST", 40, 1, 100000),
+        startup_wait=r.number("FINPULSE_STARTUP_WAIT", 60.0, 0.0, 3600.0),
     )
     if r.problems:
         raise ConfigError(r.problems)

@@ -16,6 +16,12 @@ statement, a bad signature, an expired one: UNAUTHENTICATED. The acting user is 
 `user` and nothing else: an `x-user-id` header (how the user travelled before) is ignored, so a forged
 one changes nothing. Health checks and reflection stay open for probes and grpcurl.
 
+That is the one identity path: the gateway binds its authenticated user to the request once
+(gateway.auth.bind_user) and signs it into the statement; each service's interceptor verifies the
+statement and checks the request's `user_id` against it once (svclib.server). A servicer that needs
+the user for a request addressed otherwise (e.g. a session by its id) reads `acting_user()` and
+passes it to its domain as an argument; nothing below the servicer reads it from the context.
+
 Signing and verifying cost microseconds, and both are cached: a signer reuses a user's statement
 until 10 seconds before it expires; a verifier remembers statements it verified until they expire.
 Mutual TLS would authenticate the peer processes too; it is left to the platform (a service mesh),
@@ -28,6 +34,8 @@ import dataclasses
 import time
 
 import jwt
+
+from svclib.logging import user_id_var
 
 METADATA_KEY = "authorization"
 AUDIENCE = "finpulse-services"
@@ -127,6 +135,12 @@ class Verifier:
         if len(self._known) > _KEPT:
             self._known.popitem(last=False)
         return caller
+
+
+def acting_user() -> str | None:
+    """The user of the verified statement of the RPC being handled (set by the interceptor, which
+    verified it); None for a call made for no user."""
+    return user_id_var.get()
 
 
 def is_open(method: str) -> bool:

@@ -1,23 +1,15 @@
-"""Every Prometheus metric of the suite, in one place, and their exposition.
+"""The generic part of the suite's Prometheus metrics: RPC counts and latencies, and their exposition.
 
 Each process of the suite is one Python process with prometheus_client's default registry (no
-multiprocess mode is needed); it registers every metric below and fills the ones its code touches.
-The gateway serves them at `GET /metrics` on its own port; each gRPC service serves them over HTTP
-on `FINPULSE_<SVC>_METRICS_ADDR` (`start_exporter`, called by `svclib.runtime`).
+multiprocess mode is needed). What a process measures is defined by its owner: the gateway's requests
+in `gateway/metrics.py`, sync's bank calls and jobs in `sync_svc/metrics.py`, the dashboard cache's
+hits and misses in `dashboard_svc/metrics.py`. This module holds only what every gRPC server shares
+(`svclib.server` counts every RPC here) and the exposition: the gateway serves its registry at
+`GET /metrics` on its own port; each gRPC service serves it over HTTP on
+`FINPULSE_<SVC>_METRICS_ADDR` (`start_exporter`, called by `svclib.runtime`).
 
-- gateway: `finpulse_gateway_requests_total` {route, method, status} and
-  `finpulse_gateway_request_duration_seconds` {route, method}; route is the route template
-  (`<unmatched>` when no route matched); a Server-Sent Events stream lasts until it ends.
 - services: `finpulse_rpc_requests_total` {service, method, code} and `finpulse_rpc_duration_seconds`
   {service, method} of every RPC a service handled.
-- sync, per bank: `finpulse_sync_bank_calls_total` {bank, operation} (every HTTP exchange, retries
-  included), `finpulse_sync_bank_call_failures_total` {bank, operation, reason} (no 2xx answer; reason
-  is the HTTP status or `transport`), `finpulse_sync_bank_rate_limited_total` {bank} (429s, failures
-  too), `finpulse_sync_bank_call_duration_seconds` {bank}, `finpulse_sync_rows_written_total`
-  {bank, table, change} (rows a committed sync inserted, updated or deleted) and
-  `finpulse_sync_jobs_total` {bank, outcome} (succeeded, retry, failed, needs_reconsent).
-- dashboard: `finpulse_dashboard_cache_hits_total` {level: redis, table} and
-  `finpulse_dashboard_cache_misses_total` {reason: stale (no fresh entry), force_refresh}.
 """
 from __future__ import annotations
 
@@ -32,34 +24,6 @@ log = logging.getLogger("svclib.metrics")
 #: Latency buckets (seconds) of requests, RPCs and bank calls: 1 ms to 30 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-# ------------------------------------------------------------------------------------------- gateway
-
-GATEWAY_REQUESTS = Counter(
-    "finpulse_gateway_requests_total", "HTTP requests the gateway answered, by route template, method and status.",
-    ["route", "method", "status"])
-GATEWAY_LATENCY = Histogram(
-    "finpulse_gateway_request_duration_seconds", "Latency of the gateway's HTTP requests, by route template "
-    "and method.", ["route", "method"], buckets=LATENCY_BUCKETS)
-
-GATEWAY_RESPONSE_CACHE_HITS = Counter(
-    "finpulse_gateway_response_cache_hits_total", "GET requests the gateway answered from its response cache "
-    "(replies a service marked reusable, e.g. the cached dashboard), by route template.", ["route"])
-
-# The labelled children of a request's count and latency, looked up once per label set (routes, RPC
-# methods, statuses and codes are bounded sets), not per request: this runs on every request.
-
-@functools.cache
-def _gateway_children(route: str, method: str, status: int) -> tuple:
-    return GATEWAY_REQUESTS.labels(route, method, str(status)), GATEWAY_LATENCY.labels(route, method)
-
-
-def observe_gateway(route: str, method: str, status: int, seconds: float) -> None:
-    """One answered HTTP request of the gateway (`route` is its template)."""
-    count, latency = _gateway_children(route, method, status)
-    count.inc()
-    latency.observe(seconds)
-
-
 # ------------------------------------------------------------------------------------------- services
 
 RPC_REQUESTS = Counter(
@@ -68,34 +32,6 @@ RPC_REQUESTS = Counter(
 RPC_LATENCY = Histogram(
     "finpulse_rpc_duration_seconds", "Latency of the RPCs a service handled, by service and method.",
     ["service", "method"], buckets=LATENCY_BUCKETS)
-
-# ------------------------------------------------------------------------------------------- sync
-
-BANK_CALLS = Counter(
-    "finpulse_sync_bank_calls_total", "HTTP exchanges of sync_svc with a bank (each retry counts), by bank and "
-    "client operation.", ["bank", "operation"])
-BANK_CALL_FAILURES = Counter(
-    "finpulse_sync_bank_call_failures_total", "Bank exchanges of sync_svc without a 2xx answer; reason is the HTTP "
-    "status or 'transport' (connection error, timeout).", ["bank", "operation", "reason"])
-BANK_RATE_LIMITED = Counter(
-    "finpulse_sync_bank_rate_limited_total", "Bank exchanges of sync_svc answered 429 Too Many Requests.", ["bank"])
-BANK_CALL_LATENCY = Histogram(
-    "finpulse_sync_bank_call_duration_seconds", "Latency of sync_svc's bank exchanges, by bank.", ["bank"],
-    buckets=LATENCY_BUCKETS)
-SYNC_ROWS_WRITTEN = Counter(
-    "finpulse_sync_rows_written_total", "Rows a committed sync changed, by bank, table and change "
-    "(inserted, updated, deleted).", ["bank", "table", "change"])
-SYNC_JOBS = Counter(
-    "finpulse_sync_jobs_total", "Sync job runs by bank and outcome (succeeded, retry, failed, needs_reconsent).",
-    ["bank", "outcome"])
-
-# ------------------------------------------------------------------------------------------- dashboard
-
-DASHBOARD_CACHE_HITS = Counter(
-    "finpulse_dashboard_cache_hits_total", "Dashboards served from the cache, by level (redis, table).", ["level"])
-DASHBOARD_CACHE_MISSES = Counter(
-    "finpulse_dashboard_cache_misses_total", "Dashboards computed, by reason (stale: no fresh cache entry; "
-    "force_refresh).", ["reason"])
 
 
 # ------------------------------------------------------------------------------------------- recording
@@ -111,16 +47,6 @@ def observe_rpc(full_method: str, code: str, seconds: float) -> None:
     count, latency = _rpc_children(full_method, code)
     count.inc()
     latency.observe(seconds)
-
-
-def observe_bank_call(bank: str, operation: str, http_status: int | None, seconds: float) -> None:
-    """One HTTP exchange of sync_svc with a bank; `http_status` None: no answer (transport error)."""
-    BANK_CALLS.labels(bank, operation).inc()
-    BANK_CALL_LATENCY.labels(bank).observe(seconds)
-    if http_status is None or http_status >= 300:
-        BANK_CALL_FAILURES.labels(bank, operation, "transport" if http_status is None else str(http_status)).inc()
-    if http_status == 429:
-        BANK_RATE_LIMITED.labels(bank).inc()
 
 
 # ------------------------------------------------------------------------------------------- exposition

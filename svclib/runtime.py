@@ -14,14 +14,14 @@ import dataclasses
 import logging
 import pathlib
 import sys
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import asyncpg
 
 from svclib import db, metrics
 from svclib.cache import Cache
 from svclib.clients import ServiceClients
-from svclib.config import ConfigError, Settings, load_settings
+from svclib.config import ConfigError, EnvReader, Settings, load_section, load_settings
 from svclib.embedded import BackingServices, ensure_backing_services
 from svclib.logging import setup_logging
 from svclib.process import die_with_parent
@@ -43,6 +43,7 @@ class Runtime:
     cache: Cache
     clients: ServiceClients
     database_url: str = ""  # what `pool` connects to (a Listener opens its own connection there)
+    section: Any = None  # the service's own section of the settings (`ServiceSpec.section`), if it has one
     # Heartbeats of the service's long-running loops: health turns NOT_SERVING when one goes silent.
     health: LoopHealth = dataclasses.field(default_factory=LoopHealth)
     _closers: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
@@ -90,6 +91,9 @@ class ServiceSpec:
     setup: Callable[[Runtime, GrpcServer], Awaitable[None]]
     # True for the services that call the banks: only they need the team's secret at the banks.
     calls_banks: bool = False
+    # Reads the service's own section of the settings (e.g. sync_svc.settings.read_sync_section); its
+    # problems are reported at start with the common settings'. The result is `Runtime.section`.
+    section: Callable[[EnvReader], Any] | None = None
 
 
 def resolve_backing(settings: Settings, service: str | None = None) -> BackingServices:
@@ -126,11 +130,12 @@ async def _when_reachable(what: str, attempt: Callable[[], Awaitable], wait: flo
             delay = min(delay * 2, 5.0)
 
 
-async def open_runtime(settings: Settings, spec: ServiceSpec, database_url: str, redis_url: str) -> Runtime:
+async def open_runtime(settings: Settings, spec: ServiceSpec, database_url: str, redis_url: str,
+                       section: Any = None) -> Runtime:
     pool = await _when_reachable("the database", lambda: db.create_pool(
         database_url, spec.schema, application_name=f"finpulse-{spec.name}"), settings.startup_wait)
     return Runtime(settings=settings, pool=pool, cache=Cache(redis_url, prefix=settings.redis_prefix),
-                   clients=ServiceClients(settings, spec.name), database_url=database_url)
+                   clients=ServiceClients(settings, spec.name), database_url=database_url, section=section)
 
 
 async def _stores_ready(runtime: Runtime) -> bool:
@@ -173,7 +178,7 @@ async def _watch_readiness(runtime: Runtime, server: GrpcServer) -> None:
         await asyncio.sleep(0.2 if not serving else READINESS_INTERVAL)
 
 
-async def serve(spec: ServiceSpec, settings: Settings) -> None:
+async def serve(spec: ServiceSpec, settings: Settings, section: Any = None) -> None:
     backing = resolve_backing(settings, spec.name)
     try:
         if settings.migrate_on_start:
@@ -181,7 +186,7 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
                 backing.database_url, spec.schema, spec.migrations, service_role(settings, spec)),
                 settings.startup_wait)
         own_url = settings.service_database_urls.get(spec.name) or backing.database_url
-        runtime = await open_runtime(settings, spec, own_url, backing.redis_url)
+        runtime = await open_runtime(settings, spec, own_url, backing.redis_url, section)
         server = GrpcServer(spec.name, settings.grpc_host, settings.port_for(spec.name),
                             settings.shutdown_grace_for(spec.calls_banks), Verifier(settings.resolved_internal_secret()))
         exporter = None
@@ -237,8 +242,19 @@ def main(spec: ServiceSpec, argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="wait-migrations: seconds to wait")
     args = parser.parse_args(argv)
     try:
-        settings = load_settings()
         problems = []
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            problems, settings = exc.problems, None
+        section = None
+        if spec.section is not None:
+            try:
+                section = load_section(spec.section)
+            except ConfigError as exc:
+                problems += exc.problems
+        if settings is None:
+            raise ConfigError(problems)
         if not settings.is_local and settings.database_url_for(spec.name) is None:
             problems.append(f"FINPULSE_DATABASE_URL (or FINPULSE_{spec.name.upper()}_DATABASE_URL): "
                             "required when FINPULSE_ENV=production")
@@ -258,9 +274,8 @@ def main(spec: ServiceSpec, argv: list[str] | None = None) -> int:
     setup_logging(f"{spec.name}_svc", settings.log_level)
     if args.command == "wait-migrations":
         return asyncio.run(wait_for_migrations(spec, settings, args.timeout))
-    runner = serve if args.command == "serve" else run_migrations
     try:
-        asyncio.run(runner(spec, settings))
+        asyncio.run(serve(spec, settings, section) if args.command == "serve" else run_migrations(spec, settings))
     except StartupError as exc:
         log.error("cannot start", extra={"reason": str(exc)})
         print(f"{spec.name}_svc: {exc}", file=sys.stderr)

@@ -9,7 +9,8 @@ import typing
 from decimal import Decimal
 from typing import AsyncIterator, Awaitable, Callable, Iterable
 
-from svclib.cache import DATA_VERSION_TTL, Cache, data_version_key
+from finance.dataversion import DATA_VERSION_TTL, data_version_key
+from svclib.cache import Cache
 from svclib.config import BankConfig
 from svclib.errors import InvalidArgument, NotFound, require
 from svclib.logging import current_request_id
@@ -294,7 +295,7 @@ class SyncService:
         user_id = require(user_id, "user_id")
         version = await self.data.data_version(user_id)
         # Only if missing: a worker that committed meanwhile has published a newer version.
-        await self.cache.set(data_version_key(self.cache, user_id), str(version), DATA_VERSION_TTL,
+        await self.cache.set(data_version_key(self.cache.prefix, user_id), str(version), DATA_VERSION_TTL,
                              only_if_missing=True)
         return version
 

@@ -1,30 +1,17 @@
-"""gRPC transport of sync_svc: proto <-> domain, the consent_svc adapter, and the worker's wiring."""
+"""gRPC transport of sync_svc: proto <-> domain only (its peers are in peers.py, its wiring in wiring.py)."""
 from __future__ import annotations
 
 import datetime as dt
 
-from finpulse.consent.v1 import consent_pb2
 from finpulse.sync.v1 import sync_pb2 as pb
 from finpulse.sync.v1 import sync_pb2_grpc as pb_grpc
 
-from bankapi.client import BankClients
-from bankapi.breaker import RedisBreakerStore
-from bankapi.config import BankEndpoint, TeamCredentials
-from bankapi.tokens import RedisTokenStore
-from svclib.logging import current_request_id
 from svclib.protoconv import optional, set_timestamp
-from svclib.ratelimit import RateLimiter
-from svclib.resilience import Listener
-from svclib.runtime import Runtime
-from svclib.server import GrpcServer
 from svclib.validation import format_amount
 
-from sync_svc.bank_storage import BankDataStorage
 from sync_svc.catalogue import Catalogues
-from sync_svc.catalogue_storage import CatalogueStorage
 from sync_svc.service import BankStatus, SyncService
-from sync_svc.storage import Job, JobStorage
-from sync_svc.worker import JobConsents, SyncWorkers, WorkerConfig, record_call
+from sync_svc.storage import Job
 
 _JOB_STATES = {
     "queued": pb.JOB_STATE_QUEUED, "running": pb.JOB_STATE_RUNNING, "succeeded": pb.JOB_STATE_SUCCEEDED,
@@ -256,58 +243,3 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
                 if state.last_error:
                     status.error = state.last_error
         return response
-
-
-class ConsentAdapter:
-    """consent_svc as the sync domain needs it."""
-
-    def __init__(self, runtime: Runtime):
-        self.runtime = runtime
-
-    async def _approved(self, user_id: str, bank_id: str | None = None):
-        request = consent_pb2.ListApprovedConsentsRequest(user_id=user_id)
-        if bank_id:
-            request.bank_id = bank_id
-        return (await self.runtime.clients.consent.ListApprovedConsents(request)).consents
-
-    async def connected_banks(self, user_id: str) -> set[str]:
-        return {c.bank_id for c in await self._approved(user_id) if c.kind == consent_pb2.CONSENT_KIND_ACCOUNTS}
-
-    async def for_bank(self, user_id: str, bank_id: str) -> JobConsents:
-        by_kind = {c.kind: c.consent_id for c in await self._approved(user_id, bank_id)}
-        return JobConsents(by_kind.get(consent_pb2.CONSENT_KIND_ACCOUNTS),
-                           by_kind.get(consent_pb2.CONSENT_KIND_PRODUCTS))
-
-
-async def setup(runtime: Runtime, server: GrpcServer) -> None:
-    settings = runtime.settings
-    consents = ConsentAdapter(runtime)
-    data = BankDataStorage(runtime.pool)
-    jobs = JobStorage(runtime.pool)
-    service = SyncService(jobs, data, runtime.cache, settings.banks,
-                          consents.connected_banks, bootstrap_wait=max(1.0, settings.rpc_timeout - 3))
-    limiter = RateLimiter(runtime.cache.redis, settings.bank_rate_limit, burst=5, prefix=runtime.cache.key("rl", ""))
-    tokens = RedisTokenStore(runtime.cache.redis, prefix=runtime.cache.key("banktoken", ""))
-    breakers = RedisBreakerStore(runtime.cache.redis, prefix=runtime.cache.key("breaker", ""))
-    # bankapi reads no settings: its banks, team and options are given here
-    banks = BankClients([BankEndpoint(b.id, b.base_url, b.approval_mode) for b in settings.banks],
-                        TeamCredentials(settings.team.client_id, settings.team.client_secret, settings.team.name),
-                        token_store=tokens, timeout=settings.bank_timeout, max_retries=settings.bank_max_retries,
-                        request_id_provider=current_request_id, on_call=record_call, breaker_store=breakers,
-                        throttle=lambda bank_id: limiter.acquire(f"bank:{bank_id}"))
-    runtime.on_close(banks.close)
-    catalogues = Catalogues(CatalogueStorage(runtime.pool), settings.banks,
-                            lambda bank_id: banks.get(bank_id).get_products())
-    runtime.on_close(catalogues.close)
-    server.add(pb_grpc.add_SyncServiceServicer_to_server, SyncServicer(service, catalogues),
-               pb.DESCRIPTOR.services_by_name["SyncService"].full_name)
-    workers = SyncWorkers(jobs, data, banks, consents, runtime.cache,
-                          WorkerConfig(workers=settings.sync_workers, concurrency=settings.sync_concurrency,
-                                       lease_seconds=settings.sync_lease))
-    # New jobs wake the workers at once (NOTIFY sync_jobs); the listener reconnects after a database
-    # restart, and the workers poll meanwhile (svclib.resilience.Listener).
-    listener = Listener(runtime.database_url, "sync_jobs", workers.wake, health=runtime.health,
-                        server_settings={"application_name": "finpulse-sync-listener"})
-    runtime.on_close(listener.close)
-    runtime.background(listener.run(), "sync-listener")
-    runtime.background(workers.run(runtime.health), "sync-workers")

@@ -44,7 +44,7 @@ from gateway.errors import ApiError
 from gateway.routes import (SERVICE_MODULES, Route, RouteError, _convert_template, build_routes,
                             routes_for_services, service_descriptors)
 from svclib.clients import ServiceClients
-from svclib.config import load_settings
+from gateway.settings import load_gateway_settings
 from svclib.internal_auth import Verifier
 from tests.conftest import INTERNAL_SECRET
 
@@ -181,7 +181,7 @@ async def make_gateway(backends):
         environ.update({"FINPULSE_RPC_TIMEOUT": "5", "FINPULSE_CORS_ORIGINS": "http://localhost:3000",
                         "FINPULSE_AUTH_DEV_TRUST_USER": "1", "FINPULSE_INTERNAL_SECRET": INTERNAL_SECRET})
         environ.update(env or {})
-        settings = load_settings(environ)
+        settings = load_gateway_settings(environ)
         clients = ServiceClients(settings, "gateway")
         client = TestClient(TestServer(create_app(settings, clients, **app_kwargs)))
         await client.start_server()
@@ -831,7 +831,7 @@ def test_auth_configuration_errors(environ, fragment):
     from svclib.config import ConfigError
 
     with pytest.raises(ConfigError, match=re.escape(fragment)):
-        Authenticator(load_settings(environ))
+        Authenticator(load_gateway_settings(environ))
 
 
 async def test_per_user_rate_limit_is_shared_through_redis(make_gateway, backends, redis_url):
@@ -953,7 +953,7 @@ def test_verified_tokens_are_remembered_until_they_expire(monkeypatch):
     from gateway import auth
 
     monkeypatch.setattr(auth, "LEEWAY", dt.timedelta(0))
-    authenticator = auth.Authenticator(load_settings({"FINPULSE_JWT_SECRET": SECRET}))
+    authenticator = auth.Authenticator(load_gateway_settings({"FINPULSE_JWT_SECRET": SECRET}))
     token = _token("team200-1", exp=int(time.time()) + 2)
     assert authenticator.verify(token) == "team200-1"
     real_decode = auth.jwt.decode

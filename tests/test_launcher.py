@@ -211,14 +211,14 @@ def test_dead_children_are_restarted_and_ctrl_c_still_stops_all(launcher_env, tm
 
 
 def test_local_processes_listen_on_loopback_and_containers_on_every_interface():
-    from svclib.config import load_settings
+    from gateway.settings import load_gateway_settings
     from tests.test_deploy_manifests import _interpolate, compose
 
-    local = load_settings({"FINPULSE_ENV": "local"})
+    local = load_gateway_settings({"FINPULSE_ENV": "local"})
     assert (local.grpc_host, local.gateway_host) == ("127.0.0.1", "127.0.0.1")
-    told = load_settings({"FINPULSE_GRPC_HOST": "0.0.0.0", "FINPULSE_GATEWAY_HOST": "::"})
+    told = load_gateway_settings({"FINPULSE_GRPC_HOST": "0.0.0.0", "FINPULSE_GATEWAY_HOST": "::"})
     assert (told.grpc_host, told.gateway_host) == ("0.0.0.0", "::")
     services = compose()["services"]
     for name in (*SERVICE_PORTS, "gateway"):  # the containers run in production mode: every interface
-        settings = load_settings(_interpolate(services[name]["environment"], {}))
+        settings = load_gateway_settings(_interpolate(services[name]["environment"], {}))
         assert (settings.env, settings.grpc_host, settings.gateway_host) == ("production", "0.0.0.0", "0.0.0.0")

@@ -28,7 +28,7 @@ from gateway.app import create_app
 from gateway.errors import ApiError, bad_request
 from gateway.routes import Route, build_routes, service_descriptors
 from svclib import limits
-from svclib.config import load_settings
+from gateway.settings import load_gateway_settings
 from svclib.protogen import compile_descriptor_set
 
 F = FieldDescriptor
@@ -525,7 +525,7 @@ def test_parameters_are_described(document):
 
 @pytest.fixture
 async def gateway_client():
-    settings = load_settings({"FINPULSE_ENV": "local", "FINPULSE_JWT_SECRET": "s" * 40})
+    settings = load_gateway_settings({"FINPULSE_ENV": "local", "FINPULSE_JWT_SECRET": "s" * 40})
     client = TestClient(TestServer(create_app(settings)))
     await client.start_server()
     yield client

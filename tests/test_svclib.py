@@ -13,11 +13,12 @@ import pytest
 
 from svclib import db
 from svclib.cache import Cache
+from gateway.settings import load_gateway_settings
 from svclib.config import ConfigError, load_settings
 
 
 def test_config_defaults_are_the_local_suite():
-    settings = load_settings({})
+    settings = load_gateway_settings({})
     assert settings.is_local and settings.database_url is None
     assert [(b.id, b.base_url, b.approval_mode) for b in settings.banks] == [
         ("vbank", "http://127.0.0.1:9101", "auto"), ("abank", "http://127.0.0.1:9102", "auto"),
@@ -28,7 +29,7 @@ def test_config_defaults_are_the_local_suite():
 
 def test_config_names_every_bad_value():
     with pytest.raises(ConfigError) as err:
-        load_settings({"FINPULSE_ENV": "production", "FINPULSE_GATEWAY_PORT": "eighty",
+        load_gateway_settings({"FINPULSE_ENV": "production", "FINPULSE_GATEWAY_PORT": "eighty",
                        "FINPULSE_DATABASE_URL": "mysql://x", "FINPULSE_BANKS": "vbank,Bad Bank",
                        "FINPULSE_BANK_VBANK_APPROVAL": "sometimes", "FINPULSE_SYNC_ADDR": "nowhere",
                        "FINPULSE_SHUTDOWN_GRACE": "-1"})
@@ -59,7 +60,7 @@ def test_only_services_calling_banks_need_the_team_secret(service, needs_secret)
 
 
 def test_real_bank_urls_are_configuration_only():
-    settings = load_settings({"FINPULSE_ENV": "production", "FINPULSE_DATABASE_URL": "postgresql://db/x",
+    settings = load_gateway_settings({"FINPULSE_ENV": "production", "FINPULSE_DATABASE_URL": "postgresql://db/x",
                               "FINPULSE_REDIS_URL": "redis://r", "FINPULSE_TEAM_SECRET": "s3cret",
                               "FINPULSE_BANK_VBANK_URL": "https://vbank.open.bankingapi.ru/",
                               "FINPULSE_BANK_SBANK_URL": "https://sbank.open.bankingapi.ru"})

@@ -1,0 +1,452 @@
+"""The write path of the bank data: one fetch of one (user, bank) in one transaction (`BankWrite`).
+
+One transaction per fetch of one (user, bank), opened by `BankDataStorage.bank_write`
+(sync_svc/bank_storage.py), serialised per (user, bank) by a transaction-scoped advisory lock. The
+transaction is opened when the fetch starts and the transaction pages are COPYed into it as they
+arrive (`BankWrite`: a queue and one COPY task on the write's connection), so Postgres parses and
+indexes them while the bank is still being waited on; the rest is written at `commit`. Each table
+goes through the same machinery (`_Upsert`, `_write`): the rows are COPYed (binary,
+`copy_records_to_table`) into a temporary table that is dropped at commit, then one
+`INSERT … SELECT … ON CONFLICT (natural key) DO UPDATE` moves them into the real table. Rows
+identical to the stored ones are filtered out before the insert, so an unchanged row is neither
+rewritten nor locked; the `DO UPDATE … WHERE … IS DISTINCT FROM …` guard says the same thing once
+more at the row. Inserts and updates are told apart by `xmax = 0`. When a table holds no row of the
+(user, bank) yet (its first sync, the big one), the rows are COPYed straight into it instead.
+Balance snapshots are appended only when the value differs from the latest snapshot. The sync
+state (watermark, last success, running row totals) is updated in the same transaction, and the
+user's data version is bumped there too, but only when a row was inserted, updated or deleted: a
+second sync with no new bank data writes no bank-data row and leaves the version alone. A write
+that fails or is abandoned before `commit` rolls back whole.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Collection, Iterable, Sequence, TypeVar
+
+import asyncpg
+
+from bankapi.models import Account, Balance, ProductAgreement, Transaction
+from svclib.db import copy_records
+from svclib.resilience import connection_lost
+
+from sync_svc.bank_records import (_BUMP_VERSION, _DATA_VERSION, TableStats, WriteStats, _account_row, _aware,
+                                   _balance_row, _credit_row, _lock_name, _transaction_row)
+
+M = TypeVar("M")  # a bank model
+
+
+# ---------------------------------------------------------------------------------------------- upsert machinery
+
+@dataclass(frozen=True)
+class _Upsert:
+    """How one table is written: staged by COPY, then upserted on (user_id, bank_id, *key).
+
+    `values` are compared to decide whether a stored row changed. A column in `keep_when_null` keeps
+    its stored value when a fetch lacks it (e.g. interest_rate, which only the detail call carries).
+    """
+    table: str
+    key: tuple[str, ...]
+    values: tuple[str, ...]
+    keep_when_null: frozenset[str] = frozenset()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.key + self.values
+
+    @property
+    def stage(self) -> str:
+        return f"_stage_{self.table}"
+
+    def _new(self, column: str, fresh: str, stored: str) -> str:
+        """The value a write stores for `column`, from the fresh row alias and the stored row alias."""
+        if column in self.keep_when_null:
+            return f"COALESCE({fresh}.{column}, {stored}.{column})"
+        return f"{fresh}.{column}"
+
+    def _same(self, fresh: str, stored: str, op: str) -> str:
+        old = ", ".join(f"{stored}.{c}" for c in self.values)
+        new = ", ".join(self._new(c, fresh, stored) for c in self.values)
+        return f"ROW({old}) {op} ROW({new})"
+
+    @property
+    def any_stored_sql(self) -> str:
+        """$1 user_id, $2 bank_id; answers whether the table holds a row of theirs."""
+        return f"SELECT EXISTS (SELECT 1 FROM {self.table} WHERE user_id = $1 AND bank_id = $2)"
+
+    @functools.cached_property
+    def sql(self) -> str:
+        """$1 user_id, $2 bank_id; answers (inserted, updated)."""
+        cols = ", ".join(self.columns)
+        key_match = " AND ".join(f"o.{k} = s.{k}" for k in self.key)
+        return f"""
+            WITH written AS (
+                INSERT INTO {self.table} AS t (user_id, bank_id, {cols})
+                SELECT $1, $2, {", ".join(f"s.{c}" for c in self.columns)}
+                FROM {self.stage} s
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM {self.table} o
+                    WHERE o.user_id = $1 AND o.bank_id = $2 AND {key_match}
+                      AND {self._same("s", "o", "IS NOT DISTINCT FROM")})
+                ON CONFLICT (user_id, bank_id, {", ".join(self.key)}) DO UPDATE
+                SET {", ".join(f"{c} = {self._new(c, 'EXCLUDED', 't')}" for c in self.values)}, updated_at = now()
+                WHERE {self._same("EXCLUDED", "t", "IS DISTINCT FROM")}
+                RETURNING xmax = 0 AS inserted
+            )
+            SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
+        """
+
+
+ACCOUNTS = _Upsert(
+    "accounts", ("account_id",),
+    ("status", "currency", "account_type", "account_sub_type", "nickname", "opening_date", "account_number",
+     "owner_name", "raw"),
+    keep_when_null=frozenset({"account_number", "owner_name"}))  # GET /accounts/{id} has no identification
+CREDITS = _Upsert(
+    "credits", ("agreement_id",),
+    ("product_id", "product_type", "product_name", "amount", "interest_rate", "status", "start_date", "end_date",
+     "account_number", "account_balance", "raw"),
+    keep_when_null=frozenset({"interest_rate", "account_balance"}))  # only in the detail call
+TRANSACTIONS = _Upsert(
+    "transactions", ("account_id", "transaction_id"),
+    ("amount", "direction", "currency", "status", "booking_time", "value_time", "description", "bank_code",
+     "merchant", "category", "mcc", "agreement_id", "raw"))
+BALANCE_COLUMNS = ("account_id", "balance_type", "amount", "currency", "credit_debit_indicator", "as_of", "raw")
+
+
+async def _create_stage(conn: asyncpg.Connection, table: str, stage: str, columns: Sequence[str]) -> None:
+    """A temporary copy of `table`'s `columns` (same types, no constraints), dropped at commit."""
+    await conn.execute(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS "
+                       f"SELECT {', '.join(columns)} FROM {table} WITH NO DATA")
+
+
+async def _stage(conn: asyncpg.Connection, table: str, stage: str, columns: Sequence[str],
+                 rows: Iterable[tuple]) -> None:
+    """`_create_stage`, filled by binary COPY. `rows` may be lazy: they are then built while the server
+    parses what was sent."""
+    await _create_stage(conn, table, stage, columns)
+    await copy_records(conn, stage, records=rows, columns=list(columns))
+
+
+async def _write(conn: asyncpg.Connection, spec: _Upsert, user_id: str, bank_id: str,
+                 rows: Iterable[tuple], count: int) -> tuple[TableStats, bool]:
+    """Write `count` rows (unique per key) of (user_id, bank_id) into `spec.table`; answers the stats and
+    whether the rows were staged (then `spec.stage` holds them until commit).
+
+    Normally: stage, then upsert. When the table holds no row of (user_id, bank_id) yet — the first
+    sync of that bank, by far the largest write — the rows are COPYed straight into the table: there
+    is nothing they could conflict with (every key starts with user and bank, the rows are unique per
+    key, and the caller holds the (user, bank) advisory lock), so staging would only copy them twice.
+    """
+    if count and not await conn.fetchval(spec.any_stored_sql, user_id, bank_id):
+        await copy_records(conn, spec.table, records=((user_id, bank_id, *row) for row in rows),
+                           columns=["user_id", "bank_id", *spec.columns])
+        return TableStats(inserted=count), False
+    await _stage(conn, spec.table, spec.stage, spec.columns, rows)
+    inserted, updated = await conn.fetchrow(spec.sql, user_id, bank_id)
+    return TableStats(inserted=inserted, updated=updated, unchanged=count - inserted - updated), True
+
+
+def _latest(items: Iterable[M], key: Callable[[M], tuple]) -> list[M]:
+    """One item per natural key, the last one fetched winning: a key twice in one upsert is an error,
+    and pages shift while new transactions arrive."""
+    return list({key(item): item for item in items}.values())
+
+
+_SNAPSHOT_BALANCES = f"""
+    WITH written AS (
+        INSERT INTO balances (user_id, bank_id, {", ".join(BALANCE_COLUMNS)})
+        SELECT $1, $2, s.account_id, s.balance_type, s.amount, s.currency, s.credit_debit_indicator,
+               COALESCE(s.as_of, now()), s.raw
+        FROM _stage_balances s
+        WHERE NOT EXISTS (
+            SELECT 1 FROM (SELECT b.amount, b.currency, b.credit_debit_indicator FROM balances b
+                           WHERE b.user_id = $1 AND b.bank_id = $2 AND b.account_id = s.account_id
+                             AND b.balance_type = s.balance_type
+                           ORDER BY b.id DESC LIMIT 1) latest
+            WHERE ROW(latest.amount, latest.currency, latest.credit_debit_indicator)
+                  IS NOT DISTINCT FROM ROW(s.amount, s.currency, s.credit_debit_indicator))
+        RETURNING 1
+    )
+    SELECT count(*) FROM written
+"""
+
+# Pending rows of the fetched accounts, inside the fetched window, that this fetch no longer carries:
+# the bank replaced them by their booked version under a new id.
+_DELETE_REPLACED_PENDING = """
+    WITH gone AS (
+        DELETE FROM transactions t
+        WHERE t.user_id = $1 AND t.bank_id = $2 AND t.account_id = ANY($3::text[])
+          AND lower(t.status) = 'pending'
+          AND t.booking_time >= COALESCE($4::timestamptz, '-infinity') AND t.booking_time <= $5
+          AND NOT EXISTS (SELECT 1 FROM _stage_transactions s
+                          WHERE s.account_id = t.account_id AND s.transaction_id = t.transaction_id)
+        RETURNING 1
+    )
+    SELECT count(*) FROM gone
+"""
+
+_RECORD_SUCCESS = """
+    WITH before AS (SELECT last_success_at, last_error_at FROM sync_state WHERE user_id = $1 AND bank_id = $2)
+    INSERT INTO sync_state AS s (user_id, bank_id, watermark, last_success_at, last_changed_at,
+                                 accounts_count, balances_count, transactions_count, credits_count)
+    VALUES ($1, $2, $3, now(), CASE WHEN $4 THEN now() END, $5, $6, $7, $8)
+    ON CONFLICT (user_id, bank_id) DO UPDATE SET
+        watermark = GREATEST(s.watermark, EXCLUDED.watermark),
+        last_success_at = now(),
+        last_changed_at = COALESCE(EXCLUDED.last_changed_at, s.last_changed_at),
+        accounts_count = s.accounts_count + EXCLUDED.accounts_count,
+        balances_count = s.balances_count + EXCLUDED.balances_count,
+        transactions_count = s.transactions_count + EXCLUDED.transactions_count,
+        credits_count = s.credits_count + EXCLUDED.credits_count,
+        updated_at = now()
+    RETURNING watermark, COALESCE((SELECT last_error_at IS NOT NULL
+                                          AND (last_success_at IS NULL OR last_error_at > last_success_at)
+                                   FROM before), false) AS was_failing
+"""
+
+# ---------------------------------------------------------------------------------------------- streaming write
+
+# Replacing rows that a later page of the same fetch carried again, changed (last one fetched wins).
+_FORGET_STAGED = """
+    DELETE FROM _stage_transactions
+    WHERE (account_id, transaction_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+"""
+_FORGET_COPIED = """
+    DELETE FROM transactions
+    WHERE user_id = $1 AND bank_id = $2
+      AND (account_id, transaction_id) IN (SELECT * FROM unnest($3::text[], $4::text[]))
+"""
+_NEWEST_STAGED = "SELECT max(booking_time) FROM _stage_transactions"
+_NEWEST_COPIED = "SELECT max(booking_time) FROM transactions WHERE user_id = $1 AND bank_id = $2"
+_DONE = None  # end of the pages, for the COPY task
+# Rows `add_transactions` queues at a time: given many at once (`write_bank_data`), it builds the next
+# chunk while the COPY task sends the last one and the server parses it, and the event loop stays free.
+_CHUNK = 500
+
+
+class BankWrite:
+    """One fetch of one (user, bank) being written, in one transaction: `BankDataStorage.bank_write`.
+
+    Opened (connection, transaction, the (user, bank) advisory lock) before the fetch starts, so the
+    database takes the transaction pages while the bank is still being asked for the next ones:
+    `add_transactions` turns a page into rows and queues them, and one task COPYs whatever is queued
+    (several pages in one COPY when they piled up) on the write's connection — asyncpg runs one
+    command per connection at a time, and this way a slow COPY never blocks the fetch. When no
+    transaction of (user, bank) was stored before (its first sync), the rows go straight into
+    `transactions` (nothing they could conflict with, and the lock keeps it so); otherwise into the
+    temporary stage that `commit` upserts from. `commit` writes the rest and commits: rows, sync state
+    and data version together. Leaving the `async with` without `commit` (or with an exception, or
+    when the COPY task failed) rolls everything back.
+
+    A transaction fetched twice (pages shift while new ones arrive) is stored once, the last one
+    fetched winning: the first copy is sent at once, a later one is kept aside and replaces it in
+    `commit`. Only the keys of the rows sent are remembered, not the rows. Transactions with neither
+    a booking nor a value time are not stored (counted as `skipped`).
+    """
+
+    def __init__(self, conn: asyncpg.Connection, user_id: str, bank_id: str):
+        self._conn = conn
+        self.user_id = user_id
+        self.bank_id = bank_id
+        self._direct = False
+        self._head: tuple = ()
+        self._columns: list[str] = []
+        self._target = ""
+        self._sent: set[tuple[str, str]] = set()  # (account, transaction id) of the rows queued
+        self._late: dict[tuple[str, str], tuple] = {}  # later copies of those, the last one fetched
+        self._newest: datetime | None = None  # booking time (or value time) of the rows
+        self._account_ids: set[str] = set()
+        self._skipped = 0
+        self._pages: asyncio.Queue[list[tuple] | None] = asyncio.Queue()
+        self._copier: asyncio.Task | None = None
+        self._transaction = conn.transaction()
+        self._closed = False
+        self._started = self._committed = False
+
+    async def _open(self) -> None:
+        conn = self._conn
+        await self._transaction.start()
+        self._started = True
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                           _lock_name(self.user_id, self.bank_id))
+        self._direct = not await conn.fetchval(TRANSACTIONS.any_stored_sql, self.user_id, self.bank_id)
+        if self._direct:
+            self._head = (self.user_id, self.bank_id)
+            self._columns = ["user_id", "bank_id", *TRANSACTIONS.columns]
+            self._target = TRANSACTIONS.table
+        else:
+            await _create_stage(conn, TRANSACTIONS.table, TRANSACTIONS.stage, TRANSACTIONS.columns)
+            self._columns = list(TRANSACTIONS.columns)
+            self._target = TRANSACTIONS.stage
+        self._copier = asyncio.create_task(self._copy_pages(), name=f"bank-write-copy:{self.bank_id}")
+
+    async def _copy_pages(self) -> None:
+        while True:
+            rows = await self._pages.get()
+            if rows is _DONE:
+                return
+            done = False
+            while not self._pages.empty():  # whatever piled up during the last COPY goes in one
+                more = self._pages.get_nowait()
+                if more is _DONE:
+                    done = True
+                    break
+                rows.extend(more)
+            if connection_lost(self._conn):  # dropped while the pages were being fetched
+                raise asyncpg.ConnectionDoesNotExistError("the connection of this bank write was lost")
+            await copy_records(self._conn, self._target, records=rows, columns=self._columns)
+            if done:
+                return
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise RuntimeError("this bank write is finished")
+        if self._copier is not None and self._copier.done() and not self._copier.cancelled() \
+                and self._copier.exception() is not None:
+            raise self._copier.exception()
+
+    async def add_transactions(self, transactions: Iterable[Transaction]) -> None:
+        """Queue fetched transactions (a page, or any batch) for the COPY task and return: a page goes
+        in one piece, a large batch in chunks of `_CHUNK` rows with the COPY task running in between.
+        Raises the COPY's error if an earlier one failed (the write is then lost: leave the
+        `async with`)."""
+        self._check_usable()
+        head, sent, late, rows = self._head, self._sent, self._late, []
+        newest = self._newest
+        for t in transactions:
+            self._account_ids.add(t.account_id)
+            when = t.booking_time or t.value_time
+            if when is None:
+                self._skipped += 1
+                continue
+            if newest is None or when > newest:
+                newest = when
+            key = (t.account_id, t.transaction_id)
+            if key in sent:
+                late[key] = _transaction_row(t, head)
+                continue
+            sent.add(key)
+            rows.append(_transaction_row(t, head))
+            if len(rows) == _CHUNK:
+                self._newest = newest
+                self._pages.put_nowait(rows)
+                rows = []
+                await asyncio.sleep(0)  # the COPY task takes them
+                self._check_usable()
+                newest = self._newest  # another caller may have added rows meanwhile
+        self._newest = newest
+        if rows:
+            self._pages.put_nowait(rows)
+
+    async def commit(
+        self, *,
+        accounts: Iterable[Account] = (),
+        balances: Iterable[Balance] = (),
+        agreements: Iterable[ProductAgreement] = (),
+        fetched_window: tuple[datetime | None, datetime] | None = None,
+        window_accounts: Collection[str] | None = None,
+    ) -> WriteStats:
+        """Write the rest of the fetch and commit; see `BankDataStorage.write_bank_data` for what each
+        argument means (there, `transactions` are the ones given to `add_transactions`)."""
+        self._check_usable()
+        if fetched_window is not None:
+            _aware(fetched_window[0], "fetched_window[0]")
+            if _aware(fetched_window[1], "fetched_window[1]") is None:
+                raise ValueError("fetched_window needs an end")
+        accounts = _latest(accounts, lambda a: (a.account_id,))
+        agreements = _latest(agreements, lambda p: (p.agreement_id,))
+        balances = _latest(balances, lambda b: (b.account_id, b.type or ""))
+        if fetched_window is not None and window_accounts is None:
+            window_accounts = {a.account_id for a in accounts} | self._account_ids
+        user_id, bank_id, conn = self.user_id, self.bank_id, self._conn
+
+        self._pages.put_nowait(_DONE)
+        assert self._copier is not None
+        await self._copier  # the COPY's error, if any, ends the write here
+        self._closed = True
+        newest = self._newest
+        if self._late:
+            account_ids, transaction_ids = zip(*self._late)
+            if self._direct:
+                await conn.execute(_FORGET_COPIED, user_id, bank_id, account_ids, transaction_ids)
+            else:
+                await conn.execute(_FORGET_STAGED, account_ids, transaction_ids)
+            await copy_records(conn, self._target, records=list(self._late.values()), columns=self._columns)
+            # the replaced copies' times no longer count
+            newest = await (conn.fetchval(_NEWEST_COPIED, user_id, bank_id) if self._direct
+                            else conn.fetchval(_NEWEST_STAGED))
+
+        account_stats = credit_stats = balance_stats = transaction_stats = TableStats()
+        if accounts:
+            account_stats, _ = await _write(conn, ACCOUNTS, user_id, bank_id, map(_account_row, accounts),
+                                            len(accounts))
+        if agreements:
+            credit_stats, _ = await _write(conn, CREDITS, user_id, bank_id, map(_credit_row, agreements),
+                                           len(agreements))
+        if balances:
+            await _stage(conn, "balances", "_stage_balances", BALANCE_COLUMNS, map(_balance_row, balances))
+            added = await conn.fetchval(_SNAPSHOT_BALANCES, user_id, bank_id)
+            balance_stats = TableStats(inserted=added, unchanged=len(balances) - added)
+        count = len(self._sent)
+        if self._direct:
+            # nothing was stored before this write: every row is new and no pending row needs cleaning up
+            transaction_stats = TableStats(inserted=count)
+        else:
+            if count:
+                inserted, updated = await conn.fetchrow(TRANSACTIONS.sql, user_id, bank_id)
+                transaction_stats = TableStats(inserted=inserted, updated=updated, unchanged=count - inserted - updated)
+            if fetched_window is not None and window_accounts:
+                deleted = await conn.fetchval(_DELETE_REPLACED_PENDING, user_id, bank_id, sorted(window_accounts),
+                                              *fetched_window)
+                transaction_stats = dataclasses.replace(transaction_stats, deleted=deleted)
+
+        changed = any(s.changed for s in (account_stats, credit_stats, balance_stats, transaction_stats))
+        watermark, was_failing = await conn.fetchrow(
+            _RECORD_SUCCESS, user_id, bank_id, newest, changed, account_stats.inserted, balance_stats.inserted,
+            transaction_stats.inserted - transaction_stats.deleted, credit_stats.inserted)
+        changed = changed or was_failing  # a bank answering again changes what the dashboard says of it
+        version = await conn.fetchval(_BUMP_VERSION if changed else _DATA_VERSION, user_id) or 0
+        await self._transaction.commit()
+        self._committed = True
+        return WriteStats(accounts=account_stats, balances=balance_stats, transactions=transaction_stats,
+                          credits=credit_stats, skipped=self._skipped, watermark=watermark, data_version=version,
+                          changed=changed)
+
+    async def _close(self) -> None:
+        """End of the `async with`: stop the COPY task if it still runs, and roll back unless committed.
+
+        Runs to its end even when the caller is cancelled meanwhile (a worker stopping, a request
+        abandoned): the connection goes back to the pool only once no task of this write uses it any
+        more (otherwise the COPY task would touch a connection already released, or one another task
+        was given)."""
+        cleanup = asyncio.ensure_future(self._close_now())
+        try:
+            await asyncio.shield(cleanup)
+        except asyncio.CancelledError:
+            await asyncio.wait([cleanup])
+            raise
+
+    async def _close_now(self) -> None:
+        self._closed = True
+        copier = self._copier
+        if copier is not None:
+            if not copier.done():
+                copier.cancel()
+            await asyncio.wait([copier])
+            if not copier.cancelled():
+                copier.exception()  # retrieved: the error reached the caller already (or nobody asked)
+        # A connection the server dropped (a restart) is detached from its pool proxy already: nothing to
+        # roll back (the server did), and touching it would only raise "released back to the pool".
+        if not self._started or self._committed or connection_lost(self._conn):
+            return
+        try:
+            await self._transaction.rollback()
+        except Exception:  # noqa: BLE001 - e.g. COMMIT itself failed: drop the session, the server rolls back
+            if not connection_lost(self._conn):
+                self._conn.terminate()
+
+
