@@ -5,7 +5,8 @@ Every error response is a `google.rpc.Status`-shaped object plus the code's name
 where `code` is the gRPC code number, `details` holds `google.rpc` detail messages in their JSON form
 as grpc-gateway writes them (`{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": ...,
 "domain": ..., "metadata": {...}}`, a `google.rpc.BadRequest` with `field_violations` for bad input,
-a `google.rpc.RetryInfo` with `retry_delay`), and `error_code` repeats the `ErrorInfo.reason`.
+a `google.rpc.RetryInfo` with `retry_delay`), and `error_code` repeats the `ErrorInfo.reason` (the
+code's name for an error without an ErrorInfo).
 A service's details are passed on as it sent them (`svclib.rich_status`); errors the gateway makes
 itself (401, 413, 415, 400 bad JSON, 404 route, 429 ...) carry an ErrorInfo of domain
 `finpulse.gateway`. Messages are meant for people; they never carry a traceback or gRPC's internal
@@ -98,16 +99,15 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
     @property
-    def error_code(self) -> str | None:
-        """The reason of the error's ErrorInfo (None when it has none)."""
-        return next((d.get("reason") for d in self.details if d.get("@type") == _ERROR_INFO), None)
+    def error_code(self) -> str:
+        """The reason of the error's ErrorInfo; the code's name when it has none (a backend that sent no
+        details, or an error gRPC itself made)."""
+        reason = next((d.get("reason") for d in self.details if d.get("@type") == _ERROR_INFO), None)
+        return reason or self.code.name
 
     def body(self) -> dict[str, Any]:
-        body = {"code": self.code.value[0], "error": self.code.name, "message": self.message,
-                "details": self.details}
-        if self.error_code:
-            body["error_code"] = self.error_code
-        return body
+        return {"code": self.code.value[0], "error": self.code.name, "error_code": self.error_code,
+                "message": self.message, "details": self.details}
 
     def response(self) -> web.Response:
         return web.json_response(self.body(), status=self.http_status, dumps=_dumps, headers=self.headers)
