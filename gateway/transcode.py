@@ -152,7 +152,7 @@ def _merge_idempotency_key(route: Route, headers: Mapping[str, str] | None, data
     given = data.get(IDEMPOTENCY_FIELD, data.get(field.json_name))
     if given is not None and given != header:
         raise _bad(IDEMPOTENCY_FIELD, f"differs from the {IDEMPOTENCY_HEADER} header ({_show(given)} is not "
-                                      f"{_show(header)}): send the key once", reason="IDEMPOTENCY_KEY_MISMATCH")
+                                      f"{_show(header)}): send the key once", "IDEMPOTENCY_KEY_MISMATCH")
     data.pop(field.json_name, None)
     data[IDEMPOTENCY_FIELD] = header
 

@@ -229,6 +229,10 @@ async def test_http_the_gateways_own_errors_have_an_error_info(suite, session):
         assert status == expected_status, body
         assert body["error_code"] == reason
         assert of_type(body["details"], INFO) == {"@type": INFO, "reason": reason, "domain": "finpulse.gateway"}
+    status, body = await http.call("POST", "/api/payments", json={"idempotency_key": "a"},
+                                   headers={"Idempotency-Key": "b"})
+    assert status == 400 and body["error_code"] == "IDEMPOTENCY_KEY_MISMATCH", body
+    assert of_type(body["details"], INFO)["metadata"] == {"field": "idempotency_key"}
 
 
 async def _call(http: Http, method: str, path: str, **kwargs) -> tuple[int, dict]:
