@@ -23,6 +23,9 @@ from grpc_status import rpc_status
 DETAILS_KEY = "grpc-status-details-bin"
 MAX_TEXT = 200  # longest metadata value or violation description sent
 MAX_ITEMS = 10  # most violations / metadata entries sent
+#: Budget of the serialized google.rpc.Status (before base64): with the grpc-message it stays well under
+#: the 8 KiB of headers a gRPC client accepts by default.
+MAX_DETAILS_BYTES = 3000
 
 
 def _short(text: object) -> str:
@@ -58,12 +61,23 @@ def status(code: grpc.StatusCode, message: str, *, reason: str | None, domain: s
         return result
     violation = bad_request(violations)
     if violation is not None:
+        _fit(violation, result.ByteSize())
         result.details.add().Pack(violation)
     if reason:
         result.details.add().Pack(error_info(reason, domain, metadata))
     if retry_after is not None:
         result.details.add().Pack(retry_info(retry_after))
     return result
+
+
+def _fit(violation: error_details_pb2.BadRequest, used: int) -> None:
+    """Keep the BadRequest within MAX_DETAILS_BYTES together with the rest: fewer violations, then
+    shorter descriptions (the first field is always named)."""
+    while used + violation.ByteSize() > MAX_DETAILS_BYTES and len(violation.field_violations) > 1:
+        del violation.field_violations[-1]
+    for item in violation.field_violations:
+        if used + violation.ByteSize() > MAX_DETAILS_BYTES:
+            item.description = item.description[:60]
 
 
 def trailing_metadata(rich: status_pb2.Status, extra: Iterable[tuple[str, str]] = ()) -> tuple:

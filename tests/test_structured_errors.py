@@ -64,6 +64,15 @@ def test_every_domain_error_has_a_reason_and_invalid_argument_a_field_violation(
     assert missing.value.reason == "FIELD_REQUIRED"
 
 
+def test_the_status_stays_small_enough_for_a_trailer():
+    huge = rich_status.status(grpc.StatusCode.INVALID_ARGUMENT, "я" * 1000, reason="LIMIT_EXCEEDED", domain="finpulse.x",
+                              metadata={"field": "f" * 500}, violations=[(f"f{i}" * 100, "д" * 300) for i in range(10)])
+    assert huge.ByteSize() < 3500
+    details = rich_status.unpack(huge.details)
+    assert details["google.rpc.BadRequest"].field_violations[0].field.startswith("f0")
+    assert details["google.rpc.ErrorInfo"].reason == "LIMIT_EXCEEDED"
+
+
 # ------------------------------------------------------------------------------------------ the interceptor
 
 class Probe(pb_grpc.DashboardServiceServicer):
