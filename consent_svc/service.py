@@ -172,7 +172,8 @@ class ConsentService:
     def _bank(self, bank_id: str) -> BankConfig:
         bank = self.banks.get(bank_id)
         if bank is None:
-            raise NotFound(f"Bank '{bank_id}' is not supported.", reason="BANK_NOT_FOUND", metadata={"bank_id": bank_id})
+            raise NotFound(f"Bank '{bank_id}' is not supported.", reason="BANK_NOT_FOUND",
+                           metadata={"bank_id": bank_id})
         return bank
 
     def _client(self, bank: BankConfig) -> BankClient:
@@ -411,8 +412,8 @@ class ConsentService:
         consent_id = require(consent_id, "consent_id")
         stored = await self.storage.by_request(bank.id, request_id)
         if stored is None or stored.user_id != user_id:
-            raise NotFound(f"No consent request {request_id} of this user at {bank.id}", reason="CONSENT_REQUEST_NOT_FOUND",
-                           metadata={"bank_id": bank.id})
+            raise NotFound(f"No consent request {request_id} of this user at {bank.id}",
+                           reason="CONSENT_REQUEST_NOT_FOUND", metadata={"bank_id": bank.id})
         if stored.status == "APPROVED" and stored.consent_id == consent_id:
             return stored  # a repeated callback
         holder = await self.storage.by_consent_id(bank.id, consent_id)

@@ -65,8 +65,9 @@ def test_every_domain_error_has_a_reason_and_invalid_argument_a_field_violation(
 
 
 def test_the_status_stays_small_enough_for_a_trailer():
-    huge = rich_status.status(grpc.StatusCode.INVALID_ARGUMENT, "я" * 1000, reason="LIMIT_EXCEEDED", domain="finpulse.x",
-                              metadata={"field": "f" * 500}, violations=[(f"f{i}" * 100, "д" * 300) for i in range(10)])
+    huge = rich_status.status(grpc.StatusCode.INVALID_ARGUMENT, "я" * 1000, reason="LIMIT_EXCEEDED",
+                              domain="finpulse.x", metadata={"field": "f" * 500},
+                              violations=[(f"f{i}" * 100, "д" * 300) for i in range(10)])
     assert huge.ByteSize() < 3500
     details = rich_status.unpack(huge.details)
     assert details["google.rpc.BadRequest"].field_violations[0].field.startswith("f0")
@@ -267,7 +268,8 @@ async def test_http_a_bank_refusal_carries_the_banks_error_code(suite, http):
     base = {"user_id": USER, "bank_id": "vbank", "account_id": checking["account_id"]}
 
     # The bank knows no such creditor account: its refusal, with its code.
-    status, answer = await _call(http, "POST", "/api/payments", headers={"Idempotency-Key": f"errors-{uuid.uuid4().hex}"},
+    status, answer = await _call(http, "POST", "/api/payments",
+                                 headers={"Idempotency-Key": f"errors-{uuid.uuid4().hex}"},
                                  json={**base, "creditor_account": "40817810000000000001", "amount": "1.00"})
     assert status == 400, answer
     assert (answer["error"], answer["error_code"]) == ("INVALID_ARGUMENT", "CREDITOR_NOT_FOUND")
