@@ -98,6 +98,8 @@ FAILURES: dict[str, type[DomainError]] = {
     "CONSENT_REFUSED": FailedPrecondition,
     "BANK_REJECTED": FailedPrecondition,
 }
+#: (error_code, payment kind) -> the request field a refusal of the bank is about.
+FAILURE_FIELDS = {("CREDITOR_NOT_FOUND", "transfer"): "creditor_account"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,9 +183,12 @@ class PaymentService:
                               metadata={"payment_id": payment.payment_id}, retry_after=1) from None
         if payment.status == "FAILED":
             error = FAILURES.get(payment.error_code or "", FailedPrecondition)
-            raise error(f"Payment {payment.payment_id} failed at {payment.bank_id}: {payment.error_message}",
-                        reason=payment.error_code or "BANK_REJECTED",
-                        metadata={"payment_id": payment.payment_id, "bank_id": payment.bank_id})
+            message = f"Payment {payment.payment_id} failed at {payment.bank_id}: {payment.error_message}"
+            details = {"reason": payment.error_code or "BANK_REJECTED",
+                       "metadata": {"payment_id": payment.payment_id, "bank_id": payment.bank_id}}
+            if error is InvalidArgument:  # the request named something the bank does not know
+                raise InvalidArgument(message, FAILURE_FIELDS.get((payment.error_code, payment.kind)), **details)
+            raise error(message, **details)
         return PaymentResult(payment, replayed=not created)
 
     async def _work_on(self, payment: StoredPayment, *, initiate: bool) -> StoredPayment:

@@ -273,7 +273,10 @@ async def test_http_a_bank_refusal_carries_the_banks_error_code(suite, http):
                                  json={**base, "creditor_account": "40817810000000000001", "amount": "1.00"})
     assert status == 400, answer
     assert (answer["error"], answer["error_code"]) == ("INVALID_ARGUMENT", "CREDITOR_NOT_FOUND")
-    assert of_type(answer["details"], INFO)["domain"] == "finpulse.consent"
+    info = of_type(answer["details"], INFO)
+    assert (info["domain"], info["metadata"]["field"], info["metadata"]["bank_id"]) == (
+        "finpulse.consent", "creditor_account", "vbank")
+    assert of_type(answer["details"], BAD)["field_violations"][0]["field"] == "creditor_account"
 
     key = f"errors-{uuid.uuid4().hex}"
     body = {**base, "creditor_account": other["account_number"], "amount": str(balance + 1000)}
