@@ -47,9 +47,14 @@ def unavailable(p: StoredPayment, what: str, exc: Exception) -> DomainError:
     if isinstance(exc, bank_errors.AuthFailed):
         return FailedPrecondition(
             f"{p.bank_id} refused the app's credentials for {what} ({reason}); nothing was paid and payment "
-            f"{p.payment_id} is kept pending: retry with the same Idempotency-Key once the credentials are fixed")
+            f"{p.payment_id} is kept pending: retry with the same Idempotency-Key once the credentials are fixed",
+            reason="BANK_AUTH_FAILED", metadata={"payment_id": p.payment_id, "bank_id": p.bank_id})
+    retry_after = getattr(exc, "retry_after", None)
     return Unavailable(f"{p.bank_id} did not answer {what} ({reason}); payment {p.payment_id} is kept pending: "
-                       "retry with the same Idempotency-Key")
+                       "retry with the same Idempotency-Key",
+                       reason="BANK_RATE_LIMITED" if isinstance(exc, bank_errors.RateLimited) else "BANK_UNAVAILABLE",
+                       metadata={"payment_id": p.payment_id, "bank_id": p.bank_id},
+                       retry_after=retry_after)
 
 
 async def fail(store: PaymentStorage,

@@ -106,30 +106,34 @@ def _optional_text(value: str | None, field: str, max_len: int = TEXT_MAX) -> st
     if not value:
         return None
     if len(value) > max_len:
-        raise InvalidArgument(f"{field} is too long ({len(value)} characters, at most {max_len})", field)
+        raise InvalidArgument(f"{field} is too long ({len(value)} characters, at most {max_len})", field,
+                              reason="LIMIT_EXCEEDED", metadata={"limit": max_len})
     if _CONTROL_RE.search(value):
-        raise InvalidArgument(f"{field} must not contain control characters", field)
+        raise InvalidArgument(f"{field} must not contain control characters", field, reason="INVALID_CHARACTER")
     return value
 
 
 def _idempotency_key(value: str | None) -> str:
     key = require(value, "idempotency_key", KEY_MAX)
     if _CONTROL_RE.search(key):
-        raise InvalidArgument("idempotency_key must not contain control characters", "idempotency_key")
+        raise InvalidArgument("idempotency_key must not contain control characters", "idempotency_key",
+                              reason="INVALID_CHARACTER")
     return key
 
 
 def _account_number(value: str | None, field: str) -> str:
     number = require(value, field, 64)
     if not _ACCOUNT_NUMBER_RE.match(number):
-        raise InvalidArgument(f"{field}: {number!r} is not an account number (5 to 34 letters and digits)", field)
+        raise InvalidArgument(f"{field}: {number!r} is not an account number (5 to 34 letters and digits)", field,
+                              reason="INVALID_FORMAT")
     return number
 
 
 def _currency(value: str | None) -> str | None:
     text = (value or "").strip().upper()
     if text and not _CURRENCY_RE.match(text):
-        raise InvalidArgument(f"currency: {value!r} is not a three-letter currency code", "currency")
+        raise InvalidArgument(f"currency: {value!r} is not a three-letter currency code", "currency",
+                              reason="INVALID_FORMAT")
     return text or None
 
 
@@ -158,7 +162,8 @@ class PaymentRequests:
         creditor = _account_number(request.creditor_account, "creditor_account")
         creditor_bank = _optional_text(request.creditor_bank_id, "creditor_bank_id", 32)
         if creditor_bank is not None and not _BANK_CODE_RE.match(creditor_bank):
-            raise InvalidArgument(f"creditor_bank_id: {creditor_bank!r} is not a bank code", "creditor_bank_id")
+            raise InvalidArgument(f"creditor_bank_id: {creditor_bank!r} is not a bank code", "creditor_bank_id",
+                                      reason="INVALID_FORMAT")
         creditor_name = _optional_text(request.creditor_name, "creditor_name")
         currency = _currency(request.currency)
         comment = _optional_text(request.comment, "comment")
@@ -170,7 +175,7 @@ class PaymentRequests:
             account = await self._debtor(user_id, bank.id, account_id, currency)
             if creditor == account.account_number:
                 raise InvalidArgument("creditor_account: it is the account the payment is made from",
-                                      "creditor_account")
+                                      "creditor_account", reason="SAME_ACCOUNT")
             return PaymentIntent(
                 user_id=user_id, idempotency_key=key, fingerprint=fingerprint(canonical), kind="transfer",
                 bank_id=bank.id, account_id=account_id, debtor_account=account.account_number,
@@ -200,14 +205,14 @@ class PaymentRequests:
             if loan.account_number == account.account_number:
                 raise FailedPrecondition(
                     f"loan {agreement_id} is repaid from its own account {account_id} by the bank: choose another "
-                    "account to pay from", )
+                    "account to pay from", reason="LOAN_OWN_ACCOUNT", metadata={"bank_id": bank.id})
             source, note, value = "requested", None, amount
             if value is None:
                 value, currency, note = await self._next_instalment(user_id, loan)
                 source = "detected"
                 if currency != account.currency:
                     raise FailedPrecondition(f"loan {agreement_id} is repaid in {currency}, account {account_id} "
-                                             f"holds {account.currency}")
+                                             f"holds {account.currency}", reason="CURRENCY_MISMATCH")
             return PaymentIntent(
                 user_id=user_id, idempotency_key=key, fingerprint=fingerprint(canonical), kind="loan_repayment",
                 bank_id=bank.id, account_id=account_id, debtor_account=account.account_number,
@@ -220,38 +225,44 @@ class PaymentRequests:
     def bank(self, bank_id: str, field: str) -> BankConfig:
         bank = self.banks.get(bank_id)
         if bank is None:
-            raise InvalidArgument(f"{field}: bank '{bank_id}' is not supported", field)
+            raise InvalidArgument(f"{field}: bank '{bank_id}' is not supported", field, reason="BANK_NOT_FOUND",
+                                  metadata={"bank_id": bank_id})
         return bank
 
     async def _debtor(self, user_id: str, bank_id: str, account_id: str, currency: str | None) -> DebtorAccount:
         account = await self.data.account(user_id, bank_id, account_id)
         if account is None:
-            raise NotFound(f"Account {account_id} at {bank_id} is not one of your synced accounts")
+            raise NotFound(f"Account {account_id} at {bank_id} is not one of your synced accounts",
+                           reason="ACCOUNT_NOT_FOUND", metadata={"bank_id": bank_id, "account_id": account_id})
         if not account.account_number:
-            raise FailedPrecondition(f"{bank_id} gave no account number for account {account_id}: it cannot pay")
+            raise FailedPrecondition(f"{bank_id} gave no account number for account {account_id}: it cannot pay",
+                                     reason="ACCOUNT_NUMBER_UNKNOWN", metadata={"bank_id": bank_id})
         if account.sub_type.strip().lower() == "loan":
-            raise FailedPrecondition(f"Account {account_id} at {bank_id} holds a loan: its money cannot be spent")
+            raise FailedPrecondition(f"Account {account_id} at {bank_id} holds a loan: its money cannot be spent",
+                                     reason="LOAN_ACCOUNT", metadata={"bank_id": bank_id})
         if currency is not None and currency != account.currency:
             raise InvalidArgument(f"currency: account {account_id} holds {account.currency}, not {currency}",
-                                  "currency")
+                                  "currency", reason="CURRENCY_MISMATCH")
         return account
 
     async def _loan(self, user_id: str, agreement_id: str, bank_id: str | None) -> Loan:
         found = [loan for loan in await self.data.loans(user_id)
                  if loan.agreement_id == agreement_id and bank_id in (None, loan.bank_id)]
         if not found:
-            raise NotFound(f"Loan {agreement_id} is not among your synced agreements")
+            raise NotFound(f"Loan {agreement_id} is not among your synced agreements", reason="LOAN_NOT_FOUND")
         if len(found) > 1:
             raise InvalidArgument(f"loan_bank_id: agreement {agreement_id} exists at "
                                   f"{', '.join(sorted(loan.bank_id for loan in found))}: name the loan's bank",
-                                  "loan_bank_id")
+                                  "loan_bank_id", reason="AMBIGUOUS_LOAN")
         loan = found[0]
         if loan.product_type.strip().lower() != "loan":
-            raise FailedPrecondition(f"Agreement {agreement_id} is a {loan.product_type}, not a loan")
+            raise FailedPrecondition(f"Agreement {agreement_id} is a {loan.product_type}, not a loan",
+                                     reason="NOT_A_LOAN")
         if loan.status.strip().lower() != "active":
-            raise FailedPrecondition(f"Loan {agreement_id} is {loan.status}: nothing is due")
+            raise FailedPrecondition(f"Loan {agreement_id} is {loan.status}: nothing is due", reason="LOAN_NOT_ACTIVE")
         if not loan.account_number:
-            raise FailedPrecondition(f"{loan.bank_id} gave no account number for loan {agreement_id}")
+            raise FailedPrecondition(f"{loan.bank_id} gave no account number for loan {agreement_id}",
+                                     reason="ACCOUNT_NUMBER_UNKNOWN", metadata={"bank_id": loan.bank_id})
         return loan
 
     async def _next_instalment(self, user_id: str, loan: Loan) -> tuple[Decimal, str, str]:
@@ -260,11 +271,11 @@ class PaymentRequests:
         series = repayments_by_key(await self.data.repayments(user_id)).get((loan.bank_id, loan.agreement_id))
         if series is None:
             raise FailedPrecondition(f"No repayment of loan {loan.agreement_id} is in the synced transactions, so "
-                                     "its instalment is unknown: give the amount")
+                                     "its instalment is unknown: give the amount", reason="INSTALMENT_UNKNOWN")
         obligation = obligation_of(series, today_of(self.clock()))
         if obligation.amount <= 0:
             raise FailedPrecondition(f"The repayments of loan {loan.agreement_id} give no positive instalment: "
-                                     "give the amount")
+                                     "give the amount", reason="INSTALMENT_UNKNOWN")
         note = (f"average of {series.count} repayments of loan {loan.agreement_id} "
                 f"({format_amount(series.total)} {series.currency} in total), next due {obligation.first.isoformat()}")
         return obligation.amount, obligation.currency, note

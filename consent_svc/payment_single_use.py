@@ -129,5 +129,6 @@ async def reconcile(store: PaymentStorage,
     reason = (f"{p.bank_id} cannot say whether payment {p.payment_id} was made (its consent is "
               f"{consent.raw_status}): it is kept pending and will not be sent again; check the account")
     if strict:
-        raise FailedPrecondition(reason)
+        raise FailedPrecondition(reason, reason="PAYMENT_IN_DOUBT",
+                                 metadata={"payment_id": p.payment_id, "bank_id": p.bank_id})
     return p

@@ -148,7 +148,8 @@ async def _reconcile_standing_locked(store: PaymentStorage, p: StoredPayment, cl
                   f"{p.payment_id} was sent, and cannot say which is it: it is kept pending and will not be sent "
                   "again; check the account")
         if strict:
-            raise FailedPrecondition(reason)
+            raise FailedPrecondition(reason, reason="PAYMENT_IN_DOUBT",
+                                     metadata={"payment_id": p.payment_id, "bank_id": p.bank_id})
         return p
     before, now = p.consent_used_count, seen.used_count
     if before is not None and now is not None and now > before:

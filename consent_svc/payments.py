@@ -98,6 +98,8 @@ FAILURES: dict[str, type[DomainError]] = {
     "CONSENT_REFUSED": FailedPrecondition,
     "BANK_REJECTED": FailedPrecondition,
 }
+#: (error_code, payment kind) -> the request field a refusal of the bank is about.
+FAILURE_FIELDS = {("CREDITOR_NOT_FOUND", "transfer"): "creditor_account"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +136,7 @@ class PaymentService:
         payment_id = require(payment_id, "payment_id")
         payment = await self.storage.get(payment_id)
         if payment is None or payment.user_id != user_id:
-            raise NotFound(f"Payment {payment_id} not found")
+            raise NotFound(f"Payment {payment_id} not found", reason="PAYMENT_NOT_FOUND")
         if not payment.final:
             try:
                 payment = await self._work_on(payment, initiate=False)
@@ -145,13 +147,15 @@ class PaymentService:
     async def list(self, user_id: str, page_size: int, page_token: str) -> tuple[list[StoredPayment], str]:
         user_id = require(user_id, "user_id")
         if page_size < 0 or page_size > MAX_PAGE:
-            raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE}", "page_size")
+            raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE}", "page_size", reason="OUT_OF_RANGE",
+                                  metadata={"limit": MAX_PAGE})
         after = None
         if page_token:
             try:
                 after = PaymentCursor.from_token(page_token)
             except ValueError:
-                raise InvalidArgument("page_token is not a token this service gave out", "page_token") from None
+                raise InvalidArgument("page_token is not a token this service gave out", "page_token",
+                                      reason="INVALID_PAGE_TOKEN") from None
         payments, cursor = await self.storage.page(user_id, page_size or DEFAULT_PAGE, after)
         return payments, cursor.token() if cursor else ""
 
@@ -168,16 +172,23 @@ class PaymentService:
                                                     "bank_id": payment.bank_id})
         if payment.fingerprint != request.fingerprint:
             raise AlreadyExists(f"Idempotency-Key {key!r} was already used for another request (payment "
-                                f"{payment.payment_id}): use a new key for a new payment")
+                                f"{payment.payment_id}): use a new key for a new payment",
+                                reason="IDEMPOTENCY_KEY_REUSED", metadata={"payment_id": payment.payment_id})
         if not payment.final:
             try:
                 payment = await self._work_on(payment, initiate=True)
             except LockBusy:
                 raise Aborted(f"A request with Idempotency-Key {key!r} is still in progress (payment "
-                              f"{payment.payment_id}): retry in a moment") from None
+                              f"{payment.payment_id}): retry in a moment", reason="IDEMPOTENCY_KEY_IN_USE",
+                              metadata={"payment_id": payment.payment_id}, retry_after=1) from None
         if payment.status == "FAILED":
             error = FAILURES.get(payment.error_code or "", FailedPrecondition)
-            raise error(f"Payment {payment.payment_id} failed at {payment.bank_id}: {payment.error_message}")
+            message = f"Payment {payment.payment_id} failed at {payment.bank_id}: {payment.error_message}"
+            details = {"reason": payment.error_code or "BANK_REJECTED",
+                       "metadata": {"payment_id": payment.payment_id, "bank_id": payment.bank_id}}
+            if error is InvalidArgument:  # the request named something the bank does not know
+                raise InvalidArgument(message, FAILURE_FIELDS.get((payment.error_code, payment.kind)), **details)
+            raise error(message, **details)
         return PaymentResult(payment, replayed=not created)
 
     async def _work_on(self, payment: StoredPayment, *, initiate: bool) -> StoredPayment:
@@ -205,7 +216,8 @@ class PaymentService:
     def _client(self, bank_id: str) -> BankClient:
         bank = self.banks.get(bank_id)
         if bank is None or not bank.base_url:
-            raise Unavailable(f"Bank '{bank_id}' is not configured")
+            raise Unavailable(f"Bank '{bank_id}' is not configured", reason="BANK_NOT_CONFIGURED",
+                              metadata={"bank_id": bank_id})
         return self.clients.get(bank_id)
 
     async def _advance(self, store: PaymentStorage, p: StoredPayment, *, initiate: bool,
@@ -247,7 +259,8 @@ class PaymentService:
                 continue
             p = await pay(store, p, client)
         raise Unavailable(f"Payment {p.payment_id} could not be settled with {p.bank_id} yet: retry with the same "
-                          "Idempotency-Key")
+                          "Idempotency-Key", reason="PAYMENT_PENDING",
+                          metadata={"payment_id": p.payment_id, "bank_id": p.bank_id})
 
     async def _after_completion(self, p: StoredPayment) -> None:
         """Queue a sync of the banks the money moved at, where the user is connected (best effort)."""

@@ -59,7 +59,7 @@ class NoDebtorAccount(FailedPrecondition):
     """A payment consent cannot be asked for: no account to pay from (or no approved account consent)."""
 
     def __init__(self, message: str, code: str = messages.NO_DEBTOR_ACCOUNT):
-        super().__init__(message)
+        super().__init__(message, reason=code)
         self.error_code = code
 
 
@@ -172,12 +172,14 @@ class ConsentService:
     def _bank(self, bank_id: str) -> BankConfig:
         bank = self.banks.get(bank_id)
         if bank is None:
-            raise NotFound(f"Bank '{bank_id}' is not supported.")
+            raise NotFound(f"Bank '{bank_id}' is not supported.", reason="BANK_NOT_FOUND",
+                           metadata={"bank_id": bank_id})
         return bank
 
     def _client(self, bank: BankConfig) -> BankClient:
         if not bank.base_url:
-            raise Unavailable(f"Bank '{bank.id}': endpoint URL is not configured.")
+            raise Unavailable(f"Bank '{bank.id}': endpoint URL is not configured.", reason="BANK_NOT_CONFIGURED",
+                              metadata={"bank_id": bank.id})
         return self.clients.get(bank.id)
 
     async def _ask_bank(self, consent: StoredConsent, bank_ref: str | None = None) -> ConsentResult:
@@ -219,12 +221,13 @@ class ConsentService:
     async def create(self, user_id: str, requests: list[BankRequest]) -> list[BankOutcome]:
         user_id = require(user_id, "user_id")
         if not requests:
-            raise InvalidArgument("banks: at least one bank is required", "banks")
+            raise InvalidArgument("banks: at least one bank is required", "banks", reason="FIELD_REQUIRED")
         seen: set[str] = set()
         for i, req in enumerate(requests):
             require(req.bank_id, f"banks[{i}].bank_id")
             if req.bank_id in seen:
-                raise InvalidArgument(f"banks[{i}].bank_id: bank '{req.bank_id}' is listed twice", "banks")
+                raise InvalidArgument(f"banks[{i}].bank_id: bank '{req.bank_id}' is listed twice", "banks",
+                                      reason="DUPLICATE_VALUE", violations=[(f"banks[{i}].bank_id", "listed twice")])
             seen.add(req.bank_id)
             self._bank(req.bank_id)  # every bank is checked before anything is created
         # Banks are independent: one failing never stops the others.
@@ -409,28 +412,35 @@ class ConsentService:
         consent_id = require(consent_id, "consent_id")
         stored = await self.storage.by_request(bank.id, request_id)
         if stored is None or stored.user_id != user_id:
-            raise NotFound(f"No consent request {request_id} of this user at {bank.id}")
+            raise NotFound(f"No consent request {request_id} of this user at {bank.id}",
+                           reason="CONSENT_REQUEST_NOT_FOUND", metadata={"bank_id": bank.id})
         if stored.status == "APPROVED" and stored.consent_id == consent_id:
             return stored  # a repeated callback
         holder = await self.storage.by_consent_id(bank.id, consent_id)
         if holder is not None and holder.id != stored.id:
-            raise PermissionDenied(f"Consent {consent_id} is already recorded for another request")
+            raise PermissionDenied(f"Consent {consent_id} is already recorded for another request",
+                                   reason="CONSENT_ALREADY_RECORDED", metadata={"bank_id": bank.id})
         try:
             result = await self._ask_bank(stored, bank_ref=consent_id)
             if result.status != ConsentStatus.APPROVED:
                 raise FailedPrecondition(
-                    f"Consent {consent_id} is not authorized at {bank.id} (bank status: {result.raw_status})")
+                    f"Consent {consent_id} is not authorized at {bank.id} (bank status: {result.raw_status})",
+                    reason="CONSENT_NOT_AUTHORIZED", metadata={"bank_id": bank.id, "bank_status": result.raw_status})
             if stored.kind == ACCOUNTS:
                 # The bank answers data calls only for the customer the consent was given by.
                 await self._client(bank).get_accounts(user_id, consent_id)
         except bank_errors.NotFound:
-            raise NotFound(f"Consent {consent_id} was not found at {bank.id}") from None
+            raise NotFound(f"Consent {consent_id} was not found at {bank.id}", reason="CONSENT_NOT_FOUND",
+                           metadata={"bank_id": bank.id}) from None
         except bank_errors.ConsentRequired:
-            raise PermissionDenied(f"Consent {consent_id} was not given by this user at {bank.id}") from None
+            raise PermissionDenied(f"Consent {consent_id} was not given by this user at {bank.id}",
+                                   reason="CONSENT_OF_ANOTHER_USER", metadata={"bank_id": bank.id}) from None
         except (bank_errors.AuthFailed, bank_errors.CallRefused, bank_errors.Forbidden) as exc:
-            raise PermissionDenied(f"{bank.id} refused to verify consent {consent_id}: {exc.message}") from None
+            raise PermissionDenied(f"{bank.id} refused to verify consent {consent_id}: {exc.message}",
+                                   reason="BANK_REFUSED", metadata={"bank_id": bank.id}) from None
         except bank_errors.BankError as exc:
-            raise Unavailable(f"Could not verify consent {consent_id} at {bank.id}: {exc.message}") from None
+            raise Unavailable(f"Could not verify consent {consent_id} at {bank.id}: {exc.message}",
+                              reason="BANK_UNAVAILABLE", metadata={"bank_id": bank.id}) from None
         recorded = await self._record(stored, dataclasses.replace(result, consent_id=consent_id), "callback")
         if _became_approved(stored, recorded):
             await self._after_approval(user_id, bank, {recorded.kind})
@@ -444,7 +454,7 @@ class ConsentService:
         bank_ref = require(bank_ref, "consent_id")
         stored = await self.storage.find_for_user(user_id, bank_ref)
         if stored is None:
-            raise NotFound(f"Consent {bank_ref} not found")
+            raise NotFound(f"Consent {bank_ref} not found", reason="CONSENT_NOT_FOUND")
         if stored.status == "REVOKED":
             return stored
         client = self._client(self._bank(stored.bank_id))
@@ -458,9 +468,11 @@ class ConsentService:
         except bank_errors.NotFound:
             pass  # already gone at the bank
         except (bank_errors.AuthFailed, bank_errors.CallRefused, bank_errors.Forbidden) as exc:
-            raise PermissionDenied(f"{stored.bank_id} refused to revoke consent {bank_ref}: {exc.message}") from None
+            raise PermissionDenied(f"{stored.bank_id} refused to revoke consent {bank_ref}: {exc.message}",
+                                   reason="BANK_REFUSED", metadata={"bank_id": stored.bank_id}) from None
         except bank_errors.BankError as exc:
-            raise Unavailable(f"Could not revoke consent {bank_ref} at {stored.bank_id}: {exc.message}") from None
+            raise Unavailable(f"Could not revoke consent {bank_ref} at {stored.bank_id}: {exc.message}",
+                              reason="BANK_UNAVAILABLE", metadata={"bank_id": stored.bank_id}) from None
         return await self.storage.update(stored, status="REVOKED", source="revoke", bank_status="Revoked")
 
     # ------------------------------------------------------------------------------------ for services

@@ -63,10 +63,12 @@ class RefinanceApplications:
         user_id = require(user_id, "user_id")
         offer_id = require(offer_id, "offer_id", max_len=OFFER_ID_MAX)
         if len(loan_ids) > MAX_LOANS:
-            raise InvalidArgument(f"loan_ids: at most {MAX_LOANS} loans", "loan_ids")
+            raise InvalidArgument(f"loan_ids: at most {MAX_LOANS} loans", "loan_ids", reason="LIMIT_EXCEEDED",
+                                  metadata={"limit": MAX_LOANS})
         named = [require(loan_id, f"loan_ids[{i}]") for i, loan_id in enumerate(loan_ids)]
         if not _PHONE_RE.match(phone or ""):
-            raise InvalidArgument("phone: at most 32 digits, spaces, '+', '-', '(' or ')'", "phone")
+            raise InvalidArgument("phone: at most 32 digits, spaces, '+', '-', '(' or ')'", "phone",
+                                  reason="INVALID_FORMAT")
         existing = await self.storage.application_for_offer(user_id, offer_id)
         if existing is not None:
             _check_loans(named, existing.offer)
@@ -74,7 +76,7 @@ class RefinanceApplications:
         offer = next((o for o in await self.offers(user_id) if o.get("id") == offer_id), None)
         if offer is None:
             raise NotFound(f"Offer {offer_id} is not among your current offers: ask for them again "
-                           "(GET /api/refinance/optimize-loans)")
+                           "(GET /api/refinance/optimize-loans)", reason="OFFER_NOT_FOUND")
         _check_loans(named, offer)
         return await self.storage.record_application(f"rfa-{uuid.uuid4().hex[:20]}", user_id, offer_id, offer)
 
@@ -83,7 +85,7 @@ class RefinanceApplications:
         application_id = require(application_id, "application_id", max_len=OFFER_ID_MAX)
         found = await self.storage.application(application_id)
         if found is None or found.user_id != user_id:
-            raise NotFound(f"Application {application_id} not found")
+            raise NotFound(f"Application {application_id} not found", reason="APPLICATION_NOT_FOUND")
         return found
 
     async def list(self, user_id: str) -> list[StoredApplication]:
@@ -93,4 +95,4 @@ class RefinanceApplications:
 def _check_loans(named: list[str], offer: dict) -> None:
     if named and sorted(set(named)) != sorted(offer.get("loan_ids") or []):
         raise InvalidArgument(f"loan_ids: the offer refinances {', '.join(offer.get('loan_ids') or [])}; send those "
-                              "or none", "loan_ids")
+                              "or none", "loan_ids", reason="LOANS_MISMATCH")

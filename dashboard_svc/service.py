@@ -129,7 +129,7 @@ class DashboardService:
     async def put_inputs(self, user_id: str, inputs: FinancialInputs | None) -> tuple[FinancialInputs, dt.datetime]:
         user_id = require(user_id, "user_id")
         if inputs is None:
-            raise InvalidArgument("inputs is required", "inputs")
+            raise InvalidArgument("inputs is required", "inputs", reason="FIELD_REQUIRED")
         stored, updated_at = await self.storage.put_inputs(user_id, inputs)
         await self.invalidate(user_id)  # changed inputs change the dashboard at once
         return stored, updated_at

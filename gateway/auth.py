@@ -47,12 +47,13 @@ VERIFIED_KEPT = 10_000
 class Unauthenticated(ApiError):
     """401 with the RFC 6750 challenge."""
 
-    def __init__(self, message: str, error: str | None = "invalid_token"):
+    def __init__(self, message: str, error: str | None = "invalid_token", reason: str = "TOKEN_INVALID"):
         challenge = f'Bearer realm="{REALM}"'
         if error:
             description = message.replace('"', "'")
             challenge += f', error="{error}", error_description="{description}"'
-        super().__init__(grpc.StatusCode.UNAUTHENTICATED, message, headers={"WWW-Authenticate": challenge})
+        super().__init__(grpc.StatusCode.UNAUTHENTICATED, message, headers={"WWW-Authenticate": challenge},
+                         reason=reason)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +92,7 @@ class Authenticator:
         if header is None:
             if self.dev_trust_user or anonymous:
                 return Principal(None, authenticated=False)
-            raise Unauthenticated("an Authorization: Bearer token is required", error=None)
+            raise Unauthenticated("an Authorization: Bearer token is required", error=None, reason="TOKEN_MISSING")
         scheme, _, token = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("the Authorization header must be 'Bearer <token>'", error="invalid_request")
@@ -121,7 +122,7 @@ class Authenticator:
                                 issuer=self.issuer, leeway=LEEWAY,
                                 options={"require": ["exp", "sub", "iss", "aud"]})
         except jwt.ExpiredSignatureError:
-            raise Unauthenticated("the token has expired") from None
+            raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED") from None
         except jwt.InvalidSignatureError:
             raise Unauthenticated("the token's signature is not valid") from None
         except jwt.InvalidAudienceError:
@@ -167,7 +168,8 @@ class Gatekeeper:
         if wait > 0:
             retry_after = max(1, math.ceil(wait))
             raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"too many requests; retry after {retry_after} s", headers={"Retry-After": str(retry_after)})
+                           f"too many requests; retry after {retry_after} s", headers={"Retry-After": str(retry_after)},
+                           reason="RATE_LIMITED", retry_after=retry_after)
         return principal
 
 
@@ -188,7 +190,8 @@ def bind_user(message: Any, principal: Principal) -> str | None:
         setattr(message, "user_id", principal.user_id)
     elif named != principal.user_id:
         raise ApiError(grpc.StatusCode.PERMISSION_DENIED,
-                       "this token's user may not act for another user (user_id does not match the token)")
+                       "this token's user may not act for another user (user_id does not match the token)",
+                       reason="USER_MISMATCH", metadata={"field": "user_id"})
     return principal.user_id
 
 

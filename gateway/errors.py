@@ -1,22 +1,29 @@
 """Errors of the gateway: gRPC status codes -> HTTP statuses, and the JSON error body.
 
-Every error response is a `google.rpc.Status`-shaped object plus the code's name:
-`{"code": 5, "error": "NOT_FOUND", "message": "...", "details": [...]}`, where `code` is the gRPC
-code number and `details` holds `google.rpc` detail messages in their JSON form (e.g. a
-`google.rpc.BadRequest` with `field_violations` for bad input). Messages are meant for people; they
-never carry a traceback or gRPC's internal debug strings.
+Every error response is a `google.rpc.Status`-shaped object plus the code's name and reason:
+`{"code": 5, "error": "NOT_FOUND", "error_code": "PAYMENT_NOT_FOUND", "message": "...", "details": [...]}`,
+where `code` is the gRPC code number, `details` holds `google.rpc` detail messages in their JSON form
+as grpc-gateway writes them (`{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": ...,
+"domain": ..., "metadata": {...}}`, a `google.rpc.BadRequest` with `field_violations` for bad input,
+a `google.rpc.RetryInfo` with `retry_delay`), and `error_code` repeats the `ErrorInfo.reason` (the
+code's name for an error without an ErrorInfo).
+A service's details are passed on as it sent them (`svclib.rich_status`); errors the gateway makes
+itself (401, 413, 415, 400 bad JSON, 404 route, 429 ...) carry an ErrorInfo of domain
+`finpulse.gateway`. Messages are meant for people; they never carry a traceback or gRPC's internal
+debug strings.
 """
 from __future__ import annotations
 
 import functools
 import json
 import logging
+import math
 import re
 from typing import Any, Iterable
 
 import grpc
 from aiohttp import web
-from google.protobuf import json_format
+from google.protobuf import duration_pb2, json_format
 from google.rpc import error_details_pb2, status_pb2
 
 log = logging.getLogger("gateway")
@@ -57,29 +64,60 @@ def http_status(code: grpc.StatusCode) -> int:
     return GRPC_TO_HTTP.get(code, 500)
 
 
+#: The ErrorInfo domain of the errors the gateway makes itself.
+DOMAIN = "finpulse.gateway"
+_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+_DEFAULT = object()
+
+
 class ApiError(Exception):
-    """An error answered to the client as a JSON `google.rpc.Status` body."""
+    """An error answered to the client as a JSON `google.rpc.Status` body.
+
+    `details` are detail messages already in JSON form (a service's own, or a BadRequest); unless
+    they hold an ErrorInfo, one is added with `reason` (by default the code's name; None adds none)
+    and `metadata`, and a RetryInfo when `retry_after` (seconds) is given."""
 
     def __init__(self, code: grpc.StatusCode, message: str, *, http: int | None = None,
-                 details: Iterable[dict[str, Any]] = (), headers: dict[str, str] | None = None):
+                 details: Iterable[dict[str, Any]] = (), headers: dict[str, str] | None = None,
+                 reason: Any = _DEFAULT, metadata: dict[str, object] | None = None,
+                 retry_after: float | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.http_status = http if http is not None else http_status(code)
         self.details = list(details)
+        if reason is _DEFAULT:
+            reason = code.name
+        if reason and not any(d.get("@type") == _ERROR_INFO for d in self.details):
+            self.details.append(_any_to_dict(error_details_pb2.ErrorInfo(
+                reason=reason, domain=DOMAIN,
+                metadata={k: str(v) for k, v in (metadata or {}).items() if v is not None})))
+        if retry_after is not None and not any(d.get("@type") == _RETRY_INFO for d in self.details):
+            self.details.append(_any_to_dict(error_details_pb2.RetryInfo(
+                retry_delay=duration_pb2.Duration(seconds=max(0, math.ceil(retry_after))))))
         self.headers = dict(headers or {})
 
+    @property
+    def error_code(self) -> str:
+        """The reason of the error's ErrorInfo; the code's name when it has none (a backend that sent no
+        details, or an error gRPC itself made)."""
+        reason = next((d.get("reason") for d in self.details if d.get("@type") == _ERROR_INFO), None)
+        return reason or self.code.name
+
     def body(self) -> dict[str, Any]:
-        return {"code": self.code.value[0], "error": self.code.name, "message": self.message,
-                "details": self.details}
+        return {"code": self.code.value[0], "error": self.code.name, "error_code": self.error_code,
+                "message": self.message, "details": self.details}
 
     def response(self) -> web.Response:
         return web.json_response(self.body(), status=self.http_status, dumps=_dumps, headers=self.headers)
 
 
 def bad_request(message: str, field: str | None = None, *, http: int = 400,
-                violations: Iterable[tuple[str, str]] | None = None) -> ApiError:
-    """An INVALID_ARGUMENT error; a `google.rpc.BadRequest` detail names the offending field(s).
+                violations: Iterable[tuple[str, str]] | None = None, reason: str = "INVALID_ARGUMENT",
+                metadata: dict[str, object] | None = None) -> ApiError:
+    """An INVALID_ARGUMENT error; a `google.rpc.BadRequest` detail names the offending field(s), and an
+    ErrorInfo gives `reason` with the (first) field in its metadata.
 
     `violations` lists (field, description) pairs; by default it is `field` with `message`.
     """
@@ -87,12 +125,16 @@ def bad_request(message: str, field: str | None = None, *, http: int = 400,
         violations = [(field, message)] if field is not None else []
     pairs = [error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations]
     details = [_any_to_dict(error_details_pb2.BadRequest(field_violations=pairs))] if pairs else []
-    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message, http=http, details=details)
+    metadata = dict(metadata or {})
+    if pairs:
+        metadata.setdefault("field", pairs[0].field)
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message, http=http, details=details, reason=reason,
+                    metadata=metadata)
 
 
 def internal_error() -> ApiError:
     """The answer to an unexpected failure inside the gateway (the cause is logged, not sent)."""
-    return ApiError(grpc.StatusCode.INTERNAL, "internal error")
+    return ApiError(grpc.StatusCode.INTERNAL, "internal error", reason="INTERNAL")
 
 
 def _any_to_dict(message) -> dict[str, Any]:
@@ -120,14 +162,20 @@ def _status_details(err: grpc.aio.AioRpcError) -> list[dict[str, Any]]:
 
 
 def from_rpc_error(err: grpc.aio.AioRpcError, service_key: str) -> ApiError:
-    """Translate a failed backend call; gRPC's transport wording is replaced by a clean message."""
+    """Translate a failed backend call; gRPC's transport wording is replaced by a clean message.
+
+    The service's rich details are passed on as they are; a failure of the call itself (the service
+    unreachable, or not answering in time) gets the gateway's own ErrorInfo."""
     code = err.code()
     message = err.details() or code.name.lower().replace("_", " ")
+    reason, metadata, retry_after = None, None, None
     if code == grpc.StatusCode.UNAVAILABLE and _TRANSPORT_FAILURE_RE.search(message):
         log.warning("backend unavailable", extra={"backend": service_key, "grpc_details": message})
         message = f"the {service_key} service is unavailable, try again later"
+        reason, metadata = "SERVICE_UNAVAILABLE", {"service": service_key}
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED and message == "Deadline Exceeded":
         message = f"the {service_key} service did not answer in time"
+        reason, metadata = "SERVICE_TIMEOUT", {"service": service_key}
     elif code == grpc.StatusCode.UNKNOWN:
         # An exception escaped the servicer; grpc puts its repr here, which is not for clients.
         log.error("backend failed", extra={"backend": service_key, "grpc_details": message})
@@ -136,7 +184,10 @@ def from_rpc_error(err: grpc.aio.AioRpcError, service_key: str) -> ApiError:
     if code == grpc.StatusCode.UNAVAILABLE:
         # 503 always says when to come back: the service's own hint (a database restarting), else soon.
         headers = {"Retry-After": _retry_after(err)}
-    return ApiError(code, message, details=_status_details(err), headers=headers)
+        if reason is not None:
+            retry_after = int(headers["Retry-After"])
+    return ApiError(code, message, details=_status_details(err), headers=headers, reason=reason,
+                    metadata=metadata, retry_after=retry_after)
 
 
 def _retry_after(err: grpc.aio.AioRpcError) -> str:

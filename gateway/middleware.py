@@ -92,7 +92,8 @@ def cors(origins: Iterable[str]) -> Callable[[web.Request, Handler], Awaitable[w
         is_preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
         if origin not in allowed:
             if is_preflight:
-                return ApiError(grpc.StatusCode.PERMISSION_DENIED, f"origin {origin} is not allowed").response()
+                return ApiError(grpc.StatusCode.PERMISSION_DENIED, f"origin {origin} is not allowed",
+                                reason="ORIGIN_NOT_ALLOWED").response()
             response = await handler(request)
         elif is_preflight:
             response = web.Response(status=204)
@@ -115,15 +116,18 @@ def cors(origins: Iterable[str]) -> Callable[[web.Request, Handler], Awaitable[w
 
 def too_large(limit: int | None) -> ApiError:
     """The 413 answer to a body over the configured limit."""
-    return bad_request("request body is too large" + (f" (limit {limit} bytes)" if limit else ""), http=413)
+    return bad_request("request body is too large" + (f" (limit {limit} bytes)" if limit else ""), http=413,
+                       reason="REQUEST_TOO_LARGE", metadata={"limit": limit})
 
 
 def _from_http_exception(exc: web.HTTPException, request: web.Request) -> ApiError:
     if exc.status == 404:
-        return ApiError(grpc.StatusCode.NOT_FOUND, f"no endpoint {request.method} {request.path}")
+        return ApiError(grpc.StatusCode.NOT_FOUND, f"no endpoint {request.method} {request.path}",
+                        reason="ROUTE_NOT_FOUND")
     if exc.status == 405:
         return ApiError(grpc.StatusCode.UNIMPLEMENTED,
-                        f"method {request.method} is not allowed on {request.path}", http=405)
+                        f"method {request.method} is not allowed on {request.path}", http=405,
+                        reason="METHOD_NOT_ALLOWED")
     if exc.status == 413:
         return too_large(request.app.get(MAX_BODY_BYTES))
     if exc.status < 500:

@@ -86,10 +86,11 @@ def parse_request(route: Route, body: bytes, query: Mapping[str, str], path_para
     except json_format.ParseError as exc:  # what the pre-check above does not cover (e.g. timestamps)
         raise _clean_parse_error(str(exc)) from None
     except RecursionError:
-        raise bad_request("request JSON is nested too deeply") from None
+        raise bad_request("request JSON is nested too deeply", reason="MALFORMED_JSON") from None
     oversized = limits.problems(message)  # the contract's size limits, as every service checks them too
     if oversized:
-        raise bad_request("; ".join(reason for _, reason in oversized), violations=oversized)
+        raise bad_request("; ".join(reason for _, reason in oversized), violations=oversized,
+                          reason="LIMIT_EXCEEDED", metadata={"limit": oversized[0].limit})
     return message
 
 
@@ -98,7 +99,7 @@ def check_required(message: Message) -> None:
     missing = missing_required(message)
     if missing:
         raise bad_request("; ".join(f"{path} is required" for path in missing),
-                          violations=[(path, "is required") for path in missing])
+                          violations=[(path, "is required") for path in missing], reason="FIELD_REQUIRED")
 
 
 def check_content_type(route: Route, body: bytes, headers: Mapping[str, str]) -> None:
@@ -110,7 +111,7 @@ def check_content_type(route: Route, body: bytes, headers: Mapping[str, str]) ->
     if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
         shown = _show(media) if media else "none"
         raise bad_request(f"the request body must be JSON (Content-Type: application/json), got {shown}",
-                          http=415)
+                          http=415, reason="UNSUPPORTED_MEDIA_TYPE")
 
 
 def _reject_constant(name: str) -> Any:
@@ -122,18 +123,19 @@ def _body_object(route: Route, body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
     if not route.body:
-        raise bad_request(f"{route.http_method} {route.path_template} takes no request body")
+        raise bad_request(f"{route.http_method} {route.path_template} takes no request body",
+                          reason="UNEXPECTED_BODY")
     try:
         value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
-        raise bad_request("request body is not UTF-8 text") from None
+        raise bad_request("request body is not UTF-8 text", reason="MALFORMED_JSON") from None
     except RecursionError:
-        raise bad_request("request JSON is nested too deeply") from None
+        raise bad_request("request JSON is nested too deeply", reason="MALFORMED_JSON") from None
     except ValueError as exc:  # JSONDecodeError is a ValueError
-        raise bad_request(f"malformed JSON in request body: {exc}") from None
+        raise bad_request(f"malformed JSON in request body: {exc}", reason="MALFORMED_JSON") from None
     if route.body == "*":
         if not isinstance(value, dict):
-            raise bad_request(f"request body must be a JSON object, got {_show(value)}")
+            raise bad_request(f"request body must be a JSON object, got {_show(value)}", reason="MALFORMED_JSON")
         return value
     return {} if value is None else {route.body: value}
 
@@ -150,7 +152,7 @@ def _merge_idempotency_key(route: Route, headers: Mapping[str, str] | None, data
     given = data.get(IDEMPOTENCY_FIELD, data.get(field.json_name))
     if given is not None and given != header:
         raise _bad(IDEMPOTENCY_FIELD, f"differs from the {IDEMPOTENCY_HEADER} header ({_show(given)} is not "
-                                      f"{_show(header)}): send the key once")
+                                      f"{_show(header)}): send the key once", "IDEMPOTENCY_KEY_MISMATCH")
     data.pop(field.json_name, None)
     data[IDEMPOTENCY_FIELD] = header
 
@@ -160,10 +162,10 @@ def _merge_query(route: Route, query: Mapping[str, str], data: dict[str, Any]) -
     for name in dict.fromkeys(query):  # distinct keys, in order
         field = allowed.get(name)
         if field is None:
-            raise bad_request(f"unknown query parameter {name!r}", name)
+            raise bad_request(f"unknown query parameter {name!r}", name, reason="UNKNOWN_FIELD")
         values = query.getall(name) if hasattr(query, "getall") else [query[name]]
         if not field.is_repeated and len(values) > 1:
-            raise bad_request(f"query parameter {name!r} given more than once", name)
+            raise bad_request(f"query parameter {name!r} given more than once", name, reason="DUPLICATE_FIELD")
         converted = [_from_text(field, v, name) for v in values]
         chain = resolve_field(route.input_descriptor, name)
         _set_path(data, chain, converted if field.is_repeated else converted[0])
@@ -238,9 +240,9 @@ def _bad_enum(field: FieldDescriptor, value: Any, name: str) -> ApiError:
     return _bad(name, f"expected one of {names}, got {_show(value)}")
 
 
-def _bad(field: str, reason: str) -> ApiError:
-    """A 400 for one field: message `field: reason`, and a field violation naming it."""
-    return bad_request(f"{field}: {reason}", violations=[(field, reason)])
+def _bad(field: str, reason: str, code: str = "INVALID_VALUE") -> ApiError:
+    """A 400 for one field: message `field: reason`, a field violation naming it, ErrorInfo `code`."""
+    return bad_request(f"{field}: {reason}", violations=[(field, reason)], reason=code)
 
 
 def _show(value: Any) -> str:
@@ -269,9 +271,10 @@ def _check_message(obj: Any, desc: Descriptor, path: str) -> None:
         sub = _join(path, key)
         field = desc.fields_by_name.get(key) or _by_json_name(desc, key)
         if field is None:
-            raise _bad(sub, "unknown field")
+            raise _bad(sub, "unknown field", "UNKNOWN_FIELD")
         if field.name in seen:
-            raise _bad(_join(path, field.name), f"given twice (as {field.name} and {field.json_name})")
+            raise _bad(_join(path, field.name), f"given twice (as {field.name} and {field.json_name})",
+                       "DUPLICATE_FIELD")
         seen.add(field.name)
         if value is None:
             continue  # JSON null is the field's default
@@ -328,7 +331,7 @@ def _check_value(value: Any, field: FieldDescriptor, path: str) -> None:
         if not isinstance(value, str):
             raise _bad(path, f"expected a string, got {_show(value)}")
         if kind == F.TYPE_STRING and "\x00" in value:
-            raise _bad(path, "text cannot contain the NUL character (U+0000)")
+            raise _bad(path, "text cannot contain the NUL character (U+0000)", "INVALID_CHARACTER")
     elif kind == F.TYPE_ENUM:
         if isinstance(value, bool) or not (
                 (isinstance(value, str) and value in field.enum_type.values_by_name)

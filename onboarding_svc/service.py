@@ -46,7 +46,8 @@ class OnboardingService:
         given name replaces the stored one. Tokens are not this service's business (the gateway's)."""
         user_id = require(user_id, "user_id")
         if not _USER_ID_RE.match(user_id):
-            raise InvalidArgument("user_id: letters, digits, '.', '_' and '-' only (it goes into URLs)", "user_id")
+            raise InvalidArgument("user_id: letters, digits, '.', '_' and '-' only (it goes into URLs)", "user_id",
+                                  reason="INVALID_FORMAT")
         return await self.storage.login(user_id, _display_name(user_name, "user_name"))
 
     async def status(self, onboarding_id: str, caller: str | None = None) -> StatusView:
@@ -55,7 +56,8 @@ class OnboardingService:
         onboarding_id = require(onboarding_id, "onboarding_id")
         session = await self.storage.get(onboarding_id)
         if session is None or (caller is not None and session.user_id != caller):
-            raise NotFound(f"Onboarding session {onboarding_id} not found")
+            raise NotFound(f"Onboarding session {onboarding_id} not found", reason="ONBOARDING_SESSION_NOT_FOUND",
+                           metadata={"onboarding_id": onboarding_id})
         consents = await self.consents.list_user_consents(session.user_id)
         by_bank: dict[str, dict[str, str]] = {}
         for consent in consents:
@@ -81,10 +83,12 @@ class OnboardingService:
             # The seed frontend never calls start and sends its user id as the onboarding id.
             session = await self.storage.latest_for_user(user_id) or await self.storage.open_session(user_id, None)
         if session is None:
-            raise NotFound(f"Onboarding session {onboarding_id} not found")
+            raise NotFound(f"Onboarding session {onboarding_id} not found", reason="ONBOARDING_SESSION_NOT_FOUND",
+                           metadata={"onboarding_id": onboarding_id})
         if session.user_id != user_id:
             # Another user's session is answered exactly like a missing one: its existence is not theirs to know.
-            raise NotFound(f"Onboarding session {onboarding_id} not found")
+            raise NotFound(f"Onboarding session {onboarding_id} not found", reason="ONBOARDING_SESSION_NOT_FOUND",
+                           metadata={"onboarding_id": onboarding_id})
         return session
 
     async def finalize(self, onboarding_id: str, user_id: str) -> dict[str, Any]:
@@ -98,6 +102,7 @@ class OnboardingService:
         approved = [c for c in consents if c.status == APPROVED]
         if not approved:
             raise FailedPrecondition(
+                reason="NO_APPROVED_CONSENT", message=
                 "No approved consents found. Cannot finalize onboarding: "
                 "create and approve an account consent at one or more banks first.")
         account_banks = [c.bank_id for c in approved if c.kind == "accounts"]
@@ -105,6 +110,7 @@ class OnboardingService:
             waiting = sorted({c.bank_id for c in consents if c.kind == "accounts"})
             hint = f" (waiting for approval at: {', '.join(waiting)})" if waiting else ""
             raise FailedPrecondition(
+                reason="NO_APPROVED_ACCOUNT_CONSENT", message=
                 "No approved account consents found. Cannot finalize onboarding: "
                 f"the account consent is mandatory{hint}.")
 
@@ -136,20 +142,24 @@ class OnboardingService:
         user_id = require(user_id, "user_id")
         goal_type = fields.get("goal_type")
         if goal_type is not None and goal_type not in GOAL_TYPES:
-            raise InvalidArgument(f"profile.goal_type: expected one of {', '.join(GOAL_TYPES)}", "profile.goal_type")
+            raise InvalidArgument(f"profile.goal_type: expected one of {', '.join(GOAL_TYPES)}", "profile.goal_type",
+                                  reason="INVALID_VALUE")
         for name, allowed in (("loans_speed", SPEEDS), ("savings_speed", SPEEDS), ("loan_strategy", STRATEGIES)):
             if fields.get(name) is not None and fields[name] not in allowed:
-                raise InvalidArgument(f"profile.{name}: expected one of {', '.join(allowed)}", f"profile.{name}")
+                raise InvalidArgument(f"profile.{name}: expected one of {', '.join(allowed)}", f"profile.{name}",
+                                      reason="INVALID_VALUE")
         horizon = fields.get("horizon_months")
         if horizon is not None and not 1 <= horizon <= 600:
-            raise InvalidArgument("profile.horizon_months: must be between 1 and 600", "profile.horizon_months")
+            raise InvalidArgument("profile.horizon_months: must be between 1 and 600", "profile.horizon_months",
+                                  reason="OUT_OF_RANGE")
         plan = fields.get("subscription_plan")
         if plan is not None and plan.strip().lower() not in PLANS:
             raise InvalidArgument(f"profile.subscription_plan: expected one of {', '.join(PLANS)}",
-                                  "profile.subscription_plan")
+                                  "profile.subscription_plan", reason="INVALID_VALUE")
         note = fields.get("note")
         if note is not None and len(note.strip()) > NOTE_MAX:
-            raise InvalidArgument(f"profile.note: at most {NOTE_MAX} characters", "profile.note")
+            raise InvalidArgument(f"profile.note: at most {NOTE_MAX} characters", "profile.note",
+                                  reason="LIMIT_EXCEEDED", metadata={"limit": NOTE_MAX})
         today = dt.datetime.now(dt.timezone.utc).date()
         amount, target_date = fields.get("target_amount"), fields.get("target_date")
         goals = Goals(

@@ -63,7 +63,7 @@ class OnboardingServicer(pb_grpc.OnboardingServiceServicer):
 
     async def UpdateProfile(self, request, context):
         if not request.HasField("profile"):
-            raise InvalidArgument("profile is required", "profile")
+            raise InvalidArgument("profile is required", "profile", reason="FIELD_REQUIRED")
         p = request.profile
         fields = {
             "goal_type": _enum_name(pb.GoalType, p.goal_type, "GOAL_TYPE_"),

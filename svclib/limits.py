@@ -56,6 +56,21 @@ def _plan(desc: Descriptor) -> tuple:
     return tuple(plan)
 
 
+class Problem(tuple):
+    """A (field path, description) pair, as `problems` lists them, that also knows the `limit` broken."""
+
+    limit: int
+
+    def __new__(cls, field: str, description: str, limit: int):
+        self = super().__new__(cls, (field, description))
+        self.limit = limit
+        return self
+
+    @property
+    def field(self) -> str:
+        return self[0]
+
+
 def _text_limit_problem(path: str, value, limit: int) -> str | None:
     if len(value) > limit:
         unit = "characters" if isinstance(value, str) else "bytes"
@@ -63,37 +78,38 @@ def _text_limit_problem(path: str, value, limit: int) -> str | None:
     return None
 
 
-def problems(message: Message, path: str = "") -> list[tuple[str, str]]:
-    """(field path, reason) for every value over its limit; [] when the request fits."""
-    found: list[tuple[str, str]] = []
+def problems(message: Message, path: str = "") -> list[Problem]:
+    """(field path, reason) for every value over its limit (a `Problem`, which also has the `limit`);
+    [] when the request fits."""
+    found: list[Problem] = []
     for field, kind, limit in _plan(message.DESCRIPTOR):
         name = f"{path}.{field.name}" if path else field.name
         value = getattr(message, field.name)
         if kind == "text":
             problem = _text_limit_problem(name, value, limit)
             if problem:
-                found.append((name, problem))
+                found.append(Problem(name, problem, limit))
         elif kind == "message":
             if message.HasField(field.name):
                 found += problems(value, name)
         elif kind == "map":
             if len(value) > limit:
-                found.append((name, f"{name}: at most {limit} entries (got {len(value)})"))
+                found.append(Problem(name, f"{name}: at most {limit} entries (got {len(value)})", limit))
                 continue
             value_field = field.message_type.fields_by_name["value"]
             for key in value:
                 key_problem = _text_limit_problem(f"{name}[key]", key, DEFAULT_TEXT) if isinstance(key, str) else None
                 if key_problem:
-                    found.append((name, key_problem))
+                    found.append(Problem(name, key_problem, DEFAULT_TEXT))
                 if value_field.message_type is not None:
                     found += problems(value[key], f"{name}[{str(key)[:40]}]")
                 elif value_field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
                     item_problem = _text_limit_problem(f"{name}[{str(key)[:40]}]", value[key], DEFAULT_TEXT)
                     if item_problem:
-                        found.append((name, item_problem))
+                        found.append(Problem(name, item_problem, DEFAULT_TEXT))
         else:  # repeated
             if len(value) > limit:
-                found.append((name, f"{name}: at most {limit} items (got {len(value)})"))
+                found.append(Problem(name, f"{name}: at most {limit} items (got {len(value)})", limit))
                 continue
             for i, item in enumerate(value):
                 item_path = f"{name}[{i}]"
@@ -102,7 +118,7 @@ def problems(message: Message, path: str = "") -> list[tuple[str, str]]:
                 elif isinstance(item, (str, bytes)):
                     problem = _text_limit_problem(item_path, item, DEFAULT_TEXT)
                     if problem:
-                        found.append((item_path, problem))
+                        found.append(Problem(item_path, problem, DEFAULT_TEXT))
         if len(found) >= 10:
             break
     return found

@@ -6,8 +6,9 @@
 - One interceptor that verifies the caller's signed statement (svclib.internal_auth: UNAUTHENTICATED
   without a valid one, except for health and reflection), sets the request id (metadata
   `x-request-id`, or a new one), the statement's user and the language (`x-language`) into context
-  variables, maps domain errors to status codes (an unexpected
-  exception becomes INTERNAL with a generic message; the traceback goes to the log only), writes
+  variables, maps domain errors to status codes with a `google.rpc.Status` rich error (ErrorInfo with
+  the error's reason and metadata, BadRequest for bad fields, RetryInfo: `svclib.rich_status`; an
+  unexpected exception becomes INTERNAL with a generic message; the traceback goes to the log only), writes
   one JSON access-log line per call and counts it in the Prometheus metrics (`svclib.metrics`: per
   method and code, with its latency).
 - SIGTERM/SIGINT → health NOT_SERVING, `server.stop(grace)`, then the caller's cleanup.
@@ -16,16 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import time
-from typing import Awaitable, Callable, Iterable
+from typing import Awaitable, Callable, Iterable, Mapping
 
 import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from svclib import i18n, limits, metrics
+from svclib import i18n, limits, metrics, rich_status
 from svclib.errors import DomainError
 from svclib.internal_auth import METADATA_KEY as AUTH_METADATA, Caller, InvalidStatement, Verifier, is_open
 from svclib.resilience import RETRY_AFTER_SECONDS, is_unavailable
@@ -51,13 +53,24 @@ _DOWNSTREAM_CODES = {
 } | {grpc.StatusCode.DEADLINE_EXCEEDED: grpc.StatusCode.UNAVAILABLE}
 
 
-def _refuse(handler, message: str):
+async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, *, domain: str,
+                reason: str | None, metadata: Mapping[str, object] | None = None,
+                violations: Iterable[tuple[str, str]] = (), retry_after: float | None = None,
+                details: Iterable = (), extra: Iterable[tuple[str, str]] = ()) -> None:
+    """End the call with `code` and a `google.rpc.Status` rich error (`svclib.rich_status`)."""
+    message = bounded_message(message)
+    status = rich_status.status(code, message, reason=reason, domain=domain, metadata=metadata,
+                                violations=violations, retry_after=retry_after, details=details)
+    await context.abort(code, message, trailing_metadata=rich_status.trailing_metadata(status, extra))
+
+
+def _refuse(handler, message: str, domain: str):
     """A handler that answers UNAUTHENTICATED (same shape as `handler`)."""
     async def refuse(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await abort(context, grpc.StatusCode.UNAUTHENTICATED, message, domain=domain, reason="CALLER_NOT_VERIFIED")
 
     async def refuse_stream(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await abort(context, grpc.StatusCode.UNAUTHENTICATED, message, domain=domain, reason="CALLER_NOT_VERIFIED")
         yield  # pragma: no cover - a generator, never reached
 
     if handler.unary_stream:
@@ -81,8 +94,9 @@ def bounded_message(message: str) -> str:
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Caller verification, request id + user context, domain error mapping and access log for every RPC."""
 
-    def __init__(self, verifier: Verifier):
+    def __init__(self, verifier: Verifier, domain: str = "finpulse"):
         self.verifier = verifier
+        self.domain = domain  # the ErrorInfo domain of this service's errors: finpulse.<service>
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -98,12 +112,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 metrics.observe_rpc(method, grpc.StatusCode.UNAUTHENTICATED.name, 0.0)
                 access_log.warning("rpc refused", extra={"rpc": method, "code": "UNAUTHENTICATED",
                                                          "reason": str(exc)})
-                return _refuse(handler, str(exc))
+                return _refuse(handler, str(exc), self.domain)
         if handler.unary_unary:
             inner = handler.unary_unary
 
             async def unary_unary(request, context):
-                with _CallScope(method, metadata, context, caller) as scope:
+                with _CallScope(method, metadata, context, caller, self.domain) as scope:
                     await scope.check_limits(request)
                     await scope.check_user(request)
                     return await scope.guard(inner(request, context))
@@ -115,7 +129,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def unary_stream(request, context):
-                with _CallScope(method, metadata, context, caller) as scope:
+                with _CallScope(method, metadata, context, caller, self.domain) as scope:
                     await scope.check_limits(request)
                     await scope.check_user(request)
                     async for item in scope.guard_stream(inner_stream(request, context)):
@@ -128,8 +142,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
 
 class _CallScope:
-    def __init__(self, method: str, metadata: dict, context: grpc.aio.ServicerContext, caller: Caller | None):
+    def __init__(self, method: str, metadata: dict, context: grpc.aio.ServicerContext, caller: Caller | None,
+                 domain: str = "finpulse"):
         self.method = method
+        self.domain = domain
         self.context = context
         request_id = metadata.get("x-request-id") or ""
         self.request_id = request_id if 0 < len(request_id) <= 128 else new_request_id()
@@ -164,44 +180,56 @@ class _CallScope:
         i18n.language_var.reset(self.tokens[2])
         return False
 
+    async def _abort(self, code: grpc.StatusCode, message: str, **rich) -> None:
+        self.code = code
+        await abort(self.context, code, message, domain=self.domain, **rich)
+
     async def check_limits(self, request) -> None:
         """The contract's size limits (svclib.limits), before any servicer sees the request."""
         found = limits.problems(request)
         if found:
-            self.code = grpc.StatusCode.INVALID_ARGUMENT
-            await self.context.abort(self.code, bounded_message("; ".join(reason for _, reason in found)))
+            first = found[0]
+            await self._abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(reason for _, reason in found),
+                              reason="LIMIT_EXCEEDED", metadata={"field": first.field, "limit": first.limit},
+                              violations=found)
 
     async def check_user(self, request) -> None:
         """A call made for a user (`x-user-id`) may only name that user in its `user_id` field."""
         named = getattr(request, "user_id", None)
         if self.user_id and named and named != self.user_id:
-            self.code = grpc.StatusCode.PERMISSION_DENIED
-            await self.context.abort(self.code, "user_id does not match the calling user")
+            await self._abort(grpc.StatusCode.PERMISSION_DENIED, "user_id does not match the calling user",
+                              reason="USER_MISMATCH", metadata={"field": "user_id"})
 
     async def _fail(self, exc: Exception):
         if is_unavailable(exc):
             # The database (or the network to it) is away for now: the caller should retry, not report a bug.
-            self.code = grpc.StatusCode.UNAVAILABLE
             log.warning("database unavailable", extra={"rpc": self.method, "error": repr(exc)})
-            await self.context.abort(self.code, "the service's database is unavailable; retry in a moment",
-                                     trailing_metadata=((RETRY_AFTER_METADATA, str(RETRY_AFTER_SECONDS)),))
+            await self._abort(grpc.StatusCode.UNAVAILABLE, "the service's database is unavailable; retry in a moment",
+                              reason="DATABASE_UNAVAILABLE", retry_after=RETRY_AFTER_SECONDS,
+                              extra=((RETRY_AFTER_METADATA, str(RETRY_AFTER_SECONDS)),))
         if isinstance(exc, _UNSTORABLE_TEXT):
             # Text Postgres refuses (NUL, or not encodable): the caller's input, not our failure.
-            self.code = grpc.StatusCode.INVALID_ARGUMENT
-            await self.context.abort(self.code, "a text value contains a character that cannot be stored "
-                                                "(such as NUL, U+0000)")
+            await self._abort(grpc.StatusCode.INVALID_ARGUMENT, "a text value contains a character that cannot be "
+                                                                "stored (such as NUL, U+0000)",
+                              reason="INVALID_CHARACTER")
         if isinstance(exc, DomainError):
-            self.code = _status_code(exc.code)
-            await self.context.abort(self.code, bounded_message(exc.message))
+            extra = ()
+            if exc.retry_after is not None:
+                extra = ((RETRY_AFTER_METADATA, str(max(1, math.ceil(exc.retry_after)))),)
+            await self._abort(_status_code(exc.code), exc.message, reason=exc.reason, metadata=exc.metadata,
+                              violations=exc.violations, retry_after=exc.retry_after, extra=extra)
         if isinstance(exc, grpc.aio.AioRpcError):
-            # A call to another service failed: pass its verdict on, without its debug string.
-            self.code = _DOWNSTREAM_CODES.get(exc.code(), grpc.StatusCode.INTERNAL)
+            # A call to another service failed: pass its verdict (and its rich details) on, without its debug string.
+            code = _DOWNSTREAM_CODES.get(exc.code(), grpc.StatusCode.INTERNAL)
             log.warning("downstream call failed", extra={"code": exc.code().name, "details": exc.details()})
-            message = exc.details() if self.code != grpc.StatusCode.UNAVAILABLE else "a backing service is unavailable"
-            await self.context.abort(self.code, message or "downstream error")
+            if code == grpc.StatusCode.UNAVAILABLE:
+                await self._abort(code, "a backing service is unavailable", reason="BACKING_SERVICE_UNAVAILABLE")
+            await self._abort(code, exc.details() or "downstream error",
+                              reason="INTERNAL" if code == grpc.StatusCode.INTERNAL else code.name,
+                              details=rich_status.details_of(exc) if code != grpc.StatusCode.INTERNAL else ())
         log.exception("unhandled error in %s", self.method)
-        self.code = grpc.StatusCode.INTERNAL
-        await self.context.abort(self.code, "internal error (see the service log for this request id)")
+        await self._abort(grpc.StatusCode.INTERNAL, "internal error (see the service log for this request id)",
+                          reason="INTERNAL")
 
     async def guard(self, awaitable: Awaitable):
         try:
@@ -231,7 +259,7 @@ class GrpcServer:
         # Connections are recycled every few minutes (clients reconnect at once, in-flight calls get a
         # grace), so clients re-resolve their target and new replicas behind a headless Service get
         # their share of the calls.
-        self.server = grpc.aio.server(interceptors=[ServiceInterceptor(verifier)],
+        self.server = grpc.aio.server(interceptors=[ServiceInterceptor(verifier, f"finpulse.{name}")],
                                       options=[("grpc.so_reuseport", 0),
                                                ("grpc.max_connection_age_ms", 5 * 60 * 1000),
                                                ("grpc.max_connection_age_grace_ms", 30 * 1000)])

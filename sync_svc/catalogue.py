@@ -83,9 +83,11 @@ class Catalogues:
         configured = {b.id: b for b in self.banks}
         for bank_id in bank_ids:
             if bank_id not in configured:
-                raise NotFound(f"Bank '{bank_id}' is not supported.")
+                raise NotFound(f"Bank '{bank_id}' is not supported.", reason="BANK_NOT_FOUND",
+                               metadata={"bank_id": bank_id})
         if product_type and product_type not in PRODUCT_TYPES:
-            raise InvalidArgument(f"product_type: expected one of {', '.join(PRODUCT_TYPES)}", "product_type")
+            raise InvalidArgument(f"product_type: expected one of {', '.join(PRODUCT_TYPES)}", "product_type",
+                                  reason="INVALID_VALUE")
         wanted = bank_ids or [b.id for b in self.banks if b.base_url]
         now = self.clock()
         states = await self.storage.states(wanted)

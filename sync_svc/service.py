@@ -97,7 +97,8 @@ class Aggregates:
 
 def page_size(value: int) -> int:
     if value < 0 or value > MAX_PAGE:
-        raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE}", "page_size")
+        raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE}", "page_size", reason="OUT_OF_RANGE",
+                              metadata={"limit": MAX_PAGE})
     return value or DEFAULT_PAGE
 
 
@@ -107,7 +108,8 @@ def cursor(token: str) -> TransactionCursor | None:
     try:
         return TransactionCursor.from_token(token)
     except ValueError:
-        raise InvalidArgument("page_token is not a token this service gave out", "page_token") from None
+        raise InvalidArgument("page_token is not a token this service gave out", "page_token",
+                              reason="INVALID_PAGE_TOKEN") from None
 
 
 class SyncService:
@@ -124,7 +126,7 @@ class SyncService:
         for bank in self.banks:
             if bank.id == bank_id:
                 return bank
-        raise NotFound(f"Bank '{bank_id}' is not supported.")
+        raise NotFound(f"Bank '{bank_id}' is not supported.", reason="BANK_NOT_FOUND", metadata={"bank_id": bank_id})
 
     # ------------------------------------------------------------------------------------ bank list
 
@@ -149,9 +151,10 @@ class SyncService:
         being synced are answered with their latest job instead of a new one."""
         user_id = require(user_id, "user_id")
         if reason and (len(reason) > REASON_MAX or not reason.replace("_", "").isalnum()):
-            raise InvalidArgument(f"reason: at most {REASON_MAX} letters, digits or '_'", "reason")
+            raise InvalidArgument(f"reason: at most {REASON_MAX} letters, digits or '_'", "reason",
+                                  reason="INVALID_FORMAT", metadata={"limit": REASON_MAX})
         if len(set(bank_ids)) != len(bank_ids):
-            raise InvalidArgument("bank_ids: a bank is named twice", "bank_ids")
+            raise InvalidArgument("bank_ids: a bank is named twice", "bank_ids", reason="DUPLICATE_VALUE")
         for bank_id in bank_ids:
             self._bank(bank_id)
         connected = await self.connected_banks(user_id)
@@ -159,9 +162,11 @@ class SyncService:
         not_connected = [b for b in targets if b not in connected]
         if not_connected:
             raise InvalidArgument(
-                f"bank_ids: no approved account consent at {', '.join(not_connected)} for this user", "bank_ids")
+                f"bank_ids: no approved account consent at {', '.join(not_connected)} for this user", "bank_ids",
+                reason="BANK_NOT_CONNECTED", metadata={"bank_id": not_connected[0]})
         if not targets:
-            raise InvalidArgument("the user has no connected bank: approve an account consent first", "user_id")
+            raise InvalidArgument("the user has no connected bank: approve an account consent first", "user_id",
+                                  reason="NO_CONNECTED_BANK")
         request_id = current_request_id()
         settled: dict[str, JobRef] = {}
         if skip_synced:
@@ -278,9 +283,9 @@ class SyncService:
                          income_days: int = 0, today_since: dt.datetime | None = None) -> Aggregates:
         user_id = require(user_id, "user_id")
         if not 0 <= months <= 120:
-            raise InvalidArgument("months must be between 1 and 120", "months")
+            raise InvalidArgument("months must be between 1 and 120", "months", reason="OUT_OF_RANGE")
         if not 0 <= income_days <= 3660:
-            raise InvalidArgument("income_days must be between 1 and 3660", "income_days")
+            raise InvalidArgument("income_days must be between 1 and 3660", "income_days", reason="OUT_OF_RANGE")
         now = dt.datetime.now(dt.timezone.utc)
         since = spending_since or now - dt.timedelta(days=30)
         today = today_since or now.replace(hour=0, minute=0, second=0, microsecond=0)

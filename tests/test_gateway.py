@@ -482,9 +482,11 @@ async def test_bad_input_is_400_naming_the_field(gw, backends, case):
     assert data["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0] and data["error"] == "INVALID_ARGUMENT"
     assert text in data["message"], data["message"]
     if field is not None:
-        [detail] = data["details"]
+        [detail, info] = data["details"]
         assert detail["@type"] == "type.googleapis.com/google.rpc.BadRequest"
         assert detail["field_violations"][0]["field"] == field
+        assert info["@type"] == "type.googleapis.com/google.rpc.ErrorInfo" and info["domain"] == "finpulse.gateway"
+        assert info["reason"] == data["error_code"] and info["metadata"]["field"] == field
     assert "Traceback" not in data["message"]
     assert all_calls(backends) == []
 
@@ -543,7 +545,10 @@ async def test_backend_down_is_503(make_gateway, backends):
     assert resp.status == 503
     data = await resp.json()
     assert data == {"code": 14, "error": "UNAVAILABLE", "message": "the sync service is unavailable, try again later",
-                    "details": []}
+                    "error_code": "SERVICE_UNAVAILABLE", "details": [
+                        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "SERVICE_UNAVAILABLE",
+                         "domain": "finpulse.gateway", "metadata": {"service": "sync"}},
+                        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retry_delay": "1s"}]}
     assert resp.headers["Retry-After"] == "1"
 
 
@@ -573,7 +578,9 @@ async def test_gateway_bug_is_generic_500_and_logged(gw, backends, monkeypatch, 
         resp = await gw.get("/api/banks")
     assert resp.status == 500
     text = await resp.text()
-    assert json.loads(text) == {"code": 13, "error": "INTERNAL", "message": "internal error", "details": []}
+    assert json.loads(text) == {"code": 13, "error": "INTERNAL", "message": "internal error", "error_code": "INTERNAL",
+                                "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "INTERNAL",
+                                             "domain": "finpulse.gateway"}]}
     assert "secret" not in text
     assert any(r.exc_info and "internal secret detail" in str(r.exc_info[1]) for r in caplog.records)
 

@@ -25,7 +25,8 @@ mapping rules and the proto3 JSON mapping exactly as `gateway.transcode` impleme
   the contract's size limits (`svclib.limits`): `maxLength`, `maxItems`, `maxProperties`;
 - a top-level string `idempotency_key` of a request is the `Idempotency-Key` header instead;
 - every `/api` operation requires the `bearerAuth` scheme and documents its error answers
-  (`components/responses`, all with the one `Error` body of `gateway.errors`).
+  (`components/responses`, all with the one `Error` body of `gateway.errors`: `error_code` and the
+  `google.rpc` details ErrorInfo, BadRequest, RetryInfo; an example per gRPC code under its status).
 
 Proto comments (leading and trailing) of services, RPCs, messages, fields, enums and enum values
 become the descriptions. The generated modules do not keep comments, so they are read from the
