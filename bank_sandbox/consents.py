@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 from bank_sandbox.models import Customer, iso_naive, iso_z, money
 from bank_sandbox.protocol import ApiError, Fields, body_error

@@ -13,10 +13,10 @@ from __future__ import annotations
 import calendar
 import random
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Iterator
 
 from bank_sandbox.models import CENT, UTC, Account, Agreement, Card, Customer, Draft, Merchant, Product
 

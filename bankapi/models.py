@@ -10,15 +10,31 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 __all__ = [
-    "ConsentStatus", "ConsentKind", "PaymentStatus", "normalize_status", "normalize_payment_status",
-    "ConsentResult", "Account", "Balance", "Transaction", "TransactionPage", "ProductAgreement", "Product",
-    "Payment", "to_decimal", "parse_datetime", "parse_date", "agreement_id_from_text", "items_of",
+    "Account",
+    "Balance",
+    "ConsentKind",
+    "ConsentResult",
+    "ConsentStatus",
+    "Payment",
+    "PaymentStatus",
+    "Product",
+    "ProductAgreement",
+    "Transaction",
+    "TransactionPage",
+    "agreement_id_from_text",
+    "items_of",
+    "normalize_payment_status",
+    "normalize_status",
+    "parse_date",
+    "parse_datetime",
+    "to_decimal",
 ]
 
 
@@ -54,7 +70,7 @@ def parse_datetime(value: Any) -> datetime | None:
     elif isinstance(value, date):
         dt = datetime(value.year, value.month, value.day)
     elif isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
-        return datetime.fromtimestamp(float(value), tz=timezone.utc)
+        return datetime.fromtimestamp(float(value), tz=UTC)
     elif isinstance(value, str):
         text = value.strip()
         if text.endswith(("z", "Z")):
@@ -66,8 +82,8 @@ def parse_datetime(value: Any) -> datetime | None:
     else:
         return None
     if dt.tzinfo is None:
-        return dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
 
 
 def parse_date(value: Any) -> date | None:

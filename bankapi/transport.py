@@ -27,18 +27,27 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any, Awaitable, Callable, Mapping, Self
+from typing import Any, Self
 
 import aiohttp
 
 from .breaker import Breaker, BreakerStore, MemoryBreakerStore
 from .config import BankEndpoint, TeamCredentials
-from .errors import (BankUnavailable, CircuitOpen, MalformedResponse, UnknownBank, decode_body, describe_detail,
-                     error_for_status, is_refusal)
+from .errors import (
+    BankUnavailable,
+    CircuitOpen,
+    MalformedResponse,
+    UnknownBank,
+    decode_body,
+    describe_detail,
+    error_for_status,
+    is_refusal,
+)
 from .tokens import Token, TokenCache, TokenStore
 
 log = logging.getLogger("bankapi")
@@ -94,7 +103,7 @@ def wire_time(value: datetime) -> str:
     """A timestamp as the API writes them: UTC without offset ("2026-12-31T23:59:59[.ffffff]");
     a naive value is taken as UTC."""
     if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(UTC).replace(tzinfo=None)
     return value.isoformat()
 
 
@@ -257,7 +266,7 @@ class BankTransport:
                                             timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
                 raw = await resp.read()
                 response = Response(resp.status, decode_body(raw.decode("utf-8", "replace")), resp.headers, iid)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             if isinstance(exc, asyncio.TimeoutError):
                 message = f"timeout after {self.timeout}s"
             else:
@@ -300,7 +309,7 @@ def _clock(when: float | None) -> str:
     """Unix seconds as an ISO-8601 UTC time, to the second (for messages people read)."""
     if when is None:
         return "?"
-    return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 

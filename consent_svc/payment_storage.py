@@ -6,8 +6,8 @@ import base64
 import contextlib
 import dataclasses
 import datetime as dt
+from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import AsyncIterator
 
 import asyncpg
 

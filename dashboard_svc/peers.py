@@ -10,14 +10,22 @@ from decimal import Decimal
 from finpulse.onboarding.v1 import onboarding_pb2
 from finpulse.sync.v1 import sync_pb2
 
+from dashboard_svc.model import (
+    AccountView,
+    BankFreshness,
+    CategoryTotal,
+    CreditView,
+    DayAmount,
+    Goals,
+    MonthFlow,
+    ProductView,
+    TransactionView,
+)
+from dashboard_svc.service import Gathered
 from finance.protoconv import repayments_from_pb
 from svclib.cache import Cache, data_version_key
 from svclib.clients import ServiceClients
 from svclib.protoconv import optional
-
-from dashboard_svc.model import (AccountView, BankFreshness, CategoryTotal, CreditView, DayAmount, Goals, MonthFlow,
-                                 ProductView, TransactionView)
-from dashboard_svc.service import Gathered
 
 RECENT = 10
 
@@ -27,7 +35,7 @@ def _dec(text: str) -> Decimal | None:
 
 
 def _time(msg, field: str) -> dt.datetime | None:
-    return getattr(msg, field).ToDatetime(dt.timezone.utc) if msg.HasField(field) else None
+    return getattr(msg, field).ToDatetime(dt.UTC) if msg.HasField(field) else None
 
 
 def _date(text: str | None) -> dt.date | None:

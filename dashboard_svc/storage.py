@@ -6,9 +6,8 @@ import json
 
 import asyncpg
 
-from svclib.db import AdvisoryLock
-
 from dashboard_svc.model import FinancialInputs
+from svclib.db import AdvisoryLock
 
 
 def _inputs(row: asyncpg.Record | None) -> tuple[FinancialInputs, dt.datetime | None]:
@@ -23,7 +22,7 @@ def _inputs(row: asyncpg.Record | None) -> tuple[FinancialInputs, dt.datetime | 
 class CacheRow:
     """A stored dashboard: the computed payload and what it was computed from."""
 
-    __slots__ = ("payload", "calculated_at", "data_version")
+    __slots__ = ("calculated_at", "data_version", "payload")
 
     def __init__(self, payload: dict, calculated_at: dt.datetime, data_version: int):
         self.payload = payload
@@ -139,7 +138,7 @@ _APPLICATION_COLUMNS = "application_id, user_id, offer_id, status, offer, create
 class StoredApplication:
     """A recorded refinancing application: the offer as it was shown when applied for."""
 
-    __slots__ = ("application_id", "user_id", "offer_id", "status", "offer", "created_at", "updated_at")
+    __slots__ = ("application_id", "created_at", "offer", "offer_id", "status", "updated_at", "user_id")
 
     def __init__(self, application_id: str, user_id: str, offer_id: str, status: str, offer: dict,
                  created_at: dt.datetime, updated_at: dt.datetime):

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import urlparse
 
 import grpc

@@ -12,7 +12,8 @@ import functools
 import json
 import logging
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import grpc
 from aiohttp import web

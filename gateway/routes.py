@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor

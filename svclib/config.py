@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Mapping
 from urllib.parse import urlparse
 
 DEFAULT_TEAM_ID = "team200"

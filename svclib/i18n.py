@@ -10,7 +10,7 @@ on it.
 from __future__ import annotations
 
 import contextvars
-from typing import Mapping
+from collections.abc import Mapping
 
 LANGUAGES = ("ru", "en")
 DEFAULT_LANGUAGE = "ru"

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import pathlib
 import sys
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -23,9 +23,9 @@ from svclib.cache import Cache
 from svclib.clients import ServiceClients
 from svclib.config import ConfigError, Settings, load_settings
 from svclib.embedded import BackingServices, ensure_backing_services
+from svclib.internal_auth import Verifier
 from svclib.logging import setup_logging
 from svclib.process import die_with_parent
-from svclib.internal_auth import Verifier
 from svclib.resilience import LoopHealth, is_unavailable
 from svclib.server import GrpcServer, install_signal_handlers
 
@@ -74,7 +74,7 @@ class Runtime:
         for closer in reversed(self._closers):
             try:
                 await closer()
-            except Exception:  # noqa: BLE001 - shutdown goes on
+            except Exception:  # shutdown goes on
                 log.exception("error while closing")
         await self.clients.close()
         await self.cache.close()
@@ -117,8 +117,7 @@ async def _when_reachable(what: str, attempt: Callable[[], Awaitable], wait: flo
     while True:
         try:
             return await attempt()
-        except (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError,
-                asyncpg.TooManyConnectionsError) as exc:
+        except (TimeoutError, OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError) as exc:
             if asyncio.get_running_loop().time() + delay > deadline:
                 raise StartupError(f"{what} is unreachable after {wait:.0f} s: {exc}") from None
             log.warning(f"{what} is unreachable, retrying", extra={"error": str(exc), "retry_in_s": delay})
@@ -168,7 +167,7 @@ async def _watch_readiness(runtime: Runtime, server: GrpcServer) -> None:
                                                       "silent_loops": runtime.health.stale()})
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - the watch itself must never stop
+        except Exception:  # the watch itself must never stop
             log.exception("readiness watch failed; retrying")
         await asyncio.sleep(0.2 if not serving else READINESS_INTERVAL)
 

@@ -2,7 +2,6 @@ import pathlib
 import sys
 
 from svclib.runtime import ServiceSpec, main
-
 from sync_svc.servicer import setup
 
 SPEC = ServiceSpec(name="sync", schema="sync",

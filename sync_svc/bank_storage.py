@@ -29,10 +29,11 @@ import contextlib
 import dataclasses
 import functools
 import json
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -41,9 +42,21 @@ from svclib.db import copy_records
 from svclib.resilience import connection_lost
 
 __all__ = [
-    "BankDataStorage", "WriteStats", "TableStats", "SyncState", "Counts", "BankCall",
-    "StoredAccount", "StoredBalance", "StoredCredit", "StoredTransaction", "TransactionCursor",
-    "MonthlyCashFlow", "CategorySpending", "LoanRepayments", "DayIncome",
+    "BankCall",
+    "BankDataStorage",
+    "CategorySpending",
+    "Counts",
+    "DayIncome",
+    "LoanRepayments",
+    "MonthlyCashFlow",
+    "StoredAccount",
+    "StoredBalance",
+    "StoredCredit",
+    "StoredTransaction",
+    "SyncState",
+    "TableStats",
+    "TransactionCursor",
+    "WriteStats",
 ]
 
 MAX_PAGE = 1000
@@ -878,7 +891,7 @@ class BankDataStorage:
     async def log_bank_calls(self, records: Iterable[BankCall | Mapping[str, Any] | Any]) -> int:
         """Append bank calls to bank_status_log in one COPY. Each record is a `BankCall`, a Mapping or any
         object with its attribute names; a missing `at` is the time of logging. Returns the rows written."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         rows = []
         for rec in records:
             message = _field(rec, "message")

@@ -6,17 +6,26 @@ import dataclasses
 import datetime as dt
 import logging
 import typing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from decimal import Decimal
-from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 from svclib.cache import DATA_VERSION_TTL, Cache, data_version_key
 from svclib.config import BankConfig
 from svclib.errors import InvalidArgument, NotFound, require
 from svclib.logging import current_request_id
-
-from sync_svc.bank_storage import (BankDataStorage, CategorySpending, DayIncome, LoanRepayments, MonthlyCashFlow,
-                                   StoredAccount, StoredBalance, StoredCredit, StoredTransaction, SyncState,
-                                   TransactionCursor)
+from sync_svc.bank_storage import (
+    BankDataStorage,
+    CategorySpending,
+    DayIncome,
+    LoanRepayments,
+    MonthlyCashFlow,
+    StoredAccount,
+    StoredBalance,
+    StoredCredit,
+    StoredTransaction,
+    SyncState,
+    TransactionCursor,
+)
 from sync_svc.storage import Job, JobRef, JobStorage
 from sync_svc.worker import data_cache_prefix
 
@@ -42,7 +51,7 @@ WATCH_LIMIT = dt.timedelta(minutes=10)
 class BankListing:
     bank: BankConfig
     connected: bool
-    status: "BankStatus | None"
+    status: BankStatus | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,8 +202,8 @@ class SyncService:
         if bank_id:
             self._bank(bank_id)
         seen: dict[str, tuple] = {}
-        deadline = dt.datetime.now(dt.timezone.utc) + WATCH_LIMIT
-        while dt.datetime.now(dt.timezone.utc) < deadline:
+        deadline = dt.datetime.now(dt.UTC) + WATCH_LIMIT
+        while dt.datetime.now(dt.UTC) < deadline:
             jobs = [j for j in await self.jobs.latest_per_bank(user_id) if not bank_id or j.bank_id == bank_id]
             for job in jobs:
                 key = (job.job_id, job.state, tuple(sorted(job.progress.items())), job.attempts)
@@ -233,7 +242,7 @@ class SyncService:
             if job is None or job.state not in ACTIVE or loop.time() > deadline:
                 return job
             if waits_to_retry(job):
-                due_in = (job.run_after - dt.datetime.now(dt.timezone.utc)).total_seconds()
+                due_in = (job.run_after - dt.datetime.now(dt.UTC)).total_seconds()
                 if loop.time() + due_in > deadline:
                     return job
             await asyncio.sleep(0.2)
@@ -280,7 +289,7 @@ class SyncService:
             raise InvalidArgument("months must be between 1 and 120", "months")
         if not 0 <= income_days <= 3660:
             raise InvalidArgument("income_days must be between 1 and 3660", "income_days")
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         since = spending_since or now - dt.timedelta(days=30)
         today = today_since or now.replace(hour=0, minute=0, second=0, microsecond=0)
         cash_flow, spending, loans, version, income, spent_today = await asyncio.gather(

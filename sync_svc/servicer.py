@@ -7,8 +7,8 @@ from finpulse.consent.v1 import consent_pb2
 from finpulse.sync.v1 import sync_pb2 as pb
 from finpulse.sync.v1 import sync_pb2_grpc as pb_grpc
 
-from bankapi.client import BankClients
 from bankapi.breaker import RedisBreakerStore
+from bankapi.client import BankClients
 from bankapi.config import BankEndpoint, TeamCredentials
 from bankapi.tokens import RedisTokenStore
 from svclib.logging import current_request_id
@@ -18,7 +18,6 @@ from svclib.resilience import Listener
 from svclib.runtime import Runtime
 from svclib.server import GrpcServer
 from svclib.validation import format_amount
-
 from sync_svc.bank_storage import BankDataStorage
 from sync_svc.catalogue import Catalogues
 from sync_svc.catalogue_storage import CatalogueStorage
@@ -120,7 +119,7 @@ def _event(user_id: str, job: Job) -> pb.SyncEvent:
 
 
 def _time(msg, field: str) -> dt.datetime | None:
-    return getattr(msg, field).ToDatetime(dt.timezone.utc) if msg.HasField(field) else None
+    return getattr(msg, field).ToDatetime(dt.UTC) if msg.HasField(field) else None
 
 
 class SyncServicer(pb_grpc.SyncServiceServicer):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import asyncio
 import re
 import urllib.parse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 
@@ -30,7 +31,7 @@ class Http:
         self.tokens = tokens
         self.last_user: str | None = None
 
-    def as_user(self, token: str | None) -> "Http":
+    def as_user(self, token: str | None) -> Http:
         return Http(self.session, self.base, token)
 
     def _token_for(self, path: str, json: Any, params: dict | None) -> str | None:

@@ -40,7 +40,7 @@ class FakeBankData:
 
 class Clock:
     def __init__(self):
-        self.now = dt.datetime.now(dt.timezone.utc)  # near the database's own now(): expiry uses both
+        self.now = dt.datetime.now(dt.UTC)  # near the database's own now(): expiry uses both
 
     def __call__(self) -> dt.datetime:
         return self.now

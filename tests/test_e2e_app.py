@@ -81,7 +81,7 @@ def _round(value: Decimal) -> Decimal:
 
 def bank_loans(user: str) -> dict[str, dict]:
     """The customer's loans as the emulator generated them, with the repayments its history shows."""
-    anchor = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    anchor = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     who = bank_data.profile(42, "team200", int(user.rsplit("-", 1)[1]))
     loans = {}
     for bank_id in BANKS:
@@ -147,7 +147,7 @@ async def test_the_web_app_flow_on_real_data(suite, app_gateway, bank_urls):
         # Banks (step 2): configured banks, in order.
         status, banks = await app.call("GET", "/api/banks", user_id=USER)
         assert status == 200 and [b["id"] for b in banks["banks"]] == list(BANKS)
-        assert all(b["status"] == "configured" and b["baseUrl"] and "error" not in b or b["error"] is None
+        assert all((b["status"] == "configured" and b["baseUrl"] and "error" not in b) or b["error"] is None
                    for b in banks["banks"])
 
         # Consents (step 3): all three booleans, every bank; sbank waits for its customer.

@@ -43,8 +43,20 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.e2e import Http, onboard, set_faults, wait_synced
-from tests.faults import (Load, PrivatePostgres, PrivateRedis, Reports, Window, connect, count_mismatches,
-                          describe, start_suite, stuck_jobs, until, write_figures)
+from tests.faults import (
+    Load,
+    PrivatePostgres,
+    PrivateRedis,
+    Reports,
+    Window,
+    connect,
+    count_mismatches,
+    describe,
+    start_suite,
+    stuck_jobs,
+    until,
+    write_figures,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import datetime as dt
 import hashlib
 import hmac
-import datetime as dt
 import json
 import logging
 import os
@@ -29,20 +29,27 @@ import grpc
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from finpulse.consent.v1 import consent_pb2, consent_pb2_grpc
+from finpulse.dashboard.v1 import dashboard_pb2, dashboard_pb2_grpc
+from finpulse.onboarding.v1 import onboarding_pb2, onboarding_pb2_grpc
+from finpulse.sync.v1 import sync_pb2, sync_pb2_grpc
 from google.api import annotations_pb2
 from google.protobuf import message_factory, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from finpulse.consent.v1 import consent_pb2, consent_pb2_grpc
-from finpulse.dashboard.v1 import dashboard_pb2, dashboard_pb2_grpc
-from finpulse.onboarding.v1 import onboarding_pb2, onboarding_pb2_grpc
-from finpulse.sync.v1 import sync_pb2, sync_pb2_grpc
 from gateway import transcode
 from gateway.app import DEFAULT_MAX_BODY_BYTES, create_app
 from gateway.errors import ApiError
-from gateway.routes import (SERVICE_MODULES, Route, RouteError, _convert_template, build_routes,
-                            routes_for_services, service_descriptors)
+from gateway.routes import (
+    SERVICE_MODULES,
+    Route,
+    RouteError,
+    _convert_template,
+    build_routes,
+    routes_for_services,
+    service_descriptors,
+)
 from svclib.clients import ServiceClients
 from svclib.config import load_settings
 from svclib.internal_auth import Verifier
@@ -714,7 +721,7 @@ SECRET = "test-secret-" + "s" * 32
 
 
 def _token(sub: str | None = "team200-1", *, key: Any = SECRET, algorithm: str = "HS256", **claims: Any) -> str:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     # Valid for hours: these tokens are made when the tests are collected, maybe long before they run.
     body = {"iss": "finpulse", "aud": "finpulse-api", "iat": now, "exp": now + dt.timedelta(hours=6)}
     if sub is not None:
@@ -754,7 +761,7 @@ async def _assert_401(resp, fragment: str) -> None:
     ({"Authorization": "Bearer"}, "must be 'Bearer <token>'"),
     ({"Authorization": "Bearer not.a.jwt"}, "malformed"),
     (_bearer(_token(key="another-secret-" + "x" * 32)), "signature is not valid"),
-    (_bearer(_token(exp=dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5))), "expired"),
+    (_bearer(_token(exp=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))), "expired"),
     (_bearer(_token(aud="someone-else")), "audience"),
     (_bearer(_token(iss="evil")), "issuer"),
     (_bearer(_token(sub=None)), "'sub'"),

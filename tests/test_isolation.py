@@ -173,7 +173,7 @@ async def test_user_a_never_gets_user_b_data(suite, routes):
 
 
 async def test_missing_bad_and_expired_tokens_are_401_everywhere(suite, routes):
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     claims = {"sub": USER_A, "iss": suite.settings.jwt_issuer, "aud": suite.settings.jwt_audience}
     forged = jwt.encode({**claims, "exp": now + dt.timedelta(hours=1)}, "not-the-secret-" + "x" * 32, "HS256")
     expired = jwt.encode({**claims, "exp": now - dt.timedelta(hours=1)}, suite.settings.jwt_secret, "HS256")

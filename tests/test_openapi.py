@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from finpulse.sync.v1 import sync_pb2
 from google.api import annotations_pb2, field_behavior_pb2
 from google.protobuf import descriptor_pb2, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 
-from finpulse.sync.v1 import sync_pb2
 from gateway import openapi, transcode
 from gateway.app import create_app
 from gateway.errors import ApiError, bad_request

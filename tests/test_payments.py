@@ -20,6 +20,7 @@ import pytest
 from bank_sandbox import SandboxConfig, start_banks
 from bank_sandbox.app import STATE
 from bankapi import BankClients, MemoryTokenStore
+from bankapi.config import BankEndpoint, TeamCredentials
 from consent_svc.__main__ import SPEC
 from consent_svc.payment_requests import DebtorAccount, Loan, RepaymentRequest, TransferRequest, fingerprint
 from consent_svc.payment_storage import PaymentIntent, PaymentStorage
@@ -31,7 +32,6 @@ from finance.loans import Repayments, obligation_of, repayments_by_key
 from gateway.errors import ApiError
 from gateway.routes import build_routes
 from gateway.transcode import build_request
-from bankapi.config import BankEndpoint, TeamCredentials
 from svclib.config import BankConfig
 from svclib.db import LockBusy
 from svclib.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -369,7 +369,7 @@ async def test_loan_repayment_pays_the_dashboards_instalment_to_the_loans_accoun
                 if l.bank_id == "vbank" and l.product_type == "loan" and l.status == "active")
     loan_account = next(a for a in env.state("vbank").customer(user).accounts if a.number == loan.account_number)
     series = repayments_by_key(await env.data.repayments(user))[("vbank", loan.agreement_id)]
-    expected = obligation_of(series, today_of(dt.datetime.now(dt.timezone.utc))).amount
+    expected = obligation_of(series, today_of(dt.datetime.now(dt.UTC))).amount
     before = loan_account.balance
 
     request = RepaymentRequest(loan.agreement_id, "abank", env.checking("abank", user).account_id)

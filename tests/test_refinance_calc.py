@@ -36,7 +36,7 @@ from dashboard_svc.model import (
 )
 from finance.loans import Repayments
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 NOW = dt.datetime(2025, 11, 20, 9, 0, tzinfo=UTC)
 PARTS = {"dashboard": dashboard_pb2.GetDashboardResponse, "loans": dashboard_pb2.GetLoansResponse,
          "deposits": dashboard_pb2.GetDepositsResponse, "refinance": dashboard_pb2.OptimizeLoansResponse}

@@ -5,28 +5,57 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Any, Callable, Sequence
-
-from finance.dates import today_of
-from finance.loans import repayments_by_key
-from finance.money import round_money
+from typing import Any
 
 from dashboard_svc.domain import refinance, texts
-from dashboard_svc.domain.accounts import (balances, bank_data_notes, bank_name_of, bank_statuses, card_rows,
-                                           debit_cards_balance, deposit_rows, deposits_response, deposits_total,
-                                           last_transactions, savings_summary, spending_by_category,
-                                           totals_by_currency)
+from dashboard_svc.domain.accounts import (
+    balances,
+    bank_data_notes,
+    bank_name_of,
+    bank_statuses,
+    card_rows,
+    debit_cards_balance,
+    deposit_rows,
+    deposits_response,
+    deposits_total,
+    last_transactions,
+    savings_summary,
+    spending_by_category,
+    totals_by_currency,
+)
 from dashboard_svc.domain.common import iso_datetime, legacy
-from dashboard_svc.domain.health import (MonthlyAverages, complete_month_averages, health_score, score_debt_load,
-                                         score_liquid_savings, score_on_time, score_spend_vs_income)
+from dashboard_svc.domain.health import (
+    MonthlyAverages,
+    complete_month_averages,
+    health_score,
+    score_debt_load,
+    score_liquid_savings,
+    score_on_time,
+    score_spend_vs_income,
+)
 from dashboard_svc.domain.income import apply_salary_inputs, base_income_days, detect_income
-from dashboard_svc.domain.loans import (LoanFacts, analyse_loans, apply_credit_inputs, loan_facts, loan_figures,
-                                        loan_rows, loan_summary, loans_response, missed_previous_month,
-                                        orphan_obligations, repayment_order, user_mode)
+from dashboard_svc.domain.loans import (
+    LoanFacts,
+    analyse_loans,
+    apply_credit_inputs,
+    loan_facts,
+    loan_figures,
+    loan_rows,
+    loan_summary,
+    loans_response,
+    missed_previous_month,
+    orphan_obligations,
+    repayment_order,
+    user_mode,
+)
 from dashboard_svc.domain.refinance import Offer
 from dashboard_svc.domain.sts import events_next_30d, safe_to_spend, spendable_balance
 from dashboard_svc.model import DashboardData
+from finance.dates import today_of
+from finance.loans import repayments_by_key
+from finance.money import round_money
 
 
 def financing_triggers(facts: Sequence[LoanFacts], single_offers: Sequence[Offer], sts: dict[str, Any],

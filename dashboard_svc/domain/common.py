@@ -3,13 +3,12 @@ and which accounts count as spendable (pure)."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Sequence
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Iterable, Sequence
-
-from finance.dates import add_months
-from finance.money import ZERO, round_money
 
 from dashboard_svc.model import AccountView
+from finance.dates import add_months
+from finance.money import ZERO, round_money
 
 TENTH = Decimal("0.1")
 HUNDRED = Decimal("100")
@@ -37,8 +36,8 @@ def ratio_text(value: Decimal) -> str:
 def iso_datetime(value: dt.datetime) -> str:
     """ISO-8601 in UTC with "Z"; a naive datetime is taken as UTC."""
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def month_index(value: dt.date) -> int:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any, Iterable
-
-from finance.money import ZERO
+from typing import Any
 
 from dashboard_svc.domain import texts
 from dashboard_svc.domain.common import HUNDRED, interpolate, money, month_index, one_decimal, ratio_text
 from dashboard_svc.domain.loans import LoanAnalysis, months_paid
 from dashboard_svc.model import MonthFlow
+from finance.money import ZERO
 
 HEALTH_MONTHS = 3
 ON_TIME_MAX_MONTHS = 6

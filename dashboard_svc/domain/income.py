@@ -4,15 +4,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
-from typing import Iterable, Sequence
-
-from finance.dates import add_months, month_day
-from finance.money import ZERO, round_money
 
 from dashboard_svc.domain import texts
 from dashboard_svc.domain.common import roll_forward_monthly
 from dashboard_svc.model import DayAmount, FinancialInputs
+from finance.dates import add_months, month_day
+from finance.money import ZERO, round_money
 
 INCOME_HISTORY_DAYS = 180
 DAY_TOLERANCE = 3  # "a similar day of month": within ±3 days (weekends and holidays shift pay days)

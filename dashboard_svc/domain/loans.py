@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Sequence
-
-from finance.dates import add_months, month_day, today_of
-from finance.loans import Obligation, Repayments, obligation_of
-from finance.money import ZERO, round_money
+from typing import Any
 
 from dashboard_svc.domain import refinance, texts
 from dashboard_svc.domain.common import legacy, money, month_index, roll_forward_monthly
 from dashboard_svc.domain.refinance import LoanTerms, Schedule
 from dashboard_svc.model import CreditView, FinancialInputs, Goals
+from finance.dates import add_months, month_day, today_of
+from finance.loans import Obligation, Repayments, obligation_of
+from finance.money import ZERO, round_money
 
 ORPHAN_REPAYMENT_MAX_AGE_DAYS = 62  # repayments of an agreement we do not know: still running if this recent
 SPEED_SHARES = {"conservative": Decimal("0.05"), "optimal": Decimal("0.20"), "fast": Decimal("0.40")}

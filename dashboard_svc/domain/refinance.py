@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from collections.abc import Callable, Iterable, Sequence
 from decimal import ROUND_HALF_UP, ROUND_UP, Decimal
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from dashboard_svc.domain import texts
 from dashboard_svc.model import ProductView

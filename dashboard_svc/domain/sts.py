@@ -3,16 +3,16 @@ income (pure)."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from decimal import ROUND_DOWN, Decimal
-from typing import Any, Iterable
-
-from finance.loans import Obligation
-from finance.money import CENT, ZERO, round_money
+from typing import Any
 
 from dashboard_svc.domain import texts
 from dashboard_svc.domain.common import is_loan_account, is_spendable_account, legacy, money, sum_by_currency
 from dashboard_svc.domain.income import IncomePlan
 from dashboard_svc.model import AccountView, DashboardData
+from finance.loans import Obligation
+from finance.money import CENT, ZERO, round_money
 
 EVENTS_DAYS = 30
 EVENTS_MAX = 20

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from google.protobuf import descriptor_pb2
 

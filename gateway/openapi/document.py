@@ -13,8 +13,17 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gateway.login import LOGIN_METHOD
 from gateway.openapi.comments import load_comments
-from gateway.openapi.schemas import (NULL_SCHEMA, USER_FIELD, SchemaBuilder, _REQUIRED, _behaviors, _one_line,
-                                     _ref, schema_name, user_id_note)
+from gateway.openapi.schemas import (
+    _REQUIRED,
+    NULL_SCHEMA,
+    USER_FIELD,
+    SchemaBuilder,
+    _behaviors,
+    _one_line,
+    _ref,
+    schema_name,
+    user_id_note,
+)
 from gateway.routes import Route, resolve_field
 
 OPENAPI_VERSION = "3.0.3"
