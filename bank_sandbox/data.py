@@ -143,7 +143,8 @@ def profile(seed: int, team_id: str, index: int) -> Profile:
             subtypes.append(subtype)
     # acc-<customer number><3 digits>: distinct within and across customers.
     suffixes = r.sample(range(100, 1000), len(subtypes))
-    accounts = tuple(AccountSpec(f"acc-{index}{suffix}", subtype) for suffix, subtype in zip(suffixes, subtypes))
+    accounts = tuple(AccountSpec(f"acc-{index}{suffix}", subtype)
+                     for suffix, subtype in zip(suffixes, subtypes, strict=True))
     return Profile(client_id, index, f"{surname} {first} {patronymic}", r.choice(CITIES), accounts)
 
 

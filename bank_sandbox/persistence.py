@@ -97,7 +97,7 @@ def decode(kind: Any, raw: Any) -> Any:
         items = _sequence(raw)
         if len(items) != len(args):
             raise ValueError(f"expected {len(args)} items, got {items!r}")
-        return tuple(decode(a, item) for a, item in zip(args, items))
+        return tuple(decode(a, item) for a, item in zip(args, items, strict=True))
     if origin is dict:
         if not isinstance(raw, dict):
             raise TypeError(f"expected an object, got {raw!r}")
@@ -239,7 +239,7 @@ def restore_bank(bank: BankState, stored: dict[str, Any]) -> list[str]:
     for client_id, by_account in (stored.get("accounts") or {}).items():
         try:
             customer = bank.customer(client_id)
-        except Exception as exc:  # an ApiError 404: fewer customers than when it was stored
+        except Exception as exc:  # noqa: BLE001 - an ApiError 404: fewer customers than when it was stored
             problems.append(f"movements of {client_id}: {exc}")
             continue
         for account_id, entry in by_account.items():

@@ -68,7 +68,8 @@ class ConsentEndpoints(BankTransport):
         await self._delete_consent(ConsentKind.ACCOUNTS, consent_id)
 
     async def request_product_consent(self, client_id: str, *, read_agreements: bool = True,
-                                      open_agreements: bool = False, close_agreements: bool = False, product_types: Iterable[str] = DEFAULT_PRODUCT_TYPES,
+                                      open_agreements: bool = False, close_agreements: bool = False,
+                                      product_types: Iterable[str] = DEFAULT_PRODUCT_TYPES,
                                       max_amount: Decimal | int | str | None = None,
                                       valid_until: datetime | None = None,
                                       reason: str = "Overview of loans, deposits and cards in FinPulse"

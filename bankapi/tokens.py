@@ -63,7 +63,7 @@ class RedisTokenStore:
     async def get(self, key: str) -> str | None:
         try:
             value = await asyncio.wait_for(self._redis.get(self.prefix + key), self.op_timeout)
-        except Exception as exc:  # redis.exceptions.RedisError, OSError, timeouts
+        except Exception as exc:  # noqa: BLE001 - RedisError, OSError, timeouts: the store degrades, never fails a call
             log.warning("bank token store unavailable (get %s): %r", key, exc)
             return None
         if isinstance(value, bytes):
@@ -74,7 +74,7 @@ class RedisTokenStore:
         try:
             await asyncio.wait_for(self._redis.set(self.prefix + key, value, ex=max(1, int(ttl_seconds))),
                                    self.op_timeout)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - as in get()
             log.warning("bank token store unavailable (set %s): %r", key, exc)
 
 

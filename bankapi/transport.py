@@ -242,7 +242,8 @@ class BankTransport:
         verdict = await self._breaker.before_call()
         if not verdict.allowed:
             raise CircuitOpen(
-                f"{self.bank_id} failing since {_clock(verdict.failing_since)}, next try at {_clock(verdict.next_try_at)}",
+                f"{self.bank_id} failing since {_clock(verdict.failing_since)}, "
+                f"next try at {_clock(verdict.next_try_at)}",
                 failing_since=verdict.failing_since, next_try_at=verdict.next_try_at, bank_id=self.bank_id,
                 operation=operation, interaction_id=iid)
         if self._throttle is not None:

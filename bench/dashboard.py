@@ -41,7 +41,7 @@ def _rate(load: tuple[int, float]) -> float:
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def _prepare_user(session, suite: Suite, per_account: int) -> str:

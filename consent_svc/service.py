@@ -372,7 +372,7 @@ class ConsentService:
         unsettled = await self.storage.unsettled(user_id)
         refreshed = await asyncio.gather(*(self.refresh(c) for c in unsettled))
         approved: dict[str, set[str]] = {}
-        for before, after in zip(unsettled, refreshed):
+        for before, after in zip(unsettled, refreshed, strict=True):
             if _became_approved(before, after):
                 approved.setdefault(after.bank_id, set()).add(after.kind)
         for bank_id, kinds in approved.items():

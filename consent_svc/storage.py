@@ -136,7 +136,8 @@ class ConsentStorage:
                     consent_id = COALESCE($4, consent_id),
                     expires_at = COALESCE($5, expires_at),
                     permissions = COALESCE($6, permissions),
-                    updated_at = CASE WHEN status IS DISTINCT FROM $2 OR consent_id IS DISTINCT FROM COALESCE($4, consent_id)
+                    updated_at = CASE WHEN status IS DISTINCT FROM $2
+                                           OR consent_id IS DISTINCT FROM COALESCE($4, consent_id)
                                       THEN now() ELSE updated_at END,
                     checked_at = now()
                 WHERE id = $1

@@ -135,7 +135,8 @@ class SyncData:
                 product_id=c.product_id) for c in credits.credits],
             "products": [ProductView(
                 bank_id=p.bank_id, product_id=p.product_id, product_type=p.product_type, product_name=p.product_name,
-                interest_rate=_dec(optional(p, "interest_rate") or ""), min_amount=_dec(optional(p, "min_amount") or ""),
+                interest_rate=_dec(optional(p, "interest_rate") or ""),
+                min_amount=_dec(optional(p, "min_amount") or ""),
                 max_amount=_dec(optional(p, "max_amount") or ""), term_months=optional(p, "term_months"),
                 commission=_dec(optional(p, "commission") or "")) for p in catalogue.products],
             "bank_names": {b.id: b.name for b in banks.banks},

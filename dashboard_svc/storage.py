@@ -78,7 +78,8 @@ class DashboardStorage:
         return CacheRow(json.loads(data) if isinstance(data, str) else data, row["calculated_at"],
                         row["data_version"])
 
-    async def store_cached(self, user_id: str, entry: CacheRow, synced_at: dt.datetime | None, ttl: dt.timedelta) -> None:
+    async def store_cached(self, user_id: str, entry: CacheRow, synced_at: dt.datetime | None,
+                           ttl: dt.timedelta) -> None:
         await self.pool.execute(
             """
             INSERT INTO dashboard_cache (user_id, dashboard_data, synced_at, calculated_at, expires_at, data_version)

@@ -301,7 +301,7 @@ async def readyz(request: web.Request) -> web.Response:
     names = list(settings.service_addrs)
     timeout = min(settings.rpc_timeout, READY_CHECK_TIMEOUT)
     statuses = await asyncio.gather(*(_backend_status(clients, name, timeout) for name in names))
-    services = dict(zip(names, statuses))
+    services = dict(zip(names, statuses, strict=True))
     not_ready = [name for name, status in services.items() if status != "SERVING"]
     body = {"status": "not_ready" if not_ready else "ready", "services": services, "not_ready": not_ready}
     return web.json_response(body, status=503 if not_ready else 200)

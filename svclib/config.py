@@ -202,7 +202,8 @@ class _Reader:
             return None
         parsed = urlparse(raw)
         if parsed.scheme not in schemes:
-            self.problems.append(f"{name}: scheme must be one of {', '.join(schemes)} (got {parsed.scheme or 'none'!r})")
+            got = parsed.scheme or "none"
+            self.problems.append(f"{name}: scheme must be one of {', '.join(schemes)} (got {got!r})")
         return raw
 
     def currency(self, name: str, default: str) -> str:

@@ -182,7 +182,8 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
         own_url = settings.service_database_urls.get(spec.name) or backing.database_url
         runtime = await open_runtime(settings, spec, own_url, backing.redis_url)
         server = GrpcServer(spec.name, settings.grpc_host, settings.port_for(spec.name),
-                            settings.shutdown_grace_for(spec.calls_banks), Verifier(settings.resolved_internal_secret()))
+                            settings.shutdown_grace_for(spec.calls_banks),
+                            Verifier(settings.resolved_internal_secret()))
         exporter = None
         try:
             exporter = metrics.start_exporter(settings.metrics_addrs.get(spec.name))

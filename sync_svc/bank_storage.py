@@ -335,9 +335,9 @@ def _balance_row(b: Balance) -> tuple:
 
 def _transaction_row(t: Transaction, head: tuple = ()) -> tuple:
     """`head` + the TRANSACTIONS columns (head: user and bank, for a COPY straight into the table)."""
-    return head + (t.account_id, t.transaction_id, t.amount, _direction(t.credit_debit_indicator), t.currency,
-                   t.status, t.booking_time or t.value_time, t.value_time, t.description, t.bank_code,
-                   t.merchant_name, t.merchant_category, t.mcc, t.agreement_id, _to_json(t.raw))
+    return (*head, t.account_id, t.transaction_id, t.amount, _direction(t.credit_debit_indicator), t.currency,
+            t.status, t.booking_time or t.value_time, t.value_time, t.description, t.bank_code,
+            t.merchant_name, t.merchant_category, t.mcc, t.agreement_id, _to_json(t.raw))
 
 
 # ---------------------------------------------------------------------------------------------- upsert machinery
@@ -732,7 +732,7 @@ class BankWrite:
         self._closed = True
         newest = self._newest
         if self._late:
-            account_ids, transaction_ids = zip(*self._late)
+            account_ids, transaction_ids = zip(*self._late, strict=True)
             if self._direct:
                 await conn.execute(_FORGET_COPIED, user_id, bank_id, account_ids, transaction_ids)
             else:

@@ -19,7 +19,8 @@ class Http:
     With `token`, every request carries `Authorization: Bearer <token>` (unless the call passes its
     own Authorization header); `as_user(token)` is the same client with another token. With
     `tokens` (e.g. `suite.token`) and no fixed token, a request acts as the user it names in its
-    `user_id` (body, query or /api/users/{user_id}/ path), or else as the last user named: the flow tests read like the seed
+    `user_id` (body, query or /api/users/{user_id}/ path), or else as the last user named: the flow
+    tests read like the seed
     frontend's calls; isolation itself is tested with explicit tokens (tests/test_isolation.py).
     """
 

@@ -620,7 +620,7 @@ def test_config_from_env_and_its_errors():
                                      "BANK_SANDBOX_SEED": "7", "FINPULSE_TEAM_ID": "team300"})
     assert (config.error_rate, config.sticky_awaiting, config.seed, config.team_id) == (0.25, True, 7, "team300")
     assert config.approval_mode("sbank") == "manual" and config.approval_mode("vbank") == "auto"
-    with pytest.raises(ValueError, match="BANK_SANDBOX_ERROR_RATE.*between 0 and 1"):
+    with pytest.raises(ValueError, match=r"BANK_SANDBOX_ERROR_RATE.*between 0 and 1"):
         SandboxConfig.from_env({"BANK_SANDBOX_ERROR_RATE": "1.5"})
     with pytest.raises(ValueError, match="BANK_SANDBOX_LATENCY_MS"):
         SandboxConfig.from_env({"BANK_SANDBOX_LATENCY_MS": "slow"})

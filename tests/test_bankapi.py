@@ -506,8 +506,8 @@ async def test_payment_between_two_banks_and_single_use_consent(sandbox):
 async def test_payment_errors_are_typed_and_never_retried(sandbox):
     rec = Recorder()
     async with make_client(sandbox, "vbank", rec, max_retries=3) as client:
-        v_acc = [a for a in await client.get_accounts(CUSTOMER, await approved_account_consent(client))
-                 if a.account_sub_type != "Loan"][0]
+        v_acc = next(a for a in await client.get_accounts(CUSTOMER, await approved_account_consent(client))
+                 if a.account_sub_type != "Loan")
         consent = await client.request_payment_consent(
             CUSTOMER, debtor_account=v_acc.account_number, amount="10.00", currency="RUB")
         with pytest.raises(BadRequest):

@@ -111,7 +111,7 @@ async def test_table_serves_when_redis_is_down(schema_pool, user):
 
 
 async def test_expired_table_entry_is_not_served(parts, user):
-    service, data, clock, pool = parts
+    service, _data, _clock, pool = parts
     await service.dashboard(user, False)
     await service.cache.delete(service.cache.key("dashboard", user))
     await pool.execute("UPDATE dashboard_cache SET expires_at = now() - interval '1 second' WHERE user_id = $1", user)

@@ -426,7 +426,8 @@ def test_closed_loans_are_listed_not_counted():
                                           repayments=[LOAN_REPAYMENTS,
                                                       repayments("loan-2", 10, "15000.00", 10, dt.date(2024, 11, 10))]),
                  "ru")
-    assert [(l["agreement_id"], l["outstanding_estimate"], "next_due_date" in l) for l in result["loans"]] == [
+    assert [(loan["agreement_id"], loan["outstanding_estimate"], "next_due_date" in loan)
+            for loan in result["loans"]] == [
         ("loan-1", "376959.70", True), ("loan-2", "0.00", False)]
     # A closed loan has priority 0, no remaining term, no maturity without an end date.
     closed_row = result["loans"][1]

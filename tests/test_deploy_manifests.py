@@ -133,7 +133,8 @@ def command_of(container: dict) -> list[str]:
 
 
 def config_map(overlay: str) -> dict[str, str]:
-    (cm,) = [d for d in render(overlay) if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("finpulse-config")]
+    (cm,) = [d for d in render(overlay)
+             if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("finpulse-config")]
     return cm["data"]
 
 
@@ -262,7 +263,7 @@ def _is_internal_secret(env_from: dict) -> bool:
 def test_the_gateway_and_every_service_sign_their_calls(overlay):
     """svclib.internal_auth: the serving processes hold the internal secret; migrations and init
     containers do not."""
-    for name, (kind, template) in pod_templates(overlay).items():
+    for name, (_kind, template) in pod_templates(overlay).items():
         for container in [*template["spec"].get("initContainers", []), *template["spec"]["containers"]]:
             if not is_finpulse_image(container) or command_of(container)[2] == "bank_sandbox":
                 continue
@@ -292,7 +293,7 @@ def test_only_the_services_that_call_banks_get_the_bank_secret(overlay):
 def test_pdbs_hpas_and_migration_jobs(overlay):
     deployments = objects(overlay, "Deployment")
     pdbs = objects(overlay, "PodDisruptionBudget")
-    for name, spec in _services_and_gateway(overlay).items():
+    for name, _spec in _services_and_gateway(overlay).items():
         labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
         covering = [p for p in pdbs.values()
                     if p["spec"]["selector"]["matchLabels"].items() <= labels.items()]

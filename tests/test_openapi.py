@@ -276,7 +276,8 @@ def _sample(desc: Descriptor, depth: int = 0):
         if field.containing_oneof is not None and field.containing_oneof.fields[0] is not field:
             continue  # one member per oneof
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            key_field, value_field = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+            entry_fields = field.message_type.fields_by_name
+            key_field, value_field = entry_fields["key"], entry_fields["value"]
             key = _scalar(key_field)
             target = getattr(message, field.name)
             if value_field.message_type is not None:
@@ -484,7 +485,7 @@ def exposed_messages(routes) -> dict[str, Descriptor]:
 def test_descriptions_come_from_proto_comments(document, routes, protos):
     comments = raw_comments(protos)
     schemas = document["components"]["schemas"]
-    for method, path, op in api_operations(document):
+    for _method, _path, op in api_operations(document):
         grpc_method = op["x-grpc-method"].replace("/", ".")
         assert comments[grpc_method], f"{grpc_method} has no comment"
         assert normalized(op["description"]) == comments[grpc_method]

@@ -50,7 +50,8 @@ async def no_bank(bank_id: str):
 @pytest.fixture
 def grpc_servicer(pool, cache):
     settings = load_settings({})
-    return SyncServicer(make_service(pool, cache, settings), Catalogues(CatalogueStorage(pool), settings.banks, no_bank))
+    return SyncServicer(make_service(pool, cache, settings),
+                        Catalogues(CatalogueStorage(pool), settings.banks, no_bank))
 
 
 @pytest.fixture

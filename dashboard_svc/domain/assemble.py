@@ -116,7 +116,7 @@ def compute_all(data: DashboardData, lang: str = "ru") -> dict[str, dict[str, An
 
     series = repayments_by_key(data.repayments)
     loans = analyse_loans(data.credits, series, today)
-    detected = ([l.obligation for l in loans if l.obligation is not None]
+    detected = ([loan.obligation for loan in loans if loan.obligation is not None]
                 + orphan_obligations(data.credits, series, today))
     obligations, credit_note = apply_credit_inputs(detected, data.inputs, base, today, horizon_end, lang)
 
@@ -146,7 +146,7 @@ def compute_all(data: DashboardData, lang: str = "ru") -> dict[str, dict[str, An
     notes = bank_data_notes(data, lang)
     if notes:  # which bank's data is missing or stale, and why: first, where the app shows two reasons
         health["reasons"] = notes + health["reasons"]
-        sts["detail"]["reason"] = "; ".join(notes + [sts["detail"]["reason"]])
+        sts["detail"]["reason"] = "; ".join([*notes, sts["detail"]["reason"]])
     savings = savings_summary(data, today)
     statuses, freshness = bank_statuses(data)
 

@@ -3,6 +3,7 @@ and which accounts count as spendable (pure)."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Iterable, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -59,7 +60,7 @@ def interpolate(x: Decimal, points: Sequence[tuple[Decimal, Decimal]]) -> Decima
     """Piecewise-linear through `points` (ascending x), flat beyond the ends."""
     if x <= points[0][0]:
         return points[0][1]
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
         if x <= x1:
             return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
     return points[-1][1]

@@ -89,7 +89,7 @@ def score_debt_load(has_accounts: bool, loans: list[LoanAnalysis], monthly_payme
     inputs = {"loan_payments_monthly": money(monthly_payments), "income_monthly_avg": money(flow.income)}
     if not has_accounts:
         return component("debt_load", None, inputs, texts.text(lang, "health.no_bank_data"), ["bank_data"])
-    has_debt = any(l.active and l.outstanding > 0 and l.credit.currency == base for l in loans)
+    has_debt = any(loan.active and loan.outstanding > 0 and loan.credit.currency == base for loan in loans)
     if monthly_payments <= 0:
         if has_debt:
             return component("debt_load", None, inputs, texts.text(lang, "health.debt.unseen"), ["loan_payments"])

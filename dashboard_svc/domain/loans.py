@@ -267,7 +267,7 @@ def loan_figures(loans: list[LoanAnalysis], obligations: list[Obligation], base:
     total_outstanding = Σ outstanding estimates of active loans; monthly = Σ monthly payments (the
     obligations: detected average repayments, or the user's credit payment);
     MDP = monthly ÷ 30 (cents, half-up); ADP by `additional_daily_payment` with the user's speed."""
-    outstanding = sum((l.outstanding for l in loans if l.active and l.credit.currency == base), ZERO)
+    outstanding = sum((loan.outstanding for loan in loans if loan.active and loan.credit.currency == base), ZERO)
     monthly = sum((o.amount for o in obligations if o.currency == base), ZERO)
     mdp = round_money(monthly / DAYS_PER_MONTH)
     speed = loans_speed(goals)
@@ -378,4 +378,4 @@ def loans_response(facts: Sequence[LoanFacts], figures: LoanFigures, summary: di
 
 def user_mode(loans: list[LoanAnalysis]) -> str:
     """"loans" when any active loan's outstanding estimate is above 0, else "deposits"."""
-    return "loans" if any(l.active and l.outstanding > 0 for l in loans) else "deposits"
+    return "loans" if any(loan.active and loan.outstanding > 0 for loan in loans) else "deposits"

@@ -183,7 +183,7 @@ class Offer:
 
     @property
     def loan_ids(self) -> list[str]:
-        return [l.agreement_id for l in self.loans]
+        return [loan.agreement_id for loan in self.loans]
 
 
 def offer_id(bank_id: str, product_id: str, loan_ids: Iterable[str]) -> str:
@@ -237,18 +237,18 @@ def price(strategy: str, product: ProductView, loans: Sequence[LoanTerms], term:
     savings = current interest − new interest; monthly saving = current payment − M';
     breakeven = `breakeven_months`(commission, monthly saving)."""
     rate = Decimal(product.interest_rate)
-    amount = sum((l.balance for l in loans), ZERO)
+    amount = sum((loan.balance for loan in loans), ZERO)
     payment = annuity_payment(amount, rate, term)
     simulated = amortise(amount, rate, payment, settle_at=term)
     assert simulated is not None  # settles by `term` ≤ 600 at the latest
     commission = half_up(product.commission) if product.commission is not None and product.commission > 0 \
         else Decimal("0.00")
     new_interest = simulated[1] + commission
-    current_interest = sum((l.schedule.interest for l in loans), ZERO)
-    current_payment = sum((l.payment for l in loans), ZERO)
+    current_interest = sum((loan.schedule.interest for loan in loans), ZERO)
+    current_payment = sum((loan.payment for loan in loans), ZERO)
     monthly_saving = current_payment - payment
     return Offer(
-        id=offer_id(product.bank_id, product.product_id, (l.agreement_id for l in loans)), strategy=strategy,
+        id=offer_id(product.bank_id, product.product_id, (loan.agreement_id for loan in loans)), strategy=strategy,
         bank_id=product.bank_id, product_id=product.product_id, product_name=product.product_name, rate=rate,
         term_months=term, loans=tuple(loans), loan_amount=half_up(amount), monthly_payment=payment,
         current_monthly_payment=half_up(current_payment), current_interest=half_up(current_interest),
@@ -286,8 +286,8 @@ def refinance_one_offers(loans: Iterable[LoanTerms], products: Iterable[ProductV
 
 def weighted_rate(loans: Sequence[LoanTerms]) -> Decimal:
     """The balance-weighted average rate: Σ(B × rate) ÷ Σ B."""
-    total = sum((l.balance for l in loans), ZERO)
-    return sum((l.balance * l.rate for l in loans), ZERO) / total
+    total = sum((loan.balance for loan in loans), ZERO)
+    return sum((loan.balance * loan.rate for loan in loans), ZERO) / total
 
 
 def consolidation_offers(loans: Iterable[LoanTerms], products: Iterable[ProductView], base: str) -> list[Offer]:
@@ -296,13 +296,13 @@ def consolidation_offers(loans: Iterable[LoanTerms], products: Iterable[ProductV
     rate is below the balance-weighted average rate (`weighted_rate`); term n' = min(the longest remaining
     term, the product's term); current interest = Σ each loan's remaining interest, current payment =
     Σ payments; priced by `price`, kept when `material` (1 % of Σ B)."""
-    group = [l for l in loans if refinanceable(l, base)]
+    group = [loan for loan in loans if refinanceable(loan, base)]
     if len(group) < 2:
         return []
-    group.sort(key=lambda l: (l.bank_id, l.agreement_id))
-    amount = sum((l.balance for l in group), ZERO)
+    group.sort(key=lambda loan: (loan.bank_id, loan.agreement_id))
+    amount = sum((loan.balance for loan in group), ZERO)
     average = weighted_rate(group)
-    longest = max(l.schedule.months for l in group)
+    longest = max(loan.schedule.months for loan in group)
     found = []
     for product in loan_catalogue(products):
         if (loan_kind(product.product_name) != "consumer" or not within_limits(product, amount)
@@ -340,8 +340,8 @@ def offer_explanation(offer: Offer, bank: str, lang: str) -> str:
                   current_interest=m(offer.current_interest), savings=m(offer.savings))
     if offer.strategy == "consolidation":
         return texts.text(lang, "offer.consolidation", count=texts.fmt_loans(len(offer.loans), lang),
-                          loans=", ".join(f"«{l.name}»" if texts.language(lang) == "ru" else f"\"{l.name}\""
-                                          for l in offer.loans), **common)
+                          loans=", ".join(f"«{loan.name}»" if texts.language(lang) == "ru" else f"\"{loan.name}\""
+                                          for loan in offer.loans), **common)
     return texts.text(lang, "offer.refinance_one", loan=offer.loans[0].name, **common)
 
 

@@ -129,7 +129,7 @@ def _sse_event_schema() -> dict[str, Any]:
 
 def openapi_path(template: str) -> str:
     """A grpc-gateway path template as an OpenAPI path: `{name=pattern}` -> `{name}`."""
-    return _VARIABLE_RE.sub(lambda m: "{%s}" % m.group(1).strip(), template)
+    return _VARIABLE_RE.sub(lambda m: f"{{{m.group(1).strip()}}}", template)
 
 
 def idempotency_key_field(desc: Descriptor) -> FieldDescriptor | None:
