@@ -17,7 +17,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("bankapi")
 
@@ -55,8 +58,8 @@ class RedisTokenStore:
     seconds it logs a warning and behaves as a miss / no-op: the client then works with its in-process
     copy alone (a bank call never waits on the Redis client's own reconnect/retry policy)."""
 
-    def __init__(self, redis, prefix: str = "finpulse:banktoken:", op_timeout: float = 1.0):
-        self._redis = redis  # redis.asyncio.Redis
+    def __init__(self, redis: Redis, prefix: str = "finpulse:banktoken:", op_timeout: float = 1.0):
+        self._redis = redis
         self.prefix = prefix
         self.op_timeout = op_timeout
 
@@ -67,8 +70,8 @@ class RedisTokenStore:
             log.warning("bank token store unavailable (get %s): %r", key, exc)
             return None
         if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        return value
+            return value.decode("utf-8", "replace")
+        return value if isinstance(value, str) else None
 
     async def set(self, key: str, value: str, ttl_seconds: int) -> None:
         try:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aiohttp
 
@@ -51,6 +51,7 @@ from .errors import (
 from .tokens import Token, TokenCache, TokenStore
 
 log = logging.getLogger("bankapi")
+_Parsed = TypeVar("_Parsed")  # what a model parser makes of a bank answer
 
 DEFAULT_TOKEN_LIFETIME = 86400.0  # seconds, when the token answer has no expires_in
 
@@ -185,7 +186,7 @@ class BankTransport:
     def _requesting_bank(self) -> dict[str, str]:
         return {"X-Requesting-Bank": self.team.client_id}
 
-    def _parse(self, operation: str, response: Response, parse: Callable[[Any], Any]) -> Any:
+    def _parse(self, operation: str, response: Response, parse: Callable[[Any], _Parsed]) -> _Parsed:
         """Apply a model parser to a JSON-object body; any other shape becomes `MalformedResponse`."""
         try:
             if not isinstance(response.body, Mapping):

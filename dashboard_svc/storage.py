@@ -8,11 +8,14 @@ import asyncpg
 
 from dashboard_svc.model import FinancialInputs
 from svclib.db import AdvisoryLock
+from svclib.rows import returned
 
 
 def _inputs(row: asyncpg.Record | None) -> tuple[FinancialInputs, dt.datetime | None]:
-    if row is None:
-        return FinancialInputs(), None
+    return (FinancialInputs(), None) if row is None else _stored_inputs(row)
+
+
+def _stored_inputs(row: asyncpg.Record) -> tuple[FinancialInputs, dt.datetime]:
     return FinancialInputs(
         salary_amount=row["salary_amount"], next_salary_date=row["next_salary_date"],
         credit_payment_amount=row["credit_payment_amount"], credit_payment_date=row["credit_payment_date"],
@@ -60,9 +63,8 @@ class DashboardStorage:
             user_id, inputs.salary_amount, inputs.next_salary_date, inputs.credit_payment_amount,
             inputs.credit_payment_date)
         if row is None:  # nothing changed: read back what is stored
-            stored, updated_at = await self.get_inputs(user_id)
-            return stored, updated_at
-        return _inputs(row)
+            row = await self.pool.fetchrow("SELECT * FROM user_financial_inputs WHERE user_id = $1", user_id)
+        return _stored_inputs(returned(row, "financial inputs"))
 
     async def drop_cached_dashboard(self, user_id: str) -> None:
         await self.pool.execute("DELETE FROM dashboard_cache WHERE user_id = $1", user_id)

@@ -39,7 +39,8 @@ class Obligation:
     agreement_id: str | None = None
 
     def occurrences(self, start: dt.date, end: dt.date) -> list[dt.date]:
-        found, k = [], 0
+        found: list[dt.date] = []
+        k = 0
         while True:
             when = self.first if k == 0 else add_months(self.first, k, self.day)
             if when > end:

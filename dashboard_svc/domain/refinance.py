@@ -14,11 +14,12 @@ the cost.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from decimal import ROUND_HALF_UP, ROUND_UP, Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from dashboard_svc.domain import texts
 from dashboard_svc.model import ProductView
@@ -213,6 +214,17 @@ def refinanceable(loan: LoanTerms, base: str) -> bool:
             and loan.schedule.rate_known)
 
 
+_T = TypeVar("_T")
+
+
+def known(value: _T | None, what: str) -> _T:
+    """A value that `refinanceable` (a loan's rate, payment and remaining schedule) or `loan_catalogue` (a
+    product's rate) made sure is known; ValueError when a caller skipped that check."""
+    if value is None:
+        raise ValueError(f"{what} is unknown: only refinanceable loans and catalogue products are priced")
+    return value
+
+
 def new_term(remaining: int, product: ProductView) -> int:
     """n' = min(n, the product's term); a product without a (positive) term: n."""
     if product.term_months is None or product.term_months <= 0:
@@ -236,7 +248,7 @@ def price(strategy: str, product: ProductView, loans: Sequence[LoanTerms], term:
     current interest = Σ remaining interest of the loans; current payment = Σ their payments;
     savings = current interest − new interest; monthly saving = current payment − M';
     breakeven = `breakeven_months`(commission, monthly saving)."""
-    rate = Decimal(product.interest_rate)
+    rate = Decimal(known(product.interest_rate, "the product's rate"))
     amount = sum((loan.balance for loan in loans), ZERO)
     payment = annuity_payment(amount, rate, term)
     simulated = amortise(amount, rate, payment, settle_at=term)
@@ -244,8 +256,8 @@ def price(strategy: str, product: ProductView, loans: Sequence[LoanTerms], term:
     commission = half_up(product.commission) if product.commission is not None and product.commission > 0 \
         else Decimal("0.00")
     new_interest = simulated[1] + commission
-    current_interest = sum((loan.schedule.interest for loan in loans), ZERO)
-    current_payment = sum((loan.payment for loan in loans), ZERO)
+    current_interest = sum((known(loan.schedule.interest, "the remaining interest") for loan in loans), ZERO)
+    current_payment = sum((known(loan.payment, "the loan's payment") for loan in loans), ZERO)
     monthly_saving = current_payment - payment
     return Offer(
         id=offer_id(product.bank_id, product.product_id, (loan.agreement_id for loan in loans)), strategy=strategy,
@@ -276,9 +288,10 @@ def refinance_one_offers(loans: Iterable[LoanTerms], products: Iterable[ProductV
             continue
         for product in catalogue:
             if (loan_kind(product.product_name) != loan.kind or not within_limits(product, loan.balance)
-                    or Decimal(product.interest_rate) >= loan.rate):
+                    or known(product.interest_rate, "the product's rate") >= known(loan.rate, "the loan's rate")):
                 continue
-            offer = price("refinance_one", product, [loan], new_term(loan.schedule.months, product), base)
+            remaining = known(loan.schedule.months, "the remaining term")
+            offer = price("refinance_one", product, [loan], new_term(remaining, product), base)
             if material(offer):
                 found.append(offer)
     return found
@@ -287,7 +300,7 @@ def refinance_one_offers(loans: Iterable[LoanTerms], products: Iterable[ProductV
 def weighted_rate(loans: Sequence[LoanTerms]) -> Decimal:
     """The balance-weighted average rate: Σ(B × rate) ÷ Σ B."""
     total = sum((loan.balance for loan in loans), ZERO)
-    return sum((loan.balance * loan.rate for loan in loans), ZERO) / total
+    return sum((loan.balance * known(loan.rate, "the loan's rate") for loan in loans), ZERO) / total
 
 
 def consolidation_offers(loans: Iterable[LoanTerms], products: Iterable[ProductView], base: str) -> list[Offer]:
@@ -302,11 +315,11 @@ def consolidation_offers(loans: Iterable[LoanTerms], products: Iterable[ProductV
     group.sort(key=lambda loan: (loan.bank_id, loan.agreement_id))
     amount = sum((loan.balance for loan in group), ZERO)
     average = weighted_rate(group)
-    longest = max(loan.schedule.months for loan in group)
+    longest = max(known(loan.schedule.months, "the remaining term") for loan in group)
     found = []
     for product in loan_catalogue(products):
         if (loan_kind(product.product_name) != "consumer" or not within_limits(product, amount)
-                or Decimal(product.interest_rate) >= average):
+                or known(product.interest_rate, "the product's rate") >= average):
             continue
         offer = price("consolidation", product, group, new_term(longest, product), base)
         if material(offer):
@@ -391,7 +404,7 @@ def trigger(kind: str, lang: str, description: str, loan_ids: Iterable[str],
     return entry
 
 
-def missed_payment_trigger(loan: LoanTerms, month, bank: str, lang: str) -> dict[str, Any]:
+def missed_payment_trigger(loan: LoanTerms, month: dt.date, bank: str, lang: str) -> dict[str, Any]:
     """missed_payment (high): `loan` had no repayment in `month` (the previous complete calendar month)."""
     description = texts.text(lang, "trigger.missed_payment.description", loan=loan.name, bank=bank,
                              month=texts.fmt_month(month, lang),
@@ -402,7 +415,7 @@ def missed_payment_trigger(loan: LoanTerms, month, bank: str, lang: str) -> dict
     return trigger("missed_payment", lang, description, [loan.agreement_id])
 
 
-def gap_risk_trigger(spendable: Decimal, mandatory: Decimal, buffer: Decimal, until, currency: str,
+def gap_risk_trigger(spendable: Decimal, mandatory: Decimal, buffer: Decimal, until: dt.date, currency: str,
                      loan_ids: Iterable[str], lang: str) -> dict[str, Any]:
     """gap_risk (high): spendable < mandatory payments + safety buffer before the horizon `until`."""
     def m(value: Decimal) -> str:
@@ -427,7 +440,7 @@ def high_dti_trigger(payments: Decimal, income: Decimal, ratio: Decimal, currenc
 def refi_trigger(loan: LoanTerms, offer: Offer, loan_bank: str, offer_bank: str, lang: str) -> dict[str, Any]:
     """refi_opportunity (watch): a candidate loan and its best offer's total saving."""
     description = texts.text(lang, "trigger.refi_opportunity.description", loan=loan.name, loan_bank=loan_bank,
-                             loan_rate=texts.fmt_percent(loan.rate, lang), bank=offer_bank,
+                             loan_rate=texts.fmt_percent(known(loan.rate, "the loan's rate"), lang), bank=offer_bank,
                              rate=texts.fmt_percent(offer.rate, lang),
                              term=texts.fmt_months(offer.term_months, lang),
                              savings=texts.fmt_money(offer.savings, offer.currency, lang))

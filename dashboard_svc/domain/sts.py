@@ -68,7 +68,7 @@ def per_day(available: Decimal, days: int) -> Decimal:
 
 def spendable_balance(accounts: Iterable[AccountView], base: str) -> Decimal:
     """Σ available of the spendable accounts (see `is_spendable_account`)."""
-    return sum((a.available for a in accounts if is_spendable_account(a, base)), ZERO)
+    return sum((a.available for a in accounts if is_spendable_account(a, base) and a.available is not None), ZERO)
 
 
 def excluded_balances(accounts: Iterable[AccountView], base: str) -> list[dict[str, str]]:
