@@ -630,8 +630,9 @@ async def test_kill_9_of_each_process_under_load(faulty, figures):
                     job_id = await until(lambda: _running_job(conn, KILL_USER), 30, 0.1)
                     assert job_id, (f"no sync of {KILL_USER} running before killing {name}: {started}; jobs: " + str(
                         [dict(r) for r in await conn.fetch(
-                            "SELECT job_id, state, attempts, progress, last_error, run_after, created_at, finished_at "
-                            "FROM sync.sync_jobs WHERE user_id = $1 ORDER BY created_at DESC LIMIT 3", KILL_USER)]))
+                            "SELECT job_id, state, attempts, progress, last_error, run_after, "
+                            "created_at, finished_at FROM sync.sync_jobs "
+                            "WHERE user_id = $1 ORDER BY created_at DESC LIMIT 3", KILL_USER)]))
                     child = suite.children[name]
                     old_pid = child.proc.pid
                     window = Window(f"kill -9 {name}", time.monotonic())
