@@ -6,15 +6,24 @@ PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
 GEN_STAMP := gen/.stamp
 PROTOS := $(shell find protos -name '*.proto' | sort)
+# Dependencies: exact versions and hashes from the lock (`make lock` writes it from pyproject.toml).
+LOCK := requirements.lock
+# The npm tools of the gate (buf), pinned by tools/package-lock.json, in tools/node_modules (git-ignored).
+NPM ?= npm
+BUF := $(CURDIR)/tools/node_modules/.bin/buf
+TOOLS_STAMP := tools/node_modules/.installed
+PROTO_DEPS := build/proto-deps
+# The ref `buf breaking` compares the protos with (default: the merge-base with origin/main, else HEAD~1).
+BUF_AGAINST ?=
 
-.PHONY: up test gen venv clean check-gen lint bench token grpc-token
+.PHONY: up test test-fast gen venv clean check-gen lint lock lint-python lint-protos bench token grpc-token
 
 venv: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): $(LOCK) pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	@# The repo root and the generated code are importable from the venv without PYTHONPATH.
 	$(PY) -c "import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()['purelib'], 'finpulse_paths.pth').write_text('$(CURDIR)\n$(CURDIR)/gen\n')"
 	@touch $@
@@ -33,6 +42,37 @@ up: $(GEN_STAMP)
 test: $(GEN_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The tests without the slow ones (the fault suite's minutes under load); `make test` runs them all.
+test-fast: $(GEN_STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Rewrite requirements.lock and deploy/requirements.lock from pyproject.toml (UPGRADE=1: everything newest).
+lock: $(INSTALLED)
+	tools/lock.sh $(BIN)/uv $(PY)
+
+# The quality gate (.ci/run runs it before the tests): ruff (lint and format), mypy on the typed core, the locks
+# against pyproject.toml, buf lint and buf breaking on the protos. Configuration: pyproject.toml, buf.yaml.
+lint: lint-python lint-protos
+
+lint-python: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	tools/lock.sh $(BIN)/uv $(PY) --check
+
+lint-protos: $(TOOLS_STAMP) $(PROTO_DEPS)/.stamp
+	$(BUF) lint protos
+	tools/buf_breaking.sh $(BUF) $(BUF_AGAINST)
+
+$(TOOLS_STAMP): tools/package.json tools/package-lock.json
+	cd tools && $(NPM) ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The google/* protos the protos import, where buf.yaml reads them (from the venv, as make gen uses them).
+$(PROTO_DEPS)/.stamp: $(INSTALLED)
+	$(PY) tools/proto_deps.py $(PROTO_DEPS)
+	@touch $@
+
 # A bearer token for the local suite: make token USER_ID=team200-1
 token: $(GEN_STAMP)
 	@test -n "$(USER_ID)" || { echo "usage: make token USER_ID=<user id>" >&2; exit 2; }
@@ -46,4 +86,4 @@ bench: $(GEN_STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf gen $(VENV)
+	rm -rf gen build $(VENV) tools/node_modules

@@ -12,7 +12,8 @@ import dataclasses
 import logging
 import signal
 import sys
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from bank_sandbox.app import start_banks
 from bank_sandbox.config import APPROVAL_MODES, DEFAULT_PORTS, SandboxConfig, parse_bool

@@ -5,14 +5,23 @@ import asyncio
 import hmac
 import math
 import time
+from collections.abc import Sequence
 from functools import partial
-from typing import Any, Sequence
+from typing import Any
 
 from aiohttp import web
 
 from bank_sandbox import tokens
-from bank_sandbox.consents import (ACCOUNT, DEFAULT_LIFETIME, KINDS, PAYMENT, PRODUCT, ConsentKind, PaymentTerms,
-                                   payment_request_fields)
+from bank_sandbox.consents import (
+    ACCOUNT,
+    DEFAULT_LIFETIME,
+    KINDS,
+    PAYMENT,
+    PRODUCT,
+    ConsentKind,
+    PaymentTerms,
+    payment_request_fields,
+)
 from bank_sandbox.models import Account, Customer, utcnow
 from bank_sandbox.protocol import ApiError, Fields, json_response, read_json
 from bank_sandbox.state import BankState, Registry

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 from bank_sandbox.models import Customer, iso_naive, iso_z, money
 from bank_sandbox.protocol import ApiError, Fields, body_error
@@ -176,13 +177,13 @@ class ProductTerms(Terms):
             raise ApiError(400, "At least one permission must be requested")
 
     def permissions(self) -> list[str]:
-        return [name for name, granted in zip(self.FLAGS, self.flags) if granted]
+        return [name for name, granted in zip(self.FLAGS, self.flags, strict=True) if granted]
 
     def view(self, consent: Consent, state: State, consent_id: str | None, requested_id: str) -> dict[str, Any]:
         """Flat, as the banks answer for this kind (status `active` when authorized)."""
         return {
             "consent_id": consent_id, "request_id": consent.request_id, "client_id": consent.client_id,
-            "status": state.flat, **dict(zip(self.FLAGS, self.flags)),
+            "status": state.flat, **dict(zip(self.FLAGS, self.flags, strict=True)),
             "allowed_product_types": self.allowed_product_types,
             "max_amount": None if self.max_amount is None else float(self.max_amount),
             "created_at": iso_z(consent.created), "valid_until": iso_z(consent.expires),

@@ -13,10 +13,10 @@ from __future__ import annotations
 import calendar
 import random
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Iterator
 
 from bank_sandbox.models import CENT, UTC, Account, Agreement, Card, Customer, Draft, Merchant, Product
 
@@ -143,7 +143,8 @@ def profile(seed: int, team_id: str, index: int) -> Profile:
             subtypes.append(subtype)
     # acc-<customer number><3 digits>: distinct within and across customers.
     suffixes = r.sample(range(100, 1000), len(subtypes))
-    accounts = tuple(AccountSpec(f"acc-{index}{suffix}", subtype) for suffix, subtype in zip(suffixes, subtypes))
+    accounts = tuple(AccountSpec(f"acc-{index}{suffix}", subtype)
+                     for suffix, subtype in zip(suffixes, subtypes, strict=True))
     return Profile(client_id, index, f"{surname} {first} {patronymic}", r.choice(CITIES), accounts)
 
 

@@ -7,11 +7,11 @@ few fields the real bank sends without an offset (`iso_naive`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-UTC = timezone.utc
+UTC = UTC
 CENT = Decimal("0.01")
 CURRENCY = "RUB"
 

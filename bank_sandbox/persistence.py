@@ -27,7 +27,7 @@ import os
 import shutil
 import types
 import typing
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -97,7 +97,7 @@ def decode(kind: Any, raw: Any) -> Any:
         items = _sequence(raw)
         if len(items) != len(args):
             raise ValueError(f"expected {len(args)} items, got {items!r}")
-        return tuple(decode(a, item) for a, item in zip(args, items))
+        return tuple(decode(a, item) for a, item in zip(args, items, strict=True))
     if origin is dict:
         if not isinstance(raw, dict):
             raise TypeError(f"expected an object, got {raw!r}")
@@ -106,7 +106,7 @@ def decode(kind: Any, raw: Any) -> Any:
         return Decimal(str(raw))
     if kind is datetime:
         moment = datetime.fromisoformat(raw)
-        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     if kind is date:
         return date.fromisoformat(raw)
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
@@ -159,7 +159,7 @@ KINDS_BY_NAME = {kind.name: kind for kind in KINDS}
 
 def consents_of(book: ConsentBook) -> list[Consent]:
     """Every consent of the book once, oldest first (it indexes each by request and consent id)."""
-    return list({id(c): c for c in book._by_id.values()}.values())  # noqa: SLF001 (no public listing)
+    return list({id(c): c for c in book._by_id.values()}.values())  # no public listing
 
 
 def encode_consent(consent: Consent) -> dict[str, Any]:
@@ -228,7 +228,7 @@ def restore_bank(bank: BankState, stored: dict[str, Any]) -> list[str]:
         except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
             problems.append(f"consent {raw.get('request_id') if isinstance(raw, dict) else raw!r}: {exc}")
             continue
-        bank.consents._index(consent)  # noqa: SLF001 (the book has no public insert)
+        bank.consents._index(consent)  # the book has no public insert
     for raw in stored.get("payments", []):
         try:
             payment = decode_record(Payment, raw)
@@ -239,7 +239,7 @@ def restore_bank(bank: BankState, stored: dict[str, Any]) -> list[str]:
     for client_id, by_account in (stored.get("accounts") or {}).items():
         try:
             customer = bank.customer(client_id)
-        except Exception as exc:  # an ApiError 404: fewer customers than when it was stored
+        except Exception as exc:  # noqa: BLE001 - an ApiError 404: fewer customers than when it was stored
             problems.append(f"movements of {client_id}: {exc}")
             continue
         for account_id, entry in by_account.items():
@@ -299,7 +299,7 @@ class StateFile:
         """Copy the file aside before a start that drops some of it; the copy's path."""
         if not os.path.exists(self.path):
             return None
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         copy = f"{self.path}.{stamp}.bak"
         shutil.copy2(self.path, copy)
         log.warning("bank state: %s; the file as it was is kept in %s", reason, copy)

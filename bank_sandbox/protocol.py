@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import functools
 import json
-from datetime import datetime, timezone
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from aiohttp import web
 
@@ -147,7 +148,7 @@ class Fields:
         if moment is None:
             self._fail(name, "datetime_parsing", "Input should be a valid datetime", value)
             return None
-        return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
     def nested(self, name: str) -> Fields:
         """The fields of a required sub-object."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from bank_sandbox import data, persistence
 from bank_sandbox.config import SandboxConfig

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 log = logging.getLogger("bankapi.breaker")
@@ -179,7 +180,7 @@ def _number(value: Any) -> float | None:
 class Breaker:
     """One bank's breaker, as a `BankClient` uses it."""
 
-    def __init__(self, bank_id: str, store: BreakerStore, clock=time.time):
+    def __init__(self, bank_id: str, store: BreakerStore, clock: Callable[[], float] = time.time):
         self.bank_id = bank_id
         self.store = store
         self.clock = clock

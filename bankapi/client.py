@@ -11,7 +11,8 @@ catalogue) and `bankapi.payments` (payments). Banks and team credentials are the
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .config import BankEndpoint, TeamCredentials
 from .consents import DEFAULT_ACCOUNT_PERMISSIONS, DEFAULT_PRODUCT_TYPES, PAYMENT_CONSENT_FORMS, ConsentEndpoints
@@ -22,9 +23,20 @@ from .tokens import TokenStore
 from .transport import DEFAULT_TOKEN_LIFETIME, CallRecord, OnCall
 
 __all__ = [
-    "BankClient", "BankClients", "CallRecord", "OnCall", "BankEndpoint", "TeamCredentials",
-    "DEFAULT_ACCOUNT_PERMISSIONS", "DEFAULT_PRODUCT_TYPES", "PAYMENT_CONSENT_FORMS", "MAX_PAGE_LIMIT", "MAX_PAGES",
-    "ACCOUNT_SCHEME", "DEFAULT_TOKEN_LIFETIME", "format_amount",
+    "ACCOUNT_SCHEME",
+    "DEFAULT_ACCOUNT_PERMISSIONS",
+    "DEFAULT_PRODUCT_TYPES",
+    "DEFAULT_TOKEN_LIFETIME",
+    "MAX_PAGES",
+    "MAX_PAGE_LIMIT",
+    "PAYMENT_CONSENT_FORMS",
+    "BankClient",
+    "BankClients",
+    "BankEndpoint",
+    "CallRecord",
+    "OnCall",
+    "TeamCredentials",
+    "format_amount",
 ]
 
 

@@ -3,10 +3,11 @@ payment consents (docs/bank-api.md, "Consents")."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Iterable, Mapping
+from typing import Any
 from urllib.parse import quote
 
 from .errors import BadRequest
@@ -67,7 +68,8 @@ class ConsentEndpoints(BankTransport):
         await self._delete_consent(ConsentKind.ACCOUNTS, consent_id)
 
     async def request_product_consent(self, client_id: str, *, read_agreements: bool = True,
-                                      open_agreements: bool = False, close_agreements: bool = False, product_types: Iterable[str] = DEFAULT_PRODUCT_TYPES,
+                                      open_agreements: bool = False, close_agreements: bool = False,
+                                      product_types: Iterable[str] = DEFAULT_PRODUCT_TYPES,
                                       max_amount: Decimal | int | str | None = None,
                                       valid_until: datetime | None = None,
                                       reason: str = "Overview of loans, deposits and cards in FinPulse"
@@ -79,7 +81,7 @@ class ConsentEndpoints(BankTransport):
             "read_product_agreements": read_agreements, "open_product_agreements": open_agreements,
             "close_product_agreements": close_agreements,
             "allowed_product_types": list(product_types), "reason": reason,
-            "valid_until": valid_until or (datetime.now(timezone.utc) + timedelta(days=365)).replace(microsecond=0),
+            "valid_until": valid_until or (datetime.now(UTC) + timedelta(days=365)).replace(microsecond=0),
         }
         if max_amount is not None:
             body["max_amount"] = to_decimal(max_amount)

@@ -2,13 +2,13 @@
 product agreements under a product-agreement consent, and the bank's public product catalogue."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from .consents import CONSENT_ENDPOINTS
-from .models import (Account, Balance, ConsentKind, Product, ProductAgreement, Transaction, TransactionPage,
-                     items_of)
+from .models import Account, Balance, ConsentKind, Product, ProductAgreement, Transaction, TransactionPage, items_of
 from .transport import BankTransport, Response, wire_time
 
 MAX_PAGE_LIMIT = 100  # the API rejects limit > 100 with 422
@@ -36,7 +36,7 @@ def _in_window(tx: Transaction, from_time: datetime | None, to_time: datetime | 
 
 
 def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class DataEndpoints(BankTransport):

@@ -23,8 +23,10 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Mapping
+from typing import Any
+
 
 class BankError(Exception):
     """Base of every error raised by `bankapi`."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -19,9 +20,24 @@ from bankapi.parsing import (_opt_decimal, _opt_str, _pick, _req, agreement_id_f
                              parse_datetime, to_decimal)
 
 __all__ = [
-    "ConsentStatus", "ConsentKind", "PaymentStatus", "normalize_status", "normalize_payment_status",
-    "ConsentResult", "Account", "Balance", "Transaction", "TransactionPage", "ProductAgreement", "Product",
-    "Payment", "to_decimal", "parse_datetime", "parse_date", "agreement_id_from_text", "items_of",
+    "Account",
+    "Balance",
+    "ConsentKind",
+    "ConsentResult",
+    "ConsentStatus",
+    "Payment",
+    "PaymentStatus",
+    "Product",
+    "ProductAgreement",
+    "Transaction",
+    "TransactionPage",
+    "agreement_id_from_text",
+    "items_of",
+    "normalize_payment_status",
+    "normalize_status",
+    "parse_date",
+    "parse_datetime",
+    "to_decimal",
 ]
 
 
@@ -141,7 +157,8 @@ class ConsentResult:
     @classmethod
     def from_api(cls, kind: ConsentKind, body: Mapping[str, Any], *, queried_id: str | None = None) -> ConsentResult:
         """Parse a creation answer (flat, snake_case) or a GET answer (`{"data": {consentId, status, …}}`)."""
-        data = body.get("data") if isinstance(body.get("data"), dict) else body
+        inner = body.get("data")
+        data: Mapping[str, Any] = inner if isinstance(inner, dict) else body
         raw_status = _opt_str(_pick(data, "status", "Status"))
         status = normalize_status(raw_status)
         consent_id = _opt_str(_pick(data, "consent_id", "consentId"))
@@ -283,7 +300,8 @@ class Transaction:
     def from_api(cls, obj: Mapping[str, Any], *, account_id: str | None = None) -> Transaction:
         amount, currency = _amount_and_currency(obj)
         code = obj.get("bankTransactionCode")
-        merchant = obj.get("merchant") if isinstance(obj.get("merchant"), dict) else {}
+        given = obj.get("merchant")
+        merchant: Mapping[str, Any] = given if isinstance(given, dict) else {}
         description = _opt_str(_pick(obj, "transactionInformation", "transaction_information", "description"))
         return cls(
             account_id=_req(obj, "accountId", "account_id", default=account_id),
@@ -411,7 +429,8 @@ class Payment:
 
     @classmethod
     def from_api(cls, body: Mapping[str, Any]) -> Payment:
-        data = body.get("data") if isinstance(body.get("data"), dict) else body
+        inner = body.get("data")
+        data: Mapping[str, Any] = inner if isinstance(inner, dict) else body
         amount: Any = data.get("amount")
         currency = data.get("currency")
         if isinstance(amount, dict):

@@ -15,8 +15,12 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("bankapi")
 
@@ -54,26 +58,26 @@ class RedisTokenStore:
     seconds it logs a warning and behaves as a miss / no-op: the client then works with its in-process
     copy alone (a bank call never waits on the Redis client's own reconnect/retry policy)."""
 
-    def __init__(self, redis, prefix: str = "finpulse:banktoken:", op_timeout: float = 1.0):
-        self._redis = redis  # redis.asyncio.Redis
+    def __init__(self, redis: Redis, prefix: str = "finpulse:banktoken:", op_timeout: float = 1.0):
+        self._redis = redis
         self.prefix = prefix
         self.op_timeout = op_timeout
 
     async def get(self, key: str) -> str | None:
         try:
             value = await asyncio.wait_for(self._redis.get(self.prefix + key), self.op_timeout)
-        except Exception as exc:  # redis.exceptions.RedisError, OSError, timeouts
+        except Exception as exc:  # noqa: BLE001 - RedisError, OSError, timeouts: the store degrades, never fails a call
             log.warning("bank token store unavailable (get %s): %r", key, exc)
             return None
         if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        return value
+            return value.decode("utf-8", "replace")
+        return value if isinstance(value, str) else None
 
     async def set(self, key: str, value: str, ttl_seconds: int) -> None:
         try:
             await asyncio.wait_for(self._redis.set(self.prefix + key, value, ex=max(1, int(ttl_seconds))),
                                    self.op_timeout)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - as in get()
             log.warning("bank token store unavailable (set %s): %r", key, exc)
 
 

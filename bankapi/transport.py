@@ -27,21 +27,31 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any, Awaitable, Callable, Mapping, Self
+from typing import Any, Self, TypeVar
 
 import aiohttp
 
 from .breaker import Breaker, BreakerStore, MemoryBreakerStore
 from .config import BankEndpoint, TeamCredentials
-from .errors import (BankUnavailable, CircuitOpen, MalformedResponse, UnknownBank, decode_body, describe_detail,
-                     error_for_status, is_refusal)
+from .errors import (
+    BankUnavailable,
+    CircuitOpen,
+    MalformedResponse,
+    UnknownBank,
+    decode_body,
+    describe_detail,
+    error_for_status,
+    is_refusal,
+)
 from .tokens import Token, TokenCache, TokenStore
 
 log = logging.getLogger("bankapi")
+_Parsed = TypeVar("_Parsed")  # what a model parser makes of a bank answer
 
 DEFAULT_TOKEN_LIFETIME = 86400.0  # seconds, when the token answer has no expires_in
 
@@ -94,7 +104,7 @@ def wire_time(value: datetime) -> str:
     """A timestamp as the API writes them: UTC without offset ("2026-12-31T23:59:59[.ffffff]");
     a naive value is taken as UTC."""
     if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(UTC).replace(tzinfo=None)
     return value.isoformat()
 
 
@@ -176,7 +186,7 @@ class BankTransport:
     def _requesting_bank(self) -> dict[str, str]:
         return {"X-Requesting-Bank": self.team.client_id}
 
-    def _parse(self, operation: str, response: Response, parse: Callable[[Any], Any]) -> Any:
+    def _parse(self, operation: str, response: Response, parse: Callable[[Any], _Parsed]) -> _Parsed:
         """Apply a model parser to a JSON-object body; any other shape becomes `MalformedResponse`."""
         try:
             if not isinstance(response.body, Mapping):
@@ -233,7 +243,8 @@ class BankTransport:
         verdict = await self._breaker.before_call()
         if not verdict.allowed:
             raise CircuitOpen(
-                f"{self.bank_id} failing since {_clock(verdict.failing_since)}, next try at {_clock(verdict.next_try_at)}",
+                f"{self.bank_id} failing since {_clock(verdict.failing_since)}, "
+                f"next try at {_clock(verdict.next_try_at)}",
                 failing_since=verdict.failing_since, next_try_at=verdict.next_try_at, bank_id=self.bank_id,
                 operation=operation, interaction_id=iid)
         if self._throttle is not None:
@@ -257,7 +268,7 @@ class BankTransport:
                                             timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
                 raw = await resp.read()
                 response = Response(resp.status, decode_body(raw.decode("utf-8", "replace")), resp.headers, iid)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             if isinstance(exc, asyncio.TimeoutError):
                 message = f"timeout after {self.timeout}s"
             else:
@@ -300,7 +311,7 @@ def _clock(when: float | None) -> str:
     """Unix seconds as an ISO-8601 UTC time, to the second (for messages people read)."""
     if when is None:
         return "?"
-    return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 

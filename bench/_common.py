@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import uuid
-from typing import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlparse, urlunparse
 
 import aiohttp

@@ -41,7 +41,7 @@ def _rate(load: tuple[int, float]) -> float:
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def _prepare_user(session, suite: Suite, per_account: int) -> str:
@@ -69,7 +69,7 @@ async def _prepare_user(session, suite: Suite, per_account: int) -> str:
 async def _sql_alone(dsn: str, user: str, samples: int) -> list[float]:
     pool = await db.create_pool(dsn, SYNC_SPEC.schema, max_size=10)
     storage = BankDataStorage(pool)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     timings = []
     try:

@@ -222,7 +222,7 @@ async def _run(backing, latency_ms: float, per_account: int, rate: float, concur
               f"measured / that = {elapsed / tighter:.2f})")
         print("  where the time went:")
         for bank in BANKS:
-            mine = [(end - started, c) for end, c in zip(ended, calls) if c.bank_id == bank]
+            mine = [(end - started, c) for end, c in zip(ended, calls, strict=False) if c.bank_id == bank]
             pages = [c.latency_ms for _, c in mine if c.operation == "get_transactions"]
             fetch_ms, commit_ms = job_times.jobs.get(bank, (float("nan"), float("nan")))
             print(f"    {bank}: fetch {fetch_ms / 1000:.3f} s, commit after it {commit_ms / 1000:.3f} s; "

@@ -28,7 +28,7 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from urllib.parse import urlparse, urlunparse
 
@@ -45,7 +45,7 @@ SCHEMA = "sync"
 MIGRATIONS = pathlib.Path(sync_svc.__file__).with_name("migrations")
 BANKS = ("vbank", "abank", "sbank")
 ACCOUNTS_PER_BANK = 3
-ANCHOR = datetime(2025, 11, 18, 12, 0, tzinfo=timezone.utc)
+ANCHOR = datetime(2025, 11, 18, 12, 0, tzinfo=UTC)
 MERCHANTS = (("grocery", "5411", 1_000, 5_000, ("Дикси", "Пятёрочка", "Перекрёсток", "Магнит", "ВкусВилл")),
              ("restaurants", "5812", 2_000, 50_000, ("Кофемания", "Шоколадница", "Теремок", "Якитория")),
              ("online_retail", "5399", 10_000, 80_000, ("Ozon", "Wildberries", "Яндекс Маркет")),

@@ -46,7 +46,8 @@ from svclib.embedded import BackingServices
 PATH = "/api/banks"
 USER = "bench-transcode-user"
 
-# The gRPC load (HTTP load is bench._common.http_load). argv: target (host:port), seconds, connections, user ("" for none)
+# The gRPC load (HTTP load is bench._common.http_load).
+# argv: target (host:port), seconds, connections, user ("" for none)
 _GRPC_LOOP = """
 import asyncio, sys, time
 target, seconds, connections, user = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -107,7 +108,8 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
-def load(kind: str, target: str, seconds: float, connections: int, user: str = "", token: str = "") -> tuple[int, float]:
+def load(kind: str, target: str, seconds: float, connections: int, user: str = "",
+         token: str = "") -> tuple[int, float]:
     if kind == "http":
         return http_load(target, seconds, connections, token)
     out = subprocess.run([sys.executable, "-c", _GRPC_LOOP, target, str(seconds), str(connections), user],
@@ -128,7 +130,8 @@ def _line(result: Result, what: str) -> str:
 
 
 def _ratios(a: Result, other: Result, name: str) -> str:
-    return (f"  ratio {name}: req/s {a.rps / other.rps:.2f}, CPU/request {a.cpu_per_request / other.cpu_per_request:.2f}")
+    return (f"  ratio {name}: req/s {a.rps / other.rps:.2f}, "
+            f"CPU/request {a.cpu_per_request / other.cpu_per_request:.2f}")
 
 
 async def run(args) -> None:

@@ -1,9 +1,8 @@
 import pathlib
 import sys
 
-from svclib.runtime import ServiceSpec, main
-
 from consent_svc.wiring import setup
+from svclib.runtime import ServiceSpec, main
 
 SPEC = ServiceSpec(name="consent", schema="consent",
                    migrations=pathlib.Path(__file__).with_name("migrations"), setup=setup, calls_banks=True)

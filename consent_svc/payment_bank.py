@@ -9,9 +9,8 @@ import logging
 from bankapi import errors as bank_errors
 from bankapi.client import BankClient
 from bankapi.models import ConsentStatus, Payment, PaymentStatus
-from svclib.errors import DomainError, FailedPrecondition, Unavailable
-
 from consent_svc.payment_storage import PaymentStorage, StoredPayment
+from svclib.errors import DomainError, FailedPrecondition, Unavailable
 
 log = logging.getLogger("consent_svc.payments")
 

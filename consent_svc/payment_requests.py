@@ -10,16 +10,16 @@ import datetime as dt
 import hashlib
 import json
 import re
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Awaitable, Callable, Protocol
+from typing import Protocol
 
+from consent_svc.payment_storage import PaymentIntent
 from finance.dates import today_of
 from finance.loans import Repayments, obligation_of, repayments_by_key
 from svclib.config import BankConfig
 from svclib.errors import FailedPrecondition, InvalidArgument, NotFound, require
 from svclib.validation import format_amount, parse_amount
-
-from consent_svc.payment_storage import PaymentIntent
 
 KEY_MAX = 255  # as Stripe's idempotency keys
 TEXT_MAX = 140  # comment, creditor name

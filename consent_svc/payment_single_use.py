@@ -11,11 +11,10 @@ import uuid
 from bankapi import errors as bank_errors
 from bankapi.client import BankClient
 from bankapi.models import ConsentResult, ConsentStatus
-from svclib.config import BankConfig
-from svclib.errors import FailedPrecondition
-
 from consent_svc.payment_bank import TRANSIENT, WAITING, fail, record, refusal_code, unavailable
 from consent_svc.payment_storage import PaymentStorage, StoredPayment
+from svclib.config import BankConfig
+from svclib.errors import FailedPrecondition
 
 log = logging.getLogger("consent_svc.payments")
 

@@ -12,11 +12,10 @@ import uuid
 from bankapi import errors as bank_errors
 from bankapi.client import BankClient
 from bankapi.models import ConsentResult, ConsentStatus
-from svclib.errors import FailedPrecondition
-
 from consent_svc.payment_bank import TRANSIENT, WAITING, fail, record, refusal_code, unavailable
 from consent_svc.payment_storage import STANDING, PaymentStorage, StoredPayment
 from consent_svc.storage import ConsentStorage, StoredConsent
+from svclib.errors import FailedPrecondition
 
 log = logging.getLogger("consent_svc.payments")
 

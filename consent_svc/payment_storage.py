@@ -6,12 +6,13 @@ import base64
 import contextlib
 import dataclasses
 import datetime as dt
+from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import AsyncIterator
 
 import asyncpg
 
 from svclib.db import AdvisoryLock
+from svclib.rows import Connection, returned
 
 FINAL = ("COMPLETED", "FAILED")
 
@@ -136,9 +137,11 @@ class PaymentCursor:
             raise ValueError(f"bad page token: {exc}") from None
 
 
-def _payment(row: asyncpg.Record | None) -> StoredPayment | None:
-    if row is None:
-        return None
+def _payment_or_none(row: asyncpg.Record | None) -> StoredPayment | None:
+    return None if row is None else _payment(row)
+
+
+def _payment(row: asyncpg.Record) -> StoredPayment:
     values = {key: row[key] for key in row.keys()}
     if values["consent_payment_ids"] is not None:
         values["consent_payment_ids"] = tuple(values["consent_payment_ids"])
@@ -148,7 +151,7 @@ def _payment(row: asyncpg.Record | None) -> StoredPayment | None:
 class PaymentStorage:
     """The payments' SQL, on the pool, or bound to one connection (`hold`)."""
 
-    def __init__(self, pool: asyncpg.Pool, conn: asyncpg.Connection | None = None):
+    def __init__(self, pool: asyncpg.Pool, conn: Connection | None = None):
         self.pool = pool
         self._conn = conn
 
@@ -177,19 +180,21 @@ class PaymentStorage:
     async def other_in_doubt(self, payment: StoredPayment, consent_id: str) -> str | None:
         """Another payment whose call with this consent has an unknown outcome (its payment id)."""
         async with self._connection() as conn:
-            return await conn.fetchval(
+            other: str | None = await conn.fetchval(
                 "SELECT payment_id FROM payments WHERE bank_id = $1 AND consent_id = $2 AND in_doubt AND id <> $3 "
                 "LIMIT 1", payment.bank_id, consent_id, payment.id)
+        return other
 
     async def owner_of_bank_payment(self, bank_id: str, bank_payment_id: str) -> str | None:
         """Our payment recorded with this bank payment id, if any."""
         async with self._connection() as conn:
-            return await conn.fetchval(
+            owner: str | None = await conn.fetchval(
                 "SELECT payment_id FROM payments WHERE bank_id = $1 AND bank_payment_id = $2 LIMIT 1",
                 bank_id, bank_payment_id)
+        return owner
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _connection(self) -> AsyncIterator[Connection]:
         if self._conn is not None:
             yield self._conn
         else:
@@ -201,15 +206,17 @@ class PaymentStorage:
             return await conn.fetchrow(sql, *args)
 
     async def by_key(self, user_id: str, idempotency_key: str) -> StoredPayment | None:
-        return _payment(await self._fetchrow(
+        return _payment_or_none(await self._fetchrow(
             f"SELECT {_COLUMNS} FROM payments WHERE user_id = $1 AND idempotency_key = $2", user_id,
             idempotency_key))
 
     async def get(self, payment_id: str) -> StoredPayment | None:
-        return _payment(await self._fetchrow(f"SELECT {_COLUMNS} FROM payments WHERE payment_id = $1", payment_id))
+        return _payment_or_none(await self._fetchrow(f"SELECT {_COLUMNS} FROM payments WHERE payment_id = $1",
+                                                     payment_id))
 
     async def reload(self, payment: StoredPayment) -> StoredPayment:
-        return _payment(await self._fetchrow(f"SELECT {_COLUMNS} FROM payments WHERE id = $1", payment.id))
+        row = await self._fetchrow(f"SELECT {_COLUMNS} FROM payments WHERE id = $1", payment.id)
+        return _payment(returned(row, "reload payment"))
 
     async def insert(self, payment_id: str, intent: PaymentIntent) -> tuple[StoredPayment, bool]:
         """Record the intent (status INITIATING) and commit; (row, True). When the user already has a
@@ -231,7 +238,7 @@ class PaymentStorage:
                 existing = await conn.fetchrow(
                     f"SELECT {_COLUMNS} FROM payments WHERE user_id = $1 AND idempotency_key = $2",
                     intent.user_id, intent.idempotency_key)
-                return _payment(existing), False
+                return _payment(returned(existing, "payment of the same key")), False
             await conn.execute(
                 "INSERT INTO payment_events (payment_row, old_status, new_status, source, message) "
                 "VALUES ($1, NULL, 'INITIATING', 'create', $2)", row["id"],
@@ -259,6 +266,7 @@ class PaymentStorage:
                 WHERE id = $1
                 RETURNING {_COLUMNS}
                 """, payment.id, *(changes[name] for name in names))
+            row = returned(row, "update payment")
             await conn.execute(
                 "INSERT INTO payment_events (payment_row, old_status, new_status, source, message, bank_status) "
                 "VALUES ($1, $2, $3, $4, $5, $6)", payment.id, old, row["status"], source, message,

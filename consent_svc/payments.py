@@ -67,21 +67,27 @@ import dataclasses
 import datetime as dt
 import logging
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from bankapi.client import BankClient, BankClients
-from svclib.config import BankConfig
-from svclib.db import LockBusy
-from svclib.errors import (AlreadyExists, Aborted, DomainError, FailedPrecondition, InvalidArgument, NotFound,
-                           Unavailable, require)
-
 from consent_svc.payment_bank import refresh_payment
-from consent_svc.payment_requests import (CheckedRequest, PaymentData, PaymentRequests, RepaymentRequest,
-                                          TransferRequest)
+from consent_svc.payment_requests import CheckedRequest, PaymentData, PaymentRequests, RepaymentRequest, TransferRequest
 from consent_svc.payment_single_use import pay, reconcile, refresh_consent, request_consent
 from consent_svc.payment_standing import Work, pay_standing, reconcile_standing, record_dead_consents
 from consent_svc.payment_storage import PaymentCursor, PaymentEventRow, PaymentStorage, StoredPayment
 from consent_svc.storage import ConsentStorage
+from svclib.config import BankConfig
+from svclib.db import LockBusy
+from svclib.errors import (
+    Aborted,
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    require,
+)
 
 log = logging.getLogger("consent_svc.payments")
 
@@ -113,7 +119,7 @@ class PaymentResult:
 class PaymentService:
     def __init__(self, storage: PaymentStorage, banks: tuple[BankConfig, ...], clients: BankClients,
                  consents: ConsentStorage, data: PaymentData,
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)):
         self.storage = storage
         self.banks = {b.id: b for b in banks}
         self.requests = PaymentRequests(self.banks, data, clock)

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from finpulse.sync.v1 import sync_pb2, sync_pb2_grpc
 
+from consent_svc.payment_requests import DebtorAccount, Loan
 from finance.loans import Repayments
 from finance.protoconv import repayments_from_pb
 from svclib.clients import ServiceClients
 from svclib.protoconv import optional
-
-from consent_svc.payment_requests import DebtorAccount, Loan
 
 
 class SyncPaymentData:

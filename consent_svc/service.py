@@ -19,17 +19,16 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-from typing import Awaitable, Protocol
+from collections.abc import Awaitable
+from typing import Protocol
 
 from bankapi import errors as bank_errors
 from bankapi.client import BankClient, BankClients
 from bankapi.models import Account, ConsentResult, ConsentStatus
-
-from svclib.config import BankConfig
-from svclib.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable, require
-
 from consent_svc import messages
 from consent_svc.storage import ConsentStorage, NewConsent, StoredConsent
+from svclib.config import BankConfig
+from svclib.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable, require
 
 log = logging.getLogger("consent_svc")
 
@@ -151,7 +150,7 @@ def _failure(exc: Exception) -> tuple[str, str]:
 
 
 def _is_expired(consent: StoredConsent) -> bool:
-    return consent.expires_at is not None and consent.expires_at <= dt.datetime.now(dt.timezone.utc)
+    return consent.expires_at is not None and consent.expires_at <= dt.datetime.now(dt.UTC)
 
 
 def _became_approved(before: StoredConsent, after: StoredConsent) -> bool:
@@ -376,7 +375,7 @@ class ConsentService:
         unsettled = await self.storage.unsettled(user_id)
         refreshed = await asyncio.gather(*(self.refresh(c) for c in unsettled))
         approved: dict[str, set[str]] = {}
-        for before, after in zip(unsettled, refreshed):
+        for before, after in zip(unsettled, refreshed, strict=True):
             if _became_approved(before, after):
                 approved.setdefault(after.bank_id, set()).add(after.kind)
         for bank_id, kinds in approved.items():

@@ -7,15 +7,23 @@ import datetime as dt
 from finpulse.consent.v1 import consent_pb2 as pb
 from finpulse.consent.v1 import consent_pb2_grpc as pb_grpc
 
-from svclib.protoconv import optional, set_timestamp
-from svclib.validation import format_amount
-
 from consent_svc.payment_requests import RepaymentRequest, TransferRequest
 from consent_svc.payment_storage import PaymentEventRow, StoredPayment
 from consent_svc.payments import PaymentService
-from consent_svc.service import ACCOUNTS, PAYMENTS, PRODUCTS, BankRequest, ConsentService, Outcome, client_status, \
-    consent_message, overall_status
+from consent_svc.service import (
+    ACCOUNTS,
+    PAYMENTS,
+    PRODUCTS,
+    BankRequest,
+    ConsentService,
+    Outcome,
+    client_status,
+    consent_message,
+    overall_status,
+)
 from consent_svc.storage import StoredConsent
+from svclib.protoconv import optional, set_timestamp
+from svclib.validation import format_amount
 
 _KINDS = {ACCOUNTS: pb.CONSENT_KIND_ACCOUNTS, PRODUCTS: pb.CONSENT_KIND_PRODUCTS, PAYMENTS: pb.CONSENT_KIND_PAYMENTS}
 _FIELDS = {ACCOUNTS: "account_consent", PRODUCTS: "product_consent", PAYMENTS: "payment_consent"}
@@ -138,7 +146,7 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
             item = response.results.add(bank_id=bank_id, bank_name=self.service.bank_name(bank_id))
             for kind, consent in kinds.items():
                 getattr(item, _FIELDS[kind]).CopyFrom(_state_pb(consent))
-        set_timestamp(response, "checked_at", dt.datetime.now(dt.timezone.utc))
+        set_timestamp(response, "checked_at", dt.datetime.now(dt.UTC))
         return response
 
     async def ConsentCallback(self, request, context):

@@ -7,6 +7,7 @@ import datetime as dt
 import asyncpg
 
 from svclib.db import AdvisoryLock
+from svclib.rows import returned
 
 _COLUMNS = ("id, user_id, bank_id, consent_type, consent_id, request_id, status, bank_status, approval_url, "
             "permissions, expires_at, created_at, updated_at, checked_at, error_code, error_message, payment_type, "
@@ -43,9 +44,11 @@ class StoredConsent:
         return self.consent_id or self.request_id or ""
 
 
-def _consent(row: asyncpg.Record | None) -> StoredConsent | None:
-    if row is None:
-        return None
+def _consent_or_none(row: asyncpg.Record | None) -> StoredConsent | None:
+    return None if row is None else _consent(row)
+
+
+def _consent(row: asyncpg.Record) -> StoredConsent:
     return StoredConsent(row["id"], row["user_id"], row["bank_id"], row["consent_type"], row["consent_id"],
                          row["request_id"], row["status"], row["bank_status"], row["approval_url"],
                          tuple(row["permissions"]), row["expires_at"], row["created_at"], row["updated_at"],
@@ -96,6 +99,7 @@ class ConsentStorage:
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                 RETURNING {_COLUMNS}
                 """, new.user_id, new.bank_id, new.kind, *_new_values(new))
+            row = returned(row, "insert consent")
             await conn.execute(
                 "INSERT INTO consent_events (consent_row, user_id, bank_id, old_status, new_status, bank_status, "
                 "source, message) VALUES ($1, $2, $3, NULL, $4, $5, 'create', $6)",
@@ -120,7 +124,7 @@ class ConsentStorage:
                 "source, message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 consent.id, consent.user_id, consent.bank_id, old, new.status, new.bank_status, source,
                 new.error_message)
-            return _consent(row)
+            return _consent(returned(row, "replace consent"))
 
     async def update(self, consent: StoredConsent, *, status: str, source: str, bank_status: str | None = None,
                      consent_id: str | None = None, expires_at: dt.datetime | None = None,
@@ -136,7 +140,8 @@ class ConsentStorage:
                     consent_id = COALESCE($4, consent_id),
                     expires_at = COALESCE($5, expires_at),
                     permissions = COALESCE($6, permissions),
-                    updated_at = CASE WHEN status IS DISTINCT FROM $2 OR consent_id IS DISTINCT FROM COALESCE($4, consent_id)
+                    updated_at = CASE WHEN status IS DISTINCT FROM $2
+                                           OR consent_id IS DISTINCT FROM COALESCE($4, consent_id)
                                       THEN now() ELSE updated_at END,
                     checked_at = now()
                 WHERE id = $1
@@ -148,25 +153,25 @@ class ConsentStorage:
                     "INSERT INTO consent_events (consent_row, user_id, bank_id, old_status, new_status, bank_status, "
                     "source, message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                     consent.id, consent.user_id, consent.bank_id, old, status, bank_status, source, message)
-            return _consent(row)
+            return _consent(returned(row, "update consent"))
 
     async def latest(self, user_id: str, bank_id: str, kind: str) -> StoredConsent | None:
-        return _consent(await self.pool.fetchrow(
+        return _consent_or_none(await self.pool.fetchrow(
             f"SELECT {_COLUMNS} FROM consents WHERE user_id = $1 AND bank_id = $2 AND consent_type = $3 "
             "ORDER BY created_at DESC, id DESC LIMIT 1", user_id, bank_id, kind))
 
     async def find_for_user(self, user_id: str, bank_ref: str) -> StoredConsent | None:
         """A consent of the user by its consent id or request id."""
-        return _consent(await self.pool.fetchrow(
+        return _consent_or_none(await self.pool.fetchrow(
             f"SELECT {_COLUMNS} FROM consents WHERE user_id = $1 AND (consent_id = $2 OR request_id = $2) "
             "ORDER BY id DESC LIMIT 1", user_id, bank_ref))
 
     async def by_request(self, bank_id: str, request_id: str) -> StoredConsent | None:
-        return _consent(await self.pool.fetchrow(
+        return _consent_or_none(await self.pool.fetchrow(
             f"SELECT {_COLUMNS} FROM consents WHERE bank_id = $1 AND request_id = $2", bank_id, request_id))
 
     async def by_consent_id(self, bank_id: str, consent_id: str) -> StoredConsent | None:
-        return _consent(await self.pool.fetchrow(
+        return _consent_or_none(await self.pool.fetchrow(
             f"SELECT {_COLUMNS} FROM consents WHERE bank_id = $1 AND consent_id = $2", bank_id, consent_id))
 
     async def latest_per_kind(self, user_id: str) -> list[StoredConsent]:
@@ -189,7 +194,7 @@ class ConsentStorage:
     async def standing_payment_consent(self, user_id: str, bank_id: str, debtor_account: str) -> StoredConsent | None:
         """The user's newest approved, unexpired standing (vrp or multi_use) payment consent at the bank
         that pays from `debtor_account` (or from an account it does not name)."""
-        return _consent(await self.pool.fetchrow(
+        return _consent_or_none(await self.pool.fetchrow(
             f"""
             SELECT {_COLUMNS} FROM consents
             WHERE user_id = $1 AND bank_id = $2 AND consent_type = 'payments' AND status = 'APPROVED'

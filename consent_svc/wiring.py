@@ -9,16 +9,15 @@ from bankapi.breaker import RedisBreakerStore
 from bankapi.client import BankClients
 from bankapi.config import BankEndpoint, TeamCredentials
 from bankapi.tokens import RedisTokenStore
-from svclib.logging import current_request_id
-from svclib.runtime import Runtime
-from svclib.server import GrpcServer
-
 from consent_svc.payment_storage import PaymentStorage
 from consent_svc.payments import PaymentService
 from consent_svc.peers import SyncPaymentData
 from consent_svc.service import ConsentService
 from consent_svc.servicer import ConsentServicer
 from consent_svc.storage import ConsentStorage
+from svclib.logging import current_request_id
+from svclib.runtime import Runtime
+from svclib.server import GrpcServer
 
 
 async def setup(runtime: Runtime, server: GrpcServer) -> None:

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Awaitable, Callable
-
-from svclib import i18n
-from svclib.errors import InvalidArgument, NotFound, require
+from collections.abc import Awaitable, Callable
 
 from dashboard_svc.storage import DashboardStorage, StoredApplication
+from svclib import i18n
+from svclib.errors import InvalidArgument, NotFound, require
 
 OFFER_ID_MAX = 64
 MAX_LOANS = 20

@@ -16,10 +16,6 @@ from svclib.cache import Cache
 from svclib.clients import ServiceClients
 from svclib.protoconv import optional
 
-from dashboard_svc.model import (AccountView, BankFreshness, CategoryTotal, CreditView, DayAmount, Goals, MonthFlow,
-                                 ProductView, TransactionView)
-from dashboard_svc.service import Gathered
-
 RECENT = 10
 
 
@@ -28,7 +24,7 @@ def _dec(text: str) -> Decimal | None:
 
 
 def _time(msg, field: str) -> dt.datetime | None:
-    return getattr(msg, field).ToDatetime(dt.timezone.utc) if msg.HasField(field) else None
+    return getattr(msg, field).ToDatetime(dt.UTC) if msg.HasField(field) else None
 
 
 def _date(text: str | None) -> dt.date | None:
@@ -130,7 +126,8 @@ class SyncData:
                 product_id=c.product_id) for c in credits.credits],
             "products": [ProductView(
                 bank_id=p.bank_id, product_id=p.product_id, product_type=p.product_type, product_name=p.product_name,
-                interest_rate=_dec(optional(p, "interest_rate") or ""), min_amount=_dec(optional(p, "min_amount") or ""),
+                interest_rate=_dec(optional(p, "interest_rate") or ""),
+                min_amount=_dec(optional(p, "min_amount") or ""),
                 max_amount=_dec(optional(p, "max_amount") or ""), term_months=optional(p, "term_months"),
                 commission=_dec(optional(p, "commission") or "")) for p in catalogue.products],
             "bank_names": {b.id: b.name for b in banks.banks},

@@ -23,6 +23,10 @@ from svclib.validation import parse_amount, parse_date
 from dashboard_svc import calc, metrics
 from dashboard_svc.model import DashboardConfig, DashboardData, FinancialInputs, Goals
 from dashboard_svc.storage import CacheRow, DashboardStorage
+from svclib import i18n, metrics
+from svclib.cache import Cache
+from svclib.errors import InvalidArgument, require
+from svclib.validation import parse_amount, parse_date
 
 log = logging.getLogger("dashboard_svc")
 
@@ -59,7 +63,7 @@ class BankData(Protocol):
 
     def data_version(self, user_id: str) -> Awaitable[int]: ...
 
-    def gather(self, user_id: str, now: dt.datetime) -> Awaitable["Gathered"]: ...
+    def gather(self, user_id: str, now: dt.datetime) -> Awaitable[Gathered]: ...
 
     def goals(self, user_id: str) -> Awaitable[Goals]: ...
 
@@ -113,7 +117,7 @@ def unchanged_until(answer: Answer, shown_times: list[dt.datetime], now: dt.date
 class DashboardService:
     def __init__(self, storage: DashboardStorage, cache: Cache, data: BankData | None = None,
                  config: DashboardConfig = DashboardConfig(),
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)):
         self.storage = storage
         self.cache = cache
         self.data = data

@@ -5,20 +5,18 @@ from __future__ import annotations
 import collections
 import datetime as dt
 
-from google.protobuf import json_format
-
 from finpulse.dashboard.v1 import dashboard_pb2 as pb
 from finpulse.dashboard.v1 import dashboard_pb2_grpc as pb_grpc
-
-from svclib import i18n
-from svclib.cache import CACHE_UNTIL_METADATA
-from svclib.protoconv import optional, set_timestamp
-from svclib.validation import format_amount
+from google.protobuf import json_format
 
 from dashboard_svc.applications import RefinanceApplications, next_step
 from dashboard_svc.model import FinancialInputs
 from dashboard_svc.service import FIRST_SYNC_WAIT, Answer, DashboardService, parse_inputs, unchanged_until
 from dashboard_svc.storage import StoredApplication
+from svclib import i18n
+from svclib.cache import CACHE_UNTIL_METADATA
+from svclib.protoconv import optional, set_timestamp
+from svclib.validation import format_amount
 
 
 def _inputs_pb(inputs: FinancialInputs) -> pb.FinancialInputs:

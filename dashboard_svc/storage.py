@@ -6,14 +6,16 @@ import json
 
 import asyncpg
 
-from svclib.db import AdvisoryLock
-
 from dashboard_svc.model import FinancialInputs
+from svclib.db import AdvisoryLock
+from svclib.rows import returned
 
 
 def _inputs(row: asyncpg.Record | None) -> tuple[FinancialInputs, dt.datetime | None]:
-    if row is None:
-        return FinancialInputs(), None
+    return (FinancialInputs(), None) if row is None else _stored_inputs(row)
+
+
+def _stored_inputs(row: asyncpg.Record) -> tuple[FinancialInputs, dt.datetime]:
     return FinancialInputs(
         salary_amount=row["salary_amount"], next_salary_date=row["next_salary_date"],
         credit_payment_amount=row["credit_payment_amount"], credit_payment_date=row["credit_payment_date"],
@@ -23,7 +25,7 @@ def _inputs(row: asyncpg.Record | None) -> tuple[FinancialInputs, dt.datetime | 
 class CacheRow:
     """A stored dashboard: the computed payload and what it was computed from."""
 
-    __slots__ = ("payload", "calculated_at", "data_version")
+    __slots__ = ("calculated_at", "data_version", "payload")
 
     def __init__(self, payload: dict, calculated_at: dt.datetime, data_version: int):
         self.payload = payload
@@ -61,9 +63,8 @@ class DashboardStorage:
             user_id, inputs.salary_amount, inputs.next_salary_date, inputs.credit_payment_amount,
             inputs.credit_payment_date)
         if row is None:  # nothing changed: read back what is stored
-            stored, updated_at = await self.get_inputs(user_id)
-            return stored, updated_at
-        return _inputs(row)
+            row = await self.pool.fetchrow("SELECT * FROM user_financial_inputs WHERE user_id = $1", user_id)
+        return _stored_inputs(returned(row, "financial inputs"))
 
     async def drop_cached_dashboard(self, user_id: str) -> None:
         await self.pool.execute("DELETE FROM dashboard_cache WHERE user_id = $1", user_id)
@@ -79,7 +80,8 @@ class DashboardStorage:
         return CacheRow(json.loads(data) if isinstance(data, str) else data, row["calculated_at"],
                         row["data_version"])
 
-    async def store_cached(self, user_id: str, entry: CacheRow, synced_at: dt.datetime | None, ttl: dt.timedelta) -> None:
+    async def store_cached(self, user_id: str, entry: CacheRow, synced_at: dt.datetime | None,
+                           ttl: dt.timedelta) -> None:
         await self.pool.execute(
             """
             INSERT INTO dashboard_cache (user_id, dashboard_data, synced_at, calculated_at, expires_at, data_version)
@@ -139,7 +141,7 @@ _APPLICATION_COLUMNS = "application_id, user_id, offer_id, status, offer, create
 class StoredApplication:
     """A recorded refinancing application: the offer as it was shown when applied for."""
 
-    __slots__ = ("application_id", "user_id", "offer_id", "status", "offer", "created_at", "updated_at")
+    __slots__ = ("application_id", "created_at", "offer", "offer_id", "status", "updated_at", "user_id")
 
     def __init__(self, application_id: str, user_id: str, offer_id: str, status: str, offer: dict,
                  created_at: dt.datetime, updated_at: dt.datetime):

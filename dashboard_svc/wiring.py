@@ -4,15 +4,14 @@ from __future__ import annotations
 from finpulse.dashboard.v1 import dashboard_pb2 as pb
 from finpulse.dashboard.v1 import dashboard_pb2_grpc as pb_grpc
 
-from svclib.runtime import Runtime
-from svclib.server import GrpcServer
-
 from dashboard_svc.applications import RefinanceApplications
 from dashboard_svc.model import DashboardConfig
 from dashboard_svc.peers import SyncData
 from dashboard_svc.service import DashboardService
 from dashboard_svc.servicer import DashboardServicer
 from dashboard_svc.storage import DashboardStorage
+from svclib.runtime import Runtime
+from svclib.server import GrpcServer
 
 
 async def setup(runtime: Runtime, server: GrpcServer) -> None:

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import urlparse
 
 import grpc
@@ -325,7 +325,7 @@ class Suite:
                         elif await self._healthy(name):
                             recovering.discard(name)
                             report(f"{name} is healthy again")
-                except Exception as exc:  # supervision goes on whatever one round met
+                except Exception as exc:  # noqa: BLE001 - supervision goes on whatever one round met
                     report(f"supervision: {exc!r}")
                 await asyncio.sleep(poll)
         finally:
@@ -352,7 +352,7 @@ class Supervision:
     def _run(self, report: Callable[[str], None], poll: float) -> None:
         try:
             asyncio.run(self.suite.supervise(report, poll, self._stop))
-        except Exception as exc:  # reported, not raised into nowhere
+        except Exception as exc:  # noqa: BLE001 - reported, not raised into nowhere
             report(f"supervision failed: {exc!r}; dead children are no longer restarted")
         finally:
             me = threading.get_ident()
@@ -395,7 +395,8 @@ async def grpc_serving(addr: str) -> bool:
 def _banner(suite: Suite) -> str:
     url = suite.gateway_url
     user = f"{suite.settings.team.client_id}-1"
-    auth = f"-H 'Authorization: Bearer {suite.token(user)}'" if suite.settings.jwt_secret else "-H 'Authorization: Bearer <token>'"
+    bearer = suite.token(user) if suite.settings.jwt_secret else "<token>"
+    auth = f"-H 'Authorization: Bearer {bearer}'"
     lines = [
         "",
         f"FinPulse is up: gateway {url}",

@@ -8,7 +8,7 @@ import datetime as dt
 def today_of(now: dt.datetime) -> dt.date:
     if now.tzinfo is None:
         return now.date()
-    return now.astimezone(dt.timezone.utc).date()
+    return now.astimezone(dt.UTC).date()
 
 
 def month_day(year: int, month: int, day: int) -> dt.date:

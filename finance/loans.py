@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Iterable
 from decimal import Decimal
-from typing import Iterable
 
 from finance.dates import add_months, month_day, today_of
 from finance.money import round_money
@@ -39,7 +39,8 @@ class Obligation:
     agreement_id: str | None = None
 
     def occurrences(self, start: dt.date, end: dt.date) -> list[dt.date]:
-        found, k = [], 0
+        found: list[dt.date] = []
+        k = 0
         while True:
             when = self.first if k == 0 else add_months(self.first, k, self.day)
             if when > end:

@@ -22,5 +22,5 @@ def repayments_from_pb(msg: sync_pb2.LoanRepayments) -> Repayments:
     return Repayments(
         bank_id=msg.bank_id, agreement_id=msg.agreement_id, count=msg.count, total=_amount(msg.total),
         average=_amount(msg.average), currency=msg.currency or "RUB",
-        last_paid_at=msg.last_paid_at.ToDatetime(dt.timezone.utc) if msg.HasField("last_paid_at") else None,
+        last_paid_at=msg.last_paid_at.ToDatetime(dt.UTC) if msg.HasField("last_paid_at") else None,
         typical_day=msg.typical_day, months=tuple(dt.date.fromisoformat(m) for m in msg.months_paid))

@@ -33,14 +33,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway import metrics as gateway_metrics
 from gateway import middleware, openapi, transcode
 from gateway.auth import Gatekeeper, Principal, bind_user
+from gateway.errors import from_rpc_error
 from gateway.login import LOGIN_METHOD, LoginPolicy
 from gateway.respcache import ResponseCache
-from gateway.errors import from_rpc_error
 from gateway.routes import Route, build_routes
 from gateway.settings import GatewaySettings
 from svclib import i18n
 from svclib import metrics as svc_metrics
-from svclib.clients import ServiceClients
 from svclib.cache import CACHE_UNTIL_METADATA, ChangeFeed
 from svclib.logging import user_id_var
 

@@ -181,13 +181,13 @@ def bind_user(message: Any, principal: Principal) -> str | None:
     trusted.
     """
     field = message.DESCRIPTOR.fields_by_name.get("user_id")
-    named = getattr(message, "user_id") if field is not None else ""
+    named = message.user_id if field is not None else ""
     if principal.user_id is None:  # development mode, no token
         return named or None
     if field is None:
         return principal.user_id
     if not named:
-        setattr(message, "user_id", principal.user_id)
+        message.user_id = principal.user_id
     elif named != principal.user_id:
         raise ApiError(grpc.StatusCode.PERMISSION_DENIED,
                        "this token's user may not act for another user (user_id does not match the token)",
@@ -200,7 +200,7 @@ def mint_token(settings: GatewaySettings, user_id: str, *, ttl: dt.timedelta = d
     """An HS256 token for `user_id`, signed with the configured secret (local use and tests)."""
     if not settings.jwt_secret:
         raise ValueError("minting tokens needs FINPULSE_JWT_SECRET (HS256)")
-    issued = now or dt.datetime.now(dt.timezone.utc)
+    issued = now or dt.datetime.now(dt.UTC)
     claims = {"sub": user_id, "iss": settings.jwt_issuer, "aud": settings.jwt_audience,
               "iat": issued, "exp": issued + ttl}
     return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")

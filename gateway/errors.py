@@ -19,7 +19,8 @@ import json
 import logging
 import math
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import grpc
 from aiohttp import web

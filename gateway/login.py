@@ -55,6 +55,6 @@ class LoginPolicy:
         if principal.authenticated and principal.token:
             reply.token = principal.token
             return
-        issued = (now or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)  # JWT times are whole seconds
+        issued = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)  # JWT times are whole seconds
         reply.token = mint_token(self.settings, user_id, ttl=TOKEN_TTL, now=issued)
         reply.token_expires_at.FromDatetime(issued + TOKEN_TTL)

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import re
 import time
-from typing import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import grpc
 from aiohttp import web

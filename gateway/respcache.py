@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from typing import Hashable
+from collections.abc import Hashable
 
 
 @dataclasses.dataclass(frozen=True)

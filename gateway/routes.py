@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor, MethodDescriptor, ServiceDescriptor
@@ -99,8 +99,8 @@ def _leaf_fields(desc: Descriptor, prefix: str, excluded: set[str],
         if field.message_type is None or field.message_type.full_name in SCALAR_JSON_MESSAGES:
             yield path, field
         elif (not field.is_repeated and not field.message_type.GetOptions().map_entry
-              and field.message_type.full_name not in seen + (desc.full_name,)):  # stop at cycles
-            yield from _leaf_fields(field.message_type, path + ".", excluded, seen + (desc.full_name,))
+              and field.message_type.full_name not in (*seen, desc.full_name)):  # stop at cycles
+            yield from _leaf_fields(field.message_type, path + ".", excluded, (*seen, desc.full_name))
 
 
 def resolve_field(desc: Descriptor, field_path: str) -> list[FieldDescriptor]:
@@ -144,11 +144,11 @@ def _convert_template(template: str, method_id: str, input_desc: Descriptor) -> 
         fields.append(field_path)
         var = Route.path_var(field_path)
         if pattern is None or pattern == "*":
-            out.append("{%s}" % var)
+            out.append(f"{{{var}}}")
         else:
             regex = "/".join("[^/]+" if seg == "*" else ".+" if seg == "**" else re.escape(seg)
                              for seg in pattern.split("/"))
-            out.append("{%s:%s}" % (var, regex))
+            out.append(f"{{{var}:{regex}}}")
         pos = match.end()
     tail = template[pos:]
     if "*" in tail or "{" in tail or "}" in tail:
@@ -159,8 +159,7 @@ def _convert_template(template: str, method_id: str, input_desc: Descriptor) -> 
 
 def _bindings(rule: http_pb2.HttpRule) -> Iterator[http_pb2.HttpRule]:
     yield rule
-    for extra in rule.additional_bindings:
-        yield extra
+    yield from rule.additional_bindings
 
 
 def _method_routes(service_key: str, service: ServiceDescriptor, method: MethodDescriptor) -> Iterator[Route]:

@@ -23,7 +23,8 @@ import functools
 import json
 import math
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from google.api import field_behavior_pb2
 from google.protobuf import json_format, message_factory

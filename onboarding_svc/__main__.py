@@ -1,9 +1,8 @@
 import pathlib
 import sys
 
-from svclib.runtime import ServiceSpec, main
-
 from onboarding_svc.wiring import setup
+from svclib.runtime import ServiceSpec, main
 
 SPEC = ServiceSpec(name="onboarding", schema="onboarding",
                    migrations=pathlib.Path(__file__).with_name("migrations"), setup=setup)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Awaitable
 from decimal import Decimal
-from typing import Any, Awaitable, Protocol
+from typing import Any, Protocol
 
 STARTED = "started"
 COMPLETED = "completed"

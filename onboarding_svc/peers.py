@@ -6,9 +6,8 @@ from finpulse.consent.v1 import consent_pb2, consent_pb2_grpc
 from finpulse.dashboard.v1 import dashboard_pb2, dashboard_pb2_grpc
 from finpulse.sync.v1 import sync_pb2, sync_pb2_grpc
 
-from svclib.clients import ServiceClients
-
 from onboarding_svc.model import ConsentInfo, QueuedSync
+from svclib.clients import ServiceClients
 
 _KIND_NAMES = {consent_pb2.CONSENT_KIND_ACCOUNTS: "accounts", consent_pb2.CONSENT_KIND_PRODUCTS: "products",
                consent_pb2.CONSENT_KIND_PAYMENTS: "payments"}

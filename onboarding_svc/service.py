@@ -6,12 +6,26 @@ import logging
 import re
 from typing import Any
 
+from onboarding_svc.model import (
+    COMPLETED,
+    GOAL_TYPES,
+    KINDS,
+    PLANS,
+    SPEEDS,
+    STRATEGIES,
+    Account,
+    AccountChange,
+    Consents,
+    Dashboard,
+    Goals,
+    Profile,
+    Session,
+    StatusView,
+    Sync,
+)
+from onboarding_svc.storage import OnboardingStorage
 from svclib.errors import FailedPrecondition, InvalidArgument, NotFound, require
 from svclib.validation import parse_amount, parse_date
-
-from onboarding_svc.model import (COMPLETED, GOAL_TYPES, KINDS, PLANS, SPEEDS, STRATEGIES, Account, AccountChange,
-                                  Consents, Dashboard, Goals, Profile, Session, StatusView, Sync)
-from onboarding_svc.storage import OnboardingStorage
 
 log = logging.getLogger("onboarding_svc")
 
@@ -125,7 +139,7 @@ class OnboardingService:
             "approved_consents_count": len(approved),
             "bootstrap_results": [{"bank_id": j.bank_id, "status": "synced" if j.state == "succeeded" else "queued",
                                    "job_id": j.job_id} for j in jobs],
-            "completed_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "completed_at": dt.datetime.now(dt.UTC).isoformat(),
         }
         stored = await self.storage.complete(session.onboarding_id, result)
         log.info("onboarding finalized", extra={"onboarding_id": session.onboarding_id, "banks": account_banks})

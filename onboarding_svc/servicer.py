@@ -7,13 +7,12 @@ import datetime as dt
 from finpulse.onboarding.v1 import onboarding_pb2 as pb
 from finpulse.onboarding.v1 import onboarding_pb2_grpc as pb_grpc
 
+from onboarding_svc.model import COMPLETED, Account, Profile
+from onboarding_svc.service import OnboardingService
 from svclib.errors import InvalidArgument
 from svclib.internal_auth import acting_user
 from svclib.protoconv import optional, set_timestamp
 from svclib.validation import format_amount
-
-from onboarding_svc.model import COMPLETED, Account, Profile
-from onboarding_svc.service import OnboardingService
 
 
 class OnboardingServicer(pb_grpc.OnboardingServiceServicer):

@@ -10,13 +10,16 @@ from typing import Any
 import asyncpg
 
 from onboarding_svc.model import COMPLETED, STARTED, Account, AccountChange, Goals, Profile, Session
+from svclib.rows import returned
 
 _COLUMNS = "onboarding_id, user_id, user_name, status, created_at, completed_at, finalize_result"
 
 
-def _session(row: asyncpg.Record | None) -> Session | None:
-    if row is None:
-        return None
+def _session_or_none(row: asyncpg.Record | None) -> Session | None:
+    return None if row is None else _session(row)
+
+
+def _session(row: asyncpg.Record) -> Session:
     result = row["finalize_result"]
     return Session(row["onboarding_id"], row["user_id"], row["user_name"], row["status"], row["created_at"],
                    row["completed_at"], json.loads(result) if result is not None else None)
@@ -43,14 +46,14 @@ class OnboardingStorage:
                 row = await conn.fetchrow(
                     f"INSERT INTO onboarding_sessions (onboarding_id, user_id, user_name) VALUES ($1, $2, $3) "
                     f"RETURNING {_COLUMNS}", str(uuid.uuid4()), user_id, user_name)
-            return _session(row)
+            return _session(returned(row, "open session"))
 
     async def get(self, onboarding_id: str) -> Session | None:
-        return _session(await self.pool.fetchrow(
+        return _session_or_none(await self.pool.fetchrow(
             f"SELECT {_COLUMNS} FROM onboarding_sessions WHERE onboarding_id = $1", onboarding_id))
 
     async def latest_for_user(self, user_id: str) -> Session | None:
-        return _session(await self.pool.fetchrow(
+        return _session_or_none(await self.pool.fetchrow(
             f"SELECT {_COLUMNS} FROM onboarding_sessions WHERE user_id = $1 ORDER BY created_at DESC LIMIT 1",
             user_id))
 
@@ -63,7 +66,12 @@ class OnboardingStorage:
             WHERE onboarding_id = $1 AND status <> '{COMPLETED}'
             RETURNING {_COLUMNS}
             """, onboarding_id, json.dumps(result))
-        return _session(row) if row is not None else await self.get(onboarding_id)
+        if row is not None:
+            return _session(row)
+        done = await self.get(onboarding_id)  # completed before: its first result
+        if done is None:
+            raise LookupError(f"no onboarding session {onboarding_id}")
+        return done
 
     async def has_goal(self, user_id: str) -> bool:
         return bool(await self.pool.fetchval(

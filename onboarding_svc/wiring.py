@@ -4,13 +4,12 @@ from __future__ import annotations
 from finpulse.onboarding.v1 import onboarding_pb2 as pb
 from finpulse.onboarding.v1 import onboarding_pb2_grpc as pb_grpc
 
-from svclib.runtime import Runtime
-from svclib.server import GrpcServer
-
 from onboarding_svc.peers import ConsentClient, DashboardClient, SyncClient
 from onboarding_svc.service import OnboardingService
 from onboarding_svc.servicer import OnboardingServicer
 from onboarding_svc.storage import OnboardingStorage
+from svclib.runtime import Runtime
+from svclib.server import GrpcServer
 
 
 async def setup(runtime: Runtime, server: GrpcServer) -> None:

@@ -21,7 +21,8 @@ import grpc
 
 from svclib import i18n
 from svclib.config import Settings
-from svclib.internal_auth import METADATA_KEY as AUTH_METADATA, Signer
+from svclib.internal_auth import METADATA_KEY as AUTH_METADATA
+from svclib.internal_auth import Signer
 from svclib.logging import request_id_var, user_id_var
 
 _RETRY_POLICY = {

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Callable, Mapping, TypeVar
 from urllib.parse import urlparse
@@ -188,7 +189,8 @@ class EnvReader:
             return None
         parsed = urlparse(raw)
         if parsed.scheme not in schemes:
-            self.problems.append(f"{name}: scheme must be one of {', '.join(schemes)} (got {parsed.scheme or 'none'!r})")
+            got = parsed.scheme or "none"
+            self.problems.append(f"{name}: scheme must be one of {', '.join(schemes)} (got {got!r})")
         return raw
 
     def currency(self, name: str, default: str) -> str:

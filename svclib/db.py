@@ -228,8 +228,8 @@ async def wait_migrated(dsn: str, schema: str, folder: pathlib.Path, timeout: fl
     while True:
         try:
             pending = await pending_migrations(dsn, schema, folder)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
-                asyncpg.InterfaceError) as exc:  # not up yet, or the role is not created yet
+        # not up yet, or the role is not created yet
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             pending = [f"(database not ready: {exc.__class__.__name__})"]
         if not pending or time.monotonic() >= deadline:
             return pending

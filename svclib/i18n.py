@@ -10,7 +10,7 @@ on it.
 from __future__ import annotations
 
 import contextvars
-from typing import Mapping
+from collections.abc import Mapping
 
 LANGUAGES = ("ru", "en")
 DEFAULT_LANGUAGE = "ru"
@@ -25,7 +25,7 @@ def negotiate(accept_language: str | None, default: str = DEFAULT_LANGUAGE) -> s
     if not accept_language:
         return default
     best, best_q = None, 0.0
-    for position, part in enumerate(accept_language[:512].split(",")):
+    for part in accept_language[:512].split(","):
         tag, _, params = part.strip().partition(";")
         tag = tag.strip().lower()
         q = 1.0

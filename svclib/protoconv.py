@@ -9,7 +9,7 @@ from google.protobuf.message import Message
 def set_timestamp(msg: Message, field: str, value: dt.datetime | None) -> None:
     """Set a google.protobuf.Timestamp field from an aware datetime; leave it unset for None."""
     if value is not None:
-        getattr(msg, field).FromDatetime(value.astimezone(dt.timezone.utc))
+        getattr(msg, field).FromDatetime(value.astimezone(dt.UTC))
 
 
 def optional(msg: Message, field: str) -> str | None:

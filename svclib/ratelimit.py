@@ -2,9 +2,10 @@
 
 `RateLimiter.acquire(key)` takes the next request slot under `key` (`rate` per second, with a small
 burst) and waits until it comes; `RateLimiter.admit(key)` answers at once, refusing a request over the
-cap with the seconds until one would pass (for a 429 with Retry-After). The state lives in Redis, keyed by `key`, and time comes from the Redis server, so all
-replicas share one budget without trusting their own clocks. When Redis is unreachable the limiter
-keeps the same cap per process (a degraded but still bounded mode) and logs it once in a while.
+cap with the seconds until one would pass (for a 429 with Retry-After). The state lives in Redis, keyed
+by `key`, and time comes from the Redis server, so all replicas share one budget without trusting their
+own clocks. When Redis is unreachable the limiter keeps the same cap per process (a degraded but still
+bounded mode) and logs it once in a while.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -136,7 +136,7 @@ async def run_forever(name: str, body: Callable[[], Awaitable[None]], health: Lo
                     health.beat(name)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - the loop must outlive any failure
+            except Exception as exc:  # the loop must outlive any failure
                 if is_unavailable(exc):
                     # Asking again costs one refused connection: retry often enough that the loop is back
                     # within a couple of seconds of the database (a sync worker idling 10 s after a restart
@@ -189,7 +189,7 @@ class Listener:
                     self.health.beat(f"listener:{self.channel}")
                 try:
                     await asyncio.wait_for(lost.wait(), self.check_every)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if conn.is_closed():
                         break
                     await conn.execute("SELECT 1", timeout=5)  # a dead socket shows here

@@ -23,9 +23,9 @@ from svclib.cache import Cache
 from svclib.clients import ServiceClients
 from svclib.config import ConfigError, EnvReader, Settings, load_section, load_settings
 from svclib.embedded import BackingServices, ensure_backing_services
+from svclib.internal_auth import Verifier
 from svclib.logging import setup_logging
 from svclib.process import die_with_parent
-from svclib.internal_auth import Verifier
 from svclib.resilience import LoopHealth, is_unavailable
 from svclib.server import GrpcServer, install_signal_handlers
 
@@ -75,7 +75,7 @@ class Runtime:
         for closer in reversed(self._closers):
             try:
                 await closer()
-            except Exception:  # noqa: BLE001 - shutdown goes on
+            except Exception:  # shutdown goes on
                 log.exception("error while closing")
         await self.clients.close()
         await self.cache.close()
@@ -121,8 +121,7 @@ async def _when_reachable(what: str, attempt: Callable[[], Awaitable], wait: flo
     while True:
         try:
             return await attempt()
-        except (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError,
-                asyncpg.TooManyConnectionsError) as exc:
+        except (TimeoutError, OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError) as exc:
             if asyncio.get_running_loop().time() + delay > deadline:
                 raise StartupError(f"{what} is unreachable after {wait:.0f} s: {exc}") from None
             log.warning(f"{what} is unreachable, retrying", extra={"error": str(exc), "retry_in_s": delay})
@@ -173,7 +172,7 @@ async def _watch_readiness(runtime: Runtime, server: GrpcServer) -> None:
                                                       "silent_loops": runtime.health.stale()})
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - the watch itself must never stop
+        except Exception:  # the watch itself must never stop
             log.exception("readiness watch failed; retrying")
         await asyncio.sleep(0.2 if not serving else READINESS_INTERVAL)
 
@@ -188,7 +187,8 @@ async def serve(spec: ServiceSpec, settings: Settings, section: Any = None) -> N
         own_url = settings.service_database_urls.get(spec.name) or backing.database_url
         runtime = await open_runtime(settings, spec, own_url, backing.redis_url, section)
         server = GrpcServer(spec.name, settings.grpc_host, settings.port_for(spec.name),
-                            settings.shutdown_grace_for(spec.calls_banks), Verifier(settings.resolved_internal_secret()))
+                            settings.shutdown_grace_for(spec.calls_banks),
+                            Verifier(settings.resolved_internal_secret()))
         exporter = None
         try:
             exporter = metrics.start_exporter(settings.metrics_addrs.get(spec.name))

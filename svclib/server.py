@@ -29,9 +29,10 @@ from grpc_reflection.v1alpha import reflection
 
 from svclib import i18n, limits, metrics, rich_status
 from svclib.errors import DomainError
-from svclib.internal_auth import METADATA_KEY as AUTH_METADATA, Caller, InvalidStatement, Verifier, is_open
-from svclib.resilience import RETRY_AFTER_SECONDS, is_unavailable
+from svclib.internal_auth import METADATA_KEY as AUTH_METADATA
+from svclib.internal_auth import Caller, InvalidStatement, Verifier, is_open
 from svclib.logging import new_request_id, request_id_var, user_id_var
+from svclib.resilience import RETRY_AFTER_SECONDS, is_unavailable
 
 log = logging.getLogger("svclib.server")
 

@@ -110,7 +110,7 @@ class BankDataStorage(BankReads):
     async def log_bank_calls(self, records: Iterable[BankCall | Mapping[str, Any] | Any]) -> int:
         """Append bank calls to bank_status_log in one COPY. Each record is a `BankCall`, a Mapping or any
         object with its attribute names; a missing `at` is the time of logging. Returns the rows written."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         rows = []
         for rec in records:
             message = _field(rec, "message")

@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 from svclib.config import BankConfig
 from svclib.errors import InvalidArgument, NotFound
-
 from sync_svc.catalogue_storage import CatalogueState, CatalogueStorage, NewProduct, StoredProduct
 
 log = logging.getLogger("sync_svc.catalogue")
@@ -60,7 +60,7 @@ class Catalogues:
     def __init__(self, storage: CatalogueStorage, banks: Iterable[BankConfig], fetch: FetchCatalogue, *,
                  max_age: dt.timedelta = dt.timedelta(hours=6), retry_every: dt.timedelta = dt.timedelta(minutes=5),
                  wait: float = 2.0, first_wait: float = 8.0,
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)):
         self.storage = storage
         self.banks = [b for b in banks]
         self.fetch = fetch

@@ -4,8 +4,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+from collections.abc import Iterable
 from decimal import Decimal
-from typing import Iterable
 
 import asyncpg
 

@@ -20,7 +20,8 @@ import dataclasses
 import datetime as dt
 import logging
 import random
-from typing import Awaitable, Callable, Sequence, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from bankapi import errors as bank_errors
 from bankapi.client import BankClient
@@ -107,7 +108,7 @@ class BankFetcher:
         raise AssertionError("unreachable")
 
     async def fetch(self) -> Fetched:
-        started = dt.datetime.now(dt.timezone.utc)
+        started = dt.datetime.now(dt.UTC)
         accounts = await self.call(lambda: self.client.get_accounts(self.user_id, self.account_consent))
         self.progress.accounts_total = len(accounts)
         per_account, agreements = await _all(_all(*(self._account(a) for a in accounts)), self._agreements())

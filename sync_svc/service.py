@@ -6,18 +6,27 @@ import dataclasses
 import datetime as dt
 import logging
 import typing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from decimal import Decimal
-from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 from finance.dataversion import DATA_VERSION_TTL, data_version_key
 from svclib.cache import Cache
 from svclib.config import BankConfig
 from svclib.errors import InvalidArgument, NotFound, require
 from svclib.logging import current_request_id
-
-from sync_svc.bank_storage import (BankDataStorage, CategorySpending, DayIncome, LoanRepayments, MonthlyCashFlow,
-                                   StoredAccount, StoredBalance, StoredCredit, StoredTransaction, SyncState,
-                                   TransactionCursor)
+from sync_svc.bank_storage import (
+    BankDataStorage,
+    CategorySpending,
+    DayIncome,
+    LoanRepayments,
+    MonthlyCashFlow,
+    StoredAccount,
+    StoredBalance,
+    StoredCredit,
+    StoredTransaction,
+    SyncState,
+    TransactionCursor,
+)
 from sync_svc.storage import Job, JobRef, JobStorage
 from sync_svc.worker import data_cache_prefix
 
@@ -43,7 +52,7 @@ WATCH_LIMIT = dt.timedelta(minutes=10)
 class BankListing:
     bank: BankConfig
     connected: bool
-    status: "BankStatus | None"
+    status: BankStatus | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,8 +208,8 @@ class SyncService:
         if bank_id:
             self._bank(bank_id)
         seen: dict[str, tuple] = {}
-        deadline = dt.datetime.now(dt.timezone.utc) + WATCH_LIMIT
-        while dt.datetime.now(dt.timezone.utc) < deadline:
+        deadline = dt.datetime.now(dt.UTC) + WATCH_LIMIT
+        while dt.datetime.now(dt.UTC) < deadline:
             jobs = [j for j in await self.jobs.latest_per_bank(user_id) if not bank_id or j.bank_id == bank_id]
             for job in jobs:
                 key = (job.job_id, job.state, tuple(sorted(job.progress.items())), job.attempts)
@@ -239,7 +248,7 @@ class SyncService:
             if job is None or job.state not in ACTIVE or loop.time() > deadline:
                 return job
             if waits_to_retry(job):
-                due_in = (job.run_after - dt.datetime.now(dt.timezone.utc)).total_seconds()
+                due_in = (job.run_after - dt.datetime.now(dt.UTC)).total_seconds()
                 if loop.time() + due_in > deadline:
                     return job
             await asyncio.sleep(0.2)

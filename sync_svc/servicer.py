@@ -107,7 +107,7 @@ def _event(user_id: str, job: Job) -> pb.SyncEvent:
 
 
 def _time(msg, field: str) -> dt.datetime | None:
-    return getattr(msg, field).ToDatetime(dt.timezone.utc) if msg.HasField(field) else None
+    return getattr(msg, field).ToDatetime(dt.UTC) if msg.HasField(field) else None
 
 
 class SyncServicer(pb_grpc.SyncServiceServicer):

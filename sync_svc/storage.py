@@ -41,9 +41,11 @@ _JOB_COLUMNS = ("job_id, user_id, bank_id, state, reason, force, attempts, run_a
                 "last_error, progress, created_at, updated_at, finished_at, request_id")
 
 
-def _job(row: asyncpg.Record | None) -> Job | None:
-    if row is None:
-        return None
+def _job_or_none(row: asyncpg.Record | None) -> Job | None:
+    return None if row is None else _job(row)
+
+
+def _job(row: asyncpg.Record) -> Job:
     values = dict(row)
     values["job_id"] = str(values["job_id"])
     progress = values["progress"]
@@ -89,7 +91,7 @@ class JobStorage:
     async def claim(self, worker_id: str, lease_seconds: float) -> Job | None:
         """Take the oldest runnable job: queued and due, or running with an expired lease (its worker
         died). The claim counts as an attempt."""
-        return _job(await self.pool.fetchrow(
+        return _job_or_none(await self.pool.fetchrow(
             f"""
             UPDATE sync_jobs SET state = 'running', worker_id = $1, attempts = attempts + 1, rerun = false,
                    lease_until = now() + make_interval(secs => $2), started_at = COALESCE(started_at, now()),
@@ -104,7 +106,7 @@ class JobStorage:
 
     async def heartbeat(self, job_id: str, worker_id: str, lease_seconds: float, progress: dict) -> bool:
         """Extend the lease and store progress; False when the job is no longer ours."""
-        status = await self.pool.execute(
+        status: str = await self.pool.execute(
             """
             UPDATE sync_jobs SET lease_until = now() + make_interval(secs => $3), progress = $4::jsonb,
                    updated_at = now()
@@ -140,7 +142,7 @@ class JobStorage:
         """Queue our running job again in `delay_seconds`; with `refund_attempt`, the attempt that just
         ended does not count (it was cut short by something else than the job: the database going
         away). False when the job is no longer ours."""
-        status = await self.pool.execute(
+        status: str = await self.pool.execute(
             """
             UPDATE sync_jobs SET state = 'queued', run_after = now() + make_interval(secs => $3),
                    last_error = $4, lease_until = NULL, worker_id = NULL, rerun = false, updated_at = now(),
@@ -150,7 +152,8 @@ class JobStorage:
         return status.endswith(" 1")
 
     async def get(self, job_id: str) -> Job | None:
-        return _job(await self.pool.fetchrow(f"SELECT {_JOB_COLUMNS} FROM sync_jobs WHERE job_id = $1", job_id))
+        return _job_or_none(await self.pool.fetchrow(f"SELECT {_JOB_COLUMNS} FROM sync_jobs WHERE job_id = $1",
+                                                     job_id))
 
     async def latest_per_bank(self, user_id: str) -> list[Job]:
         """The newest job of each bank of the user."""

@@ -25,7 +25,8 @@ import logging
 import random
 import time
 import uuid
-from typing import Awaitable, Callable, Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
 from bankapi import errors as bank_errors
 from bankapi.client import BankClients, CallRecord
@@ -143,7 +144,7 @@ class SyncWorkers:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.config.idle_poll)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             return
         await self.process(job, loop_name=f"sync-worker-{index}")
@@ -167,7 +168,7 @@ class SyncWorkers:
             raise
         except NeedsReconsent as exc:
             await self._give_up(job, progress, "needs_reconsent", str(exc))
-        except (bank_errors.ConsentRequired,) as exc:
+        except bank_errors.ConsentRequired as exc:
             await self._give_up(job, progress, "needs_reconsent", f"the bank refused the consent: {exc.message}")
         except (bank_errors.BadRequest, bank_errors.NotFound, bank_errors.AuthFailed, bank_errors.Forbidden,
                 bank_errors.UnknownBank) as exc:
@@ -284,7 +285,7 @@ class SyncWorkers:
         service), and the job is young enough for that not to count as an attempt."""
         if isinstance(exc, bank_errors.BankError) or not is_unavailable(exc):
             return False
-        age = (dt.datetime.now(dt.timezone.utc) - job.created_at).total_seconds()
+        age = (dt.datetime.now(dt.UTC) - job.created_at).total_seconds()
         return age < self.config.refund_window
 
     async def _retry(self, job: Job, progress: Progress, exc: Exception) -> None:
@@ -323,7 +324,7 @@ class SyncWorkers:
         while True:
             try:
                 return await write()
-            except Exception as exc:  # noqa: BLE001 - only an unavailable database is waited out
+            except Exception as exc:  # only an unavailable database is waited out
                 if not is_unavailable(exc) or time.monotonic() + delay > deadline:
                     raise
                 log.info("database unavailable while recording a job's outcome; trying again",
@@ -339,7 +340,7 @@ class SyncWorkers:
                          message=c.message) for c in calls]
         try:
             await self._persist(job, lambda: self.data.log_bank_calls(rows))
-        except Exception as exc:  # noqa: BLE001 - the log must not fail the job
+        except Exception as exc:  # the log must not fail the job
             if is_unavailable(exc):
                 log.warning("writing bank_status_log failed: the database is unavailable",
                             extra={"job_id": job.job_id, "calls": len(rows), "error": repr(exc)})

@@ -4,7 +4,8 @@ from __future__ import annotations
 import asyncio
 import re
 import urllib.parse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 
@@ -18,7 +19,8 @@ class Http:
     With `token`, every request carries `Authorization: Bearer <token>` (unless the call passes its
     own Authorization header); `as_user(token)` is the same client with another token. With
     `tokens` (e.g. `suite.token`) and no fixed token, a request acts as the user it names in its
-    `user_id` (body, query or /api/users/{user_id}/ path), or else as the last user named: the flow tests read like the seed
+    `user_id` (body, query or /api/users/{user_id}/ path), or else as the last user named: the flow
+    tests read like the seed
     frontend's calls; isolation itself is tested with explicit tokens (tests/test_isolation.py).
     """
 
@@ -30,7 +32,7 @@ class Http:
         self.tokens = tokens
         self.last_user: str | None = None
 
-    def as_user(self, token: str | None) -> "Http":
+    def as_user(self, token: str | None) -> Http:
         return Http(self.session, self.base, token)
 
     def _token_for(self, path: str, json: Any, params: dict | None) -> str | None:

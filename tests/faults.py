@@ -32,7 +32,8 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -188,7 +189,7 @@ class PrivatePostgres:
         async def answers() -> bool:
             try:
                 conn = await asyncpg.connect(self.url, timeout=2)
-            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+            except (TimeoutError, OSError, asyncpg.PostgresError):
                 return False
             await conn.close()
             return True
@@ -413,7 +414,7 @@ class Load:
         self._session: aiohttp.ClientSession | None = None
         self._counter = 0
 
-    async def __aenter__(self) -> "Load":
+    async def __aenter__(self) -> Load:
         # A connection per request: a killed gateway leaves no half-dead pooled connection behind.
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0),
                                               timeout=aiohttp.ClientTimeout(total=self.timeout))
@@ -444,7 +445,7 @@ class Load:
             await self.request(call, user)
             try:
                 await asyncio.wait_for(self._stop.wait(), self.pause * (0.5 + rng.random()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def request(self, call: Call, user: str) -> Sample:
@@ -462,7 +463,7 @@ class Load:
                 if status != 200:
                     error = text[:300]
                     retry_after = resp.headers.get("Retry-After")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             error = repr(exc)[:300]
         sample = Sample(started, time.monotonic(), call.name, status, user, error, retry_after)
         self.samples.append(sample)
@@ -561,7 +562,7 @@ async def connect(url: str, timeout: float = 30) -> asyncpg.Connection:
     while True:
         try:
             return await asyncpg.connect(url, timeout=3)
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncpg.PostgresError):
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.2)

@@ -7,7 +7,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -38,7 +38,7 @@ class Bank:
         self.url = url
         self._token: str | None = None
 
-    async def call(self, method: str, path: str, *, token: str | None | bool = True,
+    async def call(self, method: str, path: str, *, token: str | bool | None = True,
                    headers: dict[str, str] | None = None, **kwargs: Any) -> Answer:
         """`token`: True for the team token, a string for that token, None for none."""
         sent = {"X-Requesting-Bank": TEAM, **(headers or {})}
@@ -333,7 +333,7 @@ async def test_history_is_deterministic_for_a_seed():
 
 def test_generated_balances_follow_their_history():
     """Replayed from the opening balance, every account stays at or above zero, in order, in the window."""
-    anchor = datetime(2026, 6, 15, tzinfo=timezone.utc)
+    anchor = datetime(2026, 6, 15, tzinfo=UTC)
     products = data.catalogue(42, "vbank")
     for index in range(1, 11):
         customer = data.build_customer(42, "vbank", data.profile(42, TEAM, index), products, anchor, 365)
@@ -620,7 +620,7 @@ def test_config_from_env_and_its_errors():
                                      "BANK_SANDBOX_SEED": "7", "FINPULSE_TEAM_ID": "team300"})
     assert (config.error_rate, config.sticky_awaiting, config.seed, config.team_id) == (0.25, True, 7, "team300")
     assert config.approval_mode("sbank") == "manual" and config.approval_mode("vbank") == "auto"
-    with pytest.raises(ValueError, match="BANK_SANDBOX_ERROR_RATE.*between 0 and 1"):
+    with pytest.raises(ValueError, match=r"BANK_SANDBOX_ERROR_RATE.*between 0 and 1"):
         SandboxConfig.from_env({"BANK_SANDBOX_ERROR_RATE": "1.5"})
     with pytest.raises(ValueError, match="BANK_SANDBOX_LATENCY_MS"):
         SandboxConfig.from_env({"BANK_SANDBOX_LATENCY_MS": "slow"})

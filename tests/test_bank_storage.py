@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
@@ -13,10 +13,17 @@ import pytest
 
 from bankapi.models import Account, Balance, ProductAgreement, Transaction
 from sync_svc.__main__ import SPEC
-from sync_svc.bank_storage import (BankCall, BankDataStorage, CategorySpending, LoanRepayments, MonthlyCashFlow,
-                                   TableStats, TransactionCursor)
+from sync_svc.bank_storage import (
+    BankCall,
+    BankDataStorage,
+    CategorySpending,
+    LoanRepayments,
+    MonthlyCashFlow,
+    TableStats,
+    TransactionCursor,
+)
 
-UTC = timezone.utc
+UTC = UTC
 T0 = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 
 

@@ -10,16 +10,34 @@ import logging
 import socket
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from bankapi import (AuthFailed, BadRequest, BankClient, BankClients, BankUnavailable, CallRecord, ConsentKind,
-                     ConsentRequired, ConsentStatus, Forbidden, MemoryTokenStore, NotFound, PaymentStatus, RateLimited,
-                     RedisTokenStore, UnknownBank, format_amount, normalize_payment_status, normalize_status)
+from bankapi import (
+    AuthFailed,
+    BadRequest,
+    BankClient,
+    BankClients,
+    BankUnavailable,
+    CallRecord,
+    ConsentKind,
+    ConsentRequired,
+    ConsentStatus,
+    Forbidden,
+    MemoryTokenStore,
+    NotFound,
+    PaymentStatus,
+    RateLimited,
+    RedisTokenStore,
+    UnknownBank,
+    format_amount,
+    normalize_payment_status,
+    normalize_status,
+)
 from bankapi.config import BankEndpoint, TeamCredentials
 from bankapi.errors import CallRefused, error_for_status, parse_retry_after
 from bankapi.models import Transaction, agreement_id_from_text, parse_datetime
@@ -170,9 +188,9 @@ def test_normalize_payment_status(raw, expected):
 
 
 def test_parsing_is_tolerant_and_exact():
-    assert parse_datetime("2025-11-18T18:17:15.532290") == datetime(2025, 11, 18, 18, 17, 15, 532290, timezone.utc)
-    assert parse_datetime("2025-11-08T08:30:15Z") == datetime(2025, 11, 8, 8, 30, 15, tzinfo=timezone.utc)
-    assert parse_datetime("2025-11-08T11:30:15.5+03:00") == datetime(2025, 11, 8, 8, 30, 15, 500000, timezone.utc)
+    assert parse_datetime("2025-11-18T18:17:15.532290") == datetime(2025, 11, 18, 18, 17, 15, 532290, UTC)
+    assert parse_datetime("2025-11-08T08:30:15Z") == datetime(2025, 11, 8, 8, 30, 15, tzinfo=UTC)
+    assert parse_datetime("2025-11-08T11:30:15.5+03:00") == datetime(2025, 11, 8, 8, 30, 15, 500000, UTC)
     assert parse_datetime("garbage") is None and parse_datetime(None) is None
     tx = Transaction.from_api({
         "accountId": "acc-1", "transactionId": "tx-1", "amount": {"amount": "4971.71", "currency": "RUB"},
@@ -323,7 +341,7 @@ async def test_auto_consent_accounts_balances_and_every_transaction_page(sandbox
         assert consent.request_id.startswith("req-") and consent.created_at.tzinfo is not None
         polled = await client.get_account_consent(consent.consent_id)
         assert polled.status is ConsentStatus.APPROVED and polled.raw_status == "Authorized"
-        assert polled.expires_at > datetime.now(timezone.utc) + timedelta(days=300)
+        assert polled.expires_at > datetime.now(UTC) + timedelta(days=300)
 
         accounts = await client.get_accounts(CUSTOMER, consent.consent_id)
         assert accounts and all(a.account_id.startswith("acc-") for a in accounts)
@@ -488,8 +506,8 @@ async def test_payment_between_two_banks_and_single_use_consent(sandbox):
 async def test_payment_errors_are_typed_and_never_retried(sandbox):
     rec = Recorder()
     async with make_client(sandbox, "vbank", rec, max_retries=3) as client:
-        v_acc = [a for a in await client.get_accounts(CUSTOMER, await approved_account_consent(client))
-                 if a.account_sub_type != "Loan"][0]
+        v_acc = next(a for a in await client.get_accounts(CUSTOMER, await approved_account_consent(client))
+                 if a.account_sub_type != "Loan")
         consent = await client.request_payment_consent(
             CUSTOMER, debtor_account=v_acc.account_number, amount="10.00", currency="RUB")
         with pytest.raises(BadRequest):

@@ -12,8 +12,8 @@ from bank_sandbox.app import start_banks
 from bank_sandbox.config import SandboxConfig
 from bankapi import BankClient, BankUnavailable
 from bankapi.breaker import Breaker, MemoryBreakerStore, RedisBreakerStore
-from bankapi.errors import CircuitOpen
 from bankapi.config import BankEndpoint, TeamCredentials
+from bankapi.errors import CircuitOpen
 
 
 class Clock:

@@ -24,7 +24,7 @@ APPROVAL = {"vbank": "auto", "abank": "auto", "sbank": "manual"}
 
 class Clock:
     def __init__(self):
-        self.now = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.timezone.utc)
+        self.now = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 
     def __call__(self) -> dt.datetime:
         return self.now

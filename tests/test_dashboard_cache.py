@@ -40,7 +40,7 @@ class FakeBankData:
 
 class Clock:
     def __init__(self):
-        self.now = dt.datetime.now(dt.timezone.utc)  # near the database's own now(): expiry uses both
+        self.now = dt.datetime.now(dt.UTC)  # near the database's own now(): expiry uses both
 
     def __call__(self) -> dt.datetime:
         return self.now
@@ -111,7 +111,7 @@ async def test_table_serves_when_redis_is_down(schema_pool, user):
 
 
 async def test_expired_table_entry_is_not_served(parts, user):
-    service, data, clock, pool = parts
+    service, _data, _clock, pool = parts
     await service.dashboard(user, False)
     await service.cache.delete(service.cache.key("dashboard", user))
     await pool.execute("UPDATE dashboard_cache SET expires_at = now() - interval '1 second' WHERE user_id = $1", user)

@@ -34,7 +34,7 @@ from dashboard_svc.model import (
 )
 from finance.loans import Repayments
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 NOW = dt.datetime(2025, 11, 20, 9, 0, tzinfo=UTC)
 
 
@@ -426,7 +426,8 @@ def test_closed_loans_are_listed_not_counted():
                                           repayments=[LOAN_REPAYMENTS,
                                                       repayments("loan-2", 10, "15000.00", 10, dt.date(2024, 11, 10))]),
                  "ru")
-    assert [(l["agreement_id"], l["outstanding_estimate"], "next_due_date" in l) for l in result["loans"]] == [
+    assert [(loan["agreement_id"], loan["outstanding_estimate"], "next_due_date" in loan)
+            for loan in result["loans"]] == [
         ("loan-1", "376959.70", True), ("loan-2", "0.00", False)]
     # A closed loan has priority 0, no remaining term, no maturity without an end date.
     closed_row = result["loans"][1]
@@ -559,7 +560,7 @@ def test_on_time_repayments_see_months_missed_in_the_middle():
 
     months = tuple(dt.date(2026, m, 1) for m in (1, 2, 3, 4, 5, 6, 7, 10))
     repayments = Repayments("vbank", "loan-1", 8, D("40000.00"), D("5000.00"), "RUB",
-                            dt.datetime(2026, 10, 15, tzinfo=dt.timezone.utc), 15, months)
+                            dt.datetime(2026, 10, 15, tzinfo=dt.UTC), 15, months)
     current = month_index(dt.date(2026, 11, 27))
     window = range(current - 6, current)
     assert months_paid(repayments, window) == 4

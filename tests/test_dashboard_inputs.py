@@ -10,8 +10,8 @@ from finpulse.dashboard.v1 import dashboard_pb2_grpc as pb_grpc
 
 from dashboard_svc.__main__ import SPEC
 from dashboard_svc.applications import RefinanceApplications
-from dashboard_svc.servicer import DashboardServicer
 from dashboard_svc.service import DashboardService
+from dashboard_svc.servicer import DashboardServicer
 from dashboard_svc.storage import DashboardStorage
 
 

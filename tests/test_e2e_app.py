@@ -81,7 +81,7 @@ def _round(value: Decimal) -> Decimal:
 
 def bank_loans(user: str) -> dict[str, dict]:
     """The customer's loans as the emulator generated them, with the repayments its history shows."""
-    anchor = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    anchor = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     who = bank_data.profile(42, "team200", int(user.rsplit("-", 1)[1]))
     loans = {}
     for bank_id in BANKS:
@@ -147,7 +147,7 @@ async def test_the_web_app_flow_on_real_data(suite, app_gateway, bank_urls):
         # Banks (step 2): configured banks, in order.
         status, banks = await app.call("GET", "/api/banks", user_id=USER)
         assert status == 200 and [b["id"] for b in banks["banks"]] == list(BANKS)
-        assert all(b["status"] == "configured" and b["baseUrl"] and "error" not in b or b["error"] is None
+        assert all((b["status"] == "configured" and b["baseUrl"] and "error" not in b) or b["error"] is None
                    for b in banks["banks"])
 
         # Consents (step 3): all three booleans, every bank; sbank waits for its customer.
@@ -278,7 +278,8 @@ async def test_the_web_app_flow_on_real_data(suite, app_gateway, bank_urls):
         mortgage_id = next(k for k, v in active.items() if v["bank_id"] == "sbank")
         candidates = {item["id"]: item["is_refi_candidate"] for item in loans["loans"]}
         assert [k for k, v in candidates.items() if v] == [mortgage_id], candidates
-        offer = next(o for o in refinance["offers"] if o["strategy"] == "refinance_one" and o["loan_ids"] == [mortgage_id])
+        offer = next(o for o in refinance["offers"]
+                     if o["strategy"] == "refinance_one" and o["loan_ids"] == [mortgage_id])
         assert refinance["offers"][0]["savings"] >= offer["savings"]
         mortgage = truth[mortgage_id]
         balance = outstanding(mortgage)
@@ -303,7 +304,7 @@ async def test_the_web_app_flow_on_real_data(suite, app_gateway, bank_urls):
         assert status == 200 and again["application_id"] == applied["application_id"] and again["replayed"]
         status, read = await app.call("GET", f"/api/refinance/applications/{applied['application_id']}", user_id=USER)
         assert status == 200 and read["application"]["offer_id"] == offer["id"]
-        status, unknown = await app.call("POST", "/api/refinance/apply", {**body, "offer_id": "ofr-nope"})
+        status, _unknown = await app.call("POST", "/api/refinance/apply", {**body, "offer_id": "ofr-nope"})
         assert status == 404
 
         # Refresh: POST /api/sync/start?user_id=&force=true, no body; status completed within the app's 60 s.

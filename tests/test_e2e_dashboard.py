@@ -58,7 +58,7 @@ async def test_dashboard_follows_inputs_and_goals(http):
     user = "team200-23"
     await onboard(http, user, ("vbank",))
     await wait_synced(http, user)
-    status, before = await http.get("/api/dashboard", user_id=user)
+    status, _before = await http.get("/api/dashboard", user_id=user)
     assert status == 200
     status, body = await http.call("PUT", f"/api/users/{user}/financial-inputs",
                                    json={"salary_amount": "150000.00", "next_salary_date": "2099-01-05"})

@@ -56,7 +56,8 @@ async def test_full_onboarding_survives_a_restart(suite, http, bank_urls):
     status, again = await http.post("/api/onboarding/consents", request)
     assert status == 200
     assert _bank(again, "vbank")["account_consent"]["reused"] is True
-    assert _bank(again, "vbank")["account_consent"]["consent_id"] == _bank(created, "vbank")["account_consent"]["consent_id"]
+    assert (_bank(again, "vbank")["account_consent"]["consent_id"]
+            == _bank(created, "vbank")["account_consent"]["consent_id"])
     assert _bank(again, "sbank")["account_consent"]["request_id"] == account_request
 
     status, consents = await http.get("/api/onboarding/consents/status", user_id=user)
@@ -191,7 +192,8 @@ async def test_finalize_errors(http):
     missing_status, missing = await http.post("/api/onboarding/finalize",
                                               {"onboarding_id": "no-such-session", "user_id": user})
     assert (missing_status, body["error"]) == (404, missing["error"])
-    assert body["message"].replace(started["onboarding_id"], "<id>") == missing["message"].replace("no-such-session", "<id>")
+    assert (body["message"].replace(started["onboarding_id"], "<id>")
+            == missing["message"].replace("no-such-session", "<id>"))
 
 
 async def test_revoke_then_data_is_refused_and_status_shows_it(http):
@@ -203,7 +205,7 @@ async def test_revoke_then_data_is_refused_and_status_shows_it(http):
     assert status == 200 and revoked["status"] == "REVOKED"
     status, again = await http.call("DELETE", f"/api/consents/{consent_id}", params={"user_id": user})
     assert (status, again) == (200, revoked), "revoking twice is a no-op"
-    status, other = await http.call("DELETE", f"/api/consents/{consent_id}", params={"user_id": "team200-6"})
+    status, _other = await http.call("DELETE", f"/api/consents/{consent_id}", params={"user_id": "team200-6"})
     assert status == 404, "another user's consent is not found"
 
     status, consents = await http.get("/api/onboarding/consents/status", user_id=user)

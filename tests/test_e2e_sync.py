@@ -172,7 +172,8 @@ async def test_one_bank_down_others_sync_and_it_is_retried(http, db, bank_urls):
                     else None
 
             states = await eventually(abank_failed_once, timeout=60)
-            assert states, f"vbank should sync while abank is down: {(await http.get('/api/sync/status', user_id=user))[1]}"
+            status_now = (await http.get("/api/sync/status", user_id=user))[1] if not states else None
+            assert states, f"vbank should sync while abank is down: {status_now}"
             assert states["abank"]["state"] in ("JOB_STATE_QUEUED", "JOB_STATE_RUNNING")
             await assert_counts_exact(db, bank_urls, user, ("vbank",))
         finally:
@@ -213,8 +214,9 @@ async def test_kill_9_mid_sync_then_restart_completes(suite, http, db, bank_urls
 async def test_two_sync_processes_run_every_job_once(suite, http, db, bank_urls):
     users = [f"team200-{n}" for n in range(16, 20)]
     port = free_port()
-    second = Child("sync-2", suite.children["sync"].argv, {**suite.children["sync"].env, "FINPULSE_GRPC_PORT": str(port),
-                                                           "FINPULSE_SYNC_METRICS_ADDR": f"127.0.0.1:{free_port()}"},
+    second = Child("sync-2", suite.children["sync"].argv,
+                   {**suite.children["sync"].env, "FINPULSE_GRPC_PORT": str(port),
+                    "FINPULSE_SYNC_METRICS_ADDR": f"127.0.0.1:{free_port()}"},
                    suite.children["sync"].log_path.replace("sync.log", "sync-2.log"))
     second.start()
     try:

@@ -35,6 +35,7 @@ import os
 import signal
 import sys
 import time
+from typing import ClassVar
 
 import aiohttp
 import asyncpg
@@ -43,8 +44,20 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.e2e import Http, onboard, set_faults, wait_synced
-from tests.faults import (Load, PrivatePostgres, PrivateRedis, Reports, Window, connect, count_mismatches,
-                          describe, start_suite, stuck_jobs, until, write_figures)
+from tests.faults import (
+    Load,
+    PrivatePostgres,
+    PrivateRedis,
+    Reports,
+    Window,
+    connect,
+    count_mismatches,
+    describe,
+    start_suite,
+    stuck_jobs,
+    until,
+    write_figures,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -170,7 +183,7 @@ def figures(request, tmp_path):
 class _FiguresSummary:
     """A plugin registered by `figures`: the figures' summary lines at the end of the run."""
 
-    lines: list[str] = []
+    lines: ClassVar[list[str]] = []  # one list for the run, shared by every instance
 
     def pytest_terminal_summary(self, terminalreporter):
         terminalreporter.section("fault figures")
@@ -452,7 +465,8 @@ async def test_postgres_restarted_five_times_under_load(faulty, figures):
             "slowest_s": _latency(inside).get("max_s"),
             # what the routes that did not recover answered, request by request
             "unrecovered": {route: [(round(x.start - t0, 2), round(x.end - x.start, 2), x.status, x.error[:120])
-                                    for x in load.samples if x.route == route and window.start - 1 <= x.start < until_next]
+                                    for x in load.samples
+                                    if x.route == route and window.start - 1 <= x.start < until_next]
                             for route, value in recovery.items() if value is None or value > RECOVERY_LIMIT}})
     unexplained = load.unexplained(windows, MARGIN, {503})
     figures.update(
@@ -573,7 +587,8 @@ async def test_redis_stopped_for_a_minute_under_load(faulty, figures):
         service_exits=env.exits() - exits_before, failed=[vars(s) for s in failed[:20]])
     figures["summary"] = (
         f"{len(samples)} requests ({len(during)} while Redis was down {REDIS_STOP_SECONDS:g} s), statuses "
-        f"{Load.by_status(samples)}; p95 during {max((v.get('p95_s', 0) for v in figures['latency_during'].values()), default=0)} s; "
+        f"{Load.by_status(samples)}; "
+        f"p95 during {max((v.get('p95_s', 0) for v in figures['latency_during'].values()), default=0)} s; "
         f"caches after: {figures['caches_after']}; jobs since the outage began "
         f"{figures['jobs_since_outage_start']}; service restarts {figures['service_exits']}")
 
@@ -615,8 +630,9 @@ async def test_kill_9_of_each_process_under_load(faulty, figures):
                     job_id = await until(lambda: _running_job(conn, KILL_USER), 30, 0.1)
                     assert job_id, (f"no sync of {KILL_USER} running before killing {name}: {started}; jobs: " + str(
                         [dict(r) for r in await conn.fetch(
-                            "SELECT job_id, state, attempts, progress, last_error, run_after, created_at, finished_at "
-                            "FROM sync.sync_jobs WHERE user_id = $1 ORDER BY created_at DESC LIMIT 3", KILL_USER)]))
+                            "SELECT job_id, state, attempts, progress, last_error, run_after, "
+                            "created_at, finished_at FROM sync.sync_jobs "
+                            "WHERE user_id = $1 ORDER BY created_at DESC LIMIT 3", KILL_USER)]))
                     child = suite.children[name]
                     old_pid = child.proc.pid
                     window = Window(f"kill -9 {name}", time.monotonic())
@@ -656,7 +672,7 @@ async def test_kill_9_of_each_process_under_load(faulty, figures):
         met = [w for w in windows if w.start <= sample.end and w.contains(sample, MARGIN)]
         return met[-1] if met else None
 
-    for kill, window in zip(kills, windows):
+    for kill, window in zip(kills, windows, strict=False):
         inside = [s for s in load.samples if kill_of(s) is window]
         per_kill.append({**kill, "from_s": round(window.start - t0, 2), "to_s": round(window.end - t0, 2),
                          "requests": len(inside), "by_status": Load.by_status(inside)})

@@ -12,7 +12,7 @@ from bankapi import errors as bank_errors
 from bankapi.models import Account, Balance, ProductAgreement, Transaction, TransactionPage
 from sync_svc.fetcher import PAGE_LIMIT, BankFetcher, Progress
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 NOW = dt.datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 
 

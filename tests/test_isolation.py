@@ -69,7 +69,7 @@ async def _onboard_b(http: Http) -> dict[str, object]:
     status, _ = await http.call("PUT", f"/api/users/{USER_B}/profile",
                                 json={"goal_type": "GOAL_TYPE_SAVINGS", "target_amount": "98765.43"})
     assert status == 200
-    status, dashboard = await http.get("/api/dashboard", user_id=USER_B)
+    status, _dashboard = await http.get("/api/dashboard", user_id=USER_B)
     assert status == 200
     return {
         "user_id": USER_B,
@@ -147,8 +147,8 @@ async def test_user_a_never_gets_user_b_data(suite, routes):
             # 2. Acting as A on B's resources (ids of B in the path or fields, user_id left to the token).
             own_fields = {k: v for k, v in named_fields.items() if k != "user_id"}
             own_path = {**path_values, "user_id": USER_A}
-            resource_in_request = [k for k in ("onboarding_id", "consent_id", "account_id", "payment_id", "agreement_id",
-                                               "application_id", "offer_id")
+            resource_in_request = [k for k in ("onboarding_id", "consent_id", "account_id", "payment_id",
+                                               "agreement_id", "application_id", "offer_id")
                                    if k in own_fields or k in route.path_fields]
             path = _path(route, own_path)
             status, body = await _call(as_a, route, path, own_fields)
@@ -173,7 +173,7 @@ async def test_user_a_never_gets_user_b_data(suite, routes):
 
 
 async def test_missing_bad_and_expired_tokens_are_401_everywhere(suite, routes):
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     claims = {"sub": USER_A, "iss": suite.settings.jwt_issuer, "aud": suite.settings.jwt_audience}
     forged = jwt.encode({**claims, "exp": now + dt.timedelta(hours=1)}, "not-the-secret-" + "x" * 32, "HS256")
     expired = jwt.encode({**claims, "exp": now - dt.timedelta(hours=1)}, suite.settings.jwt_secret, "HS256")

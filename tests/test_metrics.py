@@ -14,9 +14,9 @@ import uuid
 import aiohttp
 import grpc
 import pytest
+from finpulse.dashboard.v1 import dashboard_pb2, dashboard_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from finpulse.dashboard.v1 import dashboard_pb2, dashboard_pb2_grpc
 from svclib.cache import Cache
 from svclib.internal_auth import Signer
 from tests.e2e import Http, eventually, set_faults, wait_synced

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from finpulse.sync.v1 import sync_pb2
 from google.api import annotations_pb2, field_behavior_pb2
 from google.protobuf import descriptor_pb2, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 
-from finpulse.sync.v1 import sync_pb2
 from gateway import openapi, transcode
 from gateway.app import create_app
 from gateway.errors import ApiError, bad_request
@@ -275,7 +276,8 @@ def _sample(desc: Descriptor, depth: int = 0):
         if field.containing_oneof is not None and field.containing_oneof.fields[0] is not field:
             continue  # one member per oneof
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            key_field, value_field = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+            entry_fields = field.message_type.fields_by_name
+            key_field, value_field = entry_fields["key"], entry_fields["value"]
             key = _scalar(key_field)
             target = getattr(message, field.name)
             if value_field.message_type is not None:
@@ -483,7 +485,7 @@ def exposed_messages(routes) -> dict[str, Descriptor]:
 def test_descriptions_come_from_proto_comments(document, routes, protos):
     comments = raw_comments(protos)
     schemas = document["components"]["schemas"]
-    for method, path, op in api_operations(document):
+    for _method, _path, op in api_operations(document):
         grpc_method = op["x-grpc-method"].replace("/", ".")
         assert comments[grpc_method], f"{grpc_method} has no comment"
         assert normalized(op["description"]) == comments[grpc_method]

@@ -20,6 +20,7 @@ import pytest
 from bank_sandbox import SandboxConfig, start_banks
 from bank_sandbox.app import STATE
 from bankapi import BankClients, MemoryTokenStore
+from bankapi.config import BankEndpoint, TeamCredentials
 from consent_svc.__main__ import SPEC
 from consent_svc.payment_requests import DebtorAccount, Loan, RepaymentRequest, TransferRequest, fingerprint
 from consent_svc.payment_storage import PaymentIntent, PaymentStorage
@@ -31,7 +32,6 @@ from finance.loans import Repayments, obligation_of, repayments_by_key
 from gateway.errors import ApiError
 from gateway.routes import build_routes
 from gateway.transcode import build_request
-from bankapi.config import BankEndpoint, TeamCredentials
 from svclib.config import BankConfig
 from svclib.db import LockBusy
 from svclib.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -227,7 +227,7 @@ async def test_same_key_with_another_request_is_refused(env):
         with pytest.raises(AlreadyExists) as info:
             await env.service.create_payment(user, k, other)
         assert paid.payment.payment_id in info.value.message and "Idempotency-Key" in info.value.message
-    loan = next(l for l in await env.data.loans(user) if l.product_type == "loan")
+    loan = next(credit for credit in await env.data.loans(user) if credit.product_type == "loan")
     with pytest.raises(AlreadyExists):  # one key space for transfers and repayments
         await env.service.repay_loan(user, k, RepaymentRequest(loan.agreement_id, "vbank", paid.payment.account_id,
                                                                "10.00", loan.bank_id))
@@ -365,11 +365,11 @@ async def test_a_manual_bank_waits_for_the_customer_then_the_retry_pays(env):
 
 async def test_loan_repayment_pays_the_dashboards_instalment_to_the_loans_account(env):
     user = "team200-8"
-    loan = next(l for l in await env.data.loans(user)
-                if l.bank_id == "vbank" and l.product_type == "loan" and l.status == "active")
+    loan = next(credit for credit in await env.data.loans(user)
+                if credit.bank_id == "vbank" and credit.product_type == "loan" and credit.status == "active")
     loan_account = next(a for a in env.state("vbank").customer(user).accounts if a.number == loan.account_number)
     series = repayments_by_key(await env.data.repayments(user))[("vbank", loan.agreement_id)]
-    expected = obligation_of(series, today_of(dt.datetime.now(dt.timezone.utc))).amount
+    expected = obligation_of(series, today_of(dt.datetime.now(dt.UTC))).amount
     before = loan_account.balance
 
     request = RepaymentRequest(loan.agreement_id, "abank", env.checking("abank", user).account_id)
@@ -390,7 +390,7 @@ async def test_loan_repayment_pays_the_dashboards_instalment_to_the_loans_accoun
     with pytest.raises(FailedPrecondition):  # a loan account holds the loan, it does not pay
         await env.service.repay_loan(user, key(), dataclasses.replace(request, bank_id="vbank",
                                                                       account_id=loan_account.account_id))
-    card = next(l for l in await env.data.loans(user) if l.product_type == "card")
+    card = next(credit for credit in await env.data.loans(user) if credit.product_type == "card")
     with pytest.raises(FailedPrecondition):
         await env.service.repay_loan(user, key(), dataclasses.replace(request, agreement_id=card.agreement_id,
                                                                       loan_bank_id=card.bank_id))
@@ -419,7 +419,8 @@ async def standing(env: Env, user: str, bank_id: str = "sbank", **limits: str) -
 
 async def repayment(env: Env, user: str, amount: str = "1000.00", bank_id: str = "sbank") -> RepaymentRequest:
     """A repayment of one of the user's active loans from their checking account at `bank_id`."""
-    loan = next(l for l in await env.data.loans(user) if l.product_type == "loan" and l.status == "active")
+    loan = next(credit for credit in await env.data.loans(user)
+                if credit.product_type == "loan" and credit.status == "active")
     return RepaymentRequest(loan.agreement_id, bank_id, env.checking(bank_id, user).account_id, amount, loan.bank_id)
 
 

@@ -36,7 +36,7 @@ from dashboard_svc.model import (
 )
 from finance.loans import Repayments
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 NOW = dt.datetime(2025, 11, 20, 9, 0, tzinfo=UTC)
 PARTS = {"dashboard": dashboard_pb2.GetDashboardResponse, "loans": dashboard_pb2.GetLoansResponse,
          "deposits": dashboard_pb2.GetDepositsResponse, "refinance": dashboard_pb2.OptimizeLoansResponse}
@@ -337,7 +337,7 @@ def test_customer_with_loans_across_banks_ru():
         summary["total_outstanding"], summary["mandatory_daily_payment"], summary["additional_daily_payment"])
     assert loans["detail"] == summary["detail"]
     assert (loans["status"], loans["strategy"]) == ("ok", "avalanche")
-    assert [l["id"] for l in loans["loans"]] == ["loan-a", "loan-c", "loan-b"]
+    assert [loan["id"] for loan in loans["loans"]] == ["loan-a", "loan-c", "loan-b"]
     assert loans["loans"][0] == {
         "id": "loan-a", "bank": "VBank", "type": "Потребительский кредит", "balance": 293850.0, "rate": 19.9,
         "monthly_payment": 11125.0, "priority": 1, "is_refi_candidate": True, "maturity_date": "2028-11-05",
@@ -363,7 +363,7 @@ def test_customer_in_english():
     assert (trigger["title"], trigger["action_label"], trigger["description"]) == (
         "A cheaper loan is available", "Compare offers",
         "\"Кредит наличными\" (VBank, 19.9%): А-Банк offers 14.9% over 36 months, saving 20,617.71 RUB.")
-    assert [l["type"] for l in result["loans"]["loans"]] == ["Consumer loan", "Consumer loan", "Mortgage"]
+    assert [loan["type"] for loan in result["loans"]["loans"]] == ["Consumer loan", "Consumer loan", "Mortgage"]
     assert result["loans"]["detail"]["explanation"] == (
         "Repayment speed \"optimal\": +20% on top of the mandatory payment, 1,737.50 RUB × 0.20 = 347.50 RUB a "
         "day; with the avalanche strategy extra payments go first to the loan with the highest rate.")
@@ -376,7 +376,8 @@ def test_customer_in_english():
 def test_snowball_orders_by_balance():
     # Snowball: outstanding ascending: loan-c 39,625.00, loan-a 293,850.00, loan-b 2,990,000.00.
     result = run(customer(goals=Goals(loan_strategy="snowball")), "ru")
-    assert [(l["id"], l["priority"]) for l in result["loans"]["loans"]] == [("loan-c", 1), ("loan-a", 2), ("loan-b", 3)]
+    assert [(loan["id"], loan["priority"]) for loan in result["loans"]["loans"]] == [
+        ("loan-c", 1), ("loan-a", 2), ("loan-b", 3)]
     assert result["loans"]["strategy"] == result["refinance"]["strategy"] == "snowball"
     assert result["loans"]["detail"]["explanation"].endswith(
         "по стратегии «снежный ком» дополнительные платежи идут сначала на самый маленький долг.")
@@ -393,12 +394,12 @@ def test_priority_ties_and_unknown_rates():
     # Avalanche: rate descending, unknown last; equal rates: smaller outstanding first; equal outstanding:
     # bank id (abank < vbank). The closed loan has priority 0 and is not in the loans route.
     avalanche = run(data, "ru")
-    assert [(l["id"], l["priority"]) for l in avalanche["loans"]["loans"]] == [
+    assert [(loan["id"], loan["priority"]) for loan in avalanche["loans"]["loans"]] == [
         ("loan-3", 1), ("loan-1", 2), ("loan-2", 3), ("loan-0", 4)]
     assert {r["agreement_id"]: r["priority"] for r in avalanche["dashboard"]["loans"]}["loan-9"] == 0
     # Snowball: outstanding ascending (10,000 first); equal outstanding: higher rate, then bank id.
     snowball = run(dataclasses.replace(data, goals=Goals(loan_strategy="SNOWBALL")), "ru")
-    assert [(l["id"], l["priority"]) for l in snowball["loans"]["loans"]] == [
+    assert [(loan["id"], loan["priority"]) for loan in snowball["loans"]["loans"]] == [
         ("loan-0", 1), ("loan-3", 2), ("loan-1", 3), ("loan-2", 4)]
     # No payment seen: no remaining term, no maturity, payment 0; unknown rate shown as 0.
     unknown = avalanche["loans"]["loans"][3]
@@ -563,7 +564,8 @@ def test_triggers_missed_payment_gap_risk_and_high_dti_ru():
     # Avalanche: loan-a (19.9 %) before loan-e (no rate: last). loan-e: 160,000.00 / 10,000.00 = 16 payments
     # counted at 0 %, the last 15 months after 2025-12-01: 2027-03-01 (estimated).
     loans = result["loans"]["loans"]
-    assert [(l["id"], l["priority"], l["rate"], l.get("remaining_months"), l.get("maturity_date")) for l in loans] == [
+    assert [(loan["id"], loan["priority"], loan["rate"], loan.get("remaining_months"), loan.get("maturity_date"))
+            for loan in loans] == [
         ("loan-a", 1, 19.9, 36, "2028-11-05"), ("loan-e", 2, 0.0, 16, "2027-03-01")]
     # ADP: MDP = 21,125.00 / 30 = 704.1666 -> 704.17; × 0.20 = 140.83, but safe-to-spend is 0.00: ADP 0.00.
     detail = result["dashboard"]["loan_summary"]["detail"]

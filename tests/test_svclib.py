@@ -216,7 +216,8 @@ def test_database_unavailability_is_told_from_bugs_and_from_other_failures():
         try:
             raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
         except asyncpg.ConnectionDoesNotExistError:
-            raise asyncpg.InterfaceError("cannot rollback: the transaction is in an odd state")
+            # implicit chaining (__context__), as asyncpg raises it from a failed rollback
+            raise asyncpg.InterfaceError("cannot rollback: the transaction is in an odd state")  # noqa: B904
     except asyncpg.InterfaceError as exc:
         assert is_unavailable(exc)
     # Not the database: bugs, domain errors and bank failures, even with a network error under them.

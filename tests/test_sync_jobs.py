@@ -15,11 +15,11 @@ from finpulse.sync.v1 import sync_pb2_grpc as pb_grpc
 
 from svclib.config import load_settings
 from sync_svc.__main__ import SPEC
+from sync_svc.bank_storage import BankDataStorage
 from sync_svc.catalogue import Catalogues
 from sync_svc.catalogue_storage import CatalogueStorage
-from sync_svc.servicer import SyncServicer
 from sync_svc.service import SyncService
-from sync_svc.bank_storage import BankDataStorage
+from sync_svc.servicer import SyncServicer
 from sync_svc.storage import JobStorage
 
 CONNECTED = {"vbank", "abank"}  # what consent_svc would answer: approved account consents
@@ -50,7 +50,8 @@ async def no_bank(bank_id: str):
 @pytest.fixture
 def grpc_servicer(pool, cache):
     settings = load_settings({})
-    return SyncServicer(make_service(pool, cache, settings), Catalogues(CatalogueStorage(pool), settings.banks, no_bank))
+    return SyncServicer(make_service(pool, cache, settings),
+                        Catalogues(CatalogueStorage(pool), settings.banks, no_bank))
 
 
 @pytest.fixture
@@ -150,7 +151,7 @@ def test_read_cache_round_trips_stored_rows_exactly():
     from sync_svc.bank_storage import StoredAccount, StoredCredit
     from sync_svc.service import _dump, _rebuild
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     credit = StoredCredit("vbank", "loan-1", "prod-1", "loan", "Ипотека", Decimal("895465.41"), None, "active",
                           now, None, "40817810000000000001", Decimal("10.05"), now)
     account = StoredAccount("vbank", "acc-1", "Enabled", "RUB", "Personal", "Checking", "Main", dt.date(2024, 10, 30),

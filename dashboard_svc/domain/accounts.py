@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Iterable, Sequence
 from decimal import ROUND_UP, Decimal
-from typing import Any, Callable, Iterable, Sequence
-
-from finance.dates import add_months
-from finance.money import CENT, ZERO
+from typing import Any
 
 from dashboard_svc.domain import refinance, texts
-from dashboard_svc.domain.common import (HUNDRED, is_loan_account, is_spendable_account, iso_datetime, legacy, money,
-                                         one_decimal, sum_by_currency)
+from dashboard_svc.domain.common import (
+    HUNDRED,
+    is_loan_account,
+    is_spendable_account,
+    iso_datetime,
+    legacy,
+    money,
+    one_decimal,
+    sum_by_currency,
+)
 from dashboard_svc.model import AccountView, CreditView, DashboardData, ProductView
+from finance.dates import add_months
+from finance.money import CENT, ZERO
 
 
 def deposits_total(credits: Iterable[CreditView], base: str) -> Decimal:

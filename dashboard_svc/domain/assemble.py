@@ -5,28 +5,57 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Any, Callable, Sequence
-
-from finance.dates import today_of
-from finance.loans import repayments_by_key
-from finance.money import round_money
+from typing import Any
 
 from dashboard_svc.domain import refinance, texts
-from dashboard_svc.domain.accounts import (balances, bank_data_notes, bank_name_of, bank_statuses, card_rows,
-                                           debit_cards_balance, deposit_rows, deposits_response, deposits_total,
-                                           last_transactions, savings_summary, spending_by_category,
-                                           totals_by_currency)
+from dashboard_svc.domain.accounts import (
+    balances,
+    bank_data_notes,
+    bank_name_of,
+    bank_statuses,
+    card_rows,
+    debit_cards_balance,
+    deposit_rows,
+    deposits_response,
+    deposits_total,
+    last_transactions,
+    savings_summary,
+    spending_by_category,
+    totals_by_currency,
+)
 from dashboard_svc.domain.common import iso_datetime, legacy
-from dashboard_svc.domain.health import (MonthlyAverages, complete_month_averages, health_score, score_debt_load,
-                                         score_liquid_savings, score_on_time, score_spend_vs_income)
+from dashboard_svc.domain.health import (
+    MonthlyAverages,
+    complete_month_averages,
+    health_score,
+    score_debt_load,
+    score_liquid_savings,
+    score_on_time,
+    score_spend_vs_income,
+)
 from dashboard_svc.domain.income import apply_salary_inputs, base_income_days, detect_income
-from dashboard_svc.domain.loans import (LoanFacts, analyse_loans, apply_credit_inputs, loan_facts, loan_figures,
-                                        loan_rows, loan_summary, loans_response, missed_previous_month,
-                                        orphan_obligations, repayment_order, user_mode)
+from dashboard_svc.domain.loans import (
+    LoanFacts,
+    analyse_loans,
+    apply_credit_inputs,
+    loan_facts,
+    loan_figures,
+    loan_rows,
+    loan_summary,
+    loans_response,
+    missed_previous_month,
+    orphan_obligations,
+    repayment_order,
+    user_mode,
+)
 from dashboard_svc.domain.refinance import Offer
 from dashboard_svc.domain.sts import events_next_30d, safe_to_spend, spendable_balance
 from dashboard_svc.model import DashboardData
+from finance.dates import today_of
+from finance.loans import repayments_by_key
+from finance.money import round_money
 
 
 def financing_triggers(facts: Sequence[LoanFacts], single_offers: Sequence[Offer], sts: dict[str, Any],
@@ -87,7 +116,7 @@ def compute_all(data: DashboardData, lang: str = "ru") -> dict[str, dict[str, An
 
     series = repayments_by_key(data.repayments)
     loans = analyse_loans(data.credits, series, today)
-    detected = ([l.obligation for l in loans if l.obligation is not None]
+    detected = ([loan.obligation for loan in loans if loan.obligation is not None]
                 + orphan_obligations(data.credits, series, today))
     obligations, credit_note = apply_credit_inputs(detected, data.inputs, base, today, horizon_end, lang)
 
@@ -117,7 +146,7 @@ def compute_all(data: DashboardData, lang: str = "ru") -> dict[str, dict[str, An
     notes = bank_data_notes(data, lang)
     if notes:  # which bank's data is missing or stale, and why: first, where the app shows two reasons
         health["reasons"] = notes + health["reasons"]
-        sts["detail"]["reason"] = "; ".join(notes + [sts["detail"]["reason"]])
+        sts["detail"]["reason"] = "; ".join([*notes, sts["detail"]["reason"]])
     savings = savings_summary(data, today)
     statuses, freshness = bank_statuses(data)
 

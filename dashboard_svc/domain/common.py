@@ -3,13 +3,13 @@ and which accounts count as spendable (pure)."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+from collections.abc import Iterable, Sequence
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Iterable, Sequence
-
-from finance.dates import add_months
-from finance.money import ZERO, round_money
 
 from dashboard_svc.model import AccountView
+from finance.dates import add_months
+from finance.money import ZERO, round_money
 
 TENTH = Decimal("0.1")
 HUNDRED = Decimal("100")
@@ -37,8 +37,8 @@ def ratio_text(value: Decimal) -> str:
 def iso_datetime(value: dt.datetime) -> str:
     """ISO-8601 in UTC with "Z"; a naive datetime is taken as UTC."""
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def month_index(value: dt.date) -> int:
@@ -60,7 +60,7 @@ def interpolate(x: Decimal, points: Sequence[tuple[Decimal, Decimal]]) -> Decima
     """Piecewise-linear through `points` (ascending x), flat beyond the ends."""
     if x <= points[0][0]:
         return points[0][1]
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
         if x <= x1:
             return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
     return points[-1][1]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any, Iterable
-
-from finance.money import ZERO
+from typing import Any
 
 from dashboard_svc.domain import texts
 from dashboard_svc.domain.common import HUNDRED, interpolate, money, month_index, one_decimal, ratio_text
 from dashboard_svc.domain.loans import LoanAnalysis, months_paid
 from dashboard_svc.model import MonthFlow
+from finance.money import ZERO
 
 HEALTH_MONTHS = 3
 ON_TIME_MAX_MONTHS = 6
@@ -89,7 +89,7 @@ def score_debt_load(has_accounts: bool, loans: list[LoanAnalysis], monthly_payme
     inputs = {"loan_payments_monthly": money(monthly_payments), "income_monthly_avg": money(flow.income)}
     if not has_accounts:
         return component("debt_load", None, inputs, texts.text(lang, "health.no_bank_data"), ["bank_data"])
-    has_debt = any(l.active and l.outstanding > 0 and l.credit.currency == base for l in loans)
+    has_debt = any(loan.active and loan.outstanding > 0 and loan.credit.currency == base for loan in loans)
     if monthly_payments <= 0:
         if has_debt:
             return component("debt_load", None, inputs, texts.text(lang, "health.debt.unseen"), ["loan_payments"])

@@ -4,15 +4,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
-from typing import Iterable, Sequence
-
-from finance.dates import add_months, month_day
-from finance.money import ZERO, round_money
 
 from dashboard_svc.domain import texts
 from dashboard_svc.domain.common import roll_forward_monthly
 from dashboard_svc.model import DayAmount, FinancialInputs
+from finance.dates import add_months, month_day
+from finance.money import ZERO, round_money
 
 INCOME_HISTORY_DAYS = 180
 DAY_TOLERANCE = 3  # "a similar day of month": within ±3 days (weekends and holidays shift pay days)
@@ -36,7 +35,8 @@ class IncomeStream:
 
     def occurrences(self, start: dt.date, end: dt.date) -> list[dt.date]:
         """Occurrences in [start, end], from `first` on."""
-        found, k = [], 0
+        found: list[dt.date] = []
+        k = 0
         while True:
             when = (self.first + dt.timedelta(days=14 * k) if self.kind == "biweekly"
                     else self.first if k == 0 else add_months(self.first, k, self.day))
@@ -227,8 +227,6 @@ def apply_salary_inputs(detected: IncomePlan, inputs: FinancialInputs, today: dt
         return texts.fmt_money(round_money(value), currency, lang)
 
     amount, date = inputs.salary_amount, inputs.next_salary_date
-    if amount is None and date is None:
-        return detected
     if date is not None:
         first = roll_forward_monthly(date, today, include_today=False)
         if amount is None:
@@ -237,6 +235,8 @@ def apply_salary_inputs(detected: IncomePlan, inputs: FinancialInputs, today: dt
                           average_monthly=detected.average_monthly,
                           note=texts.text(lang, "income.user_dated", amount=m(amount),
                                           date=texts.fmt_date(first, lang)))
+    if amount is None:
+        return detected
     if detected.streams:
         factor = amount / detected.monthly_equivalent
         streams = tuple(dataclasses.replace(s, amount=round_money(s.amount * factor)) for s in detected.streams)

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Sequence
-
-from finance.dates import add_months, month_day, today_of
-from finance.loans import Obligation, Repayments, obligation_of
-from finance.money import ZERO, round_money
+from typing import Any
 
 from dashboard_svc.domain import refinance, texts
 from dashboard_svc.domain.common import legacy, money, month_index, roll_forward_monthly
 from dashboard_svc.domain.refinance import LoanTerms, Schedule
 from dashboard_svc.model import CreditView, FinancialInputs, Goals
+from finance.dates import add_months, month_day, today_of
+from finance.loans import Obligation, Repayments, obligation_of
+from finance.money import ZERO, round_money
 
 ORPHAN_REPAYMENT_MAX_AGE_DAYS = 62  # repayments of an agreement we do not know: still running if this recent
 SPEED_SHARES = {"conservative": Decimal("0.05"), "optimal": Decimal("0.20"), "fast": Decimal("0.40")}
@@ -267,7 +267,7 @@ def loan_figures(loans: list[LoanAnalysis], obligations: list[Obligation], base:
     total_outstanding = Σ outstanding estimates of active loans; monthly = Σ monthly payments (the
     obligations: detected average repayments, or the user's credit payment);
     MDP = monthly ÷ 30 (cents, half-up); ADP by `additional_daily_payment` with the user's speed."""
-    outstanding = sum((l.outstanding for l in loans if l.active and l.credit.currency == base), ZERO)
+    outstanding = sum((loan.outstanding for loan in loans if loan.active and loan.credit.currency == base), ZERO)
     monthly = sum((o.amount for o in obligations if o.currency == base), ZERO)
     mdp = round_money(monthly / DAYS_PER_MONTH)
     speed = loans_speed(goals)
@@ -378,4 +378,4 @@ def loans_response(facts: Sequence[LoanFacts], figures: LoanFigures, summary: di
 
 def user_mode(loans: list[LoanAnalysis]) -> str:
     """"loans" when any active loan's outstanding estimate is above 0, else "deposits"."""
-    return "loans" if any(l.active and l.outstanding > 0 for l in loans) else "deposits"
+    return "loans" if any(loan.active and loan.outstanding > 0 for loan in loans) else "deposits"

@@ -14,10 +14,12 @@ the cost.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import math
+from collections.abc import Callable, Iterable, Sequence
 from decimal import ROUND_HALF_UP, ROUND_UP, Decimal
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from dashboard_svc.domain import texts
 from dashboard_svc.model import ProductView
@@ -182,7 +184,7 @@ class Offer:
 
     @property
     def loan_ids(self) -> list[str]:
-        return [l.agreement_id for l in self.loans]
+        return [loan.agreement_id for loan in self.loans]
 
 
 def offer_id(bank_id: str, product_id: str, loan_ids: Iterable[str]) -> str:
@@ -212,6 +214,17 @@ def refinanceable(loan: LoanTerms, base: str) -> bool:
             and loan.schedule.rate_known)
 
 
+_T = TypeVar("_T")
+
+
+def known(value: _T | None, what: str) -> _T:
+    """A value that `refinanceable` (a loan's rate, payment and remaining schedule) or `loan_catalogue` (a
+    product's rate) made sure is known; ValueError when a caller skipped that check."""
+    if value is None:
+        raise ValueError(f"{what} is unknown: only refinanceable loans and catalogue products are priced")
+    return value
+
+
 def new_term(remaining: int, product: ProductView) -> int:
     """n' = min(n, the product's term); a product without a (positive) term: n."""
     if product.term_months is None or product.term_months <= 0:
@@ -235,19 +248,19 @@ def price(strategy: str, product: ProductView, loans: Sequence[LoanTerms], term:
     current interest = Σ remaining interest of the loans; current payment = Σ their payments;
     savings = current interest − new interest; monthly saving = current payment − M';
     breakeven = `breakeven_months`(commission, monthly saving)."""
-    rate = Decimal(product.interest_rate)
-    amount = sum((l.balance for l in loans), ZERO)
+    rate = Decimal(known(product.interest_rate, "the product's rate"))
+    amount = sum((loan.balance for loan in loans), ZERO)
     payment = annuity_payment(amount, rate, term)
     simulated = amortise(amount, rate, payment, settle_at=term)
     assert simulated is not None  # settles by `term` ≤ 600 at the latest
     commission = half_up(product.commission) if product.commission is not None and product.commission > 0 \
         else Decimal("0.00")
     new_interest = simulated[1] + commission
-    current_interest = sum((l.schedule.interest for l in loans), ZERO)
-    current_payment = sum((l.payment for l in loans), ZERO)
+    current_interest = sum((known(loan.schedule.interest, "the remaining interest") for loan in loans), ZERO)
+    current_payment = sum((known(loan.payment, "the loan's payment") for loan in loans), ZERO)
     monthly_saving = current_payment - payment
     return Offer(
-        id=offer_id(product.bank_id, product.product_id, (l.agreement_id for l in loans)), strategy=strategy,
+        id=offer_id(product.bank_id, product.product_id, (loan.agreement_id for loan in loans)), strategy=strategy,
         bank_id=product.bank_id, product_id=product.product_id, product_name=product.product_name, rate=rate,
         term_months=term, loans=tuple(loans), loan_amount=half_up(amount), monthly_payment=payment,
         current_monthly_payment=half_up(current_payment), current_interest=half_up(current_interest),
@@ -275,9 +288,10 @@ def refinance_one_offers(loans: Iterable[LoanTerms], products: Iterable[ProductV
             continue
         for product in catalogue:
             if (loan_kind(product.product_name) != loan.kind or not within_limits(product, loan.balance)
-                    or Decimal(product.interest_rate) >= loan.rate):
+                    or known(product.interest_rate, "the product's rate") >= known(loan.rate, "the loan's rate")):
                 continue
-            offer = price("refinance_one", product, [loan], new_term(loan.schedule.months, product), base)
+            remaining = known(loan.schedule.months, "the remaining term")
+            offer = price("refinance_one", product, [loan], new_term(remaining, product), base)
             if material(offer):
                 found.append(offer)
     return found
@@ -285,8 +299,8 @@ def refinance_one_offers(loans: Iterable[LoanTerms], products: Iterable[ProductV
 
 def weighted_rate(loans: Sequence[LoanTerms]) -> Decimal:
     """The balance-weighted average rate: Σ(B × rate) ÷ Σ B."""
-    total = sum((l.balance for l in loans), ZERO)
-    return sum((l.balance * l.rate for l in loans), ZERO) / total
+    total = sum((loan.balance for loan in loans), ZERO)
+    return sum((loan.balance * known(loan.rate, "the loan's rate") for loan in loans), ZERO) / total
 
 
 def consolidation_offers(loans: Iterable[LoanTerms], products: Iterable[ProductView], base: str) -> list[Offer]:
@@ -295,17 +309,17 @@ def consolidation_offers(loans: Iterable[LoanTerms], products: Iterable[ProductV
     rate is below the balance-weighted average rate (`weighted_rate`); term n' = min(the longest remaining
     term, the product's term); current interest = Σ each loan's remaining interest, current payment =
     Σ payments; priced by `price`, kept when `material` (1 % of Σ B)."""
-    group = [l for l in loans if refinanceable(l, base)]
+    group = [loan for loan in loans if refinanceable(loan, base)]
     if len(group) < 2:
         return []
-    group.sort(key=lambda l: (l.bank_id, l.agreement_id))
-    amount = sum((l.balance for l in group), ZERO)
+    group.sort(key=lambda loan: (loan.bank_id, loan.agreement_id))
+    amount = sum((loan.balance for loan in group), ZERO)
     average = weighted_rate(group)
-    longest = max(l.schedule.months for l in group)
+    longest = max(known(loan.schedule.months, "the remaining term") for loan in group)
     found = []
     for product in loan_catalogue(products):
         if (loan_kind(product.product_name) != "consumer" or not within_limits(product, amount)
-                or Decimal(product.interest_rate) >= average):
+                or known(product.interest_rate, "the product's rate") >= average):
             continue
         offer = price("consolidation", product, group, new_term(longest, product), base)
         if material(offer):
@@ -339,8 +353,8 @@ def offer_explanation(offer: Offer, bank: str, lang: str) -> str:
                   current_interest=m(offer.current_interest), savings=m(offer.savings))
     if offer.strategy == "consolidation":
         return texts.text(lang, "offer.consolidation", count=texts.fmt_loans(len(offer.loans), lang),
-                          loans=", ".join(f"«{l.name}»" if texts.language(lang) == "ru" else f"\"{l.name}\""
-                                          for l in offer.loans), **common)
+                          loans=", ".join(f"«{loan.name}»" if texts.language(lang) == "ru" else f"\"{loan.name}\""
+                                          for loan in offer.loans), **common)
     return texts.text(lang, "offer.refinance_one", loan=offer.loans[0].name, **common)
 
 
@@ -390,7 +404,7 @@ def trigger(kind: str, lang: str, description: str, loan_ids: Iterable[str],
     return entry
 
 
-def missed_payment_trigger(loan: LoanTerms, month, bank: str, lang: str) -> dict[str, Any]:
+def missed_payment_trigger(loan: LoanTerms, month: dt.date, bank: str, lang: str) -> dict[str, Any]:
     """missed_payment (high): `loan` had no repayment in `month` (the previous complete calendar month)."""
     description = texts.text(lang, "trigger.missed_payment.description", loan=loan.name, bank=bank,
                              month=texts.fmt_month(month, lang),
@@ -401,7 +415,7 @@ def missed_payment_trigger(loan: LoanTerms, month, bank: str, lang: str) -> dict
     return trigger("missed_payment", lang, description, [loan.agreement_id])
 
 
-def gap_risk_trigger(spendable: Decimal, mandatory: Decimal, buffer: Decimal, until, currency: str,
+def gap_risk_trigger(spendable: Decimal, mandatory: Decimal, buffer: Decimal, until: dt.date, currency: str,
                      loan_ids: Iterable[str], lang: str) -> dict[str, Any]:
     """gap_risk (high): spendable < mandatory payments + safety buffer before the horizon `until`."""
     def m(value: Decimal) -> str:
@@ -426,7 +440,7 @@ def high_dti_trigger(payments: Decimal, income: Decimal, ratio: Decimal, currenc
 def refi_trigger(loan: LoanTerms, offer: Offer, loan_bank: str, offer_bank: str, lang: str) -> dict[str, Any]:
     """refi_opportunity (watch): a candidate loan and its best offer's total saving."""
     description = texts.text(lang, "trigger.refi_opportunity.description", loan=loan.name, loan_bank=loan_bank,
-                             loan_rate=texts.fmt_percent(loan.rate, lang), bank=offer_bank,
+                             loan_rate=texts.fmt_percent(known(loan.rate, "the loan's rate"), lang), bank=offer_bank,
                              rate=texts.fmt_percent(offer.rate, lang),
                              term=texts.fmt_months(offer.term_months, lang),
                              savings=texts.fmt_money(offer.savings, offer.currency, lang))

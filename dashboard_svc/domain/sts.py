@@ -3,16 +3,16 @@ income (pure)."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from decimal import ROUND_DOWN, Decimal
-from typing import Any, Iterable
-
-from finance.loans import Obligation
-from finance.money import CENT, ZERO, round_money
+from typing import Any
 
 from dashboard_svc.domain import texts
 from dashboard_svc.domain.common import is_loan_account, is_spendable_account, legacy, money, sum_by_currency
 from dashboard_svc.domain.income import IncomePlan
 from dashboard_svc.model import AccountView, DashboardData
+from finance.loans import Obligation
+from finance.money import CENT, ZERO, round_money
 
 EVENTS_DAYS = 30
 EVENTS_MAX = 20
@@ -68,7 +68,7 @@ def per_day(available: Decimal, days: int) -> Decimal:
 
 def spendable_balance(accounts: Iterable[AccountView], base: str) -> Decimal:
     """Σ available of the spendable accounts (see `is_spendable_account`)."""
-    return sum((a.available for a in accounts if is_spendable_account(a, base)), ZERO)
+    return sum((a.available for a in accounts if is_spendable_account(a, base) and a.available is not None), ZERO)
 
 
 def excluded_balances(accounts: Iterable[AccountView], base: str) -> list[dict[str, str]]:

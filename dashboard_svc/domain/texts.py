@@ -331,7 +331,7 @@ def fmt_date(value: dt.date, lang: str) -> str:
 
 def fmt_datetime(value: dt.datetime, lang: str) -> str:
     """A moment in UTC: ru "04.12.2025 09:30 UTC", en "2025-12-04 09:30 UTC"."""
-    value = value.astimezone(dt.timezone.utc)
+    value = value.astimezone(dt.UTC)
     return f"{fmt_date(value.date(), lang)} {value:%H:%M} UTC"
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from google.protobuf import descriptor_pb2
 
@@ -44,19 +45,19 @@ def comments_from_files(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> 
         name = f"{scope}.{desc.name}"
         note(name, locations, path)
         for i, field in enumerate(desc.field):
-            note(f"{name}.{field.name}", locations, path + (2, i))
+            note(f"{name}.{field.name}", locations, (*path, 2, i))
         for i, oneof in enumerate(desc.oneof_decl):
-            note(f"{name}.{oneof.name}", locations, path + (8, i))
+            note(f"{name}.{oneof.name}", locations, (*path, 8, i))
         for i, nested in enumerate(desc.nested_type):
-            message(nested, name, locations, path + (3, i))
+            message(nested, name, locations, (*path, 3, i))
         for i, nested in enumerate(desc.enum_type):
-            enum(nested, name, locations, path + (4, i))
+            enum(nested, name, locations, (*path, 4, i))
 
     def enum(desc: descriptor_pb2.EnumDescriptorProto, scope: str, locations, path: tuple[int, ...]) -> None:
         name = f"{scope}.{desc.name}"
         note(name, locations, path)
         for i, value in enumerate(desc.value):
-            note(f"{name}.{value.name}", locations, path + (2, i))
+            note(f"{name}.{value.name}", locations, (*path, 2, i))
 
     for file in files:
         locations = {tuple(loc.path): loc for loc in file.source_code_info.location}

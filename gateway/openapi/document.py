@@ -13,8 +13,17 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gateway.login import LOGIN_METHOD
 from gateway.openapi.comments import load_comments
-from gateway.openapi.schemas import (NULL_SCHEMA, USER_FIELD, SchemaBuilder, _REQUIRED, _behaviors, _one_line,
-                                     _ref, schema_name, user_id_note)
+from gateway.openapi.schemas import (
+    _REQUIRED,
+    NULL_SCHEMA,
+    USER_FIELD,
+    SchemaBuilder,
+    _behaviors,
+    _one_line,
+    _ref,
+    schema_name,
+    user_id_note,
+)
 from gateway.routes import Route, resolve_field
 
 OPENAPI_VERSION = "3.0.3"
@@ -207,7 +216,7 @@ def _sse_event_schema() -> dict[str, Any]:
 
 def openapi_path(template: str) -> str:
     """A grpc-gateway path template as an OpenAPI path: `{name=pattern}` -> `{name}`."""
-    return _VARIABLE_RE.sub(lambda m: "{%s}" % m.group(1).strip(), template)
+    return _VARIABLE_RE.sub(lambda m: f"{{{m.group(1).strip()}}}", template)
 
 
 def idempotency_key_field(desc: Descriptor) -> FieldDescriptor | None:
