@@ -10,14 +10,23 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Mapping
+from typing import Any
 
-from bankapi.parsing import (_opt_decimal, _opt_str, _pick, _req, agreement_id_from_text, items_of, parse_date,
-                             parse_datetime, to_decimal)
+from bankapi.parsing import (
+    _opt_decimal,
+    _opt_str,
+    _pick,
+    _req,
+    agreement_id_from_text,
+    items_of,
+    parse_date,
+    parse_datetime,
+    to_decimal,
+)
 
 __all__ = [
     "Account",

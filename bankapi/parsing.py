@@ -7,9 +7,11 @@ ones taken as UTC), the first present key among camelCase/snake_case spellings.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timezone
+from collections.abc import Iterable, Mapping
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterable, Mapping
+from typing import Any
+
 
 def to_decimal(value: Any) -> Decimal:
     """Exact Decimal from a str/int/Decimal (floats go through `str`, never arithmetic). ValueError if invalid."""
@@ -41,7 +43,7 @@ def parse_datetime(value: Any) -> datetime | None:
     elif isinstance(value, date):
         dt = datetime(value.year, value.month, value.day)
     elif isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
-        return datetime.fromtimestamp(float(value), tz=timezone.utc)
+        return datetime.fromtimestamp(float(value), tz=UTC)
     elif isinstance(value, str):
         text = value.strip()
         if text.endswith(("z", "Z")):
@@ -53,8 +55,8 @@ def parse_datetime(value: Any) -> datetime | None:
     else:
         return None
     if dt.tzinfo is None:
-        return dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
 
 
 def parse_date(value: Any) -> date | None:

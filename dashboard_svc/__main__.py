@@ -1,8 +1,6 @@
 import pathlib
 import sys
 
-from svclib.runtime import ServiceSpec, main
-
 from dashboard_svc.settings import read_dashboard_section
 from dashboard_svc.wiring import setup
 from svclib.runtime import ServiceSpec, main

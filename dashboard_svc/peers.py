@@ -10,6 +10,18 @@ from decimal import Decimal
 from finpulse.onboarding.v1 import onboarding_pb2, onboarding_pb2_grpc
 from finpulse.sync.v1 import sync_pb2, sync_pb2_grpc
 
+from dashboard_svc.model import (
+    AccountView,
+    BankFreshness,
+    CategoryTotal,
+    CreditView,
+    DayAmount,
+    Goals,
+    MonthFlow,
+    ProductView,
+    TransactionView,
+)
+from dashboard_svc.service import Gathered
 from finance.dataversion import data_version_key
 from finance.protoconv import repayments_from_pb
 from svclib.cache import Cache

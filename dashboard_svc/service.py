@@ -13,17 +13,13 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-from typing import Awaitable, Callable, Protocol
-
-from svclib import i18n
-from svclib.cache import Cache
-from svclib.errors import InvalidArgument, require
-from svclib.validation import parse_amount, parse_date
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from dashboard_svc import calc, metrics
 from dashboard_svc.model import DashboardConfig, DashboardData, FinancialInputs, Goals
 from dashboard_svc.storage import CacheRow, DashboardStorage
-from svclib import i18n, metrics
+from svclib import i18n
 from svclib.cache import Cache
 from svclib.errors import InvalidArgument, require
 from svclib.validation import parse_amount, parse_date

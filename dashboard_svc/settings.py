@@ -3,9 +3,8 @@ svclib.runtime (`ServiceSpec.section`) and handed to the wiring as `runtime.sect
 `DashboardConfig`."""
 from __future__ import annotations
 
-from svclib.config import EnvReader
-
 from dashboard_svc.model import DashboardConfig
+from svclib.config import EnvReader
 
 
 def read_dashboard_section(r: EnvReader) -> DashboardConfig:

@@ -11,7 +11,8 @@ no orphans.
 Supervision: a child that exits without being asked to (a crash, kill -9, a SIGTERM from elsewhere) is
 started again after a delay that doubles from 0.5 s up to 30 s while it keeps exiting within 60 s of
 its start, and is back to 0.5 s once it stayed up that long (`Supervisor`); each exit, restart and
-recovery is reported on stderr (the bookkeeping: deploy/supervisor.py). One dead child never stops the suite: only Ctrl-C / SIGTERM does.
+recovery is reported on stderr (the bookkeeping: deploy/supervisor.py). One dead child never stops the suite:
+only Ctrl-C / SIGTERM does.
 The bank emulator keeps its state under `<FINPULSE_DATA_DIR>/bank_sandbox`, so its restart loses no
 consent or payment.
 
@@ -35,6 +36,7 @@ from urllib.parse import urlparse
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from deploy.supervisor import Restart, RestartPolicy, Supervisor, describe_exit
 from gateway.auth import local_jwt_secret
 from gateway.settings import GatewaySettings, load_gateway_settings, with_gateway_section
 from svclib import db
@@ -42,10 +44,21 @@ from svclib.config import SERVICE_PORTS, ConfigError, Settings
 from svclib.embedded import BackingServices, ensure_backing_services
 from svclib.process import PARENT_ENV
 
-from deploy.supervisor import Restart, RestartPolicy, Supervisor, describe_exit
-
-__all__ = ["SERVICES", "Child", "Suite", "Supervision", "RestartPolicy", "Restart", "Supervisor", "describe_exit",
-           "grpc_serving", "free_port", "emulator_ports", "run", "main"]
+__all__ = [
+    "SERVICES",
+    "Child",
+    "Restart",
+    "RestartPolicy",
+    "Suite",
+    "Supervision",
+    "Supervisor",
+    "describe_exit",
+    "emulator_ports",
+    "free_port",
+    "grpc_serving",
+    "main",
+    "run",
+]
 
 SERVICES = tuple(SERVICE_PORTS)  # onboarding, consent, sync, dashboard
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 @dataclasses.dataclass

@@ -16,8 +16,8 @@ from aiohttp import web
 from gateway.app import ROUTES, create_app
 from gateway.auth import Authenticator
 from gateway.routes import Route, RouteError, build_routes
-from svclib import metrics
 from gateway.settings import GatewaySettings, load_gateway_settings
+from svclib import metrics
 from svclib.config import ConfigError
 from svclib.logging import setup_logging
 from svclib.process import die_with_parent

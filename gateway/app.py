@@ -41,6 +41,7 @@ from gateway.settings import GatewaySettings
 from svclib import i18n
 from svclib import metrics as svc_metrics
 from svclib.cache import CACHE_UNTIL_METADATA, ChangeFeed
+from svclib.clients import ServiceClients
 from svclib.logging import user_id_var
 
 #: Largest accepted request body; larger ones are answered 413.
@@ -305,7 +306,7 @@ async def readyz(request: web.Request) -> web.Response:
     timeout = min(settings.rpc_timeout, READY_CHECK_TIMEOUT)
     proto_files = {route.service_key: route.proto_file for route in request.app[ROUTES]}
     statuses = await asyncio.gather(*(_backend_status(clients, name, proto_files.get(name), timeout) for name in names))
-    services = dict(zip(names, statuses))
+    services = dict(zip(names, statuses, strict=True))
     not_ready = [name for name, status in services.items() if status != "SERVING"]
     body = {"status": "not_ready" if not_ready else "ready", "services": services, "not_ready": not_ready}
     return web.json_response(body, status=503 if not_ready else 200)

@@ -13,7 +13,6 @@ from prometheus_client import Counter, Histogram
 
 from svclib.metrics import LATENCY_BUCKETS
 
-
 GATEWAY_REQUESTS = Counter(
     "finpulse_gateway_requests_total", "HTTP requests the gateway answered, by route template, method and status.",
     ["route", "method", "status"])

@@ -9,7 +9,8 @@ launcher, which runs the gateway and signs local tokens).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 from svclib.config import ConfigError, EnvReader, Settings, load_section, load_settings

@@ -174,7 +174,7 @@ class OnboardingService:
         if note is not None and len(note.strip()) > NOTE_MAX:
             raise InvalidArgument(f"profile.note: at most {NOTE_MAX} characters", "profile.note",
                                   reason="LIMIT_EXCEEDED", metadata={"limit": NOTE_MAX})
-        today = dt.datetime.now(dt.timezone.utc).date()
+        today = dt.datetime.now(dt.UTC).date()
         amount, target_date = fields.get("target_amount"), fields.get("target_date")
         goals = Goals(
             goal_type=goal_type,

@@ -15,9 +15,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Callable, Mapping, TypeVar
+from typing import TypeVar
 from urllib.parse import urlparse
 
 DEFAULT_TEAM_ID = "team200"

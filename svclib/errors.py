@@ -14,7 +14,7 @@ Every error carries what a program needs besides the human message:
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 
 class DomainError(Exception):

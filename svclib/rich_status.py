@@ -13,7 +13,7 @@ bounded: the trailer travels in HTTP/2 headers, which have a size limit.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2

@@ -14,7 +14,8 @@ import dataclasses
 import logging
 import pathlib
 import sys
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 

@@ -20,7 +20,7 @@ import logging
 import math
 import signal
 import time
-from typing import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import asyncpg
 import grpc

@@ -2,7 +2,6 @@ import pathlib
 import sys
 
 from svclib.runtime import ServiceSpec, main
-
 from sync_svc.settings import read_sync_section
 from sync_svc.wiring import setup
 

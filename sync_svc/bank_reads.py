@@ -3,14 +3,31 @@ dashboard asks for, each computed by Postgres (never by looping over rows here).
 dataclasses of `sync_svc.bank_records`."""
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
-from typing import Collection
 
 import asyncpg
 
-from sync_svc.bank_records import (_DATA_VERSION, MAX_PAGE, CategorySpending, Counts, DayIncome, LoanRepayments,
-                                   MonthlyCashFlow, StoredAccount, StoredBalance, StoredCredit, StoredTransaction,
-                                   SyncState, TransactionCursor, _aware, _build, _select, _Where)
+from svclib.rows import returned
+from sync_svc.bank_records import (
+    _DATA_VERSION,
+    MAX_PAGE,
+    CategorySpending,
+    Counts,
+    DayIncome,
+    LoanRepayments,
+    MonthlyCashFlow,
+    StoredAccount,
+    StoredBalance,
+    StoredCredit,
+    StoredTransaction,
+    SyncState,
+    TransactionCursor,
+    _aware,
+    _build,
+    _select,
+    _Where,
+)
 
 
 class BankReads:
@@ -56,7 +73,7 @@ class BankReads:
                    (SELECT count(*) FROM transactions WHERE user_id = $1 AND bank_id = $2) AS transactions,
                    (SELECT count(*) FROM credits WHERE user_id = $1 AND bank_id = $2) AS credits
             """, user_id, bank_id)
-        return Counts(**dict(row))
+        return Counts(**dict(returned(row, "counts")))
 
     # ------------------------------------------------------------------------------------------ reads
 

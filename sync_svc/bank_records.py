@@ -10,10 +10,11 @@ import base64
 import dataclasses
 import functools
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -250,7 +251,7 @@ class DayIncome:
     count: int
 
 
-# ---------------------------------------------------------------------------------------------- rows (bank models -> the tables' columns)
+# ---------------------------------------------------------------------- rows (bank models -> the tables' columns)
 
 def _json_default(value: Any) -> Any:
     """JSON for what the bank client leaves in `raw`: Decimal numbers (it parses floats as Decimal)
@@ -294,7 +295,7 @@ def _balance_row(b: Balance) -> tuple:
 
 def _transaction_row(t: Transaction, head: tuple = ()) -> tuple:
     """`head` + the TRANSACTIONS columns (head: user and bank, for a COPY straight into the table)."""
-    return head + (t.account_id, t.transaction_id, t.amount, _direction(t.credit_debit_indicator), t.currency,
+    return (*head, t.account_id, t.transaction_id, t.amount, _direction(t.credit_debit_indicator), t.currency,
                    t.status, t.booking_time or t.value_time, t.value_time, t.description, t.bank_code,
                    t.merchant_name, t.merchant_category, t.mcc, t.agreement_id, _to_json(t.raw))
 

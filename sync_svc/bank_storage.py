@@ -10,25 +10,58 @@ here for the importers of this module.
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
 from bankapi.models import Account, Balance, ProductAgreement, Transaction
 from svclib.db import copy_records
-
 from sync_svc.bank_reads import BankReads
-from sync_svc.bank_records import (_BANK_CALL_COLUMNS, _BUMP_VERSION, _MESSAGE_LIMIT, MAX_PAGE, BankCall,
-                                   CategorySpending, Counts, DayIncome, LoanRepayments, MonthlyCashFlow,
-                                   StoredAccount, StoredBalance, StoredCredit, StoredTransaction, SyncState,
-                                   TableStats, TransactionCursor, WriteStats, _aware, _field)
+from sync_svc.bank_records import (
+    _BANK_CALL_COLUMNS,
+    _BUMP_VERSION,
+    _MESSAGE_LIMIT,
+    MAX_PAGE,
+    BankCall,
+    CategorySpending,
+    Counts,
+    DayIncome,
+    LoanRepayments,
+    MonthlyCashFlow,
+    StoredAccount,
+    StoredBalance,
+    StoredCredit,
+    StoredTransaction,
+    SyncState,
+    TableStats,
+    TransactionCursor,
+    WriteStats,
+    _aware,
+    _field,
+)
 from sync_svc.bank_write import BankWrite
 
 __all__ = [
-    "BankDataStorage", "BankReads", "BankWrite", "WriteStats", "TableStats", "SyncState", "Counts", "BankCall",
-    "StoredAccount", "StoredBalance", "StoredCredit", "StoredTransaction", "TransactionCursor",
-    "MonthlyCashFlow", "CategorySpending", "LoanRepayments", "DayIncome", "MAX_PAGE",
+    "MAX_PAGE",
+    "BankCall",
+    "BankDataStorage",
+    "BankReads",
+    "BankWrite",
+    "CategorySpending",
+    "Counts",
+    "DayIncome",
+    "LoanRepayments",
+    "MonthlyCashFlow",
+    "StoredAccount",
+    "StoredBalance",
+    "StoredCredit",
+    "StoredTransaction",
+    "SyncState",
+    "TableStats",
+    "TransactionCursor",
+    "WriteStats",
 ]
 
 # ---------------------------------------------------------------------------------------------- storage

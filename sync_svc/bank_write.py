@@ -23,18 +23,29 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Collection, Iterable, Sequence, TypeVar
+from typing import TypeVar
 
 import asyncpg
 
 from bankapi.models import Account, Balance, ProductAgreement, Transaction
 from svclib.db import copy_records
 from svclib.resilience import connection_lost
-
-from sync_svc.bank_records import (_BUMP_VERSION, _DATA_VERSION, TableStats, WriteStats, _account_row, _aware,
-                                   _balance_row, _credit_row, _lock_name, _transaction_row)
+from svclib.rows import Connection, returned
+from sync_svc.bank_records import (
+    _BUMP_VERSION,
+    _DATA_VERSION,
+    TableStats,
+    WriteStats,
+    _account_row,
+    _aware,
+    _balance_row,
+    _credit_row,
+    _lock_name,
+    _transaction_row,
+)
 
 M = TypeVar("M")  # a bank model
 
@@ -117,13 +128,13 @@ TRANSACTIONS = _Upsert(
 BALANCE_COLUMNS = ("account_id", "balance_type", "amount", "currency", "credit_debit_indicator", "as_of", "raw")
 
 
-async def _create_stage(conn: asyncpg.Connection, table: str, stage: str, columns: Sequence[str]) -> None:
+async def _create_stage(conn: Connection, table: str, stage: str, columns: Sequence[str]) -> None:
     """A temporary copy of `table`'s `columns` (same types, no constraints), dropped at commit."""
     await conn.execute(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS "
                        f"SELECT {', '.join(columns)} FROM {table} WITH NO DATA")
 
 
-async def _stage(conn: asyncpg.Connection, table: str, stage: str, columns: Sequence[str],
+async def _stage(conn: Connection, table: str, stage: str, columns: Sequence[str],
                  rows: Iterable[tuple]) -> None:
     """`_create_stage`, filled by binary COPY. `rows` may be lazy: they are then built while the server
     parses what was sent."""
@@ -131,7 +142,7 @@ async def _stage(conn: asyncpg.Connection, table: str, stage: str, columns: Sequ
     await copy_records(conn, stage, records=rows, columns=list(columns))
 
 
-async def _write(conn: asyncpg.Connection, spec: _Upsert, user_id: str, bank_id: str,
+async def _write(conn: Connection, spec: _Upsert, user_id: str, bank_id: str,
                  rows: Iterable[tuple], count: int) -> tuple[TableStats, bool]:
     """Write `count` rows (unique per key) of (user_id, bank_id) into `spec.table`; answers the stats and
     whether the rows were staged (then `spec.stage` holds them until commit).
@@ -146,7 +157,7 @@ async def _write(conn: asyncpg.Connection, spec: _Upsert, user_id: str, bank_id:
                            columns=["user_id", "bank_id", *spec.columns])
         return TableStats(inserted=count), False
     await _stage(conn, spec.table, spec.stage, spec.columns, rows)
-    inserted, updated = await conn.fetchrow(spec.sql, user_id, bank_id)
+    inserted, updated = returned(await conn.fetchrow(spec.sql, user_id, bank_id), spec.table)
     return TableStats(inserted=inserted, updated=updated, unchanged=count - inserted - updated), True
 
 
@@ -248,7 +259,7 @@ class BankWrite:
     a booking nor a value time are not stored (counted as `skipped`).
     """
 
-    def __init__(self, conn: asyncpg.Connection, user_id: str, bank_id: str):
+    def __init__(self, conn: Connection, user_id: str, bank_id: str):
         self._conn = conn
         self.user_id = user_id
         self.bank_id = bank_id
@@ -307,7 +318,9 @@ class BankWrite:
             raise RuntimeError("this bank write is finished")
         if self._copier is not None and self._copier.done() and not self._copier.cancelled() \
                 and self._copier.exception() is not None:
-            raise self._copier.exception()
+            failure = self._copier.exception()
+            assert failure is not None
+            raise failure
 
     async def add_transactions(self, transactions: Iterable[Transaction]) -> None:
         """Queue fetched transactions (a page, or any batch) for the COPY task and return: a page goes
@@ -370,7 +383,7 @@ class BankWrite:
         self._closed = True
         newest = self._newest
         if self._late:
-            account_ids, transaction_ids = zip(*self._late)
+            account_ids, transaction_ids = zip(*self._late, strict=True)
             if self._direct:
                 await conn.execute(_FORGET_COPIED, user_id, bank_id, account_ids, transaction_ids)
             else:
@@ -397,7 +410,7 @@ class BankWrite:
             transaction_stats = TableStats(inserted=count)
         else:
             if count:
-                inserted, updated = await conn.fetchrow(TRANSACTIONS.sql, user_id, bank_id)
+                inserted, updated = returned(await conn.fetchrow(TRANSACTIONS.sql, user_id, bank_id), "transactions")
                 transaction_stats = TableStats(inserted=inserted, updated=updated, unchanged=count - inserted - updated)
             if fetched_window is not None and window_accounts:
                 deleted = await conn.fetchval(_DELETE_REPLACED_PENDING, user_id, bank_id, sorted(window_accounts),
@@ -405,9 +418,9 @@ class BankWrite:
                 transaction_stats = dataclasses.replace(transaction_stats, deleted=deleted)
 
         changed = any(s.changed for s in (account_stats, credit_stats, balance_stats, transaction_stats))
-        watermark, was_failing = await conn.fetchrow(
+        watermark, was_failing = returned(await conn.fetchrow(
             _RECORD_SUCCESS, user_id, bank_id, newest, changed, account_stats.inserted, balance_stats.inserted,
-            transaction_stats.inserted - transaction_stats.deleted, credit_stats.inserted)
+            transaction_stats.inserted - transaction_stats.deleted, credit_stats.inserted), "sync_state")
         changed = changed or was_failing  # a bank answering again changes what the dashboard says of it
         version = await conn.fetchval(_BUMP_VERSION if changed else _DATA_VERSION, user_id) or 0
         await self._transaction.commit()

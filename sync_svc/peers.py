@@ -5,7 +5,6 @@ from __future__ import annotations
 from finpulse.consent.v1 import consent_pb2, consent_pb2_grpc
 
 from svclib.clients import ServiceClients
-
 from sync_svc.worker import JobConsents
 
 

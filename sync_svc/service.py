@@ -295,7 +295,7 @@ class SyncService:
             raise InvalidArgument("months must be between 1 and 120", "months", reason="OUT_OF_RANGE")
         if not 0 <= income_days <= 3660:
             raise InvalidArgument("income_days must be between 1 and 3660", "income_days", reason="OUT_OF_RANGE")
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         since = spending_since or now - dt.timedelta(days=30)
         today = today_since or now.replace(hour=0, minute=0, second=0, microsecond=0)
         cash_flow, spending, loans, version, income, spent_today = await asyncio.gather(

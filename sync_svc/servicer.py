@@ -8,7 +8,6 @@ from finpulse.sync.v1 import sync_pb2_grpc as pb_grpc
 
 from svclib.protoconv import optional, set_timestamp
 from svclib.validation import format_amount
-
 from sync_svc.catalogue import Catalogues
 from sync_svc.service import BankStatus, SyncService
 from sync_svc.storage import Job

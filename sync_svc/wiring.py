@@ -14,7 +14,6 @@ from svclib.ratelimit import RateLimiter
 from svclib.resilience import Listener
 from svclib.runtime import Runtime
 from svclib.server import GrpcServer
-
 from sync_svc.bank_storage import BankDataStorage
 from sync_svc.catalogue import Catalogues
 from sync_svc.catalogue_storage import CatalogueStorage

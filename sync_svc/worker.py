@@ -30,12 +30,10 @@ from typing import Protocol, TypeVar
 
 from bankapi import errors as bank_errors
 from bankapi.client import BankClients, CallRecord
-
 from finance.dataversion import DATA_VERSION_TTL, data_version_key
 from svclib.cache import Cache
 from svclib.logging import new_request_id, request_id_var
 from svclib.resilience import LoopHealth, is_unavailable, run_forever
-
 from sync_svc import metrics
 from sync_svc.bank_storage import BankCall, BankDataStorage, BankWrite, WriteStats
 from sync_svc.fetcher import BankFetcher, Fetched, OnTransactions, Progress
@@ -216,7 +214,8 @@ class SyncWorkers:
         # shows as finished, so whoever waits for it sees answers computed from the new data.
         await self.cache.delete_prefix(data_cache_prefix(self.cache, job.user_id, job.bank_id))
         if stats.changed:  # the dashboard's cache key: its cached answers are stale from now on
-            await self.cache.raise_to(data_version_key(self.cache.prefix, job.user_id), stats.data_version, DATA_VERSION_TTL)
+            await self.cache.raise_to(data_version_key(self.cache.prefix, job.user_id), stats.data_version,
+                                      DATA_VERSION_TTL)
             await self.cache.announce_change(job.user_id)
         if not await self._persist(job, lambda: self.jobs.finish(job.job_id, self.worker_id, "succeeded",
                                                                  progress.as_dict())):

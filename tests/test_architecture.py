@@ -70,7 +70,8 @@ def test_finance_is_pure():
 def test_only_peers_call_other_services_and_the_servicer_maps_protos(service):
     for path in _sources(service):
         if path.name != "peers.py":
-            calls = re.findall(r"\bclients\.stub\(|\bclients\.(?:onboarding|consent|sync|dashboard)\b", path.read_text())
+            calls = re.findall(r"\bclients\.stub\(|\bclients\.(?:onboarding|consent|sync|dashboard)\b",
+                               path.read_text())
             assert not calls, f"{path.relative_to(ROOT)} calls {calls}: clients of other services live in peers.py"
     servicer = _imports(ROOT / service / "servicer.py")
     for module in ("svclib.clients", "svclib.runtime", "svclib.server", f"{service}.peers", f"{service}.wiring"):
@@ -122,7 +123,7 @@ def test_no_import_cycle_among_top_level_packages():
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycle = path[path.index(nxt):] + [nxt]
+                cycle = [*path[path.index(nxt):], nxt]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt)

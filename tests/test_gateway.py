@@ -50,8 +50,8 @@ from gateway.routes import (
     routes_for_services,
     service_descriptors,
 )
-from svclib.clients import ServiceClients
 from gateway.settings import load_gateway_settings
+from svclib.clients import ServiceClients
 from svclib.internal_auth import Verifier
 from tests.conftest import INTERNAL_SECRET
 

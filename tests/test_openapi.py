@@ -28,8 +28,8 @@ from gateway import openapi, transcode
 from gateway.app import create_app
 from gateway.errors import ApiError, bad_request
 from gateway.routes import Route, build_routes, service_descriptors
-from svclib import limits
 from gateway.settings import load_gateway_settings
+from svclib import limits
 from svclib.protogen import compile_descriptor_set
 
 F = FieldDescriptor

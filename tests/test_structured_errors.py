@@ -22,8 +22,7 @@ from openapi_schema_validator import OAS30Validator
 from gateway import openapi
 from gateway.routes import build_routes
 from svclib import rich_status
-from svclib.errors import (Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable,
-                           require)
+from svclib.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable, require
 from svclib.internal_auth import Signer
 from tests.e2e import Http, onboard
 

@@ -11,10 +11,10 @@ import uuid
 import asyncpg
 import pytest
 
+from gateway.settings import load_gateway_settings
 from svclib import db
 from svclib.cache import Cache
-from gateway.settings import load_gateway_settings
-from svclib.config import ConfigError, load_settings
+from svclib.config import ConfigError
 
 
 def test_config_defaults_are_the_local_suite():
