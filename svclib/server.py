@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from svclib import i18n, limits, metrics
+from svclib import i18n, limits, metrics, ports
 from svclib.errors import DomainError
 from svclib.internal_auth import METADATA_KEY as AUTH_METADATA, Caller, InvalidStatement, Verifier, is_open
 from svclib.resilience import RETRY_AFTER_SECONDS, is_unavailable
@@ -231,8 +231,11 @@ class GrpcServer:
         # Connections are recycled every few minutes (clients reconnect at once, in-flight calls get a
         # grace), so clients re-resolve their target and new replicas behind a headless Service get
         # their share of the calls.
+        # SO_REUSEPORT only on a port the parent holds for this process (svclib.ports): elsewhere a
+        # second server on the same port must fail, not share it.
+        reuse = 1 if ports.is_reserved(port) else 0
         self.server = grpc.aio.server(interceptors=[ServiceInterceptor(verifier)],
-                                      options=[("grpc.so_reuseport", 0),
+                                      options=[("grpc.so_reuseport", reuse),
                                                ("grpc.max_connection_age_ms", 5 * 60 * 1000),
                                                ("grpc.max_connection_age_grace_ms", 30 * 1000)])
         self.health = health.aio.HealthServicer()
