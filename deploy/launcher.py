@@ -206,10 +206,10 @@ class Suite:
         the child "X-i" on a port of its own; with several, every caller reaches X through the target
         `ipv4:host:p1,host:p2,...` that svclib.clients spreads round robin. The bank emulator keeps its
         state in `<data_dir>/bank_sandbox` unless `emulator_args` name another `--state-dir`.
-        `ports`: the reservations holding the ports the settings name (the caller closes them); the
-        ports the suite picks itself are reserved too, and released by `close()`."""
+        `ports`: the reservations holding the ports the settings name (svclib.ports); the ports the
+        suite picks itself are reserved too; `close()` releases both."""
         self.ports = PortReservations()  # the ports the suite picks itself, held until close()
-        given = [ports] if ports is not None else []
+        self._given_ports = ports
         self.supervisor = Supervisor(restart_policy)
         self._lock = threading.RLock()  # starts, stops and restarts, whichever thread does them
         self._supervising = 0  # supervision loops running
@@ -274,7 +274,9 @@ class Suite:
             self.gateway_ports[child] = port
         # Each child binds with SO_REUSEPORT the ports held for it (svclib.ports), and only those.
         for child in self.children.values():
-            for held in (*given, self.ports):
+            for held in (ports, self.ports):
+                if held is None:
+                    continue
                 child.env.update(held.env(child.env))
 
     def token(self, user_id: str) -> str:
@@ -365,9 +367,11 @@ class Suite:
                 self.children[name].wait(5)
 
     def close(self) -> None:
-        """Stop every child and release the ports the suite reserved itself."""
+        """Stop every child and release the ports held for them."""
         self.stop()
         self.ports.close()
+        if self._given_ports is not None:
+            self._given_ports.close()
 
     def exited(self) -> list[str]:
         return [name for name, child in self.children.items() if child.proc is not None and not child.alive()]

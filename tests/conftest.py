@@ -242,8 +242,8 @@ def suite(fresh_database, tmp_path_factory):
         asyncio.run(running.wait_healthy())
         yield running
     finally:
-        running.close()
-        ports.close()
+        running.close()  # the children, then their ports
+        ports.close()  # (when Suite() itself failed)
 
 
 # ---------------------------------------------------------------------------------------------
