@@ -251,9 +251,9 @@ class Suite:
                 env[f"FINPULSE_{name.upper()}_ADDR"] = "ipv4:" + ",".join(f"{host}:{p}" for p in service_ports[name])
             for i, p in enumerate(service_ports[name], 1):
                 self.grpc_addrs[name if i == 1 else f"{name}-{i}"] = f"{host}:{p}"
-        ports = emulator_ports(settings)
-        if ports is not None and env.get("FINPULSE_BANK_EMULATOR", "on") != "off":
-            banks = ",".join(f"{bank}={port}" for bank, port in ports.items())
+        bank_ports = emulator_ports(settings)
+        if bank_ports is not None and env.get("FINPULSE_BANK_EMULATOR", "on") != "off":
+            banks = ",".join(f"{bank}={port}" for bank, port in bank_ports.items())
             state = [] if "--state-dir" in (emulator_args or []) else [
                 "--state-dir", os.path.join(settings.data_dir, "bank_sandbox")]  # consents outlive a restart
             self._add("bank_sandbox", ["-m", "bank_sandbox", "--host", "127.0.0.1", "--banks", banks, *state,
@@ -274,7 +274,7 @@ class Suite:
             self.gateway_ports[child] = port
         # Each child binds with SO_REUSEPORT the ports held for it (svclib.ports), and only those.
         for child in self.children.values():
-            for held in (ports, self.ports):
+            for held in (self._given_ports, self.ports):
                 if held is None:
                     continue
                 child.env.update(held.env(child.env))
