@@ -251,7 +251,10 @@ async def test_advisory_lock_gives_its_connection_back_when_cancelled_or_cut_off
                         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = "
                         "(hashtextextended('test-lock', 0) & x'ffffffff'::bigint)::oid AND granted")
                     await admin.execute("SELECT pg_terminate_backend($1)", pid)
-                    await asyncio.sleep(0.2)
+                    for _ in range(500):  # until that session is gone (the signal is asynchronous)
+                        if not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+                            break
+                        await asyncio.sleep(0.01)
                     raise LookupError("the block's own error is the one the caller sees")
             async with db.AdvisoryLock(pool, "test-lock", wait=False):
                 pass  # free again: the session that held it is gone
