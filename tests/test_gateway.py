@@ -949,16 +949,22 @@ def test_verified_tokens_are_remembered_until_they_expire(monkeypatch):
     from gateway import auth
 
     monkeypatch.setattr(auth, "LEEWAY", dt.timedelta(0))
-    authenticator = auth.Authenticator(load_settings({"FINPULSE_JWT_SECRET": SECRET}))
-    token = _token("team200-1", exp=int(time.time()) + 2)
+    now = [time.time()]
+    authenticator = auth.Authenticator(load_settings({"FINPULSE_JWT_SECRET": SECRET}), clock=lambda: now[0])
+    exp = int(now[0]) + 60
+    token = _token("team200-1", exp=exp)
     assert authenticator.verify(token) == "team200-1"
-    real_decode = auth.jwt.decode
+
+    def expired(*args, **kwargs):  # what PyJWT (on the wall clock) answers once `exp` has passed
+        raise auth.jwt.ExpiredSignatureError("Signature has expired")
+
     monkeypatch.setattr(auth.jwt, "decode", lambda *a, **k: pytest.fail("a remembered token is not decoded again"))
-    assert authenticator.verify(token) == "team200-1"
-    monkeypatch.setattr(auth.jwt, "decode", real_decode)
-    time.sleep(max(0.0, int(time.time()) + 2 - time.time()) + 1.05)
+    now[0] = exp - 0.01
+    assert authenticator.verify(token) == "team200-1", "remembered until its expiry"
+    monkeypatch.setattr(auth.jwt, "decode", expired)
+    now[0] = exp
     with pytest.raises(auth.Unauthenticated, match="expired"):
-        authenticator.verify(token)
+        authenticator.verify(token)  # past its expiry it is verified again, and refused
 
 
 async def test_metrics_on_their_own_address_are_not_on_the_public_port(ports):
