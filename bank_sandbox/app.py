@@ -23,6 +23,7 @@ from bank_sandbox.portal import Portal
 from bank_sandbox.protocol import ApiError, error_response
 from bank_sandbox.state import BankState, Registry
 from svclib.logging import request_id_var
+from svclib.ports import is_reserved
 
 log = logging.getLogger("bank_sandbox")
 
@@ -156,7 +157,7 @@ async def start_banks(config: SandboxConfig, ports: Mapping[str, int], host: str
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             running._runners.append(runner)
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, reuse_port=bool(port) and is_reserved(port)).start()
             running.urls[bank_id] = f"http://{url_host}:{runner.addresses[0][1]}"
     except BaseException:
         await running.stop()

@@ -38,19 +38,20 @@ class TokenStore(Protocol):
 
 
 class MemoryTokenStore:
-    """A `TokenStore` in a dict (tests, single-process tools)."""
+    """A `TokenStore` in a dict (tests, single-process tools); `clock`: epoch seconds (a test passes its own)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._items: dict[str, tuple[str, float]] = {}
+        self._clock = clock
 
     async def get(self, key: str) -> str | None:
         item = self._items.get(key)
-        if item is None or item[1] <= time.time():
+        if item is None or item[1] <= self._clock():
             return None
         return item[0]
 
     async def set(self, key: str, value: str, ttl_seconds: int) -> None:
-        self._items[key] = (value, time.time() + max(1, ttl_seconds))
+        self._items[key] = (value, self._clock() + max(1, ttl_seconds))
 
 
 class RedisTokenStore:
@@ -88,34 +89,42 @@ class Token:
 
     @property
     def fresh(self) -> bool:
-        return time.time() < self.refresh_at
+        return self.fresh_at(time.time())
+
+    def fresh_at(self, now: float) -> bool:
+        return now < self.refresh_at
 
     def dump(self) -> str:
         return json.dumps({"access_token": self.access_token, "refresh_at": self.refresh_at})
 
     @classmethod
-    def load(cls, value: str) -> Token | None:
+    def load(cls, value: str, now: float | None = None) -> Token | None:
+        now = time.time() if now is None else now
         try:
             data = json.loads(value)
         except ValueError:
             data = None
         if isinstance(data, dict) and isinstance(data.get("access_token"), str):
-            return cls(data["access_token"], float(data.get("refresh_at") or time.time() + PLAIN_TOKEN_LIFETIME))
+            return cls(data["access_token"], float(data.get("refresh_at") or now + PLAIN_TOKEN_LIFETIME))
         value = value.strip()
-        return cls(value, time.time() + PLAIN_TOKEN_LIFETIME) if value else None
+        return cls(value, now + PLAIN_TOKEN_LIFETIME) if value else None
 
     @classmethod
-    def issued(cls, access_token: str, expires_in: float) -> Token:
-        """A token just received: renew it 10 % of its lifetime (at most 5 min) before it expires."""
+    def issued(cls, access_token: str, expires_in: float, now: float | None = None) -> Token:
+        """A token just received (at `now`, epoch seconds): renew it 10 % of its lifetime (at most 5 min)
+        before it expires."""
         margin = min(MAX_REFRESH_MARGIN, 0.1 * expires_in)
-        return cls(access_token, time.time() + expires_in - margin)
+        return cls(access_token, (time.time() if now is None else now) + expires_in - margin)
 
 
 class TokenCache:
-    """One bank's token: in-process copy → shared store → `fetch()`, single-flight under a lock."""
+    """One bank's token: in-process copy → shared store → `fetch()`, single-flight under a lock. `clock`:
+    epoch seconds, against which tokens are fresh (a test passes its own)."""
 
-    def __init__(self, key: str, fetch: Callable[[], Awaitable[Token]], store: TokenStore | None = None):
+    def __init__(self, key: str, fetch: Callable[[], Awaitable[Token]], store: TokenStore | None = None,
+                 clock: Callable[[], float] = time.time):
         self.key = key
+        self._clock = clock
         self._fetch = fetch
         self._store = store
         self._token: Token | None = None
@@ -124,10 +133,10 @@ class TokenCache:
     async def get(self) -> str:
         """A fresh token, fetching one only if neither this process nor the store has one."""
         token = self._token
-        if token is not None and token.fresh:
+        if token is not None and token.fresh_at(self._clock()):
             return token.access_token
         async with self._lock:
-            if self._token is not None and self._token.fresh:
+            if self._token is not None and self._token.fresh_at(self._clock()):
                 return self._token.access_token
             stored = await self._load()
             if stored is not None:
@@ -139,7 +148,8 @@ class TokenCache:
         """The bank rejected `rejected` (401): get a different token. Concurrent callers that saw the same
         rejected token share one renewal; a newer token already in the store is taken as is."""
         async with self._lock:
-            if self._token is not None and self._token.access_token != rejected and self._token.fresh:
+            if (self._token is not None and self._token.access_token != rejected
+                    and self._token.fresh_at(self._clock())):
                 return self._token.access_token
             stored = await self._load()
             if stored is not None and stored.access_token != rejected:
@@ -154,13 +164,14 @@ class TokenCache:
         if self._store is None:
             return None
         value = await self._store.get(self.key)
-        token = Token.load(value) if value else None
-        return token if token is not None and token.fresh else None
+        now = self._clock()
+        token = Token.load(value, now) if value else None
+        return token if token is not None and token.fresh_at(now) else None
 
     async def _renew(self) -> str:
         self._token = None
         token = await self._fetch()
         self._token = token
         if self._store is not None:
-            await self._store.set(self.key, token.dump(), max(1, int(token.refresh_at - time.time())))
+            await self._store.set(self.key, token.dump(), max(1, int(token.refresh_at - self._clock())))
         return token.access_token

@@ -20,12 +20,21 @@ import asyncpg
 
 from svclib.config import KNOWN_BANKS, SERVICE_PORTS
 from svclib.embedded import BackingServices, ensure_backing_services
+from svclib.ports import PortReservations
+
+#: Every port a benchmark's child processes serve on: from the OS, held until the benchmark exits
+#: (svclib.ports); the children bind them with SO_REUSEPORT because `reserved_env()` names them.
+PORTS = PortReservations()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def reserved_port() -> int:
+    """A port from the OS, held for a child process until this benchmark exits (pass `reserved_env()`)."""
+    return PORTS.port()
+
+
+def reserved_env() -> dict[str, str]:
+    """FINPULSE_RESERVED_PORTS for a child process: it may bind the ports `reserved_port()` gave."""
+    return PORTS.env()
 
 
 def with_database(url: str, name: str) -> str:
@@ -85,13 +94,14 @@ def suite_env(log_dir: str, **settings: str) -> dict[str, str]:
     process on a free loopback port, logs at WARNING, its own Redis prefix, plus `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
     env.update(FINPULSE_ENV="local", FINPULSE_GRPC_HOST="127.0.0.1", FINPULSE_GATEWAY_HOST="127.0.0.1",
-               FINPULSE_GATEWAY_PORT=str(free_port()), FINPULSE_DATA_DIR=log_dir, FINPULSE_LOG_LEVEL="WARNING",
-               FINPULSE_REDIS_PREFIX=f"finpulse-bench-{free_port()}:")
+               FINPULSE_GATEWAY_PORT=str(reserved_port()), FINPULSE_DATA_DIR=log_dir, FINPULSE_LOG_LEVEL="WARNING",
+               FINPULSE_REDIS_PREFIX=f"finpulse-bench-{uuid.uuid4().hex[:8]}:")
     for service in SERVICE_PORTS:
-        env[f"FINPULSE_{service.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
+        env[f"FINPULSE_{service.upper()}_ADDR"] = f"127.0.0.1:{reserved_port()}"
     for bank in KNOWN_BANKS:
-        env[f"FINPULSE_BANK_{bank.upper()}_URL"] = f"http://127.0.0.1:{free_port()}"
+        env[f"FINPULSE_BANK_{bank.upper()}_URL"] = f"http://127.0.0.1:{reserved_port()}"
     env.update(settings)
+    env.update(reserved_env())
     return env
 
 
@@ -103,7 +113,7 @@ async def handle(request):
     return web.Response(body=body, content_type="application/json")
 app = web.Application()
 app.router.add_get(sys.argv[3], handle)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), print=None, access_log=None)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), print=None, access_log=None, reuse_port=True)
 """
 
 
@@ -113,7 +123,7 @@ def bare_server(body: bytes, path: str, work_dir: str) -> Iterator[tuple[str, su
     body_file = os.path.join(work_dir, "bare-body.json")
     with open(body_file, "wb") as f:
         f.write(body)
-    port = free_port()
+    port = reserved_port()
     proc = subprocess.Popen([sys.executable, "-c", _BARE_SERVER, body_file, str(port), path])
     try:
         for _ in range(100):

@@ -51,7 +51,7 @@ import aiohttp
 from bankapi.client import BankClients
 from bankapi.config import BankEndpoint, TeamCredentials
 from bankapi.tokens import RedisTokenStore
-from bench._common import customer_with_accounts, emulator_admin, free_port, scratch_database, top_up
+from bench._common import customer_with_accounts, emulator_admin, reserved_env, reserved_port, scratch_database, top_up
 from svclib import db
 from svclib.cache import Cache
 from svclib.config import load_section
@@ -152,13 +152,13 @@ async def run(latency_ms: float, per_account: int, rate: float, concurrency: int
 
 async def _run(backing, latency_ms: float, per_account: int, rate: float, concurrency: int) -> None:
     dsn = backing.database_url
-    ports = {b: free_port() for b in BANKS}
+    ports = {b: reserved_port() for b in BANKS}
     urls = {b: f"http://127.0.0.1:{p}" for b, p in ports.items()}
     # The banks are other machines: the emulator runs in its own process, not on this event loop.
     emulator = subprocess.Popen(
         [sys.executable, "-m", "bank_sandbox", "--banks", ",".join(f"{b}={p}" for b, p in ports.items()),
          "--customers", str(CUSTOMERS), "--approval", ",".join(f"{b}=auto" for b in BANKS)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env={**os.environ, **reserved_env()}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cache = Cache(backing.redis_url, prefix=f"finpulse-bench-{uuid.uuid4().hex[:6]}:")
     pool = None
     try:

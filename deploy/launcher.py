@@ -18,6 +18,12 @@ consent or payment.
 
 The `Suite` class is the same machinery for the end-to-end tests; `Suite.supervise()` (a coroutine)
 and `Suite.supervise_in_background()` (a thread) run the same supervision on it.
+
+Ports: `make up` uses the fixed ports of the settings (50051.., 8080, the banks' 9001..). A port the
+settings leave open (a local service's metrics exporter, replicas beyond the first) comes from the OS
+and is held by the launcher until it stops (`svclib.ports.PortReservations`): nobody else can take it
+between the launcher picking it and the child binding it, nor while the child restarts. Tests reserve
+every port of their suite the same way and hand the reservations in (`Suite(ports=...)`).
 """
 from __future__ import annotations
 
@@ -42,6 +48,7 @@ from gateway.settings import GatewaySettings, load_gateway_settings, with_gatewa
 from svclib import db
 from svclib.config import SERVICE_PORTS, ConfigError, Settings
 from svclib.embedded import BackingServices, ensure_backing_services
+from svclib.ports import PortReservations
 from svclib.process import PARENT_ENV
 
 __all__ = [
@@ -54,7 +61,6 @@ __all__ = [
     "Supervisor",
     "describe_exit",
     "emulator_ports",
-    "free_port",
     "grpc_serving",
     "main",
     "run",
@@ -123,11 +129,16 @@ class Suite:
 
     def __init__(self, settings: Settings, backing: BackingServices, *, base_env: Mapping[str, str] | None = None,
                  log_dir: str | None = None, emulator_args: list[str] | None = None,
-                 replicas: Mapping[str, int] | None = None, restart_policy: RestartPolicy | None = None):
+                 replicas: Mapping[str, int] | None = None, restart_policy: RestartPolicy | None = None,
+                 ports: PortReservations | None = None):
         """`replicas`: processes per service name (or "gateway"), 1 by default. Replica i > 1 of X is
         the child "X-i" on a port of its own; with several, every caller reaches X through the target
         `ipv4:host:p1,host:p2,...` that svclib.clients spreads round robin. The bank emulator keeps its
-        state in `<data_dir>/bank_sandbox` unless `emulator_args` name another `--state-dir`."""
+        state in `<data_dir>/bank_sandbox` unless `emulator_args` name another `--state-dir`.
+        `ports`: the reservations holding the ports the settings name (svclib.ports); the ports the
+        suite picks itself are reserved too; `close()` releases both."""
+        self.ports = PortReservations()  # the ports the suite picks itself, held until close()
+        self._given_ports = ports
         self.supervisor = Supervisor(restart_policy)
         self._lock = threading.RLock()  # starts, stops and restarts, whichever thread does them
         self._supervising = 0  # supervision loops running
@@ -151,7 +162,7 @@ class Suite:
         metrics_addrs = dict(settings.metrics_addrs)
         for name in SERVICES:
             if not metrics_addrs.get(name) and settings.is_local:
-                metrics_addrs[name] = env[f"FINPULSE_{name.upper()}_METRICS_ADDR"] = f"127.0.0.1:{free_port()}"
+                metrics_addrs[name] = env[f"FINPULSE_{name.upper()}_METRICS_ADDR"] = f"127.0.0.1:{self.ports.port()}"
         self.settings = settings = dataclasses.replace(settings, metrics_addrs=metrics_addrs)
         self.env = env
         self.children: dict[str, Child] = {}
@@ -162,7 +173,7 @@ class Suite:
         service_ports: dict[str, list[int]] = {}
         for name in SERVICES:
             host, _, port = settings.service_addrs[name].rpartition(":")
-            service_ports[name] = [int(port)] + [free_port() for _ in range(counts[name] - 1)]
+            service_ports[name] = [int(port)] + [self.ports.port(host) for _ in range(counts[name] - 1)]
             if counts[name] > 1:
                 try:
                     socket.inet_aton(host)
@@ -171,9 +182,9 @@ class Suite:
                 env[f"FINPULSE_{name.upper()}_ADDR"] = "ipv4:" + ",".join(f"{host}:{p}" for p in service_ports[name])
             for i, p in enumerate(service_ports[name], 1):
                 self.grpc_addrs[name if i == 1 else f"{name}-{i}"] = f"{host}:{p}"
-        ports = emulator_ports(settings)
-        if ports is not None and env.get("FINPULSE_BANK_EMULATOR", "on") != "off":
-            banks = ",".join(f"{bank}={port}" for bank, port in ports.items())
+        bank_ports = emulator_ports(settings)
+        if bank_ports is not None and env.get("FINPULSE_BANK_EMULATOR", "on") != "off":
+            banks = ",".join(f"{bank}={port}" for bank, port in bank_ports.items())
             state = [] if "--state-dir" in (emulator_args or []) else [
                 "--state-dir", os.path.join(settings.data_dir, "bank_sandbox")]  # consents outlive a restart
             self._add("bank_sandbox", ["-m", "bank_sandbox", "--host", "127.0.0.1", "--banks", banks, *state,
@@ -183,15 +194,21 @@ class Suite:
                 child = name if i == 1 else f"{name}-{i}"
                 extra = {"FINPULSE_GRPC_PORT": str(port)}
                 if i > 1 and self.settings.metrics_addrs.get(name):  # each replica exports on its own port
-                    extra[f"FINPULSE_{name.upper()}_METRICS_ADDR"] = f"127.0.0.1:{free_port()}"
+                    extra[f"FINPULSE_{name.upper()}_METRICS_ADDR"] = f"127.0.0.1:{self.ports.port()}"
                 self._add(child, ["-m", f"{name}_svc", "serve"], **extra)
                 self.kinds[child] = name
         for i in range(1, counts["gateway"] + 1):
             child = "gateway" if i == 1 else f"gateway-{i}"
-            port = settings.gateway_port if i == 1 else free_port()
+            port = settings.gateway_port if i == 1 else self.ports.port(self.gateway_host())
             self._add(child, ["-m", "gateway"], **({} if i == 1 else {"FINPULSE_GATEWAY_PORT": str(port)}))
             self.kinds[child] = "gateway"
             self.gateway_ports[child] = port
+        # Each child binds with SO_REUSEPORT the ports held for it (svclib.ports), and only those.
+        for child in self.children.values():
+            for held in (self._given_ports, self.ports):
+                if held is None:
+                    continue
+                child.env.update(held.env(child.env))
 
     def token(self, user_id: str) -> str:
         """A bearer token for `user_id`, accepted by this suite's gateway."""
@@ -279,6 +296,13 @@ class Suite:
             if not self.children[name].wait(grace):
                 self.children[name].signal(signal.SIGKILL)
                 self.children[name].wait(5)
+
+    def close(self) -> None:
+        """Stop every child and release the ports held for them."""
+        self.stop()
+        self.ports.close()
+        if self._given_ports is not None:
+            self._given_ports.close()
 
     def exited(self) -> list[str]:
         return [name for name, child in self.children.items() if child.proc is not None and not child.alive()]
@@ -381,13 +405,6 @@ class Supervision:
         self._stop.set()
 
 
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.3):
@@ -464,7 +481,7 @@ async def run(settings: GatewaySettings) -> int:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         print("launcher: stopping...", file=sys.stderr)
-        suite.stop()
+        suite.close()
         backing.stop()
         print("launcher: stopped (data kept in " + settings.data_dir + ")", file=sys.stderr)
     return code

@@ -17,7 +17,7 @@ from gateway.app import ROUTES, create_app
 from gateway.auth import Authenticator
 from gateway.routes import Route, RouteError, build_routes
 from gateway.settings import GatewaySettings, load_gateway_settings
-from svclib import metrics
+from svclib import metrics, ports
 from svclib.config import ConfigError
 from svclib.logging import setup_logging
 from svclib.process import die_with_parent
@@ -32,7 +32,8 @@ async def serve(settings: GatewaySettings, routes: list[Route] | None = None) ->
     await runner.setup()
     exporter = metrics.start_exporter(settings.gateway_metrics_addr)
     try:
-        site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port)
+        site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port,
+                           reuse_port=ports.is_reserved(settings.gateway_port))  # svclib.ports
         await site.start()
         log.info("gateway listening on %s:%s", settings.gateway_host, settings.gateway_port,
                  extra={"routes": len(app[ROUTES])})

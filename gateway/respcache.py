@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +32,10 @@ class _Entry:
 
 
 class ResponseCache:
-    def __init__(self, size: int = 10_000, changes_kept: int = 100_000):
+    def __init__(self, size: int = 10_000, changes_kept: int = 100_000, clock: Callable[[], float] = time.time):
+        """`clock`: Unix seconds, against which a reply's `until` is checked (a test passes its own)."""
         self.size = size
+        self._clock = clock
         self.changes_kept = changes_kept
         self.enabled = False  # only while the change feed is live
         self._entries: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
@@ -51,7 +53,7 @@ class ResponseCache:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry.until <= time.time():
+        if entry.until <= self._clock():
             self._drop(key)
             return None
         self._entries.move_to_end(key)
@@ -63,7 +65,7 @@ class ResponseCache:
 
     def put(self, key: Hashable, user: str, body: bytes, until: float, stamp: int) -> bool:
         if (not self.enabled or stamp < self._floor or self._last_change.get(user, -1) > stamp
-                or until <= time.time()):
+                or until <= self._clock()):
             return False
         self._drop(key)
         self._entries[key] = _Entry(body, until, user)

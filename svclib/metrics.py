@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import socket
+import threading
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Histogram, make_wsgi_app, start_http_server
 from prometheus_client.exposition import choose_encoder
+
+from svclib import ports
 
 log = logging.getLogger("svclib.metrics")
 
@@ -62,7 +68,10 @@ class Exporter:
 
     def __init__(self, addr: str):
         host, _, port = addr.rpartition(":")
-        self.server, self._thread = start_http_server(int(port), host.strip("[]") or "0.0.0.0")
+        if ports.is_reserved(port):  # the parent holds the port for us (svclib.ports): share it
+            self.server, self._thread = _serve_on_reserved_port(host.strip("[]") or "0.0.0.0", int(port))
+        else:
+            self.server, self._thread = start_http_server(int(port), host.strip("[]") or "0.0.0.0")
         self.port = self.server.server_port
         log.info("metrics exporter listening", extra={"address": f"{host}:{self.port}"})
 
@@ -70,6 +79,26 @@ class Exporter:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=5)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _serve_on_reserved_port(host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+    """prometheus_client's `start_http_server`, bound with SO_REUSEPORT (which it cannot do)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+    class Server(ThreadingMixIn, WSGIServer):
+        address_family = family
+        allow_reuse_port = True
+        daemon_threads = True
+
+    server = make_server(host, port, make_wsgi_app(REGISTRY), Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics-exporter", daemon=True)
+    thread.start()
+    return server, thread
 
 
 def start_exporter(addr: str | None) -> Exporter | None:

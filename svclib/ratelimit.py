@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -60,7 +61,8 @@ _SWEEP_AT = 10_000
 
 class RateLimiter:
     def __init__(self, redis: aioredis.Redis | None, rate: float, *, burst: int = 1, prefix: str = "finpulse:rl:",
-                 lease: int = 1):
+                 lease: int = 1, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep):
+        """`sleep`: how `acquire` waits for its slot (a test passes one that records the wait)."""
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.redis = redis
@@ -68,6 +70,7 @@ class RateLimiter:
         self.burst_ms = self.interval_ms * max(burst - 1, 0)
         self.prefix = prefix
         self.lease = max(1, lease)
+        self._sleep = sleep
         self._script = redis.register_script(_GCRA) if redis is not None else None
         self._grant_script = redis.register_script(_GCRA_GRANT) if redis is not None else None
         self._local: dict[str, float] = {}
@@ -80,7 +83,7 @@ class RateLimiter:
         """Take the next slot under `key` and wait until it comes."""
         wait_ms = await self._reserve(key)
         if wait_ms > 0:
-            await asyncio.sleep(wait_ms / 1000.0)
+            await self._sleep(wait_ms / 1000.0)
 
     async def admit(self, key: str) -> float:
         """Admit a request under `key` now (0.0), or refuse it: the seconds until one would be admitted.

@@ -27,7 +27,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from svclib import i18n, limits, metrics, rich_status
+from svclib import i18n, limits, metrics, ports, rich_status
 from svclib.errors import DomainError
 from svclib.internal_auth import METADATA_KEY as AUTH_METADATA
 from svclib.internal_auth import Caller, InvalidStatement, Verifier, is_open
@@ -260,8 +260,11 @@ class GrpcServer:
         # Connections are recycled every few minutes (clients reconnect at once, in-flight calls get a
         # grace), so clients re-resolve their target and new replicas behind a headless Service get
         # their share of the calls.
+        # SO_REUSEPORT only on a port the parent holds for this process (svclib.ports): elsewhere a
+        # second server on the same port must fail, not share it.
+        reuse = 1 if ports.is_reserved(port) else 0
         self.server = grpc.aio.server(interceptors=[ServiceInterceptor(verifier, f"finpulse.{name}")],
-                                      options=[("grpc.so_reuseport", 0),
+                                      options=[("grpc.so_reuseport", reuse),
                                                ("grpc.max_connection_age_ms", 5 * 60 * 1000),
                                                ("grpc.max_connection_age_grace_ms", 30 * 1000)])
         self.health = health.aio.HealthServicer()

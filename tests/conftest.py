@@ -5,6 +5,11 @@ create a fresh database on that server for the session and drop it afterwards; w
 start the embedded Postgres and Redis in a temporary folder, exactly as `make up` does on a fresh
 machine. Nothing is mocked.
 
+Ports: nothing here picks a port by binding and releasing it (another process could take it in
+between). A server in the test process binds port 0 and the test reads the port back (`grpc_server`,
+`start_banks(..., {"vbank": 0})`, aiohttp's `runner.addresses`); a server in a child process gets a
+port the test reserved from the OS and holds until the end (`ports`, svclib.ports).
+
 pytest-grpc: tests declare `grpc_add_to_server`, `grpc_servicer` and `grpc_stub_cls` as the plugin
 documents. The plugin's own `grpc_server` is a thread-pool `grpc.server`, which cannot host
 `grpc.aio` servicers (their methods are coroutines and need the server's event loop), so the
@@ -15,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import tempfile
 import uuid
 from urllib.parse import urlparse, urlunparse
@@ -28,12 +32,15 @@ import pytest_asyncio
 from svclib import db
 from svclib.cache import Cache
 from svclib.embedded import BackingServices, ensure_backing_services
+from svclib.ports import PortReservations
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.fixture
+def ports():
+    """Ports reserved from the OS for this test's child processes (svclib.ports), released after it.
+    Children learn they may bind them from `ports.env()` (FINPULSE_RESERVED_PORTS)."""
+    with PortReservations() as reserved:
+        yield reserved
 
 
 def _with_database(url: str, name: str) -> str:
@@ -124,10 +131,6 @@ async def schema_pool(database_url):
         await pool.close()
 
 
-@pytest.fixture
-def grpc_addr() -> str:
-    """A fresh port per test (pytest-grpc's is per module)."""
-    return f"127.0.0.1:{free_port()}"
 
 
 #: The internal secret of the in-process servers and channels below (svclib.internal_auth).
@@ -157,21 +160,28 @@ class _SignedCalls(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamCli
 
 
 @pytest_asyncio.fixture
-async def grpc_server(grpc_addr, grpc_add_to_server, grpc_servicer):
-    """pytest-grpc's server fixture, on grpc.aio (see the module docstring)."""
+async def grpc_server(grpc_add_to_server, grpc_servicer):
+    """pytest-grpc's server fixture, on grpc.aio (see the module docstring), on a port of its own from
+    the OS (`server.port`; pytest-grpc's is one per module)."""
     from svclib.internal_auth import Verifier
     from svclib.server import ServiceInterceptor
 
     server = grpc.aio.server(interceptors=[ServiceInterceptor(Verifier(INTERNAL_SECRET))])
     grpc_add_to_server(grpc_servicer, server)
-    server.add_insecure_port(grpc_addr)
+    server.port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     yield server
     await server.stop(None)
 
 
+@pytest.fixture
+def grpc_addr(grpc_server) -> str:
+    """Where `grpc_server` listens."""
+    return f"127.0.0.1:{grpc_server.port}"
+
+
 @pytest_asyncio.fixture
-async def grpc_create_channel(grpc_addr, grpc_server):
+async def grpc_create_channel(grpc_addr):
     channels: list[grpc.aio.Channel] = []
 
     def create(credentials=None, options=None) -> grpc.aio.Channel:
@@ -205,9 +215,10 @@ def suite(fresh_database, tmp_path_factory):
     from svclib.config import KNOWN_BANKS, load_settings
 
     log_dir = str(tmp_path_factory.mktemp("suite-logs"))
+    ports = PortReservations()  # every port of the suite, held until its end
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
     env.update(FINPULSE_ENV="local", FINPULSE_GRPC_HOST="127.0.0.1", FINPULSE_GATEWAY_HOST="127.0.0.1",
-               FINPULSE_GATEWAY_PORT=str(free_port()), FINPULSE_SHUTDOWN_GRACE="2",
+               FINPULSE_GATEWAY_PORT=str(ports.port()), FINPULSE_SHUTDOWN_GRACE="2",
                FINPULSE_DATA_DIR=log_dir, FINPULSE_LOG_LEVEL="INFO", FINPULSE_SYNC_LEASE="4",
                # The flows below send bursts far above a person's (test_isolation walks every route at
                # once); the per-user limit itself is tested on a gateway of its own (test_gateway.py).
@@ -215,25 +226,24 @@ def suite(fresh_database, tmp_path_factory):
                # Its own Redis keys: a shared Redis may hold another run's (for another database).
                FINPULSE_REDIS_PREFIX=f"finpulse-test-{uuid.uuid4().hex[:8]}:")
     for name in SERVICES:
-        env[f"FINPULSE_{name.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
-        env[f"FINPULSE_{name.upper()}_METRICS_ADDR"] = f"127.0.0.1:{free_port()}"  # Prometheus exporter
+        env[f"FINPULSE_{name.upper()}_ADDR"] = ports.addr()
+        env[f"FINPULSE_{name.upper()}_METRICS_ADDR"] = ports.addr()  # Prometheus exporter
     for bank_id in KNOWN_BANKS:
-        env[f"FINPULSE_BANK_{bank_id.upper()}_URL"] = f"http://127.0.0.1:{free_port()}"
+        env[f"FINPULSE_BANK_{bank_id.upper()}_URL"] = ports.url()
     settings = load_settings(env)
     # 50 emulator customers: each test against the shared suite takes its own (tests/test_isolation.py:
     # 38 and 39, test_bank_outage.py: 41, test_e2e_app.py: 30 and 42); two tests sharing one see each
     # other's jobs.
     running = Suite(settings, fresh_database("suite"), base_env=env, log_dir=log_dir,
-                    emulator_args=["--customers", "50"])
-    asyncio.run(running.migrate())
-    running.start()
+                    emulator_args=["--customers", "50"], ports=ports)
     try:
+        asyncio.run(running.migrate())
+        running.start()
         asyncio.run(running.wait_healthy())
-    except RuntimeError:
-        running.stop()
-        raise
-    yield running
-    running.stop()
+        yield running
+    finally:
+        running.close()  # the children, then their ports
+        ports.close()  # (when Suite() itself failed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,7 +44,13 @@ MACHINE_PORTS = {5432, 6379}
 
 
 def free_port() -> int:
-    """A loopback port the OS picks (bound to 0 and read back), never one of the machine's servers."""
+    """A loopback port the OS picks (bound to 0 and read back), never one of the machine's servers.
+
+    Only for the private postgres and redis-server below: third-party servers that bind without
+    SO_REUSEPORT, so the port cannot stay reserved for them (svclib.ports), and that the fault tests stop
+    and start again on the same port on purpose (an outage), which no reservation could cover anyway.
+    The window is the few milliseconds before each first start; the suite's own processes get reserved
+    ports (`start_suite`)."""
     while True:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
@@ -308,30 +314,32 @@ def start_suite(database_url: str, redis_url: str, log_dir: str, *, customers: i
     from deploy.launcher import SERVICES, RestartPolicy, Suite
     from svclib.config import KNOWN_BANKS, load_settings
     from svclib.embedded import BackingServices
+    from svclib.ports import PortReservations
 
+    ports = PortReservations()  # held until suite.close() (svclib.ports)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
     env.update(FINPULSE_ENV="local", FINPULSE_GRPC_HOST="127.0.0.1", FINPULSE_GATEWAY_HOST="127.0.0.1",
-               FINPULSE_GATEWAY_PORT=str(free_port()), FINPULSE_SHUTDOWN_GRACE="2",
+               FINPULSE_GATEWAY_PORT=str(ports.port()), FINPULSE_SHUTDOWN_GRACE="2",
                FINPULSE_DATA_DIR=log_dir, FINPULSE_LOG_LEVEL="INFO", FINPULSE_SYNC_LEASE="4",
                FINPULSE_USER_RATE_LIMIT="1000", FINPULSE_USER_RATE_BURST="2000",
                FINPULSE_REDIS_PREFIX=f"finpulse-faults-{uuid.uuid4().hex[:8]}:")
     for name in SERVICES:
-        env[f"FINPULSE_{name.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
-        env[f"FINPULSE_{name.upper()}_METRICS_ADDR"] = f"127.0.0.1:{free_port()}"
+        env[f"FINPULSE_{name.upper()}_ADDR"] = ports.addr()
+        env[f"FINPULSE_{name.upper()}_METRICS_ADDR"] = ports.addr()
     for bank_id in KNOWN_BANKS:
-        env[f"FINPULSE_BANK_{bank_id.upper()}_URL"] = f"http://127.0.0.1:{free_port()}"
+        env[f"FINPULSE_BANK_{bank_id.upper()}_URL"] = ports.url()
     env.update(extra_env or {})
     settings = load_settings(env)
     suite = Suite(settings, BackingServices(database_url, redis_url), base_env=env, log_dir=log_dir,
                   emulator_args=["--customers", str(customers)],
                   # The launcher's own policy, but a kill in one test must not slow the next one's restart.
-                  restart_policy=RestartPolicy(stable_after=5.0))
+                  restart_policy=RestartPolicy(stable_after=5.0), ports=ports)
     asyncio.run(suite.migrate())
     suite.start()
     try:
         asyncio.run(suite.wait_healthy(timeout=90))
     except RuntimeError:
-        suite.stop()
+        suite.close()
         raise
     supervision = suite.supervise_in_background(reports or Reports(), poll=0.1)
     return suite, supervision

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
-import socket
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -636,17 +636,11 @@ def test_config_from_env_and_its_errors():
         SandboxConfig(payment_consent_form={"vbank": "xml"})
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-async def test_main_serves_the_banks_until_sigterm():
-    ports = {bank_id: _free_port() for bank_id in ("vbank", "abank", "sbank")}
+async def test_main_serves_the_banks_until_sigterm(ports):
+    reserved, ports = ports, {bank_id: ports.port() for bank_id in ("vbank", "abank", "sbank")}  # svclib.ports
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bank_sandbox", "--banks", ",".join(f"{b}={p}" for b, p in ports.items()),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        env={**os.environ, **reserved.env()}, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     try:
         async with aiohttp.ClientSession() as session:
             for port in ports.values():

@@ -17,7 +17,7 @@ import pytest
 from bank_sandbox import SandboxConfig, start_banks
 from bank_sandbox.consents import Consent, PaymentTerms
 from bank_sandbox.persistence import FILE_NAME, StateError, StateFile, decode_consent, decode_record, encode
-from tests.conftest import free_port
+from svclib.ports import PortReservations
 from tests.test_bank_sandbox import CUSTOMER, TEAM, Bank
 
 pytestmark = pytest.mark.timeout(120)
@@ -25,11 +25,13 @@ BANKS = ("vbank", "abank", "sbank")  # sbank approves manually
 
 
 class Emulator:
-    """`python -m bank_sandbox --state-dir DIR` as its own process, on fixed free ports."""
+    """`python -m bank_sandbox --state-dir DIR` as its own process, on ports from the OS that this object
+    holds until `close()` (svclib.ports): a restarted emulator finds them again."""
 
     def __init__(self, state_dir: str, *extra: str):
         self.state_dir = state_dir
-        self.ports = {bank: free_port() for bank in BANKS}
+        self.reserved = PortReservations()
+        self.ports = {bank: self.reserved.port() for bank in BANKS}
         self.extra = extra
         self.process: asyncio.subprocess.Process | None = None
         self.urls = {bank: f"http://127.0.0.1:{port}" for bank, port in self.ports.items()}
@@ -37,7 +39,7 @@ class Emulator:
     async def start(self, session: aiohttp.ClientSession) -> None:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bank_sandbox", "--banks", ",".join(f"{b}={p}" for b, p in self.ports.items()),
-            "--state-dir", self.state_dir, *self.extra,
+            "--state-dir", self.state_dir, *self.extra, env={**os.environ, **self.reserved.env()},
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         deadline = asyncio.get_running_loop().time() + 30
         for url in self.urls.values():
@@ -61,6 +63,7 @@ class Emulator:
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
+        self.reserved.close()
 
 
 @pytest.fixture
@@ -181,13 +184,13 @@ async def test_consents_payments_and_their_effects_survive_kill_9(tmp_path, sess
         await emulator.close()
 
 
-async def test_one_process_per_state_folder(tmp_path, session):
+async def test_one_process_per_state_folder(tmp_path, session, ports):
     first = Emulator(str(tmp_path))
     try:
         await first.start(session)
         second = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bank_sandbox", "--banks", f"vbank={free_port()}", "--state-dir", str(tmp_path),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            sys.executable, "-m", "bank_sandbox", "--banks", f"vbank={ports.port()}", "--state-dir", str(tmp_path),
+            env={**os.environ, **ports.env()}, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         _, stderr = await asyncio.wait_for(second.communicate(), 30)
         assert second.returncode == 1 and b"another bank emulator uses" in stderr
     finally:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -44,7 +43,6 @@ from bankapi.models import Transaction, agreement_id_from_text, parse_datetime
 from bankapi.tokens import Token, TokenCache
 from svclib.logging import request_id_var
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 TEAM = TeamCredentials(client_id="team200", client_secret="finpulse-dev-secret", name="FinPulse")
 CUSTOMER = "team200-1"
 APPROVAL = {"vbank": "auto", "abank": "auto", "sbank": "manual"}
@@ -52,17 +50,10 @@ APPROVAL = {"vbank": "auto", "abank": "auto", "sbank": "manual"}
 
 # ------------------------------------------------------------------------------------------ fixtures
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 async def start_sandbox():
     """Start the three emulator banks on free ports with a given SandboxConfig; `.urls` maps bank id →
     base URL. Everything started is stopped at teardown."""
-    pytest.importorskip("bank_sandbox.app", reason="bank_sandbox (the emulator) is not available")
     from bank_sandbox.app import start_banks
     from bank_sandbox.config import SandboxConfig
 
@@ -86,13 +77,9 @@ async def sandbox(start_sandbox):
 
 
 @pytest.fixture
-async def redis_client():
-    client = aioredis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=2)
-    try:
-        await client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no Redis here"
-        await client.aclose()
-        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
+async def redis_client(redis_url):
+    """The session's Redis (tests/conftest.py: the configured server, else an embedded one): never skipped."""
+    client = aioredis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2)
     yield client
     await client.aclose()
 
@@ -259,8 +246,9 @@ async def test_registry_is_configured_by_its_caller_only(sandbox):
             clients.get("abank")
 
 
-async def test_redis_store_degrades_when_redis_is_down():
-    down = aioredis.Redis(host="127.0.0.1", port=_free_port(), socket_connect_timeout=0.2)
+async def test_redis_store_degrades_when_redis_is_down(ports):
+    # A port held by this test and listening nowhere: every connection is refused (svclib.ports).
+    down = aioredis.Redis(host="127.0.0.1", port=ports.port(), socket_connect_timeout=0.2)
     store = RedisTokenStore(down, prefix="finpulse:test:down:", op_timeout=0.3)
     started = time.monotonic()
     assert await store.get("vbank:team200") is None
@@ -299,18 +287,37 @@ async def test_token_refreshed_once_on_401(sandbox, token_store):
     assert fresh != "bogus-token" and fresh in (await token_store.get("vbank:team200"))
 
 
+class Clock:
+    """Epoch seconds that move only when the test says so."""
+
+    def __init__(self, now: float = 1_700_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def test_token_renewed_before_expiry():
+    clock = Clock()
     fetched = []
 
     async def fetch() -> Token:
         fetched.append(1)
-        return Token.issued(f"token-{len(fetched)}", expires_in=0.5)  # renewed 10 % (0.05 s) early
+        return Token.issued(f"token-{len(fetched)}", expires_in=100, now=clock())  # renewed 10 % (10 s) early
 
-    cache = TokenCache("vbank:team200", fetch, MemoryTokenStore())
+    store = MemoryTokenStore(clock)
+    cache = TokenCache("vbank:team200", fetch, store, clock=clock)
     assert Token.issued("t", 86400).refresh_at == pytest.approx(time.time() + 86400 - 300, abs=1)
     assert await cache.get() == await cache.get() == "token-1"
-    await asyncio.sleep(0.46)
-    assert await cache.get() == "token-2" and len(fetched) == 2
+    clock.now += 89.9
+    assert await cache.get() == "token-1" and len(fetched) == 1, "still fresh just before the margin"
+    clock.now += 0.2
+    assert await cache.get() == "token-2" and len(fetched) == 2, "renewed 10 % before it expires"
+    # Another process's cache finds the renewed token in the store (its TTL ends at its refresh time).
+    other = TokenCache("vbank:team200", fetch, store, clock=clock)
+    assert await other.get() == "token-2" and len(fetched) == 2
+    clock.now += 90.1
+    assert await other.get() == "token-3" and len(fetched) == 3
 
 
 async def test_bad_credentials_and_unusable_tokens_raise_auth_failed(start_sandbox, caplog):

@@ -27,7 +27,7 @@ import pytest
 
 from bank_sandbox import data as bank_data
 from deploy.launcher import Child
-from tests.conftest import free_port
+from svclib.ports import PortReservations
 from tests.e2e import Http, customer_signs, eventually
 
 USER = "team200-30"
@@ -40,9 +40,10 @@ BANKS = ("vbank", "abank", "sbank")
 @pytest.fixture(scope="module")
 def app_gateway(suite):
     """A second gateway on the same services with the development switch on: the app sends no token."""
-    port = free_port()
+    ports = PortReservations()  # its port, held until it stops (svclib.ports)
+    port = ports.port()
     env = {**suite.env, "FINPULSE_AUTH_DEV_TRUST_USER": "1", "FINPULSE_GATEWAY_PORT": str(port),
-           "FINPULSE_GATEWAY_HOST": "127.0.0.1"}
+           "FINPULSE_GATEWAY_HOST": "127.0.0.1", **ports.env()}
     child = Child("app-gateway", [sys.executable, "-m", "gateway"], env,
                   os.path.join(suite.log_dir, "app-gateway.log") if suite.log_dir else None)
     child.start()
@@ -59,6 +60,7 @@ def app_gateway(suite):
     yield url
     child.signal(15)
     child.wait(15)
+    ports.close()
 
 
 class App:

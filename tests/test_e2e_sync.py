@@ -12,7 +12,6 @@ import aiohttp
 import pytest
 
 from deploy.launcher import Child, grpc_serving
-from tests.conftest import free_port
 from tests.e2e import Http, eventually, onboard, set_faults, wait_synced
 
 pytestmark = pytest.mark.timeout(300)
@@ -211,12 +210,12 @@ async def test_kill_9_mid_sync_then_restart_completes(suite, http, db, bank_urls
     assert attempts >= 2, "the killed worker's job was taken over"
 
 
-async def test_two_sync_processes_run_every_job_once(suite, http, db, bank_urls):
+async def test_two_sync_processes_run_every_job_once(suite, http, db, bank_urls, ports):
     users = [f"team200-{n}" for n in range(16, 20)]
-    port = free_port()
-    second = Child("sync-2", suite.children["sync"].argv,
-                   {**suite.children["sync"].env, "FINPULSE_GRPC_PORT": str(port),
-                    "FINPULSE_SYNC_METRICS_ADDR": f"127.0.0.1:{free_port()}"},
+    port = ports.port()
+    env = {**suite.children["sync"].env, "FINPULSE_GRPC_PORT": str(port), "FINPULSE_SYNC_METRICS_ADDR": ports.addr()}
+    env.update(ports.env(env))  # it binds the ports this test holds for it (svclib.ports)
+    second = Child("sync-2", suite.children["sync"].argv, env,
                    suite.children["sync"].log_path.replace("sync.log", "sync-2.log"))
     second.start()
     try:

@@ -143,7 +143,7 @@ def faulty(tmp_path_factory):
         yield env
     finally:
         supervision.stop()
-        suite.stop()
+        suite.close()
         redis.destroy()
         postgres.destroy()
 

@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -158,13 +157,6 @@ class Backend:
 
     def methods_called(self) -> list[str]:
         return [c.method for c in self.calls]
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound and released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -548,8 +540,8 @@ async def test_servicer_exception_is_500_without_its_text(gw, backends):
     assert "secret" not in text and json.loads(text)["error"] == "UNKNOWN"
 
 
-async def test_backend_down_is_503(make_gateway, backends):
-    gw = await make_gateway({"FINPULSE_SYNC_ADDR": f"127.0.0.1:{free_port()}"})
+async def test_backend_down_is_503(make_gateway, backends, ports):
+    gw = await make_gateway({"FINPULSE_SYNC_ADDR": ports.addr()})  # held, listening nowhere: refused
     resp = await gw.get("/api/banks?user_id=u1")
     assert resp.status == 503
     data = await resp.json()
@@ -661,12 +653,12 @@ async def test_healthz_and_readyz(gw, backends):
     assert data["not_ready"] == ["consent"] and data["services"]["consent"] == "NOT_SERVING"
 
 
-async def test_readyz_without_health_service_or_backend(make_gateway, backends):
+async def test_readyz_without_health_service_or_backend(make_gateway, backends, ports):
     bare = Backend("dashboard", with_health=False)
     await bare.start()
     try:
         gw = await make_gateway({"FINPULSE_DASHBOARD_ADDR": bare.addr,
-                                 "FINPULSE_SYNC_ADDR": f"127.0.0.1:{free_port()}"})
+                                 "FINPULSE_SYNC_ADDR": ports.addr()})  # listening nowhere
         resp = await gw.get("/readyz")
         assert resp.status == 503
         data = await resp.json()
@@ -694,12 +686,12 @@ def test_main_bad_config_exits_2():
     assert "FINPULSE_GATEWAY_PORT" in proc.stderr and "Traceback" not in proc.stderr
 
 
-async def test_main_serves_and_stops_on_sigterm():
-    port = free_port()
+async def test_main_serves_and_stops_on_sigterm(ports):
+    port = ports.port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", cwd=ROOT, stderr=asyncio.subprocess.PIPE,
         env=_run_env(FINPULSE_GATEWAY_HOST="127.0.0.1", FINPULSE_GATEWAY_PORT=str(port),
-                     FINPULSE_JWT_SECRET="x" * 32))
+                     FINPULSE_JWT_SECRET="x" * 32, **ports.env()))
     try:
         for _ in range(200):
             try:
@@ -874,8 +866,9 @@ async def test_per_user_rate_limit_is_shared_through_redis(make_gateway, backend
 def test_response_cache_rules(monkeypatch):
     from gateway.respcache import ResponseCache
 
-    cache = ResponseCache(size=3)
-    future = time.time() + 60
+    now = [time.time()]
+    cache = ResponseCache(size=3, clock=lambda: now[0])
+    future = now[0] + 60
     assert not cache.put("k", "u1", b"x", future, cache.stamp()), "nothing is kept without a live change feed"
     cache.feed_state(True)
     stamp = cache.stamp()
@@ -886,9 +879,12 @@ def test_response_cache_rules(monkeypatch):
     assert cache.get("k") is None, "u1's change drops them"
     assert not cache.put("k", "u1", b"old", future, stamp), "asked before the change: refused"
     assert cache.put("k", "u1", b"new", future, cache.stamp())
-    assert not cache.put("p", "u1", b"x", time.time() - 1, cache.stamp()), "already expired"
-    cache.put("e", "u1", b"soon", time.time() + 0.05, cache.stamp())
-    time.sleep(0.06)
+    assert not cache.put("p", "u1", b"x", now[0] - 1, cache.stamp()), "already expired"
+    assert not cache.put("p", "u1", b"x", now[0], cache.stamp()), "expires now"
+    assert cache.put("e", "u1", b"soon", now[0] + 0.05, cache.stamp())
+    now[0] += 0.049
+    assert cache.get("e") == b"soon"
+    now[0] += 0.002
     assert cache.get("e") is None
     for n in range(5):
         cache.put(f"n{n}", "u3", b"n", future, cache.stamp())
@@ -950,10 +946,10 @@ async def test_gateway_serves_marked_replies_until_a_change_is_announced(make_ga
     assert len(backends["dashboard"].calls) == 4, "bob's copy survived alice's change"
 
 
-async def test_gateway_keeps_nothing_without_a_change_feed(make_gateway, backends):
+async def test_gateway_keeps_nothing_without_a_change_feed(make_gateway, backends, ports):
     from svclib.cache import CACHE_UNTIL_METADATA
 
-    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    dead_redis = f"redis://127.0.0.1:{ports.port()}/0"  # held, listening nowhere: refused
     gw = await make_gateway({"FINPULSE_AUTH_DEV_TRUST_USER": "0", "FINPULSE_JWT_SECRET": SECRET,
                              "FINPULSE_REDIS_URL": dead_redis})
     until = str(int((time.time() + 60) * 1000))
@@ -969,24 +965,31 @@ def test_verified_tokens_are_remembered_until_they_expire(monkeypatch):
     from gateway import auth
 
     monkeypatch.setattr(auth, "LEEWAY", dt.timedelta(0))
-    authenticator = auth.Authenticator(load_gateway_settings({"FINPULSE_JWT_SECRET": SECRET}))
-    token = _token("team200-1", exp=int(time.time()) + 2)
+    now = [time.time()]
+    authenticator = auth.Authenticator(load_gateway_settings({"FINPULSE_JWT_SECRET": SECRET}), clock=lambda: now[0])
+    exp = int(now[0]) + 60
+    token = _token("team200-1", exp=exp)
     assert authenticator.verify(token) == "team200-1"
-    real_decode = auth.jwt.decode
+
+    def expired(*args, **kwargs):  # what PyJWT (on the wall clock) answers once `exp` has passed
+        raise auth.jwt.ExpiredSignatureError("Signature has expired")
+
     monkeypatch.setattr(auth.jwt, "decode", lambda *a, **k: pytest.fail("a remembered token is not decoded again"))
-    assert authenticator.verify(token) == "team200-1"
-    monkeypatch.setattr(auth.jwt, "decode", real_decode)
-    time.sleep(max(0.0, int(time.time()) + 2 - time.time()) + 1.05)
+    now[0] = exp - 0.01
+    assert authenticator.verify(token) == "team200-1", "remembered until its expiry"
+    monkeypatch.setattr(auth.jwt, "decode", expired)
+    now[0] = exp
     with pytest.raises(auth.Unauthenticated, match="expired"):
-        authenticator.verify(token)
+        authenticator.verify(token)  # past its expiry it is verified again, and refused
 
 
-async def test_metrics_on_their_own_address_are_not_on_the_public_port():
-    port, metrics_port = free_port(), free_port()
+async def test_metrics_on_their_own_address_are_not_on_the_public_port(ports):
+    port, metrics_port = ports.port(), ports.port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", cwd=ROOT, stderr=asyncio.subprocess.DEVNULL,
         env=_run_env(FINPULSE_GATEWAY_HOST="127.0.0.1", FINPULSE_GATEWAY_PORT=str(port),
-                     FINPULSE_GATEWAY_METRICS_ADDR=f"127.0.0.1:{metrics_port}", FINPULSE_JWT_SECRET="x" * 32))
+                     FINPULSE_GATEWAY_METRICS_ADDR=f"127.0.0.1:{metrics_port}", FINPULSE_JWT_SECRET="x" * 32,
+                     **ports.env()))
     try:
         async with aiohttp.ClientSession() as session:
             for _ in range(200):

@@ -12,12 +12,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 import pytest
 
 from deploy.launcher import grpc_serving
 from svclib.config import KNOWN_BANKS, SERVICE_PORTS
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,17 +50,19 @@ def _descendants(pid: int) -> list[int]:
 
 
 @pytest.fixture
-def launcher_env(fresh_database, tmp_path):
+def launcher_env(fresh_database, tmp_path, ports):
+    """The launcher's settings, on ports this test holds for its children (svclib.ports)."""
     backing = fresh_database("launcher")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
     env.update(FINPULSE_DATABASE_URL=backing.database_url, FINPULSE_REDIS_URL=backing.redis_url,
-               FINPULSE_REDIS_PREFIX=f"finpulse-launcher-{free_port()}:", FINPULSE_DATA_DIR=str(tmp_path),
-               FINPULSE_GATEWAY_HOST="127.0.0.1", FINPULSE_GATEWAY_PORT=str(free_port()),
+               FINPULSE_REDIS_PREFIX=f"finpulse-launcher-{uuid.uuid4().hex[:8]}:", FINPULSE_DATA_DIR=str(tmp_path),
+               FINPULSE_GATEWAY_HOST="127.0.0.1", FINPULSE_GATEWAY_PORT=str(ports.port()),
                FINPULSE_GRPC_HOST="127.0.0.1", FINPULSE_SHUTDOWN_GRACE="1")
     for name in SERVICE_PORTS:
-        env[f"FINPULSE_{name.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
+        env[f"FINPULSE_{name.upper()}_ADDR"] = ports.addr()
     for bank in KNOWN_BANKS:
-        env[f"FINPULSE_BANK_{bank.upper()}_URL"] = f"http://127.0.0.1:{free_port()}"
+        env[f"FINPULSE_BANK_{bank.upper()}_URL"] = ports.url()
+    env.update(ports.env())
     return env
 
 

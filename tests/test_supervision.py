@@ -14,7 +14,6 @@ import pytest
 
 from deploy.launcher import Child, RestartPolicy, Suite, Supervisor, describe_exit
 from svclib.config import KNOWN_BANKS, load_settings
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(120)
 TEAM, SECRET = "team200", "finpulse-dev-secret"
@@ -95,17 +94,17 @@ def test_exit_descriptions():
 # ------------------------------------------------------------------------------ real processes
 
 @pytest.fixture
-def emulator_suite(tmp_path, fresh_database):
+def emulator_suite(tmp_path, fresh_database, ports):
     """A Suite whose only started child is the bank emulator (its health: its ports answer)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
     env.update(FINPULSE_ENV="local", FINPULSE_DATA_DIR=str(tmp_path / "data"), FINPULSE_SHUTDOWN_GRACE="1",
-               FINPULSE_GATEWAY_PORT=str(free_port()))
+               FINPULSE_GATEWAY_PORT=str(ports.port()))
     for bank_id in KNOWN_BANKS:
-        env[f"FINPULSE_BANK_{bank_id.upper()}_URL"] = f"http://127.0.0.1:{free_port()}"
+        env[f"FINPULSE_BANK_{bank_id.upper()}_URL"] = ports.url()
     suite = Suite(load_settings(env), fresh_database("supervision"), base_env=env, log_dir=str(tmp_path),
-                  restart_policy=RestartPolicy(first_delay=0.2, max_delay=1.0, stable_after=30))
+                  restart_policy=RestartPolicy(first_delay=0.2, max_delay=1.0, stable_after=30), ports=ports)
     yield suite
-    suite.stop()
+    suite.close()
 
 
 class Reports:

@@ -15,6 +15,7 @@ from gateway.settings import load_gateway_settings
 from svclib import db
 from svclib.cache import Cache
 from svclib.config import ConfigError
+import itertools
 
 
 def test_config_defaults_are_the_local_suite():
@@ -134,8 +135,9 @@ async def test_raise_to_never_moves_backwards(cache: Cache):
 
 
 async def test_rate_limiter_caps_requests_across_limiters(redis_url):
-    """Two limiters (two replicas) on one key share one budget: 20 requests at 50/s with a burst of 5
-    cannot finish before (20 - 5) / 50 = 0.3 s."""
+    """Two limiters (two replicas) on one key share one budget: of 20 requests at 50/s with a burst of 5,
+    the first 5 go at once and each other one waits for a slot of its own, 20 ms after the previous one:
+    the last (20 - 5) / 50 = 0.3 s after the first (the waits are recorded, not slept)."""
     import time
 
     import redis.asyncio as aioredis
@@ -144,11 +146,19 @@ async def test_rate_limiter_caps_requests_across_limiters(redis_url):
 
     client = aioredis.from_url(redis_url)
     key = f"test-{uuid.uuid4().hex[:8]}"
-    first, second = (RateLimiter(client, 50, burst=5, prefix="finpulse-test:rl:") for _ in range(2))
+    waits: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waits.append(seconds)
+
+    first, second = (RateLimiter(client, 50, burst=5, prefix="finpulse-test:rl:", sleep=record) for _ in range(2))
     started = time.perf_counter()
     await asyncio.gather(*(limiter.acquire(key) for limiter in (first, second) for _ in range(10)))
-    elapsed = time.perf_counter() - started
-    assert elapsed >= 0.28, elapsed
+    elapsed = time.perf_counter() - started  # the slots' clock (Redis's) moved this much meanwhile
+    assert 15 - elapsed / 0.02 - 1 <= len(waits) <= 15, waits
+    assert 0.3 - elapsed - 0.002 <= max(waits) <= 0.3 + 0.002, (waits, elapsed)
+    ordered = sorted(waits)
+    assert all(b - a >= 0.02 - elapsed - 0.002 for a, b in itertools.pairwise(ordered)), "one slot per request"
     await client.delete(f"finpulse-test:rl:{key}")
     await client.aclose()
 
@@ -253,7 +263,10 @@ async def test_advisory_lock_gives_its_connection_back_when_cancelled_or_cut_off
                         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = "
                         "(hashtextextended('test-lock', 0) & x'ffffffff'::bigint)::oid AND granted")
                     await admin.execute("SELECT pg_terminate_backend($1)", pid)
-                    await asyncio.sleep(0.2)
+                    for _ in range(500):  # until that session is gone (the signal is asynchronous)
+                        if not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+                            break
+                        await asyncio.sleep(0.01)
                     raise LookupError("the block's own error is the one the caller sees")
             async with db.AdvisoryLock(pool, "test-lock", wait=False):
                 pass  # free again: the session that held it is gone
