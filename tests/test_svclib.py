@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import pathlib
 import subprocess
@@ -15,7 +16,6 @@ from gateway.settings import load_gateway_settings
 from svclib import db
 from svclib.cache import Cache
 from svclib.config import ConfigError
-import itertools
 
 
 def test_config_defaults_are_the_local_suite():
