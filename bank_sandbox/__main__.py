@@ -4,6 +4,7 @@ Settings: defaults, then the environment (see `SandboxConfig.from_env`), then th
 With --state-dir DIR the banks keep what changes (consents, payments and their effects, fault knobs)
 in DIR/banks.json, written before each answer, and start from it again; without it, in memory only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,6 +28,7 @@ T = TypeVar("T")
 
 def _pairs(convert: Callable[[str], T]) -> Callable[[str], dict[str, T]]:
     """An argparse type for "bank=value,bank=value"."""
+
     def parse(text: str) -> dict[str, T]:
         pairs: dict[str, T] = {}
         for item in filter(None, (part.strip() for part in text.split(","))):
@@ -40,6 +42,7 @@ def _pairs(convert: Callable[[str], T]) -> Callable[[str], dict[str, T]]:
         if not pairs:
             raise argparse.ArgumentTypeError("expected at least one bank=value")
         return pairs
+
     return parse
 
 
@@ -59,9 +62,13 @@ def _approval(text: str) -> str:
 def parse_args(argv: list[str] | None = None) -> tuple[SandboxConfig, dict[str, int], str, str | None]:
     parser = argparse.ArgumentParser(prog="python -m bank_sandbox", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--banks", type=_pairs(_port), default=dict(DEFAULT_PORTS),
-                        help="bank=port,... (port 0: any free port); default: "
-                             + ",".join(f"{bank}={port}" for bank, port in DEFAULT_PORTS.items()))
+    parser.add_argument(
+        "--banks",
+        type=_pairs(_port),
+        default=dict(DEFAULT_PORTS),
+        help="bank=port,... (port 0: any free port); default: "
+        + ",".join(f"{bank}={port}" for bank, port in DEFAULT_PORTS.items()),
+    )
     parser.add_argument("--approval", type=_pairs(_approval), help="bank=auto|manual,...")
     parser.add_argument("--latency-ms", type=float)
     parser.add_argument("--error-rate", type=float)
@@ -74,8 +81,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[SandboxConfig, dict[str, 
     parser.add_argument("--token-ttl", type=int)
     parser.add_argument("--team-id")
     parser.add_argument("--team-secret")
-    parser.add_argument("--state-dir", metavar="DIR",
-                        help="keep the banks' changes in DIR/banks.json and start from it (default: memory only)")
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="keep the banks' changes in DIR/banks.json and start from it (default: memory only)",
+    )
     args = parser.parse_args(argv)
     fields = {f.name for f in dataclasses.fields(SandboxConfig)}
     overrides = {name: value for name, value in vars(args).items() if name in fields and value is not None}

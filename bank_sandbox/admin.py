@@ -1,4 +1,5 @@
 """Endpoints for tests and demos under /__admin__/: no auth, never hit by faults or outages."""
+
 from __future__ import annotations
 
 import dataclasses

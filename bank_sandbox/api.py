@@ -1,4 +1,5 @@
 """The banks' Open Banking API (docs/bank-api.md), answered from one bank's in-memory state."""
+
 from __future__ import annotations
 
 import asyncio
@@ -61,9 +62,18 @@ class BankApi:
 
     def _issue(self, subject: str, token_type: str) -> str:
         now = int(time.time())
-        return tokens.encode({"sub": subject, "client_id": subject, "type": token_type, "iss": self.state.bank_id,
-                              "aud": "openbanking", "iat": now, "exp": now + self.state.config.token_ttl},
-                             self.state.secret)
+        return tokens.encode(
+            {
+                "sub": subject,
+                "client_id": subject,
+                "type": token_type,
+                "iss": self.state.bank_id,
+                "aud": "openbanking",
+                "iat": now,
+                "exp": now + self.state.config.token_ttl,
+            },
+            self.state.secret,
+        )
 
     def _claims(self, request: web.Request, token_type: str) -> dict[str, Any]:
         """The verified claims of the request's bearer token: this bank's, unexpired, of `token_type`."""
@@ -90,13 +100,13 @@ class BankApi:
             got = f"got {value!r}" if value else "the header is missing"
             raise ApiError(403, f"X-Requesting-Bank must be the team id {self.team_id!r} ({got})")
 
-    def _consented(self, request: web.Request, kind: ConsentKind, client_id: str | None,
-                   permissions: Sequence[str]) -> Customer:
+    def _consented(
+        self, request: web.Request, kind: ConsentKind, client_id: str | None, permissions: Sequence[str]
+    ) -> Customer:
         """The customer whose consent, in the kind's header, allows this call."""
         if client_id is not None:
             self.state.customer(client_id)  # an unknown customer is 404 before any consent question
-        consent = self.state.consents.require(kind, request.headers.get(kind.header), client_id, permissions,
-                                              utcnow())
+        consent = self.state.consents.require(kind, request.headers.get(kind.header), client_id, permissions, utcnow())
         return self.state.customer(consent.client_id)
 
     async def bank_token(self, request: web.Request) -> web.Response:
@@ -108,9 +118,15 @@ class BankApi:
             raise ApiError(401, "Invalid client_id")
         if not hmac.compare_digest(secret.encode(), self.state.config.team_secret.encode()):
             raise ApiError(401, "Invalid client_secret")
-        return json_response({"access_token": self._issue(self.team_id, "team"), "token_type": "bearer",
-                              "client_id": self.team_id, "algorithm": "HS256",
-                              "expires_in": self.state.config.token_ttl})
+        return json_response(
+            {
+                "access_token": self._issue(self.team_id, "team"),
+                "token_type": "bearer",
+                "client_id": self.team_id,
+                "algorithm": "HS256",
+                "expires_in": self.state.config.token_ttl,
+            }
+        )
 
     async def login(self, request: web.Request) -> web.Response:
         """A customer's own login (their password is the team secret, as on the organisers' banks)."""
@@ -119,10 +135,17 @@ class BankApi:
         password = body.text("password", required=True) or ""
         body.done()
         if username not in self.state.profiles or not hmac.compare_digest(
-                password.encode(), self.state.config.team_secret.encode()):
+            password.encode(), self.state.config.team_secret.encode()
+        ):
             raise ApiError(401, "Incorrect username or password", {"WWW-Authenticate": "Bearer"})
-        return json_response({"access_token": self._issue(username, "client"), "token_type": "bearer",
-                              "client_id": username, "expires_in": self.state.config.token_ttl})
+        return json_response(
+            {
+                "access_token": self._issue(username, "client"),
+                "token_type": "bearer",
+                "client_id": username,
+                "expires_in": self.state.config.token_ttl,
+            }
+        )
 
     # ------------------------------------------------------------------------------ consents
 
@@ -132,8 +155,9 @@ class BankApi:
         if kind is PAYMENT:
             if self.state.faults.refuse_payment_consents:
                 raise ApiError(401, "Insufficient permissions")
-            raw = payment_request_fields(raw, request.query, self.state.config.payment_consent_form_of(
-                self.state.bank_id))
+            raw = payment_request_fields(
+                raw, request.query, self.state.config.payment_consent_form_of(self.state.bank_id)
+            )
         body = Fields(raw, ("body",))
         query_client = request.query.get("client_id") if kind.client_in_query else None
         client_id = query_client or body.text("client_id", required=query_client is None) or ""
@@ -146,8 +170,9 @@ class BankApi:
         expires = valid_until or now + DEFAULT_LIFETIME
         if expires <= now:
             raise ApiError(400, "valid_until must be in the future")
-        consent = self.state.consents.create(kind, client_id, terms, manual=self.state.manual_approval, now=now,
-                                             expires=expires)
+        consent = self.state.consents.create(
+            kind, client_id, terms, manual=self.state.manual_approval, now=now, expires=expires
+        )
         return json_response(consent.creation_json())
 
     async def get_consent(self, kind: ConsentKind, request: web.Request) -> web.Response:
@@ -189,8 +214,13 @@ class BankApi:
         client_id = query.text("client_id", required=True)
         query.done()
         customer = self._consented(request, ACCOUNT, client_id, READ_ACCOUNTS)
-        return json_response({"data": {"account": [a.to_json(customer.name) for a in customer.accounts]},
-                              "links": {"self": "/accounts"}, "meta": {"totalPages": 1}})
+        return json_response(
+            {
+                "data": {"account": [a.to_json(customer.name) for a in customer.accounts]},
+                "links": {"self": "/accounts"},
+                "meta": {"totalPages": 1},
+            }
+        )
 
     async def account(self, request: web.Request) -> web.Response:
         self._team(request, requesting_bank=True)
@@ -211,8 +241,11 @@ class BankApi:
         until = query.moment("to_booking_date_time")
         query.done()
         account = self._account(request, request.query.get("client_id"), READ_TRANSACTIONS)
-        rows = [tx for tx in reversed(account.transactions)
-                if (since is None or tx.draft.booked >= since) and (until is None or tx.draft.booked <= until)]
+        rows = [
+            tx
+            for tx in reversed(account.transactions)
+            if (since is None or tx.draft.booked >= since) and (until is None or tx.draft.booked <= until)
+        ]
         pages = math.ceil(len(rows) / limit)
         link = f"/accounts/{account.account_id}/transactions?page={{}}&limit={limit}"
         links = {"self": link.format(page)}
@@ -220,19 +253,22 @@ class BankApi:
             links["next"] = link.format(page + 1)
         if page > 1:
             links["prev"] = link.format(page - 1)
-        return json_response({
-            "data": {"transaction": [tx.to_json() for tx in rows[(page - 1) * limit:page * limit]]},
-            "links": links,
-            "meta": {"totalPages": pages, "totalRecords": len(rows), "currentPage": page, "pageSize": limit},
-        })
+        return json_response(
+            {
+                "data": {"transaction": [tx.to_json() for tx in rows[(page - 1) * limit : page * limit]]},
+                "links": links,
+                "meta": {"totalPages": pages, "totalRecords": len(rows), "currentPage": page, "pageSize": limit},
+            }
+        )
 
     # ------------------------------------------------------------------------------ products
 
     async def agreements(self, request: web.Request) -> web.Response:
         self._team(request, requesting_bank=True)
         customer = self._consented(request, PRODUCT, request.query.get("client_id"), READ_AGREEMENTS)
-        return json_response({"data": [a.to_json() for a in customer.agreements],
-                              "meta": {"total": len(customer.agreements)}})
+        return json_response(
+            {"data": [a.to_json() for a in customer.agreements], "meta": {"total": len(customer.agreements)}}
+        )
 
     async def agreement(self, request: web.Request) -> web.Response:
         self._team(request, requesting_bank=True)
@@ -246,8 +282,13 @@ class BankApi:
     async def products(self, request: web.Request) -> web.Response:
         self._team(request, requesting_bank=False)
         wanted = request.query.get("product_type")
-        return json_response({"data": {"product": [p.to_json() for p in self.state.catalogue.products
-                                                   if wanted in (None, p.product_type)]}})
+        return json_response(
+            {
+                "data": {
+                    "product": [p.to_json() for p in self.state.catalogue.products if wanted in (None, p.product_type)]
+                }
+            }
+        )
 
     # ------------------------------------------------------------------------------ payments
 

@@ -4,6 +4,7 @@ Middlewares, outermost first: one JSON log line per request; saving the state af
 have changed it (with a state folder: bank_sandbox.persistence); the fault knobs and outages (never on
 /__admin__/); FastAPI-style rendering of every error.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -55,9 +56,17 @@ async def log_requests(request: web.Request, handler: Handler) -> web.StreamResp
             template = resource.canonical if resource is not None else request.path
             counted = request.app[STATE].requests
             counted[template] = counted.get(template, 0) + 1
-        log.info("request", extra={
-            "bank": request.app[STATE].bank_id, "method": request.method, "path": request.path, "status": status,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 1), "x-fapi-interaction-id": interaction_id})
+        log.info(
+            "request",
+            extra={
+                "bank": request.app[STATE].bank_id,
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+                "x-fapi-interaction-id": interaction_id,
+            },
+        )
         request_id_var.reset(request_id)
 
 
@@ -140,8 +149,9 @@ class RunningBanks:
             self.registry.store.close()  # every change is on disk already
 
 
-async def start_banks(config: SandboxConfig, ports: Mapping[str, int], host: str = "127.0.0.1",
-                      state_dir: str | None = None) -> RunningBanks:
+async def start_banks(
+    config: SandboxConfig, ports: Mapping[str, int], host: str = "127.0.0.1", state_dir: str | None = None
+) -> RunningBanks:
     """Serve each bank of `ports` on its port (0: any free one), all sharing one registry. With
     `state_dir`, the banks start from the state kept there and keep every change there
     (bank_sandbox.persistence: StateError when another process holds it or its file is unreadable)."""

@@ -4,6 +4,7 @@ One set of checks validates every value, whether it comes from the constructor, 
 (`SandboxConfig.from_env`), the command line or the admin endpoint (`Faults`), so a bad value always
 fails with a `ValueError` that names it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,6 +60,7 @@ def _whole(lo: int | None = None, hi: int | None = None) -> Check:
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             return f"must be between {lo} and {hi}" if hi is not None else f"must be at least {lo}"
         return None
+
     return check
 
 
@@ -82,8 +84,11 @@ CONFIG_CHECKS: dict[str, Check] = {
 
 
 def _problems(values: Mapping[str, Any], checks: Mapping[str, Check]) -> list[str]:
-    return [f"{name}={values[name]!r}: {problem}" for name, check in checks.items()
-            if (problem := check(values[name])) is not None]
+    return [
+        f"{name}={values[name]!r}: {problem}"
+        for name, check in checks.items()
+        if (problem := check(values[name])) is not None
+    ]
 
 
 def parse_bool(text: str) -> bool:
@@ -151,10 +156,16 @@ class SandboxConfig:
 
     def __post_init__(self) -> None:
         problems = _problems(dataclasses.asdict(self), CONFIG_CHECKS)
-        problems += [f"approval[{bank!r}]={mode!r}: expected one of {', '.join(APPROVAL_MODES)}"
-                     for bank, mode in self.approval.items() if mode not in APPROVAL_MODES]
-        problems += [f"payment_consent_form[{bank!r}]={form!r}: expected one of {', '.join(PAYMENT_CONSENT_FORMS)}"
-                     for bank, form in self.payment_consent_form.items() if form not in PAYMENT_CONSENT_FORMS]
+        problems += [
+            f"approval[{bank!r}]={mode!r}: expected one of {', '.join(APPROVAL_MODES)}"
+            for bank, mode in self.approval.items()
+            if mode not in APPROVAL_MODES
+        ]
+        problems += [
+            f"payment_consent_form[{bank!r}]={form!r}: expected one of {', '.join(PAYMENT_CONSENT_FORMS)}"
+            for bank, form in self.payment_consent_form.items()
+            if form not in PAYMENT_CONSENT_FORMS
+        ]
         if problems:
             raise ValueError("invalid bank sandbox configuration: " + "; ".join(problems))
 
@@ -167,8 +178,14 @@ class SandboxConfig:
         return self.payment_consent_form.get(bank_id, "flat")
 
     def faults(self) -> Faults:
-        return Faults(self.latency_ms, self.error_rate, self.rate_limit_rate, self.sticky_awaiting,
-                      self.payment_delay_ms, self.refuse_payment_consents)
+        return Faults(
+            self.latency_ms,
+            self.error_rate,
+            self.rate_limit_rate,
+            self.sticky_awaiting,
+            self.payment_delay_ms,
+            self.refuse_payment_consents,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SandboxConfig:
@@ -205,8 +222,10 @@ class SandboxConfig:
         for item in filter(None, (part.strip() for part in raw_forms.split(","))):
             bank, sep, form = (text.strip() for text in item.partition("="))
             if not sep or not bank or form not in PAYMENT_CONSENT_FORMS:
-                problems.append(f"BANK_SANDBOX_PAYMENT_CONSENT_FORM={raw_forms!r}: expected bank=form,... with form "
-                                f"one of {', '.join(PAYMENT_CONSENT_FORMS)}, got {item!r}")
+                problems.append(
+                    f"BANK_SANDBOX_PAYMENT_CONSENT_FORM={raw_forms!r}: expected bank=form,... with form "
+                    f"one of {', '.join(PAYMENT_CONSENT_FORMS)}, got {item!r}"
+                )
                 continue
             forms[bank] = form
         if problems:

@@ -5,6 +5,7 @@ banks), read by consent id or request id, revoked, and presented on data calls i
 What differs per kind is its `Terms`: how the request body is read, what the answers show, which
 permissions it grants, and for payments which payments it allows.
 """
+
 from __future__ import annotations
 
 import enum
@@ -56,8 +57,9 @@ class ConsentKind:
     requesting_bank_header: bool = True  # the request must carry X-Requesting-Bank
 
     def refusal(self, problem: Problem, message: str) -> ApiError:
-        return ApiError(403, {"error": self.error_codes[problem], "message": message,
-                              "consent_request_url": f"{self.path}/request"})
+        return ApiError(
+            403, {"error": self.error_codes[problem], "message": message, "consent_request_url": f"{self.path}/request"}
+        )
 
 
 @dataclass
@@ -87,9 +89,12 @@ class Consent:
     def creation_json(self) -> dict[str, Any]:
         approved = self.state is State.AUTHORIZED
         return {
-            "request_id": self.request_id, "consent_id": self.consent_id, "status": self.state.answer,
+            "request_id": self.request_id,
+            "consent_id": self.consent_id,
+            "status": self.state.answer,
             "message": "Согласие одобрено автоматически" if approved else "Требуется одобрение клиента",
-            "auto_approved": approved, **self.terms.creation_fields(self),
+            "auto_approved": approved,
+            **self.terms.creation_fields(self),
         }
 
     def view(self, requested_id: str, now: datetime, sticky_awaiting: bool) -> dict[str, Any]:
@@ -100,18 +105,29 @@ class Consent:
         return self.terms.view(self, self.state_at(now), self.consent_id, requested_id)
 
     def signature_json(self, granted_to: str, now: datetime) -> dict[str, Any]:
-        return {"consent_id": self.consent_id, "status": self.state.answer,
-                "granted_to": granted_to, "permissions": self.terms.permissions(), "expires_at": iso_z(self.expires),
-                "signed_at": iso_z(now)}
+        return {
+            "consent_id": self.consent_id,
+            "status": self.state.answer,
+            "granted_to": granted_to,
+            "permissions": self.terms.permissions(),
+            "expires_at": iso_z(self.expires),
+            "signed_at": iso_z(now),
+        }
 
 
-def _ob_view(consent: Consent, state: State, consent_id: str | None, requested_id: str,
-             details: dict[str, Any]) -> dict[str, Any]:
+def _ob_view(
+    consent: Consent, state: State, consent_id: str | None, requested_id: str, details: dict[str, Any]
+) -> dict[str, Any]:
     """The OpenBanking envelope of account and payment consents; pending, `consentId` echoes the request id."""
     return {
-        "data": {"consentId": consent_id or consent.request_id, "status": state.ob,
-                 "creationDateTime": iso_z(consent.created), "statusUpdateDateTime": iso_z(consent.updated),
-                 **details, "expirationDateTime": iso_z(consent.expires)},
+        "data": {
+            "consentId": consent_id or consent.request_id,
+            "status": state.ob,
+            "creationDateTime": iso_z(consent.created),
+            "statusUpdateDateTime": iso_z(consent.updated),
+            **details,
+            "expirationDateTime": iso_z(consent.expires),
+        },
         "links": {"self": f"{consent.kind.path}/{requested_id}"},
         "meta": {},
     }
@@ -161,8 +177,11 @@ class AccountTerms(Terms):
 
 @dataclass(frozen=True)
 class ProductTerms(Terms):
-    FLAGS: ClassVar[tuple[str, ...]] = ("read_product_agreements", "open_product_agreements",
-                                        "close_product_agreements")
+    FLAGS: ClassVar[tuple[str, ...]] = (
+        "read_product_agreements",
+        "open_product_agreements",
+        "close_product_agreements",
+    )
     flags: tuple[bool, ...]
     allowed_product_types: list[str] | None
     max_amount: Decimal | None
@@ -182,11 +201,15 @@ class ProductTerms(Terms):
     def view(self, consent: Consent, state: State, consent_id: str | None, requested_id: str) -> dict[str, Any]:
         """Flat, as the banks answer for this kind (status `active` when authorized)."""
         return {
-            "consent_id": consent_id, "request_id": consent.request_id, "client_id": consent.client_id,
-            "status": state.flat, **dict(zip(self.FLAGS, self.flags, strict=True)),
+            "consent_id": consent_id,
+            "request_id": consent.request_id,
+            "client_id": consent.client_id,
+            "status": state.flat,
+            **dict(zip(self.FLAGS, self.flags, strict=True)),
             "allowed_product_types": self.allowed_product_types,
             "max_amount": None if self.max_amount is None else float(self.max_amount),
-            "created_at": iso_z(consent.created), "valid_until": iso_z(consent.expires),
+            "created_at": iso_z(consent.created),
+            "valid_until": iso_z(consent.expires),
         }
 
 
@@ -212,17 +235,28 @@ class PaymentTerms(Terms):
 
     @classmethod
     def parse(cls, fields: Fields) -> PaymentTerms:
-        amounts = {name: fields.decimal(name, positive=True) for name in (
-            "amount", "max_amount_per_payment", "max_total_amount", "vrp_max_individual_amount", "vrp_daily_limit",
-            "vrp_monthly_limit")}
+        amounts = {
+            name: fields.decimal(name, positive=True)
+            for name in (
+                "amount",
+                "max_amount_per_payment",
+                "max_total_amount",
+                "vrp_max_individual_amount",
+                "vrp_daily_limit",
+                "vrp_monthly_limit",
+            )
+        }
         return cls(
             consent_type=fields.text("consent_type", default="single_use", choices=PAYMENT_TYPES) or "single_use",
             debtor_account=fields.text("debtor_account", required=True) or "",
             currency=fields.text("currency", default="RUB") or "RUB",
-            creditor_account=fields.text("creditor_account"), creditor_name=fields.text("creditor_name"),
+            creditor_account=fields.text("creditor_account"),
+            creditor_name=fields.text("creditor_name"),
             reference=fields.text("reference"),
             max_uses=fields.integer("max_uses", default=0, ge=1) or None,  # absent: no cap
-            allowed_creditor_accounts=fields.text_list("allowed_creditor_accounts"), **amounts)
+            allowed_creditor_accounts=fields.text_list("allowed_creditor_accounts"),
+            **amounts,
+        )
 
     def verify(self, customer: Customer) -> None:
         if customer.account_by_number(self.debtor_account) is None:
@@ -235,23 +269,41 @@ class PaymentTerms(Terms):
         return {"consent_type": self.consent_type, **super().creation_fields(consent)}
 
     def view(self, consent: Consent, state: State, consent_id: str | None, requested_id: str) -> dict[str, Any]:
-        details = {"consentType": self.consent_type, "currency": self.currency, "debtorAccount": self.debtor_account,
-                   "usedCount": len(consent.payments), "paymentIds": list(consent.payment_ids)}
-        optional = {"amount": self.amount, "creditorAccount": self.creditor_account,
-                    "creditorName": self.creditor_name, "reference": self.reference, "maxUses": self.max_uses,
-                    "maxAmountPerPayment": self.max_amount_per_payment, "maxTotalAmount": self.max_total_amount,
-                    "allowedCreditorAccounts": self.allowed_creditor_accounts,
-                    "vrpMaxIndividualAmount": self.vrp_max_individual_amount, "vrpDailyLimit": self.vrp_daily_limit,
-                    "vrpMonthlyLimit": self.vrp_monthly_limit}
-        details.update({key: money(value) if isinstance(value, Decimal) else value
-                        for key, value in optional.items() if value is not None})
+        details = {
+            "consentType": self.consent_type,
+            "currency": self.currency,
+            "debtorAccount": self.debtor_account,
+            "usedCount": len(consent.payments),
+            "paymentIds": list(consent.payment_ids),
+        }
+        optional = {
+            "amount": self.amount,
+            "creditorAccount": self.creditor_account,
+            "creditorName": self.creditor_name,
+            "reference": self.reference,
+            "maxUses": self.max_uses,
+            "maxAmountPerPayment": self.max_amount_per_payment,
+            "maxTotalAmount": self.max_total_amount,
+            "allowedCreditorAccounts": self.allowed_creditor_accounts,
+            "vrpMaxIndividualAmount": self.vrp_max_individual_amount,
+            "vrpDailyLimit": self.vrp_daily_limit,
+            "vrpMonthlyLimit": self.vrp_monthly_limit,
+        }
+        details.update(
+            {
+                key: money(value) if isinstance(value, Decimal) else value
+                for key, value in optional.items()
+                if value is not None
+            }
+        )
         view = _ob_view(consent, state, consent_id, requested_id, details)
         if state is State.AUTHORIZED and self.consent_type == "single_use" and consent.payments:
             view["data"]["status"] = "Consumed"  # OpenBanking's word for a spent single-use consent
         return view
 
-    def authorize(self, consent: Consent, debtor: str, creditor: str, amount: Decimal, currency: str,
-                  now: datetime) -> None:
+    def authorize(
+        self, consent: Consent, debtor: str, creditor: str, amount: Decimal, currency: str, now: datetime
+    ) -> None:
         """Refuse a payment this consent does not cover (403 INVALID_CONSENT / CONSENT_MISMATCH)."""
         kind = consent.kind
         used = [paid for _, paid in consent.payments]
@@ -264,10 +316,14 @@ class PaymentTerms(Terms):
         limits: Sequence[tuple[bool, str]] = (
             (debtor != self.debtor_account, f"Debtor account {debtor} is not the consent's {self.debtor_account}"),
             (currency != self.currency, f"Currency {currency} is not the consent's {self.currency}"),
-            (self.creditor_account is not None and creditor != self.creditor_account,
-             f"Creditor account {creditor} is not the consent's {self.creditor_account}"),
-            (self.allowed_creditor_accounts is not None and creditor not in self.allowed_creditor_accounts,
-             f"Creditor account {creditor} is not allowed by the consent"),
+            (
+                self.creditor_account is not None and creditor != self.creditor_account,
+                f"Creditor account {creditor} is not the consent's {self.creditor_account}",
+            ),
+            (
+                self.allowed_creditor_accounts is not None and creditor not in self.allowed_creditor_accounts,
+                f"Creditor account {creditor} is not allowed by the consent",
+            ),
             (_over(self.amount, amount), f"Amount {money(amount)} exceeds the consent's amount"),
             (_over(self.max_amount_per_payment, amount), "Amount exceeds the consent's limit per payment"),
             (_over(self.vrp_max_individual_amount, amount), "Amount exceeds the consent's limit per payment"),
@@ -300,9 +356,16 @@ def payment_request_fields(body: dict[str, Any], query: Mapping[str, str], form:
     instructed = raw.get("instructedAmount") if isinstance(raw.get("instructedAmount"), dict) else {}
     creditor = raw.get("creditorAccount") if isinstance(raw.get("creditorAccount"), dict) else {}
     flat = {key: value for key, value in body["data"].items() if key != "initiation"}
-    flat.update({"client_id": client_id, "debtor_account": debtor, "amount": instructed.get("amount"),
-                 "creditor_account": creditor.get("identification"), "creditor_name": creditor.get("name"),
-                 "reference": raw.get("comment")})
+    flat.update(
+        {
+            "client_id": client_id,
+            "debtor_account": debtor,
+            "amount": instructed.get("amount"),
+            "creditor_account": creditor.get("identification"),
+            "creditor_name": creditor.get("name"),
+            "reference": raw.get("comment"),
+        }
+    )
     if instructed.get("currency") is not None:
         flat["currency"] = instructed["currency"]
     return {key: value for key, value in flat.items() if value is not None}
@@ -314,11 +377,30 @@ def _over(limit: Decimal | None, amount: Decimal, earlier: Sequence[Decimal] = (
 
 _DATA_ERRORS = dict.fromkeys(Problem, "CONSENT_REQUIRED")
 ACCOUNT = ConsentKind("account", "/account-consents", "req", "consent", "X-Consent-Id", AccountTerms, _DATA_ERRORS)
-PRODUCT = ConsentKind("product", "/product-agreement-consents", "pagcr", "pagc", "X-Product-Agreement-Consent-Id",
-                      ProductTerms, _DATA_ERRORS, client_in_query=True, requesting_bank_header=False)
-PAYMENT = ConsentKind("payment", "/payment-consents", "pcr", "pcon", "X-Payment-Consent-Id", PaymentTerms,
-                      {Problem.MISSING: "PAYMENT_CONSENT_REQUIRED", Problem.INVALID: "INVALID_CONSENT",
-                       Problem.MISMATCH: "CONSENT_MISMATCH"})
+PRODUCT = ConsentKind(
+    "product",
+    "/product-agreement-consents",
+    "pagcr",
+    "pagc",
+    "X-Product-Agreement-Consent-Id",
+    ProductTerms,
+    _DATA_ERRORS,
+    client_in_query=True,
+    requesting_bank_header=False,
+)
+PAYMENT = ConsentKind(
+    "payment",
+    "/payment-consents",
+    "pcr",
+    "pcon",
+    "X-Payment-Consent-Id",
+    PaymentTerms,
+    {
+        Problem.MISSING: "PAYMENT_CONSENT_REQUIRED",
+        Problem.INVALID: "INVALID_CONSENT",
+        Problem.MISMATCH: "CONSENT_MISMATCH",
+    },
+)
 KINDS = (ACCOUNT, PRODUCT, PAYMENT)
 
 
@@ -328,10 +410,12 @@ class ConsentBook:
     def __init__(self) -> None:
         self._by_id: dict[str, Consent] = {}
 
-    def create(self, kind: ConsentKind, client_id: str, terms: Terms, *, manual: bool, now: datetime,
-               expires: datetime) -> Consent:
-        consent = Consent(kind, f"{kind.request_prefix}-{uuid.uuid4().hex[:12]}", client_id, terms, now, expires,
-                          manual, updated=now)
+    def create(
+        self, kind: ConsentKind, client_id: str, terms: Terms, *, manual: bool, now: datetime, expires: datetime
+    ) -> Consent:
+        consent = Consent(
+            kind, f"{kind.request_prefix}-{uuid.uuid4().hex[:12]}", client_id, terms, now, expires, manual, updated=now
+        )
         if not manual:
             consent.change(State.AUTHORIZED, now)
         self._index(consent)
@@ -354,8 +438,7 @@ class ConsentBook:
             raise ApiError(404, "Consent not found")
         return consent
 
-    def sign(self, kind: ConsentKind | None, request_id: str, client_id: str, approve: bool,
-             now: datetime) -> Consent:
+    def sign(self, kind: ConsentKind | None, request_id: str, client_id: str, approve: bool, now: datetime) -> Consent:
         """The customer's answer to a pending request; only their own, only once."""
         consent = self.find(kind, request_id)
         if consent.client_id != client_id:
@@ -371,8 +454,14 @@ class ConsentBook:
         if consent.state is not State.REVOKED:
             consent.change(State.REVOKED, now)
 
-    def require(self, kind: ConsentKind, consent_id: str | None, client_id: str | None,
-                permissions: Sequence[str], now: datetime) -> Consent:
+    def require(
+        self,
+        kind: ConsentKind,
+        consent_id: str | None,
+        client_id: str | None,
+        permissions: Sequence[str],
+        now: datetime,
+    ) -> Consent:
         """The authorized consent presented on a data call (403 in the kind's vocabulary otherwise).
         `client_id` None: any customer's (the call names none); `permissions`: any one of them."""
         if not consent_id:

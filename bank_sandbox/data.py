@@ -8,6 +8,7 @@ histories are drawn per bank. History is replayed oldest first from an opening b
 purchase or transfer the balance cannot cover and topping up before a loan repayment, so a balance
 always equals opening + credits - debits and never goes below zero.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -60,10 +61,12 @@ class Activity:
 
 
 ACTIVITY = {
-    "Checking": Activity(incomes=(4, 7), income_amount=(30_000, 110_000), purchases=(15, 25), transfers=(1, 3),
-                         opening=(20_000, 150_000)),
-    "Savings": Activity(incomes=(3, 6), income_amount=(5_000, 40_000), purchases=(0, 0), transfers=(2, 4),
-                        opening=(100_000, 900_000)),
+    "Checking": Activity(
+        incomes=(4, 7), income_amount=(30_000, 110_000), purchases=(15, 25), transfers=(1, 3), opening=(20_000, 150_000)
+    ),
+    "Savings": Activity(
+        incomes=(3, 6), income_amount=(5_000, 40_000), purchases=(0, 0), transfers=(2, 4), opening=(100_000, 900_000)
+    ),
 }
 
 
@@ -77,6 +80,7 @@ def _amount(r: random.Random, low: int, high: int) -> Decimal:
 
 
 # ------------------------------------------------------------------------------------ catalogue
+
 
 @dataclass(frozen=True)
 class Catalogue:
@@ -93,25 +97,37 @@ class Catalogue:
 def catalogue(seed: int, bank_id: str) -> Catalogue:
     r = rng(seed, bank_id, "catalogue")
 
-    def line(product_type: str, number: int, title: str, rates: tuple[int, int], low: int, high: int | None,
-             term: int | None) -> Product:
+    def line(
+        product_type: str, number: int, title: str, rates: tuple[int, int], low: int, high: int | None, term: int | None
+    ) -> Product:
         rate = Decimal(r.randint(*rates)).scaleb(-1)  # one decimal, e.g. 9.3
-        return Product(f"prod-{bank_id}-{product_type}-{number:03d}", product_type,
-                       title if product_type == "card" else f"{title} {rate}%", rate, Decimal(low),
-                       None if high is None else Decimal(high), term)
+        return Product(
+            f"prod-{bank_id}-{product_type}-{number:03d}",
+            product_type,
+            title if product_type == "card" else f"{title} {rate}%",
+            rate,
+            Decimal(low),
+            None if high is None else Decimal(high),
+            term,
+        )
 
     return Catalogue(
-        loans=(line("loan", 1, "Потребительский кредит", (129, 199), 50_000, 3_000_000, 36),
-               line("loan", 2, "Ипотека", (75, 115), 500_000, None, 240),
-               line("loan", 3, "Автокредит", (99, 159), 200_000, 5_000_000, 60)),
-        deposits=(line("deposit", 1, "Вклад Надёжный", (140, 190), 10_000, None, 12),
-                  line("deposit", 2, "Вклад Максимальный", (150, 200), 100_000, None, 6)),
+        loans=(
+            line("loan", 1, "Потребительский кредит", (129, 199), 50_000, 3_000_000, 36),
+            line("loan", 2, "Ипотека", (75, 115), 500_000, None, 240),
+            line("loan", 3, "Автокредит", (99, 159), 200_000, 5_000_000, 60),
+        ),
+        deposits=(
+            line("deposit", 1, "Вклад Надёжный", (140, 190), 10_000, None, 12),
+            line("deposit", 2, "Вклад Максимальный", (150, 200), 100_000, None, 6),
+        ),
         debit_card=line("card", 1, "Дебетовая карта", (0, 0), 0, None, None),
         credit_card=line("card", 2, "Кредитная карта", (249, 349), 10_000, 1_000_000, None),
     )
 
 
 # ------------------------------------------------------------------------------------ customers
+
 
 @dataclass(frozen=True)
 class AccountSpec:
@@ -143,8 +159,9 @@ def profile(seed: int, team_id: str, index: int) -> Profile:
             subtypes.append(subtype)
     # acc-<customer number><3 digits>: distinct within and across customers.
     suffixes = r.sample(range(100, 1000), len(subtypes))
-    accounts = tuple(AccountSpec(f"acc-{index}{suffix}", subtype)
-                     for suffix, subtype in zip(suffixes, subtypes, strict=True))
+    accounts = tuple(
+        AccountSpec(f"acc-{index}{suffix}", subtype) for suffix, subtype in zip(suffixes, subtypes, strict=True)
+    )
     return Profile(client_id, index, f"{surname} {first} {patronymic}", r.choice(CITIES), accounts)
 
 
@@ -154,28 +171,42 @@ def account_number(seed: int, bank_id: str, index: int, position: int) -> str:
     return f"40817810{zlib.crc32(bank_id.encode()) % 100:02d}{index:03d}{position}{drawn:05d}"
 
 
-def build_customer(seed: int, bank_id: str, who: Profile, products: Catalogue, anchor: datetime,
-                   history_days: int) -> Customer:
+def build_customer(
+    seed: int, bank_id: str, who: Profile, products: Catalogue, anchor: datetime, history_days: int
+) -> Customer:
     """The customer as `bank_id` knows them, with history over the `history_days` before `anchor`."""
     r = rng(seed, bank_id, who.client_id, "customer")
     window_start = anchor - timedelta(days=history_days)
     accounts = [
-        Account(spec.account_id, spec.subtype, account_number(seed, bank_id, who.index, position),
-                opening_date=(window_start - timedelta(days=r.randint(30, 1500))).date(), balance=Decimal(0),
-                tx_prefix=f"tx-{bank_id}-{who.index:03d}{position}",
-                card=Card(f"card-{r.randrange(16 ** 8):08x}", f"{r.randrange(10_000):04d}")
-                if spec.subtype == "Checking" else None)
+        Account(
+            spec.account_id,
+            spec.subtype,
+            account_number(seed, bank_id, who.index, position),
+            opening_date=(window_start - timedelta(days=r.randint(30, 1500))).date(),
+            balance=Decimal(0),
+            tx_prefix=f"tx-{bank_id}-{who.index:03d}{position}",
+            card=Card(f"card-{r.randrange(16**8):08x}", f"{r.randrange(10_000):04d}")
+            if spec.subtype == "Checking"
+            else None,
+        )
         for position, spec in enumerate(who.accounts)
     ]
     agreements = _agreements(r, who, accounts, products, anchor)
     for account in accounts:
-        _replay(rng(seed, bank_id, who.client_id, account.account_id, "history"), account, who.city, agreements,
-                payer=accounts[0], window=(window_start, anchor))
+        _replay(
+            rng(seed, bank_id, who.client_id, account.account_id, "history"),
+            account,
+            who.city,
+            agreements,
+            payer=accounts[0],
+            window=(window_start, anchor),
+        )
     return Customer(who.client_id, who.index, who.name, who.city, accounts, agreements)
 
 
-def _agreements(r: random.Random, who: Profile, accounts: list[Account], products: Catalogue,
-                anchor: datetime) -> list[Agreement]:
+def _agreements(
+    r: random.Random, who: Profile, accounts: list[Account], products: Catalogue, anchor: datetime
+) -> list[Agreement]:
     """0-2 loans (at least one when there is a Loan account, linked to it), 0-1 deposit, a debit card,
     often a credit card. The first account is always the customer's main Checking account."""
     checking = accounts[0]
@@ -187,8 +218,11 @@ def _agreements(r: random.Random, who: Profile, accounts: list[Account], product
         return f"{prefix}-{who.client_id}-{next(numbers):04d}"
 
     def started(most_days_ago: int, fewest_days_ago: int) -> datetime:
-        return anchor - timedelta(days=r.randint(fewest_days_ago, most_days_ago), seconds=r.randrange(86_400),
-                                  microseconds=r.randrange(1_000_000))
+        return anchor - timedelta(
+            days=r.randint(fewest_days_ago, most_days_ago),
+            seconds=r.randrange(86_400),
+            microseconds=r.randrange(1_000_000),
+        )
 
     agreements = []
     loans = max(r.choice((0, 0, 1, 1, 2)), 1 if loan_account else 0)
@@ -199,11 +233,19 @@ def _agreements(r: random.Random, who: Profile, accounts: list[Account], product
             closed = start + timedelta(days=30 * r.randint(3, 12))
             end = closed if closed < anchor - timedelta(days=7) else None
         linked = loan_account if number == 0 and loan_account else checking
-        agreements.append(Agreement(new_id("loan"), r.choice(products.loans), _amount(r, 100_000, 1_500_000), start,
-                                    linked, end))
+        agreements.append(
+            Agreement(new_id("loan"), r.choice(products.loans), _amount(r, 100_000, 1_500_000), start, linked, end)
+        )
     if r.random() < 0.5:
-        agreements.append(Agreement(new_id("dep"), r.choice(products.deposits), _amount(r, 50_000, 2_000_000),
-                                    started(700, 30), savings or checking))
+        agreements.append(
+            Agreement(
+                new_id("dep"),
+                r.choice(products.deposits),
+                _amount(r, 50_000, 2_000_000),
+                started(700, 30),
+                savings or checking,
+            )
+        )
     agreements.append(Agreement(new_id("card"), products.debit_card, Decimal(0), started(1500, 400), checking))
     if r.random() < 0.6:
         limit = Decimal(r.randint(5, 50) * 10_000)
@@ -212,6 +254,7 @@ def _agreements(r: random.Random, who: Profile, accounts: list[Account], product
 
 
 # ------------------------------------------------------------------------------------ history
+
 
 def purchase(r: random.Random, card: Card, home_city: str, when: datetime) -> Draft:
     category = r.choices(CATEGORIES, weights=_CATEGORY_WEIGHTS)[0]
@@ -248,22 +291,25 @@ def _months(start: datetime, end: datetime) -> Iterator[tuple[int, int]]:
 
 def _moment(r: random.Random, year: int, month: int, day: int | None = None) -> datetime:
     day = day or r.randint(1, calendar.monthrange(year, month)[1])
-    return datetime(year, month, day, r.randrange(7, 23), r.randrange(60), r.randrange(60), r.randrange(1_000_000),
-                    tzinfo=UTC)
+    return datetime(
+        year, month, day, r.randrange(7, 23), r.randrange(60), r.randrange(60), r.randrange(1_000_000), tzinfo=UTC
+    )
 
 
 def _everyday(r: random.Random, account: Account, city: str, year: int, month: int) -> list[Draft]:
     activity = ACTIVITY[account.subtype]
     drafts = [income(r, _moment(r, year, month), *activity.income_amount) for _ in range(r.randint(*activity.incomes))]
     if account.card is not None:
-        drafts += [purchase(r, account.card, city, _moment(r, year, month))
-                   for _ in range(r.randint(*activity.purchases))]
+        drafts += [
+            purchase(r, account.card, city, _moment(r, year, month)) for _ in range(r.randint(*activity.purchases))
+        ]
     drafts += [transfer(r, _moment(r, year, month)) for _ in range(r.randint(*activity.transfers))]
     return drafts
 
 
-def _scheduled(r: random.Random, account: Account, agreements: list[Agreement], payer: Account,
-               anchor: datetime) -> list[Draft]:
+def _scheduled(
+    r: random.Random, account: Account, agreements: list[Agreement], payer: Account, anchor: datetime
+) -> list[Draft]:
     """Monthly loan repayments (from the payer account) and deposit interest near month end."""
     drafts = []
     for agreement in agreements:
@@ -286,8 +332,14 @@ def _scheduled(r: random.Random, account: Account, agreements: list[Agreement], 
     return drafts
 
 
-def _replay(r: random.Random, account: Account, city: str, agreements: list[Agreement], payer: Account,
-            window: tuple[datetime, datetime]) -> None:
+def _replay(
+    r: random.Random,
+    account: Account,
+    city: str,
+    agreements: list[Agreement],
+    payer: Account,
+    window: tuple[datetime, datetime],
+) -> None:
     """Book the account's history inside `window` onto it, from an opening balance."""
     start, anchor = window
     if account.subtype == "Loan":  # holds the disbursed principal of its loan

@@ -4,6 +4,7 @@ Money is `Decimal` throughout and leaves as a two-decimal string, except in prod
 where the real bank sends JSON numbers. Times are aware UTC datetimes, sent with a `Z`, except the
 few fields the real bank sends without an offset (`iso_naive`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,8 +47,14 @@ class Merchant:
     city: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"merchantId": self.merchant_id, "name": self.name, "mccCode": self.mcc, "category": self.category,
-                "city": self.city, "country": "RUS"}
+        return {
+            "merchantId": self.merchant_id,
+            "name": self.name,
+            "mccCode": self.mcc,
+            "category": self.category,
+            "city": self.city,
+            "country": "RUS",
+        }
 
 
 @dataclass(frozen=True)
@@ -118,8 +125,12 @@ class Account:
     def to_json(self, owner: str | None = None) -> dict[str, Any]:
         """The list form carries the identification block (pass `owner`); the single-account form does not."""
         entry: dict[str, Any] = {
-            "accountId": self.account_id, "status": "Enabled", "currency": CURRENCY, "accountType": "Personal",
-            "accountSubType": self.subtype, "nickname": f"{self.subtype} счет",
+            "accountId": self.account_id,
+            "status": "Enabled",
+            "currency": CURRENCY,
+            "accountType": "Personal",
+            "accountSubType": self.subtype,
+            "nickname": f"{self.subtype} счет",
             "openingDate": self.opening_date.isoformat(),
         }
         if owner is None:
@@ -129,8 +140,16 @@ class Account:
         return entry
 
     def balances_json(self, now: datetime) -> list[dict[str, Any]]:
-        return [{"accountId": self.account_id, "type": kind, "dateTime": iso_z(now), "amount": money_json(self.balance),
-                 "creditDebitIndicator": "Credit"} for kind in ("InterimAvailable", "InterimBooked")]
+        return [
+            {
+                "accountId": self.account_id,
+                "type": kind,
+                "dateTime": iso_z(now),
+                "amount": money_json(self.balance),
+                "creditDebitIndicator": "Credit",
+            }
+            for kind in ("InterimAvailable", "InterimBooked")
+        ]
 
 
 @dataclass(frozen=True)
@@ -144,10 +163,15 @@ class Product:
     term_months: int | None
 
     def to_json(self) -> dict[str, Any]:
-        return {"productId": self.product_id, "productType": self.product_type, "productName": self.name,
-                "interestRate": money(self.interest_rate), "minAmount": money(self.min_amount),
-                "maxAmount": None if self.max_amount is None else money(self.max_amount),
-                "termMonths": self.term_months}
+        return {
+            "productId": self.product_id,
+            "productType": self.product_type,
+            "productName": self.name,
+            "interestRate": money(self.interest_rate),
+            "minAmount": money(self.min_amount),
+            "maxAmount": None if self.max_amount is None else money(self.max_amount),
+            "termMonths": self.term_months,
+        }
 
 
 @dataclass
@@ -161,10 +185,14 @@ class Agreement:
 
     def to_json(self, detailed: bool = False) -> dict[str, Any]:
         entry: dict[str, Any] = {
-            "agreement_id": self.agreement_id, "product_id": self.product.product_id,
-            "product_name": self.product.name, "product_type": self.product.product_type,
-            "amount": float(self.amount), "status": "closed" if self.end else "active",
-            "start_date": iso_naive(self.start), "end_date": iso_naive(self.end) if self.end else None,
+            "agreement_id": self.agreement_id,
+            "product_id": self.product.product_id,
+            "product_name": self.product.name,
+            "product_type": self.product.product_type,
+            "amount": float(self.amount),
+            "status": "closed" if self.end else "active",
+            "start_date": iso_naive(self.start),
+            "end_date": iso_naive(self.end) if self.end else None,
             "account_number": self.account.number,
         }
         if detailed:
@@ -199,9 +227,14 @@ class Payment:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "data": {"paymentId": self.payment_id, "status": self.status, "creationDateTime": iso_z(self.created),
-                     "statusUpdateDateTime": iso_z(self.created), "amount": money(self.amount),
-                     "currency": CURRENCY},
+            "data": {
+                "paymentId": self.payment_id,
+                "status": self.status,
+                "creationDateTime": iso_z(self.created),
+                "statusUpdateDateTime": iso_z(self.created),
+                "amount": money(self.amount),
+                "currency": CURRENCY,
+            },
             "links": {"self": f"/payments/{self.payment_id}"},
             "meta": {},
         }

@@ -15,6 +15,7 @@ Records are (de)serialized from the dataclasses' own fields, so a field added to
 a payment or a movement is stored without changes here, and a file written before the field existed
 loads with the field's default.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,6 +54,7 @@ class StateError(Exception):
 
 
 # ------------------------------------------------------------------------------------ codec
+
 
 def encode(value: Any) -> Any:
     """A JSON value for a dataclass instance (all its fields), enum (its name), Decimal, datetime, date,
@@ -183,8 +185,9 @@ def bank_snapshot(bank: BankState) -> dict[str, Any]:
             first = generated.get(account.account_id, len(account.transactions))
             if len(account.transactions) > first:
                 accounts.setdefault(client_id, {})[account.account_id] = {
-                    "generated": first, "movements": _movements(bank, client_id, account.account_id,
-                                                                account.transactions[first:])}
+                    "generated": first,
+                    "movements": _movements(bank, client_id, account.account_id, account.transactions[first:]),
+                }
     config = bank.config
     return {
         "data": {name: getattr(config, name) for name in DATA_FIELDS},
@@ -204,7 +207,7 @@ def _movements(bank: BankState, client_id: str, account_id: str, booked: list[An
     cached: list[Any] = bank.encoded_movements.setdefault((client_id, account_id), [])
     if len(cached) > len(booked):
         cached.clear()  # cannot happen while accounts only append; start over if it ever does
-    cached.extend(encode(tx.draft) for tx in booked[len(cached):])
+    cached.extend(encode(tx.draft) for tx in booked[len(cached) :])
     return cached
 
 
@@ -248,8 +251,10 @@ def restore_bank(bank: BankState, stored: dict[str, Any]) -> list[str]:
                 problems.append(f"movements of {client_id}'s account {account_id}: no such account")
                 continue
             if entry.get("generated") != len(account.transactions):
-                problems.append(f"{client_id}'s account {account_id} was generated with {entry.get('generated')} "
-                                f"transactions, now {len(account.transactions)}: its later ones are renumbered")
+                problems.append(
+                    f"{client_id}'s account {account_id} was generated with {entry.get('generated')} "
+                    f"transactions, now {len(account.transactions)}: its later ones are renumbered"
+                )
             for raw in entry.get("movements", []):
                 try:
                     account.book(decode_record(Draft, raw))
@@ -259,6 +264,7 @@ def restore_bank(bank: BankState, stored: dict[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ the file
+
 
 class StateFile:
     """`DIR/banks.json`, held by this process (a lock on `DIR/banks.lock`) until `close`."""
@@ -315,7 +321,7 @@ class StateFile:
         try:
             view = memoryview(content)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

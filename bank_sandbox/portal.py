@@ -4,6 +4,7 @@ A tiny page showing a consent request with Approve / Reject buttons; answering s
 customer (as the bank's own app would after the customer logged in). With `?redirect_uri=...` the
 customer is sent back there with `consent_id`, `request_id` and `status`, like a bank app's callback.
 """
+
 from __future__ import annotations
 
 import html
@@ -42,10 +43,19 @@ class Portal:
 
     def _page(self, consent: Consent, redirect_uri: str) -> web.Response:
         state = consent.state_at(utcnow())
-        text = {key: html.escape(str(value)) for key, value in {
-            "bank": self.state.bank_id, "request_id": consent.request_id, "team": self.state.config.team_id,
-            "kind": consent.kind.name, "client_id": consent.client_id, "status": state.ob,
-            "consent_id": consent.consent_id or "", "redirect_uri": redirect_uri}.items()}
+        text = {
+            key: html.escape(str(value))
+            for key, value in {
+                "bank": self.state.bank_id,
+                "request_id": consent.request_id,
+                "team": self.state.config.team_id,
+                "kind": consent.kind.name,
+                "client_id": consent.client_id,
+                "status": state.ob,
+                "consent_id": consent.consent_id or "",
+                "redirect_uri": redirect_uri,
+            }.items()
+        }
         permissions = "".join(f"<li>{html.escape(p)}</li>" for p in consent.terms.permissions())
         form = FORM.format(**text) if state is State.AWAITING else ""
         return web.Response(text=PAGE.format(**text, permissions=permissions, form=form), content_type="text/html")

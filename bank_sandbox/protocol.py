@@ -3,6 +3,7 @@
 Handlers read the query string or a JSON body through `Fields`, which collects every problem as
 FastAPI (pydantic v2) reports it, `{"type", "loc", "msg", "input"}`, and raises them together.
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,8 +44,13 @@ def _either(choices: Sequence[str]) -> str:
 class Fields:
     """Typed reads of one object (query string or JSON body); problems become one 422 at `done()`."""
 
-    def __init__(self, values: Mapping[str, Any], loc: Sequence[str | int] = ("query",),
-                 errors: list[dict[str, Any]] | None = None, absent: bool = False):
+    def __init__(
+        self,
+        values: Mapping[str, Any],
+        loc: Sequence[str | int] = ("query",),
+        errors: list[dict[str, Any]] | None = None,
+        absent: bool = False,
+    ):
         self._values = values
         self._loc = tuple(loc)
         self._absent = absent  # a missing parent object: already reported, its fields are not
@@ -62,8 +68,14 @@ class Fields:
             self._fail(name, "missing", "Field required", None)
         return value
 
-    def text(self, name: str | int, *, required: bool = False, default: str | None = None,
-             choices: Sequence[str] | None = None) -> str | None:
+    def text(
+        self,
+        name: str | int,
+        *,
+        required: bool = False,
+        default: str | None = None,
+        choices: Sequence[str] | None = None,
+    ) -> str | None:
         value = self._get(name, required)
         if value is None:
             return default
@@ -85,8 +97,9 @@ class Fields:
         try:
             number = int(value)
         except ValueError:
-            self._fail(name, "int_parsing", "Input should be a valid integer, unable to parse string as an integer",
-                       value)
+            self._fail(
+                name, "int_parsing", "Input should be a valid integer, unable to parse string as an integer", value
+            )
             return default
         if ge is not None and number < ge:
             self._fail(name, "greater_than_equal", f"Input should be greater than or equal to {ge}", value, ge=ge)
@@ -154,8 +167,7 @@ class Fields:
         """The fields of a required sub-object."""
         value = self._get(name, True)
         if value is not None and not isinstance(value, dict):
-            self._fail(name, "model_type", "Input should be a valid dictionary or object to extract fields from",
-                       value)
+            self._fail(name, "model_type", "Input should be a valid dictionary or object to extract fields from", value)
         present = isinstance(value, dict)
         return Fields(value if present else {}, (*self._loc, name), self.errors, absent=not present)
 
@@ -178,6 +190,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     except ValueError as exc:
         raise body_error("json_invalid", "JSON decode error", {}, ("body", getattr(exc, "pos", 0))) from None
     if not isinstance(body, dict):
-        raise body_error("model_attributes_type", "Input should be a valid dictionary or object to extract fields from",
-                         body)
+        raise body_error(
+            "model_attributes_type", "Input should be a valid dictionary or object to extract fields from", body
+        )
     return body

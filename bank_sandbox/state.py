@@ -1,5 +1,6 @@
 """One bank's in-memory state, and the registry through which the banks of one process pay each other
 (and, with a state folder, keep what changed on disk: bank_sandbox.persistence)."""
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,10 @@ class BankState:
         # Histories end at the start of the day the bank started: two banks started the same day agree.
         self.anchor = anchor or utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
         self.catalogue = data.catalogue(config.seed, bank_id)
-        self.profiles = {who.client_id: who for who in (data.profile(config.seed, config.team_id, index)
-                                                         for index in range(1, config.customers + 1))}
+        self.profiles = {
+            who.client_id: who
+            for who in (data.profile(config.seed, config.team_id, index) for index in range(1, config.customers + 1))
+        }
         self.consents = ConsentBook()
         self.payments: dict[str, Payment] = {}
         self.faults = config.faults()
@@ -57,11 +60,13 @@ class BankState:
             who = self.profiles.get(client_id)
             if who is None:
                 raise ApiError(404, f"Client {client_id} not found")
-            customer = data.build_customer(self.config.seed, self.bank_id, who, self.catalogue, self.anchor,
-                                           self.config.history_days)
+            customer = data.build_customer(
+                self.config.seed, self.bank_id, who, self.catalogue, self.anchor, self.config.history_days
+            )
             self._customers[client_id] = customer
-            self._generated[client_id] = {account.account_id: len(account.transactions)
-                                          for account in customer.accounts}
+            self._generated[client_id] = {
+                account.account_id: len(account.transactions) for account in customer.accounts
+            }
         return customer
 
     def built_customers(self) -> dict[str, Customer]:
@@ -78,8 +83,15 @@ class BankState:
             for position in range(len(who.accounts)):
                 yield data.account_number(self.config.seed, self.bank_id, who.index, position), who.client_id
 
-    def pay(self, customer: Customer, consent: Consent, source: Account, target: tuple[Customer, Account],
-            amount: Decimal, comment: str | None) -> Payment:
+    def pay(
+        self,
+        customer: Customer,
+        consent: Consent,
+        source: Account,
+        target: tuple[Customer, Account],
+        amount: Decimal,
+        comment: str | None,
+    ) -> Payment:
         """Move `amount` from `source` to `target` (at this bank or another), booking both sides at once."""
         if amount > source.balance:
             raise ApiError(400, "Insufficient funds")
@@ -97,22 +109,28 @@ class BankState:
 
     def append_transactions(self, customer: Customer, account: Account, count: int) -> list[Transaction]:
         """`count` new movements dated now, the same ones for the same seed and history."""
-        r = data.rng(self.config.seed, self.bank_id, customer.client_id, account.account_id, "extra",
-                     len(account.transactions))
+        r = data.rng(
+            self.config.seed, self.bank_id, customer.client_id, account.account_id, "extra", len(account.transactions)
+        )
         now = utcnow()
-        return [account.book(data.extra_activity(r, account, customer.city, now + timedelta(microseconds=i)))
-                for i in range(count)]
+        return [
+            account.book(data.extra_activity(r, account, customer.city, now + timedelta(microseconds=i)))
+            for i in range(count)
+        ]
 
     def counts(self, customer: Customer) -> dict[str, Any]:
         by_account = {account.account_id: len(account.transactions) for account in customer.accounts}
         now = utcnow()
-        return {"accounts": len(customer.accounts), "transactions": sum(by_account.values()),
-                "transactions_by_account": by_account,
-                "balances": sum(len(account.balances_json(now)) for account in customer.accounts),
-                "agreements": len(customer.agreements),
-                # payments this customer made at this bank, and payment consents asked for them
-                "payments": sum(1 for p in self.payments.values() if p.client_id == customer.client_id),
-                "payment_consents": self.consents.count(PAYMENT, customer.client_id)}
+        return {
+            "accounts": len(customer.accounts),
+            "transactions": sum(by_account.values()),
+            "transactions_by_account": by_account,
+            "balances": sum(len(account.balances_json(now)) for account in customer.accounts),
+            "agreements": len(customer.agreements),
+            # payments this customer made at this bank, and payment consents asked for them
+            "payments": sum(1 for p in self.payments.values() if p.client_id == customer.client_id),
+            "payment_consents": self.consents.count(PAYMENT, customer.client_id),
+        }
 
 
 class Registry:
@@ -172,8 +190,9 @@ class Registry:
             dropped += [f"{bank_id}: {problem}" for problem in persistence.restore_bank(bank, entry)]
         if dropped:
             self.store.keep_copy("; ".join(dropped))
-        log.info("bank state restored",
-                 extra={"path": self.store.path, "banks": sorted(set(stored) & set(self._banks))})
+        log.info(
+            "bank state restored", extra={"path": self.store.path, "banks": sorted(set(stored) & set(self._banks))}
+        )
 
     def locate(self, number: str, bank_code: str | None = None) -> tuple[Customer, Account] | None:
         """The customer and account holding `number` (at bank `bank_code`, when given)."""

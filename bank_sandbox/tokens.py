@@ -1,4 +1,5 @@
 """HS256 JSON Web Tokens with the standard library, as the banks issue theirs."""
+
 from __future__ import annotations
 
 import base64

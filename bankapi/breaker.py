@@ -17,6 +17,7 @@ replicas, instead of every job's every retry. The state lives in Redis (one hash
 Lua scripts so replicas agree); while Redis is unreachable each process keeps its own (the same rules,
 per replica).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,8 +55,13 @@ class BreakerStore(Protocol):
 class MemoryBreakerStore:
     """The breaker's state in this process (tests, and the fallback while Redis is down)."""
 
-    def __init__(self, threshold: int = THRESHOLD, cooldown: float = COOLDOWN, max_cooldown: float = MAX_COOLDOWN,
-                 trial_timeout: float = TRIAL_TIMEOUT):
+    def __init__(
+        self,
+        threshold: int = THRESHOLD,
+        cooldown: float = COOLDOWN,
+        max_cooldown: float = MAX_COOLDOWN,
+        trial_timeout: float = TRIAL_TIMEOUT,
+    ):
         self.threshold, self.cooldown, self.max_cooldown = threshold, cooldown, max_cooldown
         self.trial_timeout = trial_timeout
         self._state: dict[str, dict[str, float]] = {}
@@ -75,8 +81,9 @@ class MemoryBreakerStore:
         self._state.pop(bank_id, None)
 
     async def failed(self, bank_id: str, now: float) -> Verdict:
-        state = self._state.setdefault(bank_id, {"failures": 0, "failing_since": now, "open_until": 0.0,
-                                                  "cooldown": 0.0, "trial_until": 0.0})
+        state = self._state.setdefault(
+            bank_id, {"failures": 0, "failing_since": now, "open_until": 0.0, "cooldown": 0.0, "trial_until": 0.0}
+        )
         state["failures"] += 1
         if state["open_until"]:  # a trial failed: open again, longer
             state["cooldown"] = min(state["cooldown"] * 2, self.max_cooldown)
@@ -127,8 +134,15 @@ class RedisBreakerStore:
     """The breaker's state in Redis, shared by every replica; falls back to this process's own state
     (MemoryBreakerStore) while Redis cannot be reached."""
 
-    def __init__(self, redis: Any, prefix: str, threshold: int = THRESHOLD, cooldown: float = COOLDOWN,
-                 max_cooldown: float = MAX_COOLDOWN, trial_timeout: float = TRIAL_TIMEOUT):
+    def __init__(
+        self,
+        redis: Any,
+        prefix: str,
+        threshold: int = THRESHOLD,
+        cooldown: float = COOLDOWN,
+        max_cooldown: float = MAX_COOLDOWN,
+        trial_timeout: float = TRIAL_TIMEOUT,
+    ):
         self.redis = redis
         self.prefix = prefix
         self.threshold, self.cooldown, self.max_cooldown = threshold, cooldown, max_cooldown
@@ -159,8 +173,9 @@ class RedisBreakerStore:
 
     async def failed(self, bank_id: str, now: float) -> Verdict:
         try:
-            since, until = await self.redis.eval(_FAILED, 1, self.prefix + bank_id, now, self.threshold,
-                                                 self.cooldown, self.max_cooldown, STATE_TTL)
+            since, until = await self.redis.eval(
+                _FAILED, 1, self.prefix + bank_id, now, self.threshold, self.cooldown, self.max_cooldown, STATE_TTL
+            )
         except Exception as exc:  # noqa: BLE001
             self._degraded(exc)
             return await self.local.failed(bank_id, now)
@@ -194,6 +209,12 @@ class Breaker:
     async def failed(self) -> Verdict:
         verdict = await self.store.failed(self.bank_id, self.clock())
         if not verdict.allowed:
-            log.warning("bank breaker open", extra={"bank_id": self.bank_id, "failing_since": verdict.failing_since,
-                                                    "next_try_at": verdict.next_try_at})
+            log.warning(
+                "bank breaker open",
+                extra={
+                    "bank_id": self.bank_id,
+                    "failing_since": verdict.failing_since,
+                    "next_try_at": verdict.next_try_at,
+                },
+            )
         return verdict

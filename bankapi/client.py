@@ -8,6 +8,7 @@ payment consents), `bankapi.data` (accounts, balances, transactions, product agr
 catalogue) and `bankapi.payments` (payments). Banks and team credentials are the caller's
 (`bankapi.config`), as are the call options.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -53,8 +54,14 @@ class BankClients:
     """The configured banks' clients, by bank id: `clients.get("vbank")`. Clients are created lazily
     and share the token store and call options; `close()` closes them all."""
 
-    def __init__(self, banks: Iterable[BankEndpoint], team: TeamCredentials, *,
-                 token_store: TokenStore | None = None, **client_options: Any):
+    def __init__(
+        self,
+        banks: Iterable[BankEndpoint],
+        team: TeamCredentials,
+        *,
+        token_store: TokenStore | None = None,
+        **client_options: Any,
+    ):
         """`client_options`: `BankClient`'s keyword options (`timeout`, `max_retries`, `backoff_base`,
         `on_call`, `request_id_provider`, `throttle`, `breaker_store`, …), the same for every bank."""
         self.team = team
@@ -76,10 +83,12 @@ class BankClients:
         if client is None:
             bank = self.banks.get(bank_id)
             if bank is None:
-                raise UnknownBank(f"unknown bank {bank_id!r} (configured: {', '.join(self.banks) or 'none'})",
-                                  bank_id=bank_id)
-            client = self._clients[bank_id] = BankClient(bank, self.team, token_store=self._token_store,
-                                                         **self._options)
+                raise UnknownBank(
+                    f"unknown bank {bank_id!r} (configured: {', '.join(self.banks) or 'none'})", bank_id=bank_id
+                )
+            client = self._clients[bank_id] = BankClient(
+                bank, self.team, token_store=self._token_store, **self._options
+            )
         return client
 
     async def close(self) -> None:

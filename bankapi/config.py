@@ -4,6 +4,7 @@
 from their settings, tests and benchmarks directly) and passes them to `BankClient` /
 `BankClients` with the call options (timeout, retries, hooks).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

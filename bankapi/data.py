@@ -1,5 +1,6 @@
 """Data endpoints of `BankClient`: accounts, balances and transactions under an account consent,
 product agreements under a product-agreement consent, and the bank's public product catalogue."""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
@@ -43,42 +44,78 @@ class DataEndpoints(BankTransport):
     """Consented data (`client_id`: the bank customer; `consent_id`: the kind's approved consent) and
     the catalogue (token only)."""
 
-    async def _data_call(self, operation: str, kind: ConsentKind, consent_id: str, path: str, client_id: str,
-                         params: Mapping[str, Any] | None = None) -> Response:
+    async def _data_call(
+        self,
+        operation: str,
+        kind: ConsentKind,
+        consent_id: str,
+        path: str,
+        client_id: str,
+        params: Mapping[str, Any] | None = None,
+    ) -> Response:
         """GET a consented resource: X-Requesting-Bank + the kind's consent header, client_id in the query."""
         headers = {**self._requesting_bank(), CONSENT_ENDPOINTS[kind].data_header: consent_id}
-        return await self._call(operation, "GET", path, params={"client_id": client_id, **(params or {})},
-                                headers=headers)
+        return await self._call(
+            operation, "GET", path, params={"client_id": client_id, **(params or {})}, headers=headers
+        )
 
     # ------------------------------------------------------------------------------------ accounts
 
     async def get_accounts(self, client_id: str, consent_id: str) -> list[Account]:
         answer = await self._data_call("get_accounts", ConsentKind.ACCOUNTS, consent_id, "/accounts", client_id)
-        return self._parse("get_accounts", answer,
-                           lambda b: [Account.from_api(a) for a in items_of(b.get("data"), "account", "accounts")])
+        return self._parse(
+            "get_accounts",
+            answer,
+            lambda b: [Account.from_api(a) for a in items_of(b.get("data"), "account", "accounts")],
+        )
 
     async def get_account(self, client_id: str, consent_id: str, account_id: str) -> Account:
         """One account (the bank omits the account-number block here: use `get_accounts` for numbers)."""
-        answer = await self._data_call("get_account", ConsentKind.ACCOUNTS, consent_id,
-                                       f"/accounts/{quote(account_id, safe='')}", client_id)
+        answer = await self._data_call(
+            "get_account", ConsentKind.ACCOUNTS, consent_id, f"/accounts/{quote(account_id, safe='')}", client_id
+        )
         return self._parse("get_account", answer, _single_account)
 
     async def get_balances(self, client_id: str, consent_id: str, account_id: str) -> list[Balance]:
-        answer = await self._data_call("get_balances", ConsentKind.ACCOUNTS, consent_id,
-                                       f"/accounts/{quote(account_id, safe='')}/balances", client_id)
-        return self._parse("get_balances", answer, lambda b: [
-            Balance.from_api(x, account_id=account_id) for x in items_of(b.get("data"), "balance", "balances")])
+        answer = await self._data_call(
+            "get_balances",
+            ConsentKind.ACCOUNTS,
+            consent_id,
+            f"/accounts/{quote(account_id, safe='')}/balances",
+            client_id,
+        )
+        return self._parse(
+            "get_balances",
+            answer,
+            lambda b: [
+                Balance.from_api(x, account_id=account_id) for x in items_of(b.get("data"), "balance", "balances")
+            ],
+        )
 
-    async def get_transactions_page(self, client_id: str, consent_id: str, account_id: str, page: int = 1,
-                                    limit: int = MAX_PAGE_LIMIT, from_time: datetime | None = None,
-                                    to_time: datetime | None = None) -> TransactionPage:
+    async def get_transactions_page(
+        self,
+        client_id: str,
+        consent_id: str,
+        account_id: str,
+        page: int = 1,
+        limit: int = MAX_PAGE_LIMIT,
+        from_time: datetime | None = None,
+        to_time: datetime | None = None,
+    ) -> TransactionPage:
         """One page of an account's transactions (newest first), as the bank returns it (not re-filtered)."""
         params = _page_params(page, limit, from_time, to_time)
         return await self._transactions_page(client_id, consent_id, account_id, params)
 
-    async def iter_transactions(self, client_id: str, consent_id: str, account_id: str, *,
-                                from_time: datetime | None = None, to_time: datetime | None = None,
-                                limit: int = MAX_PAGE_LIMIT) -> AsyncIterator[Transaction]:
+    async def iter_transactions(
+        self,
+        client_id: str,
+        consent_id: str,
+        account_id: str,
+        *,
+        from_time: datetime | None = None,
+        to_time: datetime | None = None,
+        limit: int = MAX_PAGE_LIMIT,
+    ) -> AsyncIterator[Transaction]:
         """Every transaction of the account in [from_time, to_time], page by page following `links.next`
         (its query string; the path and host stay ours so the token only goes to the configured bank).
         Stops at a page without `links.next` or an empty page; filters by time on our side too."""
@@ -98,34 +135,59 @@ class DataEndpoints(BankTransport):
             seen.add(key)
             page = await self._transactions_page(client_id, consent_id, account_id, params)
 
-    async def _transactions_page(self, client_id: str, consent_id: str, account_id: str,
-                                 params: Mapping[str, Any]) -> TransactionPage:
-        answer = await self._data_call("get_transactions", ConsentKind.ACCOUNTS, consent_id,
-                                       f"/accounts/{quote(account_id, safe='')}/transactions", client_id, params)
+    async def _transactions_page(
+        self, client_id: str, consent_id: str, account_id: str, params: Mapping[str, Any]
+    ) -> TransactionPage:
+        answer = await self._data_call(
+            "get_transactions",
+            ConsentKind.ACCOUNTS,
+            consent_id,
+            f"/accounts/{quote(account_id, safe='')}/transactions",
+            client_id,
+            params,
+        )
         return self._parse("get_transactions", answer, lambda b: TransactionPage.from_api(b, account_id=account_id))
 
     # ------------------------------------------------------------------------------------ products
 
     async def get_product_agreements(self, client_id: str, consent_id: str) -> list[ProductAgreement]:
-        answer = await self._data_call("get_product_agreements", ConsentKind.PRODUCTS, consent_id,
-                                       "/product-agreements", client_id)
-        return self._parse("get_product_agreements", answer, lambda b: [
-            ProductAgreement.from_api(a)
-            for a in items_of(b.get("data"), "agreements", "product_agreements", "agreement")])
+        answer = await self._data_call(
+            "get_product_agreements", ConsentKind.PRODUCTS, consent_id, "/product-agreements", client_id
+        )
+        return self._parse(
+            "get_product_agreements",
+            answer,
+            lambda b: [
+                ProductAgreement.from_api(a)
+                for a in items_of(b.get("data"), "agreements", "product_agreements", "agreement")
+            ],
+        )
 
     async def get_product_agreement(self, client_id: str, consent_id: str, agreement_id: str) -> ProductAgreement:
         """One agreement with `interest_rate` and `account_balance` (the linked account's balance)."""
-        answer = await self._data_call("get_product_agreement", ConsentKind.PRODUCTS, consent_id,
-                                       f"/product-agreements/{quote(agreement_id, safe='')}", client_id)
-        return self._parse("get_product_agreement", answer, lambda b: ProductAgreement.from_api(
-            b["data"] if isinstance(b.get("data"), Mapping) else b))
+        answer = await self._data_call(
+            "get_product_agreement",
+            ConsentKind.PRODUCTS,
+            consent_id,
+            f"/product-agreements/{quote(agreement_id, safe='')}",
+            client_id,
+        )
+        return self._parse(
+            "get_product_agreement",
+            answer,
+            lambda b: ProductAgreement.from_api(b["data"] if isinstance(b.get("data"), Mapping) else b),
+        )
 
     async def get_products(self, product_type: str | None = None) -> list[Product]:
         """The bank's public catalogue (token only, no consent)."""
-        answer = await self._call("get_products", "GET", "/products",
-                                  params={"product_type": product_type} if product_type else None)
-        return self._parse("get_products", answer,
-                           lambda b: [Product.from_api(p) for p in items_of(b.get("data"), "product", "products")])
+        answer = await self._call(
+            "get_products", "GET", "/products", params={"product_type": product_type} if product_type else None
+        )
+        return self._parse(
+            "get_products",
+            answer,
+            lambda b: [Product.from_api(p) for p in items_of(b.get("data"), "product", "products")],
+        )
 
 
 def _single_account(body: Mapping[str, Any]) -> Account:
@@ -150,4 +212,3 @@ def _next_page_params(current: Mapping[str, Any], next_link: str, limit: int) ->
         params["page"] = int(current.get("page", 1)) + 1
     params["limit"] = limit
     return params
-

@@ -18,6 +18,7 @@ exceptions: the services translate them to gRPC status codes themselves.
 | (not sent: the bank's breaker is open)        | `CircuitOpen` (a BankUnavailable) |
 | 2xx whose body cannot be understood           | `MalformedResponse`            |
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -31,8 +32,16 @@ from typing import Any
 class BankError(Exception):
     """Base of every error raised by `bankapi`."""
 
-    def __init__(self, message: str, *, bank_id: str | None = None, operation: str | None = None,
-                 http_status: int | None = None, interaction_id: str | None = None, detail: Any = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        bank_id: str | None = None,
+        operation: str | None = None,
+        http_status: int | None = None,
+        interaction_id: str | None = None,
+        detail: Any = None,
+    ):
         super().__init__(message)
         self.message = message
         self.bank_id = bank_id
@@ -42,12 +51,16 @@ class BankError(Exception):
         self.detail = detail  # the bank's `detail` (str, dict or list) or the raw body text
 
     def __str__(self) -> str:
-        where = " ".join(p for p in (
-            f"bank={self.bank_id}" if self.bank_id else "",
-            f"op={self.operation}" if self.operation else "",
-            f"status={self.http_status}" if self.http_status is not None else "",
-            f"interaction_id={self.interaction_id}" if self.interaction_id else "",
-        ) if p)
+        where = " ".join(
+            p
+            for p in (
+                f"bank={self.bank_id}" if self.bank_id else "",
+                f"op={self.operation}" if self.operation else "",
+                f"status={self.http_status}" if self.http_status is not None else "",
+                f"interaction_id={self.interaction_id}" if self.interaction_id else "",
+            )
+            if p
+        )
         return f"{self.message} ({where})" if where else self.message
 
 
@@ -88,8 +101,9 @@ class CircuitOpen(BankUnavailable):
     """The bank has been failing and its breaker is open (bankapi.breaker): the call was not sent.
     `failing_since` and `next_try_at` are Unix seconds; `retry_after` the seconds until the next try."""
 
-    def __init__(self, message: str, *, failing_since: float | None = None, next_try_at: float | None = None,
-                 **kw: Any):
+    def __init__(
+        self, message: str, *, failing_since: float | None = None, next_try_at: float | None = None, **kw: Any
+    ):
         super().__init__(message, attempts=0, **kw)
         self.failing_since = failing_since
         self.next_try_at = next_try_at
@@ -176,8 +190,9 @@ def is_refusal(body: Any) -> bool:
     return "insufficient permission" in describe_detail(body)[0].lower()
 
 
-def error_for_status(status: int, body: Any, *, retry_after_header: str | None = None,
-                     after_refresh: bool = False, **context: Any) -> BankError:
+def error_for_status(
+    status: int, body: Any, *, retry_after_header: str | None = None, after_refresh: bool = False, **context: Any
+) -> BankError:
     """The typed error for a non-2xx answer. `context`: bank_id, operation, interaction_id."""
     message, code = describe_detail(body)
     detail = body.get("detail", body) if isinstance(body, Mapping) else body
@@ -193,8 +208,11 @@ def error_for_status(status: int, body: Any, *, retry_after_header: str | None =
     if status == 404:
         return NotFound(message, **kw)
     if status == 429:
-        return RateLimited(message if isinstance(body, Mapping) else "rate limited",
-                           retry_after=parse_retry_after(retry_after_header), **kw)
+        return RateLimited(
+            message if isinstance(body, Mapping) else "rate limited",
+            retry_after=parse_retry_after(retry_after_header),
+            **kw,
+        )
     if status >= 500:
         return BankUnavailable(message if isinstance(body, Mapping) else f"bank answered HTTP {status}", **kw)
     return BadRequest(message, **kw)

@@ -6,6 +6,7 @@ UTC), missing optional fields (the parsers: bankapi/parsing.py). Money is parsed
 (never through float arithmetic); the client decodes JSON with `parse_float=Decimal`, so even
 numeric amounts arrive exact. Every model keeps the bank's original object in `raw`.
 """
+
 from __future__ import annotations
 
 import enum
@@ -52,6 +53,7 @@ __all__ = [
 
 # ---------------------------------------------------------------------------------------------- statuses
 
+
 class ConsentKind(str, enum.Enum):
     ACCOUNTS = "accounts"
     PRODUCTS = "products"
@@ -60,6 +62,7 @@ class ConsentKind(str, enum.Enum):
 
 class ConsentStatus(str, enum.Enum):
     """Our one normalised consent status (bank-api.md, "Our status vocabulary")."""
+
     PENDING = "PENDING"  # request being created / bank answered something we do not know
     AWAITING_USER = "AWAITING_USER"
     APPROVED = "APPROVED"
@@ -74,8 +77,10 @@ def _status_key(raw: str) -> str:
 
 _CONSENT_STATUS = {
     **dict.fromkeys(("approved", "authorized", "authorised", "active", "valid"), ConsentStatus.APPROVED),
-    **dict.fromkeys(("pending", "awaitingauthorization", "awaitingauthorisation", "awaitinguser", "awaiting"),
-                    ConsentStatus.AWAITING_USER),
+    **dict.fromkeys(
+        ("pending", "awaitingauthorization", "awaitingauthorisation", "awaitinguser", "awaiting"),
+        ConsentStatus.AWAITING_USER,
+    ),
     **dict.fromkeys(("rejected", "declined", "denied"), ConsentStatus.REJECTED),
     **dict.fromkeys(("revoked", "cancelled", "canceled", "deleted"), ConsentStatus.REVOKED),
     # a single-use payment consent that was spent is as good as expired (403 INVALID_CONSENT)
@@ -109,8 +114,18 @@ class PaymentStatus(str, enum.Enum):
 
 
 _PAYMENT_STATUS = {
-    **dict.fromkeys(("completed", "acceptedsettlementcompleted", "acceptedcreditsettlementcompleted",
-                     "booked", "settled", "success", "succeeded"), PaymentStatus.COMPLETED),
+    **dict.fromkeys(
+        (
+            "completed",
+            "acceptedsettlementcompleted",
+            "acceptedcreditsettlementcompleted",
+            "booked",
+            "settled",
+            "success",
+            "succeeded",
+        ),
+        PaymentStatus.COMPLETED,
+    ),
     **dict.fromkeys(("failed", "rejected", "cancelled", "canceled", "declined", "error"), PaymentStatus.FAILED),
 }
 
@@ -130,9 +145,11 @@ def _raw() -> Any:
 # States in which a bank has not issued a consent id (a revoked or expired consent had one).
 _NEVER_ISSUED = frozenset({ConsentStatus.PENDING, ConsentStatus.AWAITING_USER, ConsentStatus.REJECTED})
 
+
 @dataclass(frozen=True)
 class ConsentResult:
     """A consent as seen in a creation answer or a GET. `consent_id` is None until the bank issued one."""
+
     kind: ConsentKind
     request_id: str | None
     consent_id: str | None
@@ -160,8 +177,7 @@ class ConsentResult:
     def used(self) -> bool:
         """A payment consent the bank reports as used: `Consumed`/`used` status, a use count above
         zero, or a payment made with it. For a single-use consent this means its payment happened."""
-        return (_status_key(self.raw_status or "") in _USED_STATUSES or bool(self.used_count)
-                or bool(self.payment_ids))
+        return _status_key(self.raw_status or "") in _USED_STATUSES or bool(self.used_count) or bool(self.payment_ids)
 
     @classmethod
     def from_api(cls, kind: ConsentKind, body: Mapping[str, Any], *, queried_id: str | None = None) -> ConsentResult:
@@ -172,8 +188,12 @@ class ConsentResult:
         status = normalize_status(raw_status)
         consent_id = _opt_str(_pick(data, "consent_id", "consentId"))
         request_id = _opt_str(_pick(data, "request_id", "requestId"))
-        if consent_id is not None and consent_id == queried_id and request_id in (None, queried_id) \
-                and status in _NEVER_ISSUED:
+        if (
+            consent_id is not None
+            and consent_id == queried_id
+            and request_id in (None, queried_id)
+            and status in _NEVER_ISSUED
+        ):
             consent_id = None  # a poll by request id echoes the request id: no consent id was issued (yet)
         if request_id is None and queried_id is not None and queried_id != consent_id:
             request_id = queried_id
@@ -208,12 +228,16 @@ def _payment_ids(data: Mapping[str, Any]) -> tuple[str, ...]:
         return tuple(str(i) for i in ids if i)
     payments = data.get("payments")
     if isinstance(payments, list):
-        return tuple(str(p.get("paymentId") or p.get("payment_id")) for p in payments
-                     if isinstance(p, Mapping) and (p.get("paymentId") or p.get("payment_id")))
+        return tuple(
+            str(p.get("paymentId") or p.get("payment_id"))
+            for p in payments
+            if isinstance(p, Mapping) and (p.get("paymentId") or p.get("payment_id"))
+        )
     return ()
 
 
 # ---------------------------------------------------------------------------------------------- accounts
+
 
 @dataclass(frozen=True)
 class Account:
@@ -362,6 +386,7 @@ def _opt_int(value: Any) -> int | None:
 
 # ---------------------------------------------------------------------------------------------- products
 
+
 @dataclass(frozen=True)
 class ProductAgreement:
     agreement_id: str
@@ -398,6 +423,7 @@ class ProductAgreement:
 @dataclass(frozen=True)
 class Product:
     """An entry of the bank's public catalogue (`GET /products`)."""
+
     product_id: str
     product_type: str | None
     product_name: str | None
@@ -425,6 +451,7 @@ class Product:
 
 # ---------------------------------------------------------------------------------------------- payments
 
+
 @dataclass(frozen=True)
 class Payment:
     payment_id: str
@@ -445,7 +472,7 @@ class Payment:
         if isinstance(amount, dict):
             amount, currency = amount.get("amount"), amount.get("currency", currency)
         elif amount is None:  # fall back to the initiation block when echoed
-            instructed = ((data.get("initiation") or {}).get("instructedAmount") or {})
+            instructed = (data.get("initiation") or {}).get("instructedAmount") or {}
             amount, currency = instructed.get("amount"), instructed.get("currency", currency)
         raw_status = _opt_str(data.get("status"))
         return cls(
@@ -458,4 +485,3 @@ class Payment:
             updated_at=parse_datetime(_pick(data, "statusUpdateDateTime", "updated_at")),
             raw=body,
         )
-

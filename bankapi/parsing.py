@@ -4,6 +4,7 @@ The building blocks of the models' `from_api` constructors (bankapi/models.py): 
 `to_decimal` (never float arithmetic), timestamps with or without `Z`/offset/fractional seconds (naive
 ones taken as UTC), the first present key among camelCase/snake_case spellings.
 """
+
 from __future__ import annotations
 
 import re
@@ -105,8 +106,7 @@ def items_of(data: Any, *keys: str) -> Iterable[Mapping[str, Any]]:
     return []
 
 
-_AGREEMENT_RE = re.compile(r"(?:Плат[её]ж\s+по\s+кредиту|Проценты\s+по\s+депозиту)\s*№\s*([\w.-]*\w)",
-                           re.IGNORECASE)
+_AGREEMENT_RE = re.compile(r"(?:Плат[её]ж\s+по\s+кредиту|Проценты\s+по\s+депозиту)\s*№\s*([\w.-]*\w)", re.IGNORECASE)
 
 
 def agreement_id_from_text(text: str | None) -> str | None:

@@ -1,4 +1,5 @@
 """Payment endpoints of `BankClient`: initiate a payment under a payment consent, read one back."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -25,10 +26,19 @@ def format_amount(amount: Decimal | str | int) -> str:
 class PaymentEndpoints(BankTransport):
     """Payments (docs/bank-api.md, "Payments"). Accounts are account numbers, not ids."""
 
-    async def create_payment(self, client_id: str, payment_consent_id: str, *, amount: Decimal | str | int,
-                             currency: str, debtor_account: str, creditor_account: str,
-                             creditor_bank_code: str | None = None, comment: str | None = None,
-                             interaction_id: str | None = None) -> Payment:
+    async def create_payment(
+        self,
+        client_id: str,
+        payment_consent_id: str,
+        *,
+        amount: Decimal | str | int,
+        currency: str,
+        debtor_account: str,
+        creditor_account: str,
+        creditor_bank_code: str | None = None,
+        comment: str | None = None,
+        interaction_id: str | None = None,
+    ) -> Payment:
         """Initiate a payment. NEVER retried on 5xx/transport errors/timeouts (the API has no idempotency
         key: a repeat could pay twice): those raise `BankUnavailable` and the caller must reconcile (e.g.
         by `get_payment` or the debtor account's transactions). Pass `interaction_id` to know the bank-side
@@ -43,13 +53,24 @@ class PaymentEndpoints(BankTransport):
         }
         if comment:
             initiation["comment"] = comment
-        answer = await self._call("create_payment", "POST", "/payments", params={"client_id": client_id},
-                                  body={"data": {"initiation": initiation}}, retry=False,
-                                  headers={**self._requesting_bank(), "X-Payment-Consent-Id": payment_consent_id},
-                                  interaction_id=interaction_id)
+        answer = await self._call(
+            "create_payment",
+            "POST",
+            "/payments",
+            params={"client_id": client_id},
+            body={"data": {"initiation": initiation}},
+            retry=False,
+            headers={**self._requesting_bank(), "X-Payment-Consent-Id": payment_consent_id},
+            interaction_id=interaction_id,
+        )
         return self._parse("create_payment", answer, Payment.from_api)
 
     async def get_payment(self, client_id: str, payment_id: str) -> Payment:
-        answer = await self._call("get_payment", "GET", f"/payments/{quote(payment_id, safe='')}",
-                                  params={"client_id": client_id}, headers=self._requesting_bank())
+        answer = await self._call(
+            "get_payment",
+            "GET",
+            f"/payments/{quote(payment_id, safe='')}",
+            params={"client_id": client_id},
+            headers=self._requesting_bank(),
+        )
         return self._parse("get_payment", answer, Payment.from_api)

@@ -9,6 +9,7 @@ one asyncio.Lock so that they cause a single token request.
 Stored value: JSON `{"access_token": "...", "refresh_at": <epoch seconds>}` with the store's TTL set
 to expire at `refresh_at`. A plain token string is accepted too (kept in-process for 5 minutes).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -76,8 +77,9 @@ class RedisTokenStore:
 
     async def set(self, key: str, value: str, ttl_seconds: int) -> None:
         try:
-            await asyncio.wait_for(self._redis.set(self.prefix + key, value, ex=max(1, int(ttl_seconds))),
-                                   self.op_timeout)
+            await asyncio.wait_for(
+                self._redis.set(self.prefix + key, value, ex=max(1, int(ttl_seconds))), self.op_timeout
+            )
         except Exception as exc:  # noqa: BLE001 - as in get()
             log.warning("bank token store unavailable (set %s): %r", key, exc)
 
@@ -121,8 +123,13 @@ class TokenCache:
     """One bank's token: in-process copy → shared store → `fetch()`, single-flight under a lock. `clock`:
     epoch seconds, against which tokens are fresh (a test passes its own)."""
 
-    def __init__(self, key: str, fetch: Callable[[], Awaitable[Token]], store: TokenStore | None = None,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        key: str,
+        fetch: Callable[[], Awaitable[Token]],
+        store: TokenStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.key = key
         self._clock = clock
         self._fetch = fetch
@@ -148,8 +155,7 @@ class TokenCache:
         """The bank rejected `rejected` (401): get a different token. Concurrent callers that saw the same
         rejected token share one renewal; a newer token already in the store is taken as is."""
         async with self._lock:
-            if (self._token is not None and self._token.access_token != rejected
-                    and self._token.fresh_at(self._clock())):
+            if self._token is not None and self._token.access_token != rejected and self._token.fresh_at(self._clock()):
                 return self._token.access_token
             stored = await self._load()
             if stored is not None and stored.access_token != rejected:

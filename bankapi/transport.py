@@ -18,6 +18,7 @@ One pooled aiohttp session per bank, created lazily, closed by `close()` / `asyn
 * maps any other failure at once to a typed `BankError` (429 → `RateLimited` with `retry_after`, left
   to the caller to honour).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -59,6 +60,7 @@ DEFAULT_TOKEN_LIFETIME = 86400.0  # seconds, when the token answer has no expire
 @dataclass(frozen=True)
 class CallRecord:
     """One HTTP exchange with a bank, as given to the `on_call` hook (for bank_status_log)."""
+
     bank_id: str
     operation: str  # the client method, e.g. "get_accounts"
     method: str
@@ -81,6 +83,7 @@ class _TransportError(Exception):
 @dataclass(frozen=True)
 class Response:
     """A bank's answer: status, decoded JSON body (None when empty), headers, the call's interaction id."""
+
     status: int
     body: Any
     headers: Mapping[str, str]
@@ -113,11 +116,23 @@ class BankTransport:
     adds the endpoints. `request_id_provider` gives the caller's current request id (sent as
     `X-Request-Id`); `throttle(bank_id)` is awaited before every exchange."""
 
-    def __init__(self, bank: BankEndpoint, team: TeamCredentials, *, token_store: TokenStore | None = None,
-                 timeout: float = 10.0, max_retries: int = 3, backoff_base: float = 0.2, backoff_max: float = 5.0,
-                 session: aiohttp.ClientSession | None = None, on_call: OnCall | None = None,
-                 request_id_provider: Callable[[], str | None] | None = None, pool_size: int = 20,
-                 throttle: Callable[[str], Awaitable[None]] | None = None, breaker_store: BreakerStore | None = None):
+    def __init__(
+        self,
+        bank: BankEndpoint,
+        team: TeamCredentials,
+        *,
+        token_store: TokenStore | None = None,
+        timeout: float = 10.0,
+        max_retries: int = 3,
+        backoff_base: float = 0.2,
+        backoff_max: float = 5.0,
+        session: aiohttp.ClientSession | None = None,
+        on_call: OnCall | None = None,
+        request_id_provider: Callable[[], str | None] | None = None,
+        pool_size: int = 20,
+        throttle: Callable[[str], Awaitable[None]] | None = None,
+        breaker_store: BreakerStore | None = None,
+    ):
         if not bank.base_url:
             raise UnknownBank(f"bank {bank.id!r} has no base URL configured", bank_id=bank.id)
         if max_retries < 0 or timeout <= 0:
@@ -165,8 +180,8 @@ class BankTransport:
             if not self._owns_session:
                 raise RuntimeError("the session given to BankClient is closed")
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._pool_size),
-                timeout=aiohttp.ClientTimeout(total=self.timeout))
+                connector=aiohttp.TCPConnector(limit=self._pool_size), timeout=aiohttp.ClientTimeout(total=self.timeout)
+            )
         return self._session
 
     # ------------------------------------------------------------------------------------ token
@@ -176,9 +191,13 @@ class BankTransport:
         return await self._tokens.get()
 
     async def _fetch_token(self) -> Token:
-        response = await self._call("get_token", "POST", "/auth/bank-token", authorized=False,
-                                    params={"client_id": self.team.client_id,
-                                            "client_secret": self.team.client_secret})
+        response = await self._call(
+            "get_token",
+            "POST",
+            "/auth/bank-token",
+            authorized=False,
+            params={"client_id": self.team.client_id, "client_secret": self.team.client_secret},
+        )
         return self._parse("get_token", response, _token_from_answer)
 
     # ------------------------------------------------------------------------------------ calls
@@ -193,12 +212,27 @@ class BankTransport:
                 raise TypeError(f"expected a JSON object, got {type(response.body).__name__}")
             return parse(response.body)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise MalformedResponse(f"unexpected answer shape: {exc}", bank_id=self.bank_id, operation=operation,
-                                    http_status=response.status, interaction_id=response.interaction_id) from exc
+            raise MalformedResponse(
+                f"unexpected answer shape: {exc}",
+                bank_id=self.bank_id,
+                operation=operation,
+                http_status=response.status,
+                interaction_id=response.interaction_id,
+            ) from exc
 
-    async def _call(self, operation: str, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-                    body: Any = None, headers: Mapping[str, str] | None = None, authorized: bool = True,
-                    retry: bool = True, interaction_id: str | None = None) -> Response:
+    async def _call(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        authorized: bool = True,
+        retry: bool = True,
+        interaction_id: str | None = None,
+    ) -> Response:
         """One logical call: token, retries with backoff (5xx/transport/timeout), one token refresh on
         401, typed errors. Returns the 2xx response (body decoded JSON, None when empty)."""
         max_attempts = 1 + (self.max_retries if retry else 0)
@@ -223,8 +257,13 @@ class BankTransport:
                 attempt -= 1  # a token refresh is not a retry
                 await self._tokens.refresh(token or "")
                 continue
-            error = error_for_status(response.status, response.body, after_refresh=refreshed,
-                                     retry_after_header=response.headers.get("Retry-After"), **context)
+            error = error_for_status(
+                response.status,
+                response.body,
+                after_refresh=refreshed,
+                retry_after_header=response.headers.get("Retry-After"),
+                **context,
+            )
             if isinstance(error, BankUnavailable):
                 if attempt < max_attempts:
                     await self._backoff(attempt)
@@ -236,8 +275,18 @@ class BankTransport:
         """Exponential backoff with full jitter: uniform(0, min(max, base * 2^(attempt-1)))."""
         await asyncio.sleep(self._random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))))
 
-    async def _send(self, operation: str, method: str, path: str, params: Mapping[str, Any] | None, body: Any,
-                    headers: Mapping[str, str] | None, token: str | None, iid: str, attempt: int) -> Response:
+    async def _send(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        body: Any,
+        headers: Mapping[str, str] | None,
+        token: str | None,
+        iid: str,
+        attempt: int,
+    ) -> Response:
         """One HTTP exchange, logged and reported to `on_call`. Raises `_TransportError`, or
         `CircuitOpen` without sending anything while the bank's breaker is open."""
         verdict = await self._breaker.before_call()
@@ -245,8 +294,12 @@ class BankTransport:
             raise CircuitOpen(
                 f"{self.bank_id} failing since {_clock(verdict.failing_since)}, "
                 f"next try at {_clock(verdict.next_try_at)}",
-                failing_since=verdict.failing_since, next_try_at=verdict.next_try_at, bank_id=self.bank_id,
-                operation=operation, interaction_id=iid)
+                failing_since=verdict.failing_since,
+                next_try_at=verdict.next_try_at,
+                bank_id=self.bank_id,
+                operation=operation,
+                interaction_id=iid,
+            )
         if self._throttle is not None:
             await self._throttle(self.bank_id)
         request_headers = {"Accept": "application/json", "X-Fapi-Interaction-Id": iid}
@@ -263,9 +316,14 @@ class BankTransport:
         query = {k: str(v) for k, v in (params or {}).items() if v is not None}
         started = time.perf_counter()
         try:
-            async with self._http().request(method, self._base_url + path, params=query, data=data,
-                                            headers=request_headers,
-                                            timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+            async with self._http().request(
+                method,
+                self._base_url + path,
+                params=query,
+                data=data,
+                headers=request_headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as resp:
                 raw = await resp.read()
                 response = Response(resp.status, decode_body(raw.decode("utf-8", "replace")), resp.headers, iid)
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -284,18 +342,51 @@ class BankTransport:
             await self._breaker.succeeded()
         return response
 
-    async def _report(self, operation: str, method: str, path: str, status: int | None, started: float, iid: str,
-                      message: str, attempt: int) -> None:
+    async def _report(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        status: int | None,
+        started: float,
+        iid: str,
+        message: str,
+        attempt: int,
+    ) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
         ok = status is not None and status < 300
-        record = CallRecord(self.bank_id, operation, method, path, status, round(latency_ms, 1), iid,
-                            "ok" if ok else "error", message, attempt)
-        log.log(logging.INFO if ok else logging.WARNING,
-                "bank=%s op=%s %s %s status=%s latency_ms=%.1f interaction_id=%s attempt=%d%s",
-                self.bank_id, operation, method, path, status if status is not None else "-", latency_ms, iid,
-                attempt, f" error={message!r}" if message else "",
-                extra={"bank_id": self.bank_id, "operation": operation, "http_status": status,
-                       "latency_ms": latency_ms, "interaction_id": iid})
+        record = CallRecord(
+            self.bank_id,
+            operation,
+            method,
+            path,
+            status,
+            round(latency_ms, 1),
+            iid,
+            "ok" if ok else "error",
+            message,
+            attempt,
+        )
+        log.log(
+            logging.INFO if ok else logging.WARNING,
+            "bank=%s op=%s %s %s status=%s latency_ms=%.1f interaction_id=%s attempt=%d%s",
+            self.bank_id,
+            operation,
+            method,
+            path,
+            status if status is not None else "-",
+            latency_ms,
+            iid,
+            attempt,
+            f" error={message!r}" if message else "",
+            extra={
+                "bank_id": self.bank_id,
+                "operation": operation,
+                "http_status": status,
+                "latency_ms": latency_ms,
+                "interaction_id": iid,
+            },
+        )
         if self._on_call is None:
             return
         try:
@@ -306,7 +397,6 @@ class BankTransport:
             log.exception("bankapi on_call hook failed")
 
 
-
 def _clock(when: float | None) -> str:
     """Unix seconds as an ISO-8601 UTC time, to the second (for messages people read)."""
     if when is None:
@@ -314,9 +404,7 @@ def _clock(when: float | None) -> str:
     return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-
 def _token_from_answer(body: Mapping[str, Any]) -> Token:
     if not isinstance(body.get("access_token"), str) or not body["access_token"]:
         raise ValueError("token answer without access_token")
     return Token.issued(body["access_token"], float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME))
-

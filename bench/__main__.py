@@ -1,4 +1,5 @@
 """`python -m bench [name ...]`: run every benchmark module of this package (or the named ones)."""
+
 from __future__ import annotations
 
 import importlib

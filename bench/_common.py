@@ -1,5 +1,6 @@
 """What the benchmarks share: free ports, a scratch database on the configured or embedded server, the
 suite's environment, the emulator's admin API, a bare aiohttp server and an HTTP load generator."""
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,11 @@ def with_database(url: str, name: str) -> str:
 async def scratch_database(label: str) -> AsyncIterator[BackingServices]:
     """A new database (dropped afterwards) on FINPULSE_DATABASE_URL's server, or on an embedded
     Postgres in a temporary folder; Redis likewise."""
-    servers = ensure_backing_services(os.environ.get("FINPULSE_DATABASE_URL") or None,
-                                      os.environ.get("FINPULSE_REDIS_URL") or None, tempfile.mkdtemp(prefix="fpb-"))
+    servers = ensure_backing_services(
+        os.environ.get("FINPULSE_DATABASE_URL") or None,
+        os.environ.get("FINPULSE_REDIS_URL") or None,
+        tempfile.mkdtemp(prefix="fpb-"),
+    )
     name = f"finpulse_bench_{label}_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(servers.database_url)
     try:
@@ -84,8 +88,9 @@ async def top_up(session: aiohttp.ClientSession, urls: dict[str, str], user: str
             missing = per_account - have
             while missing > 0:
                 step = min(missing, 1000)
-                await emulator_admin(session, url, f"customers/{user}/transactions",
-                                     {"account_id": account_id, "count": step})
+                await emulator_admin(
+                    session, url, f"customers/{user}/transactions", {"account_id": account_id, "count": step}
+                )
                 missing -= step
 
 
@@ -93,9 +98,15 @@ def suite_env(log_dir: str, **settings: str) -> dict[str, str]:
     """The environment of a benchmark's suite: this machine's variables without FINPULSE_*, every
     process on a free loopback port, logs at WARNING, its own Redis prefix, plus `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
-    env.update(FINPULSE_ENV="local", FINPULSE_GRPC_HOST="127.0.0.1", FINPULSE_GATEWAY_HOST="127.0.0.1",
-               FINPULSE_GATEWAY_PORT=str(reserved_port()), FINPULSE_DATA_DIR=log_dir, FINPULSE_LOG_LEVEL="WARNING",
-               FINPULSE_REDIS_PREFIX=f"finpulse-bench-{uuid.uuid4().hex[:8]}:")
+    env.update(
+        FINPULSE_ENV="local",
+        FINPULSE_GRPC_HOST="127.0.0.1",
+        FINPULSE_GATEWAY_HOST="127.0.0.1",
+        FINPULSE_GATEWAY_PORT=str(reserved_port()),
+        FINPULSE_DATA_DIR=log_dir,
+        FINPULSE_LOG_LEVEL="WARNING",
+        FINPULSE_REDIS_PREFIX=f"finpulse-bench-{uuid.uuid4().hex[:8]}:",
+    )
     for service in SERVICE_PORTS:
         env[f"FINPULSE_{service.upper()}_ADDR"] = f"127.0.0.1:{reserved_port()}"
     for bank in KNOWN_BANKS:
@@ -174,8 +185,12 @@ def http_load(url: str, seconds: float, connections: int, token: str = "") -> tu
     on PATH (`apt-get install wrk`), else an aiohttp client loop. (requests answered, seconds taken);
     any non-200 answer is an error."""
     if not shutil.which("wrk"):
-        out = subprocess.run([sys.executable, "-c", _HTTP_LOOP, url, str(seconds), str(connections), token],
-                             capture_output=True, text=True, check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", _HTTP_LOOP, url, str(seconds), str(connections), token],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         return int(out[0]), float(out[1])
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
     if token:

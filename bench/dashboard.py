@@ -14,6 +14,7 @@ sync_svc runs them, with no gRPC and no calculation.
 
 `python -m bench.dashboard [--transactions 5000] [--seconds 10] [--connections 32] [--samples 30]`
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,7 @@ from sync_svc.bank_storage import BankDataStorage
 
 BANKS = tuple(KNOWN_BANKS)
 
+
 def _rate(load: tuple[int, float]) -> float:
     requests, seconds = load
     return requests / seconds
@@ -53,8 +55,9 @@ async def _prepare_user(session, suite: Suite, per_account: int) -> str:
     body = {"user_id": user, "banks": [{"bank_id": b, "consents": {"account": True, "product": True}} for b in BANKS]}
     async with session.post(f"{gateway}/api/onboarding/consents", json=body, headers=auth) as resp:
         assert resp.status == 200, await resp.text()
-    async with session.post(f"{gateway}/api/onboarding/finalize", json={"onboarding_id": user, "user_id": user},
-                            headers=auth) as r:
+    async with session.post(
+        f"{gateway}/api/onboarding/finalize", json={"onboarding_id": user, "user_id": user}, headers=auth
+    ) as r:
         assert r.status == 200, await r.text()
     for _ in range(1200):
         async with session.get(f"{gateway}/api/sync/status", params={"user_id": user}, headers=auth) as resp:
@@ -76,11 +79,17 @@ async def _sql_alone(dsn: str, user: str, samples: int) -> list[float]:
         for _ in range(samples):
             started = time.perf_counter()
             await asyncio.gather(
-                storage.accounts(user), storage.latest_balances(user), storage.credits(user),
-                storage.transactions(user, limit=10), storage.monthly_cash_flow(user, 12),
+                storage.accounts(user),
+                storage.latest_balances(user),
+                storage.credits(user),
+                storage.transactions(user, limit=10),
+                storage.monthly_cash_flow(user, 12),
                 storage.spending_by_category(user, now - dt.timedelta(days=30)),
-                storage.spending_by_category(user, today), storage.loan_repayments(user),
-                storage.income_by_day(user, now - dt.timedelta(days=180)), storage.data_version(user))
+                storage.spending_by_category(user, today),
+                storage.loan_repayments(user),
+                storage.income_by_day(user, now - dt.timedelta(days=180)),
+                storage.data_version(user),
+            )
             timings.append(time.perf_counter() - started)
     finally:
         await pool.close()
@@ -95,10 +104,20 @@ async def run(per_account: int, seconds: float, connections: int, samples: int) 
 async def _run(backing: BackingServices, per_account: int, seconds: float, connections: int, samples: int) -> None:
     log_dir = tempfile.mkdtemp(prefix="fpd-logs-")
     # The load comes from one user: its request cap must not be what is measured.
-    env = suite_env(log_dir, FINPULSE_BANK_RATE_LIMIT="99", FINPULSE_RPC_TIMEOUT="60",
-                    FINPULSE_USER_RATE_LIMIT="100000", FINPULSE_USER_RATE_BURST="100000")
-    suite = Suite(load_settings(env), backing, base_env=env, log_dir=log_dir,
-                  emulator_args=["--customers", "60", "--approval", ",".join(f"{b}=auto" for b in BANKS)])
+    env = suite_env(
+        log_dir,
+        FINPULSE_BANK_RATE_LIMIT="99",
+        FINPULSE_RPC_TIMEOUT="60",
+        FINPULSE_USER_RATE_LIMIT="100000",
+        FINPULSE_USER_RATE_BURST="100000",
+    )
+    suite = Suite(
+        load_settings(env),
+        backing,
+        base_env=env,
+        log_dir=log_dir,
+        emulator_args=["--customers", "60", "--approval", ",".join(f"{b}=auto" for b in BANKS)],
+    )
     try:
         await suite.migrate()
         suite.start()
@@ -127,13 +146,17 @@ async def _run(backing: BackingServices, per_account: int, seconds: float, conne
         tool = http_tool()
         p50, p99 = _percentile(latencies, 0.5), _percentile(latencies, 0.99)
         s50, s99 = _percentile(sql, 0.5), _percentile(sql, 0.99)
-        print(f"dashboard: user with {len(BANKS)} banks x 4 accounts x {per_account} transactions "
-              f"({len(body)} bytes of JSON); load tool {tool}, {connections} connections, {seconds:g} s each")
+        print(
+            f"dashboard: user with {len(BANKS)} banks x 4 accounts x {per_account} transactions "
+            f"({len(body)} bytes of JSON); load tool {tool}, {connections} connections, {seconds:g} s each"
+        )
         print(f"  cached GET /api/dashboard via gateway: {gateway_rps:,.0f} req/s")
         print(f"  bare aiohttp handler, same body:       {bare_rps:,.0f} req/s")
         print(f"  ratio gateway / bare: {gateway_rps / bare_rps:.2f} (goal >= 0.6)")
-        print(f"  uncached dashboard (force_refresh) over {samples} calls: p50 {p50 * 1000:.1f} ms, "
-              f"p99 {p99 * 1000:.1f} ms")
+        print(
+            f"  uncached dashboard (force_refresh) over {samples} calls: p50 {p50 * 1000:.1f} ms, "
+            f"p99 {p99 * 1000:.1f} ms"
+        )
         print(f"  SQL aggregates alone:                     p50 {s50 * 1000:.1f} ms, p99 {s99 * 1000:.1f} ms")
         print(f"  ratio uncached / SQL alone: p50 {p50 / s50:.2f}, p99 {p99 / s99:.2f}")
     finally:

@@ -34,6 +34,7 @@ cores could give in the measured time.
 
 `python -m bench.first_sync [--latency-ms 50] [--transactions 1000] [--rate N] [--concurrency N]`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -141,8 +142,13 @@ def lower_bound(requests: int, latency: float, concurrency: int, rate: float, bu
     rated = max(requests - burst, 0) / rate
     # information only, see the module docstring
     chained_rate = 3 * latency + max(requests - 3 - burst, 0) / rate
-    return {"chain": chain, "concurrency": cap, "rate": rated, "bound": max(chain, cap, rated),
-            "chained_rate": chained_rate}
+    return {
+        "chain": chain,
+        "concurrency": cap,
+        "rate": rated,
+        "bound": max(chain, cap, rated),
+        "chained_rate": chained_rate,
+    }
 
 
 async def run(latency_ms: float, per_account: int, rate: float, concurrency: int) -> None:
@@ -156,9 +162,21 @@ async def _run(backing, latency_ms: float, per_account: int, rate: float, concur
     urls = {b: f"http://127.0.0.1:{p}" for b, p in ports.items()}
     # The banks are other machines: the emulator runs in its own process, not on this event loop.
     emulator = subprocess.Popen(
-        [sys.executable, "-m", "bank_sandbox", "--banks", ",".join(f"{b}={p}" for b, p in ports.items()),
-         "--customers", str(CUSTOMERS), "--approval", ",".join(f"{b}=auto" for b in BANKS)],
-        env={**os.environ, **reserved_env()}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "bank_sandbox",
+            "--banks",
+            ",".join(f"{b}={p}" for b, p in ports.items()),
+            "--customers",
+            str(CUSTOMERS),
+            "--approval",
+            ",".join(f"{b}=auto" for b in BANKS),
+        ],
+        env={**os.environ, **reserved_env()},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     cache = Cache(backing.redis_url, prefix=f"finpulse-bench-{uuid.uuid4().hex[:6]}:")
     pool = None
     try:
@@ -183,13 +201,22 @@ async def _run(backing, latency_ms: float, per_account: int, rate: float, concur
             limiter = RateLimiter(cache.redis, rate, burst=5, prefix=cache.prefix + "rl:")
             calls = []
             ended: list[float] = []  # when each call's answer was in (perf_counter)
-            clients = BankClients(bank_configs, TEAM, token_store=RedisTokenStore(cache.redis, prefix=cache.prefix),
-                                  on_call=lambda rec: (calls.append(rec), ended.append(time.perf_counter()),
-                                                       record_call(rec)),
-                                  throttle=lambda bank_id: limiter.acquire(f"bank:{bank_id}"))
+            clients = BankClients(
+                bank_configs,
+                TEAM,
+                token_store=RedisTokenStore(cache.redis, prefix=cache.prefix),
+                on_call=lambda rec: (calls.append(rec), ended.append(time.perf_counter()), record_call(rec)),
+                throttle=lambda bank_id: limiter.acquire(f"bank:{bank_id}"),
+            )
             jobs = JobStorage(pool)
-            workers = SyncWorkers(jobs, BankDataStorage(pool), clients, _Consents(consents), cache,
-                                  WorkerConfig(workers=3, concurrency=concurrency))
+            workers = SyncWorkers(
+                jobs,
+                BankDataStorage(pool),
+                clients,
+                _Consents(consents),
+                cache,
+                WorkerConfig(workers=3, concurrency=concurrency),
+            )
             for bank in BANKS:
                 await JobStorage(pool).enqueue(user, bank, "bench")
             job_times = _JobTimes()
@@ -209,33 +236,43 @@ async def _run(backing, latency_ms: float, per_account: int, rate: float, concur
         per_bank = {b: sum(1 for c in calls if c.bank_id == b) for b in BANKS}
         bounds = {b: lower_bound(per_bank[b], latency_ms / 1000, concurrency, rate, 5) for b in BANKS}
         worst = max(bounds.values(), key=lambda x: x["bound"])
-        print(f"first sync: {len(BANKS)} banks x {ACCOUNTS} accounts x {per_account} transactions, "
-              f"latency {latency_ms:.0f} ms, per-job concurrency {concurrency}, rate cap {rate:g} req/s per bank")
+        print(
+            f"first sync: {len(BANKS)} banks x {ACCOUNTS} accounts x {per_account} transactions, "
+            f"latency {latency_ms:.0f} ms, per-job concurrency {concurrency}, rate cap {rate:g} req/s per bank"
+        )
         print(f"  jobs: {states}; transactions stored: {stored}")
         print(f"  bank requests per bank: {per_bank}")
-        print(f"  lower bound (worst bank): chain {worst['chain']:.3f} s, concurrency {worst['concurrency']:.3f} s, "
-              f"rate {worst['rate']:.3f} s -> {worst['bound']:.3f} s")
+        print(
+            f"  lower bound (worst bank): chain {worst['chain']:.3f} s, concurrency {worst['concurrency']:.3f} s, "
+            f"rate {worst['rate']:.3f} s -> {worst['bound']:.3f} s"
+        )
         print(f"  measured wall time: {elapsed:.3f} s")
         print(f"  ratio measured / lower bound: {elapsed / worst['bound']:.2f} (goal <= 1.3)")
         tighter = max(max(b["bound"], b["chained_rate"]) for b in bounds.values())
-        print(f"  (information: chain and rate combined, 3L + (R - 3 - burst)/r, give {tighter:.3f} s; "
-              f"measured / that = {elapsed / tighter:.2f})")
+        print(
+            f"  (information: chain and rate combined, 3L + (R - 3 - burst)/r, give {tighter:.3f} s; "
+            f"measured / that = {elapsed / tighter:.2f})"
+        )
         print("  where the time went:")
         for bank in BANKS:
             mine = [(end - started, c) for end, c in zip(ended, calls, strict=False) if c.bank_id == bank]
             pages = [c.latency_ms for _, c in mine if c.operation == "get_transactions"]
             fetch_ms, commit_ms = job_times.jobs.get(bank, (float("nan"), float("nan")))
-            print(f"    {bank}: fetch {fetch_ms / 1000:.3f} s, commit after it {commit_ms / 1000:.3f} s; "
-                  f"last answer at {max(t for t, _ in mine):.3f} s; "
-                  f"page latency mean {sum(pages) / len(pages):.0f} ms, "
-                  f"p50 {_quantile(pages, 0.5):.0f}, p90 {_quantile(pages, 0.9):.0f}, max {max(pages):.0f}")
+            print(
+                f"    {bank}: fetch {fetch_ms / 1000:.3f} s, commit after it {commit_ms / 1000:.3f} s; "
+                f"last answer at {max(t for t, _ in mine):.3f} s; "
+                f"page latency mean {sum(pages) / len(pages):.0f} ms, "
+                f"p50 {_quantile(pages, 0.5):.0f}, p90 {_quantile(pages, 0.9):.0f}, max {max(pages):.0f}"
+            )
         ours, bank_cpu = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
         pg = None if cpu_before[2] is None or cpu_after[2] is None else cpu_after[2] - cpu_before[2]
         total = ours + bank_cpu + (pg or 0.0)
         cores = os.cpu_count() or 1
-        print(f"    CPU: sync (this process) {ours:.2f} s, emulator {bank_cpu:.2f} s, postgres "
-              f"{'n/a' if pg is None else f'{pg:.2f} s'} = {total:.2f} s over {cores} cores in {elapsed:.2f} s "
-              f"({total / (cores * elapsed):.0%} of the machine; CPU floor {total / cores:.2f} s)")
+        print(
+            f"    CPU: sync (this process) {ours:.2f} s, emulator {bank_cpu:.2f} s, postgres "
+            f"{'n/a' if pg is None else f'{pg:.2f} s'} = {total:.2f} s over {cores} cores in {elapsed:.2f} s "
+            f"({total / (cores * elapsed):.0%} of the machine; CPU floor {total / cores:.2f} s)"
+        )
     finally:
         if pool is not None:
             await pool.close()

@@ -16,6 +16,7 @@ Runs on a scratch database created on FINPULSE_DATABASE_URL (dropped afterwards)
 Postgres in a temporary folder when that is not set.
 `python -m bench.ingest [--rows N] [--rounds N]`, or `python -m bench` for every benchmark.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,17 +47,27 @@ MIGRATIONS = pathlib.Path(sync_svc.__file__).with_name("migrations")
 BANKS = ("vbank", "abank", "sbank")
 ACCOUNTS_PER_BANK = 3
 ANCHOR = datetime(2025, 11, 18, 12, 0, tzinfo=UTC)
-MERCHANTS = (("grocery", "5411", 1_000, 5_000, ("Дикси", "Пятёрочка", "Перекрёсток", "Магнит", "ВкусВилл")),
-             ("restaurants", "5812", 2_000, 50_000, ("Кофемания", "Шоколадница", "Теремок", "Якитория")),
-             ("online_retail", "5399", 10_000, 80_000, ("Ozon", "Wildberries", "Яндекс Маркет")),
-             ("clothing", "5651", 11_000, 98_000, ("Zara", "Gloria Jeans", "Befree", "Спортмастер")))
+MERCHANTS = (
+    ("grocery", "5411", 1_000, 5_000, ("Дикси", "Пятёрочка", "Перекрёсток", "Магнит", "ВкусВилл")),
+    ("restaurants", "5812", 2_000, 50_000, ("Кофемания", "Шоколадница", "Теремок", "Якитория")),
+    ("online_retail", "5399", 10_000, 80_000, ("Ozon", "Wildberries", "Яндекс Маркет")),
+    ("clothing", "5651", 11_000, 98_000, ("Zara", "Gloria Jeans", "Befree", "Спортмастер")),
+)
 USER_ID = "team200-1"
-SEED = Transaction.from_api({"accountId": "acc-seed", "transactionId": "tx-seed", "amount": {"amount": "1.00"},
-                             "creditDebitIndicator": "Debit", "bookingDateTime": "2024-01-01T00:00:00Z"})
+SEED = Transaction.from_api(
+    {
+        "accountId": "acc-seed",
+        "transactionId": "tx-seed",
+        "amount": {"amount": "1.00"},
+        "creditDebitIndicator": "Debit",
+        "bookingDateTime": "2024-01-01T00:00:00Z",
+    }
+)
 CITIES = ("Москва", "Санкт-Петербург", "Казань", "Екатеринбург", "Новосибирск")
 
 
 # ---------------------------------------------------------------------------------------------- data
+
 
 def _money(r: random.Random, low: int, high: int) -> str:
     return str(Decimal(r.randint(low * 100, high * 100)) / 100)
@@ -65,19 +76,32 @@ def _money(r: random.Random, low: int, high: int) -> str:
 def _transaction_json(r: random.Random, bank_id: str, account_id: str, n: int, when: datetime) -> dict:
     """One transaction as the bank's API returns it (bank-api.md), with the usual mix of kinds."""
     kind = r.random()
-    body = {"accountId": account_id, "transactionId": f"tx-{bank_id}-{account_id[4:]}-{n:08d}",
-            "status": "completed", "bookingDateTime": when.isoformat().replace("+00:00", "Z"),
-            "valueDateTime": when.isoformat().replace("+00:00", "Z"), "counterparty": None}
+    body = {
+        "accountId": account_id,
+        "transactionId": f"tx-{bank_id}-{account_id[4:]}-{n:08d}",
+        "status": "completed",
+        "bookingDateTime": when.isoformat().replace("+00:00", "Z"),
+        "valueDateTime": when.isoformat().replace("+00:00", "Z"),
+        "counterparty": None,
+    }
     if kind < 0.80:  # card purchase
         category, mcc, low, high, names = r.choices(MERCHANTS, weights=(65, 20, 8, 7))[0]
         name, city = r.choice(names), r.choice(CITIES)
-        body |= {"amount": {"amount": _money(r, low // 10, high // 10), "currency": "RUB"},
-                 "creditDebitIndicator": "Debit", "transactionInformation": f"{name} - {city}",
-                 "bankTransactionCode": {"code": "01"},
-                 "merchant": {"merchantId": f"mrc-{zlib.crc32(f'{name}|{city}'.encode()):08x}", "name": name,
-                              "mccCode": mcc, "category": category, "city": city, "country": "RUS"},
-                 "card": {"cardId": f"card-{account_id}", "cardNumber": f"****{r.randint(1000, 9999)}",
-                          "cardType": "debit"}}
+        body |= {
+            "amount": {"amount": _money(r, low // 10, high // 10), "currency": "RUB"},
+            "creditDebitIndicator": "Debit",
+            "transactionInformation": f"{name} - {city}",
+            "bankTransactionCode": {"code": "01"},
+            "merchant": {
+                "merchantId": f"mrc-{zlib.crc32(f'{name}|{city}'.encode()):08x}",
+                "name": name,
+                "mccCode": mcc,
+                "category": category,
+                "city": city,
+                "country": "RUS",
+            },
+            "card": {"cardId": f"card-{account_id}", "cardNumber": f"****{r.randint(1000, 9999)}", "cardType": "debit"},
+        }
     else:
         if kind < 0.90:
             info, indicator = r.choice(("Доход", "Доход", "Доход от бизнеса")), "Credit"
@@ -88,8 +112,14 @@ def _transaction_json(r: random.Random, bank_id: str, account_id: str, n: int, w
             info, indicator, amount = f"Платеж по кредиту №loan-{bank_id}-0447", "Debit", "44773.27"
         else:
             info, indicator, amount = f"Проценты по депозиту №dep-{bank_id}-0012", "Credit", _money(r, 100, 3_000)
-        body |= {"amount": {"amount": amount, "currency": "RUB"}, "creditDebitIndicator": indicator,
-                 "transactionInformation": info, "bankTransactionCode": {"code": "02"}, "merchant": None, "card": None}
+        body |= {
+            "amount": {"amount": amount, "currency": "RUB"},
+            "creditDebitIndicator": indicator,
+            "transactionInformation": info,
+            "bankTransactionCode": {"code": "02"},
+            "merchant": None,
+            "card": None,
+        }
     return body
 
 
@@ -104,34 +134,65 @@ def generate(total: int, seed: int = 20251118) -> dict[str, dict]:
         accounts, balances, transactions = [], [], []
         for a in range(ACCOUNTS_PER_BANK):
             account_id = f"acc-{3693 + a}"
-            accounts.append(Account.from_api({
-                "accountId": account_id, "status": "Enabled", "currency": "RUB", "accountType": "Personal",
-                "accountSubType": ("Checking", "Savings", "Checking")[a], "nickname": f"Счёт {a + 1}",
-                "openingDate": "2024-10-30",
-                "account": [{"schemeName": "RU.CBR.PAN", "identification": f"408178102600305{r.randint(1000, 9999)}",
-                             "name": "Иван Иванов"}]}))
+            accounts.append(
+                Account.from_api(
+                    {
+                        "accountId": account_id,
+                        "status": "Enabled",
+                        "currency": "RUB",
+                        "accountType": "Personal",
+                        "accountSubType": ("Checking", "Savings", "Checking")[a],
+                        "nickname": f"Счёт {a + 1}",
+                        "openingDate": "2024-10-30",
+                        "account": [
+                            {
+                                "schemeName": "RU.CBR.PAN",
+                                "identification": f"408178102600305{r.randint(1000, 9999)}",
+                                "name": "Иван Иванов",
+                            }
+                        ],
+                    }
+                )
+            )
             for kind in ("InterimAvailable", "InterimBooked"):
-                balances.append(Balance.from_api({
-                    "accountId": account_id, "type": kind, "dateTime": ANCHOR.isoformat(),
-                    "amount": {"amount": _money(r, 10_000, 900_000), "currency": "RUB"},
-                    "creditDebitIndicator": "Credit"}))
+                balances.append(
+                    Balance.from_api(
+                        {
+                            "accountId": account_id,
+                            "type": kind,
+                            "dateTime": ANCHOR.isoformat(),
+                            "amount": {"amount": _money(r, 10_000, 900_000), "currency": "RUB"},
+                            "creditDebitIndicator": "Credit",
+                        }
+                    )
+                )
             count = per_account + (1 if extra > 0 else 0)
             extra -= 1
             step = timedelta(days=365) / count
             for n in range(count):
                 when = ANCHOR - step * n - timedelta(seconds=r.randint(0, 59))
                 transactions.append(Transaction.from_api(_transaction_json(r, bank_id, account_id, n, when)))
-        agreements = [ProductAgreement.from_api({
-            "agreement_id": f"loan-{bank_id}-0447", "product_id": f"prod-{bank_id}-loan-001",
-            "product_name": "Ипотека 9.3%", "product_type": "loan", "amount": Decimal("895465.41"),
-            "status": "active", "start_date": "2025-07-24T12:48:14.207067", "end_date": None,
-            "account_number": "4081781026003054973"})]
-        fetches[bank_id] = dict(accounts=accounts, balances=balances, agreements=agreements,
-                                transactions=transactions)
+        agreements = [
+            ProductAgreement.from_api(
+                {
+                    "agreement_id": f"loan-{bank_id}-0447",
+                    "product_id": f"prod-{bank_id}-loan-001",
+                    "product_name": "Ипотека 9.3%",
+                    "product_type": "loan",
+                    "amount": Decimal("895465.41"),
+                    "status": "active",
+                    "start_date": "2025-07-24T12:48:14.207067",
+                    "end_date": None,
+                    "account_number": "4081781026003054973",
+                }
+            )
+        ]
+        fetches[bank_id] = dict(accounts=accounts, balances=balances, agreements=agreements, transactions=transactions)
     return fetches
 
 
 # ---------------------------------------------------------------------------------------------- scratch database
+
 
 def _with_database(url: str, name: str) -> str:
     return urlunparse(urlparse(url)._replace(path=f"/{name}"))
@@ -187,8 +248,9 @@ async def one_round(pool: asyncpg.Pool, fetches: dict[str, dict], copy_rows: dic
     copy = 0.0
     async with pool.acquire() as conn:
         for bank_id in BANKS:
-            spent, _ = await _timed(conn.copy_records_to_table("bench_copy", records=copy_rows[bank_id],
-                                                               columns=columns))
+            spent, _ = await _timed(
+                conn.copy_records_to_table("bench_copy", records=copy_rows[bank_id], columns=columns)
+            )
             copy += spent
     await pool.execute("DROP TABLE bench_copy")  # nothing left for autovacuum to chew on meanwhile
 
@@ -229,8 +291,10 @@ async def measure(url: str, rows: int, rounds: int) -> None:
     total = sum(len(f["transactions"]) for f in fetches.values())
     # The baseline's rows are ready-made: the Python work (JSON of raw) is charged to the write path only.
     started = time.perf_counter()
-    copy_rows = {bank_id: [(USER_ID, bank_id, *bank_records._transaction_row(t)) for t in fetch["transactions"]]
-                 for bank_id, fetch in fetches.items()}
+    copy_rows = {
+        bank_id: [(USER_ID, bank_id, *bank_records._transaction_row(t)) for t in fetch["transactions"]]
+        for bank_id, fetch in fetches.items()
+    }
     build = time.perf_counter() - started
 
     await db.migrate(url, SCHEMA, MIGRATIONS)
@@ -240,25 +304,35 @@ async def measure(url: str, rows: int, rounds: int) -> None:
         for n in range(rounds):
             results.append(await one_round(pool, fetches, copy_rows))
             r = results[-1]
-            print(f"  round {n + 1}: COPY {r.copy:.2f} s, first write {r.write:.2f} s, "
-                  f"re-write {r.rewrite:.2f} s, upsert path {r.upsert:.2f} s", flush=True)
+            print(
+                f"  round {n + 1}: COPY {r.copy:.2f} s, first write {r.write:.2f} s, "
+                f"re-write {r.rewrite:.2f} s, upsert path {r.upsert:.2f} s",
+                flush=True,
+            )
     finally:
         await pool.close()
 
-    copy, write, rewrite, upsert = (min(getattr(r, f) for r in results)
-                                    for f in ("copy", "write", "rewrite", "upsert"))
+    copy, write, rewrite, upsert = (min(getattr(r, f) for r in results) for f in ("copy", "write", "rewrite", "upsert"))
     last = results[-1]
-    print(f"ingest: {total:,} transactions, 1 user, {len(BANKS)} banks x {ACCOUNTS_PER_BANK} accounts; "
-          f"best of {rounds} rounds (generated in {generated:.1f} s)")
+    print(
+        f"ingest: {total:,} transactions, 1 user, {len(BANKS)} banks x {ACCOUNTS_PER_BANK} accounts; "
+        f"best of {rounds} rounds (generated in {generated:.1f} s)"
+    )
     print(f"  {'':46} {'seconds':>8} {'rows/s':>10}")
     print(f"  {'plain COPY into identical table (baseline)':46} {copy:8.2f} {total / copy:10,.0f}")
-    print(f"  {'write_bank_data, first write (production)':46} {write:8.2f} {total / write:10,.0f}"
-          f"   inserted {last.inserted:,}")
+    print(
+        f"  {'write_bank_data, first write (production)':46} {write:8.2f} {total / write:10,.0f}"
+        f"   inserted {last.inserted:,}"
+    )
     print(f"  {'  (Python row building alone; overlaps the COPY)':46} {build:8.2f}")
-    print(f"  {'write_bank_data, identical re-write':46} {rewrite:8.2f} {total / rewrite:10,.0f}"
-          f"   rows written {last.rewritten}, changed={last.changed}")
-    print(f"  {'write_bank_data, staged upsert path':46} {upsert:8.2f} {total / upsert:10,.0f}"
-          f"   (bank already synced: every later sync)")
+    print(
+        f"  {'write_bank_data, identical re-write':46} {rewrite:8.2f} {total / rewrite:10,.0f}"
+        f"   rows written {last.rewritten}, changed={last.changed}"
+    )
+    print(
+        f"  {'write_bank_data, staged upsert path':46} {upsert:8.2f} {total / upsert:10,.0f}"
+        f"   (bank already synced: every later sync)"
+    )
     print(f"  ratio first write/COPY = {copy / write:.2f}  (goal >= 0.5);  upsert path/COPY = {copy / upsert:.2f}")
 
 

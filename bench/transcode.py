@@ -26,6 +26,7 @@ database (FINPULSE_DATABASE_URL's server when set, else embedded Postgres and Re
 
 `python -m bench.transcode [--seconds 10] [--connections 32] [--warmup 2]`
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,12 +109,17 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
-def load(kind: str, target: str, seconds: float, connections: int, user: str = "",
-         token: str = "") -> tuple[int, float]:
+def load(
+    kind: str, target: str, seconds: float, connections: int, user: str = "", token: str = ""
+) -> tuple[int, float]:
     if kind == "http":
         return http_load(target, seconds, connections, token)
-    out = subprocess.run([sys.executable, "-c", _GRPC_LOOP, target, str(seconds), str(connections), user],
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", _GRPC_LOOP, target, str(seconds), str(connections), user],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return int(out[0]), float(out[1])
 
 
@@ -125,13 +131,14 @@ def measure(label: str, pids: list[int], kind: str, target: str, args, **auth: s
 
 
 def _line(result: Result, what: str) -> str:
-    return (f"  {result.label:<34} {result.rps:>9,.0f} req/s  {result.cpu_per_request * 1e6:>7,.0f} µs CPU/request"
-            f"  ({what})")
+    return (
+        f"  {result.label:<34} {result.rps:>9,.0f} req/s  {result.cpu_per_request * 1e6:>7,.0f} µs CPU/request"
+        f"  ({what})"
+    )
 
 
 def _ratios(a: Result, other: Result, name: str) -> str:
-    return (f"  ratio {name}: req/s {a.rps / other.rps:.2f}, "
-            f"CPU/request {a.cpu_per_request / other.cpu_per_request:.2f}")
+    return f"  ratio {name}: req/s {a.rps / other.rps:.2f}, CPU/request {a.cpu_per_request / other.cpu_per_request:.2f}"
 
 
 async def run(args) -> None:
@@ -141,8 +148,13 @@ async def run(args) -> None:
 
 async def _run(backing: BackingServices, args) -> None:
     log_dir = tempfile.mkdtemp(prefix="fpt-logs-")
-    env = suite_env(log_dir, FINPULSE_AUTH_DEV_TRUST_USER="1", FINPULSE_USER_RATE_LIMIT="100000",
-                    FINPULSE_USER_RATE_BURST="100000", FINPULSE_BANK_EMULATOR="off")
+    env = suite_env(
+        log_dir,
+        FINPULSE_AUTH_DEV_TRUST_USER="1",
+        FINPULSE_USER_RATE_LIMIT="100000",
+        FINPULSE_USER_RATE_BURST="100000",
+        FINPULSE_BANK_EMULATOR="off",
+    )
     suite = Suite(load_settings(env), backing, base_env=env, log_dir=log_dir)
     try:
         await suite.migrate()
@@ -164,14 +176,23 @@ async def _run(backing: BackingServices, args) -> None:
         idle = {name: (cpu_seconds([pid[name]]) - cpu) / args.warmup for name, cpu in idle_before.items()}
         rest = measure("(a) REST via the gateway", [pid["gateway"], pid["sync"]], "http", url, args)
         direct = measure("(b) grpc.aio, ListBanks directly", [pid["sync"]], "grpc", sync_addr, args)
-        rest_user = measure("(a) REST via the gateway, token", [pid["gateway"], pid["sync"], pid["consent"]],
-                            "http", url, args, token=token)
-        direct_user = measure("(b) grpc.aio, ListBanks(user)", [pid["sync"], pid["consent"]], "grpc", sync_addr,
-                              args, user=USER)
+        rest_user = measure(
+            "(a) REST via the gateway, token",
+            [pid["gateway"], pid["sync"], pid["consent"]],
+            "http",
+            url,
+            args,
+            token=token,
+        )
+        direct_user = measure(
+            "(b) grpc.aio, ListBanks(user)", [pid["sync"], pid["consent"]], "grpc", sync_addr, args, user=USER
+        )
 
-        print(f"transcode: GET {PATH} -> SyncService.ListBanks ({len(body)} bytes of JSON); load: {http_tool()} "
-              f"(HTTP), grpc.aio client loop (gRPC); {args.connections} in flight, {args.seconds:g} s each; "
-              f"CPU of the serving processes")
+        print(
+            f"transcode: GET {PATH} -> SyncService.ListBanks ({len(body)} bytes of JSON); load: {http_tool()} "
+            f"(HTTP), grpc.aio client loop (gRPC); {args.connections} in flight, {args.seconds:g} s each; "
+            f"CPU of the serving processes"
+        )
         print("  no user (no database work):")
         print(_line(rest, "gateway + sync_svc"))
         print(_line(direct, "sync_svc"))
@@ -182,8 +203,10 @@ async def _run(backing: BackingServices, args) -> None:
         print(_line(rest_user, "gateway + sync_svc + consent_svc"))
         print(_line(direct_user, "sync_svc + consent_svc"))
         print(_ratios(rest_user, direct_user, "a/b"))
-        print("  idle CPU of the processes (counted above as it comes; sync_svc's workers poll for jobs): "
-              + ", ".join(f"{name} {rate * 1000:.0f} ms/s" for name, rate in idle.items()))
+        print(
+            "  idle CPU of the processes (counted above as it comes; sync_svc's workers poll for jobs): "
+            + ", ".join(f"{name} {rate * 1000:.0f} ms/s" for name, rate in idle.items())
+        )
     finally:
         suite.stop()
 

@@ -5,6 +5,7 @@ FAILED consent keeps its language-neutral `error_code` and the bank's technical 
 (`error_message`, e.g. "503: bank answered HTTP 503"): the sentence is made when it is shown, with
 that answer after it for support.
 """
+
 from __future__ import annotations
 
 from svclib.i18n import pick
@@ -17,16 +18,23 @@ NO_DEBTOR_ACCOUNT = "NO_DEBTOR_ACCOUNT"  # no account to pay from at the bank (p
 ACCOUNT_CONSENT_NOT_APPROVED = "ACCOUNT_CONSENT_NOT_APPROVED"  # payment consents need it approved
 
 _FAILED = {
-    BANK_UNAVAILABLE: {"ru": "Банк сейчас недоступен, согласие не создано; запросите его ещё раз",
-                       "en": "The bank is unavailable right now and the consent was not created; ask for it again"},
-    BANK_REFUSED: {"ru": "Банк отказал в создании согласия",
-                   "en": "The bank refused to create the consent"},
-    BANK_AUTH_FAILED: {"ru": "Банк не принял учётные данные приложения, согласие не создано",
-                       "en": "The bank did not accept the app's credentials; the consent was not created"},
-    NO_DEBTOR_ACCOUNT: {"ru": "В этом банке нет счёта, с которого можно платить",
-                        "en": "There is no account to pay from at this bank"},
-    ACCOUNT_CONSENT_NOT_APPROVED: {"ru": "Согласие на платежи требует одобренного согласия на доступ к счетам",
-                                   "en": "A payment consent needs the account consent approved first"},
+    BANK_UNAVAILABLE: {
+        "ru": "Банк сейчас недоступен, согласие не создано; запросите его ещё раз",
+        "en": "The bank is unavailable right now and the consent was not created; ask for it again",
+    },
+    BANK_REFUSED: {"ru": "Банк отказал в создании согласия", "en": "The bank refused to create the consent"},
+    BANK_AUTH_FAILED: {
+        "ru": "Банк не принял учётные данные приложения, согласие не создано",
+        "en": "The bank did not accept the app's credentials; the consent was not created",
+    },
+    NO_DEBTOR_ACCOUNT: {
+        "ru": "В этом банке нет счёта, с которого можно платить",
+        "en": "There is no account to pay from at this bank",
+    },
+    ACCOUNT_CONSENT_NOT_APPROVED: {
+        "ru": "Согласие на платежи требует одобренного согласия на доступ к счетам",
+        "en": "A payment consent needs the account consent approved first",
+    },
 }
 _GENERIC_FAILURE = {"ru": "Не удалось создать согласие в банке", "en": "The consent could not be created at the bank"}
 
@@ -34,12 +42,16 @@ _BY_STATUS = {
     "REJECTED": {"ru": "Согласие отклонено в банке", "en": "The bank rejected the consent"},
     "REVOKED": {"ru": "Согласие отозвано", "en": "The consent was revoked"},
     "EXPIRED": {"ru": "Срок действия согласия истёк", "en": "The consent has expired"},
-    "DEFERRED": {"ru": "Согласие на платежи будет запрошено, как только банк одобрит согласие на доступ к счетам",
-                 "en": "The payment consent will be requested once the account consent is approved"},
+    "DEFERRED": {
+        "ru": "Согласие на платежи будет запрошено, как только банк одобрит согласие на доступ к счетам",
+        "en": "The payment consent will be requested once the account consent is approved",
+    },
 }
 
-_ACCOUNT_CONSENT_FIRST = {"ru": "Сначала нужно согласие на доступ к счетам в этом банке",
-                          "en": "The account consent at this bank is needed first"}
+_ACCOUNT_CONSENT_FIRST = {
+    "ru": "Сначала нужно согласие на доступ к счетам в этом банке",
+    "en": "The account consent at this bank is needed first",
+}
 
 
 def consent_message(status: str, error_code: str | None = None, error_detail: str | None = None) -> str | None:

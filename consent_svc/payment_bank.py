@@ -2,6 +2,7 @@
 `consent_svc.payment_standing`) share (no gRPC): recording the bank's answer, failing with the bank's
 reason, refreshing a payment the bank is settling, and the answer to a bank that did not take the call.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,41 +41,54 @@ def unavailable(p: StoredPayment, what: str, exc: Exception) -> DomainError:
     the app's own credentials even after a token refresh → FAILED_PRECONDITION (a refusal, not an
     outage: retrying soon changes nothing). Either way nothing was paid and the payment is kept
     pending for a retry with the same key."""
-    log.warning("bank did not take a payment call", extra={"payment_id": p.payment_id, "bank_id": p.bank_id,
-                                                           "step": what, "error": str(exc)})
+    log.warning(
+        "bank did not take a payment call",
+        extra={"payment_id": p.payment_id, "bank_id": p.bank_id, "step": what, "error": str(exc)},
+    )
     reason = exc.message if isinstance(exc, bank_errors.BankError) else str(exc)
     if isinstance(exc, bank_errors.AuthFailed):
         return FailedPrecondition(
             f"{p.bank_id} refused the app's credentials for {what} ({reason}); nothing was paid and payment "
             f"{p.payment_id} is kept pending: retry with the same Idempotency-Key once the credentials are fixed",
-            reason="BANK_AUTH_FAILED", metadata={"payment_id": p.payment_id, "bank_id": p.bank_id})
+            reason="BANK_AUTH_FAILED",
+            metadata={"payment_id": p.payment_id, "bank_id": p.bank_id},
+        )
     retry_after = getattr(exc, "retry_after", None)
-    return Unavailable(f"{p.bank_id} did not answer {what} ({reason}); payment {p.payment_id} is kept pending: "
-                       "retry with the same Idempotency-Key",
-                       reason="BANK_RATE_LIMITED" if isinstance(exc, bank_errors.RateLimited) else "BANK_UNAVAILABLE",
-                       metadata={"payment_id": p.payment_id, "bank_id": p.bank_id},
-                       retry_after=retry_after)
+    return Unavailable(
+        f"{p.bank_id} did not answer {what} ({reason}); payment {p.payment_id} is kept pending: "
+        "retry with the same Idempotency-Key",
+        reason="BANK_RATE_LIMITED" if isinstance(exc, bank_errors.RateLimited) else "BANK_UNAVAILABLE",
+        metadata={"payment_id": p.payment_id, "bank_id": p.bank_id},
+        retry_after=retry_after,
+    )
 
 
-async def fail(store: PaymentStorage,
-               p: StoredPayment, source: str, code: str, reason: str, **changes: object) -> StoredPayment:
+async def fail(
+    store: PaymentStorage, p: StoredPayment, source: str, code: str, reason: str, **changes: object
+) -> StoredPayment:
     log.info("payment failed", extra={"payment_id": p.payment_id, "error_code": code, "reason": reason})
-    return await store.update(p, source=source, message=f"{code}: {reason}", status="FAILED",
-                              error_code=code, error_message=reason, **changes)
+    return await store.update(
+        p, source=source, message=f"{code}: {reason}", status="FAILED", error_code=code, error_message=reason, **changes
+    )
 
 
 async def record(store: PaymentStorage, p: StoredPayment, answer: Payment, source: str) -> StoredPayment:
     status = _STATUS_OF[answer.status]
-    changes: dict[str, object] = {"status": status, "bank_payment_id": answer.payment_id,
-                                  "bank_status": answer.raw_status, "in_doubt": False}
+    changes: dict[str, object] = {
+        "status": status,
+        "bank_payment_id": answer.payment_id,
+        "bank_status": answer.raw_status,
+        "in_doubt": False,
+    }
     if status == "FAILED":
-        changes.update(error_code="BANK_REJECTED", error_message=f"the bank rejected the payment "
-                                                                 f"({answer.raw_status})")
+        changes.update(error_code="BANK_REJECTED", error_message=f"the bank rejected the payment ({answer.raw_status})")
     if answer.amount is not None and answer.amount != p.amount:
-        log.warning("bank payment amount differs", extra={"payment_id": p.payment_id,
-                                                          "bank_amount": str(answer.amount)})
-    return await store.update(p, source=source, message=f"bank payment {answer.payment_id}: {answer.raw_status}",
-                              **changes)
+        log.warning(
+            "bank payment amount differs", extra={"payment_id": p.payment_id, "bank_amount": str(answer.amount)}
+        )
+    return await store.update(
+        p, source=source, message=f"bank payment {answer.payment_id}: {answer.raw_status}", **changes
+    )
 
 
 async def refresh_payment(store: PaymentStorage, p: StoredPayment, client: BankClient) -> StoredPayment:

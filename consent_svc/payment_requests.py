@@ -3,6 +3,7 @@ of `consent_svc.payments`: validation and its fingerprint) and what it resolves 
 stored accounts and loans (the debtor's account number, the loan and its next instalment) before its
 intent is recorded. Bank data comes from sync_svc through `PaymentData`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,9 +32,11 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 # ---------------------------------------------------------------------------------------------- inputs
 
+
 @dataclasses.dataclass(frozen=True)
 class DebtorAccount:
     """A stored account of the user (from sync_svc)."""
+
     bank_id: str
     account_id: str
     account_number: str | None
@@ -44,6 +47,7 @@ class DebtorAccount:
 @dataclasses.dataclass(frozen=True)
 class Loan:
     """A stored product agreement of the user (from sync_svc)."""
+
     bank_id: str
     agreement_id: str
     product_type: str
@@ -89,6 +93,7 @@ class RepaymentRequest:
 class CheckedRequest:
     """A valid request: its acting user, idempotency key and fingerprint, and how to resolve it into the
     payment's intent (called only when no payment has this key yet)."""
+
     user_id: str
     key: str
     fingerprint: str
@@ -106,8 +111,12 @@ def _optional_text(value: str | None, field: str, max_len: int = TEXT_MAX) -> st
     if not value:
         return None
     if len(value) > max_len:
-        raise InvalidArgument(f"{field} is too long ({len(value)} characters, at most {max_len})", field,
-                              reason="LIMIT_EXCEEDED", metadata={"limit": max_len})
+        raise InvalidArgument(
+            f"{field} is too long ({len(value)} characters, at most {max_len})",
+            field,
+            reason="LIMIT_EXCEEDED",
+            metadata={"limit": max_len},
+        )
     if _CONTROL_RE.search(value):
         raise InvalidArgument(f"{field} must not contain control characters", field, reason="INVALID_CHARACTER")
     return value
@@ -116,24 +125,27 @@ def _optional_text(value: str | None, field: str, max_len: int = TEXT_MAX) -> st
 def _idempotency_key(value: str | None) -> str:
     key = require(value, "idempotency_key", KEY_MAX)
     if _CONTROL_RE.search(key):
-        raise InvalidArgument("idempotency_key must not contain control characters", "idempotency_key",
-                              reason="INVALID_CHARACTER")
+        raise InvalidArgument(
+            "idempotency_key must not contain control characters", "idempotency_key", reason="INVALID_CHARACTER"
+        )
     return key
 
 
 def _account_number(value: str | None, field: str) -> str:
     number = require(value, field, 64)
     if not _ACCOUNT_NUMBER_RE.match(number):
-        raise InvalidArgument(f"{field}: {number!r} is not an account number (5 to 34 letters and digits)", field,
-                              reason="INVALID_FORMAT")
+        raise InvalidArgument(
+            f"{field}: {number!r} is not an account number (5 to 34 letters and digits)", field, reason="INVALID_FORMAT"
+        )
     return number
 
 
 def _currency(value: str | None) -> str | None:
     text = (value or "").strip().upper()
     if text and not _CURRENCY_RE.match(text):
-        raise InvalidArgument(f"currency: {value!r} is not a three-letter currency code", "currency",
-                              reason="INVALID_FORMAT")
+        raise InvalidArgument(
+            f"currency: {value!r} is not a three-letter currency code", "currency", reason="INVALID_FORMAT"
+        )
     return text or None
 
 
@@ -142,6 +154,7 @@ def _amount(value: str | None) -> Decimal:
 
 
 # ---------------------------------------------------------------------------------------------- requests
+
 
 class PaymentRequests:
     """Checks CreatePayment and RepayLoan requests and resolves them against the user's stored data. The
@@ -162,25 +175,47 @@ class PaymentRequests:
         creditor = _account_number(request.creditor_account, "creditor_account")
         creditor_bank = _optional_text(request.creditor_bank_id, "creditor_bank_id", 32)
         if creditor_bank is not None and not _BANK_CODE_RE.match(creditor_bank):
-            raise InvalidArgument(f"creditor_bank_id: {creditor_bank!r} is not a bank code", "creditor_bank_id",
-                                      reason="INVALID_FORMAT")
+            raise InvalidArgument(
+                f"creditor_bank_id: {creditor_bank!r} is not a bank code", "creditor_bank_id", reason="INVALID_FORMAT"
+            )
         creditor_name = _optional_text(request.creditor_name, "creditor_name")
         currency = _currency(request.currency)
         comment = _optional_text(request.comment, "comment")
-        canonical = {"kind": "transfer", "bank_id": bank.id, "account_id": account_id, "amount": format_amount(amount),
-                     "creditor_account": creditor, "creditor_bank_id": creditor_bank or "",
-                     "creditor_name": creditor_name or "", "currency": currency or "", "comment": comment or ""}
+        canonical = {
+            "kind": "transfer",
+            "bank_id": bank.id,
+            "account_id": account_id,
+            "amount": format_amount(amount),
+            "creditor_account": creditor,
+            "creditor_bank_id": creditor_bank or "",
+            "creditor_name": creditor_name or "",
+            "currency": currency or "",
+            "comment": comment or "",
+        }
 
         async def resolve() -> PaymentIntent:
             account = await self._debtor(user_id, bank.id, account_id, currency)
             if creditor == account.account_number:
-                raise InvalidArgument("creditor_account: it is the account the payment is made from",
-                                      "creditor_account", reason="SAME_ACCOUNT")
+                raise InvalidArgument(
+                    "creditor_account: it is the account the payment is made from",
+                    "creditor_account",
+                    reason="SAME_ACCOUNT",
+                )
             return PaymentIntent(
-                user_id=user_id, idempotency_key=key, fingerprint=fingerprint(canonical), kind="transfer",
-                bank_id=bank.id, account_id=account_id, debtor_account=account.account_number,
-                creditor_account=creditor, creditor_bank_id=creditor_bank, creditor_name=creditor_name,
-                amount=amount, currency=currency or account.currency, comment=comment)
+                user_id=user_id,
+                idempotency_key=key,
+                fingerprint=fingerprint(canonical),
+                kind="transfer",
+                bank_id=bank.id,
+                account_id=account_id,
+                debtor_account=account.account_number,
+                creditor_account=creditor,
+                creditor_bank_id=creditor_bank,
+                creditor_name=creditor_name,
+                amount=amount,
+                currency=currency or account.currency,
+                comment=comment,
+            )
 
         return CheckedRequest(user_id, key, fingerprint(canonical), resolve)
 
@@ -195,9 +230,15 @@ class PaymentRequests:
         if loan_bank_id is not None:
             self.bank(loan_bank_id, "loan_bank_id")
         comment = _optional_text(request.comment, "comment") or f"Платеж по кредиту №{agreement_id}"
-        canonical = {"kind": "loan_repayment", "agreement_id": agreement_id, "loan_bank_id": loan_bank_id or "",
-                     "bank_id": bank.id, "account_id": account_id,
-                     "amount": format_amount(amount) if amount is not None else "", "comment": comment}
+        canonical = {
+            "kind": "loan_repayment",
+            "agreement_id": agreement_id,
+            "loan_bank_id": loan_bank_id or "",
+            "bank_id": bank.id,
+            "account_id": account_id,
+            "amount": format_amount(amount) if amount is not None else "",
+            "comment": comment,
+        }
 
         async def resolve() -> PaymentIntent:
             loan = await self._loan(user_id, agreement_id, loan_bank_id)
@@ -205,64 +246,107 @@ class PaymentRequests:
             if loan.account_number == account.account_number:
                 raise FailedPrecondition(
                     f"loan {agreement_id} is repaid from its own account {account_id} by the bank: choose another "
-                    "account to pay from", reason="LOAN_OWN_ACCOUNT", metadata={"bank_id": bank.id})
+                    "account to pay from",
+                    reason="LOAN_OWN_ACCOUNT",
+                    metadata={"bank_id": bank.id},
+                )
             source, note, value = "requested", None, amount
             if value is None:
                 value, currency, note = await self._next_instalment(user_id, loan)
                 source = "detected"
                 if currency != account.currency:
-                    raise FailedPrecondition(f"loan {agreement_id} is repaid in {currency}, account {account_id} "
-                                             f"holds {account.currency}", reason="CURRENCY_MISMATCH")
+                    raise FailedPrecondition(
+                        f"loan {agreement_id} is repaid in {currency}, account {account_id} holds {account.currency}",
+                        reason="CURRENCY_MISMATCH",
+                    )
             return PaymentIntent(
-                user_id=user_id, idempotency_key=key, fingerprint=fingerprint(canonical), kind="loan_repayment",
-                bank_id=bank.id, account_id=account_id, debtor_account=account.account_number,
-                creditor_account=loan.account_number, creditor_bank_id=loan.bank_id, creditor_name=None,
-                amount=value, currency=account.currency, comment=comment, agreement_id=agreement_id,
-                amount_source=source, amount_note=note)
+                user_id=user_id,
+                idempotency_key=key,
+                fingerprint=fingerprint(canonical),
+                kind="loan_repayment",
+                bank_id=bank.id,
+                account_id=account_id,
+                debtor_account=account.account_number,
+                creditor_account=loan.account_number,
+                creditor_bank_id=loan.bank_id,
+                creditor_name=None,
+                amount=value,
+                currency=account.currency,
+                comment=comment,
+                agreement_id=agreement_id,
+                amount_source=source,
+                amount_note=note,
+            )
 
         return CheckedRequest(user_id, key, fingerprint(canonical), resolve)
 
     def bank(self, bank_id: str, field: str) -> BankConfig:
         bank = self.banks.get(bank_id)
         if bank is None:
-            raise InvalidArgument(f"{field}: bank '{bank_id}' is not supported", field, reason="BANK_NOT_FOUND",
-                                  metadata={"bank_id": bank_id})
+            raise InvalidArgument(
+                f"{field}: bank '{bank_id}' is not supported",
+                field,
+                reason="BANK_NOT_FOUND",
+                metadata={"bank_id": bank_id},
+            )
         return bank
 
     async def _debtor(self, user_id: str, bank_id: str, account_id: str, currency: str | None) -> DebtorAccount:
         account = await self.data.account(user_id, bank_id, account_id)
         if account is None:
-            raise NotFound(f"Account {account_id} at {bank_id} is not one of your synced accounts",
-                           reason="ACCOUNT_NOT_FOUND", metadata={"bank_id": bank_id, "account_id": account_id})
+            raise NotFound(
+                f"Account {account_id} at {bank_id} is not one of your synced accounts",
+                reason="ACCOUNT_NOT_FOUND",
+                metadata={"bank_id": bank_id, "account_id": account_id},
+            )
         if not account.account_number:
-            raise FailedPrecondition(f"{bank_id} gave no account number for account {account_id}: it cannot pay",
-                                     reason="ACCOUNT_NUMBER_UNKNOWN", metadata={"bank_id": bank_id})
+            raise FailedPrecondition(
+                f"{bank_id} gave no account number for account {account_id}: it cannot pay",
+                reason="ACCOUNT_NUMBER_UNKNOWN",
+                metadata={"bank_id": bank_id},
+            )
         if account.sub_type.strip().lower() == "loan":
-            raise FailedPrecondition(f"Account {account_id} at {bank_id} holds a loan: its money cannot be spent",
-                                     reason="LOAN_ACCOUNT", metadata={"bank_id": bank_id})
+            raise FailedPrecondition(
+                f"Account {account_id} at {bank_id} holds a loan: its money cannot be spent",
+                reason="LOAN_ACCOUNT",
+                metadata={"bank_id": bank_id},
+            )
         if currency is not None and currency != account.currency:
-            raise InvalidArgument(f"currency: account {account_id} holds {account.currency}, not {currency}",
-                                  "currency", reason="CURRENCY_MISMATCH")
+            raise InvalidArgument(
+                f"currency: account {account_id} holds {account.currency}, not {currency}",
+                "currency",
+                reason="CURRENCY_MISMATCH",
+            )
         return account
 
     async def _loan(self, user_id: str, agreement_id: str, bank_id: str | None) -> Loan:
-        found = [loan for loan in await self.data.loans(user_id)
-                 if loan.agreement_id == agreement_id and bank_id in (None, loan.bank_id)]
+        found = [
+            loan
+            for loan in await self.data.loans(user_id)
+            if loan.agreement_id == agreement_id and bank_id in (None, loan.bank_id)
+        ]
         if not found:
             raise NotFound(f"Loan {agreement_id} is not among your synced agreements", reason="LOAN_NOT_FOUND")
         if len(found) > 1:
-            raise InvalidArgument(f"loan_bank_id: agreement {agreement_id} exists at "
-                                  f"{', '.join(sorted(loan.bank_id for loan in found))}: name the loan's bank",
-                                  "loan_bank_id", reason="AMBIGUOUS_LOAN")
+            raise InvalidArgument(
+                f"loan_bank_id: agreement {agreement_id} exists at "
+                f"{', '.join(sorted(loan.bank_id for loan in found))}: name the loan's bank",
+                "loan_bank_id",
+                reason="AMBIGUOUS_LOAN",
+            )
         loan = found[0]
         if loan.product_type.strip().lower() != "loan":
-            raise FailedPrecondition(f"Agreement {agreement_id} is a {loan.product_type}, not a loan",
-                                     reason="NOT_A_LOAN")
+            raise FailedPrecondition(
+                f"Agreement {agreement_id} is a {loan.product_type}, not a loan", reason="NOT_A_LOAN"
+            )
         if loan.status.strip().lower() != "active":
             raise FailedPrecondition(f"Loan {agreement_id} is {loan.status}: nothing is due", reason="LOAN_NOT_ACTIVE")
         if not loan.account_number:
-            raise FailedPrecondition(f"{loan.bank_id} gave no account number for loan {agreement_id}",
-                                     reason="ACCOUNT_NUMBER_UNKNOWN", metadata={"bank_id": loan.bank_id})
+            raise FailedPrecondition(
+                f"{loan.bank_id} gave no account number for loan {agreement_id}",
+                reason="ACCOUNT_NUMBER_UNKNOWN",
+                metadata={"bank_id": loan.bank_id},
+            )
         return loan
 
     async def _next_instalment(self, user_id: str, loan: Loan) -> tuple[Decimal, str, str]:
@@ -270,12 +354,19 @@ class PaymentRequests:
         loan's past repayments, due on their typical day."""
         series = repayments_by_key(await self.data.repayments(user_id)).get((loan.bank_id, loan.agreement_id))
         if series is None:
-            raise FailedPrecondition(f"No repayment of loan {loan.agreement_id} is in the synced transactions, so "
-                                     "its instalment is unknown: give the amount", reason="INSTALMENT_UNKNOWN")
+            raise FailedPrecondition(
+                f"No repayment of loan {loan.agreement_id} is in the synced transactions, so "
+                "its instalment is unknown: give the amount",
+                reason="INSTALMENT_UNKNOWN",
+            )
         obligation = obligation_of(series, today_of(self.clock()))
         if obligation.amount <= 0:
-            raise FailedPrecondition(f"The repayments of loan {loan.agreement_id} give no positive instalment: "
-                                     "give the amount", reason="INSTALMENT_UNKNOWN")
-        note = (f"average of {series.count} repayments of loan {loan.agreement_id} "
-                f"({format_amount(series.total)} {series.currency} in total), next due {obligation.first.isoformat()}")
+            raise FailedPrecondition(
+                f"The repayments of loan {loan.agreement_id} give no positive instalment: give the amount",
+                reason="INSTALMENT_UNKNOWN",
+            )
+        note = (
+            f"average of {series.count} repayments of loan {loan.agreement_id} "
+            f"({format_amount(series.total)} {series.currency} in total), next due {obligation.first.isoformat()}"
+        )
         return obligation.amount, obligation.currency, note

@@ -3,6 +3,7 @@ the flow): payments on one standing consent serialised under its lock, its uses 
 before the payment call, a payment of unknown outcome reconciled by the uses that appeared since, and
 a fall back to the single-use flow whenever the standing consent cannot be used for a payment.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,12 +27,14 @@ class Work:
     consent for it (read before the payment's lock is taken, so a request never waits for a second
     pooled connection while it holds one), and standing consents the bank showed as no longer
     approved (recorded after)."""
+
     standing: StoredConsent | None = None
     dead: list[tuple[str, ConsentResult]] = dataclasses.field(default_factory=list)
 
 
-async def pay_standing(store: PaymentStorage, p: StoredPayment, client: BankClient, consent_id: str,
-                       kind: str | None, work: Work) -> StoredPayment:
+async def pay_standing(
+    store: PaymentStorage, p: StoredPayment, client: BankClient, consent_id: str, kind: str | None, work: Work
+) -> StoredPayment:
     """Pay through the user's standing consent, under its lock (module docstring): its uses are read
     and committed with `in_doubt` before the call. A consent the bank shows as no longer approved is
     noted (`work.dead`, recorded once the payment's lock is given back) and the payment falls back
@@ -50,50 +53,82 @@ async def record_dead_consents(consents: ConsentStorage, p: StoredPayment, work:
         try:
             stored = await consents.by_consent_id(p.bank_id, consent_id)
             if stored is not None and stored.status == "APPROVED":
-                await consents.update(stored, status=seen.status.value, source="poll",
-                                      bank_status=seen.raw_status,
-                                      message=f"seen {seen.raw_status} when paying {p.payment_id}")
+                await consents.update(
+                    stored,
+                    status=seen.status.value,
+                    source="poll",
+                    bank_status=seen.raw_status,
+                    message=f"seen {seen.raw_status} when paying {p.payment_id}",
+                )
         except Exception as exc:  # noqa: BLE001 - the payment went on; the next status poll sees it too
-            log.warning("could not record a standing consent's status", extra={"consent_id": consent_id,
-                                                                                "error": str(exc)})
+            log.warning(
+                "could not record a standing consent's status", extra={"consent_id": consent_id, "error": str(exc)}
+            )
 
 
-async def _pay_standing_locked(store: PaymentStorage, p: StoredPayment, client: BankClient,
-                               consent_id: str, kind: str | None) -> tuple[StoredPayment, ConsentResult | None]:
+async def _pay_standing_locked(
+    store: PaymentStorage, p: StoredPayment, client: BankClient, consent_id: str, kind: str | None
+) -> tuple[StoredPayment, ConsentResult | None]:
     other = await store.other_in_doubt(p, consent_id)
     if other is not None:
-        return await fall_back(store, p, f"the outcome of payment {other} with standing consent "
-                                         f"{consent_id} is not known yet"), None
+        return await fall_back(
+            store, p, f"the outcome of payment {other} with standing consent {consent_id} is not known yet"
+        ), None
     try:
         seen = await client.get_payment_consent(consent_id)
     except TRANSIENT as exc:
         raise unavailable(p, "the standing payment consent", exc) from None
     except bank_errors.BankError as exc:
-        return await fall_back(store, p, f"{p.bank_id} did not show standing consent {consent_id} "
-                                         f"({exc.message})"), None
+        return await fall_back(
+            store, p, f"{p.bank_id} did not show standing consent {consent_id} ({exc.message})"
+        ), None
     if seen.status is not ConsentStatus.APPROVED:
         return await fall_back(store, p, f"standing consent {consent_id} is {seen.raw_status}"), seen
     if seen.used_count is None and not seen.payment_ids:
-        return await fall_back(store, p, f"{p.bank_id} does not report the uses of standing consent "
-                                         f"{consent_id}, so a payment with it could not be reconciled"), None
+        return await fall_back(
+            store,
+            p,
+            f"{p.bank_id} does not report the uses of standing consent "
+            f"{consent_id}, so a payment with it could not be reconciled",
+        ), None
     interaction_id = str(uuid.uuid4())
     uses = seen.used_count if seen.used_count is not None else len(seen.payment_ids)
     kind = kind if kind in STANDING else "vrp"
     p = await store.update(
-        p, source="bank_call", consent_id=consent_id, consent_kind=kind, consent_status="APPROVED",
-        consent_request_id=None, approval_url=None, consent_used_count=seen.used_count,
-        consent_payment_ids=list(seen.payment_ids), in_doubt=True, bank_attempts=p.bank_attempts + 1,
+        p,
+        source="bank_call",
+        consent_id=consent_id,
+        consent_kind=kind,
+        consent_status="APPROVED",
+        consent_request_id=None,
+        approval_url=None,
+        consent_used_count=seen.used_count,
+        consent_payment_ids=list(seen.payment_ids),
+        in_doubt=True,
+        bank_attempts=p.bank_attempts + 1,
         interaction_id=interaction_id,
         message=f"payment sent with standing {kind} consent {consent_id}, used {uses} times "
-                f"before (X-Fapi-Interaction-Id {interaction_id})")
+        f"before (X-Fapi-Interaction-Id {interaction_id})",
+    )
     try:
         answer = await client.create_payment(
-            p.user_id, consent_id, amount=p.amount, currency=p.currency, debtor_account=p.debtor_account,
-            creditor_account=p.creditor_account, creditor_bank_code=p.creditor_bank_id, comment=p.comment,
-            interaction_id=interaction_id)
+            p.user_id,
+            consent_id,
+            amount=p.amount,
+            currency=p.currency,
+            debtor_account=p.debtor_account,
+            creditor_account=p.creditor_account,
+            creditor_bank_code=p.creditor_bank_id,
+            comment=p.comment,
+            interaction_id=interaction_id,
+        )
     except bank_errors.ConsentRequired as exc:  # refused for this payment: nothing was paid
-        return await fall_back(store, p, f"{p.bank_id} refused standing consent {consent_id} for this "
-                                         f"payment ({exc.message})", in_doubt=False), None
+        return await fall_back(
+            store,
+            p,
+            f"{p.bank_id} refused standing consent {consent_id} for this payment ({exc.message})",
+            in_doubt=False,
+        ), None
     except TRANSIENT as exc:
         raise unavailable(p, "the payment", exc) from None
     except bank_errors.BankError as exc:  # refused: nothing was paid
@@ -101,17 +136,25 @@ async def _pay_standing_locked(store: PaymentStorage, p: StoredPayment, client: 
     return await record(store, p, answer, "bank_answer"), None
 
 
-async def fall_back(store: PaymentStorage, p: StoredPayment, reason: str,
-                    **changes: object) -> StoredPayment:
+async def fall_back(store: PaymentStorage, p: StoredPayment, reason: str, **changes: object) -> StoredPayment:
     """The standing consent is not used for this payment: the single-use flow takes over."""
     log.info("payment falls back to a single-use consent", extra={"payment_id": p.payment_id, "reason": reason})
-    return await store.update(p, source="consent", message=f"{reason}: a single-use consent is asked for instead",
-                              consent_id=None, consent_kind="single_use", consent_status=None,
-                              consent_used_count=None, consent_payment_ids=None, **changes)
+    return await store.update(
+        p,
+        source="consent",
+        message=f"{reason}: a single-use consent is asked for instead",
+        consent_id=None,
+        consent_kind="single_use",
+        consent_status=None,
+        consent_used_count=None,
+        consent_payment_ids=None,
+        **changes,
+    )
 
 
-async def reconcile_standing(store: PaymentStorage, p: StoredPayment, client: BankClient, *,
-                             strict: bool) -> StoredPayment:
+async def reconcile_standing(
+    store: PaymentStorage, p: StoredPayment, client: BankClient, *, strict: bool
+) -> StoredPayment:
     """The outcome of a payment call with a standing consent is unknown: compare the consent's uses
     now with those recorded before the call. Under the consent's lock, except for reads (which
     never pay, and no other payment uses the consent while this one is in doubt)."""
@@ -121,8 +164,9 @@ async def reconcile_standing(store: PaymentStorage, p: StoredPayment, client: Ba
         return await _reconcile_standing_locked(store, p, client, strict=True)
 
 
-async def _reconcile_standing_locked(store: PaymentStorage, p: StoredPayment, client: BankClient, *,
-                                     strict: bool) -> StoredPayment:
+async def _reconcile_standing_locked(
+    store: PaymentStorage, p: StoredPayment, client: BankClient, *, strict: bool
+) -> StoredPayment:
     consent_id = p.consent_id
     try:
         seen = await client.get_payment_consent(consent_id)
@@ -143,22 +187,34 @@ async def _reconcile_standing_locked(store: PaymentStorage, p: StoredPayment, cl
     if len(candidates) == 1:
         return await record(store, p, candidates[0], "reconcile")
     if new_ids:
-        reason = (f"{p.bank_id} reports {len(new_ids)} new payments with consent {consent_id} since payment "
-                  f"{p.payment_id} was sent, and cannot say which is it: it is kept pending and will not be sent "
-                  "again; check the account")
+        reason = (
+            f"{p.bank_id} reports {len(new_ids)} new payments with consent {consent_id} since payment "
+            f"{p.payment_id} was sent, and cannot say which is it: it is kept pending and will not be sent "
+            "again; check the account"
+        )
         if strict:
-            raise FailedPrecondition(reason, reason="PAYMENT_IN_DOUBT",
-                                     metadata={"payment_id": p.payment_id, "bank_id": p.bank_id})
+            raise FailedPrecondition(
+                reason, reason="PAYMENT_IN_DOUBT", metadata={"payment_id": p.payment_id, "bank_id": p.bank_id}
+            )
         return p
     before, now = p.consent_used_count, seen.used_count
     if before is not None and now is not None and now > before:
         return await store.update(
-            p, source="reconcile", status="COMPLETED", in_doubt=False, bank_status=seen.raw_status,
+            p,
+            source="reconcile",
+            status="COMPLETED",
+            in_doubt=False,
+            bank_status=seen.raw_status,
             message=f"the bank reports consent {consent_id} used {now} times, {before} before this payment was "
-                    "sent: the payment was made (the bank does not name it)")
+            "sent: the payment was made (the bank does not name it)",
+        )
     if seen.status is ConsentStatus.APPROVED:
-        return await store.update(p, source="reconcile", in_doubt=False,
-                                  message=f"standing consent {consent_id} has no new use: the payment was not "
-                                          "made")
-    return await fall_back(store, p, f"standing consent {consent_id} has no new use and is "
-                                     f"{seen.raw_status}", in_doubt=False)
+        return await store.update(
+            p,
+            source="reconcile",
+            in_doubt=False,
+            message=f"standing consent {consent_id} has no new use: the payment was not made",
+        )
+    return await fall_back(
+        store, p, f"standing consent {consent_id} has no new use and is {seen.raw_status}", in_doubt=False
+    )

@@ -1,5 +1,6 @@
 """SQL of the payments in the `consent` schema: `payments` (one row per user and idempotency key) and
 `payment_events` (every status change and bank exchange)."""
+
 from __future__ import annotations
 
 import base64
@@ -16,23 +17,42 @@ from svclib.rows import Connection, returned
 
 FINAL = ("COMPLETED", "FAILED")
 
-_COLUMNS = ("id, payment_id, user_id, idempotency_key, fingerprint, kind, status, bank_id, account_id, "
-            "debtor_account, creditor_account, creditor_bank_id, creditor_name, amount, currency, comment, "
-            "agreement_id, amount_source, amount_note, consent_request_id, consent_id, consent_status, "
-            "approval_url, in_doubt, bank_attempts, interaction_id, bank_payment_id, bank_status, error_code, "
-            "error_message, created_at, updated_at, completed_at, consent_kind, consent_used_count, "
-            "consent_payment_ids")
+_COLUMNS = (
+    "id, payment_id, user_id, idempotency_key, fingerprint, kind, status, bank_id, account_id, "
+    "debtor_account, creditor_account, creditor_bank_id, creditor_name, amount, currency, comment, "
+    "agreement_id, amount_source, amount_note, consent_request_id, consent_id, consent_status, "
+    "approval_url, in_doubt, bank_attempts, interaction_id, bank_payment_id, bank_status, error_code, "
+    "error_message, created_at, updated_at, completed_at, consent_kind, consent_used_count, "
+    "consent_payment_ids"
+)
 
 # Columns a step may change (`PaymentStorage.update`).
-_MUTABLE = frozenset({"status", "consent_request_id", "consent_id", "consent_status", "approval_url", "in_doubt",
-                      "bank_attempts", "interaction_id", "bank_payment_id", "bank_status", "error_code",
-                      "error_message", "consent_kind", "consent_used_count", "consent_payment_ids"})
+_MUTABLE = frozenset(
+    {
+        "status",
+        "consent_request_id",
+        "consent_id",
+        "consent_status",
+        "approval_url",
+        "in_doubt",
+        "bank_attempts",
+        "interaction_id",
+        "bank_payment_id",
+        "bank_status",
+        "error_code",
+        "error_message",
+        "consent_kind",
+        "consent_used_count",
+        "consent_payment_ids",
+    }
+)
 STANDING = ("vrp", "multi_use")  # consent kinds several payments share
 
 
 @dataclasses.dataclass(frozen=True)
 class PaymentIntent:
     """What a request asks for, resolved against the stored accounts: the row written before any bank call."""
+
     user_id: str
     idempotency_key: str
     fingerprint: str
@@ -116,6 +136,7 @@ class PaymentEventRow:
 @dataclasses.dataclass(frozen=True)
 class PaymentCursor:
     """Keyset position in a user's payments (newest first)."""
+
     created_at: dt.datetime
     id: int
 
@@ -182,7 +203,11 @@ class PaymentStorage:
         async with self._connection() as conn:
             other: str | None = await conn.fetchval(
                 "SELECT payment_id FROM payments WHERE bank_id = $1 AND consent_id = $2 AND in_doubt AND id <> $3 "
-                "LIMIT 1", payment.bank_id, consent_id, payment.id)
+                "LIMIT 1",
+                payment.bank_id,
+                consent_id,
+                payment.id,
+            )
         return other
 
     async def owner_of_bank_payment(self, bank_id: str, bank_payment_id: str) -> str | None:
@@ -190,7 +215,9 @@ class PaymentStorage:
         async with self._connection() as conn:
             owner: str | None = await conn.fetchval(
                 "SELECT payment_id FROM payments WHERE bank_id = $1 AND bank_payment_id = $2 LIMIT 1",
-                bank_id, bank_payment_id)
+                bank_id,
+                bank_payment_id,
+            )
         return owner
 
     @contextlib.asynccontextmanager
@@ -206,13 +233,16 @@ class PaymentStorage:
             return await conn.fetchrow(sql, *args)
 
     async def by_key(self, user_id: str, idempotency_key: str) -> StoredPayment | None:
-        return _payment_or_none(await self._fetchrow(
-            f"SELECT {_COLUMNS} FROM payments WHERE user_id = $1 AND idempotency_key = $2", user_id,
-            idempotency_key))
+        return _payment_or_none(
+            await self._fetchrow(
+                f"SELECT {_COLUMNS} FROM payments WHERE user_id = $1 AND idempotency_key = $2", user_id, idempotency_key
+            )
+        )
 
     async def get(self, payment_id: str) -> StoredPayment | None:
-        return _payment_or_none(await self._fetchrow(f"SELECT {_COLUMNS} FROM payments WHERE payment_id = $1",
-                                                     payment_id))
+        return _payment_or_none(
+            await self._fetchrow(f"SELECT {_COLUMNS} FROM payments WHERE payment_id = $1", payment_id)
+        )
 
     async def reload(self, payment: StoredPayment) -> StoredPayment:
         row = await self._fetchrow(f"SELECT {_COLUMNS} FROM payments WHERE id = $1", payment.id)
@@ -230,23 +260,43 @@ class PaymentStorage:
                 VALUES ($1, $2, $3, $4, $5, 'INITIATING', $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
                 ON CONFLICT (user_id, idempotency_key) DO NOTHING
                 RETURNING {_COLUMNS}
-                """, payment_id, intent.user_id, intent.idempotency_key, intent.fingerprint, intent.kind,
-                intent.bank_id, intent.account_id, intent.debtor_account, intent.creditor_account,
-                intent.creditor_bank_id, intent.creditor_name, intent.amount, intent.currency, intent.comment,
-                intent.agreement_id, intent.amount_source, intent.amount_note)
+                """,
+                payment_id,
+                intent.user_id,
+                intent.idempotency_key,
+                intent.fingerprint,
+                intent.kind,
+                intent.bank_id,
+                intent.account_id,
+                intent.debtor_account,
+                intent.creditor_account,
+                intent.creditor_bank_id,
+                intent.creditor_name,
+                intent.amount,
+                intent.currency,
+                intent.comment,
+                intent.agreement_id,
+                intent.amount_source,
+                intent.amount_note,
+            )
             if row is None:
                 existing = await conn.fetchrow(
                     f"SELECT {_COLUMNS} FROM payments WHERE user_id = $1 AND idempotency_key = $2",
-                    intent.user_id, intent.idempotency_key)
+                    intent.user_id,
+                    intent.idempotency_key,
+                )
                 return _payment(returned(existing, "payment of the same key")), False
             await conn.execute(
                 "INSERT INTO payment_events (payment_row, old_status, new_status, source, message) "
-                "VALUES ($1, NULL, 'INITIATING', 'create', $2)", row["id"],
-                f"{intent.kind} of {intent.amount} {intent.currency} from {intent.bank_id}/{intent.account_id}")
+                "VALUES ($1, NULL, 'INITIATING', 'create', $2)",
+                row["id"],
+                f"{intent.kind} of {intent.amount} {intent.currency} from {intent.bank_id}/{intent.account_id}",
+            )
             return _payment(row), True
 
-    async def update(self, payment: StoredPayment, *, source: str, message: str | None = None,
-                     **changes: object) -> StoredPayment:
+    async def update(
+        self, payment: StoredPayment, *, source: str, message: str | None = None, **changes: object
+    ) -> StoredPayment:
         """Apply one step's changes and record it as an event, in one transaction. `completed_at` is
         set when the payment first becomes final."""
         unknown = set(changes) - _MUTABLE
@@ -260,28 +310,40 @@ class PaymentStorage:
             old = await conn.fetchval("SELECT status FROM payments WHERE id = $1 FOR UPDATE", payment.id)
             row = await conn.fetchrow(
                 f"""
-                UPDATE payments SET {assignments + ', ' if assignments else ''}updated_at = now(),
+                UPDATE payments SET {assignments + ", " if assignments else ""}updated_at = now(),
                     completed_at = CASE WHEN completed_at IS NULL AND {new_status} IN ('COMPLETED', 'FAILED')
                                         THEN now() ELSE completed_at END
                 WHERE id = $1
                 RETURNING {_COLUMNS}
-                """, payment.id, *(changes[name] for name in names))
+                """,
+                payment.id,
+                *(changes[name] for name in names),
+            )
             row = returned(row, "update payment")
             await conn.execute(
                 "INSERT INTO payment_events (payment_row, old_status, new_status, source, message, bank_status) "
-                "VALUES ($1, $2, $3, $4, $5, $6)", payment.id, old, row["status"], source, message,
-                changes.get("bank_status"))
+                "VALUES ($1, $2, $3, $4, $5, $6)",
+                payment.id,
+                old,
+                row["status"],
+                source,
+                message,
+                changes.get("bank_status"),
+            )
             return _payment(row)
 
     async def events(self, payment: StoredPayment) -> list[PaymentEventRow]:
         async with self._connection() as conn:
             rows = await conn.fetch(
                 "SELECT old_status, new_status, source, message, bank_status, created_at FROM payment_events "
-                "WHERE payment_row = $1 ORDER BY id", payment.id)
+                "WHERE payment_row = $1 ORDER BY id",
+                payment.id,
+            )
         return [PaymentEventRow(**dict(r)) for r in rows]
 
-    async def page(self, user_id: str, limit: int,
-                   after: PaymentCursor | None) -> tuple[list[StoredPayment], PaymentCursor | None]:
+    async def page(
+        self, user_id: str, limit: int, after: PaymentCursor | None
+    ) -> tuple[list[StoredPayment], PaymentCursor | None]:
         """The user's payments, newest first, `limit` at a time."""
         async with self._connection() as conn:
             rows = await conn.fetch(
@@ -289,7 +351,12 @@ class PaymentStorage:
                 SELECT {_COLUMNS} FROM payments
                 WHERE user_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
                 ORDER BY created_at DESC, id DESC LIMIT $4
-                """, user_id, after.created_at if after else None, after.id if after else 0, limit + 1)
+                """,
+                user_id,
+                after.created_at if after else None,
+                after.id if after else 0,
+                limit + 1,
+            )
         payments = [_payment(r) for r in rows[:limit]]
         more = len(rows) > limit
         return payments, PaymentCursor(payments[-1].created_at, payments[-1].id) if more else None

@@ -61,6 +61,7 @@ FAILED with the bank's reason and answer a 4xx; an unreachable bank answers UNAV
 the payment pending for a retry with the same key. GetPayment refreshes a payment that is not final
 from the bank but never initiates anything.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -116,10 +117,17 @@ class PaymentResult:
 
 # ---------------------------------------------------------------------------------------------- service
 
+
 class PaymentService:
-    def __init__(self, storage: PaymentStorage, banks: tuple[BankConfig, ...], clients: BankClients,
-                 consents: ConsentStorage, data: PaymentData,
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)):
+    def __init__(
+        self,
+        storage: PaymentStorage,
+        banks: tuple[BankConfig, ...],
+        clients: BankClients,
+        consents: ConsentStorage,
+        data: PaymentData,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ):
         self.storage = storage
         self.banks = {b.id: b for b in banks}
         self.requests = PaymentRequests(self.banks, data, clock)
@@ -153,15 +161,20 @@ class PaymentService:
     async def list(self, user_id: str, page_size: int, page_token: str) -> tuple[list[StoredPayment], str]:
         user_id = require(user_id, "user_id")
         if page_size < 0 or page_size > MAX_PAGE:
-            raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE}", "page_size", reason="OUT_OF_RANGE",
-                                  metadata={"limit": MAX_PAGE})
+            raise InvalidArgument(
+                f"page_size must be between 1 and {MAX_PAGE}",
+                "page_size",
+                reason="OUT_OF_RANGE",
+                metadata={"limit": MAX_PAGE},
+            )
         after = None
         if page_token:
             try:
                 after = PaymentCursor.from_token(page_token)
             except ValueError:
-                raise InvalidArgument("page_token is not a token this service gave out", "page_token",
-                                      reason="INVALID_PAGE_TOKEN") from None
+                raise InvalidArgument(
+                    "page_token is not a token this service gave out", "page_token", reason="INVALID_PAGE_TOKEN"
+                ) from None
         payments, cursor = await self.storage.page(user_id, page_size or DEFAULT_PAGE, after)
         return payments, cursor.token() if cursor else ""
 
@@ -174,24 +187,35 @@ class PaymentService:
             intent = await request.resolve()  # a request that fails here is not recorded: the key stays free
             payment, created = await self.storage.insert(f"pmt-{uuid.uuid4().hex}", intent)
             if created:
-                log.info("payment recorded", extra={"payment_id": payment.payment_id, "kind": payment.kind,
-                                                    "bank_id": payment.bank_id})
+                log.info(
+                    "payment recorded",
+                    extra={"payment_id": payment.payment_id, "kind": payment.kind, "bank_id": payment.bank_id},
+                )
         if payment.fingerprint != request.fingerprint:
-            raise AlreadyExists(f"Idempotency-Key {key!r} was already used for another request (payment "
-                                f"{payment.payment_id}): use a new key for a new payment",
-                                reason="IDEMPOTENCY_KEY_REUSED", metadata={"payment_id": payment.payment_id})
+            raise AlreadyExists(
+                f"Idempotency-Key {key!r} was already used for another request (payment "
+                f"{payment.payment_id}): use a new key for a new payment",
+                reason="IDEMPOTENCY_KEY_REUSED",
+                metadata={"payment_id": payment.payment_id},
+            )
         if not payment.final:
             try:
                 payment = await self._work_on(payment, initiate=True)
             except LockBusy:
-                raise Aborted(f"A request with Idempotency-Key {key!r} is still in progress (payment "
-                              f"{payment.payment_id}): retry in a moment", reason="IDEMPOTENCY_KEY_IN_USE",
-                              metadata={"payment_id": payment.payment_id}, retry_after=1) from None
+                raise Aborted(
+                    f"A request with Idempotency-Key {key!r} is still in progress (payment "
+                    f"{payment.payment_id}): retry in a moment",
+                    reason="IDEMPOTENCY_KEY_IN_USE",
+                    metadata={"payment_id": payment.payment_id},
+                    retry_after=1,
+                ) from None
         if payment.status == "FAILED":
             error = FAILURES.get(payment.error_code or "", FailedPrecondition)
             message = f"Payment {payment.payment_id} failed at {payment.bank_id}: {payment.error_message}"
-            details = {"reason": payment.error_code or "BANK_REJECTED",
-                       "metadata": {"payment_id": payment.payment_id, "bank_id": payment.bank_id}}
+            details = {
+                "reason": payment.error_code or "BANK_REJECTED",
+                "metadata": {"payment_id": payment.payment_id, "bank_id": payment.bank_id},
+            }
             if error is InvalidArgument:  # the request named something the bank does not know
                 raise InvalidArgument(message, FAILURE_FIELDS.get((payment.error_code, payment.kind)), **details)
             raise error(message, **details)
@@ -204,8 +228,9 @@ class PaymentService:
         (the standing consent) and written after (a standing consent seen dead)."""
         work = Work()
         if initiate and payment.kind == "loan_repayment" and payment.consent_kind is None:
-            work.standing = await self.consents.standing_payment_consent(payment.user_id, payment.bank_id,
-                                                                         payment.debtor_account)
+            work.standing = await self.consents.standing_payment_consent(
+                payment.user_id, payment.bank_id, payment.debtor_account
+            )
         try:
             async with self.storage.hold(payment) as store:
                 payment = await store.reload(payment)
@@ -222,12 +247,14 @@ class PaymentService:
     def _client(self, bank_id: str) -> BankClient:
         bank = self.banks.get(bank_id)
         if bank is None or not bank.base_url:
-            raise Unavailable(f"Bank '{bank_id}' is not configured", reason="BANK_NOT_CONFIGURED",
-                              metadata={"bank_id": bank_id})
+            raise Unavailable(
+                f"Bank '{bank_id}' is not configured", reason="BANK_NOT_CONFIGURED", metadata={"bank_id": bank_id}
+            )
         return self.clients.get(bank_id)
 
-    async def _advance(self, store: PaymentStorage, p: StoredPayment, *, initiate: bool,
-                       work: Work | None = None) -> StoredPayment:
+    async def _advance(
+        self, store: PaymentStorage, p: StoredPayment, *, initiate: bool, work: Work | None = None
+    ) -> StoredPayment:
         """Move a payment on from its stored state. `initiate` False (reads): only ask the bank, never
         request a consent or pay, and keep the stored state when the bank does not answer."""
         work = work or Work()
@@ -264,9 +291,11 @@ class PaymentService:
                 p = await pay_standing(store, p, client, p.consent_id, p.consent_kind, work)
                 continue
             p = await pay(store, p, client)
-        raise Unavailable(f"Payment {p.payment_id} could not be settled with {p.bank_id} yet: retry with the same "
-                          "Idempotency-Key", reason="PAYMENT_PENDING",
-                          metadata={"payment_id": p.payment_id, "bank_id": p.bank_id})
+        raise Unavailable(
+            f"Payment {p.payment_id} could not be settled with {p.bank_id} yet: retry with the same Idempotency-Key",
+            reason="PAYMENT_PENDING",
+            metadata={"payment_id": p.payment_id, "bank_id": p.bank_id},
+        )
 
     async def _after_completion(self, p: StoredPayment) -> None:
         """Queue a sync of the banks the money moved at, where the user is connected (best effort)."""
@@ -278,5 +307,4 @@ class PaymentService:
         try:
             await self.data.start_sync(p.user_id, banks, "payment")
         except Exception as exc:  # noqa: BLE001 - the payment is done; the next sync will show it
-            log.warning("could not queue a sync after a payment", extra={"payment_id": p.payment_id,
-                                                                         "error": str(exc)})
+            log.warning("could not queue a sync after a payment", extra={"payment_id": p.payment_id, "error": str(exc)})

@@ -13,6 +13,7 @@ Beyond asking the banks:
   again, after any running one (`after_change`), when a product consent becomes APPROVED there: the
   bank's data arrives without waiting for onboarding's finalize. Best effort: a failure is logged.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,16 +43,20 @@ WAITING = (ConsentStatus.PENDING.value, ConsentStatus.AWAITING_USER.value)
 # Standing payment consent asked for at onboarding (single payments get their own, per payment):
 # variable recurring payments, what fits the repayments of loans.
 ONBOARDING_PAYMENT_TYPE = "vrp"
-ONBOARDING_VRP = {"vrp_max_individual_amount": "100000.00", "vrp_daily_limit": "200000.00",
-                  "vrp_monthly_limit": "1000000.00"}
+ONBOARDING_VRP = {
+    "vrp_max_individual_amount": "100000.00",
+    "vrp_daily_limit": "200000.00",
+    "vrp_monthly_limit": "1000000.00",
+}
 SYNC_REASON = "consent_approved"
 
 
 class SyncQueue(Protocol):
     """sync_svc as consents need it: queue a sync of some of the user's banks."""
 
-    def start_sync(self, user_id: str, bank_ids: list[str], reason: str, *,
-                   after_change: bool = False) -> Awaitable[None]: ...
+    def start_sync(
+        self, user_id: str, bank_ids: list[str], reason: str, *, after_change: bool = False
+    ) -> Awaitable[None]: ...
 
 
 class NoDebtorAccount(FailedPrecondition):
@@ -93,6 +98,7 @@ class BankRequest:
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     """What happened to one requested consent."""
+
     consent: StoredConsent | None
     reused: bool = False
     error: str | None = None  # not asked for at the bank (for people, in the request's language)
@@ -158,8 +164,13 @@ def _became_approved(before: StoredConsent, after: StoredConsent) -> bool:
 
 
 class ConsentService:
-    def __init__(self, storage: ConsentStorage, banks: tuple[BankConfig, ...], clients: BankClients,
-                 sync: SyncQueue | None = None):
+    def __init__(
+        self,
+        storage: ConsentStorage,
+        banks: tuple[BankConfig, ...],
+        clients: BankClients,
+        sync: SyncQueue | None = None,
+    ):
         self.storage = storage
         self.banks = {b.id: b for b in banks}
         self.order = [b.id for b in banks]
@@ -171,14 +182,18 @@ class ConsentService:
     def _bank(self, bank_id: str) -> BankConfig:
         bank = self.banks.get(bank_id)
         if bank is None:
-            raise NotFound(f"Bank '{bank_id}' is not supported.", reason="BANK_NOT_FOUND",
-                           metadata={"bank_id": bank_id})
+            raise NotFound(
+                f"Bank '{bank_id}' is not supported.", reason="BANK_NOT_FOUND", metadata={"bank_id": bank_id}
+            )
         return bank
 
     def _client(self, bank: BankConfig) -> BankClient:
         if not bank.base_url:
-            raise Unavailable(f"Bank '{bank.id}': endpoint URL is not configured.", reason="BANK_NOT_CONFIGURED",
-                              metadata={"bank_id": bank.id})
+            raise Unavailable(
+                f"Bank '{bank.id}': endpoint URL is not configured.",
+                reason="BANK_NOT_CONFIGURED",
+                metadata={"bank_id": bank.id},
+            )
         return self.clients.get(bank.id)
 
     async def _ask_bank(self, consent: StoredConsent, bank_ref: str | None = None) -> ConsentResult:
@@ -194,9 +209,14 @@ class ConsentService:
     async def _record(self, consent: StoredConsent, result: ConsentResult, source: str) -> StoredConsent:
         consent_id = result.consent_id if result.status == ConsentStatus.APPROVED else None
         return await self.storage.update(
-            consent, status=result.status.value, source=source, bank_status=result.raw_status,
-            consent_id=consent_id, expires_at=result.expires_at,
-            permissions=tuple(result.permissions) if result.permissions else None)
+            consent,
+            status=result.status.value,
+            source=source,
+            bank_status=result.raw_status,
+            consent_id=consent_id,
+            expires_at=result.expires_at,
+            permissions=tuple(result.permissions) if result.permissions else None,
+        )
 
     async def refresh(self, consent: StoredConsent) -> StoredConsent:
         """Ask the bank about a waiting consent and store the answer; mark expired ones EXPIRED.
@@ -208,8 +228,9 @@ class ConsentService:
         try:
             result = await self._ask_bank(consent)
         except (bank_errors.BankError, Unavailable) as exc:
-            log.warning("consent refresh failed", extra={"bank_id": consent.bank_id, "kind": consent.kind,
-                                                          "error": str(exc)})
+            log.warning(
+                "consent refresh failed", extra={"bank_id": consent.bank_id, "kind": consent.kind, "error": str(exc)}
+            )
             return consent
         if result.status == ConsentStatus.APPROVED and not result.consent_id:
             return consent  # approved but without an id we could use: wait for the callback
@@ -225,8 +246,12 @@ class ConsentService:
         for i, req in enumerate(requests):
             require(req.bank_id, f"banks[{i}].bank_id")
             if req.bank_id in seen:
-                raise InvalidArgument(f"banks[{i}].bank_id: bank '{req.bank_id}' is listed twice", "banks",
-                                      reason="DUPLICATE_VALUE", violations=[(f"banks[{i}].bank_id", "listed twice")])
+                raise InvalidArgument(
+                    f"banks[{i}].bank_id: bank '{req.bank_id}' is listed twice",
+                    "banks",
+                    reason="DUPLICATE_VALUE",
+                    violations=[(f"banks[{i}].bank_id", "listed twice")],
+                )
             seen.add(req.bank_id)
             self._bank(req.bank_id)  # every bank is checked before anything is created
         # Banks are independent: one failing never stops the others.
@@ -238,8 +263,11 @@ class ConsentService:
         for kind in req.kinds():
             account: StoredConsent | None = None
             if kind != ACCOUNTS:
-                account = outcomes[ACCOUNTS].consent if ACCOUNTS in outcomes else \
-                    await self.storage.latest(user_id, bank.id, ACCOUNTS)
+                account = (
+                    outcomes[ACCOUNTS].consent
+                    if ACCOUNTS in outcomes
+                    else await self.storage.latest(user_id, bank.id, ACCOUNTS)
+                )
                 if account is None or account.status not in LIVE + WAITING:
                     outcomes[kind] = Outcome(None, error=messages.account_consent_first())
                     continue
@@ -265,12 +293,26 @@ class ConsentService:
             if kind == PAYMENTS and account is not None and account.status != APPROVED:
                 if existing is not None and existing.status == DEFERRED:
                     return Outcome(existing, reused=True)
-                deferred = await self._save(replace, NewConsent(
-                    user_id=user_id, bank_id=bank.id, kind=kind, consent_id=None, request_id=None, status=DEFERRED,
-                    bank_status=None, approval_url=None, permissions=(), expires_at=None,
-                    payment_type=ONBOARDING_PAYMENT_TYPE))
-                log.info("payment consent deferred until the account consent is approved",
-                         extra={"bank_id": bank.id, "kind": kind})
+                deferred = await self._save(
+                    replace,
+                    NewConsent(
+                        user_id=user_id,
+                        bank_id=bank.id,
+                        kind=kind,
+                        consent_id=None,
+                        request_id=None,
+                        status=DEFERRED,
+                        bank_status=None,
+                        approval_url=None,
+                        permissions=(),
+                        expires_at=None,
+                        payment_type=ONBOARDING_PAYMENT_TYPE,
+                    ),
+                )
+                log.info(
+                    "payment consent deferred until the account consent is approved",
+                    extra={"bank_id": bank.id, "kind": kind},
+                )
                 return Outcome(deferred)
             stored = await self._create(user_id, bank, kind, replace)
             return Outcome(stored, newly_approved=stored.status == APPROVED)
@@ -286,20 +328,44 @@ class ConsentService:
         except (bank_errors.BankError, Unavailable, FailedPrecondition) as exc:
             code, text = _failure(exc)
             log.warning("consent creation failed", extra={"bank_id": bank.id, "kind": kind, "error": text})
-            return await self._save(replace, NewConsent(
-                user_id=user_id, bank_id=bank.id, kind=kind, consent_id=None, request_id=None, status=FAILED,
-                bank_status=None, approval_url=None, permissions=(), expires_at=None, error_code=code,
-                error_message=text, payment_type=ONBOARDING_PAYMENT_TYPE if kind == PAYMENTS else None))
+            return await self._save(
+                replace,
+                NewConsent(
+                    user_id=user_id,
+                    bank_id=bank.id,
+                    kind=kind,
+                    consent_id=None,
+                    request_id=None,
+                    status=FAILED,
+                    bank_status=None,
+                    approval_url=None,
+                    permissions=(),
+                    expires_at=None,
+                    error_code=code,
+                    error_message=text,
+                    payment_type=ONBOARDING_PAYMENT_TYPE if kind == PAYMENTS else None,
+                ),
+            )
         approval_url = None
         if result.status != ConsentStatus.APPROVED and result.request_id:
             approval_url = bank.approval_url(result.request_id, user_id)
-        stored = await self._save(replace, NewConsent(
-            user_id=user_id, bank_id=bank.id, kind=kind,
-            consent_id=result.consent_id if result.status == ConsentStatus.APPROVED else None,
-            request_id=result.request_id, status=result.status.value, bank_status=result.raw_status,
-            approval_url=approval_url, permissions=tuple(result.permissions), expires_at=result.expires_at,
-            payment_type=(result.consent_type or ONBOARDING_PAYMENT_TYPE) if kind == PAYMENTS else None,
-            debtor_account=debtor))
+        stored = await self._save(
+            replace,
+            NewConsent(
+                user_id=user_id,
+                bank_id=bank.id,
+                kind=kind,
+                consent_id=result.consent_id if result.status == ConsentStatus.APPROVED else None,
+                request_id=result.request_id,
+                status=result.status.value,
+                bank_status=result.raw_status,
+                approval_url=approval_url,
+                permissions=tuple(result.permissions),
+                expires_at=result.expires_at,
+                payment_type=(result.consent_type or ONBOARDING_PAYMENT_TYPE) if kind == PAYMENTS else None,
+                debtor_account=debtor,
+            ),
+        )
         log.info("consent created", extra={"bank_id": bank.id, "kind": kind, "status": stored.status})
         return stored
 
@@ -314,14 +380,17 @@ class ConsentService:
             return await client.request_account_consent(user_id)
         if kind == PRODUCTS:
             return await client.request_product_consent(user_id)
-        return await client.request_payment_consent(user_id, debtor_account=debtor, amount=None,
-                                                     consent_type=ONBOARDING_PAYMENT_TYPE, **ONBOARDING_VRP)
+        return await client.request_payment_consent(
+            user_id, debtor_account=debtor, amount=None, consent_type=ONBOARDING_PAYMENT_TYPE, **ONBOARDING_VRP
+        )
 
     async def _debtor_account(self, user_id: str, bank: BankConfig) -> str:
         account_consent = await self.storage.latest(user_id, bank.id, ACCOUNTS)
         if account_consent is None or account_consent.status != APPROVED or not account_consent.consent_id:
-            raise NoDebtorAccount("a payment consent needs the account consent approved first; ask again then",
-                                  messages.ACCOUNT_CONSENT_NOT_APPROVED)
+            raise NoDebtorAccount(
+                "a payment consent needs the account consent approved first; ask again then",
+                messages.ACCOUNT_CONSENT_NOT_APPROVED,
+            )
         accounts = await self._client(bank).get_accounts(user_id, account_consent.consent_id)
         numbered = [a for a in accounts if a.account_number]
         if not numbered:
@@ -363,8 +432,9 @@ class ConsentService:
             await self.sync.start_sync(user_id, [bank_id], SYNC_REASON, after_change=after_change)
             log.info("sync queued after a consent approval", extra={"bank_id": bank_id, "after_change": after_change})
         except Exception as exc:  # noqa: BLE001 - never fails the consent call
-            log.warning("could not queue a sync after a consent approval",
-                        extra={"bank_id": bank_id, "error": str(exc)})
+            log.warning(
+                "could not queue a sync after a consent approval", extra={"bank_id": bank_id, "error": str(exc)}
+            )
 
     # ------------------------------------------------------------------------------------ status
 
@@ -411,35 +481,55 @@ class ConsentService:
         consent_id = require(consent_id, "consent_id")
         stored = await self.storage.by_request(bank.id, request_id)
         if stored is None or stored.user_id != user_id:
-            raise NotFound(f"No consent request {request_id} of this user at {bank.id}",
-                           reason="CONSENT_REQUEST_NOT_FOUND", metadata={"bank_id": bank.id})
+            raise NotFound(
+                f"No consent request {request_id} of this user at {bank.id}",
+                reason="CONSENT_REQUEST_NOT_FOUND",
+                metadata={"bank_id": bank.id},
+            )
         if stored.status == "APPROVED" and stored.consent_id == consent_id:
             return stored  # a repeated callback
         holder = await self.storage.by_consent_id(bank.id, consent_id)
         if holder is not None and holder.id != stored.id:
-            raise PermissionDenied(f"Consent {consent_id} is already recorded for another request",
-                                   reason="CONSENT_ALREADY_RECORDED", metadata={"bank_id": bank.id})
+            raise PermissionDenied(
+                f"Consent {consent_id} is already recorded for another request",
+                reason="CONSENT_ALREADY_RECORDED",
+                metadata={"bank_id": bank.id},
+            )
         try:
             result = await self._ask_bank(stored, bank_ref=consent_id)
             if result.status != ConsentStatus.APPROVED:
                 raise FailedPrecondition(
                     f"Consent {consent_id} is not authorized at {bank.id} (bank status: {result.raw_status})",
-                    reason="CONSENT_NOT_AUTHORIZED", metadata={"bank_id": bank.id, "bank_status": result.raw_status})
+                    reason="CONSENT_NOT_AUTHORIZED",
+                    metadata={"bank_id": bank.id, "bank_status": result.raw_status},
+                )
             if stored.kind == ACCOUNTS:
                 # The bank answers data calls only for the customer the consent was given by.
                 await self._client(bank).get_accounts(user_id, consent_id)
         except bank_errors.NotFound:
-            raise NotFound(f"Consent {consent_id} was not found at {bank.id}", reason="CONSENT_NOT_FOUND",
-                           metadata={"bank_id": bank.id}) from None
+            raise NotFound(
+                f"Consent {consent_id} was not found at {bank.id}",
+                reason="CONSENT_NOT_FOUND",
+                metadata={"bank_id": bank.id},
+            ) from None
         except bank_errors.ConsentRequired:
-            raise PermissionDenied(f"Consent {consent_id} was not given by this user at {bank.id}",
-                                   reason="CONSENT_OF_ANOTHER_USER", metadata={"bank_id": bank.id}) from None
+            raise PermissionDenied(
+                f"Consent {consent_id} was not given by this user at {bank.id}",
+                reason="CONSENT_OF_ANOTHER_USER",
+                metadata={"bank_id": bank.id},
+            ) from None
         except (bank_errors.AuthFailed, bank_errors.CallRefused, bank_errors.Forbidden) as exc:
-            raise PermissionDenied(f"{bank.id} refused to verify consent {consent_id}: {exc.message}",
-                                   reason="BANK_REFUSED", metadata={"bank_id": bank.id}) from None
+            raise PermissionDenied(
+                f"{bank.id} refused to verify consent {consent_id}: {exc.message}",
+                reason="BANK_REFUSED",
+                metadata={"bank_id": bank.id},
+            ) from None
         except bank_errors.BankError as exc:
-            raise Unavailable(f"Could not verify consent {consent_id} at {bank.id}: {exc.message}",
-                              reason="BANK_UNAVAILABLE", metadata={"bank_id": bank.id}) from None
+            raise Unavailable(
+                f"Could not verify consent {consent_id} at {bank.id}: {exc.message}",
+                reason="BANK_UNAVAILABLE",
+                metadata={"bank_id": bank.id},
+            ) from None
         recorded = await self._record(stored, dataclasses.replace(result, consent_id=consent_id), "callback")
         if _became_approved(stored, recorded):
             await self._after_approval(user_id, bank, {recorded.kind})
@@ -467,11 +557,17 @@ class ConsentService:
         except bank_errors.NotFound:
             pass  # already gone at the bank
         except (bank_errors.AuthFailed, bank_errors.CallRefused, bank_errors.Forbidden) as exc:
-            raise PermissionDenied(f"{stored.bank_id} refused to revoke consent {bank_ref}: {exc.message}",
-                                   reason="BANK_REFUSED", metadata={"bank_id": stored.bank_id}) from None
+            raise PermissionDenied(
+                f"{stored.bank_id} refused to revoke consent {bank_ref}: {exc.message}",
+                reason="BANK_REFUSED",
+                metadata={"bank_id": stored.bank_id},
+            ) from None
         except bank_errors.BankError as exc:
-            raise Unavailable(f"Could not revoke consent {bank_ref} at {stored.bank_id}: {exc.message}",
-                              reason="BANK_UNAVAILABLE", metadata={"bank_id": stored.bank_id}) from None
+            raise Unavailable(
+                f"Could not revoke consent {bank_ref} at {stored.bank_id}: {exc.message}",
+                reason="BANK_UNAVAILABLE",
+                metadata={"bank_id": stored.bank_id},
+            ) from None
         return await self.storage.update(stored, status="REVOKED", source="revoke", bank_status="Revoked")
 
     # ------------------------------------------------------------------------------------ for services

@@ -1,5 +1,6 @@
 """gRPC transport of consent_svc: proto <-> domain, nothing else (its client of sync_svc is in
 `consent_svc.peers`, its setup in `consent_svc.wiring`)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -56,8 +57,9 @@ def _outcome_pb(outcome: Outcome) -> pb.ConsentOutcome:
 
 
 def _state_pb(consent: StoredConsent) -> pb.ConsentState:
-    msg = pb.ConsentState(status=client_status(consent.status), raw_status=consent.status,
-                          permissions=list(consent.permissions))
+    msg = pb.ConsentState(
+        status=client_status(consent.status), raw_status=consent.status, permissions=list(consent.permissions)
+    )
     # As the seed did, a pending consent shows its request id where the consent id would be.
     if consent.consent_id or consent.request_id:
         msg.consent_id = consent.consent_id or consent.request_id
@@ -76,8 +78,13 @@ def _state_pb(consent: StoredConsent) -> pb.ConsentState:
 
 
 def _consent_pb(consent: StoredConsent) -> pb.Consent:
-    msg = pb.Consent(user_id=consent.user_id, bank_id=consent.bank_id, kind=_KINDS[consent.kind],
-                     status=_status_enum(consent.status), permissions=list(consent.permissions))
+    msg = pb.Consent(
+        user_id=consent.user_id,
+        bank_id=consent.bank_id,
+        kind=_KINDS[consent.kind],
+        status=_status_enum(consent.status),
+        permissions=list(consent.permissions),
+    )
     if consent.consent_id:
         msg.consent_id = consent.consent_id
     if consent.request_id:
@@ -95,12 +102,30 @@ def _payment_status(status: str | None) -> int:
 
 
 def _payment_pb(p: StoredPayment) -> pb.Payment:
-    msg = pb.Payment(payment_id=p.payment_id, user_id=p.user_id, kind=_PAYMENT_KINDS[p.kind],
-                     status=_payment_status(p.status), idempotency_key=p.idempotency_key, bank_id=p.bank_id,
-                     account_id=p.account_id, debtor_account=p.debtor_account, creditor_account=p.creditor_account,
-                     amount=format_amount(p.amount), currency=p.currency)
-    for field in ("creditor_bank_id", "creditor_name", "comment", "agreement_id", "bank_payment_id", "bank_status",
-                  "consent_id", "error_code", "error_message"):
+    msg = pb.Payment(
+        payment_id=p.payment_id,
+        user_id=p.user_id,
+        kind=_PAYMENT_KINDS[p.kind],
+        status=_payment_status(p.status),
+        idempotency_key=p.idempotency_key,
+        bank_id=p.bank_id,
+        account_id=p.account_id,
+        debtor_account=p.debtor_account,
+        creditor_account=p.creditor_account,
+        amount=format_amount(p.amount),
+        currency=p.currency,
+    )
+    for field in (
+        "creditor_bank_id",
+        "creditor_name",
+        "comment",
+        "agreement_id",
+        "bank_payment_id",
+        "bank_status",
+        "consent_id",
+        "error_code",
+        "error_message",
+    ):
         value = getattr(p, field)
         if value is not None:
             setattr(msg, field, value)
@@ -113,8 +138,9 @@ def _payment_pb(p: StoredPayment) -> pb.Payment:
 
 
 def _event_pb(e: PaymentEventRow) -> pb.PaymentEvent:
-    msg = pb.PaymentEvent(old_status=_payment_status(e.old_status), new_status=_payment_status(e.new_status),
-                          source=e.source)
+    msg = pb.PaymentEvent(
+        old_status=_payment_status(e.old_status), new_status=_payment_status(e.new_status), source=e.source
+    )
     if e.message is not None:
         msg.message = e.message
     if e.bank_status is not None:
@@ -129,8 +155,9 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
         self.payments = payments
 
     async def CreateConsents(self, request, context):
-        requests = [BankRequest(b.bank_id, b.consents.account, b.consents.product, b.consents.payment)
-                    for b in request.banks]
+        requests = [
+            BankRequest(b.bank_id, b.consents.account, b.consents.product, b.consents.payment) for b in request.banks
+        ]
         results = await self.service.create(request.user_id, requests)
         response = pb.CreateConsentsResponse(user_id=request.user_id, overall_status=overall_status(results))
         for result in results:
@@ -150,16 +177,20 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
         return response
 
     async def ConsentCallback(self, request, context):
-        consent = await self.service.callback(request.user_id, request.bank_id, request.request_id,
-                                              request.consent_id)
-        return pb.ConsentCallbackResponse(user_id=consent.user_id, bank_id=consent.bank_id,
-                                          kind=_KINDS[consent.kind], consent_id=consent.consent_id or "",
-                                          status=consent.status)
+        consent = await self.service.callback(request.user_id, request.bank_id, request.request_id, request.consent_id)
+        return pb.ConsentCallbackResponse(
+            user_id=consent.user_id,
+            bank_id=consent.bank_id,
+            kind=_KINDS[consent.kind],
+            consent_id=consent.consent_id or "",
+            status=consent.status,
+        )
 
     async def RevokeConsent(self, request, context):
         consent = await self.service.revoke(request.user_id, request.consent_id)
-        return pb.RevokeConsentResponse(consent_id=request.consent_id, bank_id=consent.bank_id,
-                                        kind=_KINDS[consent.kind], status=consent.status)
+        return pb.RevokeConsentResponse(
+            consent_id=request.consent_id, bank_id=consent.bank_id, kind=_KINDS[consent.kind], status=consent.status
+        )
 
     async def ListApprovedConsents(self, request, context):
         consents = await self.service.approved(request.user_id, optional(request, "bank_id"))
@@ -170,18 +201,38 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
         return pb.ListUserConsentsResponse(consents=[_consent_pb(c) for c in consents])
 
     async def CreatePayment(self, request, context):
-        result = await self.payments.create_payment(request.user_id, request.idempotency_key, TransferRequest(
-            bank_id=request.bank_id, account_id=request.account_id, creditor_account=request.creditor_account,
-            amount=request.amount, creditor_bank_id=request.creditor_bank_id, creditor_name=request.creditor_name,
-            currency=request.currency, comment=request.comment))
+        result = await self.payments.create_payment(
+            request.user_id,
+            request.idempotency_key,
+            TransferRequest(
+                bank_id=request.bank_id,
+                account_id=request.account_id,
+                creditor_account=request.creditor_account,
+                amount=request.amount,
+                creditor_bank_id=request.creditor_bank_id,
+                creditor_name=request.creditor_name,
+                currency=request.currency,
+                comment=request.comment,
+            ),
+        )
         return pb.CreatePaymentResponse(payment=_payment_pb(result.payment), replayed=result.replayed)
 
     async def RepayLoan(self, request, context):
-        result = await self.payments.repay_loan(request.user_id, request.idempotency_key, RepaymentRequest(
-            agreement_id=request.agreement_id, bank_id=request.bank_id, account_id=request.account_id,
-            amount=request.amount, loan_bank_id=request.loan_bank_id, comment=request.comment))
-        response = pb.RepayLoanResponse(payment=_payment_pb(result.payment), replayed=result.replayed,
-                                        amount_source=result.payment.amount_source)
+        result = await self.payments.repay_loan(
+            request.user_id,
+            request.idempotency_key,
+            RepaymentRequest(
+                agreement_id=request.agreement_id,
+                bank_id=request.bank_id,
+                account_id=request.account_id,
+                amount=request.amount,
+                loan_bank_id=request.loan_bank_id,
+                comment=request.comment,
+            ),
+        )
+        response = pb.RepayLoanResponse(
+            payment=_payment_pb(result.payment), replayed=result.replayed, amount_source=result.payment.amount_source
+        )
         if result.payment.amount_note:
             response.amount_note = result.payment.amount_note
         return response

@@ -13,6 +13,7 @@ Rules:
   (take the product at the offering bank; the new loan and the closed old ones show after the next
   sync). The phone is checked for shape and not stored: the app sends a fixed placeholder.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,14 +29,18 @@ MAX_LOANS = 20
 _PHONE_RE = re.compile(r"^[0-9+()\- ]{0,32}$")
 
 _NEXT_STEP = {
-    "ru": ("Заявка {application_id} сохранена в FinPulse. Банк {bank} не принимает заявки на рефинансирование "
-           "через Open Banking API, поэтому в банк ничего не отправлено: оформите «{product}» в приложении или "
-           "отделении банка {bank} и погасите им {loans}. Новый кредит и закрытые старые появятся в FinPulse "
-           "после следующей синхронизации."),
-    "en": ("Application {application_id} is recorded in FinPulse. {bank} does not take refinancing applications "
-           "through the Open Banking API, so nothing was sent to the bank: take out \u201c{product}\u201d in "
-           "{bank}'s app or branch and repay {loans} with it. The new loan and the closed old ones show in "
-           "FinPulse after the next sync."),
+    "ru": (
+        "Заявка {application_id} сохранена в FinPulse. Банк {bank} не принимает заявки на рефинансирование "
+        "через Open Banking API, поэтому в банк ничего не отправлено: оформите «{product}» в приложении или "
+        "отделении банка {bank} и погасите им {loans}. Новый кредит и закрытые старые появятся в FinPulse "
+        "после следующей синхронизации."
+    ),
+    "en": (
+        "Application {application_id} is recorded in FinPulse. {bank} does not take refinancing applications "
+        "through the Open Banking API, so nothing was sent to the bank: take out \u201c{product}\u201d in "
+        "{bank}'s app or branch and repay {loans} with it. The new loan and the closed old ones show in "
+        "FinPulse after the next sync."
+    ),
 }
 
 
@@ -44,8 +49,11 @@ def next_step(application: StoredApplication, language: str | None = None) -> st
     offer = application.offer
     loans = ", ".join(offer.get("loan_ids") or []) or "—"
     return i18n.pick(_NEXT_STEP, language).format(
-        application_id=application.application_id, bank=offer.get("bank") or offer.get("bank_id", ""),
-        product=offer.get("product_name") or offer.get("product_id", ""), loans=loans)
+        application_id=application.application_id,
+        bank=offer.get("bank") or offer.get("bank_id", ""),
+        product=offer.get("product_name") or offer.get("product_id", ""),
+        loans=loans,
+    )
 
 
 # user id -> the user's current offers (dicts of the RefinanceOffer JSON shape)
@@ -57,25 +65,34 @@ class RefinanceApplications:
         self.storage = storage
         self.offers = offers
 
-    async def apply(self, user_id: str, offer_id: str, loan_ids: list[str], phone: str
-                    ) -> tuple[StoredApplication, bool]:
+    async def apply(
+        self, user_id: str, offer_id: str, loan_ids: list[str], phone: str
+    ) -> tuple[StoredApplication, bool]:
         user_id = require(user_id, "user_id")
         offer_id = require(offer_id, "offer_id", max_len=OFFER_ID_MAX)
         if len(loan_ids) > MAX_LOANS:
-            raise InvalidArgument(f"loan_ids: at most {MAX_LOANS} loans", "loan_ids", reason="LIMIT_EXCEEDED",
-                                  metadata={"limit": MAX_LOANS})
+            raise InvalidArgument(
+                f"loan_ids: at most {MAX_LOANS} loans",
+                "loan_ids",
+                reason="LIMIT_EXCEEDED",
+                metadata={"limit": MAX_LOANS},
+            )
         named = [require(loan_id, f"loan_ids[{i}]") for i, loan_id in enumerate(loan_ids)]
         if not _PHONE_RE.match(phone or ""):
-            raise InvalidArgument("phone: at most 32 digits, spaces, '+', '-', '(' or ')'", "phone",
-                                  reason="INVALID_FORMAT")
+            raise InvalidArgument(
+                "phone: at most 32 digits, spaces, '+', '-', '(' or ')'", "phone", reason="INVALID_FORMAT"
+            )
         existing = await self.storage.application_for_offer(user_id, offer_id)
         if existing is not None:
             _check_loans(named, existing.offer)
             return existing, True
         offer = next((o for o in await self.offers(user_id) if o.get("id") == offer_id), None)
         if offer is None:
-            raise NotFound(f"Offer {offer_id} is not among your current offers: ask for them again "
-                           "(GET /api/refinance/optimize-loans)", reason="OFFER_NOT_FOUND")
+            raise NotFound(
+                f"Offer {offer_id} is not among your current offers: ask for them again "
+                "(GET /api/refinance/optimize-loans)",
+                reason="OFFER_NOT_FOUND",
+            )
         _check_loans(named, offer)
         return await self.storage.record_application(f"rfa-{uuid.uuid4().hex[:20]}", user_id, offer_id, offer)
 
@@ -93,5 +110,8 @@ class RefinanceApplications:
 
 def _check_loans(named: list[str], offer: dict) -> None:
     if named and sorted(set(named)) != sorted(offer.get("loan_ids") or []):
-        raise InvalidArgument(f"loan_ids: the offer refinances {', '.join(offer.get('loan_ids') or [])}; send those "
-                              "or none", "loan_ids", reason="LOANS_MISMATCH")
+        raise InvalidArgument(
+            f"loan_ids: the offer refinances {', '.join(offer.get('loan_ids') or [])}; send those or none",
+            "loan_ids",
+            reason="LOANS_MISMATCH",
+        )

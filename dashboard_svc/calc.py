@@ -5,6 +5,7 @@ The calculation itself lives in `dashboard_svc.domain` (pure: no I/O, no gRPC, n
 seam: income, loans, safe-to-spend and events, accounts, health, refinancing, texts, and the assembly
 (`dashboard_svc.domain.assemble`); its package docstring states the conventions.
 """
+
 from __future__ import annotations
 
 from dashboard_svc.domain.assemble import compute, compute_all

@@ -1,4 +1,5 @@
 """Domain values of the dashboard service (no gRPC, no SQL)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,6 +41,7 @@ class AccountView:
 class CreditView:
     """A product agreement. `amount` is the principal (loan), the deposited sum (deposit) or the
     limit (card): a card limit is not debt."""
+
     bank_id: str
     agreement_id: str
     product_type: str  # loan | deposit | card
@@ -58,6 +60,7 @@ class CreditView:
 @dataclasses.dataclass(frozen=True)
 class DayAmount:
     """A day's total of income credits (transfers between accounts and deposit interest excluded)."""
+
     day: dt.date
     currency: str
     total: Decimal
@@ -116,6 +119,7 @@ class Goals:
 class ProductView:
     """A product of a bank's public catalogue (`GET /products`). `commission` is a one-off amount in the
     product's currency (the base currency), None when the bank names none; None limits: no limit."""
+
     bank_id: str
     product_id: str
     product_type: str  # loan | deposit | card
@@ -139,6 +143,7 @@ class DashboardConfig:
 @dataclasses.dataclass(frozen=True)
 class DashboardData:
     """Everything the calculation needs for one user, as of `now`."""
+
     user_id: str
     now: dt.datetime  # aware UTC; "today" is now's UTC date
     accounts: list[AccountView]

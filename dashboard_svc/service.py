@@ -7,6 +7,7 @@ drop both levels at once. One computation per user at a time, across replicas (a
 concurrent requests wait for it and take its result. When Redis is down the table still serves.
 Every answer counts as a hit of the level it came from or a miss (`dashboard_svc.metrics`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,8 +38,12 @@ PARTS = ("dashboard", "loans", "deposits", "refinance")
 FIRST_SYNC_WAIT = 10.0
 
 
-def parse_inputs(salary_amount: str | None, next_salary_date: str | None,
-                 credit_payment_amount: str | None, credit_payment_date: str | None) -> FinancialInputs:
+def parse_inputs(
+    salary_amount: str | None,
+    next_salary_date: str | None,
+    credit_payment_amount: str | None,
+    credit_payment_date: str | None,
+) -> FinancialInputs:
     """Validate raw inputs; a date without its amount (or the reverse) is allowed, blanks are unset."""
 
     def blank(value: str | None) -> bool:
@@ -47,9 +52,11 @@ def parse_inputs(salary_amount: str | None, next_salary_date: str | None,
     return FinancialInputs(
         salary_amount=None if blank(salary_amount) else parse_amount(salary_amount, "inputs.salary_amount"),
         next_salary_date=None if blank(next_salary_date) else parse_date(next_salary_date, "inputs.next_salary_date"),
-        credit_payment_amount=None if blank(credit_payment_amount)
+        credit_payment_amount=None
+        if blank(credit_payment_amount)
         else parse_amount(credit_payment_amount, "inputs.credit_payment_amount"),
-        credit_payment_date=None if blank(credit_payment_date)
+        credit_payment_date=None
+        if blank(credit_payment_date)
         else parse_date(credit_payment_date, "inputs.credit_payment_date"),
     )
 
@@ -70,6 +77,7 @@ class BankData(Protocol):
 @dataclasses.dataclass(frozen=True)
 class Gathered:
     """The stored bank data of a user, as DashboardData needs it (everything but inputs and goals)."""
+
     fields: dict  # DashboardData field name -> value
     data_version: int
     synced_at: dt.datetime | None
@@ -88,8 +96,11 @@ class Answer:
 
 
 def _entry_json(entry: CacheRow) -> dict:
-    return {"payload": entry.payload, "calculated_at": entry.calculated_at.isoformat(),
-            "data_version": entry.data_version}
+    return {
+        "payload": entry.payload,
+        "calculated_at": entry.calculated_at.isoformat(),
+        "data_version": entry.data_version,
+    }
 
 
 def _entry_from_json(raw: dict) -> CacheRow:
@@ -111,9 +122,14 @@ def unchanged_until(answer: Answer, shown_times: list[dt.datetime], now: dt.date
 
 
 class DashboardService:
-    def __init__(self, storage: DashboardStorage, cache: Cache, data: BankData | None = None,
-                 config: DashboardConfig = DashboardConfig(),
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)):
+    def __init__(
+        self,
+        storage: DashboardStorage,
+        cache: Cache,
+        data: BankData | None = None,
+        config: DashboardConfig = DashboardConfig(),
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ):
         self.storage = storage
         self.cache = cache
         self.data = data
@@ -145,14 +161,20 @@ class DashboardService:
         await self.storage.drop_cached_dashboard(user_id)
         await self.cache.announce_change(user_id)
 
-    def _fresh(self, entry: CacheRow | None, version: int, now: dt.datetime,
-               not_before: dt.datetime | None = None) -> bool:
-        return (entry is not None and entry.payload.get("v") == PAYLOAD_VERSION and entry.data_version == version
-                and now - entry.calculated_at < FRESH_FOR
-                and (not_before is None or entry.calculated_at > not_before))
+    def _fresh(
+        self, entry: CacheRow | None, version: int, now: dt.datetime, not_before: dt.datetime | None = None
+    ) -> bool:
+        return (
+            entry is not None
+            and entry.payload.get("v") == PAYLOAD_VERSION
+            and entry.data_version == version
+            and now - entry.calculated_at < FRESH_FOR
+            and (not_before is None or entry.calculated_at > not_before)
+        )
 
-    async def _cached(self, user_id: str, version: int, now: dt.datetime,
-                      not_before: dt.datetime | None = None) -> tuple[CacheRow | None, str]:
+    async def _cached(
+        self, user_id: str, version: int, now: dt.datetime, not_before: dt.datetime | None = None
+    ) -> tuple[CacheRow | None, str]:
         """A fresh cached entry and the level it came from ("redis", "table"), or (None, "")."""
         raw = await self.cache.get_json(self._key(user_id))
         entry = _entry_from_json(raw) if raw else None
@@ -199,9 +221,11 @@ class DashboardService:
     async def _compute(self, user_id: str) -> CacheRow:
         now = self.clock()
         gathered, goals, (inputs, _) = await asyncio.gather(
-            self.data.gather(user_id, now), self.data.goals(user_id), self.storage.get_inputs(user_id))
-        data = DashboardData(user_id=user_id, now=now, inputs=inputs, goals=goals, config=self.config,
-                             **gathered.fields)
+            self.data.gather(user_id, now), self.data.goals(user_id), self.storage.get_inputs(user_id)
+        )
+        data = DashboardData(
+            user_id=user_id, now=now, inputs=inputs, goals=goals, config=self.config, **gathered.fields
+        )
         # Every language at once: the texts are cheap next to gathering the data, and one entry then
         # serves whoever asks, in their language.
         payload = {"v": PAYLOAD_VERSION, **{language: calc.compute_all(data, language) for language in i18n.LANGUAGES}}

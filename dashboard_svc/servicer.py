@@ -1,5 +1,6 @@
 """gRPC transport of dashboard_svc: proto <-> domain, nothing else (its clients of sync_svc and onboarding_svc
 are in `dashboard_svc.peers`, its setup in `dashboard_svc.wiring`)."""
+
 from __future__ import annotations
 
 import collections
@@ -41,8 +42,12 @@ def _minutes(since: dt.datetime, now: dt.datetime) -> int:
 
 
 #: The response message of each part of a computation (dashboard_svc.service.PARTS).
-_PART_MESSAGES = {"dashboard": pb.GetDashboardResponse, "loans": pb.GetLoansResponse,
-                  "deposits": pb.GetDepositsResponse, "refinance": pb.OptimizeLoansResponse}
+_PART_MESSAGES = {
+    "dashboard": pb.GetDashboardResponse,
+    "loans": pb.GetLoansResponse,
+    "deposits": pb.GetDepositsResponse,
+    "refinance": pb.OptimizeLoansResponse,
+}
 
 
 class ParsedPayloads:
@@ -90,11 +95,19 @@ def _application_pb(application: StoredApplication) -> pb.RefinanceApplication:
     offer = application.offer
     detail = offer.get("detail") or {}
     msg = pb.RefinanceApplication(
-        application_id=application.application_id, offer_id=application.offer_id, status=application.status,
-        message=next_step(application), bank_id=offer.get("bank_id", ""), product_id=offer.get("product_id", ""),
-        loan_ids=list(offer.get("loan_ids") or []), loan_amount=detail.get("loan_amount", ""),
-        rate=detail.get("rate", ""), term_months=int(offer.get("term_months") or 0),
-        monthly_payment=detail.get("monthly_payment", ""), savings=detail.get("savings", ""))
+        application_id=application.application_id,
+        offer_id=application.offer_id,
+        status=application.status,
+        message=next_step(application),
+        bank_id=offer.get("bank_id", ""),
+        product_id=offer.get("product_id", ""),
+        loan_ids=list(offer.get("loan_ids") or []),
+        loan_amount=detail.get("loan_amount", ""),
+        rate=detail.get("rate", ""),
+        term_months=int(offer.get("term_months") or 0),
+        monthly_payment=detail.get("monthly_payment", ""),
+        savings=detail.get("savings", ""),
+    )
     set_timestamp(msg, "created_at", application.created_at)
     return msg
 
@@ -123,11 +136,17 @@ class DashboardServicer(pb_grpc.DashboardServiceServicer):
         return await self._part(request, context, "refinance")
 
     async def ApplyRefinance(self, request, context):
-        application, replayed = await self.applications.apply(request.user_id, request.offer_id,
-                                                              list(request.loan_ids), request.phone)
+        application, replayed = await self.applications.apply(
+            request.user_id, request.offer_id, list(request.loan_ids), request.phone
+        )
         message = _application_pb(application)
-        return pb.ApplyRefinanceResponse(status=application.status, application_id=application.application_id,
-                                         message=message.message, application=message, replayed=replayed)
+        return pb.ApplyRefinanceResponse(
+            status=application.status,
+            application_id=application.application_id,
+            message=message.message,
+            application=message,
+            replayed=replayed,
+        )
 
     async def GetRefinanceApplication(self, request, context):
         application = await self.applications.get(request.user_id, request.application_id)
@@ -147,8 +166,12 @@ class DashboardServicer(pb_grpc.DashboardServiceServicer):
         inputs = None
         if request.HasField("inputs"):
             i = request.inputs
-            inputs = parse_inputs(optional(i, "salary_amount"), optional(i, "next_salary_date"),
-                                  optional(i, "credit_payment_amount"), optional(i, "credit_payment_date"))
+            inputs = parse_inputs(
+                optional(i, "salary_amount"),
+                optional(i, "next_salary_date"),
+                optional(i, "credit_payment_amount"),
+                optional(i, "credit_payment_date"),
+            )
         stored, updated_at = await self.service.put_inputs(request.user_id, inputs)
         response = pb.UpdateFinancialInputsResponse(user_id=request.user_id, inputs=_inputs_pb(stored))
         set_timestamp(response, "updated_at", updated_at)

@@ -1,6 +1,7 @@
 """dashboard_svc's section of the settings (the common part is `svclib.config.Settings`), read at start by
 svclib.runtime (`ServiceSpec.section`) and handed to the wiring as `runtime.section`: the calculation's
 `DashboardConfig`."""
+
 from __future__ import annotations
 
 from dashboard_svc.model import DashboardConfig

@@ -1,4 +1,5 @@
 """dashboard_svc's wiring: storage, the clients of its peers, the service and the servicer, on the runtime."""
+
 from __future__ import annotations
 
 from finpulse.dashboard.v1 import dashboard_pb2 as pb
@@ -22,6 +23,8 @@ async def setup(runtime: Runtime, server: GrpcServer) -> None:
     async def current_offers(user_id: str) -> list[dict]:
         return (await service.dashboard(user_id, False)).part("refinance")["offers"]
 
-    server.add(pb_grpc.add_DashboardServiceServicer_to_server,
-               DashboardServicer(service, RefinanceApplications(storage, current_offers)),
-               pb.DESCRIPTOR.services_by_name["DashboardService"].full_name)
+    server.add(
+        pb_grpc.add_DashboardServiceServicer_to_server,
+        DashboardServicer(service, RefinanceApplications(storage, current_offers)),
+        pb.DESCRIPTOR.services_by_name["DashboardService"].full_name,
+    )

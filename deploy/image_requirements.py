@@ -5,6 +5,7 @@ embedded stores of local runs (a container is always given Postgres and Redis by
 
 Used by deploy/Dockerfile's builder stage, so the image follows pyproject.toml without a second list.
 """
+
 from __future__ import annotations
 
 import re

@@ -25,6 +25,7 @@ and is held by the launcher until it stops (`svclib.ports.PortReservations`): no
 between the launcher picking it and the child binding it, nor while the child restarts. Tests reserve
 every port of their suite the same way and hand the reservations in (`Suite(ports=...)`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -100,8 +101,14 @@ class Child:
     def start(self) -> None:
         out = open(self.log_path, "ab") if self.log_path else None
         env = {**self.env, PARENT_ENV: str(os.getpid())}  # the child dies with us (svclib.process)
-        self.proc = subprocess.Popen(self.argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.spawner = threading.get_ident()
         if out:
             out.close()
@@ -127,10 +134,18 @@ class Suite:
     """The suite's processes: start, wait until healthy, stop (or kill) and start again; and, while
     `supervise()` (or `supervise_in_background()`) runs, restart those that exit unexpectedly."""
 
-    def __init__(self, settings: Settings, backing: BackingServices, *, base_env: Mapping[str, str] | None = None,
-                 log_dir: str | None = None, emulator_args: list[str] | None = None,
-                 replicas: Mapping[str, int] | None = None, restart_policy: RestartPolicy | None = None,
-                 ports: PortReservations | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        backing: BackingServices,
+        *,
+        base_env: Mapping[str, str] | None = None,
+        log_dir: str | None = None,
+        emulator_args: list[str] | None = None,
+        replicas: Mapping[str, int] | None = None,
+        restart_policy: RestartPolicy | None = None,
+        ports: PortReservations | None = None,
+    ):
         """`replicas`: processes per service name (or "gateway"), 1 by default. Replica i > 1 of X is
         the child "X-i" on a port of its own; with several, every caller reaches X through the target
         `ipv4:host:p1,host:p2,...` that svclib.clients spreads round robin. The bank emulator keeps its
@@ -153,8 +168,12 @@ class Suite:
         self.backing = backing
         self.log_dir = log_dir
         env = dict(os.environ if base_env is None else base_env)
-        env.update(FINPULSE_DATABASE_URL=backing.database_url, FINPULSE_REDIS_URL=backing.redis_url,
-                   FINPULSE_MIGRATE_ON_START="false", PYTHONUNBUFFERED="1")
+        env.update(
+            FINPULSE_DATABASE_URL=backing.database_url,
+            FINPULSE_REDIS_URL=backing.redis_url,
+            FINPULSE_MIGRATE_ON_START="false",
+            PYTHONUNBUFFERED="1",
+        )
         if settings.jwt_secret:
             env["FINPULSE_JWT_SECRET"] = settings.jwt_secret
         env["FINPULSE_INTERNAL_SECRET"] = settings.internal_secret
@@ -185,10 +204,15 @@ class Suite:
         bank_ports = emulator_ports(settings)
         if bank_ports is not None and env.get("FINPULSE_BANK_EMULATOR", "on") != "off":
             banks = ",".join(f"{bank}={port}" for bank, port in bank_ports.items())
-            state = [] if "--state-dir" in (emulator_args or []) else [
-                "--state-dir", os.path.join(settings.data_dir, "bank_sandbox")]  # consents outlive a restart
-            self._add("bank_sandbox", ["-m", "bank_sandbox", "--host", "127.0.0.1", "--banks", banks, *state,
-                                       *(emulator_args or [])])
+            state = (
+                []
+                if "--state-dir" in (emulator_args or [])
+                else ["--state-dir", os.path.join(settings.data_dir, "bank_sandbox")]
+            )  # consents outlive a restart
+            self._add(
+                "bank_sandbox",
+                ["-m", "bank_sandbox", "--host", "127.0.0.1", "--banks", banks, *state, *(emulator_args or [])],
+            )
         for name in SERVICES:
             for i, port in enumerate(service_ports[name], 1):
                 child = name if i == 1 else f"{name}-{i}"
@@ -213,6 +237,7 @@ class Suite:
     def token(self, user_id: str) -> str:
         """A bearer token for `user_id`, accepted by this suite's gateway."""
         from gateway.auth import mint_token
+
         return mint_token(self.settings, user_id)
 
     def _add(self, name: str, args: list[str], **extra_env: str) -> None:
@@ -283,8 +308,12 @@ class Suite:
     def stop(self, names: list[str] | None = None, sig: int = signal.SIGTERM) -> None:
         """Stop children (the gateway first, the emulator last), killing any that outlive their grace.
         Supervision leaves them stopped (until `start`)."""
-        order = [n for kind in ("gateway", *reversed(SERVICES), "bank_sandbox")
-                 for n in self.children if self.kinds.get(n, n) == kind]
+        order = [
+            n
+            for kind in ("gateway", *reversed(SERVICES), "bank_sandbox")
+            for n in self.children
+            if self.kinds.get(n, n) == kind
+        ]
         targets = [n for n in order if names is None or n in names]
         with self._lock:
             for name in targets:
@@ -323,12 +352,16 @@ class Suite:
                     continue
                 if not self.supervisor.pending(name):
                     plan = self.supervisor.exited(name)
-                    message = (f"{name} exited with {describe_exit(child.proc.returncode)}; "
-                               f"restarting in {plan.delay:.1f} s, restart #{plan.number}")
+                    message = (
+                        f"{name} exited with {describe_exit(child.proc.returncode)}; "
+                        f"restarting in {plan.delay:.1f} s, restart #{plan.number}"
+                    )
                     if plan.capped:
-                        message += (f" (it exited within {self.supervisor.policy.stable_after:g} s of its start "
-                                    f"{plan.quick_exits} times in a row: retrying every "
-                                    f"{self.supervisor.policy.max_delay:g} s{self._log_hint(name)})")
+                        message += (
+                            f" (it exited within {self.supervisor.policy.stable_after:g} s of its start "
+                            f"{plan.quick_exits} times in a row: retrying every "
+                            f"{self.supervisor.policy.max_delay:g} s{self._log_hint(name)})"
+                        )
                     report(message)
                 if self.supervisor.due(name):
                     try:
@@ -342,8 +375,9 @@ class Suite:
                     restarted.append(name)
         return restarted
 
-    async def supervise(self, report: Callable[[str], None] = report_to_stderr, poll: float = 0.25,
-                        until: threading.Event | None = None) -> None:
+    async def supervise(
+        self, report: Callable[[str], None] = report_to_stderr, poll: float = 0.25, until: threading.Event | None = None
+    ) -> None:
         """Supervise the started children until cancelled (or `until` is set): restart each that exits
         unexpectedly (`check_children`), and report when it answers its health check again. Children
         stopped with `stop()` stay stopped. Children it restarts are started from the thread running
@@ -369,8 +403,9 @@ class Suite:
             with self._lock:
                 self._supervising -= 1
 
-    def supervise_in_background(self, report: Callable[[str], None] = report_to_stderr,
-                                poll: float = 0.25) -> Supervision:
+    def supervise_in_background(
+        self, report: Callable[[str], None] = report_to_stderr, poll: float = 0.25
+    ) -> Supervision:
         """`supervise()` in a thread of its own (for synchronous callers, such as a session fixture);
         `.stop()` ends it. The thread outlives that while a child it restarted runs, since a child dies
         with the thread that started it; it is a daemon, and `Suite.stop()` ends those children."""
@@ -431,8 +466,8 @@ def _banner(suite: Suite) -> str:
         "",
         f"FinPulse is up: gateway {url}",
         "  services: " + ", ".join(f"{n} {suite.settings.service_addrs[n]}" for n in SERVICES),
-        f"  metrics: gateway {url}/metrics" + "".join(f", {n} http://{addr}/metrics" for n, addr in
-                                                       suite.settings.metrics_addrs.items() if addr),
+        f"  metrics: gateway {url}/metrics"
+        + "".join(f", {n} http://{addr}/metrics" for n, addr in suite.settings.metrics_addrs.items() if addr),
         f"  database: {'embedded' if suite.backing.postgres else 'configured'}, "
         f"redis: {'embedded' if suite.backing.redis else 'configured'}",
         f"Demo user {user}; its token (valid 12 h) is in the commands below.",

@@ -4,6 +4,7 @@ A child is started again after a delay that doubles from 0.5 s up to 30 s while 
 within 60 s of its start, and is back to 0.5 s once it stayed up that long (`RestartPolicy`). The
 launcher (deploy/launcher.py) reports starts and exits to a `Supervisor` and asks it when to restart.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,7 +68,7 @@ class Supervisor:
         uptime = now - track.started_at if track.started_at is not None else 0.0
         if uptime >= policy.stable_after:
             track.quick_exits = 0  # it had recovered: start the backoff over
-        delay = min(policy.max_delay, policy.first_delay * policy.factor ** track.quick_exits)
+        delay = min(policy.max_delay, policy.first_delay * policy.factor**track.quick_exits)
         track.quick_exits += 1
         track.restarts += 1
         track.started_at = None
@@ -92,7 +93,7 @@ class Supervisor:
 
 
 def describe_exit(code: int | None) -> str:
-    """"code 1", "code -9 (signal SIGKILL)"."""
+    """ "code 1", "code -9 (signal SIGKILL)"."""
     if code is not None and code < 0:
         try:
             return f"code {code} (signal {signal.Signals(-code).name})"

@@ -7,6 +7,7 @@ still current, and asks sync_svc (`GetDataVersion`) when the key is missing (Red
 down). Nothing else about either service's Redis use is shared: the dashboard's own cache keys live
 in dashboard_svc, sync's in sync_svc.
 """
+
 from __future__ import annotations
 
 #: Seconds the published version lives; readers fall back to asking sync_svc once it is gone.

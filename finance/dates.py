@@ -1,4 +1,5 @@
 """Dates: "today" of a timestamp (its UTC date) and month arithmetic clamped to the month's length."""
+
 from __future__ import annotations
 
 import calendar

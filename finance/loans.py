@@ -3,6 +3,7 @@
 One rule for both services: the dashboard's loan payments (safe-to-spend, events, loan summary) and
 consent_svc's "next instalment" of a loan repayment are `obligation_of` the loan's `Repayments`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,6 +18,7 @@ from finance.money import round_money
 @dataclasses.dataclass(frozen=True)
 class Repayments:
     """Repayments of one loan found in history ("Платеж по кредиту №<agreement_id>")."""
+
     bank_id: str
     agreement_id: str
     count: int
@@ -31,6 +33,7 @@ class Repayments:
 @dataclasses.dataclass(frozen=True)
 class Obligation:
     """A monthly payment: `amount` due on `day` of the month, next on `first` (today or later)."""
+
     amount: Decimal
     currency: str
     day: int
@@ -75,6 +78,11 @@ def repayments_by_key(repayments: Iterable[Repayments]) -> dict[tuple[str, str],
 
 def obligation_of(repayments: Repayments, today: dt.date) -> Obligation:
     """A loan's monthly payment as seen in history: its average repayment, due on its typical day."""
-    return Obligation(round_money(repayments.average), repayments.currency, repayments.typical_day,
-                      next_due_date(repayments.typical_day, repayments.last_paid_at, today),
-                      repayments.bank_id, repayments.agreement_id)
+    return Obligation(
+        round_money(repayments.average),
+        repayments.currency,
+        repayments.typical_day,
+        next_due_date(repayments.typical_day, repayments.last_paid_at, today),
+        repayments.bank_id,
+        repayments.agreement_id,
+    )

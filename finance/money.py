@@ -1,4 +1,5 @@
 """Money as the suite shows it: `Decimal`, rounded ROUND_HALF_UP to cents."""
+
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal

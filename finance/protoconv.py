@@ -4,6 +4,7 @@ consent_svc (a loan repayment's instalment) and dashboard_svc (the dashboard's l
 Imports the generated protobuf messages only, never grpc. Unset fields: an empty amount is 0, an
 empty currency the base "RUB", an unset `last_paid_at` None (unknown, never the epoch).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -20,7 +21,13 @@ def _amount(text: str) -> Decimal:
 
 def repayments_from_pb(msg: sync_pb2.LoanRepayments) -> Repayments:
     return Repayments(
-        bank_id=msg.bank_id, agreement_id=msg.agreement_id, count=msg.count, total=_amount(msg.total),
-        average=_amount(msg.average), currency=msg.currency or "RUB",
+        bank_id=msg.bank_id,
+        agreement_id=msg.agreement_id,
+        count=msg.count,
+        total=_amount(msg.total),
+        average=_amount(msg.average),
+        currency=msg.currency or "RUB",
         last_paid_at=msg.last_paid_at.ToDatetime(dt.UTC) if msg.HasField("last_paid_at") else None,
-        typical_day=msg.typical_day, months=tuple(dt.date.fromisoformat(m) for m in msg.months_paid))
+        typical_day=msg.typical_day,
+        months=tuple(dt.date.fromisoformat(m) for m in msg.months_paid),
+    )

@@ -4,6 +4,7 @@ Exit codes: 0 after a graceful stop (SIGTERM/SIGINT), 1 when the protos' HTTP an
 routed, 2 on bad configuration (including no key to verify bearer tokens: FINPULSE_JWT_SECRET or
 FINPULSE_JWT_PUBLIC_KEY, or FINPULSE_AUTH_DEV_TRUST_USER=1 for local development).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,11 +33,16 @@ async def serve(settings: GatewaySettings, routes: list[Route] | None = None) ->
     await runner.setup()
     exporter = metrics.start_exporter(settings.gateway_metrics_addr)
     try:
-        site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port,
-                           reuse_port=ports.is_reserved(settings.gateway_port))  # svclib.ports
+        site = web.TCPSite(
+            runner, settings.gateway_host, settings.gateway_port, reuse_port=ports.is_reserved(settings.gateway_port)
+        )  # svclib.ports
         await site.start()
-        log.info("gateway listening on %s:%s", settings.gateway_host, settings.gateway_port,
-                 extra={"routes": len(app[ROUTES])})
+        log.info(
+            "gateway listening on %s:%s",
+            settings.gateway_host,
+            settings.gateway_port,
+            extra={"routes": len(app[ROUTES])},
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -17,6 +17,7 @@ Probes: `GET /healthz` answers while the process is alive; `GET /readyz` asks ev
 `grpc.health.v1.Health/Check` (overall status, empty service name) and answers 200 only when all
 of them are SERVING, else 503 naming the ones that are not.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -51,6 +52,7 @@ READY_CHECK_TIMEOUT = 2.0
 #: Deadline of a streamed (Server-Sent Events) call; the services end their streams well before.
 STREAM_TIMEOUT = 15 * 60.0
 
+
 class RenderedCache:
     """JSON bodies of recent replies, keyed by the reply's deterministic bytes.
 
@@ -65,8 +67,9 @@ class RenderedCache:
         self._bodies: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
 
     def body(self, route: Route, reply) -> bytes:
-        key = hashlib.blake2b(reply.SerializeToString(deterministic=True), digest_size=16,
-                              person=route.grpc_path.encode()[-16:]).digest()
+        key = hashlib.blake2b(
+            reply.SerializeToString(deterministic=True), digest_size=16, person=route.grpc_path.encode()[-16:]
+        ).digest()
         body = self._bodies.get(key)
         if body is not None:
             self._bodies.move_to_end(key)
@@ -89,14 +92,17 @@ LOGIN = web.AppKey("login", LoginPolicy)
 _dumps = functools.partial(json.dumps, ensure_ascii=False)
 
 
-def create_app(settings: GatewaySettings, clients: ServiceClients | None = None, *,
-               routes: list[Route] | None = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
+def create_app(
+    settings: GatewaySettings,
+    clients: ServiceClients | None = None,
+    *,
+    routes: list[Route] | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> web.Application:
     """The gateway app. Clients created here are closed on cleanup; passed-in ones are the caller's."""
     app = web.Application(
         client_max_size=max_body_bytes,
-        middlewares=[middleware.request_context, middleware.cors(settings.cors_origins),
-                     middleware.errors],
+        middlewares=[middleware.request_context, middleware.cors(settings.cors_origins), middleware.errors],
     )
     app[SETTINGS] = settings
     app[RENDERED] = RenderedCache()
@@ -153,8 +159,9 @@ def _bound_request(route: Route, request: web.Request, principal: Principal, bod
 
 
 #: Codes after which a request's outcome is unknown to the client.
-_OUTCOME_UNKNOWN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                              grpc.StatusCode.CANCELLED})
+_OUTCOME_UNKNOWN = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
 
 
 def _language(request: web.Request) -> str:
@@ -194,8 +201,9 @@ def _handler(route: Route):
         message, user = _bound_request(route, request, principal, body)
         user_token, language_token = user_id_var.set(user), i18n.language_var.set(language)
         try:
-            call = getattr(request.app[CLIENTS].stub(route.service_key, stub_class, route.proto_file),
-                           route.method_name)(message, timeout=request.app[SETTINGS].rpc_timeout)
+            call = getattr(
+                request.app[CLIENTS].stub(route.service_key, stub_class, route.proto_file), route.method_name
+            )(message, timeout=request.app[SETTINGS].rpc_timeout)
             reply = await call
             until = _cache_until(await call.trailing_metadata()) if key is not None and user else None
         except grpc.aio.AioRpcError as exc:
@@ -236,8 +244,9 @@ def _sse_handler(route: Route):
         message, user = _bound_request(route, request, principal, await request.read())
         user_token, language_token = user_id_var.set(user), i18n.language_var.set(_language(request))
         try:
-            call = getattr(request.app[CLIENTS].stub(route.service_key, stub_class, route.proto_file),
-                           route.method_name)(message, timeout=STREAM_TIMEOUT)
+            call = getattr(
+                request.app[CLIENTS].stub(route.service_key, stub_class, route.proto_file), route.method_name
+            )(message, timeout=STREAM_TIMEOUT)
         finally:
             user_id_var.reset(user_token)
             i18n.language_var.reset(language_token)
@@ -245,8 +254,9 @@ def _sse_handler(route: Route):
             first = await call.read()
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, route.service_key) from None
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                               "X-Accel-Buffering": "no"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
         await response.prepare(request)
         item = first
         try:

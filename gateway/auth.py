@@ -16,6 +16,7 @@ Missing, malformed, badly signed or expired tokens get 401 with a `WWW-Authentic
 without an `Authorization` header act as the user it names (the seed frontend sends none); a token
 that is sent is still verified.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,8 +54,9 @@ class Unauthenticated(ApiError):
         if error:
             description = message.replace('"', "'")
             challenge += f', error="{error}", error_description="{description}"'
-        super().__init__(grpc.StatusCode.UNAUTHENTICATED, message, headers={"WWW-Authenticate": challenge},
-                         reason=reason)
+        super().__init__(
+            grpc.StatusCode.UNAUTHENTICATED, message, headers={"WWW-Authenticate": challenge}, reason=reason
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +83,12 @@ class Authenticator:
         elif settings.auth_dev_trust_user:
             self.algorithm, self.key = None, None  # tokens cannot be verified: only header-less requests pass
         else:
-            raise ConfigError(["FINPULSE_JWT_SECRET or FINPULSE_JWT_PUBLIC_KEY: the gateway needs a key to verify "
-                               "bearer tokens (or FINPULSE_AUTH_DEV_TRUST_USER=1 for local development)"])
+            raise ConfigError(
+                [
+                    "FINPULSE_JWT_SECRET or FINPULSE_JWT_PUBLIC_KEY: the gateway needs a key to verify "
+                    "bearer tokens (or FINPULSE_AUTH_DEV_TRUST_USER=1 for local development)"
+                ]
+            )
         self.issuer = settings.jwt_issuer
         self.audience = settings.jwt_audience
         self.dev_trust_user = settings.auth_dev_trust_user
@@ -121,9 +127,15 @@ class Authenticator:
         if self.key is None:
             raise Unauthenticated("this gateway has no token key configured")
         try:
-            claims = jwt.decode(token, self.key, algorithms=[self.algorithm], audience=self.audience,
-                                issuer=self.issuer, leeway=LEEWAY,
-                                options={"require": ["exp", "sub", "iss", "aud"]})
+            claims = jwt.decode(
+                token,
+                self.key,
+                algorithms=[self.algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=LEEWAY,
+                options={"require": ["exp", "sub", "iss", "aud"]},
+            )
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED") from None
         except jwt.InvalidSignatureError:
@@ -141,8 +153,12 @@ class Authenticator:
         except jwt.InvalidTokenError:
             raise Unauthenticated("the token is malformed") from None
         subject = claims.get("sub")
-        if (not isinstance(subject, str) or not subject.strip() or len(subject) > MAX_USER_ID
-                or any(ord(ch) < 32 or ord(ch) == 127 for ch in subject)):
+        if (
+            not isinstance(subject, str)
+            or not subject.strip()
+            or len(subject) > MAX_USER_ID
+            or any(ord(ch) < 32 or ord(ch) == 127 for ch in subject)
+        ):
             raise Unauthenticated("the token's 'sub' is not a valid user id")
         return subject, float(claims["exp"])
 
@@ -161,8 +177,13 @@ class Gatekeeper:
         # Slots are leased in batches (one Redis call per batch): a quarter of the burst, at most 50 or
         # 50 ms worth of the rate, whichever is more.
         lease = min(settings.user_rate_burst // 4, max(50, int(settings.user_rate_limit * 0.05)))
-        self.limiter = RateLimiter(redis, settings.user_rate_limit, burst=settings.user_rate_burst,
-                                   prefix=settings.redis_prefix + "rl:user:", lease=max(1, lease))
+        self.limiter = RateLimiter(
+            redis,
+            settings.user_rate_limit,
+            burst=settings.user_rate_burst,
+            prefix=settings.redis_prefix + "rl:user:",
+            lease=max(1, lease),
+        )
 
     async def admit(self, request: web.Request, *, anonymous: bool = False) -> Principal:
         principal = self.authenticator.principal(request, anonymous=anonymous)
@@ -170,9 +191,13 @@ class Gatekeeper:
         wait = await self.limiter.admit(key)
         if wait > 0:
             retry_after = max(1, math.ceil(wait))
-            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"too many requests; retry after {retry_after} s", headers={"Retry-After": str(retry_after)},
-                           reason="RATE_LIMITED", retry_after=retry_after)
+            raise ApiError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many requests; retry after {retry_after} s",
+                headers={"Retry-After": str(retry_after)},
+                reason="RATE_LIMITED",
+                retry_after=retry_after,
+            )
         return principal
 
 
@@ -192,20 +217,33 @@ def bind_user(message: Any, principal: Principal) -> str | None:
     if not named:
         message.user_id = principal.user_id
     elif named != principal.user_id:
-        raise ApiError(grpc.StatusCode.PERMISSION_DENIED,
-                       "this token's user may not act for another user (user_id does not match the token)",
-                       reason="USER_MISMATCH", metadata={"field": "user_id"})
+        raise ApiError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "this token's user may not act for another user (user_id does not match the token)",
+            reason="USER_MISMATCH",
+            metadata={"field": "user_id"},
+        )
     return principal.user_id
 
 
-def mint_token(settings: GatewaySettings, user_id: str, *, ttl: dt.timedelta = dt.timedelta(hours=12),
-               now: dt.datetime | None = None) -> str:
+def mint_token(
+    settings: GatewaySettings,
+    user_id: str,
+    *,
+    ttl: dt.timedelta = dt.timedelta(hours=12),
+    now: dt.datetime | None = None,
+) -> str:
     """An HS256 token for `user_id`, signed with the configured secret (local use and tests)."""
     if not settings.jwt_secret:
         raise ValueError("minting tokens needs FINPULSE_JWT_SECRET (HS256)")
     issued = now or dt.datetime.now(dt.UTC)
-    claims = {"sub": user_id, "iss": settings.jwt_issuer, "aud": settings.jwt_audience,
-              "iat": issued, "exp": issued + ttl}
+    claims = {
+        "sub": user_id,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": issued,
+        "exp": issued + ttl,
+    }
     return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
 
 

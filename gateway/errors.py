@@ -12,6 +12,7 @@ itself (401, 413, 415, 400 bad JSON, 404 route, 429 ...) carry an ErrorInfo of d
 `finpulse.gateway`. Messages are meant for people; they never carry a traceback or gRPC's internal
 debug strings.
 """
+
 from __future__ import annotations
 
 import functools
@@ -79,10 +80,18 @@ class ApiError(Exception):
     they hold an ErrorInfo, one is added with `reason` (by default the code's name; None adds none)
     and `metadata`, and a RetryInfo when `retry_after` (seconds) is given."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, *, http: int | None = None,
-                 details: Iterable[dict[str, Any]] = (), headers: dict[str, str] | None = None,
-                 reason: Any = _DEFAULT, metadata: dict[str, object] | None = None,
-                 retry_after: float | None = None):
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        http: int | None = None,
+        details: Iterable[dict[str, Any]] = (),
+        headers: dict[str, str] | None = None,
+        reason: Any = _DEFAULT,
+        metadata: dict[str, object] | None = None,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.code = code
         self.message = message
@@ -91,12 +100,23 @@ class ApiError(Exception):
         if reason is _DEFAULT:
             reason = code.name
         if reason and not any(d.get("@type") == _ERROR_INFO for d in self.details):
-            self.details.append(_any_to_dict(error_details_pb2.ErrorInfo(
-                reason=reason, domain=DOMAIN,
-                metadata={k: str(v) for k, v in (metadata or {}).items() if v is not None})))
+            self.details.append(
+                _any_to_dict(
+                    error_details_pb2.ErrorInfo(
+                        reason=reason,
+                        domain=DOMAIN,
+                        metadata={k: str(v) for k, v in (metadata or {}).items() if v is not None},
+                    )
+                )
+            )
         if retry_after is not None and not any(d.get("@type") == _RETRY_INFO for d in self.details):
-            self.details.append(_any_to_dict(error_details_pb2.RetryInfo(
-                retry_delay=duration_pb2.Duration(seconds=max(0, math.ceil(retry_after))))))
+            self.details.append(
+                _any_to_dict(
+                    error_details_pb2.RetryInfo(
+                        retry_delay=duration_pb2.Duration(seconds=max(0, math.ceil(retry_after)))
+                    )
+                )
+            )
         self.headers = dict(headers or {})
 
     @property
@@ -107,16 +127,27 @@ class ApiError(Exception):
         return reason or self.code.name
 
     def body(self) -> dict[str, Any]:
-        return {"code": self.code.value[0], "error": self.code.name, "error_code": self.error_code,
-                "message": self.message, "details": self.details}
+        return {
+            "code": self.code.value[0],
+            "error": self.code.name,
+            "error_code": self.error_code,
+            "message": self.message,
+            "details": self.details,
+        }
 
     def response(self) -> web.Response:
         return web.json_response(self.body(), status=self.http_status, dumps=_dumps, headers=self.headers)
 
 
-def bad_request(message: str, field: str | None = None, *, http: int = 400,
-                violations: Iterable[tuple[str, str]] | None = None, reason: str = "INVALID_ARGUMENT",
-                metadata: dict[str, object] | None = None) -> ApiError:
+def bad_request(
+    message: str,
+    field: str | None = None,
+    *,
+    http: int = 400,
+    violations: Iterable[tuple[str, str]] | None = None,
+    reason: str = "INVALID_ARGUMENT",
+    metadata: dict[str, object] | None = None,
+) -> ApiError:
     """An INVALID_ARGUMENT error; a `google.rpc.BadRequest` detail names the offending field(s), and an
     ErrorInfo gives `reason` with the (first) field in its metadata.
 
@@ -129,8 +160,9 @@ def bad_request(message: str, field: str | None = None, *, http: int = 400,
     metadata = dict(metadata or {})
     if pairs:
         metadata.setdefault("field", pairs[0].field)
-    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message, http=http, details=details, reason=reason,
-                    metadata=metadata)
+    return ApiError(
+        grpc.StatusCode.INVALID_ARGUMENT, message, http=http, details=details, reason=reason, metadata=metadata
+    )
 
 
 def internal_error() -> ApiError:
@@ -139,8 +171,10 @@ def internal_error() -> ApiError:
 
 
 def _any_to_dict(message) -> dict[str, Any]:
-    return {"@type": f"type.googleapis.com/{message.DESCRIPTOR.full_name}",
-            **json_format.MessageToDict(message, preserving_proto_field_name=True)}
+    return {
+        "@type": f"type.googleapis.com/{message.DESCRIPTOR.full_name}",
+        **json_format.MessageToDict(message, preserving_proto_field_name=True),
+    }
 
 
 def _status_details(err: grpc.aio.AioRpcError) -> list[dict[str, Any]]:
@@ -187,8 +221,15 @@ def from_rpc_error(err: grpc.aio.AioRpcError, service_key: str) -> ApiError:
         headers = {"Retry-After": _retry_after(err)}
         if reason is not None:
             retry_after = int(headers["Retry-After"])
-    return ApiError(code, message, details=_status_details(err), headers=headers, reason=reason,
-                    metadata=metadata, retry_after=retry_after)
+    return ApiError(
+        code,
+        message,
+        details=_status_details(err),
+        headers=headers,
+        reason=reason,
+        metadata=metadata,
+        retry_after=retry_after,
+    )
 
 
 def _retry_after(err: grpc.aio.AioRpcError) -> str:

@@ -13,6 +13,7 @@ only the gateway holds the key that verifies tokens:
   profile and that same token. Without one it is 401 saying where tokens come from, so the endpoint
   can never hand out another user's token.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -41,13 +42,18 @@ class LoginPolicy:
         if principal.authenticated or self.mints:
             return
         if self.settings.is_local:
-            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
-                           "this local gateway has no secret to sign tokens with: set FINPULSE_JWT_SECRET "
-                           "(make up does) or send a token", reason="TOKEN_SIGNING_UNAVAILABLE")
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this local gateway has no secret to sign tokens with: set FINPULSE_JWT_SECRET "
+                "(make up does) or send a token",
+                reason="TOKEN_SIGNING_UNAVAILABLE",
+            )
         raise Unauthenticated(
             f"sign in with the identity provider (issuer {self.settings.jwt_issuer!r}) and send its token as "
-            "'Authorization: Bearer <token>': in production this gateway never issues tokens", error=None,
-            reason="TOKEN_MISSING")
+            "'Authorization: Bearer <token>': in production this gateway never issues tokens",
+            error=None,
+            reason="TOKEN_MISSING",
+        )
 
     def complete(self, reply, principal: Principal, user_id: str, now: dt.datetime | None = None) -> None:
         """Put the token in the login reply: the one presented (identity provider, or a token this gateway

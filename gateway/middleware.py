@@ -10,6 +10,7 @@
 - `errors`: every failure becomes a JSON error body (see `gateway.errors`); an unexpected exception
   is logged with its traceback and answered 500 with a generic message.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -74,9 +75,18 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         route = _route_template(request)
         gateway_metrics.observe_gateway(route, request.method, status, elapsed)
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info("%s %s %s", request.method, route, status, extra={
-                "method": request.method, "route": route, "status": status,
-                "latency_ms": round(elapsed * 1000, 2)})
+            access_log.info(
+                "%s %s %s",
+                request.method,
+                route,
+                status,
+                extra={
+                    "method": request.method,
+                    "route": route,
+                    "status": status,
+                    "latency_ms": round(elapsed * 1000, 2),
+                },
+            )
         request_id_var.reset(token)
 
 
@@ -92,8 +102,9 @@ def cors(origins: Iterable[str]) -> Callable[[web.Request, Handler], Awaitable[w
         is_preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
         if origin not in allowed:
             if is_preflight:
-                return ApiError(grpc.StatusCode.PERMISSION_DENIED, f"origin {origin} is not allowed",
-                                reason="ORIGIN_NOT_ALLOWED").response()
+                return ApiError(
+                    grpc.StatusCode.PERMISSION_DENIED, f"origin {origin} is not allowed", reason="ORIGIN_NOT_ALLOWED"
+                ).response()
             response = await handler(request)
         elif is_preflight:
             response = web.Response(status=204)
@@ -116,18 +127,26 @@ def cors(origins: Iterable[str]) -> Callable[[web.Request, Handler], Awaitable[w
 
 def too_large(limit: int | None) -> ApiError:
     """The 413 answer to a body over the configured limit."""
-    return bad_request("request body is too large" + (f" (limit {limit} bytes)" if limit else ""), http=413,
-                       reason="REQUEST_TOO_LARGE", metadata={"limit": limit})
+    return bad_request(
+        "request body is too large" + (f" (limit {limit} bytes)" if limit else ""),
+        http=413,
+        reason="REQUEST_TOO_LARGE",
+        metadata={"limit": limit},
+    )
 
 
 def _from_http_exception(exc: web.HTTPException, request: web.Request) -> ApiError:
     if exc.status == 404:
-        return ApiError(grpc.StatusCode.NOT_FOUND, f"no endpoint {request.method} {request.path}",
-                        reason="ROUTE_NOT_FOUND")
+        return ApiError(
+            grpc.StatusCode.NOT_FOUND, f"no endpoint {request.method} {request.path}", reason="ROUTE_NOT_FOUND"
+        )
     if exc.status == 405:
-        return ApiError(grpc.StatusCode.UNIMPLEMENTED,
-                        f"method {request.method} is not allowed on {request.path}", http=405,
-                        reason="METHOD_NOT_ALLOWED")
+        return ApiError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"method {request.method} is not allowed on {request.path}",
+            http=405,
+            reason="METHOD_NOT_ALLOWED",
+        )
     if exc.status == 413:
         return too_large(request.app.get(MAX_BODY_BYTES))
     if exc.status < 500:

@@ -16,6 +16,7 @@ Correctness rests on three rules:
   kept is dropped when the feed is lost or comes back (announcements in between are lost).
 Only GET routes are cached. Bounded LRU, per process.
 """
+
 from __future__ import annotations
 
 import collections
@@ -64,8 +65,7 @@ class ResponseCache:
         return self._counter
 
     def put(self, key: Hashable, user: str, body: bytes, until: float, stamp: int) -> bool:
-        if (not self.enabled or stamp < self._floor or self._last_change.get(user, -1) > stamp
-                or until <= self._clock()):
+        if not self.enabled or stamp < self._floor or self._last_change.get(user, -1) > stamp or until <= self._clock():
             return False
         self._drop(key)
         self._entries[key] = _Entry(body, until, user)

@@ -9,6 +9,7 @@ so no route or schema is ever written twice by hand. Methods without an annotati
 Path templates follow grpc-gateway: `{field}`, `{nested.field}` and `{field=pattern/*/**}` variables
 bind path segments to (scalar) request fields.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,12 +34,22 @@ _FIELD_PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*
 
 # Well-known message types whose JSON form is a scalar (string, number or bool): they can be set
 # from a path segment or a query parameter like any scalar field.
-SCALAR_JSON_MESSAGES = frozenset({
-    "google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask",
-    "google.protobuf.DoubleValue", "google.protobuf.FloatValue", "google.protobuf.Int64Value",
-    "google.protobuf.UInt64Value", "google.protobuf.Int32Value", "google.protobuf.UInt32Value",
-    "google.protobuf.BoolValue", "google.protobuf.StringValue", "google.protobuf.BytesValue",
-})
+SCALAR_JSON_MESSAGES = frozenset(
+    {
+        "google.protobuf.Timestamp",
+        "google.protobuf.Duration",
+        "google.protobuf.FieldMask",
+        "google.protobuf.DoubleValue",
+        "google.protobuf.FloatValue",
+        "google.protobuf.Int64Value",
+        "google.protobuf.UInt64Value",
+        "google.protobuf.Int32Value",
+        "google.protobuf.UInt32Value",
+        "google.protobuf.BoolValue",
+        "google.protobuf.StringValue",
+        "google.protobuf.BytesValue",
+    }
+)
 
 
 class RouteError(Exception):
@@ -90,16 +101,20 @@ class Route:
         return dict(_leaf_fields(self.input_descriptor, "", excluded, ()))
 
 
-def _leaf_fields(desc: Descriptor, prefix: str, excluded: set[str],
-                 seen: tuple[str, ...]) -> Iterator[tuple[str, FieldDescriptor]]:
+def _leaf_fields(
+    desc: Descriptor, prefix: str, excluded: set[str], seen: tuple[str, ...]
+) -> Iterator[tuple[str, FieldDescriptor]]:
     for field in desc.fields:
         path = prefix + field.name
         if path in excluded:
             continue
         if field.message_type is None or field.message_type.full_name in SCALAR_JSON_MESSAGES:
             yield path, field
-        elif (not field.is_repeated and not field.message_type.GetOptions().map_entry
-              and field.message_type.full_name not in (*seen, desc.full_name)):  # stop at cycles
+        elif (
+            not field.is_repeated
+            and not field.message_type.GetOptions().map_entry
+            and field.message_type.full_name not in (*seen, desc.full_name)
+        ):  # stop at cycles
             yield from _leaf_fields(field.message_type, path + ".", excluded, (*seen, desc.full_name))
 
 
@@ -123,7 +138,7 @@ def _convert_template(template: str, method_id: str, input_desc: Descriptor) -> 
     out: list[str] = []
     pos = 0
     for match in _VARIABLE_RE.finditer(template):
-        literal = template[pos:match.start()]
+        literal = template[pos : match.start()]
         if "*" in literal or "{" in literal or "}" in literal:
             raise RouteError(f"{method_id}: unsupported path template {template!r}")
         out.append(literal)
@@ -133,11 +148,13 @@ def _convert_template(template: str, method_id: str, input_desc: Descriptor) -> 
         try:
             chain = resolve_field(input_desc, field_path)
         except KeyError as exc:
-            raise RouteError(f"{method_id}: path variable {exc.args[0]!r} is not a field of "
-                             f"{input_desc.full_name}") from None
+            raise RouteError(
+                f"{method_id}: path variable {exc.args[0]!r} is not a field of {input_desc.full_name}"
+            ) from None
         leaf = chain[-1]
-        if leaf.is_repeated or (leaf.message_type is not None
-                                and leaf.message_type.full_name not in SCALAR_JSON_MESSAGES):
+        if leaf.is_repeated or (
+            leaf.message_type is not None and leaf.message_type.full_name not in SCALAR_JSON_MESSAGES
+        ):
             raise RouteError(f"{method_id}: path variable {field_path!r} must be a singular scalar field")
         if field_path in fields:
             raise RouteError(f"{method_id}: path variable {field_path!r} bound twice in {template!r}")
@@ -146,8 +163,9 @@ def _convert_template(template: str, method_id: str, input_desc: Descriptor) -> 
         if pattern is None or pattern == "*":
             out.append(f"{{{var}}}")
         else:
-            regex = "/".join("[^/]+" if seg == "*" else ".+" if seg == "**" else re.escape(seg)
-                             for seg in pattern.split("/"))
+            regex = "/".join(
+                "[^/]+" if seg == "*" else ".+" if seg == "**" else re.escape(seg) for seg in pattern.split("/")
+            )
             out.append(f"{{{var}:{regex}}}")
         pos = match.end()
     tail = template[pos:]
@@ -215,8 +233,9 @@ def routes_for_services(services: Iterable[tuple[str, ServiceDescriptor]]) -> li
                     raise RouteError(f"{route.grpc_path}: client-streaming RPCs cannot be routed")
                 key = (route.http_method, route.aiohttp_path)
                 if key in seen:
-                    raise RouteError(f"{route.http_method} {route.path_template} is bound by both "
-                                     f"{seen[key]} and {route.grpc_path}")
+                    raise RouteError(
+                        f"{route.http_method} {route.path_template} is bound by both {seen[key]} and {route.grpc_path}"
+                    )
                 seen[key] = route.grpc_path
                 routes.append(route)
     return routes

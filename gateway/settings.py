@@ -6,6 +6,7 @@ where its metrics are served. `load_gateway_settings()` reads both from FINPULSE
 `with_gateway_section(settings, environ)` adds the section to common settings already read (the
 launcher, which runs the gateway and signs local tokens).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,8 +74,9 @@ def read_gateway_section(r: EnvReader) -> dict[str, Any]:
         auth_dev_trust_user=dev_trust,
         user_rate_limit=r.number("FINPULSE_USER_RATE_LIMIT", 20.0, 0.1, 100000.0),
         user_rate_burst=r.integer("FINPULSE_USER_RATE_BURST", 40, 1, 100000),
-        gateway_metrics_addr=(r.addr("FINPULSE_GATEWAY_METRICS_ADDR", "")
-                              if r.text("FINPULSE_GATEWAY_METRICS_ADDR") is not None else None),
+        gateway_metrics_addr=(
+            r.addr("FINPULSE_GATEWAY_METRICS_ADDR", "") if r.text("FINPULSE_GATEWAY_METRICS_ADDR") is not None else None
+        ),
     )
 
 

@@ -8,6 +8,7 @@ For local use and scripts. Where the token comes from, first that applies:
    suite started later with the same data dir will use; a note on stderr says so.
 Deployments that verify RS256 tokens, and production, get tokens from their identity provider.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,11 @@ def from_running_gateway(settings: GatewaySettings, user_id: str, timeout: float
     """A token from the login endpoint of the suite running on this machine, or None when none answers."""
     host = "127.0.0.1" if settings.gateway_host in ("0.0.0.0", "::", "") else settings.gateway_host
     request = urllib.request.Request(
-        f"http://{host}:{settings.gateway_port}/api/auth/login", data=json.dumps({"user_id": user_id}).encode(),
-        headers={"Content-Type": "application/json"}, method="POST")
+        f"http://{host}:{settings.gateway_port}/api/auth/login",
+        data=json.dumps({"user_id": user_id}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             return json.loads(answer.read())["token"] or None
@@ -54,15 +58,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not settings.jwt_secret:
         if settings.jwt_public_key or not settings.is_local:
-            print("this deployment verifies RS256 tokens or has no FINPULSE_JWT_SECRET: "
-                  "tokens come from its identity provider", file=sys.stderr)
+            print(
+                "this deployment verifies RS256 tokens or has no FINPULSE_JWT_SECRET: "
+                "tokens come from its identity provider",
+                file=sys.stderr,
+            )
             return 2
         token = from_running_gateway(settings, args.user_id)
         if token is not None:
             print(token)
             return 0
-        print(f"no suite answers on port {settings.gateway_port}: signed with the secret in {settings.data_dir} "
-              "(the one `make up` uses with this FINPULSE_DATA_DIR)", file=sys.stderr)
+        print(
+            f"no suite answers on port {settings.gateway_port}: signed with the secret in {settings.data_dir} "
+            "(the one `make up` uses with this FINPULSE_DATA_DIR)",
+            file=sys.stderr,
+        )
         settings = dataclasses.replace(settings, jwt_secret=local_jwt_secret(settings.data_dir))
     print(mint_token(settings, args.user_id, ttl=dt.timedelta(hours=args.hours)))
     return 0

@@ -17,6 +17,7 @@ Response: `json_format.MessageToDict` with proto field names and default values 
 for unset fields that have presence (proto3 `optional` scalars and message fields), so that keys the
 seed sent as null stay present.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,10 +38,16 @@ from svclib import limits
 
 F = FieldDescriptor
 _INT_RANGES = {
-    F.TYPE_INT32: (-(2**31), 2**31 - 1), F.TYPE_SINT32: (-(2**31), 2**31 - 1), F.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
-    F.TYPE_UINT32: (0, 2**32 - 1), F.TYPE_FIXED32: (0, 2**32 - 1),
-    F.TYPE_INT64: (-(2**63), 2**63 - 1), F.TYPE_SINT64: (-(2**63), 2**63 - 1), F.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
-    F.TYPE_UINT64: (0, 2**64 - 1), F.TYPE_FIXED64: (0, 2**64 - 1),
+    F.TYPE_INT32: (-(2**31), 2**31 - 1),
+    F.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    F.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    F.TYPE_UINT32: (0, 2**32 - 1),
+    F.TYPE_FIXED32: (0, 2**32 - 1),
+    F.TYPE_INT64: (-(2**63), 2**63 - 1),
+    F.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    F.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+    F.TYPE_UINT64: (0, 2**64 - 1),
+    F.TYPE_FIXED64: (0, 2**64 - 1),
 }
 _FLOATS = (F.TYPE_DOUBLE, F.TYPE_FLOAT)
 _FLOAT_WORDS = ("NaN", "Infinity", "-Infinity")
@@ -56,8 +63,13 @@ IDEMPOTENCY_FIELD = "idempotency_key"
 # Request
 
 
-def build_request(route: Route, body: bytes, query: Mapping[str, str], path_params: Mapping[str, str],
-                  headers: Mapping[str, str] | None = None) -> Message:
+def build_request(
+    route: Route,
+    body: bytes,
+    query: Mapping[str, str],
+    path_params: Mapping[str, str],
+    headers: Mapping[str, str] | None = None,
+) -> Message:
     """The request message of `route` from the raw body, the query (a multidict) and the path match,
     with its required fields checked (`parse_request`, then `check_required`)."""
     message = parse_request(route, body, query, path_params, headers=headers)
@@ -65,8 +77,13 @@ def build_request(route: Route, body: bytes, query: Mapping[str, str], path_para
     return message
 
 
-def parse_request(route: Route, body: bytes, query: Mapping[str, str], path_params: Mapping[str, str],
-                  headers: Mapping[str, str] | None = None) -> Message:
+def parse_request(
+    route: Route,
+    body: bytes,
+    query: Mapping[str, str],
+    path_params: Mapping[str, str],
+    headers: Mapping[str, str] | None = None,
+) -> Message:
     """The request message of `route`, typed and within the size limits, its required fields not
     checked yet (`check_required`, once the caller filled in what it knows: the authenticated user).
 
@@ -90,8 +107,12 @@ def parse_request(route: Route, body: bytes, query: Mapping[str, str], path_para
         raise bad_request("request JSON is nested too deeply", reason="MALFORMED_JSON") from None
     oversized = limits.problems(message)  # the contract's size limits, as every service checks them too
     if oversized:
-        raise bad_request("; ".join(reason for _, reason in oversized), violations=oversized,
-                          reason="LIMIT_EXCEEDED", metadata={"limit": oversized[0].limit})
+        raise bad_request(
+            "; ".join(reason for _, reason in oversized),
+            violations=oversized,
+            reason="LIMIT_EXCEEDED",
+            metadata={"limit": oversized[0].limit},
+        )
     return message
 
 
@@ -99,8 +120,11 @@ def check_required(message: Message) -> None:
     """A 400 naming every REQUIRED field left unset or empty (`missing_required`)."""
     missing = missing_required(message)
     if missing:
-        raise bad_request("; ".join(f"{path} is required" for path in missing),
-                          violations=[(path, "is required") for path in missing], reason="FIELD_REQUIRED")
+        raise bad_request(
+            "; ".join(f"{path} is required" for path in missing),
+            violations=[(path, "is required") for path in missing],
+            reason="FIELD_REQUIRED",
+        )
 
 
 def check_content_type(route: Route, body: bytes, headers: Mapping[str, str]) -> None:
@@ -111,8 +135,11 @@ def check_content_type(route: Route, body: bytes, headers: Mapping[str, str]) ->
     media = (headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
     if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
         shown = _show(media) if media else "none"
-        raise bad_request(f"the request body must be JSON (Content-Type: application/json), got {shown}",
-                          http=415, reason="UNSUPPORTED_MEDIA_TYPE")
+        raise bad_request(
+            f"the request body must be JSON (Content-Type: application/json), got {shown}",
+            http=415,
+            reason="UNSUPPORTED_MEDIA_TYPE",
+        )
 
 
 def _reject_constant(name: str) -> Any:
@@ -124,8 +151,7 @@ def _body_object(route: Route, body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
     if not route.body:
-        raise bad_request(f"{route.http_method} {route.path_template} takes no request body",
-                          reason="UNEXPECTED_BODY")
+        raise bad_request(f"{route.http_method} {route.path_template} takes no request body", reason="UNEXPECTED_BODY")
     try:
         value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
@@ -152,8 +178,11 @@ def _merge_idempotency_key(route: Route, headers: Mapping[str, str] | None, data
         return
     given = data.get(IDEMPOTENCY_FIELD, data.get(field.json_name))
     if given is not None and given != header:
-        raise _bad(IDEMPOTENCY_FIELD, f"differs from the {IDEMPOTENCY_HEADER} header ({_show(given)} is not "
-                                      f"{_show(header)}): send the key once", "IDEMPOTENCY_KEY_MISMATCH")
+        raise _bad(
+            IDEMPOTENCY_FIELD,
+            f"differs from the {IDEMPOTENCY_HEADER} header ({_show(given)} is not {_show(header)}): send the key once",
+            "IDEMPOTENCY_KEY_MISMATCH",
+        )
     data.pop(field.json_name, None)
     data[IDEMPOTENCY_FIELD] = header
 
@@ -274,8 +303,9 @@ def _check_message(obj: Any, desc: Descriptor, path: str) -> None:
         if field is None:
             raise _bad(sub, "unknown field", "UNKNOWN_FIELD")
         if field.name in seen:
-            raise _bad(_join(path, field.name), f"given twice (as {field.name} and {field.json_name})",
-                       "DUPLICATE_FIELD")
+            raise _bad(
+                _join(path, field.name), f"given twice (as {field.name} and {field.json_name})", "DUPLICATE_FIELD"
+            )
         seen.add(field.name)
         if value is None:
             continue  # JSON null is the field's default
@@ -335,8 +365,9 @@ def _check_value(value: Any, field: FieldDescriptor, path: str) -> None:
             raise _bad(path, "text cannot contain the NUL character (U+0000)", "INVALID_CHARACTER")
     elif kind == F.TYPE_ENUM:
         if isinstance(value, bool) or not (
-                (isinstance(value, str) and value in field.enum_type.values_by_name)
-                or (isinstance(value, int) and value in field.enum_type.values_by_number)):
+            (isinstance(value, str) and value in field.enum_type.values_by_name)
+            or (isinstance(value, int) and value in field.enum_type.values_by_number)
+        ):
             raise _bad_enum(field, value, path)
 
 
@@ -403,8 +434,9 @@ def _is_empty(message: Message, field: FieldDescriptor, value: Any) -> bool:
 
 def render(message: Message, route: Route | None = None) -> Any:
     """The JSON value of a response: proto field names, defaults printed, null for unset presence."""
-    data = json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)
+    data = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
     fill_nulls(message.DESCRIPTOR, data)
     if route is not None and route.response_body:
         return data[route.response_body]

@@ -1,4 +1,5 @@
 """Domain values of onboarding (no gRPC, no SQL)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,8 +57,9 @@ class Consents(Protocol):
 class Sync(Protocol):
     """What onboarding needs of sync_svc."""
 
-    def start_sync(self, user_id: str, bank_ids: list[str], reason: str,
-                   skip_synced: bool = False) -> Awaitable[list[QueuedSync]]: ...
+    def start_sync(
+        self, user_id: str, bank_ids: list[str], reason: str, skip_synced: bool = False
+    ) -> Awaitable[list[QueuedSync]]: ...
 
 
 GOAL_TYPES = ("savings", "loans", "emergency_fund", "savings_and_loans")
@@ -81,6 +83,7 @@ class Goals:
 @dataclasses.dataclass(frozen=True)
 class Account:
     """Who the user is: display name (None: never given), plan, active flag."""
+
     user_id: str
     name: str | None = None
     subscription_plan: str = "free"
@@ -94,6 +97,7 @@ class Account:
 @dataclasses.dataclass(frozen=True)
 class AccountChange:
     """Fields of an update of the account part of a profile; None keeps the stored value."""
+
     name: str | None = None
     subscription_plan: str | None = None
     is_active: bool | None = None

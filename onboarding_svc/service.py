@@ -1,4 +1,5 @@
 """Onboarding domain logic (no gRPC): start, status from stored state, finalize."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -60,8 +61,11 @@ class OnboardingService:
         given name replaces the stored one. Tokens are not this service's business (the gateway's)."""
         user_id = require(user_id, "user_id")
         if not _USER_ID_RE.match(user_id):
-            raise InvalidArgument("user_id: letters, digits, '.', '_' and '-' only (it goes into URLs)", "user_id",
-                                  reason="INVALID_FORMAT")
+            raise InvalidArgument(
+                "user_id: letters, digits, '.', '_' and '-' only (it goes into URLs)",
+                "user_id",
+                reason="INVALID_FORMAT",
+            )
         return await self.storage.login(user_id, _display_name(user_name, "user_name"))
 
     async def status(self, onboarding_id: str, caller: str | None = None) -> StatusView:
@@ -70,8 +74,11 @@ class OnboardingService:
         onboarding_id = require(onboarding_id, "onboarding_id")
         session = await self.storage.get(onboarding_id)
         if session is None or (caller is not None and session.user_id != caller):
-            raise NotFound(f"Onboarding session {onboarding_id} not found", reason="ONBOARDING_SESSION_NOT_FOUND",
-                           metadata={"onboarding_id": onboarding_id})
+            raise NotFound(
+                f"Onboarding session {onboarding_id} not found",
+                reason="ONBOARDING_SESSION_NOT_FOUND",
+                metadata={"onboarding_id": onboarding_id},
+            )
         consents = await self.consents.list_user_consents(session.user_id)
         by_bank: dict[str, dict[str, str]] = {}
         for consent in consents:
@@ -86,10 +93,12 @@ class OnboardingService:
         }
         completed = [step for step, ok in sorted(done.items()) if ok]
         pending = [step for step, ok in sorted(done.items()) if not ok]
-        return StatusView(session=session, current_step=pending[0] if pending else STEP_FINALIZE,
-                          completed_steps=completed,
-                          consents_status={bank: {k: v for k, v in kinds.items() if k in KINDS}
-                                           for bank, kinds in by_bank.items()})
+        return StatusView(
+            session=session,
+            current_step=pending[0] if pending else STEP_FINALIZE,
+            completed_steps=completed,
+            consents_status={bank: {k: v for k, v in kinds.items() if k in KINDS} for bank, kinds in by_bank.items()},
+        )
 
     async def _session_for_finalize(self, onboarding_id: str, user_id: str) -> Session:
         session = await self.storage.get(onboarding_id)
@@ -97,12 +106,18 @@ class OnboardingService:
             # The seed frontend never calls start and sends its user id as the onboarding id.
             session = await self.storage.latest_for_user(user_id) or await self.storage.open_session(user_id, None)
         if session is None:
-            raise NotFound(f"Onboarding session {onboarding_id} not found", reason="ONBOARDING_SESSION_NOT_FOUND",
-                           metadata={"onboarding_id": onboarding_id})
+            raise NotFound(
+                f"Onboarding session {onboarding_id} not found",
+                reason="ONBOARDING_SESSION_NOT_FOUND",
+                metadata={"onboarding_id": onboarding_id},
+            )
         if session.user_id != user_id:
             # Another user's session is answered exactly like a missing one: its existence is not theirs to know.
-            raise NotFound(f"Onboarding session {onboarding_id} not found", reason="ONBOARDING_SESSION_NOT_FOUND",
-                           metadata={"onboarding_id": onboarding_id})
+            raise NotFound(
+                f"Onboarding session {onboarding_id} not found",
+                reason="ONBOARDING_SESSION_NOT_FOUND",
+                metadata={"onboarding_id": onboarding_id},
+            )
         return session
 
     async def finalize(self, onboarding_id: str, user_id: str) -> dict[str, Any]:
@@ -116,17 +131,19 @@ class OnboardingService:
         approved = [c for c in consents if c.status == APPROVED]
         if not approved:
             raise FailedPrecondition(
-                reason="NO_APPROVED_CONSENT", message=
-                "No approved consents found. Cannot finalize onboarding: "
-                "create and approve an account consent at one or more banks first.")
+                reason="NO_APPROVED_CONSENT",
+                message="No approved consents found. Cannot finalize onboarding: "
+                "create and approve an account consent at one or more banks first.",
+            )
         account_banks = [c.bank_id for c in approved if c.kind == "accounts"]
         if not account_banks:
             waiting = sorted({c.bank_id for c in consents if c.kind == "accounts"})
             hint = f" (waiting for approval at: {', '.join(waiting)})" if waiting else ""
             raise FailedPrecondition(
-                reason="NO_APPROVED_ACCOUNT_CONSENT", message=
-                "No approved account consents found. Cannot finalize onboarding: "
-                f"the account consent is mandatory{hint}.")
+                reason="NO_APPROVED_ACCOUNT_CONSENT",
+                message="No approved account consents found. Cannot finalize onboarding: "
+                f"the account consent is mandatory{hint}.",
+            )
 
         # Every connected bank's first sync was queued when its account consent was approved; ask sync_svc
         # for the banks not synced and not syncing yet (a retry is safe: jobs in flight are joined).
@@ -137,8 +154,10 @@ class OnboardingService:
             "status": COMPLETED,
             "ready": True,
             "approved_consents_count": len(approved),
-            "bootstrap_results": [{"bank_id": j.bank_id, "status": "synced" if j.state == "succeeded" else "queued",
-                                   "job_id": j.job_id} for j in jobs],
+            "bootstrap_results": [
+                {"bank_id": j.bank_id, "status": "synced" if j.state == "succeeded" else "queued", "job_id": j.job_id}
+                for j in jobs
+            ],
             "completed_at": dt.datetime.now(dt.UTC).isoformat(),
         }
         stored = await self.storage.complete(session.onboarding_id, result)
@@ -156,37 +175,55 @@ class OnboardingService:
         user_id = require(user_id, "user_id")
         goal_type = fields.get("goal_type")
         if goal_type is not None and goal_type not in GOAL_TYPES:
-            raise InvalidArgument(f"profile.goal_type: expected one of {', '.join(GOAL_TYPES)}", "profile.goal_type",
-                                  reason="INVALID_VALUE")
+            raise InvalidArgument(
+                f"profile.goal_type: expected one of {', '.join(GOAL_TYPES)}",
+                "profile.goal_type",
+                reason="INVALID_VALUE",
+            )
         for name, allowed in (("loans_speed", SPEEDS), ("savings_speed", SPEEDS), ("loan_strategy", STRATEGIES)):
             if fields.get(name) is not None and fields[name] not in allowed:
-                raise InvalidArgument(f"profile.{name}: expected one of {', '.join(allowed)}", f"profile.{name}",
-                                      reason="INVALID_VALUE")
+                raise InvalidArgument(
+                    f"profile.{name}: expected one of {', '.join(allowed)}", f"profile.{name}", reason="INVALID_VALUE"
+                )
         horizon = fields.get("horizon_months")
         if horizon is not None and not 1 <= horizon <= 600:
-            raise InvalidArgument("profile.horizon_months: must be between 1 and 600", "profile.horizon_months",
-                                  reason="OUT_OF_RANGE")
+            raise InvalidArgument(
+                "profile.horizon_months: must be between 1 and 600", "profile.horizon_months", reason="OUT_OF_RANGE"
+            )
         plan = fields.get("subscription_plan")
         if plan is not None and plan.strip().lower() not in PLANS:
-            raise InvalidArgument(f"profile.subscription_plan: expected one of {', '.join(PLANS)}",
-                                  "profile.subscription_plan", reason="INVALID_VALUE")
+            raise InvalidArgument(
+                f"profile.subscription_plan: expected one of {', '.join(PLANS)}",
+                "profile.subscription_plan",
+                reason="INVALID_VALUE",
+            )
         note = fields.get("note")
         if note is not None and len(note.strip()) > NOTE_MAX:
-            raise InvalidArgument(f"profile.note: at most {NOTE_MAX} characters", "profile.note",
-                                  reason="LIMIT_EXCEEDED", metadata={"limit": NOTE_MAX})
+            raise InvalidArgument(
+                f"profile.note: at most {NOTE_MAX} characters",
+                "profile.note",
+                reason="LIMIT_EXCEEDED",
+                metadata={"limit": NOTE_MAX},
+            )
         today = dt.datetime.now(dt.UTC).date()
         amount, target_date = fields.get("target_amount"), fields.get("target_date")
         goals = Goals(
             goal_type=goal_type,
             target_amount=parse_amount(amount, "profile.target_amount") if amount else None,
             target_date=parse_date(target_date, "profile.target_date", earliest=today + dt.timedelta(days=1))
-            if target_date else None,
+            if target_date
+            else None,
             note=(note or "").strip() or None,
-            loans_speed=fields.get("loans_speed"), savings_speed=fields.get("savings_speed"),
-            loan_strategy=fields.get("loan_strategy"), horizon_months=horizon)
-        change = AccountChange(name=_display_name(fields.get("name"), "profile.name"),
-                               subscription_plan=plan.strip().lower() if plan is not None else None,
-                               is_active=fields.get("is_active"))
+            loans_speed=fields.get("loans_speed"),
+            savings_speed=fields.get("savings_speed"),
+            loan_strategy=fields.get("loan_strategy"),
+            horizon_months=horizon,
+        )
+        change = AccountChange(
+            name=_display_name(fields.get("name"), "profile.name"),
+            subscription_plan=plan.strip().lower() if plan is not None else None,
+            is_active=fields.get("is_active"),
+        )
         stored = await self.storage.put_profile(user_id, goals, change)
         await self.dashboard.invalidate(user_id)  # the savings and loan parts of the dashboard follow at once
         return stored

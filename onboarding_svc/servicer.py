@@ -1,5 +1,6 @@
 """gRPC transport of onboarding_svc: proto <-> domain, nothing else (its clients of consent_svc, sync_svc and
 dashboard_svc are in `onboarding_svc.peers`, its setup in `onboarding_svc.wiring`)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -21,8 +22,9 @@ class OnboardingServicer(pb_grpc.OnboardingServiceServicer):
 
     async def StartOnboarding(self, request, context):
         session = await self.service.start(request.user_id, optional(request, "user_name"))
-        response = pb.StartOnboardingResponse(onboarding_id=session.onboarding_id, user_id=session.user_id,
-                                              status=session.status)
+        response = pb.StartOnboardingResponse(
+            onboarding_id=session.onboarding_id, user_id=session.user_id, status=session.status
+        )
         if session.user_name is not None:
             response.user_name = session.user_name
         set_timestamp(response, "created_at", session.created_at)
@@ -32,9 +34,13 @@ class OnboardingServicer(pb_grpc.OnboardingServiceServicer):
         view = await self.service.status(request.onboarding_id, caller=acting_user())
         session = view.session
         response = pb.GetOnboardingStatusResponse(
-            onboarding_id=session.onboarding_id, user_id=session.user_id, status=session.status,
+            onboarding_id=session.onboarding_id,
+            user_id=session.user_id,
+            status=session.status,
             session_status=pb.SESSION_STATUS_COMPLETED if session.status == COMPLETED else pb.SESSION_STATUS_STARTED,
-            current_step=view.current_step, completed_steps=view.completed_steps)
+            current_step=view.current_step,
+            completed_steps=view.completed_steps,
+        )
         for bank_id, kinds in view.consents_status.items():
             response.consents_status[bank_id].CopyFrom(pb.BankConsentKinds(**kinds))
         set_timestamp(response, "created_at", session.created_at)
@@ -44,12 +50,15 @@ class OnboardingServicer(pb_grpc.OnboardingServiceServicer):
     async def FinalizeOnboarding(self, request, context):
         result = await self.service.finalize(request.onboarding_id, request.user_id)
         response = pb.FinalizeOnboardingResponse(
-            onboarding_id=result["onboarding_id"], user_id=result["user_id"], status=result["status"],
-            ready=result["ready"], approved_consents_count=result["approved_consents_count"],
-            bootstrap_results=[pb.BankBootstrapResult(**item) for item in result["bootstrap_results"]])
+            onboarding_id=result["onboarding_id"],
+            user_id=result["user_id"],
+            status=result["status"],
+            ready=result["ready"],
+            approved_consents_count=result["approved_consents_count"],
+            bootstrap_results=[pb.BankBootstrapResult(**item) for item in result["bootstrap_results"]],
+        )
         set_timestamp(response, "completed_at", dt.datetime.fromisoformat(result["completed_at"]))
         return response
-
 
     async def Login(self, request, context):
         account = await self.service.login(request.user_id, optional(request, "user_name"))
@@ -69,8 +78,18 @@ class OnboardingServicer(pb_grpc.OnboardingServiceServicer):
             "loans_speed": _enum_name(pb.RepaymentSpeed, p.loans_speed, "REPAYMENT_SPEED_"),
             "savings_speed": _enum_name(pb.RepaymentSpeed, p.savings_speed, "REPAYMENT_SPEED_"),
             "loan_strategy": _enum_name(pb.LoanStrategy, p.loan_strategy, "LOAN_STRATEGY_"),
-            **{name: optional(p, name) for name in ("target_amount", "target_date", "note", "horizon_months",
-                                                    "name", "subscription_plan", "is_active")},
+            **{
+                name: optional(p, name)
+                for name in (
+                    "target_amount",
+                    "target_date",
+                    "note",
+                    "horizon_months",
+                    "name",
+                    "subscription_plan",
+                    "is_active",
+                )
+            },
         }
         profile = await self.service.update_profile(request.user_id, fields)
         return _profile_response(pb.UpdateProfileResponse, request.user_id, profile)
@@ -82,14 +101,19 @@ def _enum_name(enum, value: int, prefix: str) -> str | None:
 
 
 def _user_profile(account: Account) -> pb.UserProfile:
-    return pb.UserProfile(user_id=account.user_id, name=account.display_name,
-                          subscription_plan=account.subscription_plan, is_active=account.is_active)
+    return pb.UserProfile(
+        user_id=account.user_id,
+        name=account.display_name,
+        subscription_plan=account.subscription_plan,
+        is_active=account.is_active,
+    )
 
 
 def _profile_response(cls, user_id: str, stored: Profile):
     goals, account = stored.goals, stored.account
-    profile = pb.Profile(name=account.display_name, subscription_plan=account.subscription_plan,
-                         is_active=account.is_active)
+    profile = pb.Profile(
+        name=account.display_name, subscription_plan=account.subscription_plan, is_active=account.is_active
+    )
     if goals.goal_type:
         profile.goal_type = pb.GoalType.Value(f"GOAL_TYPE_{goals.goal_type.upper()}")
     if goals.target_amount is not None:

@@ -1,4 +1,5 @@
 """onboarding_svc's wiring: storage, the clients of its peers, the service and the servicer, on the runtime."""
+
 from __future__ import annotations
 
 from finpulse.onboarding.v1 import onboarding_pb2 as pb
@@ -13,7 +14,14 @@ from svclib.server import GrpcServer
 
 
 async def setup(runtime: Runtime, server: GrpcServer) -> None:
-    service = OnboardingService(OnboardingStorage(runtime.pool), ConsentClient(runtime.clients),
-                                SyncClient(runtime.clients), DashboardClient(runtime.clients))
-    server.add(pb_grpc.add_OnboardingServiceServicer_to_server, OnboardingServicer(service),
-               pb.DESCRIPTOR.services_by_name["OnboardingService"].full_name)
+    service = OnboardingService(
+        OnboardingStorage(runtime.pool),
+        ConsentClient(runtime.clients),
+        SyncClient(runtime.clients),
+        DashboardClient(runtime.clients),
+    )
+    server.add(
+        pb_grpc.add_OnboardingServiceServicer_to_server,
+        OnboardingServicer(service),
+        pb.DESCRIPTOR.services_by_name["OnboardingService"].full_name,
+    )

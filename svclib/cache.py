@@ -9,6 +9,7 @@ This module names no key of any service: each owner builds its keys under the su
 (sync_svc.worker), bank tokens, breakers and rate limits their callers' wiring; the one key two
 services share, a user's data version, is named in `finance.dataversion`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,9 @@ return 0
 class Cache:
     def __init__(self, url: str, *, prefix: str = "finpulse:", socket_timeout: float = 0.5):
         self.prefix = prefix
-        self.redis = aioredis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-                                       decode_responses=True)
+        self.redis = aioredis.from_url(
+            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout, decode_responses=True
+        )
         self._last_warning = 0.0
 
     def key(self, *parts: str) -> str:
@@ -143,15 +145,23 @@ class ChangeFeed:
     `on_state(True)`. Reconnects with capped backoff until `run()` is cancelled.
     """
 
-    def __init__(self, url: str, prefix: str, on_change: Callable[[str], None], on_state: Callable[[bool], None],
-                 *, health_check_interval: float = 5.0):
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        on_change: Callable[[str], None],
+        on_state: Callable[[bool], None],
+        *,
+        health_check_interval: float = 5.0,
+    ):
         self.channel = prefix + "changes"
         self.on_change = on_change
         self.on_state = on_state
         # No socket timeout: a subscriber waits for messages; dead connections show up on the PINGs
         # redis-py sends every `health_check_interval` seconds while we poll.
-        self.redis = aioredis.from_url(url, socket_connect_timeout=1.0, health_check_interval=health_check_interval,
-                                       decode_responses=True)
+        self.redis = aioredis.from_url(
+            url, socket_connect_timeout=1.0, health_check_interval=health_check_interval, decode_responses=True
+        )
 
     async def run(self) -> None:
         delay = 0.1
@@ -185,4 +195,3 @@ class ChangeFeed:
             await self.redis.aclose()
         except _FAILURES:
             pass
-

@@ -12,6 +12,7 @@ A target may name several replicas: `dns:///sync:50053` (every address the name 
 Kubernetes headless Service) or `ipv4:127.0.0.1:50053,127.0.0.1:50063`; calls are spread over them
 round robin, and a replica that goes away is skipped.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,9 +43,12 @@ def retry_service_config(services) -> str:
     from google.protobuf import descriptor_pb2
 
     unknown = descriptor_pb2.MethodOptions.IDEMPOTENCY_UNKNOWN
-    names = [{"service": service.full_name, "method": method.name}
-             for service in services for method in service.methods
-             if method.GetOptions().idempotency_level != unknown]
+    names = [
+        {"service": service.full_name, "method": method.name}
+        for service in services
+        for method in service.methods
+        if method.GetOptions().idempotency_level != unknown
+    ]
     return json.dumps({"methodConfig": [{"name": names, "retryPolicy": _RETRY_POLICY}] if names else []})
 
 
@@ -83,8 +87,12 @@ class _ContextStub:
         signer = self._signer
 
         def call(request, *, timeout: float | None = None, metadata=None, **kwargs):
-            return method(request, timeout=default_timeout if timeout is None else timeout,
-                          metadata=context_metadata(metadata, signer), **kwargs)
+            return method(
+                request,
+                timeout=default_timeout if timeout is None else timeout,
+                metadata=context_metadata(metadata, signer),
+                **kwargs,
+            )
 
         call.__name__ = name
         self.__dict__[name] = call  # found directly from now on
@@ -94,8 +102,11 @@ class _ContextStub:
 def make_channel(target: str, service_config: str | None = None) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
         target,
-        options=[("grpc.service_config", service_config or retry_service_config(())), ("grpc.enable_retries", 1),
-                 ("grpc.lb_policy_name", "round_robin")],
+        options=[
+            ("grpc.service_config", service_config or retry_service_config(())),
+            ("grpc.enable_retries", 1),
+            ("grpc.lb_policy_name", "round_robin"),
+        ],
     )
 
 

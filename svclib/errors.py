@@ -12,6 +12,7 @@ Every error carries what a program needs besides the human message:
   the `field` of an `InvalidArgument` with its message;
 - `retry_after`: seconds after which a retry may succeed (`google.rpc.RetryInfo`), or None.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -24,8 +25,15 @@ class DomainError(Exception):
     code = "UNKNOWN"
     reason = "UNKNOWN"
 
-    def __init__(self, message: str, *, reason: str | None = None, metadata: Mapping[str, object] | None = None,
-                 violations: Iterable[tuple[str, str]] = (), retry_after: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, object] | None = None,
+        violations: Iterable[tuple[str, str]] = (),
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.message = message
         if reason is not None:
@@ -94,9 +102,12 @@ def require(value: str | None, field: str, max_len: int = 128) -> str:
         raise InvalidArgument(f"{field} is required", field, reason="FIELD_REQUIRED")
     value = value.strip()
     if "\x00" in value:
-        raise InvalidArgument(f"{field} cannot contain the NUL character (U+0000)", field,
-                              reason="INVALID_CHARACTER")
+        raise InvalidArgument(f"{field} cannot contain the NUL character (U+0000)", field, reason="INVALID_CHARACTER")
     if len(value) > max_len:
-        raise InvalidArgument(f"{field} is too long ({len(value)} characters, at most {max_len})", field,
-                              reason="LIMIT_EXCEEDED", metadata={"limit": max_len})
+        raise InvalidArgument(
+            f"{field} is too long ({len(value)} characters, at most {max_len})",
+            field,
+            reason="LIMIT_EXCEEDED",
+            metadata={"limit": max_len},
+        )
     return value

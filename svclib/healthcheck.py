@@ -8,6 +8,7 @@ For docker-compose health checks (Kubernetes probes gRPC natively). It imports n
 but the generated health stubs that grpcio-health-checking ships, so it starts fast and works in
 every process's image. One line on stderr says why a check failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,8 @@ def check_grpc(addr: str, service: str, timeout: float) -> str | None:
     with grpc.insecure_channel(addr) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
         except grpc.RpcError as exc:
             return f"{addr}: {exc.code().name}"
     if reply.status != health_pb2.HealthCheckResponse.SERVING:
@@ -53,8 +55,9 @@ def check_tcp(addr: str, timeout: float) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m svclib.healthcheck", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m svclib.healthcheck", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("addr", nargs="?", help="host:port of a gRPC server with the health service")
     target.add_argument("--http", metavar="URL", help="an HTTP URL that must answer below 400")

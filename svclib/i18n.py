@@ -7,6 +7,7 @@ puts it in `language_var`, and the service clients pass it on to the next hop, s
 in the language of the person who asked. Codes (statuses, trigger types, error reasons) never depend
 on it.
 """
+
 from __future__ import annotations
 
 import contextvars

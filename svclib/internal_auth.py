@@ -27,6 +27,7 @@ until 10 seconds before it expires; a verifier remembers statements it verified 
 Mutual TLS would authenticate the peer processes too; it is left to the platform (a service mesh),
 since the statement already proves the caller holds the suite's secret.
 """
+
 from __future__ import annotations
 
 import collections
@@ -46,8 +47,11 @@ REUSE_MARGIN = 10.0  # a cached statement is renewed this long before it expires
 LEEWAY = 5.0  # clock skew tolerated between processes
 MIN_SECRET = 32
 #: Methods anyone may call: the standard health and reflection services.
-OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
-                 "/grpc.reflection.v1.ServerReflection/")
+OPEN_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
 _KEPT = 10_000
 
 
@@ -107,8 +111,9 @@ class Verifier:
 
     def verify(self, header: str | None) -> Caller:
         if not header:
-            raise InvalidStatement("this service accepts only calls signed inside the suite: "
-                                   "send 'authorization: Bearer <internal token>'")
+            raise InvalidStatement(
+                "this service accepts only calls signed inside the suite: send 'authorization: Bearer <internal token>'"
+            )
         scheme, _, token = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise InvalidStatement("the authorization metadata must be 'Bearer <internal token>'")
@@ -118,8 +123,14 @@ class Verifier:
         if known is not None and now < known[1] + LEEWAY:
             return known[0]
         try:
-            claims = jwt.decode(token, self._secret, algorithms=["HS256"], audience=AUDIENCE, leeway=LEEWAY,
-                                options={"require": ["exp", "iat", "aud"]})
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                audience=AUDIENCE,
+                leeway=LEEWAY,
+                options={"require": ["exp", "iat", "aud"]},
+            )
         except jwt.ExpiredSignatureError:
             raise InvalidStatement("the internal token has expired") from None
         except jwt.InvalidTokenError:

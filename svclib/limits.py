@@ -8,6 +8,7 @@ gateway checks a request before it calls a service (400 with the field violation
 service's interceptor checks it again before the servicer runs (INVALID_ARGUMENT), so no handler
 ever sees an oversized value and no error message ever carries one.
 """
+
 from __future__ import annotations
 
 import functools

@@ -6,6 +6,7 @@ configured: the HS256 key of bearer tokens (`jwt-secret`) and the suite's intern
 `FINPULSE_DATA_DIR`, so every process of the same local suite, and a restart, uses the same one.
 Production never uses these: its secrets are configured (FINPULSE_JWT_*, FINPULSE_INTERNAL_SECRET).
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ Each line: {"ts", "level", "logger", "service", "request_id", "msg", ...extra}. 
 in a context variable set by the gRPC server interceptor (from `x-request-id` metadata) or by the
 gateway (from the `X-Request-Id` header or a new one), so every log line of one request carries it.
 """
+
 from __future__ import annotations
 
 import contextvars

@@ -11,6 +11,7 @@ hits and misses in `dashboard_svc/metrics.py`. This module holds only what every
 - services: `finpulse_rpc_requests_total` {service, method, code} and `finpulse_rpc_duration_seconds`
   {service, method} of every RPC a service handled.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,14 +34,20 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # ------------------------------------------------------------------------------------------- services
 
 RPC_REQUESTS = Counter(
-    "finpulse_rpc_requests_total", "RPCs a service handled, by service, method and gRPC status code.",
-    ["service", "method", "code"])
+    "finpulse_rpc_requests_total",
+    "RPCs a service handled, by service, method and gRPC status code.",
+    ["service", "method", "code"],
+)
 RPC_LATENCY = Histogram(
-    "finpulse_rpc_duration_seconds", "Latency of the RPCs a service handled, by service and method.",
-    ["service", "method"], buckets=LATENCY_BUCKETS)
+    "finpulse_rpc_duration_seconds",
+    "Latency of the RPCs a service handled, by service and method.",
+    ["service", "method"],
+    buckets=LATENCY_BUCKETS,
+)
 
 
 # ------------------------------------------------------------------------------------------- recording
+
 
 @functools.cache
 def _rpc_children(full_method: str, code: str) -> tuple:
@@ -56,6 +63,7 @@ def observe_rpc(full_method: str, code: str, seconds: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------- exposition
+
 
 def render(accept: str | None = None) -> tuple[bytes, str]:
     """The default registry in the format the `Accept` header asks for: (body, content type)."""

@@ -16,6 +16,7 @@ listening, for as long as the server may run (restarts included). While that soc
 
 A server in the test's own process needs none of this: it binds port 0 and reads the port back.
 """
+
 from __future__ import annotations
 
 import os
@@ -67,11 +68,11 @@ class PortReservations:
         return sock.getsockname()[1]
 
     def addr(self) -> str:
-        """"host:port" on a new reserved port."""
+        """ "host:port" on a new reserved port."""
         return f"{self.host}:{self.port()}"
 
     def url(self) -> str:
-        """"http://host:port" on a new reserved port."""
+        """ "http://host:port" on a new reserved port."""
         return f"http://{self.host}:{self.port()}"
 
     @property

@@ -1,4 +1,5 @@
 """Process lifetime helpers shared by every entry point."""
+
 from __future__ import annotations
 
 import ctypes

@@ -1,4 +1,5 @@
 """Small proto <-> Python conversions shared by the servicers."""
+
 from __future__ import annotations
 
 import datetime as dt

@@ -7,6 +7,7 @@ Besides the Python modules, it writes `<out>/finpulse_descriptor_set.binpb`: a `
 protos with their source info (the comments), which the generated modules do not keep; the gateway's
 OpenAPI document (`gateway/openapi/`) takes its descriptions from it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     files = [str(pathlib.Path(p).relative_to("protos")) if p.startswith("protos/") else p for p in args.protos]
-    cmd = ["protoc", *(f"-I{p}" for p in include_paths()),
-           f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}",
-           f"--descriptor_set_out={out / DESCRIPTOR_SET}", "--include_source_info", *files]
+    cmd = [
+        "protoc",
+        *(f"-I{p}" for p in include_paths()),
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        f"--descriptor_set_out={out / DESCRIPTOR_SET}",
+        "--include_source_info",
+        *files,
+    ]
     from grpc_tools import protoc
 
     rc = protoc.main(cmd)
@@ -59,8 +67,9 @@ def compile_descriptor_set(path: str | pathlib.Path) -> int:
     includes = [str(PROTOS_ROOT), *include_paths()[1:]]
     from grpc_tools import protoc
 
-    return protoc.main(["protoc", *(f"-I{p}" for p in includes), f"--descriptor_set_out={path}",
-                        "--include_source_info", *files])
+    return protoc.main(
+        ["protoc", *(f"-I{p}" for p in includes), f"--descriptor_set_out={path}", "--include_source_info", *files]
+    )
 
 
 if __name__ == "__main__":

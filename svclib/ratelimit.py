@@ -7,6 +7,7 @@ by `key`, and time comes from the Redis server, so all replicas share one budget
 own clocks. When Redis is unreachable the limiter keeps the same cap per process (a degraded but still
 bounded mode) and logs it once in a while.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -60,8 +61,16 @@ _SWEEP_AT = 10_000
 
 
 class RateLimiter:
-    def __init__(self, redis: aioredis.Redis | None, rate: float, *, burst: int = 1, prefix: str = "finpulse:rl:",
-                 lease: int = 1, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep):
+    def __init__(
+        self,
+        redis: aioredis.Redis | None,
+        rate: float,
+        *,
+        burst: int = 1,
+        prefix: str = "finpulse:rl:",
+        lease: int = 1,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ):
         """`sleep`: how `acquire` waits for its slot (a test passes one that records the wait)."""
         if rate <= 0:
             raise ValueError("rate must be positive")
@@ -125,8 +134,9 @@ class RateLimiter:
     async def _grant(self, key: str, want: int) -> tuple[int, float]:
         if self._grant_script is not None:
             try:
-                granted, wait_ms = await self._grant_script(keys=[self.prefix + key],
-                                                            args=[self.interval_ms, self.burst_ms, want])
+                granted, wait_ms = await self._grant_script(
+                    keys=[self.prefix + key], args=[self.interval_ms, self.burst_ms, want]
+                )
                 return int(granted), float(wait_ms)
             except (RedisError, OSError) as exc:
                 self._warn(exc)
@@ -150,8 +160,7 @@ class RateLimiter:
     async def _reserve(self, key: str) -> float:
         if self._script is not None:
             try:
-                return float(await self._script(keys=[self.prefix + key],
-                                                args=[self.interval_ms, self.burst_ms]))
+                return float(await self._script(keys=[self.prefix + key], args=[self.interval_ms, self.burst_ms]))
             except (RedisError, OSError) as exc:
                 self._warn(exc)
         return self._reserve_local(key)

@@ -13,6 +13,7 @@
   back to it), re-established after the server restarts; callers also poll, so a notification lost
   while it reconnects only delays work.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,18 +31,29 @@ RETRY_AFTER_SECONDS = 2
 UNAVAILABLE_BACKOFF = 2.0
 
 _UNAVAILABLE_STATES = {
-    "08000", "08003", "08006", "08001", "08004", "08P01",  # connection exceptions
-    "57P01", "57P02", "57P03",  # admin shutdown, crash shutdown, cannot connect now
+    "08000",
+    "08003",
+    "08006",
+    "08001",
+    "08004",
+    "08P01",  # connection exceptions
+    "57P01",
+    "57P02",
+    "57P03",  # admin shutdown, crash shutdown, cannot connect now
     "53300",  # too many connections
 }
 
 
 #: asyncpg's words for a connection that broke under its user (see `is_unavailable`).
-_BROKEN_CONNECTION = ("connection is closed", "connection was closed", "pool is closing",
-                      # asyncpg detaches a pooled connection's proxy the moment the server drops it:
-                      # whatever its holder does with it next (a rollback, an unlock, the next statement
-                      # of the transaction) says this.
-                      "connection has been released back to the pool")
+_BROKEN_CONNECTION = (
+    "connection is closed",
+    "connection was closed",
+    "pool is closing",
+    # asyncpg detaches a pooled connection's proxy the moment the server drops it:
+    # whatever its holder does with it next (a rollback, an unlock, the next statement
+    # of the transaction) says this.
+    "connection has been released back to the pool",
+)
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -65,9 +77,17 @@ _ASYNCPG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.Intern
 
 
 def _unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, (asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
-                        asyncpg.TooManyConnectionsError, asyncpg.ConnectionFailureError,
-                        ConnectionError, asyncio.TimeoutError)):
+    if isinstance(
+        exc,
+        (
+            asyncpg.ConnectionDoesNotExistError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.TooManyConnectionsError,
+            asyncpg.ConnectionFailureError,
+            ConnectionError,
+            asyncio.TimeoutError,
+        ),
+    ):
         return True
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
         return True  # refused, reset, unreachable
@@ -118,8 +138,15 @@ class LoopHealth:
         return not self.stale()
 
 
-async def run_forever(name: str, body: Callable[[], Awaitable[None]], health: LoopHealth | None = None, *,
-                      allowed_silence: float = 60.0, backoff: float = 0.5, max_backoff: float = 10.0) -> None:
+async def run_forever(
+    name: str,
+    body: Callable[[], Awaitable[None]],
+    health: LoopHealth | None = None,
+    *,
+    allowed_silence: float = 60.0,
+    backoff: float = 0.5,
+    max_backoff: float = 10.0,
+) -> None:
     """Run `body()` again and again until cancelled; an exception is logged and retried after a capped,
     doubling backoff (reset by a pass that succeeds; at most `UNAVAILABLE_BACKOFF` while the database
     is unavailable). `body` should beat `health` itself when one pass lasts long (a worker waiting for
@@ -142,8 +169,11 @@ async def run_forever(name: str, body: Callable[[], Awaitable[None]], health: Lo
                     # within a couple of seconds of the database (a sync worker idling 10 s after a restart
                     # is a bootstrap answering stale data).
                     delay = min(delay, UNAVAILABLE_BACKOFF)
-                    log.warning("%s: the database is unavailable; retrying", name,
-                                extra={"error": repr(exc), "retry_in_s": delay})
+                    log.warning(
+                        "%s: the database is unavailable; retrying",
+                        name,
+                        extra={"error": repr(exc), "retry_in_s": delay},
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, max_backoff, UNAVAILABLE_BACKOFF)
                     continue
@@ -158,8 +188,16 @@ async def run_forever(name: str, body: Callable[[], Awaitable[None]], health: Lo
 class Listener:
     """`LISTEN channel` on a connection of its own, kept alive across database restarts."""
 
-    def __init__(self, dsn: str, channel: str, callback: Callable[..., None], *, server_settings=None,
-                 check_every: float = 1.0, health: LoopHealth | None = None):
+    def __init__(
+        self,
+        dsn: str,
+        channel: str,
+        callback: Callable[..., None],
+        *,
+        server_settings=None,
+        check_every: float = 1.0,
+        health: LoopHealth | None = None,
+    ):
         self.dsn = dsn
         self.channel = channel
         self.callback = callback
@@ -170,8 +208,9 @@ class Listener:
         self._conn: asyncpg.Connection | None = None
 
     async def run(self) -> None:
-        await run_forever(f"listener:{self.channel}", self._hold, self.health,
-                          allowed_silence=max(30.0, self.check_every * 10))
+        await run_forever(
+            f"listener:{self.channel}", self._hold, self.health, allowed_silence=max(30.0, self.check_every * 10)
+        )
 
     async def _hold(self) -> None:
         """Connect and LISTEN, then stay until the connection is lost (then `run_forever` reconnects)."""

@@ -10,6 +10,7 @@ Every error a service answers carries, in the `grpc-status-details-bin` trailer 
 The gateway decodes them into the JSON error body's `details` (gateway/errors.py). Sizes are
 bounded: the trailer travels in HTTP/2 headers, which have a size limit.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,18 +31,19 @@ MAX_DETAILS_BYTES = 3000
 
 def _short(text: object) -> str:
     text = str(text)
-    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT - 1] + "…"
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
 def error_info(reason: str, domain: str, metadata: Mapping[str, object] | None = None) -> error_details_pb2.ErrorInfo:
     items = list((metadata or {}).items())[:MAX_ITEMS]
-    return error_details_pb2.ErrorInfo(reason=reason, domain=domain,
-                                       metadata={_short(k): _short(v) for k, v in items})
+    return error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata={_short(k): _short(v) for k, v in items})
 
 
 def bad_request(violations: Iterable[tuple[str, str]]) -> error_details_pb2.BadRequest | None:
-    pairs = [error_details_pb2.BadRequest.FieldViolation(field=_short(f), description=_short(d))
-             for f, d in list(violations)[:MAX_ITEMS]]
+    pairs = [
+        error_details_pb2.BadRequest.FieldViolation(field=_short(f), description=_short(d))
+        for f, d in list(violations)[:MAX_ITEMS]
+    ]
     return error_details_pb2.BadRequest(field_violations=pairs) if pairs else None
 
 
@@ -49,9 +51,17 @@ def retry_info(seconds: float) -> error_details_pb2.RetryInfo:
     return error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=max(0, math.ceil(seconds))))
 
 
-def status(code: grpc.StatusCode, message: str, *, reason: str | None, domain: str,
-           metadata: Mapping[str, object] | None = None, violations: Iterable[tuple[str, str]] = (),
-           retry_after: float | None = None, details: Iterable[any_pb2.Any] = ()) -> status_pb2.Status:
+def status(
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    reason: str | None,
+    domain: str,
+    metadata: Mapping[str, object] | None = None,
+    violations: Iterable[tuple[str, str]] = (),
+    retry_after: float | None = None,
+    details: Iterable[any_pb2.Any] = (),
+) -> status_pb2.Status:
     """The `google.rpc.Status` of an error (see the module doc for its details). `details` are passed
     on as they are (a downstream service's own, say) and replace the ErrorInfo made here."""
     result = status_pb2.Status(code=code.value[0], message=message)

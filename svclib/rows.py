@@ -1,4 +1,5 @@
 """What the storage modules need to type their asyncpg calls (mypy reads asyncpg through asyncpg-stubs)."""
+
 from __future__ import annotations
 
 from typing import TypeAlias

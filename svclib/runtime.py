@@ -6,6 +6,7 @@ embedded stores in local mode, migrations, the pool, Redis, clients of the other
 server with its health status, the Prometheus metrics exporter (on `FINPULSE_<SVC>_METRICS_ADDR`,
 when set), signals and an orderly shutdown.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -130,12 +131,22 @@ async def _when_reachable(what: str, attempt: Callable[[], Awaitable], wait: flo
             delay = min(delay * 2, 5.0)
 
 
-async def open_runtime(settings: Settings, spec: ServiceSpec, database_url: str, redis_url: str,
-                       section: Any = None) -> Runtime:
-    pool = await _when_reachable("the database", lambda: db.create_pool(
-        database_url, spec.schema, application_name=f"finpulse-{spec.name}"), settings.startup_wait)
-    return Runtime(settings=settings, pool=pool, cache=Cache(redis_url, prefix=settings.redis_prefix),
-                   clients=ServiceClients(settings, spec.name), database_url=database_url, section=section)
+async def open_runtime(
+    settings: Settings, spec: ServiceSpec, database_url: str, redis_url: str, section: Any = None
+) -> Runtime:
+    pool = await _when_reachable(
+        "the database",
+        lambda: db.create_pool(database_url, spec.schema, application_name=f"finpulse-{spec.name}"),
+        settings.startup_wait,
+    )
+    return Runtime(
+        settings=settings,
+        pool=pool,
+        cache=Cache(redis_url, prefix=settings.redis_prefix),
+        clients=ServiceClients(settings, spec.name),
+        database_url=database_url,
+        section=section,
+    )
 
 
 async def _stores_ready(runtime: Runtime) -> bool:
@@ -169,8 +180,10 @@ async def _watch_readiness(runtime: Runtime, server: GrpcServer) -> None:
                 if serving:
                     log.info("serving")
                 else:
-                    log.warning("NOT_SERVING", extra={"database": await _database_answers(runtime),
-                                                      "silent_loops": runtime.health.stale()})
+                    log.warning(
+                        "NOT_SERVING",
+                        extra={"database": await _database_answers(runtime), "silent_loops": runtime.health.stale()},
+                    )
         except asyncio.CancelledError:
             raise
         except Exception:  # the watch itself must never stop
@@ -182,14 +195,20 @@ async def serve(spec: ServiceSpec, settings: Settings, section: Any = None) -> N
     backing = resolve_backing(settings, spec.name)
     try:
         if settings.migrate_on_start:
-            await _when_reachable("the database", lambda: db.migrate(
-                backing.database_url, spec.schema, spec.migrations, service_role(settings, spec)),
-                settings.startup_wait)
+            await _when_reachable(
+                "the database",
+                lambda: db.migrate(backing.database_url, spec.schema, spec.migrations, service_role(settings, spec)),
+                settings.startup_wait,
+            )
         own_url = settings.service_database_urls.get(spec.name) or backing.database_url
         runtime = await open_runtime(settings, spec, own_url, backing.redis_url, section)
-        server = GrpcServer(spec.name, settings.grpc_host, settings.port_for(spec.name),
-                            settings.shutdown_grace_for(spec.calls_banks),
-                            Verifier(settings.resolved_internal_secret()))
+        server = GrpcServer(
+            spec.name,
+            settings.grpc_host,
+            settings.port_for(spec.name),
+            settings.shutdown_grace_for(spec.calls_banks),
+            Verifier(settings.resolved_internal_secret()),
+        )
         exporter = None
         try:
             exporter = metrics.start_exporter(settings.metrics_addrs.get(spec.name))
@@ -257,16 +276,21 @@ def main(spec: ServiceSpec, argv: list[str] | None = None) -> int:
         if settings is None:
             raise ConfigError(problems)
         if not settings.is_local and settings.database_url_for(spec.name) is None:
-            problems.append(f"FINPULSE_DATABASE_URL (or FINPULSE_{spec.name.upper()}_DATABASE_URL): "
-                            "required when FINPULSE_ENV=production")
+            problems.append(
+                f"FINPULSE_DATABASE_URL (or FINPULSE_{spec.name.upper()}_DATABASE_URL): "
+                "required when FINPULSE_ENV=production"
+            )
         elif args.command == "migrate" and not settings.is_local and settings.database_url is None:
             problems.append("FINPULSE_DATABASE_URL: migrate needs it (a role that may create schemas and roles)")
         if args.command == "serve" and spec.calls_banks and not settings.team.client_secret:
-            problems.append(f"FINPULSE_TEAM_SECRET: {spec.name}_svc calls the banks and needs it "
-                            "when FINPULSE_ENV=production")
+            problems.append(
+                f"FINPULSE_TEAM_SECRET: {spec.name}_svc calls the banks and needs it when FINPULSE_ENV=production"
+            )
         if args.command == "serve" and not settings.is_local and not settings.internal_secret:
-            problems.append("FINPULSE_INTERNAL_SECRET: required when FINPULSE_ENV=production (the services and "
-                            "the gateway sign and verify their calls to each other with it)")
+            problems.append(
+                "FINPULSE_INTERNAL_SECRET: required when FINPULSE_ENV=production (the services and "
+                "the gateway sign and verify their calls to each other with it)"
+            )
         if problems:
             raise ConfigError(problems)
     except ConfigError as exc:

@@ -13,6 +13,7 @@
   method and code, with its latency).
 - SIGTERM/SIGINT → health NOT_SERVING, `server.stop(grace)`, then the caller's cleanup.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,8 +37,7 @@ from svclib.resilience import RETRY_AFTER_SECONDS, is_unavailable
 
 log = logging.getLogger("svclib.server")
 
-_UNSTORABLE_TEXT = (asyncpg.exceptions.CharacterNotInRepertoireError,
-                    asyncpg.exceptions.UntranslatableCharacterError)
+_UNSTORABLE_TEXT = (asyncpg.exceptions.CharacterNotInRepertoireError, asyncpg.exceptions.UntranslatableCharacterError)
 access_log = logging.getLogger("svclib.access")
 
 
@@ -47,26 +47,52 @@ def _status_code(name: str) -> grpc.StatusCode:
 
 # Codes of a failed downstream call that are passed on as they are (a timeout becomes UNAVAILABLE).
 _DOWNSTREAM_CODES = {
-    code: code for code in (
-        grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.ABORTED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
+    code: code
+    for code in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
 } | {grpc.StatusCode.DEADLINE_EXCEEDED: grpc.StatusCode.UNAVAILABLE}
 
 
-async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, *, domain: str,
-                reason: str | None, metadata: Mapping[str, object] | None = None,
-                violations: Iterable[tuple[str, str]] = (), retry_after: float | None = None,
-                details: Iterable = (), extra: Iterable[tuple[str, str]] = ()) -> None:
+async def abort(
+    context: grpc.aio.ServicerContext,
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    domain: str,
+    reason: str | None,
+    metadata: Mapping[str, object] | None = None,
+    violations: Iterable[tuple[str, str]] = (),
+    retry_after: float | None = None,
+    details: Iterable = (),
+    extra: Iterable[tuple[str, str]] = (),
+) -> None:
     """End the call with `code` and a `google.rpc.Status` rich error (`svclib.rich_status`)."""
     message = bounded_message(message)
-    status = rich_status.status(code, message, reason=reason, domain=domain, metadata=metadata,
-                                violations=violations, retry_after=retry_after, details=details)
+    status = rich_status.status(
+        code,
+        message,
+        reason=reason,
+        domain=domain,
+        metadata=metadata,
+        violations=violations,
+        retry_after=retry_after,
+        details=details,
+    )
     await context.abort(code, message, trailing_metadata=rich_status.trailing_metadata(status, extra))
 
 
 def _refuse(handler, message: str, domain: str):
     """A handler that answers UNAUTHENTICATED (same shape as `handler`)."""
+
     async def refuse(request, context):
         await abort(context, grpc.StatusCode.UNAUTHENTICATED, message, domain=domain, reason="CALLER_NOT_VERIFIED")
 
@@ -75,10 +101,14 @@ def _refuse(handler, message: str, domain: str):
         yield  # pragma: no cover - a generator, never reached
 
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(refuse_stream, request_deserializer=handler.request_deserializer,
-                                                    response_serializer=handler.response_serializer)
-    return grpc.unary_unary_rpc_method_handler(refuse, request_deserializer=handler.request_deserializer,
-                                               response_serializer=handler.response_serializer)
+        return grpc.unary_stream_rpc_method_handler(
+            refuse_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.unary_unary_rpc_method_handler(
+        refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
 
 
 #: Trailing metadata of an UNAVAILABLE answer: seconds to wait before retrying (the gateway's Retry-After).
@@ -89,7 +119,7 @@ MAX_MESSAGE = 1000
 
 
 def bounded_message(message: str) -> str:
-    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE - 1] + "…"
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
@@ -111,8 +141,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 caller = self.verifier.verify(metadata.get(AUTH_METADATA))
             except InvalidStatement as exc:
                 metrics.observe_rpc(method, grpc.StatusCode.UNAUTHENTICATED.name, 0.0)
-                access_log.warning("rpc refused", extra={"rpc": method, "code": "UNAUTHENTICATED",
-                                                         "reason": str(exc)})
+                access_log.warning("rpc refused", extra={"rpc": method, "code": "UNAUTHENTICATED", "reason": str(exc)})
                 return _refuse(handler, str(exc), self.domain)
         if handler.unary_unary:
             inner = handler.unary_unary
@@ -124,8 +153,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     return await scope.guard(inner(request, context))
 
             return grpc.unary_unary_rpc_method_handler(
-                unary_unary, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         if handler.unary_stream:
             inner_stream = handler.unary_stream
 
@@ -137,14 +168,22 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                         yield item
 
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                unary_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return handler
 
 
 class _CallScope:
-    def __init__(self, method: str, metadata: dict, context: grpc.aio.ServicerContext, caller: Caller | None,
-                 domain: str = "finpulse"):
+    def __init__(
+        self,
+        method: str,
+        metadata: dict,
+        context: grpc.aio.ServicerContext,
+        caller: Caller | None,
+        domain: str = "finpulse",
+    ):
         self.method = method
         self.domain = domain
         self.context = context
@@ -158,8 +197,11 @@ class _CallScope:
 
     def __enter__(self):
         self.started = time.perf_counter()
-        self.tokens = (request_id_var.set(self.request_id), user_id_var.set(self.user_id),
-                       i18n.language_var.set(self.language))
+        self.tokens = (
+            request_id_var.set(self.request_id),
+            user_id_var.set(self.user_id),
+            i18n.language_var.set(self.language),
+        )
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -174,8 +216,9 @@ class _CallScope:
         if self.method.startswith("/grpc.health.v1.Health/") and self.code == grpc.StatusCode.OK:
             pass  # probes every few seconds: not worth a log line each
         else:
-            access_log.info("rpc", extra={
-                "rpc": self.method, "code": self.code.name, "latency_ms": round(elapsed * 1000, 2)})
+            access_log.info(
+                "rpc", extra={"rpc": self.method, "code": self.code.name, "latency_ms": round(elapsed * 1000, 2)}
+            )
         request_id_var.reset(self.tokens[0])
         user_id_var.reset(self.tokens[1])
         i18n.language_var.reset(self.tokens[2])
@@ -190,47 +233,72 @@ class _CallScope:
         found = limits.problems(request)
         if found:
             first = found[0]
-            await self._abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(reason for _, reason in found),
-                              reason="LIMIT_EXCEEDED", metadata={"field": first.field, "limit": first.limit},
-                              violations=found)
+            await self._abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "; ".join(reason for _, reason in found),
+                reason="LIMIT_EXCEEDED",
+                metadata={"field": first.field, "limit": first.limit},
+                violations=found,
+            )
 
     async def check_user(self, request) -> None:
         """A call made for a user (`x-user-id`) may only name that user in its `user_id` field."""
         named = getattr(request, "user_id", None)
         if self.user_id and named and named != self.user_id:
-            await self._abort(grpc.StatusCode.PERMISSION_DENIED, "user_id does not match the calling user",
-                              reason="USER_MISMATCH", metadata={"field": "user_id"})
+            await self._abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "user_id does not match the calling user",
+                reason="USER_MISMATCH",
+                metadata={"field": "user_id"},
+            )
 
     async def _fail(self, exc: Exception):
         if is_unavailable(exc):
             # The database (or the network to it) is away for now: the caller should retry, not report a bug.
             log.warning("database unavailable", extra={"rpc": self.method, "error": repr(exc)})
-            await self._abort(grpc.StatusCode.UNAVAILABLE, "the service's database is unavailable; retry in a moment",
-                              reason="DATABASE_UNAVAILABLE", retry_after=RETRY_AFTER_SECONDS,
-                              extra=((RETRY_AFTER_METADATA, str(RETRY_AFTER_SECONDS)),))
+            await self._abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the service's database is unavailable; retry in a moment",
+                reason="DATABASE_UNAVAILABLE",
+                retry_after=RETRY_AFTER_SECONDS,
+                extra=((RETRY_AFTER_METADATA, str(RETRY_AFTER_SECONDS)),),
+            )
         if isinstance(exc, _UNSTORABLE_TEXT):
             # Text Postgres refuses (NUL, or not encodable): the caller's input, not our failure.
-            await self._abort(grpc.StatusCode.INVALID_ARGUMENT, "a text value contains a character that cannot be "
-                                                                "stored (such as NUL, U+0000)",
-                              reason="INVALID_CHARACTER")
+            await self._abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "a text value contains a character that cannot be stored (such as NUL, U+0000)",
+                reason="INVALID_CHARACTER",
+            )
         if isinstance(exc, DomainError):
             extra = ()
             if exc.retry_after is not None:
                 extra = ((RETRY_AFTER_METADATA, str(max(1, math.ceil(exc.retry_after)))),)
-            await self._abort(_status_code(exc.code), exc.message, reason=exc.reason, metadata=exc.metadata,
-                              violations=exc.violations, retry_after=exc.retry_after, extra=extra)
+            await self._abort(
+                _status_code(exc.code),
+                exc.message,
+                reason=exc.reason,
+                metadata=exc.metadata,
+                violations=exc.violations,
+                retry_after=exc.retry_after,
+                extra=extra,
+            )
         if isinstance(exc, grpc.aio.AioRpcError):
             # A call to another service failed: pass its verdict (and its rich details) on, without its debug string.
             code = _DOWNSTREAM_CODES.get(exc.code(), grpc.StatusCode.INTERNAL)
             log.warning("downstream call failed", extra={"code": exc.code().name, "details": exc.details()})
             if code == grpc.StatusCode.UNAVAILABLE:
                 await self._abort(code, "a backing service is unavailable", reason="BACKING_SERVICE_UNAVAILABLE")
-            await self._abort(code, exc.details() or "downstream error",
-                              reason="INTERNAL" if code == grpc.StatusCode.INTERNAL else code.name,
-                              details=rich_status.details_of(exc) if code != grpc.StatusCode.INTERNAL else ())
+            await self._abort(
+                code,
+                exc.details() or "downstream error",
+                reason="INTERNAL" if code == grpc.StatusCode.INTERNAL else code.name,
+                details=rich_status.details_of(exc) if code != grpc.StatusCode.INTERNAL else (),
+            )
         log.exception("unhandled error in %s", self.method)
-        await self._abort(grpc.StatusCode.INTERNAL, "internal error (see the service log for this request id)",
-                          reason="INTERNAL")
+        await self._abort(
+            grpc.StatusCode.INTERNAL, "internal error (see the service log for this request id)", reason="INTERNAL"
+        )
 
     async def guard(self, awaitable: Awaitable):
         try:
@@ -263,10 +331,14 @@ class GrpcServer:
         # SO_REUSEPORT only on a port the parent holds for this process (svclib.ports): elsewhere a
         # second server on the same port must fail, not share it.
         reuse = 1 if ports.is_reserved(port) else 0
-        self.server = grpc.aio.server(interceptors=[ServiceInterceptor(verifier, f"finpulse.{name}")],
-                                      options=[("grpc.so_reuseport", reuse),
-                                               ("grpc.max_connection_age_ms", 5 * 60 * 1000),
-                                               ("grpc.max_connection_age_grace_ms", 30 * 1000)])
+        self.server = grpc.aio.server(
+            interceptors=[ServiceInterceptor(verifier, f"finpulse.{name}")],
+            options=[
+                ("grpc.so_reuseport", reuse),
+                ("grpc.max_connection_age_ms", 5 * 60 * 1000),
+                ("grpc.max_connection_age_grace_ms", 30 * 1000),
+            ],
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names: list[str] = []
@@ -282,7 +354,8 @@ class GrpcServer:
 
     async def start(self) -> int:
         reflection.enable_server_reflection(
-            (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+            (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
         await self.set_serving(False)
         port = self.server.add_insecure_port(self.address)
         if port == 0:

@@ -1,4 +1,5 @@
 """Parsing of user-supplied values into exact domain types, with errors that name the field."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -17,8 +18,10 @@ def parse_amount(text: str, field: str) -> Decimal:
     raw = text.strip()
     if not _AMOUNT_RE.match(raw):
         raise InvalidArgument(
-            f"{field}: {text!r} is not a positive amount with at most two decimals (e.g. \"1200.50\")", field,
-            reason="INVALID_AMOUNT")
+            f'{field}: {text!r} is not a positive amount with at most two decimals (e.g. "1200.50")',
+            field,
+            reason="INVALID_AMOUNT",
+        )
     try:
         value = Decimal(raw)
     except InvalidOperation:  # pragma: no cover - the regex admits only valid decimals
@@ -30,8 +33,9 @@ def parse_amount(text: str, field: str) -> Decimal:
     return value.quantize(Decimal("0.01"))
 
 
-def parse_date(text: str, field: str, *, earliest: dt.date = dt.date(2000, 1, 1),
-               latest: dt.date = dt.date(2100, 12, 31)) -> dt.date:
+def parse_date(
+    text: str, field: str, *, earliest: dt.date = dt.date(2000, 1, 1), latest: dt.date = dt.date(2100, 12, 31)
+) -> dt.date:
     """A real calendar date written YYYY-MM-DD within a sane range."""
     raw = text.strip()
     if not _DATE_RE.match(raw):

@@ -1,6 +1,7 @@
 """The read side of the bank data: sync state, counts, stored rows with keyset pages, and the aggregates the
 dashboard asks for, each computed by Postgres (never by looping over rows here). Results are the
 dataclasses of `sync_svc.bank_records`."""
+
 from __future__ import annotations
 
 from collections.abc import Collection
@@ -48,20 +49,26 @@ class BankReads:
 
     async def _sync_states(self, where: _Where) -> list[SyncState]:
         rows = await self.pool.fetch(
-            f"SELECT {_select(SyncState)} FROM sync_state WHERE {where} ORDER BY bank_id", *where.args)
+            f"SELECT {_select(SyncState)} FROM sync_state WHERE {where} ORDER BY bank_id", *where.args
+        )
         return _build(SyncState, rows)
 
     async def data_version(self, user_id: str) -> int:
         """The user's data version: 0 before the first change, then bumped by every changing sync."""
         return await self.pool.fetchval(_DATA_VERSION, user_id) or 0
 
-    async def stored_transaction_ids(self, user_id: str, bank_id: str, account_id: str,
-                                     ids: Collection[str]) -> set[str]:
+    async def stored_transaction_ids(
+        self, user_id: str, bank_id: str, account_id: str, ids: Collection[str]
+    ) -> set[str]:
         """Which of `ids` are already stored for the account (the incremental sync's stop check)."""
         rows = await self.pool.fetch(
             """SELECT transaction_id FROM transactions
                WHERE user_id = $1 AND bank_id = $2 AND account_id = $3 AND transaction_id = ANY($4::text[])""",
-            user_id, bank_id, account_id, list(ids))
+            user_id,
+            bank_id,
+            account_id,
+            list(ids),
+        )
         return {r[0] for r in rows}
 
     async def counts(self, user_id: str, bank_id: str) -> Counts:
@@ -72,7 +79,10 @@ class BankReads:
                    (SELECT count(*) FROM balances WHERE user_id = $1 AND bank_id = $2) AS balances,
                    (SELECT count(*) FROM transactions WHERE user_id = $1 AND bank_id = $2) AS transactions,
                    (SELECT count(*) FROM credits WHERE user_id = $1 AND bank_id = $2) AS credits
-            """, user_id, bank_id)
+            """,
+            user_id,
+            bank_id,
+        )
         return Counts(**dict(returned(row, "counts")))
 
     # ------------------------------------------------------------------------------------------ reads
@@ -81,7 +91,8 @@ class BankReads:
         """The user's accounts (at one bank or all), by bank and account id."""
         where = _Where().add("user_id = {}", user_id).maybe("bank_id = {}", bank_id)
         rows = await self.pool.fetch(
-            f"SELECT {_select(StoredAccount)} FROM accounts WHERE {where} ORDER BY bank_id, account_id", *where.args)
+            f"SELECT {_select(StoredAccount)} FROM accounts WHERE {where} ORDER BY bank_id, account_id", *where.args
+        )
         return _build(StoredAccount, rows)
 
     async def latest_balances(self, user_id: str, bank_id: str | None = None) -> list[StoredBalance]:
@@ -90,7 +101,9 @@ class BankReads:
         rows = await self.pool.fetch(
             f"""SELECT DISTINCT ON (bank_id, account_id, balance_type) {_select(StoredBalance)}
                 FROM balances WHERE {where}
-                ORDER BY bank_id, account_id, balance_type, id DESC""", *where.args)
+                ORDER BY bank_id, account_id, balance_type, id DESC""",
+            *where.args,
+        )
         return _build(StoredBalance, rows)
 
     async def balance_history(self, user_id: str, bank_id: str, account_id: str) -> list[StoredBalance]:
@@ -98,19 +111,29 @@ class BankReads:
         rows = await self.pool.fetch(
             f"""SELECT {_select(StoredBalance)} FROM balances
                 WHERE user_id = $1 AND bank_id = $2 AND account_id = $3 ORDER BY balance_type, id""",
-            user_id, bank_id, account_id)
+            user_id,
+            bank_id,
+            account_id,
+        )
         return _build(StoredBalance, rows)
 
     async def credits(self, user_id: str, bank_id: str | None = None) -> list[StoredCredit]:
         """The user's product agreements (loans, deposits, cards), by bank and agreement id."""
         where = _Where().add("user_id = {}", user_id).maybe("bank_id = {}", bank_id)
         rows = await self.pool.fetch(
-            f"SELECT {_select(StoredCredit)} FROM credits WHERE {where} ORDER BY bank_id, agreement_id", *where.args)
+            f"SELECT {_select(StoredCredit)} FROM credits WHERE {where} ORDER BY bank_id, agreement_id", *where.args
+        )
         return _build(StoredCredit, rows)
 
     async def transactions(
-        self, user_id: str, *, bank_id: str | None = None, account_id: str | None = None,
-        since: datetime | None = None, until: datetime | None = None, limit: int = 100,
+        self,
+        user_id: str,
+        *,
+        bank_id: str | None = None,
+        account_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
         after: TransactionCursor | None = None,
     ) -> tuple[list[StoredTransaction], TransactionCursor | None]:
         """One page of the user's transactions with booking time in [since, until), newest first, ordered
@@ -118,21 +141,34 @@ class BankReads:
         cursor of the next one (None on the last page); pass it back as `after`."""
         if not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"limit must be 1…{MAX_PAGE}")
-        where = (_Where().add("user_id = {}", user_id).maybe("bank_id = {}", bank_id)
-                 .maybe("account_id = {}", account_id)
-                 .maybe("booking_time >= {}", _aware(since, "since"))
-                 .maybe("booking_time < {}", _aware(until, "until")))
+        where = (
+            _Where()
+            .add("user_id = {}", user_id)
+            .maybe("bank_id = {}", bank_id)
+            .maybe("account_id = {}", account_id)
+            .maybe("booking_time >= {}", _aware(since, "since"))
+            .maybe("booking_time < {}", _aware(until, "until"))
+        )
         if after is not None:
             _aware(after.booking_time, "after.booking_time")
             # the first conjunct is implied by the second; it lets the time indexes bound the scan
-            where.add("booking_time <= {0} AND "
-                      "(booking_time, bank_id, account_id, transaction_id) < ({0}, {1}, {2}, {3})",
-                      after.booking_time, after.bank_id, after.account_id, after.transaction_id)
+            where.add(
+                "booking_time <= {0} AND (booking_time, bank_id, account_id, transaction_id) < ({0}, {1}, {2}, {3})",
+                after.booking_time,
+                after.bank_id,
+                after.account_id,
+                after.transaction_id,
+            )
         limit_param = where.arg(limit + 1)  # one more row than asked tells whether a next page exists
-        rows = _build(StoredTransaction, await self.pool.fetch(
-            f"""SELECT {_select(StoredTransaction)} FROM transactions WHERE {where}
+        rows = _build(
+            StoredTransaction,
+            await self.pool.fetch(
+                f"""SELECT {_select(StoredTransaction)} FROM transactions WHERE {where}
                 ORDER BY booking_time DESC, bank_id DESC, account_id DESC, transaction_id DESC
-                LIMIT {limit_param}""", *where.args))
+                LIMIT {limit_param}""",
+                *where.args,
+            ),
+        )
         if len(rows) <= limit:
             return rows, None
         last = rows[limit - 1]
@@ -140,8 +176,9 @@ class BankReads:
 
     # ------------------------------------------------------------------------------------------ aggregates
 
-    async def monthly_cash_flow(self, user_id: str, months: int = 12, *,
-                                at: datetime | None = None) -> list[MonthlyCashFlow]:
+    async def monthly_cash_flow(
+        self, user_id: str, months: int = 12, *, at: datetime | None = None
+    ) -> list[MonthlyCashFlow]:
         """Income (credits) and spending (debits, positive) per calendar month (UTC) and currency, for the
         `months` months ending with the month of `at` (default now), oldest first; months without
         transactions are absent."""
@@ -161,25 +198,42 @@ class BankReads:
               AND t.booking_time >= (b.this_month - make_interval(months => $2 - 1)) AT TIME ZONE 'UTC'
               AND t.booking_time < (b.this_month + interval '1 month') AT TIME ZONE 'UTC'
             GROUP BY 1, 2 ORDER BY 1, 2
-            """, user_id, months, _aware(at, "at"))
+            """,
+            user_id,
+            months,
+            _aware(at, "at"),
+        )
         return _build(MonthlyCashFlow, rows)
 
-    async def spending_by_category(self, user_id: str, since: datetime,
-                                   until: datetime | None = None) -> list[CategorySpending]:
+    async def spending_by_category(
+        self, user_id: str, since: datetime, until: datetime | None = None
+    ) -> list[CategorySpending]:
         """Debits booked in [since, until) per merchant category and currency, largest total first."""
-        where = (_Where().add("user_id = {}", user_id).add("direction = 'debit'")
-                 .add("booking_time >= {}", _aware(since, "since")).maybe("booking_time < {}", _aware(until, "until")))
+        where = (
+            _Where()
+            .add("user_id = {}", user_id)
+            .add("direction = 'debit'")
+            .add("booking_time >= {}", _aware(since, "since"))
+            .maybe("booking_time < {}", _aware(until, "until"))
+        )
         rows = await self.pool.fetch(
             f"""SELECT category, currency, -sum(signed_amount) AS total, count(*) AS count
                 FROM transactions WHERE {where}
-                GROUP BY category, currency ORDER BY total DESC, category NULLS LAST, currency""", *where.args)
+                GROUP BY category, currency ORDER BY total DESC, category NULLS LAST, currency""",
+            *where.args,
+        )
         return _build(CategorySpending, rows)
 
     async def loan_repayments(self, user_id: str, since: datetime | None = None) -> list[LoanRepayments]:
         """Per loan agreement (bank, agreement id, currency): the debits naming it — count, total, average,
         last payment and the most common day of month."""
-        where = (_Where().add("user_id = {}", user_id).add("agreement_id IS NOT NULL").add("direction = 'debit'")
-                 .maybe("booking_time >= {}", _aware(since, "since")))
+        where = (
+            _Where()
+            .add("user_id = {}", user_id)
+            .add("agreement_id IS NOT NULL")
+            .add("direction = 'debit'")
+            .maybe("booking_time >= {}", _aware(since, "since"))
+        )
         rows = await self.pool.fetch(
             f"""SELECT bank_id, agreement_id, currency, count(*) AS count, -sum(signed_amount) AS total,
                        round(-avg(signed_amount), 2) AS average, max(booking_time) AS last_paid_at,
@@ -187,7 +241,9 @@ class BankReads:
                            AS typical_day,
                        array_agg(DISTINCT date_trunc('month', booking_time AT TIME ZONE 'UTC')::date) AS months
                 FROM transactions WHERE {where}
-                GROUP BY bank_id, agreement_id, currency ORDER BY bank_id, agreement_id, currency""", *where.args)
+                GROUP BY bank_id, agreement_id, currency ORDER BY bank_id, agreement_id, currency""",
+            *where.args,
+        )
         return _build(LoanRepayments, rows)
 
     async def income_by_day(self, user_id: str, since: datetime) -> list[DayIncome]:
@@ -200,5 +256,8 @@ class BankReads:
                FROM transactions
                WHERE user_id = $1 AND direction = 'credit' AND booking_time >= $2 AND agreement_id IS NULL
                  AND coalesce(description, '') NOT ILIKE 'Перевод%'
-               GROUP BY 1, currency ORDER BY 1, currency""", user_id, _aware(since, "since"))
+               GROUP BY 1, currency ORDER BY 1, currency""",
+            user_id,
+            _aware(since, "since"),
+        )
         return _build(DayIncome, rows)

@@ -4,6 +4,7 @@ What readers get: small frozen dataclasses with `Decimal` money and aware-UTC da
 session time zone is UTC); what a write reports (`WriteStats`); the rows a write stores (bank models
 to columns); and the SQL and query helpers the read and write sides share.
 """
+
 from __future__ import annotations
 
 import base64
@@ -27,9 +28,11 @@ _MESSAGE_LIMIT = 2000  # characters of a bank call's message kept in bank_status
 
 # ---------------------------------------------------------------------------------------------- results
 
+
 @dataclass(frozen=True)
 class TableStats:
     """What one write did to one table. `unchanged` counts fetched rows identical to the stored ones."""
+
     inserted: int = 0
     updated: int = 0
     deleted: int = 0
@@ -46,6 +49,7 @@ class WriteStats:
     time (they cannot be placed in time and are not stored); `data_version` is the user's version
     after the write (bumped only when `changed`: a row changed, or the bank was failing until this write
     and answers again, which changes the dashboard too)."""
+
     accounts: TableStats
     balances: TableStats
     transactions: TableStats
@@ -79,6 +83,7 @@ class WriteStats:
 class SyncState:
     """Per (user, bank). `watermark` is the newest booking time stored; the counts are running totals
     kept in each write's transaction (`BankDataStorage.counts` recounts the tables)."""
+
     user_id: str
     bank_id: str
     watermark: datetime | None
@@ -104,6 +109,7 @@ class Counts:
 @dataclass(frozen=True)
 class BankCall:
     """One bank call for `bank_status_log` (a Mapping with the same keys is accepted too)."""
+
     bank_id: str
     operation: str
     outcome: str
@@ -187,14 +193,18 @@ class StoredTransaction:
 class TransactionCursor:
     """Keyset position in the (booking_time, bank_id, account_id, transaction_id) DESC order: the last
     row of a page. `token()`/`from_token()` turn it into an opaque page token and back."""
+
     booking_time: datetime
     bank_id: str
     account_id: str
     transaction_id: str
 
     def token(self) -> str:
-        text = json.dumps([self.booking_time.isoformat(), self.bank_id, self.account_id, self.transaction_id],
-                          ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(
+            [self.booking_time.isoformat(), self.bank_id, self.account_id, self.transaction_id],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
         return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
     @classmethod
@@ -231,6 +241,7 @@ class CategorySpending:
 @dataclass(frozen=True)
 class LoanRepayments:
     """Debits naming a loan agreement ("Платеж по кредиту №<agreement_id>")."""
+
     bank_id: str
     agreement_id: str
     currency: str | None
@@ -245,6 +256,7 @@ class LoanRepayments:
 @dataclass(frozen=True)
 class DayIncome:
     """Income credits of one UTC day in one currency."""
+
     day: date
     currency: str | None
     total: Decimal
@@ -252,6 +264,7 @@ class DayIncome:
 
 
 # ---------------------------------------------------------------------- rows (bank models -> the tables' columns)
+
 
 def _json_default(value: Any) -> Any:
     """JSON for what the bank client leaves in `raw`: Decimal numbers (it parses floats as Decimal)
@@ -271,8 +284,9 @@ def _json_default(value: Any) -> Any:
 
 
 # check_circular off: `raw` comes from json.loads, it cannot hold a cycle (and the check costs ~8%)
-_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_default,
-                            check_circular=False).encode
+_to_json = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), default=_json_default, check_circular=False
+).encode
 
 
 def _direction(indicator: str | None) -> str:
@@ -280,13 +294,35 @@ def _direction(indicator: str | None) -> str:
 
 
 def _account_row(a: Account) -> tuple:
-    return (a.account_id, a.status, a.currency, a.account_type, a.account_sub_type, a.nickname, a.opening_date,
-            a.account_number, a.owner_name, _to_json(a.raw))
+    return (
+        a.account_id,
+        a.status,
+        a.currency,
+        a.account_type,
+        a.account_sub_type,
+        a.nickname,
+        a.opening_date,
+        a.account_number,
+        a.owner_name,
+        _to_json(a.raw),
+    )
 
 
 def _credit_row(p: ProductAgreement) -> tuple:
-    return (p.agreement_id, p.product_id, p.product_type, p.product_name, p.amount, p.interest_rate, p.status,
-            p.start_date, p.end_date, p.account_number, p.account_balance, _to_json(p.raw))
+    return (
+        p.agreement_id,
+        p.product_id,
+        p.product_type,
+        p.product_name,
+        p.amount,
+        p.interest_rate,
+        p.status,
+        p.start_date,
+        p.end_date,
+        p.account_number,
+        p.account_balance,
+        _to_json(p.raw),
+    )
 
 
 def _balance_row(b: Balance) -> tuple:
@@ -295,9 +331,24 @@ def _balance_row(b: Balance) -> tuple:
 
 def _transaction_row(t: Transaction, head: tuple = ()) -> tuple:
     """`head` + the TRANSACTIONS columns (head: user and bank, for a COPY straight into the table)."""
-    return (*head, t.account_id, t.transaction_id, t.amount, _direction(t.credit_debit_indicator), t.currency,
-                   t.status, t.booking_time or t.value_time, t.value_time, t.description, t.bank_code,
-                   t.merchant_name, t.merchant_category, t.mcc, t.agreement_id, _to_json(t.raw))
+    return (
+        *head,
+        t.account_id,
+        t.transaction_id,
+        t.amount,
+        _direction(t.credit_debit_indicator),
+        t.currency,
+        t.status,
+        t.booking_time or t.value_time,
+        t.value_time,
+        t.description,
+        t.bank_code,
+        t.merchant_name,
+        t.merchant_category,
+        t.mcc,
+        t.agreement_id,
+        _to_json(t.raw),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- shared SQL
@@ -309,8 +360,17 @@ _BUMP_VERSION = """
 """
 _DATA_VERSION = "SELECT version FROM user_data_version WHERE user_id = $1"
 
-_BANK_CALL_COLUMNS = ("at", "user_id", "bank_id", "operation", "outcome", "http_status", "latency_ms",
-                      "interaction_id", "message")
+_BANK_CALL_COLUMNS = (
+    "at",
+    "user_id",
+    "bank_id",
+    "operation",
+    "outcome",
+    "http_status",
+    "latency_ms",
+    "interaction_id",
+    "message",
+)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -361,5 +421,3 @@ class _Where:
 
     def __str__(self) -> str:
         return " AND ".join(self.clauses) or "true"
-
-

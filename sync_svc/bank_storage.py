@@ -7,6 +7,7 @@ failed sync's note, and the bank-call log. Its read side is `BankReads` (sync_sv
 the result dataclasses and shared query helpers are in sync_svc/bank_records.py, all re-exported
 here for the importers of this module.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,6 +67,7 @@ __all__ = [
 
 # ---------------------------------------------------------------------------------------------- storage
 
+
 class BankDataStorage(BankReads):
     """Bank data of the `sync` schema on a pool whose search_path is that schema (svclib.db.create_pool)."""
 
@@ -92,7 +94,10 @@ class BankDataStorage(BankReads):
                 await write._close()
 
     async def write_bank_data(
-        self, user_id: str, bank_id: str, *,
+        self,
+        user_id: str,
+        bank_id: str,
+        *,
         accounts: Iterable[Account] = (),
         balances: Iterable[Balance] = (),
         transactions: Iterable[Transaction] = (),
@@ -120,8 +125,13 @@ class BankDataStorage(BankReads):
                 raise ValueError("fetched_window needs an end")
         async with self.bank_write(user_id, bank_id) as write:
             await write.add_transactions(transactions)
-            return await write.commit(accounts=accounts, balances=balances, agreements=agreements,
-                                      fetched_window=fetched_window, window_accounts=window_accounts)
+            return await write.commit(
+                accounts=accounts,
+                balances=balances,
+                agreements=agreements,
+                fetched_window=fetched_window,
+                window_accounts=window_accounts,
+            )
 
     async def record_failure(self, user_id: str, bank_id: str, message: str) -> int | None:
         """Note a failed sync of (user, bank): last_error and its time; the last success is kept. When
@@ -137,7 +147,11 @@ class BankDataStorage(BankReads):
                 ON CONFLICT (user_id, bank_id) DO UPDATE
                 SET last_error = EXCLUDED.last_error, last_error_at = EXCLUDED.last_error_at, updated_at = now()
                 RETURNING COALESCE((SELECT last_error_at IS NULL OR last_error_at <= last_success_at FROM before), true)
-                """, user_id, bank_id, message[:_MESSAGE_LIMIT])
+                """,
+                user_id,
+                bank_id,
+                message[:_MESSAGE_LIMIT],
+            )
             return await conn.fetchval(_BUMP_VERSION, user_id) if newly else None
 
     async def log_bank_calls(self, records: Iterable[BankCall | Mapping[str, Any] | Any]) -> int:
@@ -149,12 +163,20 @@ class BankDataStorage(BankReads):
             message = _field(rec, "message")
             latency = _field(rec, "latency_ms")
             status = _field(rec, "http_status")
-            rows.append((_aware(_field(rec, "at"), "at") or now, _field(rec, "user_id"), _field(rec, "bank_id"),
-                         _field(rec, "operation"), _field(rec, "outcome"), None if status is None else int(status),
-                         None if latency is None else float(latency), _field(rec, "interaction_id"),
-                         None if message is None else str(message)[:_MESSAGE_LIMIT]))
+            rows.append(
+                (
+                    _aware(_field(rec, "at"), "at") or now,
+                    _field(rec, "user_id"),
+                    _field(rec, "bank_id"),
+                    _field(rec, "operation"),
+                    _field(rec, "outcome"),
+                    None if status is None else int(status),
+                    None if latency is None else float(latency),
+                    _field(rec, "interaction_id"),
+                    None if message is None else str(message)[:_MESSAGE_LIMIT],
+                )
+            )
         if rows:
             async with self.pool.acquire() as conn:
                 await copy_records(conn, "bank_status_log", records=rows, columns=list(_BANK_CALL_COLUMNS))
         return len(rows)
-

@@ -18,6 +18,7 @@ user's data version is bumped there too, but only when a row was inserted, updat
 second sync with no new bank data writes no bank-data row and leaves the version alone. A write
 that fails or is abandoned before `commit` rolls back whole.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -52,6 +53,7 @@ M = TypeVar("M")  # a bank model
 
 # ---------------------------------------------------------------------------------------------- upsert machinery
 
+
 @dataclass(frozen=True)
 class _Upsert:
     """How one table is written: staged by COPY, then upserted on (user_id, bank_id, *key).
@@ -59,6 +61,7 @@ class _Upsert:
     `values` are compared to decide whether a stored row changed. A column in `keep_when_null` keeps
     its stored value when a fetch lacks it (e.g. interest_rate, which only the detail call carries).
     """
+
     table: str
     key: tuple[str, ...]
     values: tuple[str, ...]
@@ -112,38 +115,78 @@ class _Upsert:
 
 
 ACCOUNTS = _Upsert(
-    "accounts", ("account_id",),
-    ("status", "currency", "account_type", "account_sub_type", "nickname", "opening_date", "account_number",
-     "owner_name", "raw"),
-    keep_when_null=frozenset({"account_number", "owner_name"}))  # GET /accounts/{id} has no identification
+    "accounts",
+    ("account_id",),
+    (
+        "status",
+        "currency",
+        "account_type",
+        "account_sub_type",
+        "nickname",
+        "opening_date",
+        "account_number",
+        "owner_name",
+        "raw",
+    ),
+    keep_when_null=frozenset({"account_number", "owner_name"}),
+)  # GET /accounts/{id} has no identification
 CREDITS = _Upsert(
-    "credits", ("agreement_id",),
-    ("product_id", "product_type", "product_name", "amount", "interest_rate", "status", "start_date", "end_date",
-     "account_number", "account_balance", "raw"),
-    keep_when_null=frozenset({"interest_rate", "account_balance"}))  # only in the detail call
+    "credits",
+    ("agreement_id",),
+    (
+        "product_id",
+        "product_type",
+        "product_name",
+        "amount",
+        "interest_rate",
+        "status",
+        "start_date",
+        "end_date",
+        "account_number",
+        "account_balance",
+        "raw",
+    ),
+    keep_when_null=frozenset({"interest_rate", "account_balance"}),
+)  # only in the detail call
 TRANSACTIONS = _Upsert(
-    "transactions", ("account_id", "transaction_id"),
-    ("amount", "direction", "currency", "status", "booking_time", "value_time", "description", "bank_code",
-     "merchant", "category", "mcc", "agreement_id", "raw"))
+    "transactions",
+    ("account_id", "transaction_id"),
+    (
+        "amount",
+        "direction",
+        "currency",
+        "status",
+        "booking_time",
+        "value_time",
+        "description",
+        "bank_code",
+        "merchant",
+        "category",
+        "mcc",
+        "agreement_id",
+        "raw",
+    ),
+)
 BALANCE_COLUMNS = ("account_id", "balance_type", "amount", "currency", "credit_debit_indicator", "as_of", "raw")
 
 
 async def _create_stage(conn: Connection, table: str, stage: str, columns: Sequence[str]) -> None:
     """A temporary copy of `table`'s `columns` (same types, no constraints), dropped at commit."""
-    await conn.execute(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS "
-                       f"SELECT {', '.join(columns)} FROM {table} WITH NO DATA")
+    await conn.execute(
+        f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {', '.join(columns)} FROM {table} WITH NO DATA"
+    )
 
 
-async def _stage(conn: Connection, table: str, stage: str, columns: Sequence[str],
-                 rows: Iterable[tuple]) -> None:
+async def _stage(conn: Connection, table: str, stage: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
     """`_create_stage`, filled by binary COPY. `rows` may be lazy: they are then built while the server
     parses what was sent."""
     await _create_stage(conn, table, stage, columns)
     await copy_records(conn, stage, records=rows, columns=list(columns))
 
 
-async def _write(conn: Connection, spec: _Upsert, user_id: str, bank_id: str,
-                 rows: Iterable[tuple], count: int) -> tuple[TableStats, bool]:
+async def _write(
+    conn: Connection, spec: _Upsert, user_id: str, bank_id: str, rows: Iterable[tuple], count: int
+) -> tuple[TableStats, bool]:
     """Write `count` rows (unique per key) of (user_id, bank_id) into `spec.table`; answers the stats and
     whether the rows were staged (then `spec.stage` holds them until commit).
 
@@ -153,8 +196,12 @@ async def _write(conn: Connection, spec: _Upsert, user_id: str, bank_id: str,
     key, and the caller holds the (user, bank) advisory lock), so staging would only copy them twice.
     """
     if count and not await conn.fetchval(spec.any_stored_sql, user_id, bank_id):
-        await copy_records(conn, spec.table, records=((user_id, bank_id, *row) for row in rows),
-                           columns=["user_id", "bank_id", *spec.columns])
+        await copy_records(
+            conn,
+            spec.table,
+            records=((user_id, bank_id, *row) for row in rows),
+            columns=["user_id", "bank_id", *spec.columns],
+        )
         return TableStats(inserted=count), False
     await _stage(conn, spec.table, spec.stage, spec.columns, rows)
     inserted, updated = returned(await conn.fetchrow(spec.sql, user_id, bank_id), spec.table)
@@ -282,8 +329,9 @@ class BankWrite:
         conn = self._conn
         await self._transaction.start()
         self._started = True
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                           _lock_name(self.user_id, self.bank_id))
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _lock_name(self.user_id, self.bank_id)
+        )
         self._direct = not await conn.fetchval(TRANSACTIONS.any_stored_sql, self.user_id, self.bank_id)
         if self._direct:
             self._head = (self.user_id, self.bank_id)
@@ -316,8 +364,12 @@ class BankWrite:
     def _check_usable(self) -> None:
         if self._closed:
             raise RuntimeError("this bank write is finished")
-        if self._copier is not None and self._copier.done() and not self._copier.cancelled() \
-                and self._copier.exception() is not None:
+        if (
+            self._copier is not None
+            and self._copier.done()
+            and not self._copier.cancelled()
+            and self._copier.exception() is not None
+        ):
             failure = self._copier.exception()
             assert failure is not None
             raise failure
@@ -356,7 +408,8 @@ class BankWrite:
             self._pages.put_nowait(rows)
 
     async def commit(
-        self, *,
+        self,
+        *,
         accounts: Iterable[Account] = (),
         balances: Iterable[Balance] = (),
         agreements: Iterable[ProductAgreement] = (),
@@ -390,16 +443,19 @@ class BankWrite:
                 await conn.execute(_FORGET_STAGED, account_ids, transaction_ids)
             await copy_records(conn, self._target, records=list(self._late.values()), columns=self._columns)
             # the replaced copies' times no longer count
-            newest = await (conn.fetchval(_NEWEST_COPIED, user_id, bank_id) if self._direct
-                            else conn.fetchval(_NEWEST_STAGED))
+            newest = await (
+                conn.fetchval(_NEWEST_COPIED, user_id, bank_id) if self._direct else conn.fetchval(_NEWEST_STAGED)
+            )
 
         account_stats = credit_stats = balance_stats = transaction_stats = TableStats()
         if accounts:
-            account_stats, _ = await _write(conn, ACCOUNTS, user_id, bank_id, map(_account_row, accounts),
-                                            len(accounts))
+            account_stats, _ = await _write(
+                conn, ACCOUNTS, user_id, bank_id, map(_account_row, accounts), len(accounts)
+            )
         if agreements:
-            credit_stats, _ = await _write(conn, CREDITS, user_id, bank_id, map(_credit_row, agreements),
-                                           len(agreements))
+            credit_stats, _ = await _write(
+                conn, CREDITS, user_id, bank_id, map(_credit_row, agreements), len(agreements)
+            )
         if balances:
             await _stage(conn, "balances", "_stage_balances", BALANCE_COLUMNS, map(_balance_row, balances))
             added = await conn.fetchval(_SNAPSHOT_BALANCES, user_id, bank_id)
@@ -413,21 +469,40 @@ class BankWrite:
                 inserted, updated = returned(await conn.fetchrow(TRANSACTIONS.sql, user_id, bank_id), "transactions")
                 transaction_stats = TableStats(inserted=inserted, updated=updated, unchanged=count - inserted - updated)
             if fetched_window is not None and window_accounts:
-                deleted = await conn.fetchval(_DELETE_REPLACED_PENDING, user_id, bank_id, sorted(window_accounts),
-                                              *fetched_window)
+                deleted = await conn.fetchval(
+                    _DELETE_REPLACED_PENDING, user_id, bank_id, sorted(window_accounts), *fetched_window
+                )
                 transaction_stats = dataclasses.replace(transaction_stats, deleted=deleted)
 
         changed = any(s.changed for s in (account_stats, credit_stats, balance_stats, transaction_stats))
-        watermark, was_failing = returned(await conn.fetchrow(
-            _RECORD_SUCCESS, user_id, bank_id, newest, changed, account_stats.inserted, balance_stats.inserted,
-            transaction_stats.inserted - transaction_stats.deleted, credit_stats.inserted), "sync_state")
+        watermark, was_failing = returned(
+            await conn.fetchrow(
+                _RECORD_SUCCESS,
+                user_id,
+                bank_id,
+                newest,
+                changed,
+                account_stats.inserted,
+                balance_stats.inserted,
+                transaction_stats.inserted - transaction_stats.deleted,
+                credit_stats.inserted,
+            ),
+            "sync_state",
+        )
         changed = changed or was_failing  # a bank answering again changes what the dashboard says of it
         version = await conn.fetchval(_BUMP_VERSION if changed else _DATA_VERSION, user_id) or 0
         await self._transaction.commit()
         self._committed = True
-        return WriteStats(accounts=account_stats, balances=balance_stats, transactions=transaction_stats,
-                          credits=credit_stats, skipped=self._skipped, watermark=watermark, data_version=version,
-                          changed=changed)
+        return WriteStats(
+            accounts=account_stats,
+            balances=balance_stats,
+            transactions=transaction_stats,
+            credits=credit_stats,
+            skipped=self._skipped,
+            watermark=watermark,
+            data_version=version,
+            changed=changed,
+        )
 
     async def _close(self) -> None:
         """End of the `async with`: stop the COPY task if it still runs, and roll back unless committed.
@@ -461,5 +536,3 @@ class BankWrite:
         except Exception:  # noqa: BLE001 - e.g. COMMIT itself failed: drop the session, the server rolls back
             if not connection_lost(self._conn):
                 self._conn.terminate()
-
-

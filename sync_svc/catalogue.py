@@ -10,6 +10,7 @@ Rules:
   failure is recorded with the bank's state). A catalogue changes rarely; an offer computed from a
   copy a few hours old is still a real offer, and no answer waits on a bank that is down.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,17 +51,35 @@ def stored_product(bank_id: str, item: Any) -> NewProduct | None:
     if not item.product_id or not product_type:
         return None
     commission = next((_decimal(raw[k]) for k in _COMMISSION_KEYS if raw.get(k) is not None), None)
-    return NewProduct(StoredProduct(
-        bank_id=bank_id, product_id=str(item.product_id)[:200], product_type=product_type[:32],
-        product_name=(item.product_name or "")[:300], interest_rate=item.interest_rate, min_amount=item.min_amount,
-        max_amount=item.max_amount, term_months=item.term_months, commission=commission), dict(raw))
+    return NewProduct(
+        StoredProduct(
+            bank_id=bank_id,
+            product_id=str(item.product_id)[:200],
+            product_type=product_type[:32],
+            product_name=(item.product_name or "")[:300],
+            interest_rate=item.interest_rate,
+            min_amount=item.min_amount,
+            max_amount=item.max_amount,
+            term_months=item.term_months,
+            commission=commission,
+        ),
+        dict(raw),
+    )
 
 
 class Catalogues:
-    def __init__(self, storage: CatalogueStorage, banks: Iterable[BankConfig], fetch: FetchCatalogue, *,
-                 max_age: dt.timedelta = dt.timedelta(hours=6), retry_every: dt.timedelta = dt.timedelta(minutes=5),
-                 wait: float = 2.0, first_wait: float = 8.0,
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)):
+    def __init__(
+        self,
+        storage: CatalogueStorage,
+        banks: Iterable[BankConfig],
+        fetch: FetchCatalogue,
+        *,
+        max_age: dt.timedelta = dt.timedelta(hours=6),
+        retry_every: dt.timedelta = dt.timedelta(minutes=5),
+        wait: float = 2.0,
+        first_wait: float = 8.0,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ):
         self.storage = storage
         self.banks = [b for b in banks]
         self.fetch = fetch
@@ -76,38 +95,44 @@ class Catalogues:
             return False
         return state is None or state.fetched_at is None or now - state.fetched_at >= self.max_age
 
-    async def products(self, bank_ids: list[str], product_type: str
-                       ) -> tuple[list[StoredProduct], list[tuple[str, CatalogueState | None]]]:
+    async def products(
+        self, bank_ids: list[str], product_type: str
+    ) -> tuple[list[StoredProduct], list[tuple[str, CatalogueState | None]]]:
         """The stored products of `bank_ids` (every configured bank with a URL when empty), of one type
         or all, refreshing old catalogues first (see the module docstring); and each bank's state."""
         configured = {b.id: b for b in self.banks}
         for bank_id in bank_ids:
             if bank_id not in configured:
-                raise NotFound(f"Bank '{bank_id}' is not supported.", reason="BANK_NOT_FOUND",
-                               metadata={"bank_id": bank_id})
+                raise NotFound(
+                    f"Bank '{bank_id}' is not supported.", reason="BANK_NOT_FOUND", metadata={"bank_id": bank_id}
+                )
         if product_type and product_type not in PRODUCT_TYPES:
-            raise InvalidArgument(f"product_type: expected one of {', '.join(PRODUCT_TYPES)}", "product_type",
-                                  reason="INVALID_VALUE")
+            raise InvalidArgument(
+                f"product_type: expected one of {', '.join(PRODUCT_TYPES)}", "product_type", reason="INVALID_VALUE"
+            )
         wanted = bank_ids or [b.id for b in self.banks if b.base_url]
         now = self.clock()
         states = await self.storage.states(wanted)
         due = [b for b in wanted if configured[b].base_url and self._due(states.get(b), now)]
         if due:
             tasks = [self._refresh_task(b) for b in due]
-            wait = self.first_wait if any(states.get(b) is None or states[b].fetched_at is None for b in due) \
+            wait = (
+                self.first_wait
+                if any(states.get(b) is None or states[b].fetched_at is None for b in due)
                 else self.wait
+            )
             await asyncio.wait(tasks, timeout=wait)
             states = await self.storage.states(wanted)
         order = {b: i for i, b in enumerate(wanted)}
-        products = sorted(await self.storage.products(wanted, product_type or None),
-                          key=lambda p: (order[p.bank_id], p.product_id))
+        products = sorted(
+            await self.storage.products(wanted, product_type or None), key=lambda p: (order[p.bank_id], p.product_id)
+        )
         return products, [(b, states.get(b)) for b in wanted]
 
     def _refresh_task(self, bank_id: str) -> asyncio.Task:
         task = self._refreshing.get(bank_id)
         if task is None or task.done():
-            task = self._refreshing[bank_id] = asyncio.create_task(self._refresh(bank_id),
-                                                                   name=f"catalogue-{bank_id}")
+            task = self._refreshing[bank_id] = asyncio.create_task(self._refresh(bank_id), name=f"catalogue-{bank_id}")
         return task
 
     async def _refresh(self, bank_id: str) -> None:

@@ -13,6 +13,7 @@ its write transaction meanwhile); without that hook they are collected into `Fet
 Rate limits (429) and transient failures that outlast the client's own retries are retried here per
 call, honouring Retry-After, so one bad answer among hundreds does not restart the whole job.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -67,10 +68,22 @@ class Fetched:
 
 
 class BankFetcher:
-    def __init__(self, client: BankClient, user_id: str, *, account_consent: str, product_consent: str | None,
-                 watermark: dt.datetime | None, force: bool, stored_ids: StoredIds, progress: Progress,
-                 concurrency: int = 8, backoff_base: float = 0.5, backoff_max: float = 30.0,
-                 on_transactions: OnTransactions | None = None):
+    def __init__(
+        self,
+        client: BankClient,
+        user_id: str,
+        *,
+        account_consent: str,
+        product_consent: str | None,
+        watermark: dt.datetime | None,
+        force: bool,
+        stored_ids: StoredIds,
+        progress: Progress,
+        concurrency: int = 8,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        on_transactions: OnTransactions | None = None,
+    ):
         self.client = client
         self.user_id = user_id
         self.account_consent = account_consent
@@ -103,7 +116,7 @@ class BankFetcher:
                     raise
                 delay = getattr(exc, "retry_after", None)
                 if delay is None:
-                    delay = self._random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** attempt))
+                    delay = self._random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -117,20 +130,25 @@ class BankFetcher:
         if self.incremental:
             # Everything newer than the oldest transaction we paged down to was seen in full.
             window_start = min((o for _, o in per_account if o is not None), default=started)
-        return Fetched(accounts, balances, self._collected, agreements, (window_start, started),
-                       {a.account_id for a in accounts})
+        return Fetched(
+            accounts, balances, self._collected, agreements, (window_start, started), {a.account_id for a in accounts}
+        )
 
     async def _account(self, account: Account) -> tuple[list[Balance], dt.datetime | None]:
         balances, oldest = await _all(
             self.call(lambda: self.client.get_balances(self.user_id, self.account_consent, account.account_id)),
-            self._transactions(account.account_id))
+            self._transactions(account.account_id),
+        )
         self.progress.accounts_done += 1
         return balances, oldest
 
     async def _page(self, account_id: str, page: int) -> TransactionPage:
         """Fetch one page and hand its transactions over before anything else is done with it."""
-        got = await self.call(lambda: self.client.get_transactions_page(
-            self.user_id, self.account_consent, account_id, page=page, limit=PAGE_LIMIT))
+        got = await self.call(
+            lambda: self.client.get_transactions_page(
+                self.user_id, self.account_consent, account_id, page=page, limit=PAGE_LIMIT
+            )
+        )
         self.progress.pages_fetched += 1
         await self._on_transactions(got.transactions)
         return got
@@ -179,16 +197,19 @@ class BankFetcher:
 
     async def _agreement_details(self, agreement: ProductAgreement) -> ProductAgreement:
         try:
-            detailed = await self.call(lambda: self.client.get_product_agreement(
-                self.user_id, self.product_consent, agreement.agreement_id))
+            detailed = await self.call(
+                lambda: self.client.get_product_agreement(self.user_id, self.product_consent, agreement.agreement_id)
+            )
         except bank_errors.NotFound:
             return agreement
         # The list carries fields the details call may not repeat (and the reverse).
         return dataclasses.replace(
             agreement,
             interest_rate=detailed.interest_rate if detailed.interest_rate is not None else agreement.interest_rate,
-            account_balance=detailed.account_balance if detailed.account_balance is not None
-            else agreement.account_balance)
+            account_balance=detailed.account_balance
+            if detailed.account_balance is not None
+            else agreement.account_balance,
+        )
 
 
 async def _all(*aws: Awaitable[T]) -> list[T]:

@@ -1,5 +1,6 @@
 """sync_svc's client of its peer consent_svc: the user's approved consents, as the workers and the service
 need them (`sync_svc.worker.Consents`, the `connected_banks` of `sync_svc.service`)."""
+
 from __future__ import annotations
 
 from finpulse.consent.v1 import consent_pb2, consent_pb2_grpc
@@ -25,5 +26,6 @@ class ConsentAdapter:
 
     async def for_bank(self, user_id: str, bank_id: str) -> JobConsents:
         by_kind = {c.kind: c.consent_id for c in await self._approved(user_id, bank_id)}
-        return JobConsents(by_kind.get(consent_pb2.CONSENT_KIND_ACCOUNTS),
-                           by_kind.get(consent_pb2.CONSENT_KIND_PRODUCTS))
+        return JobConsents(
+            by_kind.get(consent_pb2.CONSENT_KIND_ACCOUNTS), by_kind.get(consent_pb2.CONSENT_KIND_PRODUCTS)
+        )

@@ -1,4 +1,5 @@
 """Sync domain logic (no gRPC): bank list, job requests and status, bootstrap, reads of stored data."""
+
 from __future__ import annotations
 
 import asyncio
@@ -42,6 +43,8 @@ REASON_MAX = 64
 def waits_to_retry(job: Job) -> bool:
     """Queued again after a failed attempt (not yet running its next one)."""
     return job.state == "queued" and job.attempts > 0
+
+
 DEFAULT_PAGE, MAX_PAGE = 100, 500
 READ_CACHE_TTL = 300
 WATCH_INTERVAL = 0.3
@@ -58,6 +61,7 @@ class BankListing:
 @dataclasses.dataclass(frozen=True)
 class BankStatus:
     """A bank's sync state for the user: its newest job and the stored sync state."""
+
     bank_id: str
     job: Job | None
     state: SyncState | None
@@ -84,6 +88,7 @@ class SyncEvent:
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
     """What is stored for one bank of the user (the bootstrap answer)."""
+
     bank: BankConfig
     accounts: list[StoredAccount]
     balances: list[StoredBalance]
@@ -106,8 +111,12 @@ class Aggregates:
 
 def page_size(value: int) -> int:
     if value < 0 or value > MAX_PAGE:
-        raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE}", "page_size", reason="OUT_OF_RANGE",
-                              metadata={"limit": MAX_PAGE})
+        raise InvalidArgument(
+            f"page_size must be between 1 and {MAX_PAGE}",
+            "page_size",
+            reason="OUT_OF_RANGE",
+            metadata={"limit": MAX_PAGE},
+        )
     return value or DEFAULT_PAGE
 
 
@@ -117,13 +126,22 @@ def cursor(token: str) -> TransactionCursor | None:
     try:
         return TransactionCursor.from_token(token)
     except ValueError:
-        raise InvalidArgument("page_token is not a token this service gave out", "page_token",
-                              reason="INVALID_PAGE_TOKEN") from None
+        raise InvalidArgument(
+            "page_token is not a token this service gave out", "page_token", reason="INVALID_PAGE_TOKEN"
+        ) from None
 
 
 class SyncService:
-    def __init__(self, jobs: JobStorage, data: BankDataStorage, cache: Cache,
-                 banks: Iterable[BankConfig], connected_banks: ConnectedBanks, *, bootstrap_wait: float = 10.0):
+    def __init__(
+        self,
+        jobs: JobStorage,
+        data: BankDataStorage,
+        cache: Cache,
+        banks: Iterable[BankConfig],
+        connected_banks: ConnectedBanks,
+        *,
+        bootstrap_wait: float = 10.0,
+    ):
         self.jobs = jobs
         self.data = data
         self.cache = cache
@@ -154,14 +172,25 @@ class SyncService:
 
     # ------------------------------------------------------------------------------------ jobs
 
-    async def start_sync(self, user_id: str, bank_ids: list[str], reason: str, force: bool = False,
-                         after_change: bool = False, skip_synced: bool = False) -> list[JobRef]:
+    async def start_sync(
+        self,
+        user_id: str,
+        bank_ids: list[str],
+        reason: str,
+        force: bool = False,
+        after_change: bool = False,
+        skip_synced: bool = False,
+    ) -> list[JobRef]:
         """Queue (or join) a job per bank. With `skip_synced`, banks whose data is stored already or
         being synced are answered with their latest job instead of a new one."""
         user_id = require(user_id, "user_id")
         if reason and (len(reason) > REASON_MAX or not reason.replace("_", "").isalnum()):
-            raise InvalidArgument(f"reason: at most {REASON_MAX} letters, digits or '_'", "reason",
-                                  reason="INVALID_FORMAT", metadata={"limit": REASON_MAX})
+            raise InvalidArgument(
+                f"reason: at most {REASON_MAX} letters, digits or '_'",
+                "reason",
+                reason="INVALID_FORMAT",
+                metadata={"limit": REASON_MAX},
+            )
         if len(set(bank_ids)) != len(bank_ids):
             raise InvalidArgument("bank_ids: a bank is named twice", "bank_ids", reason="DUPLICATE_VALUE")
         for bank_id in bank_ids:
@@ -171,11 +200,17 @@ class SyncService:
         not_connected = [b for b in targets if b not in connected]
         if not_connected:
             raise InvalidArgument(
-                f"bank_ids: no approved account consent at {', '.join(not_connected)} for this user", "bank_ids",
-                reason="BANK_NOT_CONNECTED", metadata={"bank_id": not_connected[0]})
+                f"bank_ids: no approved account consent at {', '.join(not_connected)} for this user",
+                "bank_ids",
+                reason="BANK_NOT_CONNECTED",
+                metadata={"bank_id": not_connected[0]},
+            )
         if not targets:
-            raise InvalidArgument("the user has no connected bank: approve an account consent first", "user_id",
-                                  reason="NO_CONNECTED_BANK")
+            raise InvalidArgument(
+                "the user has no connected bank: approve an account consent first",
+                "user_id",
+                reason="NO_CONNECTED_BANK",
+            )
         request_id = current_request_id()
         settled: dict[str, JobRef] = {}
         if skip_synced:
@@ -184,9 +219,11 @@ class SyncService:
                 synced = status.state is not None and status.state.last_success_at is not None
                 if bank_id in targets and job is not None and (synced or job.state in ACTIVE):
                     settled[bank_id] = JobRef(job.job_id, bank_id, job.state, job.created_at, True)
-        jobs = [settled.get(bank_id) or await self.jobs.enqueue(user_id, bank_id, reason or "refresh", force,
-                                                                request_id, after_change)
-                for bank_id in targets]
+        jobs = [
+            settled.get(bank_id)
+            or await self.jobs.enqueue(user_id, bank_id, reason or "refresh", force, request_id, after_change)
+            for bank_id in targets
+        ]
         log.info("sync requested", extra={"banks": targets, "joined": [j.bank_id for j in jobs if j.joined]})
         return jobs
 
@@ -198,8 +235,12 @@ class SyncService:
         active = [s.job for s in statuses if s.job is not None and s.job.state in ACTIVE and not waits_to_retry(s.job)]
         successes = [s.state.last_success_at for s in statuses if s.state and s.state.last_success_at]
         newest = max(active, key=lambda j: j.created_at) if active else None
-        return SyncOverview(running=bool(active), sync_id=newest.job_id if newest else None,
-                            synced_at=max(successes) if successes else None, banks=statuses)
+        return SyncOverview(
+            running=bool(active),
+            sync_id=newest.job_id if newest else None,
+            synced_at=max(successes) if successes else None,
+            banks=statuses,
+        )
 
     async def watch(self, user_id: str, bank_id: str | None) -> AsyncIterator[SyncEvent]:
         """Progress events of the user's newest jobs (one bank's, when given) until none is active.
@@ -234,8 +275,16 @@ class SyncService:
         accounts, balances, credits = await self._cached_bank_data(user_id, bank.id)
         transactions, next_cursor = await self.data.transactions(user_id, bank_id=bank.id, limit=size, after=after)
         stale = status.job is None or status.job.state != "succeeded"
-        return Snapshot(bank, accounts, balances, credits, transactions, next_cursor.token() if next_cursor else "",
-                        status, from_cache=stale and not skip_sync)
+        return Snapshot(
+            bank,
+            accounts,
+            balances,
+            credits,
+            transactions,
+            next_cursor.token() if next_cursor else "",
+            status,
+            from_cache=stale and not skip_sync,
+        )
 
     async def _wait_for(self, job_id: str) -> Job | None:
         """The job once it has ended, or as it is when waiting longer cannot help: the deadline passed,
@@ -259,14 +308,25 @@ class SyncService:
         key = data_cache_prefix(self.cache, user_id, bank_id) + "snapshot"
         cached = await self.cache.get_json(key)
         if cached is not None:
-            return (_rebuild(StoredAccount, cached["accounts"]), _rebuild(StoredBalance, cached["balances"]),
-                    _rebuild(StoredCredit, cached["credits"]))
+            return (
+                _rebuild(StoredAccount, cached["accounts"]),
+                _rebuild(StoredBalance, cached["balances"]),
+                _rebuild(StoredCredit, cached["credits"]),
+            )
         accounts, balances, credits = await asyncio.gather(
-            self.data.accounts(user_id, bank_id), self.data.latest_balances(user_id, bank_id),
-            self.data.credits(user_id, bank_id))
-        await self.cache.set_json(key, {"accounts": [_dump(a) for a in accounts],
-                                        "balances": [_dump(b) for b in balances],
-                                        "credits": [_dump(c) for c in credits]}, READ_CACHE_TTL)
+            self.data.accounts(user_id, bank_id),
+            self.data.latest_balances(user_id, bank_id),
+            self.data.credits(user_id, bank_id),
+        )
+        await self.cache.set_json(
+            key,
+            {
+                "accounts": [_dump(a) for a in accounts],
+                "balances": [_dump(b) for b in balances],
+                "credits": [_dump(c) for c in credits],
+            },
+            READ_CACHE_TTL,
+        )
         return accounts, balances, credits
 
     # ------------------------------------------------------------------------------------ reads
@@ -280,16 +340,35 @@ class SyncService:
     async def credits(self, user_id: str, bank_id: str | None) -> list[StoredCredit]:
         return await self.data.credits(require(user_id, "user_id"), bank_id or None)
 
-    async def transactions(self, user_id: str, bank_id: str | None, account_id: str | None,
-                           since: dt.datetime | None, until: dt.datetime | None, size: int, token: str
-                           ) -> tuple[list[StoredTransaction], str]:
+    async def transactions(
+        self,
+        user_id: str,
+        bank_id: str | None,
+        account_id: str | None,
+        since: dt.datetime | None,
+        until: dt.datetime | None,
+        size: int,
+        token: str,
+    ) -> tuple[list[StoredTransaction], str]:
         rows, next_cursor = await self.data.transactions(
-            require(user_id, "user_id"), bank_id=bank_id or None, account_id=account_id or None, since=since,
-            until=until, limit=page_size(size), after=cursor(token))
+            require(user_id, "user_id"),
+            bank_id=bank_id or None,
+            account_id=account_id or None,
+            since=since,
+            until=until,
+            limit=page_size(size),
+            after=cursor(token),
+        )
         return rows, next_cursor.token() if next_cursor else ""
 
-    async def aggregates(self, user_id: str, months: int, spending_since: dt.datetime | None,
-                         income_days: int = 0, today_since: dt.datetime | None = None) -> Aggregates:
+    async def aggregates(
+        self,
+        user_id: str,
+        months: int,
+        spending_since: dt.datetime | None,
+        income_days: int = 0,
+        today_since: dt.datetime | None = None,
+    ) -> Aggregates:
         user_id = require(user_id, "user_id")
         if not 0 <= months <= 120:
             raise InvalidArgument("months must be between 1 and 120", "months", reason="OUT_OF_RANGE")
@@ -299,24 +378,36 @@ class SyncService:
         since = spending_since or now - dt.timedelta(days=30)
         today = today_since or now.replace(hour=0, minute=0, second=0, microsecond=0)
         cash_flow, spending, loans, version, income, spent_today = await asyncio.gather(
-            self.data.monthly_cash_flow(user_id, months or 12), self.data.spending_by_category(user_id, since),
-            self.data.loan_repayments(user_id), self.data.data_version(user_id),
+            self.data.monthly_cash_flow(user_id, months or 12),
+            self.data.spending_by_category(user_id, since),
+            self.data.loan_repayments(user_id),
+            self.data.data_version(user_id),
             self.data.income_by_day(user_id, now - dt.timedelta(days=income_days or 180)),
-            self.data.spending_by_category(user_id, today))
+            self.data.spending_by_category(user_id, today),
+        )
         return Aggregates(cash_flow, spending, loans, version, income, spent_today)
 
     async def data_version(self, user_id: str) -> int:
         user_id = require(user_id, "user_id")
         version = await self.data.data_version(user_id)
         # Only if missing: a worker that committed meanwhile has published a newer version.
-        await self.cache.set(data_version_key(self.cache.prefix, user_id), str(version), DATA_VERSION_TTL,
-                             only_if_missing=True)
+        await self.cache.set(
+            data_version_key(self.cache.prefix, user_id), str(version), DATA_VERSION_TTL, only_if_missing=True
+        )
         return version
 
 
 def _dump(row) -> dict:
-    return {k: (v.isoformat() if isinstance(v, (dt.datetime, dt.date)) else str(v) if v is not None and
-                not isinstance(v, (str, int, bool)) else v) for k, v in dataclasses.asdict(row).items()}
+    return {
+        k: (
+            v.isoformat()
+            if isinstance(v, (dt.datetime, dt.date))
+            else str(v)
+            if v is not None and not isinstance(v, (str, int, bool))
+            else v
+        )
+        for k, v in dataclasses.asdict(row).items()
+    }
 
 
 _PARSERS = {Decimal: Decimal, dt.datetime: dt.datetime.fromisoformat, dt.date: dt.date.fromisoformat}
@@ -328,5 +419,12 @@ def _rebuild(cls, items: list[dict]):
     for name, hint in typing.get_type_hints(cls).items():
         kinds = typing.get_args(hint) or (hint,)  # `X | None` -> (X, NoneType)
         parsers[name] = next((_PARSERS[k] for k in kinds if k in _PARSERS), None)
-    return [cls(**{name: value if value is None or parsers[name] is None else parsers[name](value)
-                   for name, value in item.items()}) for item in items]
+    return [
+        cls(
+            **{
+                name: value if value is None or parsers[name] is None else parsers[name](value)
+                for name, value in item.items()
+            }
+        )
+        for item in items
+    ]

@@ -1,5 +1,6 @@
 """sync_svc's section of the settings (the common part is `svclib.config.Settings`), read at start by
 svclib.runtime (`ServiceSpec.section`) and handed to the wiring as `runtime.section`."""
+
 from __future__ import annotations
 
 import dataclasses

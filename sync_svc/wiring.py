@@ -1,5 +1,6 @@
 """sync_svc's wiring: storage, the banks' clients, the client of its peer, the service, the servicer and
 the workers with their NOTIFY listener, on the runtime."""
+
 from __future__ import annotations
 
 from finpulse.sync.v1 import sync_pb2 as pb
@@ -31,29 +32,56 @@ async def setup(runtime: Runtime, server: GrpcServer) -> None:
     consents = ConsentAdapter(runtime.clients)
     data = BankDataStorage(runtime.pool)
     jobs = JobStorage(runtime.pool)
-    service = SyncService(jobs, data, runtime.cache, settings.banks,
-                          consents.connected_banks, bootstrap_wait=max(1.0, settings.rpc_timeout - 3))
+    service = SyncService(
+        jobs,
+        data,
+        runtime.cache,
+        settings.banks,
+        consents.connected_banks,
+        bootstrap_wait=max(1.0, settings.rpc_timeout - 3),
+    )
     limiter = RateLimiter(runtime.cache.redis, own.bank_rate_limit, burst=5, prefix=runtime.cache.key("rl", ""))
     tokens = RedisTokenStore(runtime.cache.redis, prefix=runtime.cache.key("banktoken", ""))
     breakers = RedisBreakerStore(runtime.cache.redis, prefix=runtime.cache.key("breaker", ""))
     # bankapi reads no settings: its banks, team and options are given here
-    banks = BankClients([BankEndpoint(b.id, b.base_url, b.approval_mode) for b in settings.banks],
-                        TeamCredentials(settings.team.client_id, settings.team.client_secret, settings.team.name),
-                        token_store=tokens, timeout=settings.bank_timeout, max_retries=settings.bank_max_retries,
-                        request_id_provider=current_request_id, on_call=record_call, breaker_store=breakers,
-                        throttle=lambda bank_id: limiter.acquire(f"bank:{bank_id}"))
+    banks = BankClients(
+        [BankEndpoint(b.id, b.base_url, b.approval_mode) for b in settings.banks],
+        TeamCredentials(settings.team.client_id, settings.team.client_secret, settings.team.name),
+        token_store=tokens,
+        timeout=settings.bank_timeout,
+        max_retries=settings.bank_max_retries,
+        request_id_provider=current_request_id,
+        on_call=record_call,
+        breaker_store=breakers,
+        throttle=lambda bank_id: limiter.acquire(f"bank:{bank_id}"),
+    )
     runtime.on_close(banks.close)
-    catalogues = Catalogues(CatalogueStorage(runtime.pool), settings.banks,
-                            lambda bank_id: banks.get(bank_id).get_products())
+    catalogues = Catalogues(
+        CatalogueStorage(runtime.pool), settings.banks, lambda bank_id: banks.get(bank_id).get_products()
+    )
     runtime.on_close(catalogues.close)
-    server.add(pb_grpc.add_SyncServiceServicer_to_server, SyncServicer(service, catalogues),
-               pb.DESCRIPTOR.services_by_name["SyncService"].full_name)
-    workers = SyncWorkers(jobs, data, banks, consents, runtime.cache,
-                          WorkerConfig(workers=own.workers, concurrency=own.concurrency, lease_seconds=own.lease))
+    server.add(
+        pb_grpc.add_SyncServiceServicer_to_server,
+        SyncServicer(service, catalogues),
+        pb.DESCRIPTOR.services_by_name["SyncService"].full_name,
+    )
+    workers = SyncWorkers(
+        jobs,
+        data,
+        banks,
+        consents,
+        runtime.cache,
+        WorkerConfig(workers=own.workers, concurrency=own.concurrency, lease_seconds=own.lease),
+    )
     # New jobs wake the workers at once (NOTIFY sync_jobs); the listener reconnects after a database
     # restart, and the workers poll meanwhile (svclib.resilience.Listener).
-    listener = Listener(runtime.database_url, "sync_jobs", workers.wake, health=runtime.health,
-                        server_settings={"application_name": "finpulse-sync-listener"})
+    listener = Listener(
+        runtime.database_url,
+        "sync_jobs",
+        workers.wake,
+        health=runtime.health,
+        server_settings={"application_name": "finpulse-sync-listener"},
+    )
     runtime.on_close(listener.close)
     runtime.background(listener.run(), "sync-listener")
     runtime.background(workers.run(runtime.health), "sync-workers")

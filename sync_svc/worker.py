@@ -14,6 +14,7 @@ service down) → queued again with exponential backoff and jitter, up to `max_a
 refusing our consent → `needs_reconsent`, no retry. A failure at one bank never touches another
 bank's job.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -107,8 +108,15 @@ def data_cache_prefix(cache: Cache, user_id: str, bank_id: str) -> str:
 
 
 class SyncWorkers:
-    def __init__(self, jobs: JobStorage, data: BankDataStorage, banks: BankClients, consents: Consents,
-                 cache: Cache, config: WorkerConfig):
+    def __init__(
+        self,
+        jobs: JobStorage,
+        data: BankDataStorage,
+        banks: BankClients,
+        consents: Consents,
+        cache: Cache,
+        config: WorkerConfig,
+    ):
         self.jobs = jobs
         self.data = data
         self.banks = banks
@@ -132,8 +140,12 @@ class SyncWorkers:
         beats `health` on every pass and while its job runs, so a loop that stops shows as NOT_SERVING."""
         self.health = health
         silence = max(60.0, self.config.lease_seconds * 4)
-        await asyncio.gather(*(run_forever(f"sync-worker-{i}", functools.partial(self._claim_once, i), health,
-                                           allowed_silence=silence) for i in range(self.config.workers)))
+        await asyncio.gather(
+            *(
+                run_forever(f"sync-worker-{i}", functools.partial(self._claim_once, i), health, allowed_silence=silence)
+                for i in range(self.config.workers)
+            )
+        )
 
     async def _claim_once(self, index: int) -> None:
         """One pass of a worker loop: claim a job and run it, or wait for work (a wake-up or the poll)."""
@@ -168,8 +180,13 @@ class SyncWorkers:
             await self._give_up(job, progress, "needs_reconsent", str(exc))
         except bank_errors.ConsentRequired as exc:
             await self._give_up(job, progress, "needs_reconsent", f"the bank refused the consent: {exc.message}")
-        except (bank_errors.BadRequest, bank_errors.NotFound, bank_errors.AuthFailed, bank_errors.Forbidden,
-                bank_errors.UnknownBank) as exc:
+        except (
+            bank_errors.BadRequest,
+            bank_errors.NotFound,
+            bank_errors.AuthFailed,
+            bank_errors.Forbidden,
+            bank_errors.UnknownBank,
+        ) as exc:
             await self._give_up(job, progress, "failed", str(exc))
         except Exception as exc:  # noqa: BLE001 - transient (bank down, 429s, a service restarting)
             await self._retry(job, progress, exc)
@@ -214,37 +231,60 @@ class SyncWorkers:
         # shows as finished, so whoever waits for it sees answers computed from the new data.
         await self.cache.delete_prefix(data_cache_prefix(self.cache, job.user_id, job.bank_id))
         if stats.changed:  # the dashboard's cache key: its cached answers are stale from now on
-            await self.cache.raise_to(data_version_key(self.cache.prefix, job.user_id), stats.data_version,
-                                      DATA_VERSION_TTL)
+            await self.cache.raise_to(
+                data_version_key(self.cache.prefix, job.user_id), stats.data_version, DATA_VERSION_TTL
+            )
             await self.cache.announce_change(job.user_id)
-        if not await self._persist(job, lambda: self.jobs.finish(job.job_id, self.worker_id, "succeeded",
-                                                                 progress.as_dict())):
+        if not await self._persist(
+            job, lambda: self.jobs.finish(job.job_id, self.worker_id, "succeeded", progress.as_dict())
+        ):
             log.warning("job was taken over before it finished", extra={"job_id": job.job_id})
-        log.info("sync job succeeded", extra={
-            "job_id": job.job_id, "bank_id": job.bank_id, "inserted": stats.inserted, "updated": stats.updated,
-            "deleted": stats.deleted, "pages": progress.pages_fetched, "data_version": stats.data_version,
-            "fetch_ms": round((fetched_at - started) * 1000, 1),  # with the pages streamed into Postgres
-            "commit_ms": round((committed_at - fetched_at) * 1000, 1)})  # the rest of the write, after the fetch
+        log.info(
+            "sync job succeeded",
+            extra={
+                "job_id": job.job_id,
+                "bank_id": job.bank_id,
+                "inserted": stats.inserted,
+                "updated": stats.updated,
+                "deleted": stats.deleted,
+                "pages": progress.pages_fetched,
+                "data_version": stats.data_version,
+                "fetch_ms": round((fetched_at - started) * 1000, 1),  # with the pages streamed into Postgres
+                "commit_ms": round((committed_at - fetched_at) * 1000, 1),
+            },
+        )  # the rest of the write, after the fetch
 
-    async def _fetch(self, job: Job, progress: Progress, consents: JobConsents,
-                     on_transactions: OnTransactions | None) -> Fetched:
+    async def _fetch(
+        self, job: Job, progress: Progress, consents: JobConsents, on_transactions: OnTransactions | None
+    ) -> Fetched:
         # When streaming, the (user, bank) lock is held already: this is the last committed sync's state.
         state = await self.data.sync_state(job.user_id, job.bank_id)
         fetcher = BankFetcher(
-            self.banks.get(job.bank_id), job.user_id, account_consent=consents.account_consent,
-            product_consent=consents.product_consent, watermark=state.watermark if state else None,
-            force=job.force, progress=progress, concurrency=self.config.concurrency,
+            self.banks.get(job.bank_id),
+            job.user_id,
+            account_consent=consents.account_consent,
+            product_consent=consents.product_consent,
+            watermark=state.watermark if state else None,
+            force=job.force,
+            progress=progress,
+            concurrency=self.config.concurrency,
             stored_ids=lambda account_id, ids: self.data.stored_transaction_ids(
-                job.user_id, job.bank_id, account_id, ids),
-            on_transactions=on_transactions)
+                job.user_id, job.bank_id, account_id, ids
+            ),
+            on_transactions=on_transactions,
+        )
         return await fetcher.fetch()
 
     @staticmethod
     async def _commit(write: BankWrite, fetched: Fetched) -> WriteStats:
         await write.add_transactions(fetched.transactions)  # none left when they were streamed
-        return await write.commit(accounts=fetched.accounts, balances=fetched.balances,
-                                  agreements=fetched.agreements, fetched_window=fetched.window,
-                                  window_accounts=fetched.window_accounts)
+        return await write.commit(
+            accounts=fetched.accounts,
+            balances=fetched.balances,
+            agreements=fetched.agreements,
+            fetched_window=fetched.window,
+            window_accounts=fetched.window_accounts,
+        )
 
     async def _hand_back(self, job: Job) -> None:
         try:
@@ -273,10 +313,12 @@ class SyncWorkers:
 
     async def _give_up(self, job: Job, progress: Progress, state: str, message: str) -> None:
         metrics.SYNC_JOBS.labels(job.bank_id, state).inc()
-        log.warning("sync job stopped", extra={"job_id": job.job_id, "bank_id": job.bank_id, "state": state,
-                                                "error": message})
-        await self._persist(job, lambda: self.jobs.finish(job.job_id, self.worker_id, state, progress.as_dict(),
-                                                          message))
+        log.warning(
+            "sync job stopped", extra={"job_id": job.job_id, "bank_id": job.bank_id, "state": state, "error": message}
+        )
+        await self._persist(
+            job, lambda: self.jobs.finish(job.job_id, self.worker_id, state, progress.as_dict(), message)
+        )
         await self._persist(job, lambda: self._note_failure(job, message))
 
     def _database_unavailable(self, job: Job, exc: Exception) -> bool:
@@ -293,12 +335,15 @@ class SyncWorkers:
         if database:
             # Not the job's fault: run it again as soon as the database is back, without counting this
             # attempt, and without recording a failure at the bank.
-            log.warning("sync job interrupted: the database is unavailable; it runs again",
-                        extra={"job_id": job.job_id, "bank_id": job.bank_id, "error": repr(exc)})
+            log.warning(
+                "sync job interrupted: the database is unavailable; it runs again",
+                extra={"job_id": job.job_id, "bank_id": job.bank_id, "error": repr(exc)},
+            )
             delay = self.config.backoff_base * self._random.uniform(0.5, 1.0)
             metrics.SYNC_JOBS.labels(job.bank_id, "retry").inc()
-            await self._persist(job, lambda: self.jobs.retry_later(job.job_id, self.worker_id, delay, message,
-                                                                   refund_attempt=True))
+            await self._persist(
+                job, lambda: self.jobs.retry_later(job.job_id, self.worker_id, delay, message, refund_attempt=True)
+            )
             return
         if not isinstance(exc, bank_errors.BankError):
             log.exception("sync job failed", extra={"job_id": job.job_id})
@@ -310,8 +355,10 @@ class SyncWorkers:
             cap = min(self.config.backoff_max, self.config.backoff_base * 2 ** (job.attempts - 1))
             delay = cap / 2 + self._random.uniform(0, cap / 2)
         metrics.SYNC_JOBS.labels(job.bank_id, "retry").inc()
-        log.warning("sync job will retry", extra={"job_id": job.job_id, "bank_id": job.bank_id,
-                                                   "delay_s": round(delay, 2), "error": message})
+        log.warning(
+            "sync job will retry",
+            extra={"job_id": job.job_id, "bank_id": job.bank_id, "delay_s": round(delay, 2), "error": message},
+        )
         await self._persist(job, lambda: self.jobs.retry_later(job.job_id, self.worker_id, delay, message))
         await self._persist(job, lambda: self._note_failure(job, message))
 
@@ -326,22 +373,36 @@ class SyncWorkers:
             except Exception as exc:  # only an unavailable database is waited out
                 if not is_unavailable(exc) or time.monotonic() + delay > deadline:
                     raise
-                log.info("database unavailable while recording a job's outcome; trying again",
-                         extra={"job_id": job.job_id, "error": repr(exc), "retry_in_s": delay})
+                log.info(
+                    "database unavailable while recording a job's outcome; trying again",
+                    extra={"job_id": job.job_id, "error": repr(exc), "retry_in_s": delay},
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
     async def _log_calls(self, job: Job, calls: list[CallRecord]) -> None:
         if not calls:
             return
-        rows = [BankCall(bank_id=c.bank_id, operation=c.operation, outcome=c.outcome, user_id=job.user_id,
-                         http_status=c.http_status, latency_ms=c.latency_ms, interaction_id=c.interaction_id,
-                         message=c.message) for c in calls]
+        rows = [
+            BankCall(
+                bank_id=c.bank_id,
+                operation=c.operation,
+                outcome=c.outcome,
+                user_id=job.user_id,
+                http_status=c.http_status,
+                latency_ms=c.latency_ms,
+                interaction_id=c.interaction_id,
+                message=c.message,
+            )
+            for c in calls
+        ]
         try:
             await self._persist(job, lambda: self.data.log_bank_calls(rows))
         except Exception as exc:  # the log must not fail the job
             if is_unavailable(exc):
-                log.warning("writing bank_status_log failed: the database is unavailable",
-                            extra={"job_id": job.job_id, "calls": len(rows), "error": repr(exc)})
+                log.warning(
+                    "writing bank_status_log failed: the database is unavailable",
+                    extra={"job_id": job.job_id, "calls": len(rows), "error": repr(exc)},
+                )
             else:
                 log.exception("writing bank_status_log failed", extra={"job_id": job.job_id})

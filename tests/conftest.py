@@ -16,6 +16,7 @@ documents. The plugin's own `grpc_server` is a thread-pool `grpc.server`, which 
 `grpc_server`, `grpc_create_channel`, `grpc_channel` and `grpc_stub` fixtures are overridden below
 with asyncio ones; the contract the tests see is unchanged.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -131,8 +132,6 @@ async def schema_pool(database_url):
         await pool.close()
 
 
-
-
 #: The internal secret of the in-process servers and channels below (svclib.internal_auth).
 INTERNAL_SECRET = "test-internal-secret-" + "i" * 32
 
@@ -143,6 +142,7 @@ class _SignedCalls(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamCli
 
     def __init__(self):
         from svclib.internal_auth import Signer
+
         self.signer = Signer(INTERNAL_SECRET, "test")
 
     def _details(self, details):
@@ -186,9 +186,11 @@ async def grpc_create_channel(grpc_addr):
 
     def create(credentials=None, options=None) -> grpc.aio.Channel:
         interceptors = [_SignedCalls()]
-        channel = (grpc.aio.secure_channel(grpc_addr, credentials, options, interceptors=interceptors)
-                   if credentials is not None else grpc.aio.insecure_channel(grpc_addr, options,
-                                                                             interceptors=interceptors))
+        channel = (
+            grpc.aio.secure_channel(grpc_addr, credentials, options, interceptors=interceptors)
+            if credentials is not None
+            else grpc.aio.insecure_channel(grpc_addr, options, interceptors=interceptors)
+        )
         channels.append(channel)
         return channel
 
@@ -217,14 +219,22 @@ def suite(fresh_database, tmp_path_factory):
     log_dir = str(tmp_path_factory.mktemp("suite-logs"))
     ports = PortReservations()  # every port of the suite, held until its end
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
-    env.update(FINPULSE_ENV="local", FINPULSE_GRPC_HOST="127.0.0.1", FINPULSE_GATEWAY_HOST="127.0.0.1",
-               FINPULSE_GATEWAY_PORT=str(ports.port()), FINPULSE_SHUTDOWN_GRACE="2",
-               FINPULSE_DATA_DIR=log_dir, FINPULSE_LOG_LEVEL="INFO", FINPULSE_SYNC_LEASE="4",
-               # The flows below send bursts far above a person's (test_isolation walks every route at
-               # once); the per-user limit itself is tested on a gateway of its own (test_gateway.py).
-               FINPULSE_USER_RATE_LIMIT="1000", FINPULSE_USER_RATE_BURST="2000",
-               # Its own Redis keys: a shared Redis may hold another run's (for another database).
-               FINPULSE_REDIS_PREFIX=f"finpulse-test-{uuid.uuid4().hex[:8]}:")
+    env.update(
+        FINPULSE_ENV="local",
+        FINPULSE_GRPC_HOST="127.0.0.1",
+        FINPULSE_GATEWAY_HOST="127.0.0.1",
+        FINPULSE_GATEWAY_PORT=str(ports.port()),
+        FINPULSE_SHUTDOWN_GRACE="2",
+        FINPULSE_DATA_DIR=log_dir,
+        FINPULSE_LOG_LEVEL="INFO",
+        FINPULSE_SYNC_LEASE="4",
+        # The flows below send bursts far above a person's (test_isolation walks every route at
+        # once); the per-user limit itself is tested on a gateway of its own (test_gateway.py).
+        FINPULSE_USER_RATE_LIMIT="1000",
+        FINPULSE_USER_RATE_BURST="2000",
+        # Its own Redis keys: a shared Redis may hold another run's (for another database).
+        FINPULSE_REDIS_PREFIX=f"finpulse-test-{uuid.uuid4().hex[:8]}:",
+    )
     for name in SERVICES:
         env[f"FINPULSE_{name.upper()}_ADDR"] = ports.addr()
         env[f"FINPULSE_{name.upper()}_METRICS_ADDR"] = ports.addr()  # Prometheus exporter
@@ -234,8 +244,14 @@ def suite(fresh_database, tmp_path_factory):
     # 50 emulator customers: each test against the shared suite takes its own (tests/test_isolation.py:
     # 38 and 39, test_bank_outage.py: 41, test_e2e_app.py: 30 and 42); two tests sharing one see each
     # other's jobs.
-    running = Suite(settings, fresh_database("suite"), base_env=env, log_dir=log_dir,
-                    emulator_args=["--customers", "50"], ports=ports)
+    running = Suite(
+        settings,
+        fresh_database("suite"),
+        base_env=env,
+        log_dir=log_dir,
+        emulator_args=["--customers", "50"],
+        ports=ports,
+    )
     try:
         asyncio.run(running.migrate())
         running.start()
@@ -289,9 +305,16 @@ async def _banks_back_to_normal(suite) -> None:
         for bank in suite.settings.banks:
             if not bank.base_url:
                 continue
-            async with session.post(f"{bank.base_url}/__admin__/faults",
-                                    json={"error_rate": 0.0, "rate_limit_rate": 0.0, "latency_ms": 0.0,
-                                          "payment_delay_ms": 0.0, "refuse_payment_consents": False}) as resp:
+            async with session.post(
+                f"{bank.base_url}/__admin__/faults",
+                json={
+                    "error_rate": 0.0,
+                    "rate_limit_rate": 0.0,
+                    "latency_ms": 0.0,
+                    "payment_delay_ms": 0.0,
+                    "refuse_payment_consents": False,
+                },
+            ) as resp:
                 await resp.read()
             async with session.post(f"{bank.base_url}/__admin__/down", json={"down": False}) as resp:
                 await resp.read()

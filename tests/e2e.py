@@ -1,4 +1,5 @@
 """Helpers for end-to-end tests: HTTP calls to the gateway and to the bank emulator as a customer."""
+
 from __future__ import annotations
 
 import asyncio
@@ -24,8 +25,13 @@ class Http:
     frontend's calls; isolation itself is tested with explicit tokens (tests/test_isolation.py).
     """
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str | None = None,
-                 tokens: Callable[[str], str] | None = None):
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        token: str | None = None,
+        tokens: Callable[[str], str] | None = None,
+    ):
         self.session = session
         self.base = base_url.rstrip("/")
         self.token = token
@@ -39,20 +45,32 @@ class Http:
         if self.token is not None or self.tokens is None:
             return self.token
         in_path = re.match(r"/api/users/([^/]+)/", path)
-        named = ((json.get("user_id") if isinstance(json, dict) else None) or (params or {}).get("user_id")
-                 or (urllib.parse.unquote(in_path.group(1)) if in_path else None))
+        named = (
+            (json.get("user_id") if isinstance(json, dict) else None)
+            or (params or {}).get("user_id")
+            or (urllib.parse.unquote(in_path.group(1)) if in_path else None)
+        )
         if named:
             self.last_user = str(named)
         return self.tokens(self.last_user) if self.last_user else None
 
-    async def call(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
-                   data: bytes | None = None, headers: dict | None = None) -> tuple[int, Any]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict | None = None,
+        data: bytes | None = None,
+        headers: dict | None = None,
+    ) -> tuple[int, Any]:
         headers = dict(headers or {})
         token = self._token_for(path, json, params)
         if token is not None:
             headers.setdefault("Authorization", f"Bearer {token}")
-        async with self.session.request(method, self.base + path, json=json, params=params, data=data,
-                                        headers=headers) as resp:
+        async with self.session.request(
+            method, self.base + path, json=json, params=params, data=data, headers=headers
+        ) as resp:
             text = await resp.text()
             try:
                 body = await resp.json(content_type=None) if text else None
@@ -67,14 +85,23 @@ class Http:
         return await self.call("POST", path, json=body, params={k: str(v) for k, v in params.items()} or None)
 
 
-async def customer_signs(session: aiohttp.ClientSession, bank_url: str, customer: str, request_id: str,
-                         kind_path: str = "account-consents", action: str = "approve") -> dict:
+async def customer_signs(
+    session: aiohttp.ClientSession,
+    bank_url: str,
+    customer: str,
+    request_id: str,
+    kind_path: str = "account-consents",
+    action: str = "approve",
+) -> dict:
     """The customer approves a consent in their bank's app (login, then sign)."""
     async with session.post(f"{bank_url}/auth/login", json={"username": customer, "password": TEAM_SECRET}) as r:
         assert r.status == 200, await r.text()
         token = (await r.json())["access_token"]
-    async with session.post(f"{bank_url}/{kind_path}/sign", headers={"Authorization": f"Bearer {token}"},
-                            json={"request_id": request_id, "action": action, "signature": "e2e"}) as r:
+    async with session.post(
+        f"{bank_url}/{kind_path}/sign",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"request_id": request_id, "action": action, "signature": "e2e"},
+    ) as r:
         assert r.status == 200, await r.text()
         return await r.json()
 
@@ -106,8 +133,13 @@ async def wait_synced(http: Http, user: str, timeout: float = 120) -> dict:
     async def done():
         nonlocal last
         status, last = await http.get("/api/sync/status", user_id=user)
-        return last if status == 200 and last["status"] == "completed" and not any(
-            b.get("state") in ACTIVE_JOB_STATES for b in last["banks"]) else None
+        return (
+            last
+            if status == 200
+            and last["status"] == "completed"
+            and not any(b.get("state") in ACTIVE_JOB_STATES for b in last["banks"])
+            else None
+        )
 
     body = await eventually(done, timeout=timeout, interval=0.5)
     assert body, f"sync of {user} did not finish in {timeout} s; last answer {last}"
@@ -117,8 +149,10 @@ async def wait_synced(http: Http, user: str, timeout: float = 120) -> dict:
 async def onboard(http: Http, user: str, banks=("vbank", "abank"), *, wait: bool = False) -> dict:
     """Account and product consents at `banks` (auto-approving ones), then finalize (which queues the
     first sync); with `wait`, until that sync has finished. The finalize answer."""
-    status, body = await http.post("/api/onboarding/consents", {"user_id": user, "banks": [
-        {"bank_id": b, "consents": {"account": True, "product": True}} for b in banks]})
+    status, body = await http.post(
+        "/api/onboarding/consents",
+        {"user_id": user, "banks": [{"bank_id": b, "consents": {"account": True, "product": True}} for b in banks]},
+    )
     assert status == 200 and body["overall_status"] == "completed", body
     status, body = await http.post("/api/onboarding/finalize", {"onboarding_id": user, "user_id": user})
     assert status == 200, body

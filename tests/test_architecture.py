@@ -16,6 +16,7 @@
   (`svclib.internal_auth.acting_user()` in a servicer); no service module reads the context
   variable the interceptor sets.
 """
+
 from __future__ import annotations
 
 import ast
@@ -50,8 +51,12 @@ def _sources(folder: str) -> list[pathlib.Path]:
 @pytest.mark.parametrize("service", SERVICES)
 def test_no_service_imports_another_service(service):
     others = tuple(s for s in SERVICES if s != service)
-    wrong = {f"{path.relative_to(ROOT)}: {name}" for path in _sources(service) for name in _imports(path)
-             if name.split(".")[0] in others}
+    wrong = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in _sources(service)
+        for name in _imports(path)
+        if name.split(".")[0] in others
+    }
     assert not wrong, sorted(wrong)
 
 
@@ -70,8 +75,9 @@ def test_finance_is_pure():
 def test_only_peers_call_other_services_and_the_servicer_maps_protos(service):
     for path in _sources(service):
         if path.name != "peers.py":
-            calls = re.findall(r"\bclients\.stub\(|\bclients\.(?:onboarding|consent|sync|dashboard)\b",
-                               path.read_text())
+            calls = re.findall(
+                r"\bclients\.stub\(|\bclients\.(?:onboarding|consent|sync|dashboard)\b", path.read_text()
+            )
             assert not calls, f"{path.relative_to(ROOT)} calls {calls}: clients of other services live in peers.py"
     servicer = _imports(ROOT / service / "servicer.py")
     for module in ("svclib.clients", "svclib.runtime", "svclib.server", f"{service}.peers", f"{service}.wiring"):
@@ -93,22 +99,28 @@ def test_svclib_is_plumbing():
             assert _top(name) != "finpulse", f"{where}: the stubs a caller needs are created in its own peers.py"
     metrics = (ROOT / "svclib" / "metrics.py").read_text()
     names = re.findall(r"\"(finpulse_\w+)\"", metrics)
-    assert names and all(n.startswith("finpulse_rpc_") for n in names), \
+    assert names and all(n.startswith("finpulse_rpc_") for n in names), (
         f"svclib/metrics.py defines {names}: each service (and the gateway) owns its own metrics"
+    )
 
 
 def test_bankapi_is_configured_by_its_caller():
     for path in _sources("bankapi"):
         for name in _imports(path):
-            assert _top(name) not in ("svclib", "finance", "finpulse", "gateway", "deploy", *SERVICES), \
+            assert _top(name) not in ("svclib", "finance", "finpulse", "gateway", "deploy", *SERVICES), (
                 f"{path.relative_to(ROOT)} imports {name}"
+            )
 
 
 def _package_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for package in PACKAGES:
-        graph[package] = {_top(name) for path in _sources(package) for name in _imports(path)
-                          if _top(name) in PACKAGES and _top(name) != package}
+        graph[package] = {
+            _top(name)
+            for path in _sources(package)
+            for name in _imports(path)
+            if _top(name) in PACKAGES and _top(name) != package
+        }
     return graph
 
 
@@ -123,7 +135,7 @@ def test_no_import_cycle_among_top_level_packages():
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycle = [*path[path.index(nxt):], nxt]
+                cycle = [*path[path.index(nxt) :], nxt]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt)

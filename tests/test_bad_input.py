@@ -1,5 +1,6 @@
 """The bad input an operator found getting through, against the running suite: each answers a clear
 4xx (never 429, never 500, never an echo of the huge value), and nothing of it is stored."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -14,14 +15,22 @@ USER = "team200-9"
 MEGABYTE = "x" * 1_000_000  # 1 MB, under the gateway's 1 MiB body cap
 
 
-@pytest.mark.parametrize("method, path, body, field", [
-    ("POST", "/api/sync", {"bank_ids": [MEGABYTE]}, "bank_ids[0]"),
-    ("POST", "/api/sync", {"reason": MEGABYTE}, "reason"),
-    ("PUT", f"/api/users/{USER}/financial-inputs", {"salary_amount": MEGABYTE}, "salary_amount"),
-    ("PUT", f"/api/users/{USER}/financial-inputs", {"next_salary_date": MEGABYTE}, "next_salary_date"),
-    ("POST", "/api/onboarding/consents", {"banks": [{"bank_id": MEGABYTE, "consents": {"account": True}}]},
-     "banks[0].bank_id"),
-], ids=["bank_ids", "reason", "salary_amount", "next_salary_date", "bank_id"])
+@pytest.mark.parametrize(
+    "method, path, body, field",
+    [
+        ("POST", "/api/sync", {"bank_ids": [MEGABYTE]}, "bank_ids[0]"),
+        ("POST", "/api/sync", {"reason": MEGABYTE}, "reason"),
+        ("PUT", f"/api/users/{USER}/financial-inputs", {"salary_amount": MEGABYTE}, "salary_amount"),
+        ("PUT", f"/api/users/{USER}/financial-inputs", {"next_salary_date": MEGABYTE}, "next_salary_date"),
+        (
+            "POST",
+            "/api/onboarding/consents",
+            {"banks": [{"bank_id": MEGABYTE, "consents": {"account": True}}]},
+            "banks[0].bank_id",
+        ),
+    ],
+    ids=["bank_ids", "reason", "salary_amount", "next_salary_date", "bank_id"],
+)
 async def test_a_megabyte_value_is_400_naming_the_field_without_echoing_it(suite, db, method, path, body, field):
     # (Bodies stay under the gateway's 1 MiB cap, so the field's own limit is what answers.)
     async with aiohttp.ClientSession() as session:
@@ -38,8 +47,17 @@ async def test_a_megabyte_value_is_400_naming_the_field_without_echoing_it(suite
 async def test_a_token_whose_sub_holds_nul_is_401(suite):
     settings = suite.settings
     now = dt.datetime.now(dt.UTC)
-    token = jwt.encode({"sub": "team200-9\x00admin", "iss": settings.jwt_issuer, "aud": settings.jwt_audience,
-                        "iat": now, "exp": now + dt.timedelta(minutes=5)}, settings.jwt_secret, algorithm="HS256")
+    token = jwt.encode(
+        {
+            "sub": "team200-9\x00admin",
+            "iss": settings.jwt_issuer,
+            "aud": settings.jwt_audience,
+            "iat": now,
+            "exp": now + dt.timedelta(minutes=5),
+        },
+        settings.jwt_secret,
+        algorithm="HS256",
+    )
     async with aiohttp.ClientSession() as session:
         status, answer = await Http(session, suite.gateway_url, token=token).get("/api/dashboard")
     assert status == 401 and "sub" in answer["message"]
@@ -48,8 +66,9 @@ async def test_a_token_whose_sub_holds_nul_is_401(suite):
 async def test_a_body_that_is_not_json_is_415(suite):
     async with aiohttp.ClientSession() as session:
         http = Http(session, suite.gateway_url, token=suite.token(USER))
-        status, answer = await http.call("POST", "/api/sync", data=b'{"user_id": "team200-9"}',
-                                         headers={"Content-Type": "text/plain"})
+        status, answer = await http.call(
+            "POST", "/api/sync", data=b'{"user_id": "team200-9"}', headers={"Content-Type": "text/plain"}
+        )
     assert status == 415 and "application/json" in answer["message"]
 
 

@@ -4,6 +4,7 @@ its emulator): the calls that reach the failing bank are bounded by its breaker 
 say which bank fails, since when and when it is tried next, the other bank keeps syncing, and
 everything recovers by itself once the bank answers again.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -60,8 +61,11 @@ async def test_a_failing_bank_gets_bounded_calls_says_why_and_recovers(http, ban
         finally:
             async with session.post(f"{bank_urls['abank']}/__admin__/down", json={"down": False}) as resp:
                 assert resp.status == 200
-        print(f"bank outage: {OUTAGE:.0f} s, {refreshes} refreshes, {reached} requests reached the failing bank "
-              f"(bound {BOUND})", file=sys.stderr)
+        print(
+            f"bank outage: {OUTAGE:.0f} s, {refreshes} refreshes, {reached} requests reached the failing bank "
+            f"(bound {BOUND})",
+            file=sys.stderr,
+        )
         assert reached <= BOUND, f"{reached} requests reached the failing bank in {OUTAGE:.0f} s"
         assert explained, "the sync status says since when the bank fails and when it is tried next"
         assert dashboard_explained, "the dashboard names the failing bank and why"
@@ -71,8 +75,10 @@ async def test_a_failing_bank_gets_bounded_calls_says_why_and_recovers(http, ban
         synced = await wait_synced(http, USER, timeout=180)
         abank = next(b for b in synced["banks"] if b["bank_id"] == "abank")
         assert abank["state"] == "JOB_STATE_SUCCEEDED", abank
-        print(f"bank outage: recovered {time.monotonic() - recovered_from:.0f} s after the bank came back",
-              file=sys.stderr)
+        print(
+            f"bank outage: recovered {time.monotonic() - recovered_from:.0f} s after the bank came back",
+            file=sys.stderr,
+        )
 
         async def dashboard_clear():
             status, body = await http.get("/api/dashboard", user_id=USER, force_refresh="true")

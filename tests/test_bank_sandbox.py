@@ -1,4 +1,5 @@
 """The bank emulator over HTTP, as the suite's bank client sees it (docs/bank-api.md)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -38,46 +39,73 @@ class Bank:
         self.url = url
         self._token: str | None = None
 
-    async def call(self, method: str, path: str, *, token: str | bool | None = True,
-                   headers: dict[str, str] | None = None, **kwargs: Any) -> Answer:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | bool | None = True,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Answer:
         """`token`: True for the team token, a string for that token, None for none."""
         sent = {"X-Requesting-Bank": TEAM, **(headers or {})}
         if token is True:
             token = await self.token()
         if token:
             sent["Authorization"] = f"Bearer {token}"
-        async with self.session.request(method, self.url + path, headers=sent, allow_redirects=False,
-                                        **kwargs) as response:
+        async with self.session.request(
+            method, self.url + path, headers=sent, allow_redirects=False, **kwargs
+        ) as response:
             text = await response.text()
             body = await response.json() if response.content_type == "application/json" else text
             return Answer(response.status, body, response.headers)
 
     async def token(self) -> str:
         if self._token is None:
-            answer = await self.call("POST", "/auth/bank-token", token=None,
-                                     params={"client_id": TEAM, "client_secret": SECRET})
+            answer = await self.call(
+                "POST", "/auth/bank-token", token=None, params={"client_id": TEAM, "client_secret": SECRET}
+            )
             assert answer.status == 200, answer
             self._token = answer.body["access_token"]
         return self._token
 
-    async def account_consent(self, client_id: str = CUSTOMER,
-                              permissions: list[str] = ACCOUNT_PERMISSIONS) -> dict[str, Any]:
-        answer = await self.call("POST", "/account-consents/request", json={
-            "client_id": client_id, "permissions": permissions, "reason": "test",
-            "requesting_bank": TEAM, "requesting_bank_name": "FinPulse"})
+    async def account_consent(
+        self, client_id: str = CUSTOMER, permissions: list[str] = ACCOUNT_PERMISSIONS
+    ) -> dict[str, Any]:
+        answer = await self.call(
+            "POST",
+            "/account-consents/request",
+            json={
+                "client_id": client_id,
+                "permissions": permissions,
+                "reason": "test",
+                "requesting_bank": TEAM,
+                "requesting_bank_name": "FinPulse",
+            },
+        )
         assert answer.status == 200, answer
         return answer.body
 
     async def product_consent(self, client_id: str = CUSTOMER) -> dict[str, Any]:
-        answer = await self.call("POST", "/product-agreement-consents/request", params={"client_id": client_id},
-                                 json={"requesting_bank": TEAM, "client_id": client_id, "read_product_agreements": True,
-                                       "allowed_product_types": ["deposit", "loan", "card"]})
+        answer = await self.call(
+            "POST",
+            "/product-agreement-consents/request",
+            params={"client_id": client_id},
+            json={
+                "requesting_bank": TEAM,
+                "client_id": client_id,
+                "read_product_agreements": True,
+                "allowed_product_types": ["deposit", "loan", "card"],
+            },
+        )
         assert answer.status == 200, answer
         return answer.body
 
     async def data(self, path: str, consent_id: str, client_id: str = CUSTOMER, **params: Any) -> Answer:
-        return await self.call("GET", path, headers={"X-Consent-Id": consent_id},
-                               params={"client_id": client_id, **params})
+        return await self.call(
+            "GET", path, headers={"X-Consent-Id": consent_id}, params={"client_id": client_id, **params}
+        )
 
     async def accounts(self, consent_id: str, client_id: str = CUSTOMER) -> list[dict[str, Any]]:
         answer = await self.data("/accounts", consent_id, client_id)
@@ -89,8 +117,9 @@ class Bank:
         assert answer.status == 200, answer
         return Decimal(answer.body["data"]["balance"][0]["amount"]["amount"])
 
-    async def all_transactions(self, consent_id: str, account_id: str, client_id: str = CUSTOMER,
-                               limit: int = 100) -> tuple[list[dict[str, Any]], list[Answer]]:
+    async def all_transactions(
+        self, consent_id: str, account_id: str, client_id: str = CUSTOMER, limit: int = 100
+    ) -> tuple[list[dict[str, Any]], list[Answer]]:
         """Every transaction, walking links.next from page 1."""
         path, params = f"/accounts/{account_id}/transactions", {"page": 1, "limit": limit}
         pages, rows = [], []
@@ -107,8 +136,12 @@ class Bank:
         return await self.call("POST", "/auth/login", token=None, json={"username": username, "password": password})
 
     async def sign(self, kind_path: str, client_token: str, request_id: str, action: str = "approve") -> Answer:
-        return await self.call("POST", f"{kind_path}/sign", token=client_token,
-                               json={"request_id": request_id, "action": action, "signature": "sig"})
+        return await self.call(
+            "POST",
+            f"{kind_path}/sign",
+            token=client_token,
+            json={"request_id": request_id, "action": action, "signature": "sig"},
+        )
 
     async def admin(self, method: str, path: str, **kwargs: Any) -> Answer:
         return await self.call(method, f"/__admin__/{path}", token=None, **kwargs)
@@ -134,18 +167,25 @@ def sbank(banks) -> Bank:
 
 # ------------------------------------------------------------------------------------ tokens
 
+
 async def test_bank_token_and_its_failures(vbank):
     ok = await vbank.call("POST", "/auth/bank-token", token=None, params={"client_id": TEAM, "client_secret": SECRET})
     assert ok.status == 200
     assert {k: ok.body[k] for k in ("token_type", "client_id", "algorithm", "expires_in")} == {
-        "token_type": "bearer", "client_id": TEAM, "algorithm": "HS256", "expires_in": 86400}
+        "token_type": "bearer",
+        "client_id": TEAM,
+        "algorithm": "HS256",
+        "expires_in": 86400,
+    }
     assert ok.body["access_token"].count(".") == 2
 
-    wrong_id = await vbank.call("POST", "/auth/bank-token", token=None,
-                                params={"client_id": "team999", "client_secret": SECRET})
+    wrong_id = await vbank.call(
+        "POST", "/auth/bank-token", token=None, params={"client_id": "team999", "client_secret": SECRET}
+    )
     assert (wrong_id.status, wrong_id.body) == (401, {"detail": "Invalid client_id"})
-    wrong_secret = await vbank.call("POST", "/auth/bank-token", token=None,
-                                    params={"client_id": TEAM, "client_secret": "nope"})
+    wrong_secret = await vbank.call(
+        "POST", "/auth/bank-token", token=None, params={"client_id": TEAM, "client_secret": "nope"}
+    )
     assert (wrong_secret.status, wrong_secret.body) == (401, {"detail": "Invalid client_secret"})
     missing = await vbank.call("POST", "/auth/bank-token", token=None, params={"client_id": TEAM})
     assert missing.status == 422
@@ -157,21 +197,28 @@ async def test_calls_without_a_valid_token_of_this_bank_are_401(banks, vbank):
     abank_token = await banks["abank"].token()
     client_token = (await vbank.login(CUSTOMER)).body["access_token"]
     for token in (None, "garbage", abank_token, client_token, (await vbank.token())[:-2] + "xx"):
-        answer = await vbank.call("GET", "/accounts", token=token, headers={"X-Consent-Id": consent["consent_id"]},
-                                  params={"client_id": CUSTOMER})
+        answer = await vbank.call(
+            "GET",
+            "/accounts",
+            token=token,
+            headers={"X-Consent-Id": consent["consent_id"]},
+            params={"client_id": CUSTOMER},
+        )
         assert (answer.status, answer.body) == (401, {"detail": "Could not validate credentials"}), token
 
 
 async def test_expired_token_is_401():
     async with TestClient(TestServer(create_bank_app("vbank", SandboxConfig(token_ttl=0)))) as client:
-        token = (await (await client.post("/auth/bank-token", params={"client_id": TEAM,
-                                                                       "client_secret": SECRET})).json())
+        token = await (
+            await client.post("/auth/bank-token", params={"client_id": TEAM, "client_secret": SECRET})
+        ).json()
         response = await client.get("/products", headers={"Authorization": f"Bearer {token['access_token']}"})
         assert response.status == 401
         assert await response.json() == {"detail": "Could not validate credentials"}
 
 
 # ------------------------------------------------------------------------------------ account consents
+
 
 async def test_auto_consent_at_vbank_opens_the_data_calls(vbank):
     consent = await vbank.account_consent()
@@ -183,7 +230,10 @@ async def test_auto_consent_at_vbank_opens_the_data_calls(vbank):
     assert got.status == 200 and set(got.body) == {"data", "links", "meta"}
     data = got.body["data"]
     assert (data["consentId"], data["status"], data["permissions"]) == (
-        consent["consent_id"], "Authorized", ACCOUNT_PERMISSIONS)
+        consent["consent_id"],
+        "Authorized",
+        ACCOUNT_PERMISSIONS,
+    )
     assert data["expirationDateTime"].endswith("Z") and data["expirationDateTime"][:4] > data["creationDateTime"][:4]
 
     accounts = await vbank.accounts(consent["consent_id"])
@@ -197,8 +247,9 @@ async def test_auto_consent_at_vbank_opens_the_data_calls(vbank):
 
     balances = await vbank.data(f"/accounts/{first['accountId']}/balances", consent["consent_id"])
     assert [b["type"] for b in balances.body["data"]["balance"]] == ["InterimAvailable", "InterimBooked"]
-    assert all(AMOUNT.match(b["amount"]["amount"]) and b["dateTime"].endswith("Z")
-               for b in balances.body["data"]["balance"])
+    assert all(
+        AMOUNT.match(b["amount"]["amount"]) and b["dateTime"].endswith("Z") for b in balances.body["data"]["balance"]
+    )
 
 
 async def test_consent_request_needs_the_team_as_requesting_bank(vbank):
@@ -209,8 +260,9 @@ async def test_consent_request_needs_the_team_as_requesting_bank(vbank):
 
 
 async def test_unknown_customer_and_account_are_404(vbank):
-    unknown = await vbank.call("POST", "/account-consents/request",
-                               json={"client_id": "team999-1", "permissions": ACCOUNT_PERMISSIONS})
+    unknown = await vbank.call(
+        "POST", "/account-consents/request", json={"client_id": "team999-1", "permissions": ACCOUNT_PERMISSIONS}
+    )
     assert (unknown.status, unknown.body) == (404, {"detail": "Client team999-1 not found"})
     consent = await vbank.account_consent()
     missing = await vbank.data("/accounts/acc-0/balances", consent["consent_id"])
@@ -250,7 +302,9 @@ async def test_sticky_awaiting_keeps_the_request_id_pending(sbank):
 
     by_request = await sbank.call("GET", f"/account-consents/{request_id}")
     assert (by_request.body["data"]["consentId"], by_request.body["data"]["status"]) == (
-        request_id, "AwaitingAuthorization")
+        request_id,
+        "AwaitingAuthorization",
+    )
     by_consent = await sbank.call("GET", f"/account-consents/{consent_id}")
     assert (by_consent.body["data"]["consentId"], by_consent.body["data"]["status"]) == (consent_id, "Authorized")
 
@@ -285,6 +339,7 @@ async def test_same_account_ids_at_every_bank_with_distinct_numbers(banks):
 
 # ------------------------------------------------------------------------------------ transactions
 
+
 async def test_transactions_paging_matches_meta_and_admin_counts(vbank):
     consent_id = (await vbank.account_consent())["consent_id"]
     account_id = (await vbank.accounts(consent_id))[0]["accountId"]
@@ -297,8 +352,9 @@ async def test_transactions_paging_matches_meta_and_admin_counts(vbank):
     assert counts["transactions"] == sum(counts["transactions_by_account"].values())
 
     assert len({r["transactionId"] for r in rows}) == len(rows)
-    assert all(re.fullmatch(r"tx-vbank-\d{8}", r["transactionId"]) and AMOUNT.match(r["amount"]["amount"])
-               for r in rows)
+    assert all(
+        re.fullmatch(r"tx-vbank-\d{8}", r["transactionId"]) and AMOUNT.match(r["amount"]["amount"]) for r in rows
+    )
     booked = [r["bookingDateTime"] for r in rows]
     assert booked == sorted(booked, reverse=True)  # newest first
     purchases = [r for r in rows if r["bankTransactionCode"]["code"] == "01"]
@@ -306,10 +362,10 @@ async def test_transactions_paging_matches_meta_and_admin_counts(vbank):
     assert any(r["transactionInformation"] in ("Доход", "Доход от бизнеса") for r in rows)
 
     path = f"/accounts/{account_id}/transactions"
-    window = await vbank.data(path, consent_id, from_booking_date_time=booked[20],
-                              to_booking_date_time=booked[10].replace("Z", "+00:00"))
-    assert [r["transactionId"] for r in window.body["data"]["transaction"]] == [
-        r["transactionId"] for r in rows[10:21]]
+    window = await vbank.data(
+        path, consent_id, from_booking_date_time=booked[20], to_booking_date_time=booked[10].replace("Z", "+00:00")
+    )
+    assert [r["transactionId"] for r in window.body["data"]["transaction"]] == [r["transactionId"] for r in rows[10:21]]
     past_end = await vbank.data(path, consent_id, page=len(pages) + 1, limit=100)
     assert past_end.body["data"]["transaction"] == [] and "next" not in past_end.body["links"]
     for params in ({"limit": 101}, {"limit": 0}, {"page": 0}):
@@ -338,8 +394,9 @@ def test_generated_balances_follow_their_history():
     for index in range(1, 11):
         customer = data.build_customer(42, "vbank", data.profile(42, TEAM, index), products, anchor, 365)
         for account in customer.accounts:
-            movements = [tx.draft.amount if tx.draft.indicator == "Credit" else -tx.draft.amount
-                         for tx in account.transactions]
+            movements = [
+                tx.draft.amount if tx.draft.indicator == "Credit" else -tx.draft.amount for tx in account.transactions
+            ]
             running = account.balance - sum(movements)  # the opening balance
             assert running >= 0
             for movement in movements:
@@ -364,19 +421,31 @@ async def test_admin_appends_transactions_at_the_top(vbank):
 
 # ------------------------------------------------------------------------------------ products
 
+
 async def test_product_agreements_and_details(vbank):
-    assert (await vbank.call("POST", "/product-agreement-consents/request", params={"client_id": CUSTOMER},
-                             json={"requesting_bank": TEAM, "client_id": CUSTOMER})).status == 400  # no flag
+    assert (
+        await vbank.call(
+            "POST",
+            "/product-agreement-consents/request",
+            params={"client_id": CUSTOMER},
+            json={"requesting_bank": TEAM, "client_id": CUSTOMER},
+        )
+    ).status == 400  # no flag
     loans_seen = 0
     for index in range(1, 11):
         client_id = f"team200-{index}"
         product_consent = await vbank.product_consent(client_id)
         assert product_consent["consent_id"].startswith("pagc-") and product_consent["valid_until"].endswith("Z")
-        flat = await vbank.call("GET", f"/product-agreement-consents/{product_consent['request_id']}",
-                                params={"client_id": client_id})
+        flat = await vbank.call(
+            "GET", f"/product-agreement-consents/{product_consent['request_id']}", params={"client_id": client_id}
+        )
         assert (flat.body["consent_id"], flat.body["status"]) == (product_consent["consent_id"], "active")
-        listed = await vbank.call("GET", "/product-agreements", params={"client_id": client_id},
-                                  headers={"X-Product-Agreement-Consent-Id": product_consent["consent_id"]})
+        listed = await vbank.call(
+            "GET",
+            "/product-agreements",
+            params={"client_id": client_id},
+            headers={"X-Product-Agreement-Consent-Id": product_consent["consent_id"]},
+        )
         assert listed.status == 200 and isinstance(listed.body["data"], list)
         agreements = listed.body["data"]
         assert listed.body["meta"]["total"] == len(agreements)
@@ -387,9 +456,12 @@ async def test_product_agreements_and_details(vbank):
         accounts = await vbank.accounts(consent_id, client_id)
         numbers = {a["account"][0]["identification"]: a["accountId"] for a in accounts}
         for agreement in agreements:
-            detail = await vbank.call("GET", f"/product-agreements/{agreement['agreement_id']}",
-                                      params={"client_id": client_id},
-                                      headers={"X-Product-Agreement-Consent-Id": product_consent["consent_id"]})
+            detail = await vbank.call(
+                "GET",
+                f"/product-agreements/{agreement['agreement_id']}",
+                params={"client_id": client_id},
+                headers={"X-Product-Agreement-Consent-Id": product_consent["consent_id"]},
+            )
             assert isinstance(detail.body["data"]["interest_rate"], float)
             balance = await vbank.balance(consent_id, numbers[agreement["account_number"]], client_id)
             assert Decimal(str(detail.body["data"]["account_balance"])) == balance
@@ -397,16 +469,25 @@ async def test_product_agreements_and_details(vbank):
                 loans_seen += 1
                 # repaid monthly from the customer's main (first) Checking account, ~5 % of the principal
                 rows, _ = await vbank.all_transactions(consent_id, accounts[0]["accountId"], client_id)
-                repayments = [r for r in rows
-                              if r["transactionInformation"] == f"Платеж по кредиту №{agreement['agreement_id']}"]
+                repayments = [
+                    r for r in rows if r["transactionInformation"] == f"Платеж по кредиту №{agreement['agreement_id']}"
+                ]
                 assert repayments and {Decimal(r["amount"]["amount"]) for r in repayments} == {
-                    (Decimal(str(agreement["amount"])) * Decimal("0.05")).quantize(Decimal("0.01"))}
+                    (Decimal(str(agreement["amount"])) * Decimal("0.05")).quantize(Decimal("0.01"))
+                }
     assert loans_seen
 
-    assert (await vbank.call("DELETE", f"/product-agreement-consents/{product_consent['consent_id']}",
-                             params={"client_id": client_id})).status == 204
-    revoked = await vbank.call("GET", "/product-agreements", params={"client_id": client_id},
-                               headers={"X-Product-Agreement-Consent-Id": product_consent["consent_id"]})
+    assert (
+        await vbank.call(
+            "DELETE", f"/product-agreement-consents/{product_consent['consent_id']}", params={"client_id": client_id}
+        )
+    ).status == 204
+    revoked = await vbank.call(
+        "GET",
+        "/product-agreements",
+        params={"client_id": client_id},
+        headers={"X-Product-Agreement-Consent-Id": product_consent["consent_id"]},
+    )
     assert revoked.status == 403
     assert revoked.body["detail"]["consent_request_url"] == "/product-agreement-consents/request"
 
@@ -420,6 +501,7 @@ async def test_products_catalogue_needs_only_a_token(vbank):
 
 # ------------------------------------------------------------------------------------ payments
 
+
 async def test_payment_moves_money_between_vbank_and_abank(banks):
     vbank, abank = banks["vbank"], banks["abank"]
     payer_consent = (await vbank.account_consent())["consent_id"]
@@ -427,33 +509,54 @@ async def test_payment_moves_money_between_vbank_and_abank(banks):
     payee_consent = (await abank.account_consent("team200-2"))["consent_id"]
     payee = (await abank.accounts(payee_consent, "team200-2"))[0]
     debtor, creditor = payer["account"][0]["identification"], payee["account"][0]["identification"]
-    before = (await vbank.balance(payer_consent, payer["accountId"]),
-              await abank.balance(payee_consent, payee["accountId"], "team200-2"))
+    before = (
+        await vbank.balance(payer_consent, payer["accountId"]),
+        await abank.balance(payee_consent, payee["accountId"], "team200-2"),
+    )
 
     async def payment_consent(**terms: Any) -> str:
-        answer = await vbank.call("POST", "/payment-consents/request", json={
-            "requesting_bank": TEAM, "client_id": CUSTOMER, "consent_type": "single_use", "currency": "RUB",
-            "debtor_account": debtor, **terms})
+        answer = await vbank.call(
+            "POST",
+            "/payment-consents/request",
+            json={
+                "requesting_bank": TEAM,
+                "client_id": CUSTOMER,
+                "consent_type": "single_use",
+                "currency": "RUB",
+                "debtor_account": debtor,
+                **terms,
+            },
+        )
         assert answer.status == 200 and answer.body["consent_type"] == "single_use", answer
         return answer.body["consent_id"]
 
     async def pay(consent_id: str | None, amount: str, to: str = creditor) -> Answer:
-        return await vbank.call("POST", "/payments", params={"client_id": CUSTOMER},
-                                headers={"X-Payment-Consent-Id": consent_id} if consent_id else {},
-                                json={"data": {"initiation": {
-                                    "instructedAmount": {"amount": amount, "currency": "RUB"},
-                                    "debtorAccount": {"schemeName": "RU.CBR.PAN", "identification": debtor},
-                                    "creditorAccount": {"schemeName": "RU.CBR.PAN", "identification": to,
-                                                        "bank_code": "abank"},
-                                    "comment": "test"}}})
+        return await vbank.call(
+            "POST",
+            "/payments",
+            params={"client_id": CUSTOMER},
+            headers={"X-Payment-Consent-Id": consent_id} if consent_id else {},
+            json={
+                "data": {
+                    "initiation": {
+                        "instructedAmount": {"amount": amount, "currency": "RUB"},
+                        "debtorAccount": {"schemeName": "RU.CBR.PAN", "identification": debtor},
+                        "creditorAccount": {"schemeName": "RU.CBR.PAN", "identification": to, "bank_code": "abank"},
+                        "comment": "test",
+                    }
+                }
+            },
+        )
 
     consent_id = await payment_consent(amount=1234.56, creditor_account=creditor)
     assert consent_id.startswith("pcon-")
     paid = await pay(consent_id, "1234.56")
     assert paid.status == 201, paid
     assert paid.body["data"]["status"] == "AcceptedSettlementCompleted" and paid.body["data"]["amount"] == "1234.56"
-    after = (await vbank.balance(payer_consent, payer["accountId"]),
-             await abank.balance(payee_consent, payee["accountId"], "team200-2"))
+    after = (
+        await vbank.balance(payer_consent, payer["accountId"]),
+        await abank.balance(payee_consent, payee["accountId"], "team200-2"),
+    )
     assert (before[0] - after[0], after[1] - before[1]) == (Decimal("1234.56"), Decimal("1234.56"))
     newest = await abank.data(f"/accounts/{payee['accountId']}/transactions", payee_consent, "team200-2", limit=1)
     assert newest.body["data"]["transaction"][0]["creditDebitIndicator"] == "Credit"
@@ -483,21 +586,46 @@ async def test_payment_delay_answers_late_after_booking_and_the_consent_shows_it
     creditor = (await banks["abank"].accounts(creditor_consent, "team200-2"))[0]["account"][0]["identification"]
     counts = (await vbank.admin("GET", f"customers/{CUSTOMER}/counts")).body
     assert (counts["payments"], counts["payment_consents"]) == (0, 0)
-    requested = await vbank.call("POST", "/payment-consents/request", json={
-        "requesting_bank": TEAM, "client_id": CUSTOMER, "consent_type": "single_use", "currency": "RUB",
-        "amount": "9.99", "debtor_account": debtor, "creditor_account": creditor})
+    requested = await vbank.call(
+        "POST",
+        "/payment-consents/request",
+        json={
+            "requesting_bank": TEAM,
+            "client_id": CUSTOMER,
+            "consent_type": "single_use",
+            "currency": "RUB",
+            "amount": "9.99",
+            "debtor_account": debtor,
+            "creditor_account": creditor,
+        },
+    )
     consent_id = requested.body["consent_id"]
     fresh = (await vbank.call("GET", f"/payment-consents/{consent_id}")).body["data"]
     assert (fresh["status"], fresh["usedCount"], fresh["paymentIds"]) == ("Authorized", 0, [])
     balance = await vbank.balance(consent, payer["accountId"])
 
     assert (await vbank.admin("POST", "faults", json={"payment_delay_ms": 600})).body["payment_delay_ms"] == 600
-    paying = asyncio.create_task(vbank.call(
-        "POST", "/payments", params={"client_id": CUSTOMER}, headers={"X-Payment-Consent-Id": consent_id},
-        json={"data": {"initiation": {"instructedAmount": {"amount": "9.99", "currency": "RUB"},
-                                      "debtorAccount": {"schemeName": "RU.CBR.PAN", "identification": debtor},
-                                      "creditorAccount": {"schemeName": "RU.CBR.PAN", "identification": creditor,
-                                                          "bank_code": "abank"}}}}))
+    paying = asyncio.create_task(
+        vbank.call(
+            "POST",
+            "/payments",
+            params={"client_id": CUSTOMER},
+            headers={"X-Payment-Consent-Id": consent_id},
+            json={
+                "data": {
+                    "initiation": {
+                        "instructedAmount": {"amount": "9.99", "currency": "RUB"},
+                        "debtorAccount": {"schemeName": "RU.CBR.PAN", "identification": debtor},
+                        "creditorAccount": {
+                            "schemeName": "RU.CBR.PAN",
+                            "identification": creditor,
+                            "bank_code": "abank",
+                        },
+                    }
+                }
+            },
+        )
+    )
     await asyncio.sleep(0.3)
     assert not paying.done()  # the answer waits ...
     counts = (await vbank.admin("GET", f"customers/{CUSTOMER}/counts")).body
@@ -517,8 +645,9 @@ async def test_payment_consent_body_forms_per_bank():
     """A bank configured for the nested form answers the flat one 422 `body.data: Field required` and
     takes the nested one (customer in the query); `both` takes either; a bank not named takes the flat
     form. `refuse_payment_consents` answers 401 Insufficient permissions."""
-    running = await start_banks(SandboxConfig(payment_consent_form={"vbank": "nested", "abank": "both"}),
-                                {"vbank": 0, "abank": 0, "sbank": 0})
+    running = await start_banks(
+        SandboxConfig(payment_consent_form={"vbank": "nested", "abank": "both"}), {"vbank": 0, "abank": 0, "sbank": 0}
+    )
     try:
         async with aiohttp.ClientSession() as session:
             banks = {bank_id: Bank(session, url) for bank_id, url in running.urls.items()}
@@ -529,46 +658,80 @@ async def test_payment_consent_body_forms_per_bank():
                     numbers[bank_id] = (await bank.accounts(consent))[0]["account"][0]["identification"]
 
             def flat(bank_id: str) -> dict[str, Any]:
-                return {"requesting_bank": TEAM, "client_id": CUSTOMER, "consent_type": "single_use",
-                        "currency": "RUB", "amount": "7.50", "debtor_account": numbers[bank_id]}
+                return {
+                    "requesting_bank": TEAM,
+                    "client_id": CUSTOMER,
+                    "consent_type": "single_use",
+                    "currency": "RUB",
+                    "amount": "7.50",
+                    "debtor_account": numbers[bank_id],
+                }
 
             def nested(bank_id: str, **extra: Any) -> dict[str, Any]:
-                return {"data": {"initiation": {
-                    "instructedAmount": {"amount": "7.50", "currency": "RUB"},
-                    "debtorAccount": {"schemeName": "RU.CBR.PAN", "identification": numbers[bank_id]},
-                    "creditorAccount": {"schemeName": "RU.CBR.PAN", "identification": numbers["abank"],
-                                        "bank_code": "abank", "name": "Me"},
-                    "comment": "rent"}, **extra}}
+                return {
+                    "data": {
+                        "initiation": {
+                            "instructedAmount": {"amount": "7.50", "currency": "RUB"},
+                            "debtorAccount": {"schemeName": "RU.CBR.PAN", "identification": numbers[bank_id]},
+                            "creditorAccount": {
+                                "schemeName": "RU.CBR.PAN",
+                                "identification": numbers["abank"],
+                                "bank_code": "abank",
+                                "name": "Me",
+                            },
+                            "comment": "rent",
+                        },
+                        **extra,
+                    }
+                }
 
             vbank, abank = banks["vbank"], banks["abank"]
             refused = await vbank.call("POST", "/payment-consents/request", json=flat("vbank"))
             assert refused.status == 422
             assert refused.body["detail"][0]["loc"] == ["body", "data"]
             assert refused.body["detail"][0]["msg"] == "Field required"
-            taken = await vbank.call("POST", "/payment-consents/request", params={"client_id": CUSTOMER},
-                                     json=nested("vbank"))
+            taken = await vbank.call(
+                "POST", "/payment-consents/request", params={"client_id": CUSTOMER}, json=nested("vbank")
+            )
             assert taken.status == 200 and taken.body["status"] == "approved", taken
             view = (await vbank.call("GET", f"/payment-consents/{taken.body['consent_id']}")).body["data"]
             assert (view["amount"], view["creditorAccount"], view["creditorName"], view["reference"]) == (
-                "7.50", numbers["abank"], "Me", "rent")
+                "7.50",
+                numbers["abank"],
+                "Me",
+                "rent",
+            )
             no_customer = await vbank.call("POST", "/payment-consents/request", json=nested("vbank"))
             assert no_customer.status == 422 and no_customer.body["detail"][0]["loc"] == ["query", "client_id"]
-            standing = await vbank.call("POST", "/payment-consents/request", params={"client_id": CUSTOMER},
-                                        json={"data": {"initiation": {"debtorAccount": {
-                                            "schemeName": "RU.CBR.PAN", "identification": numbers["vbank"]}},
-                                            "consent_type": "vrp", "currency": "RUB", "vrp_daily_limit": "100.00"}})
+            standing = await vbank.call(
+                "POST",
+                "/payment-consents/request",
+                params={"client_id": CUSTOMER},
+                json={
+                    "data": {
+                        "initiation": {
+                            "debtorAccount": {"schemeName": "RU.CBR.PAN", "identification": numbers["vbank"]}
+                        },
+                        "consent_type": "vrp",
+                        "currency": "RUB",
+                        "vrp_daily_limit": "100.00",
+                    }
+                },
+            )
             assert standing.status == 200 and standing.body["consent_type"] == "vrp", standing
 
             for body, params in ((flat("abank"), None), (nested("abank"), {"client_id": CUSTOMER})):
                 answer = await abank.call("POST", "/payment-consents/request", json=body, params=params)
                 assert answer.status == 200, answer
-            wrong = await banks["sbank"].call("POST", "/payment-consents/request", params={"client_id": CUSTOMER},
-                                              json={"data": {"initiation": {}}})
+            wrong = await banks["sbank"].call(
+                "POST", "/payment-consents/request", params={"client_id": CUSTOMER}, json={"data": {"initiation": {}}}
+            )
             assert wrong.status == 422 and {"body", "client_id"} <= set(wrong.body["detail"][0]["loc"])
 
             assert (await vbank.admin("POST", "faults", json={"refuse_payment_consents": True})).status == 200
-            answer = await vbank.call("POST", "/payment-consents/request", params={"client_id": CUSTOMER},
-                                      json=nested("vbank"))
+            answer = await vbank.call(
+                "POST", "/payment-consents/request", params={"client_id": CUSTOMER}, json=nested("vbank")
+            )
             assert (answer.status, answer.body) == (401, {"detail": "Insufficient permissions"})
             assert (await vbank.call("GET", f"/payment-consents/{taken.body['consent_id']}")).status == 200
     finally:
@@ -577,13 +740,17 @@ async def test_payment_consent_body_forms_per_bank():
 
 # ------------------------------------------------------------------------------------ faults and admin
 
+
 async def test_fault_knobs_hit_the_api_but_not_admin(vbank):
     await vbank.token()  # before the faults
     assert (await vbank.admin("POST", "faults", json={"error_rate": 1})).status == 200
     for _ in range(5):
         assert (await vbank.call("GET", "/products")).status in (500, 503)
-        assert (await vbank.call("POST", "/auth/bank-token", token=None,
-                                 params={"client_id": TEAM, "client_secret": SECRET})).status in (500, 503)
+        assert (
+            await vbank.call(
+                "POST", "/auth/bank-token", token=None, params={"client_id": TEAM, "client_secret": SECRET}
+            )
+        ).status in (500, 503)
     assert (await vbank.admin("GET", "faults")).body["error_rate"] == 1
 
     await vbank.admin("POST", "faults", json={"error_rate": 0, "rate_limit_rate": 1})
@@ -606,8 +773,12 @@ async def test_approval_page_signs_and_sends_the_customer_back(sbank):
     request_id = (await sbank.account_consent())["request_id"]
     page = await sbank.call("GET", f"/client/consents/{request_id}", token=None)
     assert page.status == 200 and 'value="approve"' in page.body
-    answer = await sbank.call("POST", f"/client/consents/{request_id}", token=None,
-                              data={"action": "approve", "redirect_uri": "http://app.local/callback"})
+    answer = await sbank.call(
+        "POST",
+        f"/client/consents/{request_id}",
+        token=None,
+        data={"action": "approve", "redirect_uri": "http://app.local/callback"},
+    )
     assert answer.status == 303
     location = answer.headers["Location"]
     assert location.startswith("http://app.local/callback?") and "consent_id=consent-" in location
@@ -615,9 +786,16 @@ async def test_approval_page_signs_and_sends_the_customer_back(sbank):
 
 # ------------------------------------------------------------------------------------ configuration and process
 
+
 def test_config_from_env_and_its_errors():
-    config = SandboxConfig.from_env({"BANK_SANDBOX_ERROR_RATE": "0.25", "BANK_SANDBOX_STICKY_AWAITING": "true",
-                                     "BANK_SANDBOX_SEED": "7", "FINPULSE_TEAM_ID": "team300"})
+    config = SandboxConfig.from_env(
+        {
+            "BANK_SANDBOX_ERROR_RATE": "0.25",
+            "BANK_SANDBOX_STICKY_AWAITING": "true",
+            "BANK_SANDBOX_SEED": "7",
+            "FINPULSE_TEAM_ID": "team300",
+        }
+    )
     assert (config.error_rate, config.sticky_awaiting, config.seed, config.team_id) == (0.25, True, 7, "team300")
     assert config.approval_mode("sbank") == "manual" and config.approval_mode("vbank") == "auto"
     with pytest.raises(ValueError, match=r"BANK_SANDBOX_ERROR_RATE.*between 0 and 1"):
@@ -626,8 +804,9 @@ def test_config_from_env_and_its_errors():
         SandboxConfig.from_env({"BANK_SANDBOX_LATENCY_MS": "slow"})
     with pytest.raises(ValueError, match="customers"):
         SandboxConfig(customers=0)
-    forms = SandboxConfig.from_env({"BANK_SANDBOX_PAYMENT_CONSENT_FORM": "sbank=nested, abank=both",
-                                    "BANK_SANDBOX_REFUSE_PAYMENT_CONSENTS": "1"})
+    forms = SandboxConfig.from_env(
+        {"BANK_SANDBOX_PAYMENT_CONSENT_FORM": "sbank=nested, abank=both", "BANK_SANDBOX_REFUSE_PAYMENT_CONSENTS": "1"}
+    )
     assert forms.payment_consent_form_of("sbank") == "nested" and forms.payment_consent_form_of("abank") == "both"
     assert forms.payment_consent_form_of("vbank") == "flat" and forms.faults().refuse_payment_consents
     with pytest.raises(ValueError, match="BANK_SANDBOX_PAYMENT_CONSENT_FORM"):
@@ -639,15 +818,24 @@ def test_config_from_env_and_its_errors():
 async def test_main_serves_the_banks_until_sigterm(ports):
     reserved, ports = ports, {bank_id: ports.port() for bank_id in ("vbank", "abank", "sbank")}  # svclib.ports
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bank_sandbox", "--banks", ",".join(f"{b}={p}" for b, p in ports.items()),
-        env={**os.environ, **reserved.env()}, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "bank_sandbox",
+        "--banks",
+        ",".join(f"{b}={p}" for b, p in ports.items()),
+        env={**os.environ, **reserved.env()},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         async with aiohttp.ClientSession() as session:
             for port in ports.values():
                 for _ in range(100):
                     try:
-                        async with session.post(f"http://127.0.0.1:{port}/auth/bank-token",
-                                                params={"client_id": TEAM, "client_secret": SECRET}) as response:
+                        async with session.post(
+                            f"http://127.0.0.1:{port}/auth/bank-token",
+                            params={"client_id": TEAM, "client_secret": SECRET},
+                        ) as response:
                             assert response.status == 200
                             break
                     except aiohttp.ClientConnectionError:

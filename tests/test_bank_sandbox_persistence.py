@@ -1,5 +1,6 @@
 """The bank emulator's state on disk (`--state-dir`, bank_sandbox.persistence): consents, payments and
 their effects outlive a kill -9; the file is written atomically and read back leniently."""
+
 from __future__ import annotations
 
 import asyncio
@@ -38,9 +39,18 @@ class Emulator:
 
     async def start(self, session: aiohttp.ClientSession) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bank_sandbox", "--banks", ",".join(f"{b}={p}" for b, p in self.ports.items()),
-            "--state-dir", self.state_dir, *self.extra, env={**os.environ, **self.reserved.env()},
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "bank_sandbox",
+            "--banks",
+            ",".join(f"{b}={p}" for b, p in self.ports.items()),
+            "--state-dir",
+            self.state_dir,
+            *self.extra,
+            env={**os.environ, **self.reserved.env()},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
         deadline = asyncio.get_running_loop().time() + 30
         for url in self.urls.values():
             while True:
@@ -73,21 +83,38 @@ async def session():
 
 
 async def _payment_consent(bank: Bank, debtor: str, **terms: Any) -> dict[str, Any]:
-    answer = await bank.call("POST", "/payment-consents/request", json={
-        "requesting_bank": TEAM, "client_id": CUSTOMER, "consent_type": "single_use", "currency": "RUB",
-        "debtor_account": debtor, **terms})
+    answer = await bank.call(
+        "POST",
+        "/payment-consents/request",
+        json={
+            "requesting_bank": TEAM,
+            "client_id": CUSTOMER,
+            "consent_type": "single_use",
+            "currency": "RUB",
+            "debtor_account": debtor,
+            **terms,
+        },
+    )
     assert answer.status == 200, answer
     return answer.body
 
 
 async def _pay(bank: Bank, consent_id: str, debtor: str, creditor: str, amount: str) -> dict[str, Any]:
-    answer = await bank.call("POST", "/payments", params={"client_id": CUSTOMER},
-                             headers={"X-Payment-Consent-Id": consent_id},
-                             json={"data": {"initiation": {
-                                 "instructedAmount": {"amount": amount, "currency": "RUB"},
-                                 "debtorAccount": {"schemeName": "RU.CBR.PAN", "identification": debtor},
-                                 "creditorAccount": {"schemeName": "RU.CBR.PAN", "identification": creditor,
-                                                     "bank_code": "abank"}}}})
+    answer = await bank.call(
+        "POST",
+        "/payments",
+        params={"client_id": CUSTOMER},
+        headers={"X-Payment-Consent-Id": consent_id},
+        json={
+            "data": {
+                "initiation": {
+                    "instructedAmount": {"amount": amount, "currency": "RUB"},
+                    "debtorAccount": {"schemeName": "RU.CBR.PAN", "identification": debtor},
+                    "creditorAccount": {"schemeName": "RU.CBR.PAN", "identification": creditor, "bank_code": "abank"},
+                }
+            }
+        },
+    )
     assert answer.status == 201, answer
     return answer.body["data"]
 
@@ -114,8 +141,9 @@ async def test_consents_payments_and_their_effects_survive_kill_9(tmp_path, sess
         debtor, creditor = payer["account"][0]["identification"], payee["account"][0]["identification"]
         pay_consent = await _payment_consent(vbank, debtor, amount="250.00", creditor_account=creditor)
         paid = await _pay(vbank, pay_consent["consent_id"], debtor, creditor, "250.00")
-        added = await vbank.admin("POST", f"customers/{CUSTOMER}/transactions",
-                                  json={"account_id": payer["accountId"], "count": 2})
+        added = await vbank.admin(
+            "POST", f"customers/{CUSTOMER}/transactions", json={"account_id": payer["accountId"], "count": 2}
+        )
         assert added.status == 200
         assert (await vbank.admin("POST", "faults", json={"latency_ms": 5})).status == 200
 
@@ -123,23 +151,27 @@ async def test_consents_payments_and_their_effects_survive_kill_9(tmp_path, sess
             payer_rows, _ = await vbank.all_transactions(auto["consent_id"], payer["accountId"])
             payee_rows, _ = await abank.all_transactions(payee_consent, payee["accountId"], "team200-2")
             views = {}
-            for bank, path, any_id in ((vbank, "/account-consents", auto["consent_id"]),
-                                       (vbank, "/account-consents", auto["request_id"]),
-                                       (sbank, "/account-consents", pending["request_id"]),
-                                       (sbank, "/account-consents", signed["request_id"]),
-                                       (vbank, "/account-consents", revoked["consent_id"]),
-                                       (vbank, "/product-agreement-consents", product["consent_id"]),
-                                       (vbank, "/payment-consents", pay_consent["consent_id"])):
+            for bank, path, any_id in (
+                (vbank, "/account-consents", auto["consent_id"]),
+                (vbank, "/account-consents", auto["request_id"]),
+                (sbank, "/account-consents", pending["request_id"]),
+                (sbank, "/account-consents", signed["request_id"]),
+                (vbank, "/account-consents", revoked["consent_id"]),
+                (vbank, "/product-agreement-consents", product["consent_id"]),
+                (vbank, "/payment-consents", pay_consent["consent_id"]),
+            ):
                 answer = await bank.call("GET", f"{path}/{any_id}")
                 assert answer.status == 200, answer
                 views[any_id] = answer.body
             payment = await vbank.call("GET", f"/payments/{paid['paymentId']}", params={"client_id": CUSTOMER})
             assert payment.status == 200
             return {
-                "consents": views, "payment": payment.body,
+                "consents": views,
+                "payment": payment.body,
                 "payer_balance": await vbank.balance(auto["consent_id"], payer["accountId"]),
                 "payee_balance": await abank.balance(payee_consent, payee["accountId"], "team200-2"),
-                "payer_rows": payer_rows, "payee_rows": payee_rows,
+                "payer_rows": payer_rows,
+                "payee_rows": payee_rows,
                 "counts": (await vbank.admin("GET", f"customers/{CUSTOMER}/counts")).body,
                 "faults": (await vbank.admin("GET", "faults")).body,
             }
@@ -161,19 +193,28 @@ async def test_consents_payments_and_their_effects_survive_kill_9(tmp_path, sess
         assert after == before
 
         # The single-use consent stays spent, and the bank keeps working on the restored state.
-        again = await vbank.call("POST", "/payments", params={"client_id": CUSTOMER},
-                                 headers={"X-Payment-Consent-Id": pay_consent["consent_id"]},
-                                 json={"data": {"initiation": {
-                                     "instructedAmount": {"amount": "1.00", "currency": "RUB"},
-                                     "debtorAccount": {"identification": debtor},
-                                     "creditorAccount": {"identification": creditor, "bank_code": "abank"}}}})
+        again = await vbank.call(
+            "POST",
+            "/payments",
+            params={"client_id": CUSTOMER},
+            headers={"X-Payment-Consent-Id": pay_consent["consent_id"]},
+            json={
+                "data": {
+                    "initiation": {
+                        "instructedAmount": {"amount": "1.00", "currency": "RUB"},
+                        "debtorAccount": {"identification": debtor},
+                        "creditorAccount": {"identification": creditor, "bank_code": "abank"},
+                    }
+                }
+            },
+        )
         assert again.status == 403 and again.body["detail"]["error"] == "INVALID_CONSENT"
-        answer = await sbank.sign("/account-consents", (await sbank.login(CUSTOMER)).body["access_token"],
-                                  pending["request_id"])
+        answer = await sbank.sign(
+            "/account-consents", (await sbank.login(CUSTOMER)).body["access_token"], pending["request_id"]
+        )
         assert answer.status == 200 and answer.body["status"] == "approved"
         second = await _pay(vbank, (await _payment_consent(vbank, debtor))["consent_id"], debtor, creditor, "1.00")
-        assert await vbank.balance(auto["consent_id"], payer["accountId"]) == \
-            before["payer_balance"] - Decimal("1.00")
+        assert await vbank.balance(auto["consent_id"], payer["accountId"]) == before["payer_balance"] - Decimal("1.00")
         await emulator.kill()
         await emulator.start(session)
         got = await sbank.call("GET", f"/account-consents/{answer.body['consent_id']}")
@@ -189,8 +230,17 @@ async def test_one_process_per_state_folder(tmp_path, session, ports):
     try:
         await first.start(session)
         second = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bank_sandbox", "--banks", f"vbank={ports.port()}", "--state-dir", str(tmp_path),
-            env={**os.environ, **ports.env()}, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "bank_sandbox",
+            "--banks",
+            f"vbank={ports.port()}",
+            "--state-dir",
+            str(tmp_path),
+            env={**os.environ, **ports.env()},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
         _, stderr = await asyncio.wait_for(second.communicate(), 30)
         assert second.returncode == 1 and b"another bank emulator uses" in stderr
     finally:
@@ -229,6 +279,7 @@ async def test_file_restores_in_process_and_config_changes_win(tmp_path):
     running = await start_banks(SandboxConfig(), {"vbank": 0}, state_dir=state_dir)
     try:
         from bank_sandbox.app import STATE
+
         bank = running.apps["vbank"][STATE]
         assert (bank.faults.error_rate, bank.down) == (0.5, True)
         assert bank.consents.find(None, consent["consent_id"]).client_id == CUSTOMER
@@ -275,9 +326,14 @@ def test_records_read_with_fields_added_or_removed_since():
     from bank_sandbox.models import utcnow
 
     now = utcnow()
-    consent = ConsentBook().create(PAYMENT, CUSTOMER, PaymentTerms("multi_use", "408", "RUB", max_uses=3,
-                                                                  max_total_amount=Decimal("10.50")),
-                                   manual=False, now=now, expires=now)
+    consent = ConsentBook().create(
+        PAYMENT,
+        CUSTOMER,
+        PaymentTerms("multi_use", "408", "RUB", max_uses=3, max_total_amount=Decimal("10.50")),
+        manual=False,
+        now=now,
+        expires=now,
+    )
     consent.payments.append((now, Decimal("1.25")))
     stored = {f.name: encode(getattr(consent, f.name)) for f in dataclasses.fields(Consent) if f.name != "kind"}
     stored["kind"] = "payment"
@@ -301,4 +357,3 @@ def test_records_read_with_fields_added_or_removed_since():
     assert decode_record(Newer, {"name": "n", "later": 5}).later == 5
     with pytest.raises(ValueError, match="name is not stored"):
         decode_record(Newer, {})
-

@@ -3,6 +3,7 @@
 Each test starts its own emulator banks on free ports (isolated consents and fault knobs), builds
 `BankEndpoint`/`TeamCredentials` (`bankapi.config`) directly, and keeps its Redis keys under a unique prefix.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,6 +51,7 @@ APPROVAL = {"vbank": "auto", "abank": "auto", "sbank": "manual"}
 
 # ------------------------------------------------------------------------------------------ fixtures
 
+
 @pytest.fixture
 async def start_sandbox():
     """Start the three emulator banks on free ports with a given SandboxConfig; `.urls` maps bank id →
@@ -60,8 +62,9 @@ async def start_sandbox():
     running = []
 
     async def start(**config):
-        banks = await start_banks(SandboxConfig(approval=dict(APPROVAL), **config), dict.fromkeys(APPROVAL, 0),
-                                  host="127.0.0.1")
+        banks = await start_banks(
+            SandboxConfig(approval=dict(APPROVAL), **config), dict.fromkeys(APPROVAL, 0), host="127.0.0.1"
+        )
         running.append(banks)
         return banks
 
@@ -119,25 +122,30 @@ def make_client(sandbox, bank_id: str, recorder: Recorder | None = None, **optio
     return BankClient(bank_config(sandbox, bank_id), TEAM, on_call=recorder, **options)
 
 
-async def set_faults(sandbox, bank_id: str, latency_ms: int = 0, error_rate: float = 0.0,
-                     rate_limit_rate: float = 0.0, **extra) -> None:
+async def set_faults(
+    sandbox, bank_id: str, latency_ms: int = 0, error_rate: float = 0.0, rate_limit_rate: float = 0.0, **extra
+) -> None:
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{sandbox.urls[bank_id]}/__admin__/faults",
-                             json={"latency_ms": latency_ms, "error_rate": error_rate,
-                                   "rate_limit_rate": rate_limit_rate, **extra}) as resp:
+        async with http.post(
+            f"{sandbox.urls[bank_id]}/__admin__/faults",
+            json={"latency_ms": latency_ms, "error_rate": error_rate, "rate_limit_rate": rate_limit_rate, **extra},
+        ) as resp:
             assert resp.status < 300, await resp.text()
 
 
 async def sign_as_customer(base_url: str, request_id: str, action: str = "approve", customer: str = CUSTOMER) -> dict:
     """What the customer does in the bank's app: log in and approve (or reject) the consent request."""
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{base_url}/auth/login",
-                             json={"username": customer, "password": TEAM.client_secret}) as resp:
+        async with http.post(
+            f"{base_url}/auth/login", json={"username": customer, "password": TEAM.client_secret}
+        ) as resp:
             assert resp.status == 200, await resp.text()
             client_token = (await resp.json())["access_token"]
-        async with http.post(f"{base_url}/account-consents/sign",
-                             json={"request_id": request_id, "action": action, "signature": "x"},
-                             headers={"Authorization": f"Bearer {client_token}"}) as resp:
+        async with http.post(
+            f"{base_url}/account-consents/sign",
+            json={"request_id": request_id, "action": action, "signature": "x"},
+            headers={"Authorization": f"Bearer {client_token}"},
+        ) as resp:
             assert resp.status == 200, await resp.text()
             return await resp.json()
 
@@ -150,26 +158,47 @@ async def approved_account_consent(client: BankClient) -> str:
 
 # ------------------------------------------------------------------------------------------ pure units
 
-@pytest.mark.parametrize("raw,expected", [
-    ("approved", ConsentStatus.APPROVED), ("Authorized", ConsentStatus.APPROVED), ("active", ConsentStatus.APPROVED),
-    ("AUTHORIZED", ConsentStatus.APPROVED), ("Authorised", ConsentStatus.APPROVED),
-    ("pending", ConsentStatus.AWAITING_USER), ("AwaitingAuthorization", ConsentStatus.AWAITING_USER),
-    ("awaiting_authorization", ConsentStatus.AWAITING_USER),
-    ("Rejected", ConsentStatus.REJECTED), ("rejected", ConsentStatus.REJECTED),
-    ("Revoked", ConsentStatus.REVOKED), ("revoked", ConsentStatus.REVOKED),
-    ("Expired", ConsentStatus.EXPIRED), ("expired", ConsentStatus.EXPIRED),
-    ("APPROVED", ConsentStatus.APPROVED), ("AWAITING_USER", ConsentStatus.AWAITING_USER),
-    (None, ConsentStatus.PENDING), ("", ConsentStatus.PENDING), ("SomethingNew", ConsentStatus.PENDING),
-])
+
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("approved", ConsentStatus.APPROVED),
+        ("Authorized", ConsentStatus.APPROVED),
+        ("active", ConsentStatus.APPROVED),
+        ("AUTHORIZED", ConsentStatus.APPROVED),
+        ("Authorised", ConsentStatus.APPROVED),
+        ("pending", ConsentStatus.AWAITING_USER),
+        ("AwaitingAuthorization", ConsentStatus.AWAITING_USER),
+        ("awaiting_authorization", ConsentStatus.AWAITING_USER),
+        ("Rejected", ConsentStatus.REJECTED),
+        ("rejected", ConsentStatus.REJECTED),
+        ("Revoked", ConsentStatus.REVOKED),
+        ("revoked", ConsentStatus.REVOKED),
+        ("Expired", ConsentStatus.EXPIRED),
+        ("expired", ConsentStatus.EXPIRED),
+        ("APPROVED", ConsentStatus.APPROVED),
+        ("AWAITING_USER", ConsentStatus.AWAITING_USER),
+        (None, ConsentStatus.PENDING),
+        ("", ConsentStatus.PENDING),
+        ("SomethingNew", ConsentStatus.PENDING),
+    ],
+)
 def test_normalize_status(raw, expected):
     assert normalize_status(raw) is expected
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("pending", PaymentStatus.PENDING), ("AcceptedSettlementInProcess", PaymentStatus.PENDING),
-    ("completed", PaymentStatus.COMPLETED), ("AcceptedSettlementCompleted", PaymentStatus.COMPLETED),
-    ("failed", PaymentStatus.FAILED), ("Rejected", PaymentStatus.FAILED), (None, PaymentStatus.PENDING),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("pending", PaymentStatus.PENDING),
+        ("AcceptedSettlementInProcess", PaymentStatus.PENDING),
+        ("completed", PaymentStatus.COMPLETED),
+        ("AcceptedSettlementCompleted", PaymentStatus.COMPLETED),
+        ("failed", PaymentStatus.FAILED),
+        ("Rejected", PaymentStatus.FAILED),
+        (None, PaymentStatus.PENDING),
+    ],
+)
 def test_normalize_payment_status(raw, expected):
     assert normalize_payment_status(raw) is expected
 
@@ -179,11 +208,18 @@ def test_parsing_is_tolerant_and_exact():
     assert parse_datetime("2025-11-08T08:30:15Z") == datetime(2025, 11, 8, 8, 30, 15, tzinfo=UTC)
     assert parse_datetime("2025-11-08T11:30:15.5+03:00") == datetime(2025, 11, 8, 8, 30, 15, 500000, UTC)
     assert parse_datetime("garbage") is None and parse_datetime(None) is None
-    tx = Transaction.from_api({
-        "accountId": "acc-1", "transactionId": "tx-1", "amount": {"amount": "4971.71", "currency": "RUB"},
-        "creditDebitIndicator": "Debit", "bookingDateTime": "2025-11-08T08:30:15.285567Z",
-        "transactionInformation": "Платеж по кредиту №loan-team200-1-0447", "bankTransactionCode": {"code": "02"},
-        "merchant": None})
+    tx = Transaction.from_api(
+        {
+            "accountId": "acc-1",
+            "transactionId": "tx-1",
+            "amount": {"amount": "4971.71", "currency": "RUB"},
+            "creditDebitIndicator": "Debit",
+            "bookingDateTime": "2025-11-08T08:30:15.285567Z",
+            "transactionInformation": "Платеж по кредиту №loan-team200-1-0447",
+            "bankTransactionCode": {"code": "02"},
+            "merchant": None,
+        }
+    )
     assert tx.amount == Decimal("4971.71") and tx.signed_amount == Decimal("-4971.71")
     assert tx.agreement_id == "loan-team200-1-0447" and tx.merchant_name is None and tx.bank_code == "02"
     assert agreement_id_from_text("Проценты по депозиту №dep-team200-1-0001") == "dep-team200-1-0001"
@@ -233,10 +269,13 @@ async def test_registry_unknown_bank():
 
 
 async def test_registry_is_configured_by_its_caller_only(sandbox):
-    banks = [BankEndpoint("vbank", sandbox.urls["vbank"] + "/", "auto"),
-             BankEndpoint("sbank", sandbox.urls["sbank"], "manual")]
-    async with BankClients(banks, TEAM, token_store=MemoryTokenStore(), timeout=2.5, max_retries=1,
-                           backoff_base=0.01) as clients:
+    banks = [
+        BankEndpoint("vbank", sandbox.urls["vbank"] + "/", "auto"),
+        BankEndpoint("sbank", sandbox.urls["sbank"], "manual"),
+    ]
+    async with BankClients(
+        banks, TEAM, token_store=MemoryTokenStore(), timeout=2.5, max_retries=1, backoff_base=0.01
+    ) as clients:
         assert clients.bank_ids == ["vbank", "sbank"] and "abank" not in clients
         vbank = clients.get("vbank")
         assert (vbank.timeout, vbank.max_retries, vbank.team) == (2.5, 1, TEAM)
@@ -258,6 +297,7 @@ async def test_redis_store_degrades_when_redis_is_down(ports):
 
 
 # ------------------------------------------------------------------------------------------ token
+
 
 async def test_token_fetched_once_and_shared_through_redis(sandbox, token_store):
     rec = Recorder()
@@ -282,7 +322,10 @@ async def test_token_refreshed_once_on_401(sandbox, token_store):
         products = await client.get_products()
         assert products
         assert [(r.operation, r.http_status) for r in rec.records] == [
-            ("get_products", 401), ("get_token", 200), ("get_products", 200)]
+            ("get_products", 401),
+            ("get_token", 200),
+            ("get_products", 200),
+        ]
         fresh = await client.get_token()
     assert fresh != "bogus-token" and fresh in (await token_store.get("vbank:team200"))
 
@@ -334,10 +377,15 @@ async def test_bad_credentials_and_unusable_tokens_raise_auth_failed(start_sandb
         with pytest.raises(AuthFailed, match="after a token refresh"):
             await client.get_products()
     assert [(r.operation, r.http_status) for r in rec.records] == [
-        ("get_token", 200), ("get_products", 401), ("get_token", 200), ("get_products", 401)]
+        ("get_token", 200),
+        ("get_products", 401),
+        ("get_token", 200),
+        ("get_products", 401),
+    ]
 
 
 # ------------------------------------------------------------------------------------------ consents + data
+
 
 async def test_auto_consent_accounts_balances_and_every_transaction_page(sandbox):
     rec = Recorder()
@@ -385,8 +433,10 @@ async def test_auto_consent_accounts_balances_and_every_transaction_page(sandbox
 
         # Our own time filter applies even if the server ignored it.
         cutoff = max(t.booking_time for t in mine) - timedelta(days=30)
-        recent = [tx async for tx in client.iter_transactions(CUSTOMER, consent.consent_id, account.account_id,
-                                                              from_time=cutoff)]
+        recent = [
+            tx
+            async for tx in client.iter_transactions(CUSTOMER, consent.consent_id, account.account_id, from_time=cutoff)
+        ]
         assert recent and all(t.booking_time >= cutoff for t in recent)
         assert len(recent) == len([t for t in mine if t.booking_time >= cutoff])
 
@@ -468,6 +518,7 @@ async def test_product_agreements_details_and_catalogue(sandbox):
 
 # ------------------------------------------------------------------------------------------ payments
 
+
 async def test_payment_between_two_banks_and_single_use_consent(sandbox):
     rec = Recorder()
 
@@ -486,15 +537,28 @@ async def test_payment_between_two_banks_and_single_use_consent(sandbox):
         v_before = await available(vbank, v_consent, v_acc.account_id)
         a_before = await available(abank, a_consent, a_acc.account_id)
         consent = await vbank.request_payment_consent(
-            CUSTOMER, debtor_account=v_acc.account_number, creditor_account=a_acc.account_number,
-            amount=Decimal("12.34"), currency="RUB", creditor_name="Me", reference="test")
+            CUSTOMER,
+            debtor_account=v_acc.account_number,
+            creditor_account=a_acc.account_number,
+            amount=Decimal("12.34"),
+            currency="RUB",
+            creditor_name="Me",
+            reference="test",
+        )
         assert consent.kind is ConsentKind.PAYMENTS and consent.status is ConsentStatus.APPROVED
         assert consent.consent_id.startswith("pcon-")
         iid = str(uuid.uuid4())  # persisted by the caller before paying, to reconcile later
         payment = await vbank.create_payment(
-            CUSTOMER, consent.consent_id, amount=Decimal("12.34"), currency="RUB",
-            debtor_account=v_acc.account_number, creditor_account=a_acc.account_number,
-            creditor_bank_code="abank", comment="test", interaction_id=iid)
+            CUSTOMER,
+            consent.consent_id,
+            amount=Decimal("12.34"),
+            currency="RUB",
+            debtor_account=v_acc.account_number,
+            creditor_account=a_acc.account_number,
+            creditor_bank_code="abank",
+            comment="test",
+            interaction_id=iid,
+        )
         assert payment.amount == Decimal("12.34") and payment.status is PaymentStatus.COMPLETED
         assert payment.payment_id.startswith("pay-") and rec.ops("create_payment")[0].interaction_id == iid
         again = await vbank.get_payment(CUSTOMER, payment.payment_id)
@@ -503,8 +567,14 @@ async def test_payment_between_two_banks_and_single_use_consent(sandbox):
         assert await available(abank, a_consent, a_acc.account_id) == a_before + Decimal("12.34")
         with pytest.raises(ConsentRequired) as info:  # a single-use consent is spent
             await vbank.create_payment(
-                CUSTOMER, consent.consent_id, amount="1.00", currency="RUB", debtor_account=v_acc.account_number,
-                creditor_account=a_acc.account_number, creditor_bank_code="abank")
+                CUSTOMER,
+                consent.consent_id,
+                amount="1.00",
+                currency="RUB",
+                debtor_account=v_acc.account_number,
+                creditor_account=a_acc.account_number,
+                creditor_bank_code="abank",
+            )
         assert info.value.code == "INVALID_CONSENT"
         with pytest.raises(NotFound):
             await vbank.get_payment(CUSTOMER, "pay-does-not-exist")
@@ -513,19 +583,36 @@ async def test_payment_between_two_banks_and_single_use_consent(sandbox):
 async def test_payment_errors_are_typed_and_never_retried(sandbox):
     rec = Recorder()
     async with make_client(sandbox, "vbank", rec, max_retries=3) as client:
-        v_acc = next(a for a in await client.get_accounts(CUSTOMER, await approved_account_consent(client))
-                 if a.account_sub_type != "Loan")
+        v_acc = next(
+            a
+            for a in await client.get_accounts(CUSTOMER, await approved_account_consent(client))
+            if a.account_sub_type != "Loan"
+        )
         consent = await client.request_payment_consent(
-            CUSTOMER, debtor_account=v_acc.account_number, amount="10.00", currency="RUB")
+            CUSTOMER, debtor_account=v_acc.account_number, amount="10.00", currency="RUB"
+        )
         with pytest.raises(BadRequest):
-            await client.create_payment(CUSTOMER, consent.consent_id, amount="10.00", currency="RUB",
-                                        debtor_account="0000000000000000000", creditor_account=v_acc.account_number)
+            await client.create_payment(
+                CUSTOMER,
+                consent.consent_id,
+                amount="10.00",
+                currency="RUB",
+                debtor_account="0000000000000000000",
+                creditor_account=v_acc.account_number,
+            )
         consent = await client.request_payment_consent(
-            CUSTOMER, debtor_account=v_acc.account_number, amount="10.00", currency="RUB")
+            CUSTOMER, debtor_account=v_acc.account_number, amount="10.00", currency="RUB"
+        )
         await set_faults(sandbox, "vbank", error_rate=1.0)
         with pytest.raises(BankUnavailable) as info:
-            await client.create_payment(CUSTOMER, consent.consent_id, amount="10.00", currency="RUB",
-                                        debtor_account=v_acc.account_number, creditor_account=v_acc.account_number)
+            await client.create_payment(
+                CUSTOMER,
+                consent.consent_id,
+                amount="10.00",
+                currency="RUB",
+                debtor_account=v_acc.account_number,
+                creditor_account=v_acc.account_number,
+            )
         assert info.value.attempts == 1
         assert len([r for r in rec.ops("create_payment") if r.http_status and r.http_status >= 500]) == 1
 
@@ -548,15 +635,24 @@ def test_payment_consent_use_is_read_in_either_form():
 
 async def test_a_spent_single_use_consent_names_its_payment(sandbox):
     async with make_client(sandbox, "vbank") as client:
-        account = next(a for a in await client.get_accounts(CUSTOMER, await approved_account_consent(client))
-                       if a.account_sub_type == "Checking")
-        consent = await client.request_payment_consent(CUSTOMER, debtor_account=account.account_number,
-                                                       amount="3.00", currency="RUB")
+        account = next(
+            a
+            for a in await client.get_accounts(CUSTOMER, await approved_account_consent(client))
+            if a.account_sub_type == "Checking"
+        )
+        consent = await client.request_payment_consent(
+            CUSTOMER, debtor_account=account.account_number, amount="3.00", currency="RUB"
+        )
         before = await client.get_payment_consent(consent.consent_id)
         assert before.status is ConsentStatus.APPROVED and not before.used and before.used_count == 0
-        payment = await client.create_payment(CUSTOMER, consent.consent_id, amount="3.00", currency="RUB",
-                                              debtor_account=account.account_number,
-                                              creditor_account=account.account_number)
+        payment = await client.create_payment(
+            CUSTOMER,
+            consent.consent_id,
+            amount="3.00",
+            currency="RUB",
+            debtor_account=account.account_number,
+            creditor_account=account.account_number,
+        )
         after = await client.get_payment_consent(consent.consent_id)
         assert after.used and after.raw_status == "Consumed" and after.payment_ids == (payment.payment_id,)
         assert after.used_count == 1
@@ -569,38 +665,64 @@ async def test_payment_consent_form_is_learnt_per_bank_flat_then_nested(start_sa
     sandbox = await start_sandbox(payment_consent_form={"vbank": "nested"})
     rec = Recorder()
     async with make_client(sandbox, "vbank", rec) as nested, make_client(sandbox, "abank", rec) as flat:
-        account = next(a for a in await nested.get_accounts(CUSTOMER, await approved_account_consent(nested))
-                       if a.account_sub_type == "Checking")
-        other = next(a for a in await flat.get_accounts(CUSTOMER, await approved_account_consent(flat))
-                     if a.account_sub_type == "Checking")
+        account = next(
+            a
+            for a in await nested.get_accounts(CUSTOMER, await approved_account_consent(nested))
+            if a.account_sub_type == "Checking"
+        )
+        other = next(
+            a
+            for a in await flat.get_accounts(CUSTOMER, await approved_account_consent(flat))
+            if a.account_sub_type == "Checking"
+        )
         assert nested.payment_consent_form is None
         single = await nested.request_payment_consent(
-            CUSTOMER, debtor_account=account.account_number, amount="5.00", creditor_account=other.account_number,
-            creditor_bank_code="abank", creditor_name="Me", reference="rent")
+            CUSTOMER,
+            debtor_account=account.account_number,
+            amount="5.00",
+            creditor_account=other.account_number,
+            creditor_bank_code="abank",
+            creditor_name="Me",
+            reference="rent",
+        )
         assert single.status is ConsentStatus.APPROVED and single.consent_type == "single_use"
         assert nested.payment_consent_form == "nested"
-        assert [r.http_status for r in rec.records if r.bank_id == "vbank"
-                and r.operation == "request_payment_consent"] == [422, 200]
+        assert [
+            r.http_status for r in rec.records if r.bank_id == "vbank" and r.operation == "request_payment_consent"
+        ] == [422, 200]
         seen = await nested.get_payment_consent(single.consent_id)
         assert (seen.raw["data"]["amount"], seen.raw["data"]["creditorAccount"]) == ("5.00", other.account_number)
 
         standing = await nested.request_payment_consent(
-            CUSTOMER, debtor_account=account.account_number, amount=None, consent_type="vrp",
-            vrp_max_individual_amount="100.00", vrp_daily_limit="200.00")
+            CUSTOMER,
+            debtor_account=account.account_number,
+            amount=None,
+            consent_type="vrp",
+            vrp_max_individual_amount="100.00",
+            vrp_daily_limit="200.00",
+        )
         assert standing.status is ConsentStatus.APPROVED and standing.consent_type == "vrp"
-        assert [r.http_status for r in rec.records if r.bank_id == "vbank"
-                and r.operation == "request_payment_consent"] == [422, 200, 200]  # nested at once
+        assert [
+            r.http_status for r in rec.records if r.bank_id == "vbank" and r.operation == "request_payment_consent"
+        ] == [422, 200, 200]  # nested at once
         seen = await nested.get_payment_consent(standing.consent_id)
         assert seen.raw["data"]["vrpMaxIndividualAmount"] == "100.00" and "amount" not in seen.raw["data"]
-        paid = await nested.create_payment(CUSTOMER, single.consent_id, amount="5.00", currency="RUB",
-                                           debtor_account=account.account_number,
-                                           creditor_account=other.account_number, creditor_bank_code="abank")
+        paid = await nested.create_payment(
+            CUSTOMER,
+            single.consent_id,
+            amount="5.00",
+            currency="RUB",
+            debtor_account=account.account_number,
+            creditor_account=other.account_number,
+            creditor_bank_code="abank",
+        )
         assert paid.status is PaymentStatus.COMPLETED
 
         await flat.request_payment_consent(CUSTOMER, debtor_account=other.account_number, amount="1.00")
         assert flat.payment_consent_form == "flat"
-        assert [r.http_status for r in rec.records if r.bank_id == "abank"
-                and r.operation == "request_payment_consent"] == [200]
+        assert [
+            r.http_status for r in rec.records if r.bank_id == "abank" and r.operation == "request_payment_consent"
+        ] == [200]
 
 
 async def test_insufficient_permissions_is_a_refusal_not_a_token_problem(sandbox):
@@ -619,6 +741,7 @@ async def test_insufficient_permissions_is_a_refusal_not_a_token_problem(sandbox
 
 
 # ------------------------------------------------------------------------------------------ failures
+
 
 async def test_5xx_retried_until_success(sandbox):
     rec = Recorder()

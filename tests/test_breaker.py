@@ -1,5 +1,6 @@
 """The per-bank circuit breaker (bankapi.breaker): its rules with an injected clock, in one process and
 shared by replicas through a real Redis, and how a BankClient uses it against the emulator."""
+
 from __future__ import annotations
 
 import uuid
@@ -67,7 +68,7 @@ async def test_five_failures_open_it_then_one_trial_per_doubling_cooldown(store_
     clock.now = refused.next_try_at
     assert (await breaker.before_call()).allowed
     await breaker.succeeded()
-    assert (await breaker.before_call()) .allowed and (await breaker.before_call()).failing_since is None
+    assert (await breaker.before_call()).allowed and (await breaker.before_call()).failing_since is None
 
 
 async def test_replicas_share_one_breaker_through_redis(redis_store):
@@ -97,8 +98,13 @@ async def test_a_client_stops_calling_a_bank_that_is_down():
     banks = await start_banks(SandboxConfig(approval={"vbank": "auto"}), {"vbank": 0})
     try:
         team = TeamCredentials("team200", "finpulse-dev-secret")
-        client = BankClient(BankEndpoint("vbank", banks.urls["vbank"]), team, max_retries=3,
-                            backoff_base=0.01, breaker_store=MemoryBreakerStore())
+        client = BankClient(
+            BankEndpoint("vbank", banks.urls["vbank"]),
+            team,
+            max_retries=3,
+            backoff_base=0.01,
+            breaker_store=MemoryBreakerStore(),
+        )
         await client.get_token()
         async with aiohttp.ClientSession() as session:
             await session.delete(f"{banks.urls['vbank']}/__admin__/requests")

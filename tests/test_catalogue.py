@@ -1,5 +1,6 @@
 """The banks' product catalogues in sync_svc: read from the emulator banks, stored in Postgres, refreshed
 when old, and the stored copy served while a bank is down (real emulator, real Postgres)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -42,8 +43,9 @@ async def catalogues(banks, schema_pool):
     pool = await schema_pool(SPEC)
     await pool.execute("TRUNCATE bank_products, catalogue_state")
     configs = [BankConfig(bank_id, bank_id.upper(), banks.urls[bank_id], mode) for bank_id, mode in APPROVAL.items()]
-    clients = BankClients([BankEndpoint(c.id, c.base_url, c.approval_mode) for c in configs], TEAM, max_retries=0,
-                          timeout=2)
+    clients = BankClients(
+        [BankEndpoint(c.id, c.base_url, c.approval_mode) for c in configs], TEAM, max_retries=0, timeout=2
+    )
     calls = []
 
     async def fetch(bank_id):
@@ -60,10 +62,14 @@ async def catalogues(banks, schema_pool):
 
 async def test_catalogues_are_read_once_stored_and_refreshed_when_old(catalogues):
     products, states = await catalogues.products([], "loan")
-    expected = {(bank, p.product_id, p.interest_rate, p.min_amount, p.max_amount, p.term_months)
-                for bank in APPROVAL for p in catalogue(42, bank).loans}
-    assert {(p.bank_id, p.product_id, p.interest_rate, p.min_amount, p.max_amount, p.term_months)
-            for p in products} == expected
+    expected = {
+        (bank, p.product_id, p.interest_rate, p.min_amount, p.max_amount, p.term_months)
+        for bank in APPROVAL
+        for p in catalogue(42, bank).loans
+    }
+    assert {
+        (p.bank_id, p.product_id, p.interest_rate, p.min_amount, p.max_amount, p.term_months) for p in products
+    } == expected
     assert [p.bank_id for p in products] == sorted((p.bank_id for p in products), key=list(APPROVAL).index)
     assert all(p.product_type == "loan" and p.product_name for p in products)
     assert [(bank, state.fetched_at) for bank, state in states] == [(b, catalogues.clock_.now) for b in APPROVAL]
@@ -99,6 +105,7 @@ async def test_a_bank_that_is_down_keeps_its_stored_copy(catalogues, banks):
 
 async def test_bad_requests_name_the_problem(catalogues):
     from svclib.errors import InvalidArgument, NotFound
+
     with pytest.raises(NotFound):
         await catalogues.products(["nobank"], "")
     with pytest.raises(InvalidArgument, match="product_type"):

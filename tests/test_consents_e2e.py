@@ -8,6 +8,7 @@ bank is connected (no finalize), and loan repayments through the standing consen
 Every test takes its own emulator customers (team200-25, 36, 40), so their consents, syncs and money
 do not overlap another test's.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,14 +30,22 @@ def _bank(body: dict, bank_id: str) -> dict:
 
 
 async def consents(http: Http, user: str, banks: dict[str, dict], headers: dict | None = None) -> tuple[int, dict]:
-    return await http.call("POST", "/api/onboarding/consents", headers=headers, json={"user_id": user, "banks": [
-        {"bank_id": bank, "consents": {"account": False, "product": False, "payment": False, **kinds}}
-        for bank, kinds in banks.items()]})
+    return await http.call(
+        "POST",
+        "/api/onboarding/consents",
+        headers=headers,
+        json={
+            "user_id": user,
+            "banks": [
+                {"bank_id": bank, "consents": {"account": False, "product": False, "payment": False, **kinds}}
+                for bank, kinds in banks.items()
+            ],
+        },
+    )
 
 
 async def consent_status(http: Http, user: str, headers: dict | None = None) -> dict:
-    status, body = await http.call("GET", "/api/onboarding/consents/status", params={"user_id": user},
-                                   headers=headers)
+    status, body = await http.call("GET", "/api/onboarding/consents/status", params={"user_id": user}, headers=headers)
     assert status == 200, body
     return body
 
@@ -66,8 +75,9 @@ async def test_a_failed_consent_shows_with_its_error_and_asking_again_replaces_i
     async with aiohttp.ClientSession() as session:
         await set_faults(session, bank_urls["abank"], error_rate=1.0)
         try:
-            status, created = await consents(http, user, {"vbank": {"account": True, "product": True},
-                                                          "abank": {"account": True}})
+            status, created = await consents(
+                http, user, {"vbank": {"account": True, "product": True}, "abank": {"account": True}}
+            )
         finally:
             await set_faults(session, bank_urls["abank"], error_rate=0.0)
     assert status == 200, created
@@ -86,16 +96,24 @@ async def test_a_failed_consent_shows_with_its_error_and_asking_again_replaces_i
     # vbank is connected: its first sync was queued at the approval, before any finalize.
     jobs = await sync_jobs(http, user)
     assert "vbank" in jobs and "abank" not in jobs
-    assert await db.fetchval("SELECT reason FROM sync.sync_jobs WHERE user_id = $1 AND bank_id = 'vbank' "
-                             "ORDER BY created_at LIMIT 1", user) == "consent_approved"
+    assert (
+        await db.fetchval(
+            "SELECT reason FROM sync.sync_jobs WHERE user_id = $1 AND bank_id = 'vbank' ORDER BY created_at LIMIT 1",
+            user,
+        )
+        == "consent_approved"
+    )
 
     status, retried = await consents(http, user, {"abank": {"account": True}})
     assert status == 200 and retried["overall_status"] == "completed", retried
     account = _bank(retried, "abank")["account_consent"]
     assert account["status"] == "approved" and account["consent_id"].startswith("consent-")
     assert account.get("error_message") is None
-    rows = await db.fetch("SELECT status, error_message FROM consent.consents "
-                          "WHERE user_id = $1 AND bank_id = 'abank' AND consent_type = 'accounts'", user)
+    rows = await db.fetch(
+        "SELECT status, error_message FROM consent.consents "
+        "WHERE user_id = $1 AND bank_id = 'abank' AND consent_type = 'accounts'",
+        user,
+    )
     assert [(r["status"], r["error_message"]) for r in rows] == [("APPROVED", None)]  # replaced, not piled up
 
     async def abank_queued():
@@ -159,7 +177,8 @@ async def test_the_payment_consent_at_the_manual_bank_waits_for_the_account_cons
 
 
 async def test_a_loan_repayment_through_the_standing_consent_needs_no_approval_and_pays_once(
-        suite, http, bank_urls, db):
+    suite, http, bank_urls, db
+):
     user = "team200-40"
     sbank = bank_urls["sbank"]
     status, created = await consents(http, user, {"sbank": {"account": True, "product": True, "payment": True}})
@@ -167,13 +186,17 @@ async def test_a_loan_repayment_through_the_standing_consent_needs_no_approval_a
     result = _bank(created, "sbank")
     async with aiohttp.ClientSession() as session:
         await customer_signs(session, sbank, user, result["account_consent"]["request_id"])
-        await customer_signs(session, sbank, user, result["product_consent"]["request_id"],
-                             "product-agreement-consents")
+        await customer_signs(
+            session, sbank, user, result["product_consent"]["request_id"], "product-agreement-consents"
+        )
 
         async def payment_requested():
             body = _bank(await consent_status(http, user), "sbank")
-            return body["payment_consent"]["request_id"] if body["payment_consent"]["raw_status"] == "AWAITING_USER" \
+            return (
+                body["payment_consent"]["request_id"]
+                if body["payment_consent"]["raw_status"] == "AWAITING_USER"
                 else None
+            )
 
         request_id = await eventually(payment_requested)
         assert request_id
@@ -189,8 +212,7 @@ async def test_a_loan_repayment_through_the_standing_consent_needs_no_approval_a
         standing_id = approved["payment_consent"]["consent_id"]
         await wait_synced(http, user)  # the syncs queued at the approvals: no finalize
 
-        status, stored = await http.get("/api/banks/sbank/bootstrap", user_id=user, skip_sync="true",
-                                        page_size="5")
+        status, stored = await http.get("/api/banks/sbank/bootstrap", user_id=user, skip_sync="true", page_size="5")
         assert status == 200, stored
         source = next(a for a in stored["accounts"] if a["account_sub_type"] == "Checking")
         loan = next(c for c in stored["credits"] if c["product_type"] == "loan" and c["status"] == "active")
@@ -221,10 +243,19 @@ async def test_a_loan_repayment_through_the_standing_consent_needs_no_approval_a
             await set_faults(session, sbank, payment_delay_ms=0)
         status, _ = await first
         assert status >= 500
-        row = await db.fetchrow("SELECT status, in_doubt, consent_id, consent_kind, consent_used_count "
-                                "FROM consent.payments WHERE user_id = $1 AND idempotency_key = $2", user, key)
-        assert dict(row) == {"status": "INITIATING", "in_doubt": True, "consent_id": standing_id,
-                             "consent_kind": "vrp", "consent_used_count": 1}
+        row = await db.fetchrow(
+            "SELECT status, in_doubt, consent_id, consent_kind, consent_used_count "
+            "FROM consent.payments WHERE user_id = $1 AND idempotency_key = $2",
+            user,
+            key,
+        )
+        assert dict(row) == {
+            "status": "INITIATING",
+            "in_doubt": True,
+            "consent_id": standing_id,
+            "consent_kind": "vrp",
+            "consent_used_count": 1,
+        }
 
         suite.start(["consent"])
         await suite.wait_healthy(["consent"])

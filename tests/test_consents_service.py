@@ -7,6 +7,7 @@ language) and asking again replaces it; a payment consent at a manual bank is DE
 account consent is approved, then requested; a bank's first sync is queued when its account consent
 becomes APPROVED (and again after a product consent), best effort.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,23 +51,37 @@ class Env:
     pool: object
 
     async def rows(self, user: str, bank: str, kind: str) -> list[dict]:
-        return [dict(r) for r in await self.pool.fetch(
-            "SELECT id, status, consent_id, request_id, error_code, error_message, payment_type, debtor_account "
-            "FROM consents WHERE user_id = $1 AND bank_id = $2 AND consent_type = $3 ORDER BY id", user, bank, kind)]
+        return [
+            dict(r)
+            for r in await self.pool.fetch(
+                "SELECT id, status, consent_id, request_id, error_code, error_message, payment_type, debtor_account "
+                "FROM consents WHERE user_id = $1 AND bank_id = $2 AND consent_type = $3 ORDER BY id",
+                user,
+                bank,
+                kind,
+            )
+        ]
 
     async def events(self, row_id: int) -> list[tuple]:
-        return [tuple(r) for r in await self.pool.fetch(
-            "SELECT old_status, new_status, source FROM consent_events WHERE consent_row = $1 ORDER BY id", row_id)]
+        return [
+            tuple(r)
+            for r in await self.pool.fetch(
+                "SELECT old_status, new_status, source FROM consent_events WHERE consent_row = $1 ORDER BY id", row_id
+            )
+        ]
 
 
 @pytest.fixture
 async def env(schema_pool):
     running = await start_banks(SandboxConfig(customers=10, approval=dict(APPROVAL)), dict.fromkeys(APPROVAL, 0))
     pool = await schema_pool(SPEC)
-    configs = tuple(BankConfig(b, b.upper(), url, APPROVAL[b], "{base_url}/client/consents/{request_id}")
-                    for b, url in running.urls.items())
-    clients = BankClients(configs, team=TEAM, token_store=MemoryTokenStore(), timeout=5, max_retries=0,
-                          backoff_base=0.01)
+    configs = tuple(
+        BankConfig(b, b.upper(), url, APPROVAL[b], "{base_url}/client/consents/{request_id}")
+        for b, url in running.urls.items()
+    )
+    clients = BankClients(
+        configs, team=TEAM, token_store=MemoryTokenStore(), timeout=5, max_retries=0, backoff_base=0.01
+    )
     storage, sync = ConsentStorage(pool), RecordingSync()
     yield Env(ConsentService(storage, configs, clients, sync), storage, sync, running, pool)
     await clients.close()
@@ -75,6 +90,7 @@ async def env(schema_pool):
 
 def state(env: Env, bank_id: str):
     from bank_sandbox.app import STATE
+
     return env.running.apps[bank_id][STATE]
 
 
@@ -103,8 +119,11 @@ async def test_no_banks_is_an_invalid_argument(env):
 async def test_a_failed_creation_is_kept_with_its_error_and_asking_again_replaces_it(env):
     user = "team200-1"
     state(env, "abank").down = True
-    results = by_bank(await env.service.create(user, [BankRequest("abank", True, True, False),
-                                                      BankRequest("vbank", True, False, False)]))
+    results = by_bank(
+        await env.service.create(
+            user, [BankRequest("abank", True, True, False), BankRequest("vbank", True, False, False)]
+        )
+    )
     account = results["abank"].outcomes["accounts"]
     assert account.status == "error" and account.consent.status == "FAILED"
     assert account.message.startswith("Банк сейчас недоступен") and "(503: " in account.message
@@ -114,14 +133,19 @@ async def test_a_failed_creation_is_kept_with_its_error_and_asking_again_replace
     assert overall_status(list(results.values())) == "error"
     [failed] = await env.rows(user, "abank", "accounts")
     assert (failed["status"], failed["consent_id"], failed["request_id"], failed["error_code"]) == (
-        "FAILED", None, None, "BANK_UNAVAILABLE")
+        "FAILED",
+        None,
+        None,
+        "BANK_UNAVAILABLE",
+    )
     assert failed["error_message"].startswith("503: ")
     assert await env.rows(user, "abank", "products") == []
 
     shown = (await status_of(env, user))["abank"]["accounts"]
     assert shown.status == "FAILED"
     assert in_language("en", lambda: consent_message(shown)).startswith(
-        "The bank is unavailable right now and the consent was not created")
+        "The bank is unavailable right now and the consent was not created"
+    )
     assert in_language("ru", lambda: consent_message(shown)).startswith("Банк сейчас недоступен")
 
     # Still down: asking again fails again, in the same row.
@@ -136,12 +160,14 @@ async def test_a_failed_creation_is_kept_with_its_error_and_asking_again_replace
     [row] = await env.rows(user, "abank", "accounts")
     assert (row["id"], row["status"], row["error_code"], row["error_message"]) == (failed["id"], "APPROVED", None, None)
     assert row["consent_id"].startswith("consent-")
-    assert await env.events(row["id"]) == [(None, "FAILED", "create"), ("FAILED", "FAILED", "retry"),
-                                           ("FAILED", "APPROVED", "retry")]
+    assert await env.events(row["id"]) == [
+        (None, "FAILED", "create"),
+        ("FAILED", "FAILED", "retry"),
+        ("FAILED", "APPROVED", "retry"),
+    ]
     assert consent_message((await status_of(env, user))["abank"]["accounts"]) is None
     # The first sync of each bank was queued when its account consent was approved.
-    assert env.sync.calls == [(user, ["vbank"], "consent_approved", False),
-                              (user, ["abank"], "consent_approved", True)]
+    assert env.sync.calls == [(user, ["vbank"], "consent_approved", False), (user, ["abank"], "consent_approved", True)]
 
 
 async def test_a_refusal_by_the_bank_is_kept_as_failed_with_its_reason(env):
@@ -151,8 +177,10 @@ async def test_a_refusal_by_the_bank_is_kept_as_failed_with_its_reason(env):
     [result] = await env.service.create(user, [BankRequest("vbank", True, False, True)])
     payment = result.outcomes["payments"]
     assert payment.status == "error" and payment.consent.error_code == "BANK_REFUSED"
-    assert in_language("en", lambda: payment.message) == \
-        "The bank refused to create the consent (401: Insufficient permissions)"
+    assert (
+        in_language("en", lambda: payment.message)
+        == "The bank refused to create the consent (401: Insufficient permissions)"
+    )
     assert result.outcomes["accounts"].reused
 
 
@@ -163,10 +191,13 @@ async def test_payment_consent_at_a_manual_bank_waits_for_the_account_consent(en
     account, product, payment = (created.outcomes[k] for k in ("accounts", "products", "payments"))
     assert (account.status, product.status, payment.status) == ("pending", "pending", "pending")
     assert payment.consent.status == "DEFERRED" and payment.consent.request_id is None
-    assert payment.message == ("Согласие на платежи будет запрошено, как только банк одобрит согласие на доступ "
-                               "к счетам")
-    assert in_language("en", lambda: payment.message) == \
-        "The payment consent will be requested once the account consent is approved"
+    assert payment.message == (
+        "Согласие на платежи будет запрошено, как только банк одобрит согласие на доступ к счетам"
+    )
+    assert (
+        in_language("en", lambda: payment.message)
+        == "The payment consent will be requested once the account consent is approved"
+    )
     assert account.message is None  # simply waiting for the customer
     assert state(env, "sbank").counts(state(env, "sbank").customer(user))["payment_consents"] == 0
     [deferred] = await env.rows(user, "sbank", "payments")
@@ -190,16 +221,23 @@ async def test_payment_consent_at_a_manual_bank_waits_for_the_account_consent(en
         [row] = await env.rows(user, "sbank", "payments")
         assert (row["payment_type"], row["debtor_account"]) == ("vrp", requested.debtor_account)
         assert row["debtor_account"] and await env.events(row["id"]) == [
-            (None, "DEFERRED", "create"), ("DEFERRED", "AWAITING_USER", "deferred")]
+            (None, "DEFERRED", "create"),
+            ("DEFERRED", "AWAITING_USER", "deferred"),
+        ]
         terms = state(env, "sbank").consents.find(None, requested.request_id).terms
-        assert (terms.consent_type, str(terms.vrp_max_individual_amount), str(terms.vrp_daily_limit),
-                str(terms.vrp_monthly_limit)) == ("vrp", "100000.00", "200000.00", "1000000.00")
+        assert (
+            terms.consent_type,
+            str(terms.vrp_max_individual_amount),
+            str(terms.vrp_daily_limit),
+            str(terms.vrp_monthly_limit),
+        ) == ("vrp", "100000.00", "200000.00", "1000000.00")
 
         await customer_signs(session, sbank_url, user, product.consent.request_id, "product-agreement-consents")
         await customer_signs(session, sbank_url, user, requested.request_id, "payment-consents")
     status = await status_of(env, user)
     assert {kind: c.status for kind, c in status["sbank"].items()} == dict.fromkeys(
-        ("accounts", "products", "payments"), "APPROVED")
+        ("accounts", "products", "payments"), "APPROVED"
+    )
     assert status["sbank"]["payments"].consent_id.startswith("pcon-")
     # The product consent came later: another sync, after any running one.
     assert env.sync.calls[1:] == [(user, ["sbank"], "consent_approved", True)]
@@ -238,11 +276,13 @@ async def test_a_deferred_consent_that_cannot_be_created_fails_and_is_asked_agai
 
 async def test_rejected_and_revoked_consents_say_why_in_the_requests_language(env):
     user = "team200-6"
-    created, _ = await env.service.create(user, [BankRequest("sbank", True, False, False),
-                                                 BankRequest("vbank", True, False, False)])
+    created, _ = await env.service.create(
+        user, [BankRequest("sbank", True, False, False), BankRequest("vbank", True, False, False)]
+    )
     async with aiohttp.ClientSession() as session:
-        await customer_signs(session, env.running.urls["sbank"], user,
-                             created.outcomes["accounts"].consent.request_id, action="reject")
+        await customer_signs(
+            session, env.running.urls["sbank"], user, created.outcomes["accounts"].consent.request_id, action="reject"
+        )
     vbank_consent = (await status_of(env, user))["vbank"]["accounts"]
     await env.service.revoke(user, vbank_consent.consent_id)
     status = await status_of(env, user)

@@ -3,6 +3,7 @@
 sync_svc is played by `FakeBankData` (a data version the test moves, and a count of computations);
 the calculation is the real one, on an empty data set.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,17 @@ from dashboard_svc.service import DashboardService, Gathered
 from dashboard_svc.storage import DashboardStorage
 from svclib.cache import Cache
 
-EMPTY = {"accounts": [], "credits": [], "repayments": [], "income_days": [], "cash_flow": [], "spending_30d": [],
-         "spent_today": [], "recent_transactions": [], "banks": []}
+EMPTY = {
+    "accounts": [],
+    "credits": [],
+    "repayments": [],
+    "income_days": [],
+    "cash_flow": [],
+    "spending_30d": [],
+    "spent_today": [],
+    "recent_transactions": [],
+    "banks": [],
+}
 
 
 class FakeBankData:

@@ -2,6 +2,7 @@
 own schema and nothing else. Real Postgres (the configured server or the embedded one); the roles are
 cluster-global, so every name carries this run's prefix and is dropped at the end.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,13 +24,20 @@ pytestmark = pytest.mark.timeout(180)
 SERVICES = tuple(SERVICE_PORTS)  # onboarding, consent, sync, dashboard
 # One table of each schema, and a row that fits it.
 PROBE = {
-    "onboarding": ("onboarding_sessions",
-                   "INSERT INTO onboarding_sessions (onboarding_id, user_id) VALUES ('o1', 'u1')"),
-    "consent": ("consents", "INSERT INTO consents (user_id, bank_id, consent_type, request_id, status) "
-                            "VALUES ('u1', 'vbank', 'accounts', 'r1', 'PENDING')"),
+    "onboarding": (
+        "onboarding_sessions",
+        "INSERT INTO onboarding_sessions (onboarding_id, user_id) VALUES ('o1', 'u1')",
+    ),
+    "consent": (
+        "consents",
+        "INSERT INTO consents (user_id, bank_id, consent_type, request_id, status) "
+        "VALUES ('u1', 'vbank', 'accounts', 'r1', 'PENDING')",
+    ),
     "sync": ("sync_jobs", "INSERT INTO sync_jobs (user_id, bank_id) VALUES ('u1', 'vbank')"),
-    "dashboard": ("user_financial_inputs", "INSERT INTO user_financial_inputs (user_id, salary_amount) "
-                                           "VALUES ('u1', 1000.00)"),
+    "dashboard": (
+        "user_financial_inputs",
+        "INSERT INTO user_financial_inputs (user_id, salary_amount) VALUES ('u1', 1000.00)",
+    ),
 }
 
 
@@ -45,6 +53,7 @@ def specs() -> dict:
     from dashboard_svc.__main__ import SPEC as dashboard
     from onboarding_svc.__main__ import SPEC as onboarding
     from sync_svc.__main__ import SPEC as sync
+
     return {"onboarding": onboarding, "consent": consent, "sync": sync, "dashboard": dashboard}
 
 
@@ -61,8 +70,10 @@ def roles(fresh_database):
         for url in admin_urls:
             conn = await asyncpg.connect(url)
             try:
-                existing = [r["rolname"] for r in await conn.fetch(
-                    "SELECT rolname FROM pg_roles WHERE rolname LIKE $1", prefix + "%")]
+                existing = [
+                    r["rolname"]
+                    for r in await conn.fetch("SELECT rolname FROM pg_roles WHERE rolname LIKE $1", prefix + "%")
+                ]
                 if existing:
                     await conn.execute("DROP OWNED BY " + ", ".join(f'"{n}"' for n in existing))
             finally:
@@ -94,14 +105,21 @@ def migrated(fresh_database, roles, redis_url):
     admin = fresh_database("roles").database_url
     touched.append(admin)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
-    env.update(FINPULSE_ENV="local", FINPULSE_DATABASE_URL=admin, FINPULSE_REDIS_URL=redis_url,
-               FINPULSE_LOG_LEVEL="WARNING")
+    env.update(
+        FINPULSE_ENV="local", FINPULSE_DATABASE_URL=admin, FINPULSE_REDIS_URL=redis_url, FINPULSE_LOG_LEVEL="WARNING"
+    )
     for svc, (role, password) in names.items():
         env[f"FINPULSE_{svc.upper()}_DATABASE_URL"] = as_role(admin, role, password)
     for _ in range(2):
-        procs = [subprocess.Popen([sys.executable, "-m", f"{svc}_svc", "migrate"], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                 for svc in (*SERVICES, "sync")]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", f"{svc}_svc", "migrate"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            for svc in (*SERVICES, "sync")
+        ]
         for proc in procs:
             out, _ = proc.communicate(timeout=120)
             assert proc.returncode == 0, out.decode()
@@ -132,8 +150,9 @@ async def test_a_service_role_uses_its_own_schema_and_no_other(migrated, service
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute(f"CREATE TABLE {service}.extra (id int)")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.execute(f"INSERT INTO {service}.schema_migrations (version, name, checksum) "
-                               "VALUES (999, 'x', 'x')")
+            await conn.execute(
+                f"INSERT INTO {service}.schema_migrations (version, name, checksum) VALUES (999, 'x', 'x')"
+            )
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute(f"DROP TABLE {service}.{table}")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
@@ -164,7 +183,8 @@ async def test_roles_log_in_with_a_scram_verifier_of_their_password(migrated, ro
             pytest.skip("pg_authid is readable by superusers only")
         for role, password in names.values():
             stored, can_login = await conn.fetchrow(
-                "SELECT rolpassword, rolcanlogin FROM pg_authid WHERE rolname = $1", role)
+                "SELECT rolpassword, rolcanlogin FROM pg_authid WHERE rolname = $1", role
+            )
             assert can_login
             # Postgres kept our verifier as it is (a string it did not take for a verifier would have
             # been hashed again, with a salt of its own): recomputed from the password, it matches.
@@ -184,8 +204,9 @@ async def test_role_setup_tolerates_migrations_of_two_databases_at_once(spare_da
     spec = specs()["dashboard"]
     role = db.ServiceRole(names["dashboard"][0], names["dashboard"][1])
     for _ in range(2):
-        await asyncio.gather(*(db.migrate(url, spec.schema, spec.migrations, role)
-                               for url in (first, second, first, second)))
+        await asyncio.gather(
+            *(db.migrate(url, spec.schema, spec.migrations, role) for url in (first, second, first, second))
+        )
     for url in (first, second):
         conn = await asyncpg.connect(as_role(url, role.name, role.password))
         try:
@@ -201,27 +222,41 @@ async def test_wait_migrations_waits_for_the_schema_of_the_image(spare_databases
     # A database nobody migrated yet: everything is pending, and the role cannot even get in.
     names, _ = roles
     empty = spare_databases[2]
-    pending = await db.wait_migrated(as_role(empty, *names["sync"]), "sync", spec.migrations, timeout=0.5,
-                                     interval=0.1)
+    pending = await db.wait_migrated(as_role(empty, *names["sync"]), "sync", spec.migrations, timeout=0.5, interval=0.1)
     assert pending == [name for _, name, _ in db.discover_migrations(spec.migrations)]
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
-    env.update(FINPULSE_ENV="production", FINPULSE_SYNC_DATABASE_URL=urls["sync"], FINPULSE_REDIS_URL="redis://unused",
-               FINPULSE_TEAM_SECRET="x", FINPULSE_LOG_LEVEL="WARNING")
-    done = subprocess.run([sys.executable, "-m", "sync_svc", "wait-migrations", "--timeout", "5"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    env.update(
+        FINPULSE_ENV="production",
+        FINPULSE_SYNC_DATABASE_URL=urls["sync"],
+        FINPULSE_REDIS_URL="redis://unused",
+        FINPULSE_TEAM_SECRET="x",
+        FINPULSE_LOG_LEVEL="WARNING",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "sync_svc", "wait-migrations", "--timeout", "5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     # `migrate` needs the migration role's URL, not only the service's own.
-    refused = subprocess.run([sys.executable, "-m", "sync_svc", "migrate"], env=env, capture_output=True,
-                             text=True, timeout=60)
+    refused = subprocess.run(
+        [sys.executable, "-m", "sync_svc", "migrate"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert refused.returncode == 2 and "FINPULSE_DATABASE_URL" in refused.stderr
 
 
 def test_a_service_url_must_name_its_role():
     with pytest.raises(ConfigError, match="FINPULSE_SYNC_DATABASE_URL: must name the service's own role"):
         load_settings({"FINPULSE_SYNC_DATABASE_URL": "postgresql://db.example/finpulse"})
-    settings = load_settings({"FINPULSE_DATABASE_URL": "postgresql://admin@db/x",
-                              "FINPULSE_SYNC_DATABASE_URL": "postgresql://finpulse_sync:pw@db/x"})
+    settings = load_settings(
+        {
+            "FINPULSE_DATABASE_URL": "postgresql://admin@db/x",
+            "FINPULSE_SYNC_DATABASE_URL": "postgresql://finpulse_sync:pw@db/x",
+        }
+    )
     assert settings.database_url_for("sync") == "postgresql://finpulse_sync:pw@db/x"
     assert settings.database_url_for("consent") == "postgresql://admin@db/x"
     assert db.ServiceRole.from_url(settings.database_url_for("sync")) == db.ServiceRole("finpulse_sync", "pw")

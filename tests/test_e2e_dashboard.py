@@ -1,4 +1,5 @@
 """GET /api/dashboard end to end: synced bank data → sync_svc aggregates → dashboard_svc → gateway."""
+
 from __future__ import annotations
 
 import aiohttp
@@ -8,8 +9,18 @@ from tests.e2e import onboard, wait_synced
 
 pytestmark = pytest.mark.timeout(240)
 
-SEED_FIELDS = {"sts_today", "loan_summary", "savings_summary", "total_debit_cards_balance", "events_next_30d",
-               "health_score", "bank_statuses", "user_mode", "cache_info", "data_freshness"}
+SEED_FIELDS = {
+    "sts_today",
+    "loan_summary",
+    "savings_summary",
+    "total_debit_cards_balance",
+    "events_next_30d",
+    "health_score",
+    "bank_statuses",
+    "user_mode",
+    "cache_info",
+    "data_freshness",
+}
 
 
 async def test_dashboard_of_a_synced_user_keeps_the_seed_shape_and_caches(http, suite):
@@ -44,8 +55,9 @@ async def test_dashboard_of_a_synced_user_keeps_the_seed_shape_and_caches(http, 
     bank = suite.settings.bank("vbank").base_url
     account = next(b["account_id"] for b in first["balances"] if b["bank_id"] == "vbank")
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{bank}/__admin__/customers/{user}/transactions",
-                                json={"account_id": account, "count": 2}) as resp:
+        async with session.post(
+            f"{bank}/__admin__/customers/{user}/transactions", json={"account_id": account, "count": 2}
+        ) as resp:
             assert resp.status == 200
     await http.post("/api/sync", {"user_id": user, "bank_ids": ["vbank"]})
     await wait_synced(http, user)
@@ -60,16 +72,20 @@ async def test_dashboard_follows_inputs_and_goals(http):
     await wait_synced(http, user)
     status, _before = await http.get("/api/dashboard", user_id=user)
     assert status == 200
-    status, body = await http.call("PUT", f"/api/users/{user}/financial-inputs",
-                                   json={"salary_amount": "150000.00", "next_salary_date": "2099-01-05"})
+    status, body = await http.call(
+        "PUT",
+        f"/api/users/{user}/financial-inputs",
+        json={"salary_amount": "150000.00", "next_salary_date": "2099-01-05"},
+    )
     assert status == 200, body
     status, after = await http.get("/api/dashboard", user_id=user)
     assert after["cache_info"]["is_cached"] is False
     assert after["sts_today"]["detail"]["income_source"] == "user_input"
     assert after["sts_today"]["detail"]["next_income_date"] == "2099-01-05"
 
-    status, body = await http.call("PUT", f"/api/users/{user}/profile",
-                                   json={"goal_type": "GOAL_TYPE_SAVINGS", "target_amount": "250000.00"})
+    status, body = await http.call(
+        "PUT", f"/api/users/{user}/profile", json={"goal_type": "GOAL_TYPE_SAVINGS", "target_amount": "250000.00"}
+    )
     assert status == 200, body
     status, with_goal = await http.get("/api/dashboard", user_id=user)
     assert with_goal["cache_info"]["is_cached"] is False
@@ -86,10 +102,13 @@ async def test_user_without_data_gets_an_empty_dashboard(http):
     assert body["bank_statuses"] == [] and body["events_next_30d"] == []
 
 
-@pytest.mark.parametrize("params, status", [
-    ({"user_id": "team200-24", "force_refresh": "maybe"}, 400),
-    ({"user_id": "team200-24", "days": "7"}, 400),
-])
+@pytest.mark.parametrize(
+    "params, status",
+    [
+        ({"user_id": "team200-24", "force_refresh": "maybe"}, 400),
+        ({"user_id": "team200-24", "days": "7"}, 400),
+    ],
+)
 async def test_dashboard_bad_requests(http, params, status):
     got, body = await http.get("/api/dashboard", **params)
     assert got == status, body
@@ -102,11 +121,14 @@ async def test_dashboard_user_comes_from_the_token(suite, http):
     assert got == 401, body
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"goal_type": "GOAL_TYPE_SAVINGS", "target_amount": "-1"}, "target_amount"),
-    ({"goal_type": "GOAL_TYPE_SAVINGS", "target_date": "2001-01-01"}, "target_date"),
-    ({"goal_type": "SOMETHING"}, "goal_type"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"goal_type": "GOAL_TYPE_SAVINGS", "target_amount": "-1"}, "target_amount"),
+        ({"goal_type": "GOAL_TYPE_SAVINGS", "target_date": "2001-01-01"}, "target_date"),
+        ({"goal_type": "SOMETHING"}, "goal_type"),
+    ],
+)
 async def test_profile_bad_input(http, body, field):
     status, answer = await http.call("PUT", "/api/users/team200-24/profile", json=body)
     assert status == 400 and field in answer["message"], answer

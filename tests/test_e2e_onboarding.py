@@ -3,6 +3,7 @@
 Each test uses its own bank customer (team200-1 … team200-10 exist at the emulator), so tests do not
 share consents.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,9 +33,13 @@ async def test_full_onboarding_survives_a_restart(suite, http, bank_urls):
     assert [b["id"] for b in banks["banks"]] == ["vbank", "abank", "sbank"]
     assert all(b["status"] == "configured" and b["baseUrl"] and not b["connected"] for b in banks["banks"])
 
-    request = {"user_id": user, "banks": [
-        {"bank_id": bank, "consents": {"account": True, "product": True, "payment": False}}
-        for bank in ("vbank", "abank", "sbank")]}
+    request = {
+        "user_id": user,
+        "banks": [
+            {"bank_id": bank, "consents": {"account": True, "product": True, "payment": False}}
+            for bank in ("vbank", "abank", "sbank")
+        ],
+    }
     status, created = await http.post("/api/onboarding/consents", request)
     assert status == 200, created
     assert created["overall_status"] == "in_progress"
@@ -56,8 +61,10 @@ async def test_full_onboarding_survives_a_restart(suite, http, bank_urls):
     status, again = await http.post("/api/onboarding/consents", request)
     assert status == 200
     assert _bank(again, "vbank")["account_consent"]["reused"] is True
-    assert (_bank(again, "vbank")["account_consent"]["consent_id"]
-            == _bank(created, "vbank")["account_consent"]["consent_id"])
+    assert (
+        _bank(again, "vbank")["account_consent"]["consent_id"]
+        == _bank(created, "vbank")["account_consent"]["consent_id"]
+    )
     assert _bank(again, "sbank")["account_consent"]["request_id"] == account_request
 
     status, consents = await http.get("/api/onboarding/consents/status", user_id=user)
@@ -120,8 +127,10 @@ async def test_full_onboarding_survives_a_restart(suite, http, bank_urls):
     status, consents_after = await http.get("/api/onboarding/consents/status", user_id=user)
     assert status == 200
     for bank in ("vbank", "abank", "sbank"):
-        assert _bank(consents_after, bank)["account_consent"]["consent_id"] == \
-            _bank(consents, bank)["account_consent"]["consent_id"]
+        assert (
+            _bank(consents_after, bank)["account_consent"]["consent_id"]
+            == _bank(consents, bank)["account_consent"]["consent_id"]
+        )
     status, banks = await http.get("/api/banks", user_id=user)
     assert all(b["connected"] for b in banks["banks"])
 
@@ -131,8 +140,10 @@ async def test_callback_records_consent_when_bank_keeps_awaiting(suite, http, ba
     async with aiohttp.ClientSession() as session:
         await set_faults(session, bank_urls["sbank"], sticky_awaiting=True)
         try:
-            status, created = await http.post("/api/onboarding/consents", {"user_id": user, "banks": [
-                {"bank_id": "sbank", "consents": {"account": True, "product": False}}]})
+            status, created = await http.post(
+                "/api/onboarding/consents",
+                {"user_id": user, "banks": [{"bank_id": "sbank", "consents": {"account": True, "product": False}}]},
+            )
             assert status == 200, created
             request_id = _bank(created, "sbank")["account_consent"]["request_id"]
             signed = await customer_signs(session, bank_urls["sbank"], user, request_id)
@@ -144,16 +155,19 @@ async def test_callback_records_consent_when_bank_keeps_awaiting(suite, http, ba
             query = {"user_id": user, "bank_id": "sbank", "request_id": request_id}
             status, body = await http.get("/api/onboarding/consents/callback", **query, consent_id="consent-forged")
             assert status in (400, 404), body
-            status, body = await http.get("/api/onboarding/consents/callback",
-                                          **{**query, "user_id": "team200-9"}, consent_id=signed["consent_id"])
+            status, body = await http.get(
+                "/api/onboarding/consents/callback",
+                **{**query, "user_id": "team200-9"},
+                consent_id=signed["consent_id"],
+            )
             assert status == 404, body
 
-            status, body = await http.get("/api/onboarding/consents/callback", **query,
-                                          consent_id=signed["consent_id"])
+            status, body = await http.get("/api/onboarding/consents/callback", **query, consent_id=signed["consent_id"])
             assert status == 200, body
             assert body["status"] == "APPROVED" and body["consent_id"] == signed["consent_id"]
-            status, repeated = await http.get("/api/onboarding/consents/callback", **query,
-                                              consent_id=signed["consent_id"])
+            status, repeated = await http.get(
+                "/api/onboarding/consents/callback", **query, consent_id=signed["consent_id"]
+            )
             assert (status, repeated) == (200, body)
 
             status, consents = await http.get("/api/onboarding/consents/status", user_id=user)
@@ -169,8 +183,10 @@ async def test_finalize_errors(http):
     assert status == 400 and "No approved consents" in body["message"]
 
     # An approved product consent alone is not enough: the account consent is mandatory.
-    status, created = await http.post("/api/onboarding/consents", {"user_id": user, "banks": [
-        {"bank_id": "vbank", "consents": {"account": True, "product": True}}]})
+    status, created = await http.post(
+        "/api/onboarding/consents",
+        {"user_id": user, "banks": [{"bank_id": "vbank", "consents": {"account": True, "product": True}}]},
+    )
     assert status == 200, created
     account_consent = _bank(created, "vbank")["account_consent"]["consent_id"]
     status, _ = await http.call("DELETE", f"/api/consents/{account_consent}", params={"user_id": user})
@@ -180,26 +196,32 @@ async def test_finalize_errors(http):
 
     status, body = await http.get("/api/onboarding/status", onboarding_id="00000000-0000-0000-0000-000000000000")
     assert status == 404 and "not found" in body["message"]
-    status, body = await http.post("/api/onboarding/finalize",
-                                   {"onboarding_id": "00000000-0000-0000-0000-000000000000", "user_id": user})
+    status, body = await http.post(
+        "/api/onboarding/finalize", {"onboarding_id": "00000000-0000-0000-0000-000000000000", "user_id": user}
+    )
     assert status == 404
 
     status, started = await http.post("/api/onboarding/start", {"user_id": "team200-4"})
-    status, body = await http.post("/api/onboarding/finalize",
-                                   {"onboarding_id": started["onboarding_id"], "user_id": user})
+    status, body = await http.post(
+        "/api/onboarding/finalize", {"onboarding_id": started["onboarding_id"], "user_id": user}
+    )
     # Another user's session is not finalized, and answers exactly as a session that does not exist.
     assert status == 404, body
-    missing_status, missing = await http.post("/api/onboarding/finalize",
-                                              {"onboarding_id": "no-such-session", "user_id": user})
+    missing_status, missing = await http.post(
+        "/api/onboarding/finalize", {"onboarding_id": "no-such-session", "user_id": user}
+    )
     assert (missing_status, body["error"]) == (404, missing["error"])
-    assert (body["message"].replace(started["onboarding_id"], "<id>")
-            == missing["message"].replace("no-such-session", "<id>"))
+    assert body["message"].replace(started["onboarding_id"], "<id>") == missing["message"].replace(
+        "no-such-session", "<id>"
+    )
 
 
 async def test_revoke_then_data_is_refused_and_status_shows_it(http):
     user = "team200-5"
-    status, created = await http.post("/api/onboarding/consents", {"user_id": user, "banks": [
-        {"bank_id": "vbank", "consents": {"account": True, "product": False}}]})
+    status, created = await http.post(
+        "/api/onboarding/consents",
+        {"user_id": user, "banks": [{"bank_id": "vbank", "consents": {"account": True, "product": False}}]},
+    )
     consent_id = _bank(created, "vbank")["account_consent"]["consent_id"]
     status, revoked = await http.call("DELETE", f"/api/consents/{consent_id}", params={"user_id": user})
     assert status == 200 and revoked["status"] == "REVOKED"
@@ -214,8 +236,10 @@ async def test_revoke_then_data_is_refused_and_status_shows_it(http):
     assert not next(b for b in banks["banks"] if b["id"] == "vbank")["connected"]
 
     # Asking again creates a new consent at the bank instead of reusing the revoked one.
-    status, renewed = await http.post("/api/onboarding/consents", {"user_id": user, "banks": [
-        {"bank_id": "vbank", "consents": {"account": True, "product": False}}]})
+    status, renewed = await http.post(
+        "/api/onboarding/consents",
+        {"user_id": user, "banks": [{"bank_id": "vbank", "consents": {"account": True, "product": False}}]},
+    )
     assert _bank(renewed, "vbank")["account_consent"]["consent_id"] != consent_id
 
 
@@ -224,8 +248,15 @@ async def test_one_bank_down_does_not_stop_the_others(http, bank_urls):
     async with aiohttp.ClientSession() as session:
         await set_faults(session, bank_urls["abank"], error_rate=1.0)
         try:
-            status, created = await http.post("/api/onboarding/consents", {"user_id": user, "banks": [
-                {"bank_id": bank, "consents": {"account": True, "product": True}} for bank in ("vbank", "abank")]})
+            status, created = await http.post(
+                "/api/onboarding/consents",
+                {
+                    "user_id": user,
+                    "banks": [
+                        {"bank_id": bank, "consents": {"account": True, "product": True}} for bank in ("vbank", "abank")
+                    ],
+                },
+            )
         finally:
             await set_faults(session, bank_urls["abank"], error_rate=0.0)
     assert status == 200, created

@@ -4,6 +4,7 @@ Every test takes its own emulator customers (team200-31 … 35), so neither thei
 syncs overlap another test's. "No bank call" and "exactly one bank payment" are read from the
 emulator's own counters (`/__admin__/customers/{id}/counts`: payments made, payment consents asked).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,8 +28,9 @@ def new_key() -> str:
 
 async def stored(http: Http, user: str, bank: str) -> dict:
     """What the suite stores for the bank (no new sync)."""
-    status, body = await call(http, "GET", f"/api/banks/{bank}/bootstrap",
-                              params={"user_id": user, "skip_sync": "true", "page_size": "20"})
+    status, body = await call(
+        http, "GET", f"/api/banks/{bank}/bootstrap", params={"user_id": user, "skip_sync": "true", "page_size": "20"}
+    )
     assert status == 200, body
     return body
 
@@ -38,8 +40,11 @@ def account(snapshot: dict, sub_type: str) -> dict:
 
 
 def available(snapshot: dict, account_id: str) -> Decimal:
-    return next(Decimal(b["amount"]) for b in snapshot["balances"]
-                if b["account_id"] == account_id and b["type"] == "InterimAvailable")
+    return next(
+        Decimal(b["amount"])
+        for b in snapshot["balances"]
+        if b["account_id"] == account_id and b["type"] == "InterimAvailable"
+    )
 
 
 async def bank_counts(session: aiohttp.ClientSession, bank_url: str, user: str) -> dict:
@@ -64,6 +69,7 @@ async def pay(http: Http, body: dict, key: str | None, path: str = "/api/payment
 
 # ------------------------------------------------------------------------------------------ money moves
 
+
 async def test_a_payment_between_two_of_the_users_banks_moves_money_at_both(suite, http, session, bank_urls):
     user = "team200-33"
     await onboard(http, user, wait=True)
@@ -71,16 +77,25 @@ async def test_a_payment_between_two_of_the_users_banks_moves_money_at_both(suit
     source, target = account(vbank, "Checking"), account(abank, "Checking")
     before = (available(vbank, source["account_id"]), available(abank, target["account_id"]))
     amount, key = Decimal("1234.56"), new_key()
-    body = {"user_id": user, "bank_id": "vbank", "account_id": source["account_id"],
-            "creditor_account": target["account_number"], "creditor_bank_id": "abank", "amount": str(amount),
-            "comment": "e2e transfer"}
+    body = {
+        "user_id": user,
+        "bank_id": "vbank",
+        "account_id": source["account_id"],
+        "creditor_account": target["account_number"],
+        "creditor_bank_id": "abank",
+        "amount": str(amount),
+        "comment": "e2e transfer",
+    }
 
     status, answer = await pay(http, body, key)
     assert status == 200, answer
     payment = answer["payment"]
     assert answer["replayed"] is False and payment["status"] == "PAYMENT_STATUS_COMPLETED"
     assert (payment["amount"], payment["debtor_account"], payment["idempotency_key"]) == (
-        "1234.56", source["account_number"], key)
+        "1234.56",
+        source["account_number"],
+        key,
+    )
     assert payment["bank_payment_id"].startswith("pay-") and payment["consent_id"].startswith("pcon-")
 
     # The payment queued a sync of both banks: once it ran, the stored balances moved by the amount.
@@ -121,37 +136,59 @@ async def test_a_loan_repayment_pays_the_dashboards_instalment_to_the_loans_acco
     source = account(abank, "Checking")  # paid from the other bank
     before = available(vbank, loan_account["account_id"])
 
-    status, answer = await pay(http, {"user_id": user, "bank_id": "abank", "account_id": source["account_id"]},
-                               new_key(), f"/api/loans/{loan['agreement_id']}/repayment")
+    status, answer = await pay(
+        http,
+        {"user_id": user, "bank_id": "abank", "account_id": source["account_id"]},
+        new_key(),
+        f"/api/loans/{loan['agreement_id']}/repayment",
+    )
     assert status == 200, answer
     payment = answer["payment"]
     assert payment["status"] == "PAYMENT_STATUS_COMPLETED" and payment["kind"] == "PAYMENT_KIND_LOAN_REPAYMENT"
     assert answer["amount_source"] == "detected" and payment["amount"] == instalment["monthly_payment"]
     assert (payment["creditor_account"], payment["creditor_bank_id"], payment["agreement_id"]) == (
-        loan["account_number"], "vbank", loan["agreement_id"])
+        loan["account_number"],
+        "vbank",
+        loan["agreement_id"],
+    )
 
     await wait_synced(http, user)
     vbank = await stored(http, user, "vbank")
     assert available(vbank, loan_account["account_id"]) - before == Decimal(payment["amount"])
-    arrived = [t for t in vbank["transactions"] if t["account_id"] == loan_account["account_id"]
-               and t["direction"] == "credit" and t["amount"] == payment["amount"]
-               and loan["agreement_id"] in t["description"]]
+    arrived = [
+        t
+        for t in vbank["transactions"]
+        if t["account_id"] == loan_account["account_id"]
+        and t["direction"] == "credit"
+        and t["amount"] == payment["amount"]
+        and loan["agreement_id"] in t["description"]
+    ]
     assert arrived, "the repayment is booked on the loan's account"
     assert (await bank_counts(session, bank_urls["abank"], user))["payments"] == 1
 
-    status, error = await pay(http, {"user_id": user, "bank_id": "abank", "account_id": source["account_id"]},
-                              new_key(), "/api/loans/loan-does-not-exist/repayment")
+    status, error = await pay(
+        http,
+        {"user_id": user, "bank_id": "abank", "account_id": source["account_id"]},
+        new_key(),
+        "/api/loans/loan-does-not-exist/repayment",
+    )
     assert status == 404 and "loan-does-not-exist" in error["message"]
 
 
 # ------------------------------------------------------------------------------------------ idempotency
 
+
 async def test_twenty_concurrent_requests_with_one_key_make_exactly_one_bank_payment(http, session, bank_urls):
     user = "team200-31"
     await onboard(http, user, ("vbank",), wait=True)
     vbank = await stored(http, user, "vbank")
-    body = {"user_id": user, "bank_id": "vbank", "account_id": account(vbank, "Checking")["account_id"],
-            "creditor_account": account(vbank, "Savings")["account_number"], "amount": "500.00"}
+    body = {
+        "user_id": user,
+        "bank_id": "vbank",
+        "account_id": account(vbank, "Checking")["account_id"],
+        "creditor_account": account(vbank, "Savings")["account_number"],
+        "amount": "500.00",
+    }
     key = new_key()
 
     # No wait for the user's rate-limit bucket: the suite's (1000/s, burst 2000, tests/conftest.py) takes
@@ -177,9 +214,14 @@ async def test_killed_after_the_bank_paid_the_retry_answers_the_stored_result(su
     vbank, abank = await stored(http, user, "vbank"), await stored(http, user, "abank")
     source = account(vbank, "Checking")
     before = available(vbank, source["account_id"])
-    body = {"user_id": user, "bank_id": "vbank", "account_id": source["account_id"],
-            "creditor_account": account(abank, "Checking")["account_number"], "creditor_bank_id": "abank",
-            "amount": "777.77"}
+    body = {
+        "user_id": user,
+        "bank_id": "vbank",
+        "account_id": source["account_id"],
+        "creditor_account": account(abank, "Checking")["account_number"],
+        "creditor_bank_id": "abank",
+        "amount": "777.77",
+    }
     key = new_key()
 
     # The bank books the payment, then takes its time to answer: consent_svc is killed meanwhile.
@@ -196,8 +238,11 @@ async def test_killed_after_the_bank_paid_the_retry_answers_the_stored_result(su
         await set_faults(session, bank_urls["vbank"], payment_delay_ms=0)
     status, answer = await first
     assert status >= 500, answer
-    row = await db.fetchrow("SELECT status, in_doubt, bank_payment_id FROM consent.payments "
-                            "WHERE user_id = $1 AND idempotency_key = $2", user, key)
+    row = await db.fetchrow(
+        "SELECT status, in_doubt, bank_payment_id FROM consent.payments WHERE user_id = $1 AND idempotency_key = $2",
+        user,
+        key,
+    )
     assert dict(row) == {"status": "INITIATING", "in_doubt": True, "bank_payment_id": None}  # intent, not outcome
 
     suite.start(["consent"])
@@ -225,13 +270,19 @@ async def test_killed_after_the_bank_paid_the_retry_answers_the_stored_result(su
 
 # ------------------------------------------------------------------------------------------ validation
 
+
 async def test_bad_payments_are_4xx_and_never_reach_the_bank(suite, http, session, bank_urls):
     user = "team200-35"
     await onboard(http, user, ("vbank",), wait=True)
     vbank = await stored(http, user, "vbank")
     mine = account(vbank, "Checking")
-    base = {"user_id": user, "bank_id": "vbank", "account_id": mine["account_id"],
-            "creditor_account": "40817810000000000001", "amount": "10.00"}
+    base = {
+        "user_id": user,
+        "bank_id": "vbank",
+        "account_id": mine["account_id"],
+        "creditor_account": "40817810000000000001",
+        "amount": "10.00",
+    }
     me = http.as_user(suite.token(user))
     table = [
         ("negative amount", {"amount": "-10.00"}, 400),
@@ -256,11 +307,16 @@ async def test_bad_payments_are_4xx_and_never_reach_the_bank(suite, http, sessio
         assert answer["message"], name
     status, answer = await pay(me, base, None)
     assert status == 400 and "idempotency_key is required" in answer["message"]
-    status, answer = await call(me, "POST", "/api/payments", json={**base, "idempotency_key": "a"},
-                                headers={"Idempotency-Key": "b"})
+    status, answer = await call(
+        me, "POST", "/api/payments", json={**base, "idempotency_key": "a"}, headers={"Idempotency-Key": "b"}
+    )
     assert status == 400 and "Idempotency-Key" in answer["message"]
-    status, answer = await pay(me, {"bank_id": "vbank", "account_id": mine["account_id"], "amount": "-1"}, new_key(),
-                               "/api/loans/loan-x/repayment")
+    status, answer = await pay(
+        me,
+        {"bank_id": "vbank", "account_id": mine["account_id"], "amount": "-1"},
+        new_key(),
+        "/api/loans/loan-x/repayment",
+    )
     assert status == 400 and "amount" in answer["message"]
     counts = await bank_counts(session, bank_urls["vbank"], user)
     assert (counts["payments"], counts["payment_consents"]) == (0, 0)

@@ -2,6 +2,7 @@
 
 Every test takes its own emulator customers (the suite's emulator has 30), so jobs never overlap.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,7 +33,10 @@ async def stored_counts(db, user: str, bank_id: str) -> dict:
                   (SELECT count(*) FROM sync.transactions WHERE user_id = $1 AND bank_id = $2) AS transactions,
                   (SELECT count(*) FROM sync.credits WHERE user_id = $1 AND bank_id = $2) AS agreements,
                   (SELECT count(*) FROM (SELECT DISTINCT account_id, balance_type FROM sync.balances
-                                         WHERE user_id = $1 AND bank_id = $2) b) AS balances""", user, bank_id)
+                                         WHERE user_id = $1 AND bank_id = $2) b) AS balances""",
+        user,
+        bank_id,
+    )
     return dict(row)
 
 
@@ -47,14 +51,18 @@ async def test_finalize_syncs_every_bank_into_postgres_and_survives_restart(suit
     user = "team200-11"
     await onboard(http, user)
     status = await wait_synced(http, user)
-    assert {b["bank_id"]: b["state"] for b in status["banks"] if b["bank_id"] in AUTO_BANKS} == \
-        {"vbank": "JOB_STATE_SUCCEEDED", "abank": "JOB_STATE_SUCCEEDED"}
+    assert {b["bank_id"]: b["state"] for b in status["banks"] if b["bank_id"] in AUTO_BANKS} == {
+        "vbank": "JOB_STATE_SUCCEEDED",
+        "abank": "JOB_STATE_SUCCEEDED",
+    }
     assert status["synced_at"]
     await assert_counts_exact(db, bank_urls, user)
-    calls = await db.fetch("SELECT operation, interaction_id, http_status FROM sync.bank_status_log "
-                           "WHERE user_id = $1", user)
-    assert {"get_accounts", "get_balances", "get_transactions", "get_product_agreements"} <= \
-        {c["operation"] for c in calls}, "every bank call is logged"
+    calls = await db.fetch(
+        "SELECT operation, interaction_id, http_status FROM sync.bank_status_log WHERE user_id = $1", user
+    )
+    assert {"get_accounts", "get_balances", "get_transactions", "get_product_agreements"} <= {
+        c["operation"] for c in calls
+    }, "every bank call is logged"
     assert all(c["interaction_id"] for c in calls)
 
     _, banks = await http.get("/api/banks", user_id=user)
@@ -98,11 +106,15 @@ async def test_second_sync_writes_nothing_and_new_transactions_arrive(http, db, 
     assert json.loads(job["progress"])["rows_written"] == 0
     assert await db.fetchval("SELECT version FROM sync.user_data_version WHERE user_id = $1", user) == version
 
-    account = await db.fetchval("SELECT account_id FROM sync.accounts WHERE user_id = $1 AND bank_id = 'vbank' "
-                                "AND account_sub_type = 'Checking' LIMIT 1", user)
+    account = await db.fetchval(
+        "SELECT account_id FROM sync.accounts WHERE user_id = $1 AND bank_id = 'vbank' "
+        "AND account_sub_type = 'Checking' LIMIT 1",
+        user,
+    )
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{bank_urls['vbank']}/__admin__/customers/{user}/transactions",
-                                json={"account_id": account, "count": 3}) as resp:
+        async with session.post(
+            f"{bank_urls['vbank']}/__admin__/customers/{user}/transactions", json={"account_id": account, "count": 3}
+        ) as resp:
             assert resp.status == 200
             added = await resp.json()
     new_ids = {t["transactionId"] for t in added["data"]["transaction"]}
@@ -111,9 +123,14 @@ async def test_second_sync_writes_nothing_and_new_transactions_arrive(http, db, 
     status, started = await http.call("POST", "/api/sync/start", params={"user_id": user})
     assert status == 200, started
     await wait_synced(http, user)
-    stored = {r["transaction_id"] for r in await db.fetch(
-        "SELECT transaction_id FROM sync.transactions WHERE user_id = $1 AND transaction_id = ANY($2::text[])",
-        user, list(new_ids))}
+    stored = {
+        r["transaction_id"]
+        for r in await db.fetch(
+            "SELECT transaction_id FROM sync.transactions WHERE user_id = $1 AND transaction_id = ANY($2::text[])",
+            user,
+            list(new_ids),
+        )
+    }
     assert stored == new_ids
     await assert_counts_exact(db, bank_urls, user, ("vbank",))
     assert await db.fetchval("SELECT version FROM sync.user_data_version WHERE user_id = $1", user) > version
@@ -133,14 +150,17 @@ async def test_flaky_banks_still_sync_exactly(http, db, bank_urls):
             for bank in AUTO_BANKS:
                 await set_faults(session, bank_urls[bank], error_rate=0.0, rate_limit_rate=0.0)
     await assert_counts_exact(db, bank_urls, user)
-    failures = await db.fetchval("SELECT count(*) FROM sync.bank_status_log WHERE user_id = $1 AND outcome <> 'ok'",
-                                 user)
+    failures = await db.fetchval(
+        "SELECT count(*) FROM sync.bank_status_log WHERE user_id = $1 AND outcome <> 'ok'", user
+    )
     assert failures > 0, "the faults really happened"
 
 
 async def onboard_consents_only(http: Http, user: str, bank: str) -> None:
-    status, body = await http.post("/api/onboarding/consents", {"user_id": user, "banks": [
-        {"bank_id": bank, "consents": {"account": True, "product": True}}]})
+    status, body = await http.post(
+        "/api/onboarding/consents",
+        {"user_id": user, "banks": [{"bank_id": bank, "consents": {"account": True, "product": True}}]},
+    )
     assert status == 200 and body["overall_status"] == "completed", body
 
 
@@ -152,10 +172,15 @@ async def test_one_bank_down_others_sync_and_it_is_retried(http, db, bank_urls):
     async with aiohttp.ClientSession() as session:
         # New transactions at both banks, then abank goes down and the user refreshes.
         for bank in AUTO_BANKS:
-            account = await db.fetchval("SELECT account_id FROM sync.accounts WHERE user_id = $1 AND bank_id = $2 "
-                                        "AND account_sub_type = 'Checking' LIMIT 1", user, bank)
-            async with session.post(f"{bank_urls[bank]}/__admin__/customers/{user}/transactions",
-                                    json={"account_id": account, "count": 2}) as resp:
+            account = await db.fetchval(
+                "SELECT account_id FROM sync.accounts WHERE user_id = $1 AND bank_id = $2 "
+                "AND account_sub_type = 'Checking' LIMIT 1",
+                user,
+                bank,
+            )
+            async with session.post(
+                f"{bank_urls[bank]}/__admin__/customers/{user}/transactions", json={"account_id": account, "count": 2}
+            ) as resp:
                 assert resp.status == 200
         async with session.post(f"{bank_urls['abank']}/__admin__/down", json={"down": True}) as resp:
             assert resp.status == 200
@@ -167,8 +192,7 @@ async def test_one_bank_down_others_sync_and_it_is_retried(http, db, bank_urls):
                 _, body = await http.get("/api/sync/status", user_id=user)
                 states = {b["bank_id"]: b for b in body["banks"]}
                 ok = states["vbank"]["state"] == "JOB_STATE_SUCCEEDED"
-                return states if ok and states["abank"].get("last_error") and states["abank"]["attempts"] >= 1 \
-                    else None
+                return states if ok and states["abank"].get("last_error") and states["abank"]["attempts"] >= 1 else None
 
             states = await eventually(abank_failed_once, timeout=60)
             status_now = (await http.get("/api/sync/status", user_id=user))[1] if not states else None
@@ -193,8 +217,11 @@ async def test_kill_9_mid_sync_then_restart_completes(suite, http, db, bank_urls
             await http.post("/api/onboarding/finalize", {"onboarding_id": user, "user_id": user})
 
             async def running():
-                return await db.fetchval("SELECT count(*) FROM sync.sync_jobs WHERE user_id = $1 AND state = 'running' "
-                                         "AND (progress->>'pages_fetched')::int > 0", user)
+                return await db.fetchval(
+                    "SELECT count(*) FROM sync.sync_jobs WHERE user_id = $1 AND state = 'running' "
+                    "AND (progress->>'pages_fetched')::int > 0",
+                    user,
+                )
 
             assert await eventually(running, timeout=30, interval=0.1)
             suite.children["sync"].signal(signal.SIGKILL)
@@ -215,22 +242,25 @@ async def test_two_sync_processes_run_every_job_once(suite, http, db, bank_urls,
     port = ports.port()
     env = {**suite.children["sync"].env, "FINPULSE_GRPC_PORT": str(port), "FINPULSE_SYNC_METRICS_ADDR": ports.addr()}
     env.update(ports.env(env))  # it binds the ports this test holds for it (svclib.ports)
-    second = Child("sync-2", suite.children["sync"].argv, env,
-                   suite.children["sync"].log_path.replace("sync.log", "sync-2.log"))
+    second = Child(
+        "sync-2", suite.children["sync"].argv, env, suite.children["sync"].log_path.replace("sync.log", "sync-2.log")
+    )
     second.start()
     try:
         assert await eventually(lambda: grpc_serving(f"127.0.0.1:{port}"), timeout=30)
         await asyncio.gather(*(onboard(http, user) for user in users))
         for user in users:
             await wait_synced(http, user, timeout=120)
-        jobs = await db.fetch("SELECT user_id, bank_id, attempts, worker_id FROM sync.sync_jobs "
-                              "WHERE user_id = ANY($1::text[])", users)
+        jobs = await db.fetch(
+            "SELECT user_id, bank_id, attempts, worker_id FROM sync.sync_jobs WHERE user_id = ANY($1::text[])", users
+        )
         assert len(jobs) == len(users) * len(AUTO_BANKS)
         assert all(j["attempts"] == 1 for j in jobs), "no job was claimed twice"
         assert len({j["worker_id"] for j in jobs}) == 2, "both processes took jobs"
         account_fetches = await db.fetchval(
             "SELECT count(*) FROM sync.bank_status_log WHERE user_id = ANY($1::text[]) AND operation = 'get_accounts'",
-            users)
+            users,
+        )
         assert account_fetches == len(jobs)
         for user in users:
             await assert_counts_exact(db, bank_urls, user)
@@ -247,8 +277,11 @@ async def test_sync_events_stream_progress(http, bank_urls):
         try:
             await http.post("/api/onboarding/finalize", {"onboarding_id": user, "user_id": user})
             events = []
-            async with session.get(f"{http.base}/api/sync/events", params={"user_id": user},
-                                   headers={"Authorization": f"Bearer {http.tokens(user)}"}) as resp:
+            async with session.get(
+                f"{http.base}/api/sync/events",
+                params={"user_id": user},
+                headers={"Authorization": f"Bearer {http.tokens(user)}"},
+            ) as resp:
                 assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
                 async for raw in resp.content:
                     line = raw.decode().strip()

@@ -28,6 +28,7 @@ d. Every service's gRPC port refuses calls without a statement or with a badly s
 Figures of each test (requests, statuses, outage windows, recovery times, restarts) go to
 `fault-figures.json` in the test's tmp dir and to one summary line on the terminal.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -78,8 +79,12 @@ KILL_BANK_LATENCY_MS = 1000
 #: Load between two faults, so every route is seen working before the next one.
 STEADY_SECONDS = 3.0
 #: What asyncpg logged around every restart in the issue: each means a connection was misused.
-ASYNCPG_MISUSE = ("released back to the pool", "Future exception was never retrieved",
-                  "Task exception was never retrieved", "unhandled error")
+ASYNCPG_MISUSE = (
+    "released back to the pool",
+    "Future exception was never retrieved",
+    "Task exception was never retrieved",
+    "unhandled error",
+)
 #: asyncpg handing out a pooled connection whose server has just said goodbye (before its socket's end
 #: arrives): answered UNAVAILABLE (and retried by the caller's gRPC channel), counted, not a failure.
 ASYNCPG_RACE = ("cannot switch to state",)
@@ -116,9 +121,12 @@ class Faulty:
         names a lost connection it handled is no failure."""
         found: dict[str, int] = {}
         for name in self.suite.children:
-            for line in self.log_text(name)[since.get(name, 0):].splitlines():
-                if errors_only and line.startswith("{") and not any(
-                        f'"level": "{level}"' in line for level in ("ERROR", "CRITICAL")):
+            for line in self.log_text(name)[since.get(name, 0) :].splitlines():
+                if (
+                    errors_only
+                    and line.startswith("{")
+                    and not any(f'"level": "{level}"' in line for level in ("ERROR", "CRITICAL"))
+                ):
                     continue
                 for needle in needles:
                     if needle in line:
@@ -202,13 +210,18 @@ SETTLE_SECONDS = 60.0
 async def _settle_jobs(env: Faulty, conn, timeout: float = SETTLE_SECONDS) -> list[dict]:
     """Wait until no job is queued or running (at most `timeout` s); every job row of the suite, those
     still queued or running included (the callers' assertions on states name them)."""
+
     async def idle():
         return await conn.fetchval("SELECT count(*) = 0 FROM sync.sync_jobs WHERE state IN ('queued', 'running')")
 
     await until(idle, timeout, 0.5)
-    return [dict(r) for r in await conn.fetch(
-        "SELECT job_id::text, user_id, bank_id, state, attempts, last_error, lease_until, run_after "
-        "FROM sync.sync_jobs ORDER BY created_at")]
+    return [
+        dict(r)
+        for r in await conn.fetch(
+            "SELECT job_id::text, user_id, bank_id, state, attempts, last_error, lease_until, run_after "
+            "FROM sync.sync_jobs ORDER BY created_at"
+        )
+    ]
 
 
 def _states(rows: list[dict]) -> dict[str, int]:
@@ -227,8 +240,11 @@ def _latency(samples) -> dict[str, float]:
     spans = sorted(s.end - s.start for s in samples)
     if not spans:
         return {}
-    return {"p50_s": round(spans[len(spans) // 2], 3), "p95_s": round(spans[int(len(spans) * 0.95)], 3),
-            "max_s": round(spans[-1], 3)}
+    return {
+        "p50_s": round(spans[len(spans) // 2], 3),
+        "p95_s": round(spans[int(len(spans) * 0.95)], 3),
+        "max_s": round(spans[-1], 3),
+    }
 
 
 # ------------------------------------------------------------------------------------- d. gRPC auth
@@ -252,20 +268,36 @@ async def test_every_grpc_port_refuses_unauthenticated_and_forged_user_calls(fau
     as_a = (good.metadata(AUTH_A), ("x-user-id", AUTH_B))  # a valid statement for A; a header naming B
     # Per service: calls naming B's data (B onboarded and synced, so each has data to leak).
     calls = {
-        "onboarding": (onboarding_pb2_grpc.OnboardingServiceStub, [
-            ("GetProfile", onboarding_pb2.GetProfileRequest(user_id=AUTH_B)),
-            ("GetOnboardingStatus", onboarding_pb2.GetOnboardingStatusRequest(onboarding_id=AUTH_B))]),
-        "consent": (consent_pb2_grpc.ConsentServiceStub, [
-            ("ListApprovedConsents", consent_pb2.ListApprovedConsentsRequest(user_id=AUTH_B)),
-            ("ListUserConsents", consent_pb2.ListUserConsentsRequest(user_id=AUTH_B)),
-            ("GetConsentStatus", consent_pb2.GetConsentStatusRequest(user_id=AUTH_B))]),
-        "sync": (sync_pb2_grpc.SyncServiceStub, [
-            ("ListAccounts", sync_pb2.ListAccountsRequest(user_id=AUTH_B)),
-            ("GetSyncStatus", sync_pb2.GetSyncStatusRequest(user_id=AUTH_B)),
-            ("BootstrapBank", sync_pb2.BootstrapBankRequest(user_id=AUTH_B, bank_id="vbank", skip_sync=True))]),
-        "dashboard": (dashboard_pb2_grpc.DashboardServiceStub, [
-            ("GetFinancialInputs", dashboard_pb2.GetFinancialInputsRequest(user_id=AUTH_B)),
-            ("GetDashboard", dashboard_pb2.GetDashboardRequest(user_id=AUTH_B))]),
+        "onboarding": (
+            onboarding_pb2_grpc.OnboardingServiceStub,
+            [
+                ("GetProfile", onboarding_pb2.GetProfileRequest(user_id=AUTH_B)),
+                ("GetOnboardingStatus", onboarding_pb2.GetOnboardingStatusRequest(onboarding_id=AUTH_B)),
+            ],
+        ),
+        "consent": (
+            consent_pb2_grpc.ConsentServiceStub,
+            [
+                ("ListApprovedConsents", consent_pb2.ListApprovedConsentsRequest(user_id=AUTH_B)),
+                ("ListUserConsents", consent_pb2.ListUserConsentsRequest(user_id=AUTH_B)),
+                ("GetConsentStatus", consent_pb2.GetConsentStatusRequest(user_id=AUTH_B)),
+            ],
+        ),
+        "sync": (
+            sync_pb2_grpc.SyncServiceStub,
+            [
+                ("ListAccounts", sync_pb2.ListAccountsRequest(user_id=AUTH_B)),
+                ("GetSyncStatus", sync_pb2.GetSyncStatusRequest(user_id=AUTH_B)),
+                ("BootstrapBank", sync_pb2.BootstrapBankRequest(user_id=AUTH_B, bank_id="vbank", skip_sync=True)),
+            ],
+        ),
+        "dashboard": (
+            dashboard_pb2_grpc.DashboardServiceStub,
+            [
+                ("GetFinancialInputs", dashboard_pb2.GetFinancialInputsRequest(user_id=AUTH_B)),
+                ("GetDashboard", dashboard_pb2.GetDashboardRequest(user_id=AUTH_B)),
+            ],
+        ),
     }
     outcomes: dict[str, dict[str, str]] = {}
     problems: list[str] = []
@@ -274,19 +306,24 @@ async def test_every_grpc_port_refuses_unauthenticated_and_forged_user_calls(fau
         async with grpc.aio.insecure_channel(addr) as channel:
             health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert health.status == health_pb2.HealthCheckResponse.SERVING, service
-            listed = [reply async for reply in reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
-                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)]
+            listed = [
+                reply
+                async for reply in reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+                )
+            ]
             names = {s.name for s in listed[0].list_services_response.service}
             assert any(name.startswith("finpulse.") for name in names), (service, names)
             outcomes[service] = {"health": "SERVING", "reflection": f"{len(names)} services"}
             stub = stub_cls(channel)
             for method, request in requests:
                 for label, metadata, allowed in (
-                        ("none", (("x-user-id", AUTH_B),), {grpc.StatusCode.UNAUTHENTICATED}),
-                        ("forged-secret", (forged_secret.metadata(AUTH_B),), {grpc.StatusCode.UNAUTHENTICATED}),
-                        ("bad-scheme", (("authorization", "Basic abc"),), {grpc.StatusCode.UNAUTHENTICATED}),
-                        ("expired", (expired.metadata(AUTH_B),), {grpc.StatusCode.UNAUTHENTICATED}),
-                        ("user-A-for-B", as_a, {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND})):
+                    ("none", (("x-user-id", AUTH_B),), {grpc.StatusCode.UNAUTHENTICATED}),
+                    ("forged-secret", (forged_secret.metadata(AUTH_B),), {grpc.StatusCode.UNAUTHENTICATED}),
+                    ("bad-scheme", (("authorization", "Basic abc"),), {grpc.StatusCode.UNAUTHENTICATED}),
+                    ("expired", (expired.metadata(AUTH_B),), {grpc.StatusCode.UNAUTHENTICATED}),
+                    ("user-A-for-B", as_a, {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND}),
+                ):
                     try:
                         reply = await getattr(stub, method)(request, metadata=metadata, timeout=10)
                     except grpc.aio.AioRpcError as exc:
@@ -298,8 +335,10 @@ async def test_every_grpc_port_refuses_unauthenticated_and_forged_user_calls(fau
                     outcomes[service][f"{method}/{label}"] = "OK"
                     problems.append(f"{service}.{method} {label}: answered {str(reply)[:200]!r}")
             if service == "sync":  # a server-streaming method goes through the same checks
-                for label, metadata, code in (("none", (), grpc.StatusCode.UNAUTHENTICATED),
-                                              ("user-A-for-B", as_a, grpc.StatusCode.PERMISSION_DENIED)):
+                for label, metadata, code in (
+                    ("none", (), grpc.StatusCode.UNAUTHENTICATED),
+                    ("user-A-for-B", as_a, grpc.StatusCode.PERMISSION_DENIED),
+                ):
                     stream = stub.WatchSync(sync_pb2.WatchSyncRequest(user_id=AUTH_B), metadata=metadata, timeout=10)
                     try:
                         leaked = [event async for event in stream]
@@ -310,13 +349,19 @@ async def test_every_grpc_port_refuses_unauthenticated_and_forged_user_calls(fau
                         if exc.code() != code:
                             problems.append(f"sync.WatchSync {label}: {exc.code().name} {exc.details()}")
             # The same statement for A, asking for A's own data, is served (the refusals are about B).
-            reply = await getattr(stub, requests[0][0])(type(requests[0][1])(**(
-                {"onboarding_id": AUTH_A} if requests[0][0] == "GetOnboardingStatus" else {"user_id": AUTH_A})),
-                metadata=(good.metadata(AUTH_A),), timeout=10)
+            reply = await getattr(stub, requests[0][0])(
+                type(requests[0][1])(
+                    **({"onboarding_id": AUTH_A} if requests[0][0] == "GetOnboardingStatus" else {"user_id": AUTH_A})
+                ),
+                metadata=(good.metadata(AUTH_A),),
+                timeout=10,
+            )
             assert AUTH_B not in str(reply)
     figures.update(outcomes=outcomes, problems=problems)
-    figures["summary"] = (f"{sum(len(v) - 2 for v in outcomes.values())} refused calls checked on "
-                          f"{len(outcomes)} gRPC ports; problems: {len(problems)}")
+    figures["summary"] = (
+        f"{sum(len(v) - 2 for v in outcomes.values())} refused calls checked on "
+        f"{len(outcomes)} gRPC ports; problems: {len(problems)}"
+    )
     assert not problems, problems
 
 
@@ -325,11 +370,20 @@ async def test_every_grpc_port_refuses_unauthenticated_and_forged_user_calls(fau
 
 def _transaction(n: int, text: str):
     from bankapi.models import Transaction
+
     when = f"2025-03-{1 + n % 28:02d}T12:00:00+00:00"
-    return Transaction.from_api({
-        "accountId": "acc-1", "transactionId": f"tx-{n}", "amount": {"amount": "10.00", "currency": "RUB"},
-        "creditDebitIndicator": "Debit", "status": "completed", "bookingDateTime": when, "valueDateTime": when,
-        "transactionInformation": text})
+    return Transaction.from_api(
+        {
+            "accountId": "acc-1",
+            "transactionId": f"tx-{n}",
+            "amount": {"amount": "10.00", "currency": "RUB"},
+            "creditDebitIndicator": "Debit",
+            "status": "completed",
+            "bookingDateTime": when,
+            "valueDateTime": when,
+            "transactionInformation": text,
+        }
+    )
 
 
 async def test_a_copy_cut_off_while_waiting_to_send_fails_instead_of_hanging():
@@ -358,8 +412,10 @@ async def test_a_copy_cut_off_while_waiting_to_send_fails_instead_of_hanging():
                 await write.add_transactions([_transaction(0, "first")])
 
                 async def copied():  # the first COPY is done: the session waits for the next statement
-                    return await admin.fetchval("SELECT state FROM pg_stat_activity WHERE pid = $1",
-                                                pid) == "idle in transaction"
+                    return (
+                        await admin.fetchval("SELECT state FROM pg_stat_activity WHERE pid = $1", pid)
+                        == "idle in transaction"
+                    )
 
                 assert await until(copied, 10, 0.05)
                 os.kill(pid, signal.SIGSTOP)  # the server stops reading
@@ -406,8 +462,10 @@ async def test_postgres_restarted_five_times_under_load(faulty, figures):
                 routes_seen = {s.route for s in load.samples}
                 for number in range(1, PG_RESTARTS + 1):
                     stop = number == 3
-                    window = Window(f"#{number} " + (f"stop {PG_STOP_SECONDS:g} s + start" if stop
-                                                     else "pg_ctl restart -m fast"), time.monotonic())
+                    window = Window(
+                        f"#{number} " + (f"stop {PG_STOP_SECONDS:g} s + start" if stop else "pg_ctl restart -m fast"),
+                        time.monotonic(),
+                    )
                     if stop:
                         await asyncio.to_thread(env.postgres.stop, "fast")
                         await asyncio.sleep(PG_STOP_SECONDS)  # the outage itself
@@ -423,16 +481,17 @@ async def test_postgres_restarted_five_times_under_load(faulty, figures):
 
                     async def every_route_ok(back=window.end):
                         now = time.monotonic()
-                        return now - back > RECOVERY_LIMIT + 1 and all(
-                            v is not None for v in recovered(back).values())
+                        return now - back > RECOVERY_LIMIT + 1 and all(v is not None for v in recovered(back).values())
 
                     await until(every_route_ok, 30, 0.2)
                     await asyncio.sleep(STEADY_SECONDS)
                     # By now any job a restart interrupted has been taken over (its lease is 4 s).
                     # A queued job may wait its turn for a while under this load, not 10 s.
                     stuck_after[window.name] = [
-                        {k: str(v) for k, v in job.items()} for job in await stuck_jobs(conn, grace=3.0)
-                        if job["state"] == "running" or (job["now"] - job["run_after"]).total_seconds() > 10]
+                        {k: str(v) for k, v in job.items()}
+                        for job in await stuck_jobs(conn, grace=3.0)
+                        if job["state"] == "running" or (job["now"] - job["run_after"]).total_seconds() > 10
+                    ]
         finally:
             for bank in BANKS:
                 await set_faults(session, env.bank_urls[bank], latency_ms=0)
@@ -447,45 +506,72 @@ async def test_postgres_restarted_five_times_under_load(faulty, figures):
     await conn.close()
     misuse = env.log_matches(logs_before)
     races = env.log_matches(logs_before, ASYNCPG_RACE, errors_only=False)
-    interrupted = env.log_matches(logs_before, ("sync job interrupted: the database is unavailable",),
-                                  errors_only=False)
+    interrupted = env.log_matches(
+        logs_before, ("sync job interrupted: the database is unavailable",), errors_only=False
+    )
 
     t0 = load.samples[0].start
     per_outage = []
     for number, window in enumerate(windows):
         inside = [s for s in load.samples if window.contains(s, MARGIN)]
-        recovery = load.recovery(window.end, routes_seen,
-                                 windows[number + 1].start if number + 1 < len(windows) else load_end)
+        recovery = load.recovery(
+            window.end, routes_seen, windows[number + 1].start if number + 1 < len(windows) else load_end
+        )
         until_next = windows[number + 1].start if number + 1 < len(windows) else load_end
-        per_outage.append({
-            "outage": window.name, "from_s": round(window.start - t0, 2), "to_s": round(window.end - t0, 2),
-            "duration_s": round(window.end - window.start, 2), "requests": len(inside),
-            "by_status": Load.by_status(inside), "recovery_s": recovery,
-            "max_recovery_s": max((v for v in recovery.values() if v is not None), default=None),
-            "slowest_s": _latency(inside).get("max_s"),
-            # what the routes that did not recover answered, request by request
-            "unrecovered": {route: [(round(x.start - t0, 2), round(x.end - x.start, 2), x.status, x.error[:120])
-                                    for x in load.samples
-                                    if x.route == route and window.start - 1 <= x.start < until_next]
-                            for route, value in recovery.items() if value is None or value > RECOVERY_LIMIT}})
+        per_outage.append(
+            {
+                "outage": window.name,
+                "from_s": round(window.start - t0, 2),
+                "to_s": round(window.end - t0, 2),
+                "duration_s": round(window.end - window.start, 2),
+                "requests": len(inside),
+                "by_status": Load.by_status(inside),
+                "recovery_s": recovery,
+                "max_recovery_s": max((v for v in recovery.values() if v is not None), default=None),
+                "slowest_s": _latency(inside).get("max_s"),
+                # what the routes that did not recover answered, request by request
+                "unrecovered": {
+                    route: [
+                        (round(x.start - t0, 2), round(x.end - x.start, 2), x.status, x.error[:120])
+                        for x in load.samples
+                        if x.route == route and window.start - 1 <= x.start < until_next
+                    ]
+                    for route, value in recovery.items()
+                    if value is None or value > RECOVERY_LIMIT
+                },
+            }
+        )
     unexplained = load.unexplained(windows, MARGIN, {503})
     figures.update(
-        requests=len(load.samples), duration_s=round(load_end - t0, 1), by_status=Load.by_status(load.samples),
+        requests=len(load.samples),
+        duration_s=round(load_end - t0, 1),
+        by_status=Load.by_status(load.samples),
         by_route={route: Load.by_status(s for s in load.samples if s.route == route) for route in sorted(routes_seen)},
-        outages=per_outage, margin_s=MARGIN, unexplained_errors=[vars(s) for s in unexplained[:20]],
-        jobs={"total": len(rows), "by_state": _states(rows), "max_attempts": max((r["attempts"] for r in rows),
-                                                                              default=0)},
-        stuck_after_recovery=stuck_after, count_mismatches=mismatches, sync_status_after=statuses,
-        service_exits=env.exits() - exits_before, asyncpg_misuse_in_logs=misuse, asyncpg_races_in_logs=races,
+        outages=per_outage,
+        margin_s=MARGIN,
+        unexplained_errors=[vars(s) for s in unexplained[:20]],
+        jobs={
+            "total": len(rows),
+            "by_state": _states(rows),
+            "max_attempts": max((r["attempts"] for r in rows), default=0),
+        },
+        stuck_after_recovery=stuck_after,
+        count_mismatches=mismatches,
+        sync_status_after=statuses,
+        service_exits=env.exits() - exits_before,
+        asyncpg_misuse_in_logs=misuse,
+        asyncpg_races_in_logs=races,
         jobs_interrupted_by_outages=sum(interrupted.values()),
-        retry_after_of_503s=sorted({s.retry_after for s in load.samples if s.status == 503}, key=str))
+        retry_after_of_503s=sorted({s.retry_after for s in load.samples if s.status == 503}, key=str),
+    )
     figures["summary"] = (
         f"{len(load.samples)} requests, statuses {Load.by_status(load.samples)}; 503s per outage "
         f"{[o['by_status'].get('503', 0) for o in per_outage]}; outage durations "
         f"{[o['duration_s'] for o in per_outage]} s; max recovery per outage "
         f"{[o['max_recovery_s'] for o in per_outage]} s; jobs {_states(rows)}, max attempts "
         f"{figures['jobs']['max_attempts']} ({figures['jobs_interrupted_by_outages']} attempts cut short by an "
-        f"outage, run again); service restarts {figures['service_exits']}")
+        f"outage, run again); service restarts {figures['service_exits']}"
+    )
 
     assert not [s for s in load.samples if s.status == 500], describe([s for s in load.samples if s.status == 500])
     no_hint = [s for s in load.samples if s.status == 503 and not (s.retry_after or "").isdigit()]
@@ -495,8 +581,9 @@ async def test_postgres_restarted_five_times_under_load(faulty, figures):
         late = {r: v for r, v in outage["recovery_s"].items() if v is None or v > RECOVERY_LIMIT}
         assert not late, f"{outage['outage']}: routes not answering 200 within {RECOVERY_LIMIT:g} s: {late}"
     assert not any(stuck_after.values()), f"jobs held by nobody after a recovery: {stuck_after}"
-    assert _states(rows) == {"succeeded": len(rows)}, f"jobs not succeeded {SETTLE_SECONDS:g} s after the load " \
-                                                      f"stopped: {_unfinished(rows)}"
+    assert _states(rows) == {"succeeded": len(rows)}, (
+        f"jobs not succeeded {SETTLE_SECONDS:g} s after the load stopped: {_unfinished(rows)}"
+    )
     assert not mismatches, mismatches
     assert all(v == "completed" for v in statuses.values()), statuses
     assert figures["service_exits"] == 0, [line for _, line in env.reports.lines]
@@ -569,33 +656,45 @@ async def test_redis_stopped_for_a_minute_under_load(faulty, figures):
         rows = await _settle_jobs(env, conn)
         jobs_during = await conn.fetch(
             "SELECT state, count(*) AS n FROM sync.sync_jobs WHERE created_at >= now() - make_interval(secs => $1) "
-            "GROUP BY state", time.monotonic() - window.start)
+            "GROUP BY state",
+            time.monotonic() - window.start,
+        )
         mismatches = await count_mismatches(conn, env.bank_urls, LOAD_USERS, BANKS)
     finally:
         await conn.close()
     failed = [s for s in samples if s.status != 200]
     figures.update(
-        jobs_since_outage_start={r["state"]: r["n"] for r in jobs_during}, jobs_total=_states(rows),
+        jobs_since_outage_start={r["state"]: r["n"] for r in jobs_during},
+        jobs_total=_states(rows),
         count_mismatches=mismatches,
-        requests=len(samples), by_status=Load.by_status(samples), outage={
-            "from_s": round(window.start - samples[0].start, 2), "to_s": round(window.end - samples[0].start, 2),
-            "requests": len(during), "by_status": Load.by_status(during)},
+        requests=len(samples),
+        by_status=Load.by_status(samples),
+        outage={
+            "from_s": round(window.start - samples[0].start, 2),
+            "to_s": round(window.end - samples[0].start, 2),
+            "requests": len(during),
+            "by_status": Load.by_status(during),
+        },
         by_route_during={r: Load.by_status(s for s in during if s.route == r) for r in routes},
         latency_before={r: _latency([s for s in before if s.route == r]) for r in routes},
         latency_during={r: _latency([s for s in during if s.route == r]) for r in routes},
         caches_after={"dashboard_in_redis_and_hit": dashboard_ok, "bootstrap_snapshot_in_redis": bootstrap_ok},
-        service_exits=env.exits() - exits_before, failed=[vars(s) for s in failed[:20]])
+        service_exits=env.exits() - exits_before,
+        failed=[vars(s) for s in failed[:20]],
+    )
     figures["summary"] = (
         f"{len(samples)} requests ({len(during)} while Redis was down {REDIS_STOP_SECONDS:g} s), statuses "
         f"{Load.by_status(samples)}; "
         f"p95 during {max((v.get('p95_s', 0) for v in figures['latency_during'].values()), default=0)} s; "
         f"caches after: {figures['caches_after']}; jobs since the outage began "
-        f"{figures['jobs_since_outage_start']}; service restarts {figures['service_exits']}")
+        f"{figures['jobs_since_outage_start']}; service restarts {figures['service_exits']}"
+    )
 
     assert not failed, describe(failed)
     assert all(any(s.route == r for s in during) for r in routes), "every route was asked while Redis was down"
-    assert _states(rows) == {"succeeded": len(rows)}, f"jobs not succeeded {SETTLE_SECONDS:g} s after the load " \
-                                                      f"stopped: {_unfinished(rows)}"
+    assert _states(rows) == {"succeeded": len(rows)}, (
+        f"jobs not succeeded {SETTLE_SECONDS:g} s after the load stopped: {_unfinished(rows)}"
+    )
     assert not mismatches, mismatches
     assert dashboard_ok and bootstrap_ok, figures["caches_after"]
     assert figures["service_exits"] == 0
@@ -606,7 +705,8 @@ async def test_redis_stopped_for_a_minute_under_load(faulty, figures):
 
 async def _running_job(conn, user: str) -> str | None:
     return await conn.fetchval(
-        "SELECT job_id::text FROM sync.sync_jobs WHERE user_id = $1 AND state = 'running' LIMIT 1", user)
+        "SELECT job_id::text FROM sync.sync_jobs WHERE user_id = $1 AND state = 'running' LIMIT 1", user
+    )
 
 
 async def test_kill_9_of_each_process_under_load(faulty, figures):
@@ -628,11 +728,17 @@ async def test_kill_9_of_each_process_under_load(faulty, figures):
                     status, started = await http.post("/api/sync", {"user_id": KILL_USER, "force": True})
                     assert status == 200, started
                     job_id = await until(lambda: _running_job(conn, KILL_USER), 30, 0.1)
-                    assert job_id, (f"no sync of {KILL_USER} running before killing {name}: {started}; jobs: " + str(
-                        [dict(r) for r in await conn.fetch(
-                            "SELECT job_id, state, attempts, progress, last_error, run_after, "
-                            "created_at, finished_at FROM sync.sync_jobs "
-                            "WHERE user_id = $1 ORDER BY created_at DESC LIMIT 3", KILL_USER)]))
+                    assert job_id, f"no sync of {KILL_USER} running before killing {name}: {started}; jobs: " + str(
+                        [
+                            dict(r)
+                            for r in await conn.fetch(
+                                "SELECT job_id, state, attempts, progress, last_error, run_after, "
+                                "created_at, finished_at FROM sync.sync_jobs "
+                                "WHERE user_id = $1 ORDER BY created_at DESC LIMIT 3",
+                                KILL_USER,
+                            )
+                        ]
+                    )
                     child = suite.children[name]
                     old_pid = child.proc.pid
                     window = Window(f"kill -9 {name}", time.monotonic())
@@ -646,14 +752,24 @@ async def test_kill_9_of_each_process_under_load(faulty, figures):
                         await set_faults(session, env.bank_urls[bank], latency_ms=0)
 
                 async def finished(job=job_id):
-                    return await conn.fetchval("SELECT state FROM sync.sync_jobs WHERE job_id = $1 "
-                                               "AND state NOT IN ('queued', 'running')", job)
+                    return await conn.fetchval(
+                        "SELECT state FROM sync.sync_jobs WHERE job_id = $1 AND state NOT IN ('queued', 'running')", job
+                    )
 
                 state = await until(finished, 90, 0.25)
-                kills.append({"process": name, "old_pid": old_pid, "new_pid": suite.children[name].proc.pid,
-                              "restart_s": round(window.end - window.start, 2), "job": job_id, "job_state": state,
-                              "job_attempts": await conn.fetchval(
-                                  "SELECT attempts FROM sync.sync_jobs WHERE job_id = $1", job_id)})
+                kills.append(
+                    {
+                        "process": name,
+                        "old_pid": old_pid,
+                        "new_pid": suite.children[name].proc.pid,
+                        "restart_s": round(window.end - window.start, 2),
+                        "job": job_id,
+                        "job_state": state,
+                        "job_attempts": await conn.fetchval(
+                            "SELECT attempts FROM sync.sync_jobs WHERE job_id = $1", job_id
+                        ),
+                    }
+                )
                 await asyncio.sleep(STEADY_SECONDS)
         rows = await _settle_jobs(env, conn)
         mismatches = await count_mismatches(conn, env.bank_urls, [KILL_USER, *LOAD_USERS], BANKS)
@@ -661,12 +777,16 @@ async def test_kill_9_of_each_process_under_load(faulty, figures):
         for user in LOAD_USERS:
             status, body = await http.get(f"/api/users/{user}/financial-inputs")
             assert status == 200, body
-            stored_inputs[user] = int(str(body["inputs"]["salary_amount"]).split(".")[0]) \
-                if body.get("inputs", {}).get("salary_amount") else None
+            stored_inputs[user] = (
+                int(str(body["inputs"]["salary_amount"]).split(".")[0])
+                if body.get("inputs", {}).get("salary_amount")
+                else None
+            )
     await conn.close()
 
     t0 = load.samples[0].start
     per_kill = []
+
     def kill_of(sample) -> Window | None:
         """The kill a request met: the last one that began before it ended, if it overlapped it."""
         met = [w for w in windows if w.start <= sample.end and w.contains(sample, MARGIN)]
@@ -674,28 +794,49 @@ async def test_kill_9_of_each_process_under_load(faulty, figures):
 
     for kill, window in zip(kills, windows, strict=False):
         inside = [s for s in load.samples if kill_of(s) is window]
-        per_kill.append({**kill, "from_s": round(window.start - t0, 2), "to_s": round(window.end - t0, 2),
-                         "requests": len(inside), "by_status": Load.by_status(inside)})
-    unexplained = [s for s in load.errors() if not any(
-        w.contains(s, MARGIN) and s.status in allowed[w.name.split()[-1]] for w in windows)]
-    lost_writes = {u: {"acknowledged": load.acknowledged_salary.get(u), "stored": stored_inputs.get(u)}
-                   for u in LOAD_USERS if load.acknowledged_salary.get(u) is not None
-                   and (stored_inputs.get(u) is None or stored_inputs[u] < load.acknowledged_salary[u])}
-    figures.update(requests=len(load.samples), by_status=Load.by_status(load.samples), kills=per_kill,
-                   margin_s=MARGIN, unexplained_errors=[vars(s) for s in unexplained[:20]],
-                   jobs={"total": len(rows), "by_state": _states(rows)}, count_mismatches=mismatches,
-                   lost_writes=lost_writes, restarts={name: env.suite.supervisor.restarts(name)
-                                                      for name in suite.children})
+        per_kill.append(
+            {
+                **kill,
+                "from_s": round(window.start - t0, 2),
+                "to_s": round(window.end - t0, 2),
+                "requests": len(inside),
+                "by_status": Load.by_status(inside),
+            }
+        )
+    unexplained = [
+        s
+        for s in load.errors()
+        if not any(w.contains(s, MARGIN) and s.status in allowed[w.name.split()[-1]] for w in windows)
+    ]
+    lost_writes = {
+        u: {"acknowledged": load.acknowledged_salary.get(u), "stored": stored_inputs.get(u)}
+        for u in LOAD_USERS
+        if load.acknowledged_salary.get(u) is not None
+        and (stored_inputs.get(u) is None or stored_inputs[u] < load.acknowledged_salary[u])
+    }
+    figures.update(
+        requests=len(load.samples),
+        by_status=Load.by_status(load.samples),
+        kills=per_kill,
+        margin_s=MARGIN,
+        unexplained_errors=[vars(s) for s in unexplained[:20]],
+        jobs={"total": len(rows), "by_state": _states(rows)},
+        count_mismatches=mismatches,
+        lost_writes=lost_writes,
+        restarts={name: env.suite.supervisor.restarts(name) for name in suite.children},
+    )
     figures["summary"] = (
         f"{len(load.samples)} requests, statuses {Load.by_status(load.samples)}; restart after kill -9 "
         f"{ {k['process']: k['restart_s'] for k in per_kill} } s; failed per kill "
         f"{ {k['process']: sum(v for s, v in k['by_status'].items() if s != '200') for k in per_kill} }; "
-        f"running jobs {[k['job_state'] for k in per_kill]}; jobs {_states(rows)}")
+        f"running jobs {[k['job_state'] for k in per_kill]}; jobs {_states(rows)}"
+    )
 
     assert all(k["job_state"] == "succeeded" for k in kills), kills
     assert all(k["new_pid"] != k["old_pid"] for k in kills), kills
     assert not unexplained, f"failed requests outside a kill window (+{MARGIN:g} s): {describe(unexplained)}"
-    assert _states(rows) == {"succeeded": len(rows)}, f"jobs not succeeded {SETTLE_SECONDS:g} s after the load " \
-                                                      f"stopped: {_unfinished(rows)}"
+    assert _states(rows) == {"succeeded": len(rows)}, (
+        f"jobs not succeeded {SETTLE_SECONDS:g} s after the load stopped: {_unfinished(rows)}"
+    )
     assert not mismatches, mismatches
     assert not lost_writes, lost_writes

@@ -1,6 +1,7 @@
 """BankFetcher against an in-process fake bank: pages are handed over as they arrive (the sync job
 streams them into its write), every page exactly once, incremental stop, and a failing request
 stops the rest of the fetch."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,8 +21,14 @@ class FakeBank:
     """Accounts with `per_account` transactions each (newest first, one per hour), pages of PAGE_LIMIT.
     `delay(account_id, page)` gives each page's latency; `fail` = (account_id, page) answers 400."""
 
-    def __init__(self, accounts: int = 2, per_account: int = 250, *, delay=lambda account_id, page: 0.01,
-                 fail: tuple[str, int] | None = None):
+    def __init__(
+        self,
+        accounts: int = 2,
+        per_account: int = 250,
+        *,
+        delay=lambda account_id, page: 0.01,
+        fail: tuple[str, int] | None = None,
+    ):
         self.accounts = [f"acc-{i}" for i in range(accounts)]
         self.per_account = per_account
         self.delay = delay
@@ -30,17 +37,27 @@ class FakeBank:
 
     def transaction(self, account_id: str, n: int) -> Transaction:
         when = (NOW - dt.timedelta(hours=n)).isoformat()
-        return Transaction.from_api({"accountId": account_id, "transactionId": f"{account_id}-tx-{n:05d}",
-                                     "amount": {"amount": "10.00", "currency": "RUB"},
-                                     "creditDebitIndicator": "Debit", "status": "completed",
-                                     "bookingDateTime": when, "valueDateTime": when})
+        return Transaction.from_api(
+            {
+                "accountId": account_id,
+                "transactionId": f"{account_id}-tx-{n:05d}",
+                "amount": {"amount": "10.00", "currency": "RUB"},
+                "creditDebitIndicator": "Debit",
+                "status": "completed",
+                "bookingDateTime": when,
+                "valueDateTime": when,
+            }
+        )
 
     async def get_accounts(self, client_id, consent_id):
         return [Account.from_api({"accountId": a}) for a in self.accounts]
 
     async def get_balances(self, client_id, consent_id, account_id):
-        return [Balance.from_api({"type": "InterimAvailable", "amount": {"amount": "1.00", "currency": "RUB"}},
-                                 account_id=account_id)]
+        return [
+            Balance.from_api(
+                {"type": "InterimAvailable", "amount": {"amount": "1.00", "currency": "RUB"}}, account_id=account_id
+            )
+        ]
 
     async def get_transactions_page(self, client_id, consent_id, account_id, *, page, limit):
         self.log.append(("request", account_id, page))
@@ -52,11 +69,11 @@ class FakeBank:
         if self.fail == (account_id, page):
             raise bank_errors.BadRequest("no such page")
         pages = -(-self.per_account // limit)
-        rows = [self.transaction(account_id, n)
-                for n in range((page - 1) * limit, min(page * limit, self.per_account))]
+        rows = [self.transaction(account_id, n) for n in range((page - 1) * limit, min(page * limit, self.per_account))]
         self.log.append(("answer", account_id, page))
-        return TransactionPage(tuple(rows), pages, self.per_account, page,
-                               f"/next?page={page + 1}" if page < pages else None)
+        return TransactionPage(
+            tuple(rows), pages, self.per_account, page, f"/next?page={page + 1}" if page < pages else None
+        )
 
     async def get_product_agreements(self, client_id, consent_id):
         return [ProductAgreement.from_api({"agreement_id": "loan-1", "amount": "100.00"})]
@@ -69,9 +86,18 @@ def fetcher(bank: FakeBank, *, on_transactions=None, watermark=None, stored=froz
     async def stored_ids(account_id, ids):
         return {i for i in ids if i in stored}
 
-    return BankFetcher(bank, "user-1", account_consent="c-1", product_consent="p-1", watermark=watermark,
-                       force=False, stored_ids=stored_ids, progress=Progress(), concurrency=4,
-                       on_transactions=on_transactions)
+    return BankFetcher(
+        bank,
+        "user-1",
+        account_consent="c-1",
+        product_consent="p-1",
+        watermark=watermark,
+        force=False,
+        stored_ids=stored_ids,
+        progress=Progress(),
+        concurrency=4,
+        on_transactions=on_transactions,
+    )
 
 
 async def test_pages_are_handed_over_as_they_arrive():
@@ -116,8 +142,9 @@ async def test_incremental_fetch_stops_at_the_first_known_page():
     async def on_transactions(page):
         pages.append(len(page))
 
-    fetched = await fetcher(bank, on_transactions=on_transactions, watermark=NOW - dt.timedelta(hours=100),
-                            stored=stored).fetch()
+    fetched = await fetcher(
+        bank, on_transactions=on_transactions, watermark=NOW - dt.timedelta(hours=100), stored=stored
+    ).fetch()
     # Pages 1 and 2 (hours 0-199) hold rows newer than the watermark minus the overlap (172 h); page 3
     # (hours 200-299) is all older and all stored: the last one fetched.
     assert [r for r in bank.log if r[0] == "request"] == [("request", "acc-0", n) for n in (1, 2, 3)]
@@ -136,8 +163,11 @@ async def test_a_failing_request_stops_the_other_requests():
     # Every other page request in flight was cancelled, none left running.
     in_flight = {r[1:] for r in bank.log if r[0] == "request"} - {r[1:] for r in bank.log if r[0] == "answer"}
     assert in_flight - {("acc-0", 2)} <= {r[1:] for r in bank.log if r[0] == "cancelled"}
-    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()
-                and "BankFetcher" in repr(t.get_coro())]
+    assert not [
+        t
+        for t in asyncio.all_tasks()
+        if t is not asyncio.current_task() and not t.done() and "BankFetcher" in repr(t.get_coro())
+    ]
 
 
 async def test_a_failing_hook_fails_the_fetch():

@@ -5,6 +5,7 @@ servicer (every RPC records its request and metadata, then answers a canned repl
 the standard health service. These tests check the gateway's routing, transcoding, error mapping
 and plumbing; the real services have their own tests.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -58,18 +59,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # service key -> (generated servicer base class, add_to_server, service descriptor)
 SERVICES = {
-    "onboarding": (onboarding_pb2_grpc.OnboardingServiceServicer,
-                   onboarding_pb2_grpc.add_OnboardingServiceServicer_to_server,
-                   onboarding_pb2.DESCRIPTOR.services_by_name["OnboardingService"]),
-    "consent": (consent_pb2_grpc.ConsentServiceServicer,
-                consent_pb2_grpc.add_ConsentServiceServicer_to_server,
-                consent_pb2.DESCRIPTOR.services_by_name["ConsentService"]),
-    "sync": (sync_pb2_grpc.SyncServiceServicer,
-             sync_pb2_grpc.add_SyncServiceServicer_to_server,
-             sync_pb2.DESCRIPTOR.services_by_name["SyncService"]),
-    "dashboard": (dashboard_pb2_grpc.DashboardServiceServicer,
-                  dashboard_pb2_grpc.add_DashboardServiceServicer_to_server,
-                  dashboard_pb2.DESCRIPTOR.services_by_name["DashboardService"]),
+    "onboarding": (
+        onboarding_pb2_grpc.OnboardingServiceServicer,
+        onboarding_pb2_grpc.add_OnboardingServiceServicer_to_server,
+        onboarding_pb2.DESCRIPTOR.services_by_name["OnboardingService"],
+    ),
+    "consent": (
+        consent_pb2_grpc.ConsentServiceServicer,
+        consent_pb2_grpc.add_ConsentServiceServicer_to_server,
+        consent_pb2.DESCRIPTOR.services_by_name["ConsentService"],
+    ),
+    "sync": (
+        sync_pb2_grpc.SyncServiceServicer,
+        sync_pb2_grpc.add_SyncServiceServicer_to_server,
+        sync_pb2.DESCRIPTOR.services_by_name["SyncService"],
+    ),
+    "dashboard": (
+        dashboard_pb2_grpc.DashboardServiceServicer,
+        dashboard_pb2_grpc.add_DashboardServiceServicer_to_server,
+        dashboard_pb2.DESCRIPTOR.services_by_name["DashboardService"],
+    ),
 }
 
 
@@ -137,6 +146,7 @@ class Backend:
                     context.set_trailing_metadata(reply.metadata)
                     reply = reply.reply
                 return reply if reply is not None else reply_cls()
+
             return handler
 
         return type(f"Fake{service.name}", (base,), {m.name: rpc(m) for m in service.methods})()
@@ -177,8 +187,14 @@ async def make_gateway(backends):
     async def make(env: dict[str, str] | None = None, **app_kwargs) -> TestClient:
         environ = {f"FINPULSE_{key.upper()}_ADDR": b.addr for key, b in backends.items()}
         # Transcoding tests act as a trusted local frontend; tests/test_auth.py covers tokens.
-        environ.update({"FINPULSE_RPC_TIMEOUT": "5", "FINPULSE_CORS_ORIGINS": "http://localhost:3000",
-                        "FINPULSE_AUTH_DEV_TRUST_USER": "1", "FINPULSE_INTERNAL_SECRET": INTERNAL_SECRET})
+        environ.update(
+            {
+                "FINPULSE_RPC_TIMEOUT": "5",
+                "FINPULSE_CORS_ORIGINS": "http://localhost:3000",
+                "FINPULSE_AUTH_DEV_TRUST_USER": "1",
+                "FINPULSE_INTERNAL_SECRET": INTERNAL_SECRET,
+            }
+        )
         environ.update(env or {})
         settings = load_gateway_settings(environ)
         clients = ServiceClients(settings, "gateway")
@@ -270,16 +286,22 @@ def test_path_template_conversion():
     desc = consent_pb2.RevokeConsentRequest.DESCRIPTOR
     assert _convert_template("/api/consents/{consent_id}", "m", desc) == ("/api/consents/{consent_id}", ("consent_id",))
     assert _convert_template("/api/{consent_id=consents/*}:revoke", "m", desc) == (
-        "/api/{consent_id:consents/[^/]+}:revoke", ("consent_id",))
+        "/api/{consent_id:consents/[^/]+}:revoke",
+        ("consent_id",),
+    )
     assert _convert_template("/u/{user_id}/c/{consent_id=**}", "m", desc) == (
-        "/u/{user_id}/c/{consent_id:.+}", ("user_id", "consent_id"))
+        "/u/{user_id}/c/{consent_id:.+}",
+        ("user_id", "consent_id"),
+    )
     with pytest.raises(RouteError, match="nope"):
         _convert_template("/api/{nope}", "m", desc)
     with pytest.raises(RouteError, match="unsupported"):
         _convert_template("/api/*/x", "m", desc)
     nested = consent_pb2.BankConsentRequest.DESCRIPTOR
     assert _convert_template("/b/{bank_id}/{consents.account}", "m", nested) == (
-        "/b/{bank_id}/{consents__account}", ("bank_id", "consents.account"))
+        "/b/{bank_id}/{consents__account}",
+        ("bank_id", "consents.account"),
+    )
     with pytest.raises(RouteError, match="singular scalar"):
         _convert_template("/b/{consents}", "m", nested)
 
@@ -290,21 +312,35 @@ def test_path_template_conversion():
 
 async def test_body_star_and_nulls_for_unset_presence_fields(gw, backends):
     backends["consent"].replies["CreateConsents"] = consent_pb2.CreateConsentsResponse(
-        user_id="team200-1", overall_status="in_progress",
-        results=[consent_pb2.BankConsentResult(
-            bank_id="vbank", bank_name="VBank",
-            account_consent=consent_pb2.ConsentOutcome(status="pending", request_id="req-123",
-                                                       approval_url="https://vbank/approve?req=req-123"))])
-    body = {"user_id": "team200-1",
-            "banks": [{"bank_id": "vbank", "consents": {"account": True, "product": True, "payment": False}}]}
+        user_id="team200-1",
+        overall_status="in_progress",
+        results=[
+            consent_pb2.BankConsentResult(
+                bank_id="vbank",
+                bank_name="VBank",
+                account_consent=consent_pb2.ConsentOutcome(
+                    status="pending", request_id="req-123", approval_url="https://vbank/approve?req=req-123"
+                ),
+            )
+        ],
+    )
+    body = {
+        "user_id": "team200-1",
+        "banks": [{"bank_id": "vbank", "consents": {"account": True, "product": True, "payment": False}}],
+    }
     resp = await gw.post("/api/onboarding/consents", json=body)
     assert resp.status == 200, await resp.text()
     data = await resp.json()
     [call] = backends["consent"].calls
     assert call.method == "CreateConsents"
     assert call.request == consent_pb2.CreateConsentsRequest(
-        user_id="team200-1", banks=[consent_pb2.BankConsentRequest(
-            bank_id="vbank", consents=consent_pb2.ConsentSelection(account=True, product=True))])
+        user_id="team200-1",
+        banks=[
+            consent_pb2.BankConsentRequest(
+                bank_id="vbank", consents=consent_pb2.ConsentSelection(account=True, product=True)
+            )
+        ],
+    )
     assert data["user_id"] == "team200-1" and data["overall_status"] == "in_progress"
     result = data["results"][0]
     assert result["bank_id"] == "vbank" and result["bank_name"] == "VBank"
@@ -317,30 +353,46 @@ async def test_body_star_and_nulls_for_unset_presence_fields(gw, backends):
 
 async def test_start_onboarding_shape(gw, backends):
     backends["onboarding"].replies["StartOnboarding"] = lambda req: onboarding_pb2.StartOnboardingResponse(
-        onboarding_id="1d6305c0", user_id=req.user_id, status="started",
-        **({"user_name": req.user_name} if req.HasField("user_name") else {}))
+        onboarding_id="1d6305c0",
+        user_id=req.user_id,
+        status="started",
+        **({"user_name": req.user_name} if req.HasField("user_name") else {}),
+    )
     resp = await gw.post("/api/onboarding/start", json={"user_id": "team200-1"})
     assert resp.status == 200
     data = await resp.json()
     assert {k: data[k] for k in ("onboarding_id", "user_id", "user_name", "status")} == {
-        "onboarding_id": "1d6305c0", "user_id": "team200-1", "user_name": None, "status": "started"}
+        "onboarding_id": "1d6305c0",
+        "user_id": "team200-1",
+        "user_name": None,
+        "status": "started",
+    }
     resp = await gw.post("/api/onboarding/start", json={"user_id": "team200-1", "user_name": "Ann"})
     assert (await resp.json())["user_name"] == "Ann"
 
 
 async def test_path_field_and_named_body_field(gw, backends):
     backends["dashboard"].replies["UpdateFinancialInputs"] = lambda req: dashboard_pb2.UpdateFinancialInputsResponse(
-        user_id=req.user_id, inputs=req.inputs, updated_at=timestamp_pb2.Timestamp(seconds=1764202764))
-    resp = await gw.put("/api/users/u1/financial-inputs",
-                        json={"salary_amount": "120000.00", "next_salary_date": "2025-12-01"})
+        user_id=req.user_id, inputs=req.inputs, updated_at=timestamp_pb2.Timestamp(seconds=1764202764)
+    )
+    resp = await gw.put(
+        "/api/users/u1/financial-inputs", json={"salary_amount": "120000.00", "next_salary_date": "2025-12-01"}
+    )
     assert resp.status == 200, await resp.text()
     [call] = backends["dashboard"].calls
     assert call.request == dashboard_pb2.UpdateFinancialInputsRequest(
-        user_id="u1", inputs=dashboard_pb2.FinancialInputs(salary_amount="120000.00", next_salary_date="2025-12-01"))
+        user_id="u1", inputs=dashboard_pb2.FinancialInputs(salary_amount="120000.00", next_salary_date="2025-12-01")
+    )
     assert await resp.json() == {
-        "user_id": "u1", "updated_at": "2025-11-27T00:19:24Z",
-        "inputs": {"salary_amount": "120000.00", "next_salary_date": "2025-12-01",
-                   "credit_payment_amount": None, "credit_payment_date": None}}
+        "user_id": "u1",
+        "updated_at": "2025-11-27T00:19:24Z",
+        "inputs": {
+            "salary_amount": "120000.00",
+            "next_salary_date": "2025-12-01",
+            "credit_payment_amount": None,
+            "credit_payment_date": None,
+        },
+    }
     resp = await gw.get("/api/users/u%202/financial-inputs")
     assert resp.status == 200
     assert backends["dashboard"].calls[-1].request == dashboard_pb2.GetFinancialInputsRequest(user_id="u 2")
@@ -349,20 +401,29 @@ async def test_path_field_and_named_body_field(gw, backends):
 
 async def test_delete_with_path_and_query(gw, backends):
     backends["consent"].replies["RevokeConsent"] = lambda req: consent_pb2.RevokeConsentResponse(
-        consent_id=req.consent_id, bank_id="vbank", kind=consent_pb2.CONSENT_KIND_ACCOUNTS, status="REVOKED")
+        consent_id=req.consent_id, bank_id="vbank", kind=consent_pb2.CONSENT_KIND_ACCOUNTS, status="REVOKED"
+    )
     resp = await gw.delete("/api/consents/c-1?user_id=team200-1")
     assert resp.status == 200
-    assert backends["consent"].calls[0].request == consent_pb2.RevokeConsentRequest(user_id="team200-1",
-                                                                                     consent_id="c-1")
-    assert await resp.json() == {"consent_id": "c-1", "bank_id": "vbank", "kind": "CONSENT_KIND_ACCOUNTS",
-                                 "status": "REVOKED"}
+    assert backends["consent"].calls[0].request == consent_pb2.RevokeConsentRequest(
+        user_id="team200-1", consent_id="c-1"
+    )
+    assert await resp.json() == {
+        "consent_id": "c-1",
+        "bank_id": "vbank",
+        "kind": "CONSENT_KIND_ACCOUNTS",
+        "status": "REVOKED",
+    }
 
 
 async def test_query_string_get_with_map_response(gw, backends):
     backends["onboarding"].replies["GetOnboardingStatus"] = onboarding_pb2.GetOnboardingStatusResponse(
-        onboarding_id="o1", current_step=3, completed_steps=[1, 2],
+        onboarding_id="o1",
+        current_step=3,
+        completed_steps=[1, 2],
         consents_status={"vbank": onboarding_pb2.BankConsentKinds(accounts="APPROVED")},
-        session_status=onboarding_pb2.SESSION_STATUS_STARTED)
+        session_status=onboarding_pb2.SESSION_STATUS_STARTED,
+    )
     resp = await gw.get("/api/onboarding/status", params={"onboarding_id": "o1"})
     assert resp.status == 200
     assert backends["onboarding"].calls[0].request.onboarding_id == "o1"
@@ -387,18 +448,30 @@ class MultiDict(dict):
 
 
 def test_query_typing_bools_ints_enums_repeated_nested():
-    sel = transcode.build_request(_route(consent_pb2.ConsentSelection.DESCRIPTOR), b"",
-                                  MultiDict(account="YES", product="off", payment="1"), {})
+    sel = transcode.build_request(
+        _route(consent_pb2.ConsentSelection.DESCRIPTOR), b"", MultiDict(account="YES", product="off", payment="1"), {}
+    )
     assert (sel.account, sel.product, sel.payment) == (True, False, True)
     status = transcode.build_request(
-        _route(onboarding_pb2.GetOnboardingStatusResponse.DESCRIPTOR), b"",
-        MultiDict(current_step="3", completed_steps=["1", "2"], session_status="SESSION_STATUS_COMPLETED",
-                  completed_at="2025-11-27T00:19:24Z"), {})
+        _route(onboarding_pb2.GetOnboardingStatusResponse.DESCRIPTOR),
+        b"",
+        MultiDict(
+            current_step="3",
+            completed_steps=["1", "2"],
+            session_status="SESSION_STATUS_COMPLETED",
+            completed_at="2025-11-27T00:19:24Z",
+        ),
+        {},
+    )
     assert status.current_step == 3 and list(status.completed_steps) == [1, 2]
     assert status.session_status == onboarding_pb2.SESSION_STATUS_COMPLETED
     assert status.completed_at.seconds == 1764202764
-    bank = transcode.build_request(_route(consent_pb2.BankConsentRequest.DESCRIPTOR), b"",
-                                   MultiDict({"bank_id": "v", "consents.account": "true"}), {})
+    bank = transcode.build_request(
+        _route(consent_pb2.BankConsentRequest.DESCRIPTOR),
+        b"",
+        MultiDict({"bank_id": "v", "consents.account": "true"}),
+        {},
+    )
     assert bank.consents.account is True and bank.bank_id == "v"
     for query, expected in [
         ({"account": "maybe"}, 'account: expected a boolean (true/false, 1/0, yes/no, on/off), got "maybe"'),
@@ -410,8 +483,13 @@ def test_query_typing_bools_ints_enums_repeated_nested():
         ({"current_step": ["1", "2"]}, "query parameter 'current_step' given more than once"),
         ({"consents_status": "x"}, "unknown query parameter 'consents_status'"),
     ]:
-        desc = (consent_pb2.ConsentSelection if "account" in query else consent_pb2.BankConsentRequest
-                if "consents.account" in query else onboarding_pb2.GetOnboardingStatusResponse).DESCRIPTOR
+        desc = (
+            consent_pb2.ConsentSelection
+            if "account" in query
+            else consent_pb2.BankConsentRequest
+            if "consents.account" in query
+            else onboarding_pb2.GetOnboardingStatusResponse
+        ).DESCRIPTOR
         with pytest.raises(ApiError) as err:
             transcode.build_request(_route(desc), b"", MultiDict(query), {})
         assert err.value.http_status == 400 and expected in err.value.message, (query, err.value.message)
@@ -427,47 +505,140 @@ DEEP = b'{"user_id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 BAD_INPUT = [
     # (id, method, path, raw body, status, text expected in the message, field violation or None)
     ("malformed-json", "POST", "/api/onboarding/consents", b'{"user_id": "u",', 400, "malformed JSON", None),
-    ("array-body", "POST", "/api/onboarding/consents", b'[{"user_id": "u"}]', 400,
-     "request body must be a JSON object, got an array", None),
+    (
+        "array-body",
+        "POST",
+        "/api/onboarding/consents",
+        b'[{"user_id": "u"}]',
+        400,
+        "request body must be a JSON object, got an array",
+        None,
+    ),
     ("not-utf8", "POST", "/api/onboarding/start", b'{"user_id": "\xff"}', 400, "not UTF-8", None),
     ("too-deep", "POST", "/api/onboarding/start", DEEP, 400, "nested too deeply", None),
     ("nan", "POST", "/api/onboarding/start", b'{"user_id": NaN}', 400, "NaN is not valid JSON", None),
-    ("wrong-type-bool", "POST", "/api/onboarding/consents",
-     b'{"user_id": "u", "banks": [{"bank_id": "vbank", "consents": {"account": "yes"}}]}', 400,
-     'banks[0].consents.account: expected a boolean, got "yes"', "banks[0].consents.account"),
-    ("wrong-type-string", "POST", "/api/onboarding/start", b'{"user_id": 5}', 400,
-     "user_id: expected a string, got 5", "user_id"),
-    ("wrong-type-array", "POST", "/api/onboarding/consents", b'{"user_id": "u", "banks": {}}', 400,
-     "banks: expected an array, got an object", "banks"),
-    ("wrong-type-object", "POST", "/api/onboarding/consents",
-     b'{"user_id": "u", "banks": [{"bank_id": "v", "consents": true}]}', 400,
-     "banks[0].consents: expected an object, got true", "banks[0].consents"),
-    ("wrong-type-named-body", "PUT", "/api/users/u1/financial-inputs", b'{"salary_amount": 100}', 400,
-     "inputs.salary_amount: expected a string, got 100", "inputs.salary_amount"),
-    ("unknown-body-field", "POST", "/api/onboarding/start", b'{"user_id": "u", "bogus": 1}', 400,
-     "bogus: unknown field", "bogus"),
-    ("duplicate-spelling", "POST", "/api/onboarding/start", b'{"user_id": "a", "userId": "b"}', 400,
-     "user_id: given twice (as user_id and userId)", "user_id"),
-    ("unknown-nested-field", "POST", "/api/onboarding/consents",
-     b'{"user_id": "u", "banks": [{"bank_id": "v", "consents": {"account": true, "loans": true}}]}', 400,
-     "banks[0].consents.loans: unknown field", "banks[0].consents.loans"),
+    (
+        "wrong-type-bool",
+        "POST",
+        "/api/onboarding/consents",
+        b'{"user_id": "u", "banks": [{"bank_id": "vbank", "consents": {"account": "yes"}}]}',
+        400,
+        'banks[0].consents.account: expected a boolean, got "yes"',
+        "banks[0].consents.account",
+    ),
+    (
+        "wrong-type-string",
+        "POST",
+        "/api/onboarding/start",
+        b'{"user_id": 5}',
+        400,
+        "user_id: expected a string, got 5",
+        "user_id",
+    ),
+    (
+        "wrong-type-array",
+        "POST",
+        "/api/onboarding/consents",
+        b'{"user_id": "u", "banks": {}}',
+        400,
+        "banks: expected an array, got an object",
+        "banks",
+    ),
+    (
+        "wrong-type-object",
+        "POST",
+        "/api/onboarding/consents",
+        b'{"user_id": "u", "banks": [{"bank_id": "v", "consents": true}]}',
+        400,
+        "banks[0].consents: expected an object, got true",
+        "banks[0].consents",
+    ),
+    (
+        "wrong-type-named-body",
+        "PUT",
+        "/api/users/u1/financial-inputs",
+        b'{"salary_amount": 100}',
+        400,
+        "inputs.salary_amount: expected a string, got 100",
+        "inputs.salary_amount",
+    ),
+    (
+        "unknown-body-field",
+        "POST",
+        "/api/onboarding/start",
+        b'{"user_id": "u", "bogus": 1}',
+        400,
+        "bogus: unknown field",
+        "bogus",
+    ),
+    (
+        "duplicate-spelling",
+        "POST",
+        "/api/onboarding/start",
+        b'{"user_id": "a", "userId": "b"}',
+        400,
+        "user_id: given twice (as user_id and userId)",
+        "user_id",
+    ),
+    (
+        "unknown-nested-field",
+        "POST",
+        "/api/onboarding/consents",
+        b'{"user_id": "u", "banks": [{"bank_id": "v", "consents": {"account": true, "loans": true}}]}',
+        400,
+        "banks[0].consents.loans: unknown field",
+        "banks[0].consents.loans",
+    ),
     ("unknown-query", "GET", "/api/banks?user_id=u&limit=5", b"", 400, "unknown query parameter 'limit'", "limit"),
-    ("query-on-body-route", "POST", "/api/onboarding/start?user_id=u", b'{"user_id": "u"}', 400,
-     "unknown query parameter 'user_id'", "user_id"),
+    (
+        "query-on-body-route",
+        "POST",
+        "/api/onboarding/start?user_id=u",
+        b'{"user_id": "u"}',
+        400,
+        "unknown query parameter 'user_id'",
+        "user_id",
+    ),
     ("repeated-singular-query", "GET", "/api/banks?user_id=a&user_id=b", b"", 400, "given more than once", "user_id"),
     ("body-on-bodyless-route", "DELETE", "/api/consents/c1?user_id=u", b'{"x": 1}', 400, "takes no request body", None),
     ("missing-required-top", "POST", "/api/onboarding/start", b"{}", 400, "user_id is required", "user_id"),
-    ("missing-required-empty-body", "POST", "/api/onboarding/finalize", b"", 400,
-     "onboarding_id is required; user_id is required", "onboarding_id"),
+    (
+        "missing-required-empty-body",
+        "POST",
+        "/api/onboarding/finalize",
+        b"",
+        400,
+        "onboarding_id is required; user_id is required",
+        "onboarding_id",
+    ),
     ("missing-required-query", "GET", "/api/onboarding/consents/status", b"", 400, "user_id is required", "user_id"),
-    ("missing-required-nested-repeated", "POST", "/api/onboarding/consents",
-     b'{"user_id": "u", "banks": [{"bank_id": "vbank", "consents": {"account": true}}, {"bank_id": "abank"}]}',
-     400, "banks[1].consents is required", "banks[1].consents"),
-    ("empty-required-id", "POST", "/api/onboarding/finalize", b'{"onboarding_id": "", "user_id": "u"}', 400,
-     "onboarding_id is required", "onboarding_id"),
-    ("blank-required-nested-id", "POST", "/api/onboarding/consents",
-     b'{"user_id": "u", "banks": [{"bank_id": "  ", "consents": {}}]}', 400,
-     "banks[0].bank_id is required", "banks[0].bank_id"),
+    (
+        "missing-required-nested-repeated",
+        "POST",
+        "/api/onboarding/consents",
+        b'{"user_id": "u", "banks": [{"bank_id": "vbank", "consents": {"account": true}}, {"bank_id": "abank"}]}',
+        400,
+        "banks[1].consents is required",
+        "banks[1].consents",
+    ),
+    (
+        "empty-required-id",
+        "POST",
+        "/api/onboarding/finalize",
+        b'{"onboarding_id": "", "user_id": "u"}',
+        400,
+        "onboarding_id is required",
+        "onboarding_id",
+    ),
+    (
+        "blank-required-nested-id",
+        "POST",
+        "/api/onboarding/consents",
+        b'{"user_id": "u", "banks": [{"bank_id": "  ", "consents": {}}]}',
+        400,
+        "banks[0].bank_id is required",
+        "banks[0].bank_id",
+    ),
     ("empty-required-query-id", "DELETE", "/api/consents/c1?user_id=", b"", 400, "user_id is required", "user_id"),
     ("missing-named-body", "PUT", "/api/users/u1/financial-inputs", b"", 400, "inputs is required", "inputs"),
     ("oversized", "POST", "/api/onboarding/start", BIG, 413, "too large", None),
@@ -497,10 +668,22 @@ async def test_bad_input_is_400_naming_the_field(gw, backends, case):
 
 
 EXPECTED_HTTP = {
-    "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400, "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404,
-    "ALREADY_EXISTS": 409, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429, "FAILED_PRECONDITION": 400,
-    "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501, "INTERNAL": 500, "UNAVAILABLE": 503,
-    "DATA_LOSS": 500, "UNAUTHENTICATED": 401,
+    "CANCELLED": 499,
+    "UNKNOWN": 500,
+    "INVALID_ARGUMENT": 400,
+    "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    "RESOURCE_EXHAUSTED": 429,
+    "FAILED_PRECONDITION": 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DATA_LOSS": 500,
+    "UNAUTHENTICATED": 401,
 }
 
 
@@ -519,17 +702,22 @@ async def test_grpc_code_maps_to_http_status(gw, backends, code):
 
 
 async def test_status_details_are_passed_through(gw, backends):
-    violation = error_details_pb2.BadRequest(field_violations=[
-        error_details_pb2.BadRequest.FieldViolation(field="user_id", description="unknown user")])
+    violation = error_details_pb2.BadRequest(
+        field_violations=[error_details_pb2.BadRequest.FieldViolation(field="user_id", description="unknown user")]
+    )
     status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="bad user")
     status.details.add().Pack(violation)
-    backends["sync"].replies["ListBanks"] = Abort(grpc.StatusCode.INVALID_ARGUMENT, "bad user",
-                                                  (("grpc-status-details-bin", status.SerializeToString()),))
+    backends["sync"].replies["ListBanks"] = Abort(
+        grpc.StatusCode.INVALID_ARGUMENT, "bad user", (("grpc-status-details-bin", status.SerializeToString()),)
+    )
     resp = await gw.get("/api/banks?user_id=u1")
     assert resp.status == 400
-    assert (await resp.json())["details"] == [{
-        "@type": "type.googleapis.com/google.rpc.BadRequest",
-        "field_violations": [{"field": "user_id", "description": "unknown user"}]}]
+    assert (await resp.json())["details"] == [
+        {
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "field_violations": [{"field": "user_id", "description": "unknown user"}],
+        }
+    ]
 
 
 async def test_servicer_exception_is_500_without_its_text(gw, backends):
@@ -545,18 +733,30 @@ async def test_backend_down_is_503(make_gateway, backends, ports):
     resp = await gw.get("/api/banks?user_id=u1")
     assert resp.status == 503
     data = await resp.json()
-    assert data == {"code": 14, "error": "UNAVAILABLE", "message": "the sync service is unavailable, try again later",
-                    "error_code": "SERVICE_UNAVAILABLE", "details": [
-                        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "SERVICE_UNAVAILABLE",
-                         "domain": "finpulse.gateway", "metadata": {"service": "sync"}},
-                        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retry_delay": "1s"}]}
+    assert data == {
+        "code": 14,
+        "error": "UNAVAILABLE",
+        "message": "the sync service is unavailable, try again later",
+        "error_code": "SERVICE_UNAVAILABLE",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "SERVICE_UNAVAILABLE",
+                "domain": "finpulse.gateway",
+                "metadata": {"service": "sync"},
+            },
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retry_delay": "1s"},
+        ],
+    }
     assert resp.headers["Retry-After"] == "1"
 
 
 async def test_a_database_outage_is_503_with_the_services_retry_after(gw, backends):
     backends["dashboard"].replies["GetDashboard"] = Abort(
-        grpc.StatusCode.UNAVAILABLE, "the service's database is unavailable; retry in a moment",
-        trailing_metadata=(("retry-after", "2"),))
+        grpc.StatusCode.UNAVAILABLE,
+        "the service's database is unavailable; retry in a moment",
+        trailing_metadata=(("retry-after", "2"),),
+    )
     resp = await gw.get("/api/dashboard?user_id=u1")
     assert resp.status == 503 and resp.headers["Retry-After"] == "2"
     assert (await resp.json())["message"] == "the service's database is unavailable; retry in a moment"
@@ -574,14 +774,21 @@ async def test_deadline_exceeded_is_504(make_gateway, backends):
 async def test_gateway_bug_is_generic_500_and_logged(gw, backends, monkeypatch, caplog):
     def broken(message, route=None):
         raise RuntimeError("internal secret detail")
+
     monkeypatch.setattr(transcode, "render", broken)
     with caplog.at_level(logging.ERROR, logger="gateway"):
         resp = await gw.get("/api/banks")
     assert resp.status == 500
     text = await resp.text()
-    assert json.loads(text) == {"code": 13, "error": "INTERNAL", "message": "internal error", "error_code": "INTERNAL",
-                                "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "INTERNAL",
-                                             "domain": "finpulse.gateway"}]}
+    assert json.loads(text) == {
+        "code": 13,
+        "error": "INTERNAL",
+        "message": "internal error",
+        "error_code": "INTERNAL",
+        "details": [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "INTERNAL", "domain": "finpulse.gateway"}
+        ],
+    }
     assert "secret" not in text
     assert any(r.exc_info and "internal secret detail" in str(r.exc_info[1]) for r in caplog.records)
 
@@ -617,8 +824,11 @@ async def test_request_id_propagated_and_echoed(gw, backends, caplog):
 
 
 async def test_cors(gw, backends):
-    preflight = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "content-type"}
+    preflight = {
+        "Origin": "http://localhost:3000",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+    }
     resp = await gw.options("/api/onboarding/consents", headers=preflight)
     assert resp.status == 204
     assert resp.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
@@ -644,8 +854,11 @@ async def test_healthz_and_readyz(gw, backends):
     assert (await gw.get("/healthz")).status == 200
     resp = await gw.get("/readyz")
     assert resp.status == 200
-    assert await resp.json() == {"status": "ready", "not_ready": [],
-                                 "services": {k: "SERVING" for k in ("onboarding", "consent", "sync", "dashboard")}}
+    assert await resp.json() == {
+        "status": "ready",
+        "not_ready": [],
+        "services": {k: "SERVING" for k in ("onboarding", "consent", "sync", "dashboard")},
+    }
     await backends["consent"].health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     resp = await gw.get("/readyz")
     assert resp.status == 503
@@ -657,13 +870,18 @@ async def test_readyz_without_health_service_or_backend(make_gateway, backends, 
     bare = Backend("dashboard", with_health=False)
     await bare.start()
     try:
-        gw = await make_gateway({"FINPULSE_DASHBOARD_ADDR": bare.addr,
-                                 "FINPULSE_SYNC_ADDR": ports.addr()})  # listening nowhere
+        gw = await make_gateway(
+            {"FINPULSE_DASHBOARD_ADDR": bare.addr, "FINPULSE_SYNC_ADDR": ports.addr()}
+        )  # listening nowhere
         resp = await gw.get("/readyz")
         assert resp.status == 503
         data = await resp.json()
-        assert data["services"] == {"onboarding": "SERVING", "consent": "SERVING",
-                                    "sync": "UNAVAILABLE", "dashboard": "UNIMPLEMENTED"}
+        assert data["services"] == {
+            "onboarding": "SERVING",
+            "consent": "SERVING",
+            "sync": "UNAVAILABLE",
+            "dashboard": "UNIMPLEMENTED",
+        }
         assert data["not_ready"] == ["sync", "dashboard"]
     finally:
         await bare.stop()
@@ -680,8 +898,14 @@ def _run_env(**extra: str) -> dict[str, str]:
 
 
 def test_main_bad_config_exits_2():
-    proc = subprocess.run([sys.executable, "-m", "gateway"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env=_run_env(FINPULSE_GATEWAY_PORT="not-a-port"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_run_env(FINPULSE_GATEWAY_PORT="not-a-port"),
+    )
     assert proc.returncode == 2
     assert "FINPULSE_GATEWAY_PORT" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -689,9 +913,18 @@ def test_main_bad_config_exits_2():
 async def test_main_serves_and_stops_on_sigterm(ports):
     port = ports.port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", cwd=ROOT, stderr=asyncio.subprocess.PIPE,
-        env=_run_env(FINPULSE_GATEWAY_HOST="127.0.0.1", FINPULSE_GATEWAY_PORT=str(port),
-                     FINPULSE_JWT_SECRET="x" * 32, **ports.env()))
+        sys.executable,
+        "-m",
+        "gateway",
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+        env=_run_env(
+            FINPULSE_GATEWAY_HOST="127.0.0.1",
+            FINPULSE_GATEWAY_PORT=str(port),
+            FINPULSE_JWT_SECRET="x" * 32,
+            **ports.env(),
+        ),
+    )
     try:
         for _ in range(200):
             try:
@@ -733,8 +966,10 @@ def _token(sub: str | None = "team200-1", *, key: Any = SECRET, algorithm: str =
 
 def _hs256_by_hand(claims: dict, key: bytes) -> str:
     """An HS256 token built without PyJWT (which refuses a PEM key as an HMAC secret)."""
+
     def b64(raw: bytes) -> str:
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
     signing_input = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(json.dumps(claims).encode())
     signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
     return signing_input + "." + b64(signature)
@@ -756,24 +991,40 @@ async def _assert_401(resp, fragment: str) -> None:
     assert body["error"] == "UNAUTHENTICATED" and fragment in body["message"], body
 
 
-@pytest.mark.parametrize("headers, fragment", [
-    ({}, "token is required"),
-    ({"Authorization": "Basic dXNlcjpwYXNz"}, "must be 'Bearer <token>'"),
-    ({"Authorization": "Bearer"}, "must be 'Bearer <token>'"),
-    ({"Authorization": "Bearer not.a.jwt"}, "malformed"),
-    (_bearer(_token(key="another-secret-" + "x" * 32)), "signature is not valid"),
-    (_bearer(_token(exp=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))), "expired"),
-    (_bearer(_token(aud="someone-else")), "audience"),
-    (_bearer(_token(iss="evil")), "issuer"),
-    (_bearer(_token(sub=None)), "'sub'"),
-    (_bearer(_token(exp=None)), "'exp'"),
-    (_bearer(_token(algorithm="none", key=None)), "HS256"),
-], ids=["missing", "basic", "empty", "malformed", "bad-signature", "expired", "audience", "issuer", "no-sub",
-        "no-exp", "alg-none"])
+@pytest.mark.parametrize(
+    "headers, fragment",
+    [
+        ({}, "token is required"),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, "must be 'Bearer <token>'"),
+        ({"Authorization": "Bearer"}, "must be 'Bearer <token>'"),
+        ({"Authorization": "Bearer not.a.jwt"}, "malformed"),
+        (_bearer(_token(key="another-secret-" + "x" * 32)), "signature is not valid"),
+        (_bearer(_token(exp=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))), "expired"),
+        (_bearer(_token(aud="someone-else")), "audience"),
+        (_bearer(_token(iss="evil")), "issuer"),
+        (_bearer(_token(sub=None)), "'sub'"),
+        (_bearer(_token(exp=None)), "'exp'"),
+        (_bearer(_token(algorithm="none", key=None)), "HS256"),
+    ],
+    ids=[
+        "missing",
+        "basic",
+        "empty",
+        "malformed",
+        "bad-signature",
+        "expired",
+        "audience",
+        "issuer",
+        "no-sub",
+        "no-exp",
+        "alg-none",
+    ],
+)
 async def test_bad_or_missing_token_is_401_and_reaches_no_service(authed, backends, headers, fragment):
     await _assert_401(await authed.get("/api/dashboard", headers=headers), fragment)
-    await _assert_401(await authed.post("/api/onboarding/start", json={"user_id": "team200-1"}, headers=headers),
-                      fragment)
+    await _assert_401(
+        await authed.post("/api/onboarding/start", json={"user_id": "team200-1"}, headers=headers), fragment
+    )
     assert all_calls(backends) == []
 
 
@@ -788,11 +1039,13 @@ async def test_token_user_fills_user_id_and_travels_as_metadata(authed, backends
 
 async def test_naming_another_user_is_403_and_reaches_no_service(authed, backends):
     token = _bearer(_token("team200-1"))
-    for method, path, body in [("GET", "/api/dashboard?user_id=team200-2", None),
-                               ("GET", "/api/users/team200-2/profile", None),
-                               ("PUT", "/api/users/team200-2/financial-inputs", {"salary_amount": "1.00"}),
-                               ("POST", "/api/onboarding/start", {"user_id": "team200-2"}),
-                               ("GET", "/api/sync/events?user_id=team200-2", None)]:
+    for method, path, body in [
+        ("GET", "/api/dashboard?user_id=team200-2", None),
+        ("GET", "/api/users/team200-2/profile", None),
+        ("PUT", "/api/users/team200-2/financial-inputs", {"salary_amount": "1.00"}),
+        ("POST", "/api/onboarding/start", {"user_id": "team200-2"}),
+        ("GET", "/api/sync/events?user_id=team200-2", None),
+    ]:
         resp = await authed.request(method, path, json=body, headers=token)
         assert resp.status == 403, (path, await resp.text())
         assert (await resp.json())["error"] == "PERMISSION_DENIED"
@@ -804,15 +1057,22 @@ async def test_rs256_public_key(make_gateway, backends):
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     gw = await make_gateway({"FINPULSE_AUTH_DEV_TRUST_USER": "0", "FINPULSE_JWT_PUBLIC_KEY": public_pem})
     resp = await gw.get("/api/dashboard", headers=_bearer(_token("team200-3", key=private, algorithm="RS256")))
     assert resp.status == 200, await resp.text()
     assert backends["dashboard"].calls[-1].request.user_id == "team200-3"
     # Algorithm confusion: an HS256 token "signed" with the public key as its secret is refused.
-    forged = _bearer(_hs256_by_hand({"sub": "team200-3", "iss": "finpulse", "aud": "finpulse-api",
-                                     "exp": int(time.time()) + 300}, public_pem.encode()))
+    forged = _bearer(
+        _hs256_by_hand(
+            {"sub": "team200-3", "iss": "finpulse", "aud": "finpulse-api", "exp": int(time.time()) + 300},
+            public_pem.encode(),
+        )
+    )
     await _assert_401(await gw.get("/api/dashboard", headers=forged), "RS256")
     await _assert_401(await gw.get("/api/dashboard", headers=_bearer(_token("team200-3"))), "RS256")
 
@@ -822,18 +1082,23 @@ async def test_dev_switch_trusts_header_less_requests_only(make_gateway, backend
     resp = await gw.get("/api/dashboard?user_id=team200-4")
     assert resp.status == 200
     assert acting_user(backends["dashboard"].calls[-1]) == "team200-4"
-    await _assert_401(await gw.get("/api/dashboard?user_id=team200-4",
-                                   headers=_bearer(_token(key="wrong-secret-" + "w" * 32))), "signature")
+    await _assert_401(
+        await gw.get("/api/dashboard?user_id=team200-4", headers=_bearer(_token(key="wrong-secret-" + "w" * 32))),
+        "signature",
+    )
     resp = await gw.get("/api/dashboard?user_id=team200-5", headers=_bearer(_token("team200-4")))
     assert resp.status == 403, "a token, when sent, still decides the user"
 
 
-@pytest.mark.parametrize("environ, fragment", [
-    ({}, "FINPULSE_JWT_SECRET or FINPULSE_JWT_PUBLIC_KEY"),
-    ({"FINPULSE_JWT_SECRET": "short"}, "at least 32 characters"),
-    ({"FINPULSE_JWT_PUBLIC_KEY": "not a pem"}, "PEM public key"),
-    ({"FINPULSE_ENV": "production", "FINPULSE_AUTH_DEV_TRUST_USER": "1"}, "refused when FINPULSE_ENV=production"),
-])
+@pytest.mark.parametrize(
+    "environ, fragment",
+    [
+        ({}, "FINPULSE_JWT_SECRET or FINPULSE_JWT_PUBLIC_KEY"),
+        ({"FINPULSE_JWT_SECRET": "short"}, "at least 32 characters"),
+        ({"FINPULSE_JWT_PUBLIC_KEY": "not a pem"}, "PEM public key"),
+        ({"FINPULSE_ENV": "production", "FINPULSE_AUTH_DEV_TRUST_USER": "1"}, "refused when FINPULSE_ENV=production"),
+    ],
+)
 def test_auth_configuration_errors(environ, fragment):
     from gateway.auth import Authenticator
     from svclib.config import ConfigError
@@ -843,9 +1108,14 @@ def test_auth_configuration_errors(environ, fragment):
 
 
 async def test_per_user_rate_limit_is_shared_through_redis(make_gateway, backends, redis_url):
-    env = {"FINPULSE_AUTH_DEV_TRUST_USER": "0", "FINPULSE_JWT_SECRET": SECRET, "FINPULSE_REDIS_URL": redis_url,
-           "FINPULSE_REDIS_PREFIX": f"finpulse-test-{os.getpid()}-{id(backends)}:",
-           "FINPULSE_USER_RATE_LIMIT": "0.2", "FINPULSE_USER_RATE_BURST": "2"}
+    env = {
+        "FINPULSE_AUTH_DEV_TRUST_USER": "0",
+        "FINPULSE_JWT_SECRET": SECRET,
+        "FINPULSE_REDIS_URL": redis_url,
+        "FINPULSE_REDIS_PREFIX": f"finpulse-test-{os.getpid()}-{id(backends)}:",
+        "FINPULSE_USER_RATE_LIMIT": "0.2",
+        "FINPULSE_USER_RATE_BURST": "2",
+    }
     first, second = await make_gateway(env), await make_gateway(env)  # two replicas, one Redis
     alice, bob = _bearer(_token("team200-8")), _bearer(_token("team200-9"))
     assert (await first.get("/api/dashboard", headers=alice)).status == 200
@@ -908,26 +1178,39 @@ async def test_gateway_serves_marked_replies_until_a_change_is_announced(make_ga
     from svclib.cache import CACHE_UNTIL_METADATA, Cache
 
     prefix = f"finpulse-test-{os.getpid()}-{id(backends)}:"
-    gw = await make_gateway({"FINPULSE_AUTH_DEV_TRUST_USER": "0", "FINPULSE_JWT_SECRET": SECRET,
-                             "FINPULSE_REDIS_URL": redis_url, "FINPULSE_REDIS_PREFIX": prefix})
+    gw = await make_gateway(
+        {
+            "FINPULSE_AUTH_DEV_TRUST_USER": "0",
+            "FINPULSE_JWT_SECRET": SECRET,
+            "FINPULSE_REDIS_URL": redis_url,
+            "FINPULSE_REDIS_PREFIX": prefix,
+        }
+    )
     responses = gw.server.app[RESPONSES]
     await _wait_for(lambda: responses.enabled)
     until = str(int((time.time() + 60) * 1000))
     versions = iter(range(1, 100))
     backends["dashboard"].replies["GetDashboard"] = lambda req: WithTrailers(
-        dashboard_pb2.GetDashboardResponse(user_id=req.user_id, cache_info=dashboard_pb2.CacheInfo(
-            is_cached=True, data_version=next(versions))), ((CACHE_UNTIL_METADATA, until),))
+        dashboard_pb2.GetDashboardResponse(
+            user_id=req.user_id, cache_info=dashboard_pb2.CacheInfo(is_cached=True, data_version=next(versions))
+        ),
+        ((CACHE_UNTIL_METADATA, until),),
+    )
     alice, bob = _bearer(_token("team200-1")), _bearer(_token("team200-2"))
 
     from prometheus_client import REGISTRY
-    hits_before = REGISTRY.get_sample_value("finpulse_gateway_response_cache_hits_total",
-                                            {"route": "/api/dashboard"}) or 0.0
+
+    hits_before = (
+        REGISTRY.get_sample_value("finpulse_gateway_response_cache_hits_total", {"route": "/api/dashboard"}) or 0.0
+    )
     first = await (await gw.get("/api/dashboard", headers=alice)).json()
     again = await (await gw.get("/api/dashboard", headers=alice)).json()
     assert first == again and first["cache_info"]["data_version"] == "1"
     assert len(backends["dashboard"].calls) == 1, "the repeat was answered by the gateway"
-    assert REGISTRY.get_sample_value("finpulse_gateway_response_cache_hits_total",
-                                     {"route": "/api/dashboard"}) == hits_before + 1
+    assert (
+        REGISTRY.get_sample_value("finpulse_gateway_response_cache_hits_total", {"route": "/api/dashboard"})
+        == hits_before + 1
+    )
     other = await (await gw.get("/api/dashboard", headers=bob)).json()
     assert other["user_id"] == "team200-2" and len(backends["dashboard"].calls) == 2, "never another user's copy"
     forced = await gw.get("/api/dashboard?force_refresh=true", headers=alice)
@@ -936,8 +1219,9 @@ async def test_gateway_serves_marked_replies_until_a_change_is_announced(make_ga
     cache = Cache(redis_url, prefix=prefix)
     try:
         await cache.announce_change("team200-1")
-        await _wait_for(lambda: ("/finpulse.dashboard.v1.DashboardService/GetDashboard", "team200-1", "")
-                        not in responses._entries)
+        await _wait_for(
+            lambda: ("/finpulse.dashboard.v1.DashboardService/GetDashboard", "team200-1", "") not in responses._entries
+        )
     finally:
         await cache.close()
     after = await (await gw.get("/api/dashboard", headers=alice)).json()
@@ -950,11 +1234,13 @@ async def test_gateway_keeps_nothing_without_a_change_feed(make_gateway, backend
     from svclib.cache import CACHE_UNTIL_METADATA
 
     dead_redis = f"redis://127.0.0.1:{ports.port()}/0"  # held, listening nowhere: refused
-    gw = await make_gateway({"FINPULSE_AUTH_DEV_TRUST_USER": "0", "FINPULSE_JWT_SECRET": SECRET,
-                             "FINPULSE_REDIS_URL": dead_redis})
+    gw = await make_gateway(
+        {"FINPULSE_AUTH_DEV_TRUST_USER": "0", "FINPULSE_JWT_SECRET": SECRET, "FINPULSE_REDIS_URL": dead_redis}
+    )
     until = str(int((time.time() + 60) * 1000))
     backends["dashboard"].replies["GetDashboard"] = lambda req: WithTrailers(
-        dashboard_pb2.GetDashboardResponse(user_id=req.user_id), ((CACHE_UNTIL_METADATA, until),))
+        dashboard_pb2.GetDashboardResponse(user_id=req.user_id), ((CACHE_UNTIL_METADATA, until),)
+    )
     for _ in range(3):
         resp = await gw.get("/api/dashboard", headers=_bearer(_token("team200-1")))
         assert resp.status == 200, "Redis down: still answered (rate limit per process)"
@@ -986,10 +1272,19 @@ def test_verified_tokens_are_remembered_until_they_expire(monkeypatch):
 async def test_metrics_on_their_own_address_are_not_on_the_public_port(ports):
     port, metrics_port = ports.port(), ports.port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", cwd=ROOT, stderr=asyncio.subprocess.DEVNULL,
-        env=_run_env(FINPULSE_GATEWAY_HOST="127.0.0.1", FINPULSE_GATEWAY_PORT=str(port),
-                     FINPULSE_GATEWAY_METRICS_ADDR=f"127.0.0.1:{metrics_port}", FINPULSE_JWT_SECRET="x" * 32,
-                     **ports.env()))
+        sys.executable,
+        "-m",
+        "gateway",
+        cwd=ROOT,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=_run_env(
+            FINPULSE_GATEWAY_HOST="127.0.0.1",
+            FINPULSE_GATEWAY_PORT=str(port),
+            FINPULSE_GATEWAY_METRICS_ADDR=f"127.0.0.1:{metrics_port}",
+            FINPULSE_JWT_SECRET="x" * 32,
+            **ports.env(),
+        ),
+    )
     try:
         async with aiohttp.ClientSession() as session:
             for _ in range(200):
@@ -1020,9 +1315,14 @@ async def test_metrics_on_their_own_address_are_not_on_the_public_port(ports):
 
 
 def _login_reply(request):
-    return onboarding_pb2.LoginResponse(profile=onboarding_pb2.UserProfile(
-        user_id=request.user_id, name=request.user_name or f"User {request.user_id}", subscription_plan="free",
-        is_active=True))
+    return onboarding_pb2.LoginResponse(
+        profile=onboarding_pb2.UserProfile(
+            user_id=request.user_id,
+            name=request.user_name or f"User {request.user_id}",
+            subscription_plan="free",
+            is_active=True,
+        )
+    )
 
 
 async def test_local_login_signs_a_token_that_works_on_every_route(make_gateway, backends):
@@ -1031,8 +1331,12 @@ async def test_local_login_signs_a_token_that_works_on_every_route(make_gateway,
     resp = await gw.post("/api/auth/login", json={"user_id": "team200-6"})  # the app sends no token
     assert resp.status == 200, await resp.text()
     body = await resp.json()
-    assert body["profile"] == {"user_id": "team200-6", "name": "User team200-6", "subscription_plan": "free",
-                               "is_active": True}
+    assert body["profile"] == {
+        "user_id": "team200-6",
+        "name": "User team200-6",
+        "subscription_plan": "free",
+        "is_active": True,
+    }
     claims = jwt.decode(body["token"], SECRET, algorithms=["HS256"], audience="finpulse-api", issuer="finpulse")
     assert claims["sub"] == "team200-6" and claims["exp"] - claims["iat"] == 12 * 3600
     assert dt.datetime.fromisoformat(body["token_expires_at"].replace("Z", "+00:00")).timestamp() == claims["exp"]
@@ -1046,8 +1350,14 @@ async def test_local_login_signs_a_token_that_works_on_every_route(make_gateway,
 
 async def test_production_login_never_mints_a_token(make_gateway, backends):
     backends["onboarding"].replies["Login"] = _login_reply
-    gw = await make_gateway({"FINPULSE_ENV": "production", "FINPULSE_AUTH_DEV_TRUST_USER": "0",
-                             "FINPULSE_JWT_SECRET": SECRET, "FINPULSE_REDIS_URL": "redis://127.0.0.1:1/0"})
+    gw = await make_gateway(
+        {
+            "FINPULSE_ENV": "production",
+            "FINPULSE_AUTH_DEV_TRUST_USER": "0",
+            "FINPULSE_JWT_SECRET": SECRET,
+            "FINPULSE_REDIS_URL": "redis://127.0.0.1:1/0",
+        }
+    )
     resp = await gw.post("/api/auth/login", json={"user_id": "team200-6"})
     assert resp.status == 401, await resp.text()
     assert "identity provider" in (await resp.json())["message"]
@@ -1063,8 +1373,13 @@ async def test_production_login_never_mints_a_token(make_gateway, backends):
 
 async def test_language_follows_accept_language(make_gateway, backends):
     gw = await make_gateway({"FINPULSE_DEFAULT_LANGUAGE": "en"})
-    for header, expected in [(None, "en"), ("ru-RU,ru;q=0.9,en;q=0.8", "ru"), ("de, en;q=0.5", "en"),
-                             ("fr", "en"), ("en;q=0.2, ru;q=0.8", "ru")]:
+    for header, expected in [
+        (None, "en"),
+        ("ru-RU,ru;q=0.9,en;q=0.8", "ru"),
+        ("de, en;q=0.5", "en"),
+        ("fr", "en"),
+        ("en;q=0.2, ru;q=0.8", "ru"),
+    ]:
         headers = {"Accept-Language": header} if header else {}
         resp = await gw.get("/api/dashboard?user_id=team200-1", headers=headers)
         assert resp.status == 200
@@ -1077,8 +1392,13 @@ async def test_only_methods_safe_to_repeat_are_retried_by_the_channel(gw, backen
     unavailable = Abort(grpc.StatusCode.UNAVAILABLE, "try again")
     backends["consent"].replies["CreatePayment"] = unavailable
     backends["consent"].replies["GetPayment"] = unavailable
-    body = {"user_id": "u1", "bank_id": "vbank", "account_id": "a", "creditor_account": "40817810000000000001",
-            "amount": "1.00"}
+    body = {
+        "user_id": "u1",
+        "bank_id": "vbank",
+        "account_id": "a",
+        "creditor_account": "40817810000000000001",
+        "amount": "1.00",
+    }
     resp = await gw.post("/api/payments", json=body, headers={"Idempotency-Key": "k1"})
     assert resp.status == 503
     assert "same Idempotency-Key" in (await resp.json())["message"], "the client is told how to retry"
@@ -1095,14 +1415,17 @@ async def test_bodies_must_be_json_and_fit_the_contracts_limits(gw, backends):
         resp = await gw.post("/api/onboarding/consents", data=body.encode(), headers=headers)
         assert resp.status == 415, (content_type, await resp.text())
         assert "application/json" in (await resp.json())["message"]
-    resp = await gw.post("/api/onboarding/consents", data=body,
-                         headers={"Content-Type": "application/json; charset=utf-8"})
+    resp = await gw.post(
+        "/api/onboarding/consents", data=body, headers={"Content-Type": "application/json; charset=utf-8"}
+    )
     assert resp.status == 200
     huge = "x" * ((1 << 20) // 2)
-    for method, path, payload in [("POST", "/api/sync", {"user_id": "u1", "bank_ids": [huge]}),
-                                  ("POST", "/api/sync", {"user_id": "u1", "reason": huge}),
-                                  ("PUT", "/api/users/u1/financial-inputs", {"salary_amount": huge}),
-                                  ("PUT", "/api/users/u1/financial-inputs", {"next_salary_date": huge})]:
+    for method, path, payload in [
+        ("POST", "/api/sync", {"user_id": "u1", "bank_ids": [huge]}),
+        ("POST", "/api/sync", {"user_id": "u1", "reason": huge}),
+        ("PUT", "/api/users/u1/financial-inputs", {"salary_amount": huge}),
+        ("PUT", "/api/users/u1/financial-inputs", {"next_salary_date": huge}),
+    ]:
         resp = await gw.request(method, path, json=payload)
         text = await resp.text()
         assert resp.status == 400 and len(text) < 1000, (path, resp.status, text[:200])

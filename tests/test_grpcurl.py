@@ -1,4 +1,5 @@
 """Operators debug the services with grpcurl: reflection, health and a read RPC on every port."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,13 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess:
 def operator_token(suite, user: str | None = None) -> str:
     """What `make grpc-token` prints for this suite (its data dir holds the suite's internal secret)."""
     env = {**suite.env, "FINPULSE_DATA_DIR": suite.settings.data_dir}
-    out = subprocess.run([sys.executable, "-m", "svclib.internal_auth", *(["--user", user] if user else [])],
-                         env=env, capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "svclib.internal_auth", *(["--user", user] if user else [])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
@@ -59,8 +65,14 @@ def test_list_describe_health_and_a_read(suite, name):
     method, request, expected = READS[name]
     refused = grpcurl("-d", json.dumps(request), addr, f"{SERVICES[name]}/{method}")
     assert refused.returncode != 0 and "Unauthenticated" in refused.stderr, "no statement, no answer"
-    answer = grpcurl("-H", f"authorization: Bearer {operator_token(suite)}", "-d", json.dumps(request), addr,
-                     f"{SERVICES[name]}/{method}")
+    answer = grpcurl(
+        "-H",
+        f"authorization: Bearer {operator_token(suite)}",
+        "-d",
+        json.dumps(request),
+        addr,
+        f"{SERVICES[name]}/{method}",
+    )
     assert expected in answer.stdout + answer.stderr
 
 
@@ -69,9 +81,25 @@ def test_a_forged_user_header_changes_nothing(suite):
     statement for one user cannot read another's data."""
     addr = suite.settings.service_addrs["dashboard"]
     token = operator_token(suite, "team200-10")
-    own = grpcurl("-H", f"authorization: Bearer {token}", "-H", "x-user-id: team200-9",
-                  "-d", json.dumps({"user_id": "team200-10"}), addr, f"{SERVICES['dashboard']}/GetFinancialInputs")
+    own = grpcurl(
+        "-H",
+        f"authorization: Bearer {token}",
+        "-H",
+        "x-user-id: team200-9",
+        "-d",
+        json.dumps({"user_id": "team200-10"}),
+        addr,
+        f"{SERVICES['dashboard']}/GetFinancialInputs",
+    )
     assert own.returncode == 0, own.stderr
-    other = grpcurl("-H", f"authorization: Bearer {token}", "-H", "x-user-id: team200-9",
-                    "-d", json.dumps({"user_id": "team200-9"}), addr, f"{SERVICES['dashboard']}/GetFinancialInputs")
+    other = grpcurl(
+        "-H",
+        f"authorization: Bearer {token}",
+        "-H",
+        "x-user-id: team200-9",
+        "-d",
+        json.dumps({"user_id": "team200-9"}),
+        addr,
+        f"{SERVICES['dashboard']}/GetFinancialInputs",
+    )
     assert other.returncode != 0 and "PermissionDenied" in other.stderr, other.stdout

@@ -10,6 +10,7 @@ and no response to A, whatever its status, contains any identifier of B (user id
 consent ids, account ids). Finally no token, a bad signature and an expired token are 401 on every
 route.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -38,16 +39,27 @@ async def _onboard_b(http: Http) -> dict[str, object]:
     """B's real resources; every identifier that must never reach A."""
     status, started = await http.post("/api/onboarding/start", {"user_id": USER_B})
     assert status == 200, started
-    status, created = await http.post("/api/onboarding/consents", {"user_id": USER_B, "banks": [
-        {"bank_id": bank, "consents": {"account": True, "product": True, "payment": True}}
-        for bank in ("vbank", "abank")]})
+    status, created = await http.post(
+        "/api/onboarding/consents",
+        {
+            "user_id": USER_B,
+            "banks": [
+                {"bank_id": bank, "consents": {"account": True, "product": True, "payment": True}}
+                for bank in ("vbank", "abank")
+            ],
+        },
+    )
     assert status == 200 and created["overall_status"] == "completed", created
-    consent_ids = [outcome["consent_id"] for bank in created["results"]
-                   for outcome in (bank["account_consent"], bank["product_consent"], bank["payment_consent"])
-                   if outcome and outcome.get("consent_id")]
+    consent_ids = [
+        outcome["consent_id"]
+        for bank in created["results"]
+        for outcome in (bank["account_consent"], bank["product_consent"], bank["payment_consent"])
+        if outcome and outcome.get("consent_id")
+    ]
     assert consent_ids, created
-    status, body = await http.post("/api/onboarding/finalize", {"onboarding_id": started["onboarding_id"],
-                                                                "user_id": USER_B})
+    status, body = await http.post(
+        "/api/onboarding/finalize", {"onboarding_id": started["onboarding_id"], "user_id": USER_B}
+    )
     assert status == 200, body
     await wait_synced(http, USER_B)
     boots = {}
@@ -58,16 +70,29 @@ async def _onboard_b(http: Http) -> dict[str, object]:
     account_ids = [a["account_id"] for a in accounts]
     numbers = [a["account_number"] for a in accounts if a.get("account_number")]
     creditor = boots["abank"]["accounts"][0]["account_number"]
-    status, paid = await http.call("POST", "/api/payments", headers={"Idempotency-Key": "isolation-b-1"}, json={
-        "bank_id": "vbank", "account_id": boots["vbank"]["accounts"][0]["account_id"], "creditor_account": creditor,
-        "creditor_bank_id": "abank", "amount": "1.00"})
+    status, paid = await http.call(
+        "POST",
+        "/api/payments",
+        headers={"Idempotency-Key": "isolation-b-1"},
+        json={
+            "bank_id": "vbank",
+            "account_id": boots["vbank"]["accounts"][0]["account_id"],
+            "creditor_account": creditor,
+            "creditor_bank_id": "abank",
+            "amount": "1.00",
+        },
+    )
     assert status == 200, paid
     agreements = [c["agreement_id"] for boot in boots.values() for c in boot["credits"]]
-    status, _ = await http.call("PUT", f"/api/users/{USER_B}/financial-inputs",
-                                json={"salary_amount": "123456.78", "next_salary_date": "2031-01-15"})
+    status, _ = await http.call(
+        "PUT",
+        f"/api/users/{USER_B}/financial-inputs",
+        json={"salary_amount": "123456.78", "next_salary_date": "2031-01-15"},
+    )
     assert status == 200
-    status, _ = await http.call("PUT", f"/api/users/{USER_B}/profile",
-                                json={"goal_type": "GOAL_TYPE_SAVINGS", "target_amount": "98765.43"})
+    status, _ = await http.call(
+        "PUT", f"/api/users/{USER_B}/profile", json={"goal_type": "GOAL_TYPE_SAVINGS", "target_amount": "98765.43"}
+    )
     assert status == 200
     status, _dashboard = await http.get("/api/dashboard", user_id=USER_B)
     assert status == 200
@@ -80,8 +105,16 @@ async def _onboard_b(http: Http) -> dict[str, object]:
         "payment_id": paid["payment"]["payment_id"],
         "account_number": creditor,
         "agreement_id": agreements[0] if agreements else "agreement-of-b",
-        "secrets": [USER_B, started["onboarding_id"], *consent_ids, *account_ids, *numbers,
-                    paid["payment"]["payment_id"], "123456.78", "98765.43"],
+        "secrets": [
+            USER_B,
+            started["onboarding_id"],
+            *consent_ids,
+            *account_ids,
+            *numbers,
+            paid["payment"]["payment_id"],
+            "123456.78",
+            "98765.43",
+        ],
     }
 
 
@@ -105,11 +138,17 @@ async def _call(http: Http, route: Route, path: str, fields: dict[str, str]) -> 
     """Call `route` with `fields` in the query (no body) or the JSON body."""
     headers = {"Accept": "application/json"}
     if route.body:
-        return await http.call(route.http_method, path, json=fields if route.body == "*" else {}, headers=headers,
-                               params=None if route.body == "*" else fields)
+        return await http.call(
+            route.http_method,
+            path,
+            json=fields if route.body == "*" else {},
+            headers=headers,
+            params=None if route.body == "*" else fields,
+        )
     if route.is_server_streaming:
-        async with http.session.get(http.base + path, params=fields,
-                                    headers={**headers, "Authorization": f"Bearer {http.token}"}) as resp:
+        async with http.session.get(
+            http.base + path, params=fields, headers={**headers, "Authorization": f"Bearer {http.token}"}
+        ) as resp:
             text = (await resp.content.read(4096)).decode(errors="replace")
             return resp.status, text
     return await http.call(route.http_method, path, params=fields, headers=headers)
@@ -123,17 +162,28 @@ async def test_user_a_never_gets_user_b_data(suite, routes):
         status, _ = await as_a.post("/api/onboarding/start", {})
         assert status == 200, "A exists too"
 
-        resource_ids = {"user_id": USER_B, "onboarding_id": b["onboarding_id"], "consent_id": b["consent_ids"][0],
-                        "bank_id": "vbank", "account_id": b["account_ids"][0], "request_id": b["request_id"],
-                        "payment_id": b["payment_id"], "agreement_id": b["agreement_id"],
-                        "application_id": "rfa-not-a-users", "offer_id": "ofr-not-a-users",
-                        # what a payment request needs besides: valid, so only ownership can refuse it
-                        "creditor_account": b["account_number"], "amount": "1.00", "idempotency_key": "isolation-a"}
+        resource_ids = {
+            "user_id": USER_B,
+            "onboarding_id": b["onboarding_id"],
+            "consent_id": b["consent_ids"][0],
+            "bank_id": "vbank",
+            "account_id": b["account_ids"][0],
+            "request_id": b["request_id"],
+            "payment_id": b["payment_id"],
+            "agreement_id": b["agreement_id"],
+            "application_id": "rfa-not-a-users",
+            "offer_id": "ofr-not-a-users",
+            # what a payment request needs besides: valid, so only ownership can refuse it
+            "creditor_account": b["account_number"],
+            "amount": "1.00",
+            "idempotency_key": "isolation-a",
+        }
         checked = []
         for route in routes:
             fields = route.input_descriptor.fields_by_name
-            named_fields = {name: value for name, value in resource_ids.items()
-                            if name in fields and name not in route.path_fields}
+            named_fields = {
+                name: value for name, value in resource_ids.items() if name in fields and name not in route.path_fields
+            }
             path_values = dict(resource_ids)
 
             # 1. Naming B: refused at the gateway.
@@ -147,9 +197,19 @@ async def test_user_a_never_gets_user_b_data(suite, routes):
             # 2. Acting as A on B's resources (ids of B in the path or fields, user_id left to the token).
             own_fields = {k: v for k, v in named_fields.items() if k != "user_id"}
             own_path = {**path_values, "user_id": USER_A}
-            resource_in_request = [k for k in ("onboarding_id", "consent_id", "account_id", "payment_id",
-                                               "agreement_id", "application_id", "offer_id")
-                                   if k in own_fields or k in route.path_fields]
+            resource_in_request = [
+                k
+                for k in (
+                    "onboarding_id",
+                    "consent_id",
+                    "account_id",
+                    "payment_id",
+                    "agreement_id",
+                    "application_id",
+                    "offer_id",
+                )
+                if k in own_fields or k in route.path_fields
+            ]
             path = _path(route, own_path)
             status, body = await _call(as_a, route, path, own_fields)
             if resource_in_request:
@@ -180,13 +240,23 @@ async def test_missing_bad_and_expired_tokens_are_401_everywhere(suite, routes):
     async with aiohttp.ClientSession() as session:
         for token in (None, forged, expired):
             for route in routes:
-                values = {"user_id": USER_A, "onboarding_id": USER_A, "consent_id": "c-1", "bank_id": "vbank",
-                          "account_id": "a-1", "payment_id": "pmt-1", "agreement_id": "agr-1",
-                          "application_id": "rfa-1"}
+                values = {
+                    "user_id": USER_A,
+                    "onboarding_id": USER_A,
+                    "consent_id": "c-1",
+                    "bank_id": "vbank",
+                    "account_id": "a-1",
+                    "payment_id": "pmt-1",
+                    "agreement_id": "agr-1",
+                    "application_id": "rfa-1",
+                }
                 if token is None and route.path_template == "/api/auth/login":
                     continue  # the one route open without a token in local mode: it signs one (test_e2e_app.py)
-                async with session.request(route.http_method, suite.gateway_url + _path(route, values),
-                                           headers={"Authorization": f"Bearer {token}"} if token else {}) as resp:
+                async with session.request(
+                    route.http_method,
+                    suite.gateway_url + _path(route, values),
+                    headers={"Authorization": f"Bearer {token}"} if token else {},
+                ) as resp:
                     assert resp.status == 401, (route.path_template, token and token[:12], resp.status)
                     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
                     body = await resp.json()

@@ -1,5 +1,6 @@
 """`make up`'s launcher: starts every process, serves the gateway, restarts a process that dies, and on
 Ctrl-C (or when it is killed) leaves no process behind."""
+
 from __future__ import annotations
 
 import asyncio
@@ -54,10 +55,16 @@ def launcher_env(fresh_database, tmp_path, ports):
     """The launcher's settings, on ports this test holds for its children (svclib.ports)."""
     backing = fresh_database("launcher")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
-    env.update(FINPULSE_DATABASE_URL=backing.database_url, FINPULSE_REDIS_URL=backing.redis_url,
-               FINPULSE_REDIS_PREFIX=f"finpulse-launcher-{uuid.uuid4().hex[:8]}:", FINPULSE_DATA_DIR=str(tmp_path),
-               FINPULSE_GATEWAY_HOST="127.0.0.1", FINPULSE_GATEWAY_PORT=str(ports.port()),
-               FINPULSE_GRPC_HOST="127.0.0.1", FINPULSE_SHUTDOWN_GRACE="1")
+    env.update(
+        FINPULSE_DATABASE_URL=backing.database_url,
+        FINPULSE_REDIS_URL=backing.redis_url,
+        FINPULSE_REDIS_PREFIX=f"finpulse-launcher-{uuid.uuid4().hex[:8]}:",
+        FINPULSE_DATA_DIR=str(tmp_path),
+        FINPULSE_GATEWAY_HOST="127.0.0.1",
+        FINPULSE_GATEWAY_PORT=str(ports.port()),
+        FINPULSE_GRPC_HOST="127.0.0.1",
+        FINPULSE_SHUTDOWN_GRACE="1",
+    )
     for name in SERVICE_PORTS:
         env[f"FINPULSE_{name.upper()}_ADDR"] = ports.addr()
     for bank in KNOWN_BANKS:
@@ -67,8 +74,9 @@ def launcher_env(fresh_database, tmp_path, ports):
 
 
 def _start(env, stderr=subprocess.DEVNULL) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.launcher"], env=env, stdout=subprocess.PIPE,
-                            stderr=stderr, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy.launcher"], env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
+    )
     deadline = time.monotonic() + 60
     lines = []
     while time.monotonic() < deadline:
@@ -118,8 +126,9 @@ def test_killed_launcher_leaves_no_orphans(launcher_env):
 
 def test_bad_configuration_fails_fast_naming_the_variable(launcher_env):
     env = {**launcher_env, "FINPULSE_GATEWAY_PORT": "eighty"}
-    result = subprocess.run([sys.executable, "-m", "deploy.launcher"], env=env, capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy.launcher"], env=env, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 2 and "FINPULSE_GATEWAY_PORT" in result.stderr
 
 
@@ -153,8 +162,9 @@ def _bank(url: str, method: str, path: str, body: dict | None = None, token: str
     headers = {"X-Requesting-Bank": "team200", "Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url + path, method=method, headers=headers,
-                                     data=json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(
+        url + path, method=method, headers=headers, data=json.dumps(body).encode() if body is not None else None
+    )
     with urllib.request.urlopen(request, timeout=10) as resp:
         return json.load(resp)
 
@@ -167,8 +177,11 @@ def test_dead_children_are_restarted_and_ctrl_c_still_stops_all(launcher_env, tm
         # kill -9 of a service: reported, restarted after the first delay, healthy again.
         sync = _child(proc.pid, "sync_svc")
         os.kill(sync, signal.SIGKILL)
-        _wait_for_line(stderr_path, r"launcher: sync exited with code -9 \(signal SIGKILL\); "
-                                    r"restarting in 0\.5 s, restart #1")
+        _wait_for_line(
+            stderr_path,
+            r"launcher: sync exited with code -9 \(signal SIGKILL\); "
+            r"restarting in 0\.5 s, restart #1",
+        )
         _wait_for_line(stderr_path, r"launcher: sync is healthy again")
         assert _child(proc.pid, "sync_svc") != sync
         assert asyncio.run(grpc_serving(launcher_env["FINPULSE_SYNC_ADDR"]))
@@ -187,8 +200,13 @@ def test_dead_children_are_restarted_and_ctrl_c_still_stops_all(launcher_env, tm
         sbank = launcher_env["FINPULSE_BANK_SBANK_URL"]
         bank_token = _bank(sbank, "POST", "/auth/bank-token?client_id=team200&client_secret=finpulse-dev-secret")
         bank_token = bank_token["access_token"]
-        consent = _bank(sbank, "POST", "/account-consents/request",
-                        {"client_id": "team200-1", "permissions": ["ReadAccountsDetail"]}, bank_token)
+        consent = _bank(
+            sbank,
+            "POST",
+            "/account-consents/request",
+            {"client_id": "team200-1", "permissions": ["ReadAccountsDetail"]},
+            bank_token,
+        )
         os.kill(_child(proc.pid, "bank_sandbox"), signal.SIGKILL)
         _wait_for_line(stderr_path, r"launcher: bank_sandbox is healthy again")
         got = _bank(sbank, "GET", f"/account-consents/{consent['request_id']}", token=bank_token)

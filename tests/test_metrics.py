@@ -5,6 +5,7 @@ from the gateway through every service hop into the bank calls (read back from e
 
 Every test takes its own emulator customers (team200-26 … 28), so its syncs overlap no other test's.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,13 +30,17 @@ HEALTH = "grpc.health.v1.Health"
 
 # ------------------------------------------------------------------------------------------- helpers
 
+
 async def scrape(session: aiohttp.ClientSession, url: str) -> Samples:
     async with session.get(url) as resp:
         assert resp.status == 200, await resp.text()
         assert resp.headers["Content-Type"].startswith("text/plain")
         text = await resp.text()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def moved(before: Samples, after: Samples, name: str, keys: tuple[str, ...], **where: str) -> dict[tuple, float]:
@@ -73,14 +78,15 @@ def log_lines(suite, name: str) -> list[dict]:
 
 
 async def consents(http: Http, user: str, bank: str = "vbank") -> None:
-    status, body = await http.post("/api/onboarding/consents", {"user_id": user, "banks": [
-        {"bank_id": bank, "consents": {"account": True, "product": True}}]})
+    status, body = await http.post(
+        "/api/onboarding/consents",
+        {"user_id": user, "banks": [{"bank_id": bank, "consents": {"account": True, "product": True}}]},
+    )
     assert status == 200 and body["overall_status"] == "completed", body
 
 
-
-
 # ------------------------------------------------------------------------------------------- tests
+
 
 async def test_gateway_and_services_count_exactly_the_calls_made(suite, session):
     user = "team200-26"
@@ -105,8 +111,9 @@ async def test_gateway_and_services_count_exactly_the_calls_made(suite, session)
     for name in names:
         after[name] = await scrape(session, service_url(suite, name))
 
-    requests = moved(before["gateway"], after["gateway"], "finpulse_gateway_requests_total",
-                     ("route", "method", "status"))
+    requests = moved(
+        before["gateway"], after["gateway"], "finpulse_gateway_requests_total", ("route", "method", "status")
+    )
     assert requests == {
         ("/api/banks", "GET", "200"): 2,
         ("/api/banks/{bank_id}/bootstrap", "GET", "404"): 1,
@@ -114,8 +121,9 @@ async def test_gateway_and_services_count_exactly_the_calls_made(suite, session)
         ("<unmatched>", "GET", "404"): 1,
         ("/metrics", "GET", "200"): 1,  # the first scrape (a scrape is counted after its body is made)
     }
-    latencies = moved(before["gateway"], after["gateway"], "finpulse_gateway_request_duration_seconds_count",
-                      ("route", "method"))
+    latencies = moved(
+        before["gateway"], after["gateway"], "finpulse_gateway_request_duration_seconds_count", ("route", "method")
+    )
     assert latencies == {(route, method): n for (route, method, _), n in requests.items()}
 
     def rpcs(name: str) -> dict[tuple, float]:
@@ -127,8 +135,13 @@ async def test_gateway_and_services_count_exactly_the_calls_made(suite, session)
         ("finpulse.sync.v1.SyncService", "BootstrapBank", "NOT_FOUND"): 1,
         ("finpulse.sync.v1.SyncService", "GetSyncStatus", "OK"): 1,
     }
-    sync_latencies = moved(before["sync"], after["sync"], "finpulse_rpc_duration_seconds_count", ("method",),
-                           service="finpulse.sync.v1.SyncService")
+    sync_latencies = moved(
+        before["sync"],
+        after["sync"],
+        "finpulse_rpc_duration_seconds_count",
+        ("method",),
+        service="finpulse.sync.v1.SyncService",
+    )
     assert sync_latencies == {("ListBanks",): 2, ("BootstrapBank",): 1, ("GetSyncStatus",): 1}
     # ListBanks asks consent_svc which banks the user connected (a sync worker of another test may ask too).
     consent = rpcs("consent")
@@ -164,8 +177,9 @@ async def test_sync_counts_bank_calls_429s_and_rows_per_bank(suite, session, db)
     failures = moved(before, after, "finpulse_sync_bank_call_failures_total", ("operation", "reason"), bank="vbank")
     limited = moved(before, after, "finpulse_sync_bank_rate_limited_total", ("bank",))
     # Every call this user's jobs made is in bank_status_log (the metrics count every user's).
-    logged = await db.fetch("SELECT operation, http_status FROM sync.bank_status_log "
-                            "WHERE user_id = $1 AND bank_id = 'vbank'", user)
+    logged = await db.fetch(
+        "SELECT operation, http_status FROM sync.bank_status_log WHERE user_id = $1 AND bank_id = 'vbank'", user
+    )
     assert {"get_accounts", "get_balances", "get_transactions"} <= {r["operation"] for r in logged}
     for operation in {r["operation"] for r in logged}:
         assert calls.get((operation,), 0) >= sum(1 for r in logged if r["operation"] == operation), operation
@@ -173,13 +187,16 @@ async def test_sync_counts_bank_calls_429s_and_rows_per_bank(suite, session, db)
     assert user_429s >= 1
     assert limited[("vbank",)] >= user_429s
     assert sum(n for (_, reason), n in failures.items() if reason == "429") == limited[("vbank",)]
-    assert moved(before, after, "finpulse_sync_bank_call_duration_seconds_count", ("bank",))[("vbank",)] == \
-        sum(calls.values())
+    assert moved(before, after, "finpulse_sync_bank_call_duration_seconds_count", ("bank",))[("vbank",)] == sum(
+        calls.values()
+    )
 
     rows = moved(before, after, "finpulse_sync_rows_written_total", ("table", "change"), bank="vbank")
     stored = await db.fetchrow(
         "SELECT (SELECT count(*) FROM sync.accounts WHERE user_id = $1 AND bank_id = 'vbank') AS accounts, "
-        "(SELECT count(*) FROM sync.transactions WHERE user_id = $1 AND bank_id = 'vbank') AS transactions", user)
+        "(SELECT count(*) FROM sync.transactions WHERE user_id = $1 AND bank_id = 'vbank') AS transactions",
+        user,
+    )
     assert stored["transactions"] > 0
     assert rows[("transactions", "inserted")] >= stored["transactions"]
     assert rows[("accounts", "inserted")] >= stored["accounts"]
@@ -201,12 +218,16 @@ async def test_dashboard_counts_cache_hits_by_level_and_misses(suite, session):
 
     async def step(force_refresh: bool = False) -> tuple[dict, dict, bool]:
         before = await scrape(session, url)
-        reply = await stub.GetDashboard(dashboard_pb2.GetDashboardRequest(user_id=user, force_refresh=force_refresh),
-                                        metadata=(signer.metadata(user),))
+        reply = await stub.GetDashboard(
+            dashboard_pb2.GetDashboardRequest(user_id=user, force_refresh=force_refresh),
+            metadata=(signer.metadata(user),),
+        )
         after = await scrape(session, url)
-        return (moved(before, after, "finpulse_dashboard_cache_hits_total", ("level",)),
-                moved(before, after, "finpulse_dashboard_cache_misses_total", ("reason",)),
-                reply.cache_info.is_cached)
+        return (
+            moved(before, after, "finpulse_dashboard_cache_hits_total", ("level",)),
+            moved(before, after, "finpulse_dashboard_cache_misses_total", ("reason",)),
+            reply.cache_info.is_cached,
+        )
 
     try:
         assert await step() == ({}, {("stale",): 1}, False)
@@ -222,8 +243,9 @@ async def test_dashboard_counts_cache_hits_by_level_and_misses(suite, session):
             status, body = await http.get("/api/dashboard", user_id=user)
             assert status == 200 and body["cache_info"]["is_cached"], body
         after = await scrape(session, gateway)
-        assert moved(before, after, "finpulse_gateway_response_cache_hits_total", ("route",)) == \
-            {("/api/dashboard",): 2}
+        assert moved(before, after, "finpulse_gateway_response_cache_hits_total", ("route",)) == {
+            ("/api/dashboard",): 2
+        }
     finally:
         await channel.close()
         await cache.close()
@@ -234,12 +256,20 @@ async def test_one_request_id_reaches_every_service_and_the_bank(suite, session)
     http = Http(session, suite.gateway_url, token=suite.token(user))
     request_id = f"metrics-e2e-{uuid.uuid4().hex}"
     # The first sync is queued when the account consent is approved: that request's id follows it.
-    status, body = await http.call("POST", "/api/onboarding/consents", json={"user_id": user, "banks": [
-        {"bank_id": "vbank", "consents": {"account": True, "product": True}}]}, headers={"X-Request-Id": request_id})
+    status, body = await http.call(
+        "POST",
+        "/api/onboarding/consents",
+        json={"user_id": user, "banks": [{"bank_id": "vbank", "consents": {"account": True, "product": True}}]},
+        headers={"X-Request-Id": request_id},
+    )
     assert status == 200 and body["overall_status"] == "completed", body
     await wait_synced(http, user)
-    status, body = await http.call("POST", "/api/onboarding/finalize", json={"onboarding_id": user, "user_id": user},
-                                   headers={"X-Request-Id": request_id})
+    status, body = await http.call(
+        "POST",
+        "/api/onboarding/finalize",
+        json={"onboarding_id": user, "user_id": user},
+        headers={"X-Request-Id": request_id},
+    )
     assert status == 200, body
 
     def lines(name: str) -> list[dict]:
@@ -262,4 +292,4 @@ async def test_one_request_id_reaches_every_service_and_the_bank(suite, session)
     assert bank_calls, "the sync's bank calls are logged under the request id"
     # The bank got it too (X-Request-Id), on exactly the calls the suite logged (X-Fapi-Interaction-Id).
     at_bank = {e.get("x-fapi-interaction-id") for e in lines("bank_sandbox")}
-    assert at_bank and bank_calls <= at_bank, (bank_calls - at_bank)
+    assert at_bank and bank_calls <= at_bank, bank_calls - at_bank

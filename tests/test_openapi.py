@@ -7,6 +7,7 @@ The annotations and comments are read here on their own, from a descriptor set c
 current protos/ (not from the generated code), so a proto change that did not reach the document,
 or a stale `gen/`, fails these tests.
 """
+
 from __future__ import annotations
 
 import json
@@ -108,8 +109,11 @@ def annotated_operations(protos) -> set[tuple[str, str, str]]:
                 rule = method.options.Extensions[annotations_pb2.http]
                 for binding in [rule, *rule.additional_bindings]:
                     kind = binding.WhichOneof("pattern")
-                    verb, template = ((binding.custom.kind, binding.custom.path) if kind == "custom"
-                                      else (kind, getattr(binding, kind)))
+                    verb, template = (
+                        (binding.custom.kind, binding.custom.path)
+                        if kind == "custom"
+                        else (kind, getattr(binding, kind))
+                    )
                     path = re.sub(r"\{([^}=]+)(=[^}]*)?\}", r"{\1}", template)
                     found.add((verb.upper(), path, f"{file.package}.{service.name}/{method.name}"))
     return found
@@ -215,9 +219,15 @@ def test_every_api_operation_documents_request_response_and_errors(document, rou
             assert "idempotency_key" not in schema["properties"] or ("header", "Idempotency-Key") not in params
         elif route.body:
             covered.add(route.body)
-        settable = {f.name for f in route.input_descriptor.fields
-                    if not (f.message_type is not None and (f.is_repeated or f.message_type.GetOptions().map_entry)
-                            and f.message_type.full_name not in openapi.SCALAR_JSON_MESSAGES)}
+        settable = {
+            f.name
+            for f in route.input_descriptor.fields
+            if not (
+                f.message_type is not None
+                and (f.is_repeated or f.message_type.GetOptions().map_entry)
+                and f.message_type.full_name not in openapi.SCALAR_JSON_MESSAGES
+            )
+        }
         assert settable <= covered, f"{where}: {settable - covered} cannot be sent"
 
 
@@ -254,8 +264,11 @@ def test_required_fields_user_id_and_idempotency_key(document, routes):
         if route.body == "*":
             schema = op["requestBody"]["content"]["application/json"]["schema"]
             schema = resolve(document, schema["$ref"]) if "$ref" in schema else schema
-            required = {f.name for f in route.input_descriptor.fields
-                        if field_behavior_pb2.REQUIRED in f.GetOptions().Extensions[field_behavior_pb2.field_behavior]}
+            required = {
+                f.name
+                for f in route.input_descriptor.fields
+                if field_behavior_pb2.REQUIRED in f.GetOptions().Extensions[field_behavior_pb2.field_behavior]
+            }
             assert set(schema.get("required", [])) == required - {"user_id", "idempotency_key"} - set(route.path_fields)
     # No proto has an idempotency_key any more? Then this part of the document is untested: say so.
     assert with_key, "no request has an idempotency_key: nothing to check the header mapping on"
@@ -351,7 +364,6 @@ def test_schemas_reject_what_transcode_never_renders(document):
     assert not cache.is_valid({"data_version": 12})  # int64 is a string
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Request size limits
 
@@ -360,8 +372,10 @@ LIMIT_KEYS = ("maxLength", "maxItems", "maxProperties")
 
 def _declared_max(field: FieldDescriptor) -> int | None:
     """The field's `(finpulse.options.v1.max_length)`, read here from its options."""
-    return next((int(v) for ext, v in field.GetOptions().ListFields()
-                 if ext.full_name == "finpulse.options.v1.max_length"), None)
+    return next(
+        (int(v) for ext, v in field.GetOptions().ListFields() if ext.full_name == "finpulse.options.v1.max_length"),
+        None,
+    )
 
 
 def _text(field: FieldDescriptor, limit: int) -> dict[str, int]:
@@ -376,8 +390,10 @@ def expected_limits(field: FieldDescriptor) -> tuple[dict[str, int], dict[str, i
     """(limits of the field's value, limits of each element / map value), as svclib.limits checks them."""
     declared = _declared_max(field)
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
-        return ({"maxProperties": declared or limits.DEFAULT_ITEMS},
-                _text(field.message_type.fields_by_name["value"], limits.DEFAULT_TEXT))
+        return (
+            {"maxProperties": declared or limits.DEFAULT_ITEMS},
+            _text(field.message_type.fields_by_name["value"], limits.DEFAULT_TEXT),
+        )
     if field.is_repeated:
         return {"maxItems": declared or limits.DEFAULT_ITEMS}, _text(field, limits.DEFAULT_TEXT)
     return _text(field, declared or limits.DEFAULT_TEXT), {}

@@ -5,6 +5,7 @@ emulator's own customers; everything else is the real thing.
 
 The same behaviour through the gateway and the running suite: tests/test_e2e_payments.py.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,6 +44,7 @@ APPROVAL = {"vbank": "auto", "abank": "auto", "sbank": "manual"}
 
 # ------------------------------------------------------------------------------------------ fixtures
 
+
 class EmulatorData:
     """PaymentData (what sync_svc would answer) read from the emulator's customers; records syncs."""
 
@@ -57,12 +59,18 @@ class EmulatorData:
     async def account(self, user_id: str, bank_id: str, account_id: str) -> DebtorAccount | None:
         customer = self._customer(bank_id, user_id) if bank_id in self.running.apps else None
         account = customer.account(account_id) if customer else None
-        return None if account is None else DebtorAccount(bank_id, account.account_id, account.number, "RUB",
-                                                          account.subtype)
+        return (
+            None
+            if account is None
+            else DebtorAccount(bank_id, account.account_id, account.number, "RUB", account.subtype)
+        )
 
     async def loans(self, user_id: str) -> list[Loan]:
-        return [Loan(bank_id, a.agreement_id, a.product.product_type, "closed" if a.end else "active", a.account.number)
-                for bank_id in self.running.apps for a in self._customer(bank_id, user_id).agreements]
+        return [
+            Loan(bank_id, a.agreement_id, a.product.product_type, "closed" if a.end else "active", a.account.number)
+            for bank_id in self.running.apps
+            for a in self._customer(bank_id, user_id).agreements
+        ]
 
     async def repayments(self, user_id: str) -> list[Repayments]:
         """Per loan, its "Платеж по кредиту №<id>" debits, summed as sync_svc's aggregate does."""
@@ -71,14 +79,27 @@ class EmulatorData:
             customer = self._customer(bank_id, user_id)
             for agreement in customer.agreements:
                 label = f"Платеж по кредиту №{agreement.agreement_id}"
-                paid = [t.draft for a in customer.accounts for t in a.transactions
-                        if t.draft.indicator == "Debit" and label in t.draft.information]
+                paid = [
+                    t.draft
+                    for a in customer.accounts
+                    for t in a.transactions
+                    if t.draft.indicator == "Debit" and label in t.draft.information
+                ]
                 if paid:
                     total = sum(d.amount for d in paid)
                     days = collections.Counter(d.booked.day for d in paid)
-                    found.append(Repayments(bank_id, agreement.agreement_id, len(paid), total,
-                                            (total / len(paid)).quantize(Decimal("0.01")), "RUB",
-                                            max(d.booked for d in paid), days.most_common(1)[0][0]))
+                    found.append(
+                        Repayments(
+                            bank_id,
+                            agreement.agreement_id,
+                            len(paid),
+                            total,
+                            (total / len(paid)).quantize(Decimal("0.01")),
+                            "RUB",
+                            max(d.booked for d in paid),
+                            days.most_common(1)[0][0],
+                        )
+                    )
         return found
 
     async def start_sync(self, user_id: str, bank_ids: list[str], reason: str) -> None:
@@ -110,14 +131,21 @@ async def make_env(schema_pool):
     made = []
 
     async def make(sandbox: dict | None = None, **client_options) -> Env:
-        running = await start_banks(SandboxConfig(customers=20, approval=dict(APPROVAL), **(sandbox or {})),
-                                    dict.fromkeys(APPROVAL, 0))
+        running = await start_banks(
+            SandboxConfig(customers=20, approval=dict(APPROVAL), **(sandbox or {})), dict.fromkeys(APPROVAL, 0)
+        )
         pool = await schema_pool(SPEC)
-        configs = tuple(BankConfig(b, b.upper(), url, APPROVAL[b], "{base_url}/client/consents/{request_id}")
-                        for b, url in running.urls.items())
+        configs = tuple(
+            BankConfig(b, b.upper(), url, APPROVAL[b], "{base_url}/client/consents/{request_id}")
+            for b, url in running.urls.items()
+        )
         options = {"timeout": 5, "max_retries": 1, "backoff_base": 0.01, **client_options}
-        clients = BankClients([BankEndpoint(c.id, c.base_url, c.approval_mode) for c in configs], TEAM,
-                              token_store=MemoryTokenStore(), **options)
+        clients = BankClients(
+            [BankEndpoint(c.id, c.base_url, c.approval_mode) for c in configs],
+            TEAM,
+            token_store=MemoryTokenStore(),
+            **options,
+        )
         made.append((clients, running))
         storage, consents, data = PaymentStorage(pool), ConsentStorage(pool), EmulatorData(running)
         return Env(PaymentService(storage, configs, clients, consents, data), storage, consents, data, running)
@@ -139,30 +167,39 @@ def key() -> str:
 
 def transfer(env: Env, user: str, amount: str = "150.25", *, to_bank: str = "abank", **changes) -> TransferRequest:
     """From the user's vbank checking account to their checking account at `to_bank`."""
-    request = TransferRequest(bank_id="vbank", account_id=env.checking("vbank", user).account_id,
-                              creditor_account=env.checking(to_bank, user).number, creditor_bank_id=to_bank,
-                              amount=amount, comment="test")
+    request = TransferRequest(
+        bank_id="vbank",
+        account_id=env.checking("vbank", user).account_id,
+        creditor_account=env.checking(to_bank, user).number,
+        creditor_bank_id=to_bank,
+        amount=amount,
+        comment="test",
+    )
     return dataclasses.replace(request, **changes)
 
 
 # ------------------------------------------------------------------------------------------ validation
 
-@pytest.mark.parametrize("changes, field", [
-    ({"amount": "-10.00"}, "amount"),
-    ({"amount": "0"}, "amount"),
-    ({"amount": "0.00"}, "amount"),
-    ({"amount": "10.005"}, "amount"),
-    ({"amount": "1e3"}, "amount"),
-    ({"amount": "999999999999999.00"}, "amount"),
-    ({"amount": "1000000000000"}, "amount"),
-    ({"amount": ""}, "amount"),
-    ({"creditor_account": "not a number!"}, "creditor_account"),
-    ({"creditor_bank_id": "Bank Of Nowhere"}, "creditor_bank_id"),
-    ({"currency": "rubles"}, "currency"),
-    ({"currency": "USD"}, "currency"),  # the account holds RUB
-    ({"bank_id": "nobank"}, "bank_id"),
-    ({"comment": "x" * 141}, "comment"),
-])
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"amount": "-10.00"}, "amount"),
+        ({"amount": "0"}, "amount"),
+        ({"amount": "0.00"}, "amount"),
+        ({"amount": "10.005"}, "amount"),
+        ({"amount": "1e3"}, "amount"),
+        ({"amount": "999999999999999.00"}, "amount"),
+        ({"amount": "1000000000000"}, "amount"),
+        ({"amount": ""}, "amount"),
+        ({"creditor_account": "not a number!"}, "creditor_account"),
+        ({"creditor_bank_id": "Bank Of Nowhere"}, "creditor_bank_id"),
+        ({"currency": "rubles"}, "currency"),
+        ({"currency": "USD"}, "currency"),  # the account holds RUB
+        ({"bank_id": "nobank"}, "bank_id"),
+        ({"comment": "x" * 141}, "comment"),
+    ],
+)
 async def test_bad_requests_are_refused_before_anything_is_recorded_or_asked(env, changes, field):
     user, k = "team200-1", key()
     with pytest.raises(InvalidArgument) as info:
@@ -182,8 +219,9 @@ async def test_unknown_and_other_users_accounts_are_not_found_and_keys_are_check
     with pytest.raises(InvalidArgument):
         await env.service.create_payment(user, "  ", transfer(env, user))
     with pytest.raises(InvalidArgument):  # paying an account from itself
-        await env.service.create_payment(user, key(), transfer(
-            env, user, creditor_account=env.checking("vbank", user).number))
+        await env.service.create_payment(
+            user, key(), transfer(env, user, creditor_account=env.checking("vbank", user).number)
+        )
     # (A caller naming another user than its statement's is refused before the domain, by the services'
     # interceptor: tests/test_server_interceptor.py, tests/test_isolation.py.)
     assert env.counts("vbank", user)["payment_consents"] == 0 and env.counts("vbank", "team200-2")["payments"] == 0
@@ -195,6 +233,7 @@ def test_fingerprint_is_canonical():
 
 
 # ------------------------------------------------------------------------------------------ idempotency
+
 
 async def test_same_key_and_request_pays_once_and_then_answers_the_stored_payment(env):
     user, k = "team200-1", key()
@@ -222,22 +261,27 @@ async def test_same_key_and_request_pays_once_and_then_answers_the_stored_paymen
 async def test_same_key_with_another_request_is_refused(env):
     user, k = "team200-1", key()
     paid = await env.service.create_payment(user, k, transfer(env, user, "10.00"))
-    for other in (transfer(env, user, "10.01"), transfer(env, user, "10.00", comment="another"),
-                  transfer(env, user, "10.00", to_bank="vbank", creditor_bank_id="vbank")):
+    for other in (
+        transfer(env, user, "10.01"),
+        transfer(env, user, "10.00", comment="another"),
+        transfer(env, user, "10.00", to_bank="vbank", creditor_bank_id="vbank"),
+    ):
         with pytest.raises(AlreadyExists) as info:
             await env.service.create_payment(user, k, other)
         assert paid.payment.payment_id in info.value.message and "Idempotency-Key" in info.value.message
     loan = next(credit for credit in await env.data.loans(user) if credit.product_type == "loan")
     with pytest.raises(AlreadyExists):  # one key space for transfers and repayments
-        await env.service.repay_loan(user, k, RepaymentRequest(loan.agreement_id, "vbank", paid.payment.account_id,
-                                                               "10.00", loan.bank_id))
+        await env.service.repay_loan(
+            user, k, RepaymentRequest(loan.agreement_id, "vbank", paid.payment.account_id, "10.00", loan.bank_id)
+        )
     assert env.counts("vbank", user)["payments"] == 1 and env.counts("vbank", user)["payment_consents"] == 1
 
 
 async def test_twenty_concurrent_requests_with_one_key_make_one_bank_payment(env):
     user, k = "team200-3", key()
-    results = await asyncio.gather(*(env.service.create_payment(user, k, transfer(env, user, "77.70"))
-                                     for _ in range(20)), return_exceptions=True)
+    results = await asyncio.gather(
+        *(env.service.create_payment(user, k, transfer(env, user, "77.70")) for _ in range(20)), return_exceptions=True
+    )
     paid = [r for r in results if isinstance(r, PaymentResult)]
     busy = [r for r in results if isinstance(r, Aborted)]
     assert len(paid) + len(busy) == 20, [r for r in results if not isinstance(r, (PaymentResult, Aborted))]
@@ -276,10 +320,20 @@ async def _consent_for(env: Env, payment) -> str:
     marked in doubt (sent, outcome unknown)."""
     client = env.service.clients.get(payment.bank_id)
     consent = await client.request_payment_consent(
-        payment.user_id, debtor_account=payment.debtor_account, amount=payment.amount, currency=payment.currency,
-        creditor_account=payment.creditor_account, reference=payment.payment_id)
-    await env.storage.update(payment, source="consent", consent_id=consent.consent_id, consent_status="APPROVED",
-                             consent_request_id=consent.request_id)
+        payment.user_id,
+        debtor_account=payment.debtor_account,
+        amount=payment.amount,
+        currency=payment.currency,
+        creditor_account=payment.creditor_account,
+        reference=payment.payment_id,
+    )
+    await env.storage.update(
+        payment,
+        source="consent",
+        consent_id=consent.consent_id,
+        consent_status="APPROVED",
+        consent_request_id=consent.request_id,
+    )
     await env.storage.update(payment, source="bank_call", in_doubt=True, bank_attempts=1)
     return consent.consent_id
 
@@ -298,8 +352,14 @@ async def test_a_payment_the_bank_made_before_we_died_is_found_not_repeated(env)
     consent_id = await _consent_for(env, payment)
     # The bank executes the payment; its answer never reaches us (the process died).
     made = await env.service.clients.get("vbank").create_payment(
-        user, consent_id, amount=payment.amount, currency="RUB", debtor_account=payment.debtor_account,
-        creditor_account=payment.creditor_account, creditor_bank_code="abank")
+        user,
+        consent_id,
+        amount=payment.amount,
+        currency="RUB",
+        debtor_account=payment.debtor_account,
+        creditor_account=payment.creditor_account,
+        creditor_bank_code="abank",
+    )
     assert env.counts("vbank", user)["payments"] == 1
 
     seen, events = await env.service.get(user, payment.payment_id)  # a read reconciles too, paying nothing
@@ -307,7 +367,9 @@ async def test_a_payment_the_bank_made_before_we_died_is_found_not_repeated(env)
     assert "reconcile" in [e.source for e in events]
     retried = await env.service.create_payment(user, k, transfer(env, user, "33.30"))
     assert retried.replayed and (retried.payment.status, retried.payment.bank_payment_id) == (
-        "COMPLETED", made.payment_id)
+        "COMPLETED",
+        made.payment_id,
+    )
     assert env.counts("vbank", user)["payments"] == 1 and env.counts("vbank", user)["payment_consents"] == 1
 
 
@@ -338,8 +400,9 @@ async def test_bank_refusals_fail_with_the_banks_reason_and_are_answered_again_o
 
     k = key()
     with pytest.raises(InvalidArgument) as info:
-        await env.service.create_payment(user, k, transfer(env, user, creditor_account="4081781000000000000",
-                                                           creditor_bank_id=""))
+        await env.service.create_payment(
+            user, k, transfer(env, user, creditor_account="4081781000000000000", creditor_bank_id="")
+        )
     assert "not found in any bank" in info.value.message
     assert (await env.storage.by_key(user, k)).error_code == "CREDITOR_NOT_FOUND"
     assert env.counts("vbank", user)["payments"] == 0
@@ -347,26 +410,32 @@ async def test_bank_refusals_fail_with_the_banks_reason_and_are_answered_again_o
 
 async def test_a_manual_bank_waits_for_the_customer_then_the_retry_pays(env):
     user, k = "team200-1", key()
-    request = dataclasses.replace(transfer(env, user, "12.00"), bank_id="sbank",
-                                  account_id=env.checking("sbank", user).account_id)
+    request = dataclasses.replace(
+        transfer(env, user, "12.00"), bank_id="sbank", account_id=env.checking("sbank", user).account_id
+    )
     waiting = await env.service.create_payment(user, k, request)
     assert waiting.payment.status == "AWAITING_AUTHORIZATION" and waiting.payment.consent_id is None
     assert waiting.payment.approval_url.endswith(f"/client/consents/{waiting.payment.consent_request_id}")
     still = await env.service.create_payment(user, k, request)
     assert still.payment.status == "AWAITING_AUTHORIZATION" and env.counts("sbank", user)["payment_consents"] == 1
     async with aiohttp.ClientSession() as session:
-        await customer_signs(session, env.running.urls["sbank"], user, waiting.payment.consent_request_id,
-                             "payment-consents")
+        await customer_signs(
+            session, env.running.urls["sbank"], user, waiting.payment.consent_request_id, "payment-consents"
+        )
     done = await env.service.create_payment(user, k, request)
     assert done.payment.status == "COMPLETED" and env.counts("sbank", user)["payments"] == 1
 
 
 # ------------------------------------------------------------------------------------------ loans
 
+
 async def test_loan_repayment_pays_the_dashboards_instalment_to_the_loans_account(env):
     user = "team200-8"
-    loan = next(credit for credit in await env.data.loans(user)
-                if credit.bank_id == "vbank" and credit.product_type == "loan" and credit.status == "active")
+    loan = next(
+        credit
+        for credit in await env.data.loans(user)
+        if credit.bank_id == "vbank" and credit.product_type == "loan" and credit.status == "active"
+    )
     loan_account = next(a for a in env.state("vbank").customer(user).accounts if a.number == loan.account_number)
     series = repayments_by_key(await env.data.repayments(user))[("vbank", loan.agreement_id)]
     expected = obligation_of(series, today_of(dt.datetime.now(dt.UTC))).amount
@@ -388,39 +457,58 @@ async def test_loan_repayment_pays_the_dashboards_instalment_to_the_loans_accoun
     with pytest.raises(NotFound):
         await env.service.repay_loan(user, key(), dataclasses.replace(request, agreement_id="loan-nope"))
     with pytest.raises(FailedPrecondition):  # a loan account holds the loan, it does not pay
-        await env.service.repay_loan(user, key(), dataclasses.replace(request, bank_id="vbank",
-                                                                      account_id=loan_account.account_id))
+        await env.service.repay_loan(
+            user, key(), dataclasses.replace(request, bank_id="vbank", account_id=loan_account.account_id)
+        )
     card = next(credit for credit in await env.data.loans(user) if credit.product_type == "card")
     with pytest.raises(FailedPrecondition):
-        await env.service.repay_loan(user, key(), dataclasses.replace(request, agreement_id=card.agreement_id,
-                                                                      loan_bank_id=card.bank_id))
+        await env.service.repay_loan(
+            user, key(), dataclasses.replace(request, agreement_id=card.agreement_id, loan_bank_id=card.bank_id)
+        )
     assert env.counts("abank", user)["payments"] == 2
 
 
 # ------------------------------------------------------------------------------------------ standing consents
 # Users team200-11 … 17: each test's standing consent is the only one of its user in the database.
 
+
 async def standing(env: Env, user: str, bank_id: str = "sbank", **limits: str) -> str:
     """The user's standing vrp consent at the bank, approved by the customer (as onboarding stores it)."""
     debtor = env.checking(bank_id, user).number
     result = await env.service.clients.get(bank_id).request_payment_consent(
-        user, debtor_account=debtor, amount=None, consent_type="vrp", **(limits or ONBOARDING_VRP))
+        user, debtor_account=debtor, amount=None, consent_type="vrp", **(limits or ONBOARDING_VRP)
+    )
     consent_id = result.consent_id
     if consent_id is None:
         async with aiohttp.ClientSession() as session:
-            signed = await customer_signs(session, env.running.urls[bank_id], user, result.request_id,
-                                          "payment-consents")
+            signed = await customer_signs(
+                session, env.running.urls[bank_id], user, result.request_id, "payment-consents"
+            )
         consent_id = signed["consent_id"]
-    await env.consents.insert(NewConsent(user, bank_id, "payments", consent_id, result.request_id, "APPROVED",
-                                         "Authorized", None, ("payment:vrp",), None, payment_type="vrp",
-                                         debtor_account=debtor))
+    await env.consents.insert(
+        NewConsent(
+            user,
+            bank_id,
+            "payments",
+            consent_id,
+            result.request_id,
+            "APPROVED",
+            "Authorized",
+            None,
+            ("payment:vrp",),
+            None,
+            payment_type="vrp",
+            debtor_account=debtor,
+        )
+    )
     return consent_id
 
 
 async def repayment(env: Env, user: str, amount: str = "1000.00", bank_id: str = "sbank") -> RepaymentRequest:
     """A repayment of one of the user's active loans from their checking account at `bank_id`."""
-    loan = next(credit for credit in await env.data.loans(user)
-                if credit.product_type == "loan" and credit.status == "active")
+    loan = next(
+        credit for credit in await env.data.loans(user) if credit.product_type == "loan" and credit.status == "active"
+    )
     return RepaymentRequest(loan.agreement_id, bank_id, env.checking(bank_id, user).account_id, amount, loan.bank_id)
 
 
@@ -440,8 +528,9 @@ async def test_loan_repayments_use_the_standing_consent_and_need_no_customer(env
     assert [e.source for e in events] == ["create", "bank_call", "bank_answer"]
 
     # A transfer to any account keeps its own single-use consent (the customer approves it).
-    transfer_at_sbank = dataclasses.replace(transfer(env, user, "10.00"), bank_id="sbank",
-                                            account_id=env.checking("sbank", user).account_id)
+    transfer_at_sbank = dataclasses.replace(
+        transfer(env, user, "10.00"), bank_id="sbank", account_id=env.checking("sbank", user).account_id
+    )
     waiting = (await env.service.create_payment(user, key(), transfer_at_sbank)).payment
     assert (waiting.status, waiting.consent_kind) == ("AWAITING_AUTHORIZATION", "single_use")
     assert env.counts("sbank", user)["payment_consents"] == 2
@@ -476,7 +565,11 @@ async def test_an_in_doubt_repayment_on_the_standing_consent_is_found_not_repeat
     state.faults = dataclasses.replace(state.faults, payment_delay_ms=0)
     pending = await env.storage.by_key(user, k)
     assert (pending.status, pending.in_doubt, pending.consent_id, pending.consent_kind) == (
-        "INITIATING", True, consent_id, "vrp")
+        "INITIATING",
+        True,
+        consent_id,
+        "vrp",
+    )
     assert (pending.consent_used_count, pending.consent_payment_ids) == (0, ())
     assert env.counts("sbank", user)["payments"] == 1  # booked
 
@@ -502,8 +595,16 @@ async def test_an_in_doubt_repayment_without_a_new_use_is_paid_once_and_blocks_t
     recorded = await env.storage.by_key(user, k)
     assert (recorded.consent_id, recorded.consent_kind, recorded.in_doubt) == (None, None, False)
     # What a first attempt that died right after committing its intent to pay would have left.
-    in_doubt = await env.storage.update(recorded, source="bank_call", consent_id=consent_id, consent_kind="vrp",
-                                        consent_used_count=0, consent_payment_ids=[], in_doubt=True, bank_attempts=1)
+    in_doubt = await env.storage.update(
+        recorded,
+        source="bank_call",
+        consent_id=consent_id,
+        consent_kind="vrp",
+        consent_used_count=0,
+        consent_payment_ids=[],
+        in_doubt=True,
+        bank_attempts=1,
+    )
 
     # Meanwhile another repayment does not use the consent (its new use could be taken for this one).
     other = (await env.service.repay_loan(user, key(), request)).payment
@@ -528,8 +629,9 @@ async def test_a_refused_standing_consent_falls_back_to_a_single_use_one(env):
     _, events = await env.service.get(user, over_limit.payment_id)
     assert any("refused standing consent" in (e.message or "") for e in events)
     async with aiohttp.ClientSession() as session:
-        await customer_signs(session, env.running.urls["sbank"], user, over_limit.consent_request_id,
-                             "payment-consents")
+        await customer_signs(
+            session, env.running.urls["sbank"], user, over_limit.consent_request_id, "payment-consents"
+        )
     retry = await env.service.repay_loan(user, over_limit.idempotency_key, await repayment(env, user, "600.00"))
     assert retry.payment.status == "COMPLETED" and retry.payment.consent_id != consent_id
     assert env.counts("sbank", user)["payments"] == 1
@@ -555,11 +657,17 @@ async def test_payments_through_a_bank_taking_only_the_nested_consent_form(make_
     assert second.payment.status == "COMPLETED"
     # The flat form was sent once; the client remembered the nested one for vbank.
     assert [c.http_status for c in calls if c.bank_id == "vbank" and c.operation == "request_payment_consent"] == [
-        422, 200, 200]
+        422,
+        200,
+        200,
+    ]
     assert (env.counts("vbank", user)["payments"], env.counts("vbank", user)["payment_consents"]) == (2, 2)
     consent = env.state("vbank").consents.find(None, second.payment.consent_id).terms
     assert (consent.amount, consent.creditor_account, consent.reference) == (
-        Decimal("12.00"), env.checking("abank", user).number, second.payment.payment_id)
+        Decimal("12.00"),
+        env.checking("abank", user).number,
+        second.payment.payment_id,
+    )
 
 
 async def test_a_bank_refusing_the_consent_call_is_consent_refused_not_unavailable(env):
@@ -575,6 +683,7 @@ async def test_a_bank_refusing_the_consent_call_is_consent_refused_not_unavailab
 
 # ------------------------------------------------------------------------------------------ reads
 
+
 async def test_get_hides_other_users_payments(env):
     user, k = "team200-1", key()
     paid = (await env.service.create_payment(user, k, transfer(env, user, "5.00"))).payment
@@ -588,8 +697,10 @@ async def test_get_hides_other_users_payments(env):
 
 async def test_list_pages_newest_first(env):
     user = "team200-9"
-    ids = [(await env.service.create_payment(user, key(), transfer(env, user, f"{n}.00"))).payment.payment_id
-           for n in range(1, 6)]
+    ids = [
+        (await env.service.create_payment(user, key(), transfer(env, user, f"{n}.00"))).payment.payment_id
+        for n in range(1, 6)
+    ]
     seen, token = [], ""
     while True:
         page, token = await env.service.list(user, 2, token)
@@ -608,31 +719,40 @@ async def test_list_pages_newest_first(env):
 async def test_a_completed_payment_queues_a_sync_of_the_connected_banks(env):
     user = "team200-4"
     for bank_id in ("vbank", "abank"):
-        await env.consents.insert(NewConsent(user, bank_id, "accounts", f"consent-{uuid.uuid4().hex}", None,
-                                             "APPROVED", "Authorized", None, (), None))
+        await env.consents.insert(
+            NewConsent(
+                user, bank_id, "accounts", f"consent-{uuid.uuid4().hex}", None, "APPROVED", "Authorized", None, (), None
+            )
+        )
     await env.service.create_payment(user, key(), transfer(env, user, "1.00"))
     assert env.data.synced == [(user, ["vbank", "abank"], "payment")]
 
 
 # ------------------------------------------------------------------------------------------ storage
 
+
 async def test_storage_records_the_intent_once_per_key(env):
     user, k = "team200-5", key()
-    intent = PaymentIntent(user, k, "f" * 64, "transfer", "vbank", "acc-1", "40817", "40818", None, None,
-                           Decimal("1.00"), "RUB", None)
+    intent = PaymentIntent(
+        user, k, "f" * 64, "transfer", "vbank", "acc-1", "40817", "40818", None, None, Decimal("1.00"), "RUB", None
+    )
     first, created = await env.storage.insert("pmt-a-" + uuid.uuid4().hex, intent)
     second, created_again = await env.storage.insert("pmt-b-" + uuid.uuid4().hex, intent)
     assert created and not created_again and second == first and first.status == "INITIATING"
-    failed = await env.storage.update(first, source="bank_answer", status="FAILED", error_code="BANK_REJECTED",
-                                      error_message="no")
+    failed = await env.storage.update(
+        first, source="bank_answer", status="FAILED", error_code="BANK_REJECTED", error_message="no"
+    )
     assert failed.completed_at is not None and failed.final
     assert [(e.old_status, e.new_status) for e in await env.storage.events(first)] == [
-        (None, "INITIATING"), ("INITIATING", "FAILED")]
+        (None, "INITIATING"),
+        ("INITIATING", "FAILED"),
+    ]
     with pytest.raises(ValueError):
         await env.storage.update(first, source="refresh", amount=Decimal(2))
 
 
 # ------------------------------------------------------------------------------------------ gateway
+
 
 def _route(method: str):
     return next(r for r in build_routes() if r.method_name == method)
@@ -651,8 +771,13 @@ def test_the_idempotency_key_comes_from_the_header():
     with pytest.raises(ApiError) as info:
         build_request(route, body, {}, {}, headers={})
     assert info.value.http_status == 400 and "idempotency_key is required" in info.value.message
-    repay = build_request(_route("RepayLoan"), b'{"user_id": "u", "bank_id": "b", "account_id": "a"}', {},
-                          {"agreement_id": "loan-1"}, headers={"Idempotency-Key": "k-3"})
+    repay = build_request(
+        _route("RepayLoan"),
+        b'{"user_id": "u", "bank_id": "b", "account_id": "a"}',
+        {},
+        {"agreement_id": "loan-1"},
+        headers={"Idempotency-Key": "k-3"},
+    )
     assert (repay.idempotency_key, repay.agreement_id) == ("k-3", "loan-1")
     # Routes whose request has no such field ignore the header.
     banks = build_request(_route("ListBanks"), b"", {}, {}, headers={"Idempotency-Key": "k"})

@@ -1,5 +1,6 @@
 """Reserved ports (svclib/ports.py): the OS gives them to nobody else, and only the server they are held
 for binds them; fixed ports stay exclusive."""
+
 from __future__ import annotations
 
 import errno

@@ -9,6 +9,7 @@ dashboard. Then: every sync job ran once (one job per bank, one claim, one accou
 jobs spread over both sync replicas), nothing was lost (stored rows == the emulator's), concurrent
 requests through both gateways joined the same jobs and computed the dashboard once.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,22 +43,36 @@ def scaled(fresh_database, tmp_path_factory):
     prefix = f"fpt_{uuid.uuid4().hex[:8]}"
     ports = PortReservations()  # held until the end (svclib.ports); the suite reserves its replicas' own
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
-    env.update(FINPULSE_ENV="local", FINPULSE_GRPC_HOST="127.0.0.1", FINPULSE_GATEWAY_HOST="127.0.0.1",
-               FINPULSE_GATEWAY_PORT=str(ports.port()), FINPULSE_SHUTDOWN_GRACE="2", FINPULSE_DATA_DIR=log_dir,
-               FINPULSE_LOG_LEVEL="INFO", FINPULSE_SYNC_LEASE="10",
-               # One job at a time per sync replica: three banks' jobs need both replicas at once.
-               FINPULSE_SYNC_WORKERS="1",
-               FINPULSE_REDIS_PREFIX=f"finpulse-test-{uuid.uuid4().hex[:8]}:")
+    env.update(
+        FINPULSE_ENV="local",
+        FINPULSE_GRPC_HOST="127.0.0.1",
+        FINPULSE_GATEWAY_HOST="127.0.0.1",
+        FINPULSE_GATEWAY_PORT=str(ports.port()),
+        FINPULSE_SHUTDOWN_GRACE="2",
+        FINPULSE_DATA_DIR=log_dir,
+        FINPULSE_LOG_LEVEL="INFO",
+        FINPULSE_SYNC_LEASE="10",
+        # One job at a time per sync replica: three banks' jobs need both replicas at once.
+        FINPULSE_SYNC_WORKERS="1",
+        FINPULSE_REDIS_PREFIX=f"finpulse-test-{uuid.uuid4().hex[:8]}:",
+    )
     for name in SERVICES:
         env[f"FINPULSE_{name.upper()}_ADDR"] = ports.addr()
-        env[f"FINPULSE_{name.upper()}_DATABASE_URL"] = as_role(backing.database_url, f"{prefix}_{name}",
-                                                              f"pw-{uuid.uuid4().hex[:10]}")
+        env[f"FINPULSE_{name.upper()}_DATABASE_URL"] = as_role(
+            backing.database_url, f"{prefix}_{name}", f"pw-{uuid.uuid4().hex[:10]}"
+        )
     for bank_id in KNOWN_BANKS:
         env[f"FINPULSE_BANK_{bank_id.upper()}_URL"] = ports.url()
     settings = load_settings(env)
-    suite = Suite(settings, backing, base_env=env, log_dir=log_dir,
-                  emulator_args=["--customers", "3", "--latency-ms", "30"],
-                  replicas={**{name: 2 for name in SERVICES}, "gateway": 2}, ports=ports)
+    suite = Suite(
+        settings,
+        backing,
+        base_env=env,
+        log_dir=log_dir,
+        emulator_args=["--customers", "3", "--latency-ms", "30"],
+        replicas={**{name: 2 for name in SERVICES}, "gateway": 2},
+        ports=ports,
+    )
     try:
         asyncio.run(suite.migrate())
         suite.start()
@@ -72,8 +87,9 @@ def scaled(fresh_database, tmp_path_factory):
 async def _drop_roles(admin_url: str, prefix: str) -> None:
     conn = await asyncpg.connect(admin_url)
     try:
-        names = [r["rolname"] for r in await conn.fetch("SELECT rolname FROM pg_roles WHERE rolname LIKE $1",
-                                                          prefix + "%")]
+        names = [
+            r["rolname"] for r in await conn.fetch("SELECT rolname FROM pg_roles WHERE rolname LIKE $1", prefix + "%")
+        ]
         if names:
             quoted = ", ".join(f'"{n}"' for n in names)
             await conn.execute(f"DROP OWNED BY {quoted}")
@@ -104,21 +120,25 @@ async def test_two_replicas_of_everything_run_the_flow_once_and_lose_nothing(sca
     suite = scaled
     assert len(suite.gateway_urls) == 2
     assert sorted(suite.children) == sorted(
-        ["bank_sandbox", "gateway", "gateway-2", *SERVICES, *(f"{name}-2" for name in SERVICES)])
+        ["bank_sandbox", "gateway", "gateway-2", *SERVICES, *(f"{name}-2" for name in SERVICES)]
+    )
     banks = {bank.id: bank.base_url for bank in suite.settings.banks}
     async with aiohttp.ClientSession() as session:
         gw = [Http(session, url, token=suite.token(USER)) for url in suite.gateway_urls]
 
         status, started = await gw[0].post("/api/onboarding/start", {"user_id": USER})
         assert status == 200, started
-        request = {"user_id": USER, "banks": [
-            {"bank_id": bank, "consents": {"account": True, "product": True}} for bank in BANKS]}
+        request = {
+            "user_id": USER,
+            "banks": [{"bank_id": bank, "consents": {"account": True, "product": True}} for bank in BANKS],
+        }
         status, created = await gw[1].post("/api/onboarding/consents", request)
         assert status == 200 and created["overall_status"] == "in_progress", created
         sbank = _bank(created, "sbank")
         await customer_signs(session, banks["sbank"], USER, sbank["account_consent"]["request_id"])
-        await customer_signs(session, banks["sbank"], USER, sbank["product_consent"]["request_id"],
-                             "product-agreement-consents")
+        await customer_signs(
+            session, banks["sbank"], USER, sbank["product_consent"]["request_id"], "product-agreement-consents"
+        )
         turn = iter(range(10_000))
 
         async def approved():
@@ -127,16 +147,18 @@ async def test_two_replicas_of_everything_run_the_flow_once_and_lose_nothing(sca
 
         assert await eventually(approved), "sbank's approval was not picked up"
 
-        status, finalized = await gw[1].post("/api/onboarding/finalize",
-                                             {"onboarding_id": started["onboarding_id"], "user_id": USER})
+        status, finalized = await gw[1].post(
+            "/api/onboarding/finalize", {"onboarding_id": started["onboarding_id"], "user_id": USER}
+        )
         assert status == 200 and finalized["ready"], finalized
         assert sorted(r["bank_id"] for r in finalized["bootstrap_results"]) == sorted(BANKS)
 
         # The same refresh asked through both gateways at once: both join the same job per bank. A bank's
         # first sync starts at its consent's approval, so a fast one may be over by now: then (and only
         # then) the refresh is a second job for that bank; otherwise it joined the first.
-        (s1, again1), (s2, again2) = await asyncio.gather(gw[0].post("/api/sync", {"user_id": USER}),
-                                                          gw[1].post("/api/sync", {"user_id": USER}))
+        (s1, again1), (s2, again2) = await asyncio.gather(
+            gw[0].post("/api/sync", {"user_id": USER}), gw[1].post("/api/sync", {"user_id": USER})
+        )
         assert s1 == s2 == 200, (again1, again2)
         first_jobs = {r["bank_id"]: r["job_id"] for r in finalized["bootstrap_results"]}
         refresh_jobs = {j["bank_id"]: j["job_id"] for j in again1["jobs"]}
@@ -175,20 +197,27 @@ async def test_two_replicas_of_everything_run_the_flow_once_and_lose_nothing(sca
             if all(served.values()):
                 return served
             for g in gw:
-                for path, query in (("/api/onboarding/status", {"onboarding_id": started["onboarding_id"]}),
-                                    ("/api/onboarding/consents/status", {"user_id": USER}),
-                                    ("/api/sync/status", {"user_id": USER}), ("/api/loans", {"user_id": USER})):
+                for path, query in (
+                    ("/api/onboarding/status", {"onboarding_id": started["onboarding_id"]}),
+                    ("/api/onboarding/consents/status", {"user_id": USER}),
+                    ("/api/sync/status", {"user_id": USER}),
+                    ("/api/loans", {"user_id": USER}),
+                ):
                     status, answer = await g.get(path, **query)
                     assert status == 200, (path, answer)
             return None
 
         assert await eventually(every_replica_served, timeout=60), (
-            f"a replica served no call: {({child: _rpcs_served(suite, child) for child in suite.grpc_addrs})}")
+            f"a replica served no call: { ({child: _rpcs_served(suite, child) for child in suite.grpc_addrs}) }"
+        )
 
     conn = await asyncpg.connect(suite.backing.database_url)
     try:
-        jobs = await conn.fetch("SELECT bank_id, job_id::text, state, attempts, worker_id, created_at, finished_at "
-                                "FROM sync.sync_jobs WHERE user_id = $1", USER)
+        jobs = await conn.fetch(
+            "SELECT bank_id, job_id::text, state, attempts, worker_id, created_at, finished_at "
+            "FROM sync.sync_jobs WHERE user_id = $1",
+            USER,
+        )
         calls = await conn.fetch("SELECT bank_id, operation FROM sync.bank_status_log WHERE user_id = $1", USER)
         # No lost data: every account, balance, transaction and agreement the banks hold is stored.
         await assert_counts_exact(conn, banks, USER, BANKS)

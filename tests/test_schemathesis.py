@@ -17,6 +17,7 @@ and mode) and deterministic (derandomized, no example database).
 One test per operation of the document the gateway builds from the protos (`gateway.openapi`); the
 operation itself, with the schemas schemathesis generates from, is read from the running gateway.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -39,18 +40,27 @@ from gateway.openapi import build_document
 from gateway.routes import build_routes
 
 MAX_EXAMPLES = 25
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          response_headers_conformance, ignored_auth]
-OPERATIONS = sorted((method.upper(), path) for path, item in build_document(build_routes(), {})["paths"].items()
-                    for method in item)
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+    ignored_auth,
+]
+OPERATIONS = sorted(
+    (method.upper(), path) for path, item in build_document(build_routes(), {})["paths"].items() for method in item
+)
 
 
 @pytest.fixture(scope="module")
 def api_schema(suite):
-    config = schemathesis.Config.from_dict({
-        "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
-        "request-timeout": 30,
-    })
+    config = schemathesis.Config.from_dict(
+        {
+            "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
+            "request-timeout": 30,
+        }
+    )
     return schemathesis.openapi.from_url(f"{suite.gateway_url}/openapi.json", config=config)
 
 
@@ -79,9 +89,12 @@ def test_the_served_document_has_every_operation(api_schema):
 
 
 # Every operation with valid data, and with invalid data where it takes any input (the probes take none).
-CASES = [(method, path, mode) for method, path in OPERATIONS
-         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
-         if mode is GenerationMode.POSITIVE or path.startswith("/api/")]
+CASES = [
+    (method, path, mode)
+    for method, path in OPERATIONS
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    if mode is GenerationMode.POSITIVE or path.startswith("/api/")
+]
 
 
 @pytest.mark.timeout(600)
@@ -89,12 +102,18 @@ CASES = [(method, path, mode) for method, path in OPERATIONS
 def test_every_answer_is_documented(api_schema, suite, http, method, path, mode):
     operation = api_schema[path][method]
     if mode is GenerationMode.NEGATIVE:
-        assert operation.path_parameters or operation.query or operation.headers or operation.body, \
+        assert operation.path_parameters or operation.query or operation.headers or operation.body, (
             f"{method} {path} takes no input: list it with the probes"
+        )
 
     @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
-    @hypothesis.settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
     def check(case):
         user = f"schemathesis-{next(_users)}"
         if mode is GenerationMode.POSITIVE:

@@ -1,4 +1,5 @@
 """The shared server interceptor: request id, domain errors → codes, no internals leaked."""
+
 from __future__ import annotations
 
 import asyncpg
@@ -42,8 +43,10 @@ def grpc_stub_cls():
 
 
 async def test_request_id_and_user_come_from_metadata(grpc_stub):
-    reply = await grpc_stub.GetFinancialInputs(pb.GetFinancialInputsRequest(user_id="team200-1"),
-                                               metadata=(("x-request-id", "req-42"), ("x-user-id", "team200-1")))
+    reply = await grpc_stub.GetFinancialInputs(
+        pb.GetFinancialInputsRequest(user_id="team200-1"),
+        metadata=(("x-request-id", "req-42"), ("x-user-id", "team200-1")),
+    )
     assert reply.user_id == "req-42|team200-1"
     generated = await grpc_stub.GetFinancialInputs(pb.GetFinancialInputsRequest(user_id="u"))
     request_id, _, user = generated.user_id.partition("|")
@@ -52,8 +55,9 @@ async def test_request_id_and_user_come_from_metadata(grpc_stub):
 
 async def test_a_call_for_one_user_cannot_name_another(grpc_stub):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await grpc_stub.GetFinancialInputs(pb.GetFinancialInputsRequest(user_id="team200-2"),
-                                           metadata=(("x-user-id", "team200-1"),))
+        await grpc_stub.GetFinancialInputs(
+            pb.GetFinancialInputsRequest(user_id="team200-2"), metadata=(("x-user-id", "team200-1"),)
+        )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert caught.value.details() == "user_id does not match the calling user"
 
@@ -94,6 +98,7 @@ async def test_unstorable_text_maps_to_invalid_argument(grpc_stub):
 
 # ---------------------------------------------------------------------------------------------
 # Callers are verified (svclib.internal_auth): the test channels sign like the services do.
+
 
 async def test_unsigned_forged_and_expired_statements_are_refused(grpc_addr, grpc_server):
     from svclib.internal_auth import Signer

@@ -1,5 +1,6 @@
 """Supervision of the suite's processes (deploy.launcher): the backoff bookkeeping on a fake clock, then
 real processes restarted by `Suite.supervise()` and `Suite.supervise_in_background()`."""
+
 from __future__ import annotations
 
 import asyncio
@@ -93,16 +94,27 @@ def test_exit_descriptions():
 
 # ------------------------------------------------------------------------------ real processes
 
+
 @pytest.fixture
 def emulator_suite(tmp_path, fresh_database, ports):
     """A Suite whose only started child is the bank emulator (its health: its ports answer)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
-    env.update(FINPULSE_ENV="local", FINPULSE_DATA_DIR=str(tmp_path / "data"), FINPULSE_SHUTDOWN_GRACE="1",
-               FINPULSE_GATEWAY_PORT=str(ports.port()))
+    env.update(
+        FINPULSE_ENV="local",
+        FINPULSE_DATA_DIR=str(tmp_path / "data"),
+        FINPULSE_SHUTDOWN_GRACE="1",
+        FINPULSE_GATEWAY_PORT=str(ports.port()),
+    )
     for bank_id in KNOWN_BANKS:
         env[f"FINPULSE_BANK_{bank_id.upper()}_URL"] = ports.url()
-    suite = Suite(load_settings(env), fresh_database("supervision"), base_env=env, log_dir=str(tmp_path),
-                  restart_policy=RestartPolicy(first_delay=0.2, max_delay=1.0, stable_after=30), ports=ports)
+    suite = Suite(
+        load_settings(env),
+        fresh_database("supervision"),
+        base_env=env,
+        log_dir=str(tmp_path),
+        restart_policy=RestartPolicy(first_delay=0.2, max_delay=1.0, stable_after=30),
+        ports=ports,
+    )
     yield suite
     suite.close()
 
@@ -139,8 +151,11 @@ async def _consent(session: aiohttp.ClientSession, url: str) -> dict:
     async with session.post(f"{url}/auth/bank-token", params={"client_id": TEAM, "client_secret": SECRET}) as r:
         token = (await r.json())["access_token"]
     headers = {"Authorization": f"Bearer {token}", "X-Requesting-Bank": TEAM}
-    async with session.post(f"{url}/account-consents/request", headers=headers,
-                            json={"client_id": "team200-1", "permissions": ["ReadAccountsDetail"]}) as r:
+    async with session.post(
+        f"{url}/account-consents/request",
+        headers=headers,
+        json={"client_id": "team200-1", "permissions": ["ReadAccountsDetail"]},
+    ) as r:
         assert r.status == 200
         consent = await r.json()
     return {"token": token, **consent}
@@ -171,8 +186,9 @@ async def test_background_supervision_brings_a_killed_emulator_back_with_its_con
             await suite.wait_healthy(["bank_sandbox"], timeout=10)
             # The same token (the bank's signing key is kept) reads both consents as they were.
             assert await _status(session, urls["vbank"], auto["token"], auto["consent_id"]) == "Authorized"
-            assert await _status(session, urls["sbank"], manual["token"], manual["request_id"]) == \
-                "AwaitingAuthorization"
+            assert (
+                await _status(session, urls["sbank"], manual["token"], manual["request_id"]) == "AwaitingAuthorization"
+            )
 
             # A SIGTERM from elsewhere: a clean exit, still unexpected.
             suite.children["bank_sandbox"].signal(signal.SIGTERM)
@@ -196,8 +212,10 @@ async def test_a_child_failing_at_start_keeps_being_retried_with_the_capped_back
     supervising = asyncio.create_task(suite.supervise(reports, poll=0.02))
     try:
         line = await reports.async_wait_for("restart #5")
-        assert line.startswith("flaky exited with code 3; restarting in 0.2 s, restart #5 (it exited within 30 s "
-                               "of its start 5 times in a row: retrying every 0.2 s")
+        assert line.startswith(
+            "flaky exited with code 3; restarting in 0.2 s, restart #5 (it exited within 30 s "
+            "of its start 5 times in a row: retrying every 0.2 s"
+        )
         delays = [line.split("restarting in ")[1].split(" s")[0] for line in reports.lines if "exited" in line]
         assert delays[:5] == ["0.1", "0.1", "0.2", "0.2", "0.2"]  # 0.05, 0.1, 0.2 (capped), ... at one decimal
         with pytest.raises(RuntimeError, match="did not become healthy"):

@@ -1,4 +1,5 @@
 """Shared plumbing: configuration, migrations, the Redis cache, the server's error mapping."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,21 +23,37 @@ def test_config_defaults_are_the_local_suite():
     settings = load_gateway_settings({})
     assert settings.is_local and settings.database_url is None
     assert [(b.id, b.base_url, b.approval_mode) for b in settings.banks] == [
-        ("vbank", "http://127.0.0.1:9101", "auto"), ("abank", "http://127.0.0.1:9102", "auto"),
-        ("sbank", "http://127.0.0.1:9103", "manual")]
+        ("vbank", "http://127.0.0.1:9101", "auto"),
+        ("abank", "http://127.0.0.1:9102", "auto"),
+        ("sbank", "http://127.0.0.1:9103", "manual"),
+    ]
     assert settings.service_addrs["consent"] == "127.0.0.1:50052"
     assert settings.cors_origins == ("http://localhost:3000",)
 
 
 def test_config_names_every_bad_value():
     with pytest.raises(ConfigError) as err:
-        load_gateway_settings({"FINPULSE_ENV": "production", "FINPULSE_GATEWAY_PORT": "eighty",
-                       "FINPULSE_DATABASE_URL": "mysql://x", "FINPULSE_BANKS": "vbank,Bad Bank",
-                       "FINPULSE_BANK_VBANK_APPROVAL": "sometimes", "FINPULSE_SYNC_ADDR": "nowhere",
-                       "FINPULSE_SHUTDOWN_GRACE": "-1"})
+        load_gateway_settings(
+            {
+                "FINPULSE_ENV": "production",
+                "FINPULSE_GATEWAY_PORT": "eighty",
+                "FINPULSE_DATABASE_URL": "mysql://x",
+                "FINPULSE_BANKS": "vbank,Bad Bank",
+                "FINPULSE_BANK_VBANK_APPROVAL": "sometimes",
+                "FINPULSE_SYNC_ADDR": "nowhere",
+                "FINPULSE_SHUTDOWN_GRACE": "-1",
+            }
+        )
     text = str(err.value)
-    for name in ("FINPULSE_GATEWAY_PORT", "FINPULSE_DATABASE_URL", "FINPULSE_REDIS_URL",
-                 "'Bad Bank'", "FINPULSE_BANK_VBANK_APPROVAL", "FINPULSE_SYNC_ADDR", "FINPULSE_SHUTDOWN_GRACE"):
+    for name in (
+        "FINPULSE_GATEWAY_PORT",
+        "FINPULSE_DATABASE_URL",
+        "FINPULSE_REDIS_URL",
+        "'Bad Bank'",
+        "FINPULSE_BANK_VBANK_APPROVAL",
+        "FINPULSE_SYNC_ADDR",
+        "FINPULSE_SHUTDOWN_GRACE",
+    ):
         assert name in text, name
 
 
@@ -45,11 +62,17 @@ def test_only_services_calling_banks_need_the_team_secret(service, needs_secret)
     """In production the team's secret at the banks is required by consent_svc and sync_svc only."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
     # A port nothing listens on: a service that starts fails later, on its database, not on its config.
-    env.update(FINPULSE_ENV="production", FINPULSE_DATABASE_URL="postgresql://nobody@127.0.0.1:1/x",
-               FINPULSE_REDIS_URL="redis://127.0.0.1:1/0", FINPULSE_GRPC_PORT="1", FINPULSE_STARTUP_WAIT="1",
-               FINPULSE_INTERNAL_SECRET="internal-" + "s" * 32)
-    proc = subprocess.run([sys.executable, "-m", f"{service}_svc", "serve"], env=env, capture_output=True, text=True,
-                          timeout=60)
+    env.update(
+        FINPULSE_ENV="production",
+        FINPULSE_DATABASE_URL="postgresql://nobody@127.0.0.1:1/x",
+        FINPULSE_REDIS_URL="redis://127.0.0.1:1/0",
+        FINPULSE_GRPC_PORT="1",
+        FINPULSE_STARTUP_WAIT="1",
+        FINPULSE_INTERNAL_SECRET="internal-" + "s" * 32,
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", f"{service}_svc", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
     named = "FINPULSE_TEAM_SECRET" in proc.stderr
     assert named == needs_secret, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
@@ -61,10 +84,16 @@ def test_only_services_calling_banks_need_the_team_secret(service, needs_secret)
 
 
 def test_real_bank_urls_are_configuration_only():
-    settings = load_gateway_settings({"FINPULSE_ENV": "production", "FINPULSE_DATABASE_URL": "postgresql://db/x",
-                              "FINPULSE_REDIS_URL": "redis://r", "FINPULSE_TEAM_SECRET": "s3cret",
-                              "FINPULSE_BANK_VBANK_URL": "https://vbank.open.bankingapi.ru/",
-                              "FINPULSE_BANK_SBANK_URL": "https://sbank.open.bankingapi.ru"})
+    settings = load_gateway_settings(
+        {
+            "FINPULSE_ENV": "production",
+            "FINPULSE_DATABASE_URL": "postgresql://db/x",
+            "FINPULSE_REDIS_URL": "redis://r",
+            "FINPULSE_TEAM_SECRET": "s3cret",
+            "FINPULSE_BANK_VBANK_URL": "https://vbank.open.bankingapi.ru/",
+            "FINPULSE_BANK_SBANK_URL": "https://sbank.open.bankingapi.ru",
+        }
+    )
     assert settings.bank("vbank").base_url == "https://vbank.open.bankingapi.ru"
     assert settings.bank("abank").base_url is None  # not configured: listed as missing_url
     assert settings.bank("sbank").approval_mode == "manual"
@@ -197,14 +226,21 @@ async def test_admission_leases_slots_in_batches_and_never_exceeds_the_cap(redis
 def test_production_services_need_the_internal_secret():
     """Every service signs and verifies the calls between the suite's processes (svclib.internal_auth)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
-    env.update(FINPULSE_ENV="production", FINPULSE_DATABASE_URL="postgresql://nobody@127.0.0.1:1/x",
-               FINPULSE_REDIS_URL="redis://127.0.0.1:1/0", FINPULSE_GRPC_PORT="1", FINPULSE_STARTUP_WAIT="1")
-    proc = subprocess.run([sys.executable, "-m", "dashboard_svc", "serve"], env=env, capture_output=True, text=True,
-                          timeout=60)
+    env.update(
+        FINPULSE_ENV="production",
+        FINPULSE_DATABASE_URL="postgresql://nobody@127.0.0.1:1/x",
+        FINPULSE_REDIS_URL="redis://127.0.0.1:1/0",
+        FINPULSE_GRPC_PORT="1",
+        FINPULSE_STARTUP_WAIT="1",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "dashboard_svc", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and "FINPULSE_INTERNAL_SECRET" in proc.stderr, proc.stderr[-2000:]
     env["FINPULSE_INTERNAL_SECRET"] = "short"
-    proc = subprocess.run([sys.executable, "-m", "dashboard_svc", "serve"], env=env, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dashboard_svc", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and "at least 32 characters" in proc.stderr, proc.stderr[-2000:]
 
 
@@ -215,10 +251,12 @@ def test_database_unavailability_is_told_from_bugs_and_from_other_failures():
 
     # What asyncpg raises once the server dropped a connection someone still holds, and when it hands
     # out one whose server just said goodbye (tests/test_faults.py meets both around every restart).
-    assert is_unavailable(asyncpg.InterfaceError(
-        "cannot call Connection.is_closed(): connection has been released back to the pool"))
-    assert is_unavailable(asyncpg.exceptions._base.InternalClientError(
-        "cannot switch to state 12; another operation (2) is in progress"))
+    assert is_unavailable(
+        asyncpg.InterfaceError("cannot call Connection.is_closed(): connection has been released back to the pool")
+    )
+    assert is_unavailable(
+        asyncpg.exceptions._base.InternalClientError("cannot switch to state 12; another operation (2) is in progress")
+    )
     assert is_unavailable(asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"))
     assert is_unavailable(ConnectionRefusedError(111, "Connect call failed"))
     # A database error raised while handling a lost connection (a rollback on it) is the outage too.
@@ -261,7 +299,8 @@ async def test_advisory_lock_gives_its_connection_back_when_cancelled_or_cut_off
                 async with db.AdvisoryLock(pool, "test-lock") as _:
                     pid = await admin.fetchval(
                         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = "
-                        "(hashtextextended('test-lock', 0) & x'ffffffff'::bigint)::oid AND granted")
+                        "(hashtextextended('test-lock', 0) & x'ffffffff'::bigint)::oid AND granted"
+                    )
                     await admin.execute("SELECT pg_terminate_backend($1)", pid)
                     for _ in range(500):  # until that session is gone (the signal is asynchronous)
                         if not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):

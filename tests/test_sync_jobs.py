@@ -2,6 +2,7 @@
 
 consent_svc is played by `connected` (users named connected-… have vbank and abank connected).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,8 +51,9 @@ async def no_bank(bank_id: str):
 @pytest.fixture
 def grpc_servicer(pool, cache):
     settings = load_settings({})
-    return SyncServicer(make_service(pool, cache, settings),
-                        Catalogues(CatalogueStorage(pool), settings.banks, no_bank))
+    return SyncServicer(
+        make_service(pool, cache, settings), Catalogues(CatalogueStorage(pool), settings.banks, no_bank)
+    )
 
 
 @pytest.fixture
@@ -63,20 +65,31 @@ async def test_bank_list_in_configured_order_with_connection(grpc_stub):
     user = f"connected-{uuid.uuid4().hex[:6]}"
     reply = await grpc_stub.ListBanks(pb.ListBanksRequest(user_id=user))
     assert [(b.id, b.name, b.connected, b.status) for b in reply.banks] == [
-        ("vbank", "VBank", True, "configured"), ("abank", "ABank", True, "configured"),
-        ("sbank", "SBank", False, "configured")]
+        ("vbank", "VBank", True, "configured"),
+        ("abank", "ABank", True, "configured"),
+        ("sbank", "SBank", False, "configured"),
+    ]
     assert reply.banks[2].approval_mode == "manual"
     anonymous = await grpc_stub.ListBanks(pb.ListBanksRequest())
     assert not any(b.connected for b in anonymous.banks)
 
 
 async def test_unconfigured_bank_is_listed_as_missing_url(pool, cache):
-    settings = load_settings({"FINPULSE_ENV": "production", "FINPULSE_DATABASE_URL": "postgresql://x/y",
-                              "FINPULSE_REDIS_URL": "redis://x", "FINPULSE_TEAM_SECRET": "s",
-                              "FINPULSE_BANK_VBANK_URL": "https://vbank.example"})
+    settings = load_settings(
+        {
+            "FINPULSE_ENV": "production",
+            "FINPULSE_DATABASE_URL": "postgresql://x/y",
+            "FINPULSE_REDIS_URL": "redis://x",
+            "FINPULSE_TEAM_SECRET": "s",
+            "FINPULSE_BANK_VBANK_URL": "https://vbank.example",
+        }
+    )
     listings = await make_service(pool, cache, settings).list_banks(None)
     assert [(item.bank.id, item.bank.base_url) for item in listings] == [
-        ("vbank", "https://vbank.example"), ("abank", None), ("sbank", None)]
+        ("vbank", "https://vbank.example"),
+        ("abank", None),
+        ("sbank", None),
+    ]
 
 
 async def test_start_sync_queues_once_and_joins(grpc_stub, pool):
@@ -86,8 +99,9 @@ async def test_start_sync_queues_once_and_joins(grpc_stub, pool):
     assert all(j.state == pb.JOB_STATE_QUEUED and not j.joined for j in first.jobs)
 
     # Concurrent requests for the same user join the job in flight: still one job per bank.
-    replies = await asyncio.gather(*(grpc_stub.StartSync(pb.StartSyncRequest(user_id=user, bank_ids=["vbank"]))
-                                     for _ in range(10)))
+    replies = await asyncio.gather(
+        *(grpc_stub.StartSync(pb.StartSyncRequest(user_id=user, bank_ids=["vbank"])) for _ in range(10))
+    )
     assert {r.jobs[0].job_id for r in replies} == {j.job_id for j in first.jobs if j.bank_id == "vbank"}
     assert all(r.jobs[0].joined for r in replies)
     count = await pool.fetchval("SELECT count(*) FROM sync_jobs WHERE user_id = $1", user)
@@ -99,12 +113,15 @@ async def test_start_sync_queues_once_and_joins(grpc_stub, pool):
     assert not again.jobs[0].joined
 
 
-@pytest.mark.parametrize("request_, code", [
-    (pb.StartSyncRequest(user_id=""), grpc.StatusCode.INVALID_ARGUMENT),
-    (pb.StartSyncRequest(user_id="connected-x", bank_ids=["nobank"]), grpc.StatusCode.NOT_FOUND),
-    (pb.StartSyncRequest(user_id="connected-x", bank_ids=["vbank", "vbank"]), grpc.StatusCode.INVALID_ARGUMENT),
-    (pb.StartSyncRequest(user_id="connected-x", bank_ids=["sbank"]), grpc.StatusCode.INVALID_ARGUMENT),
-])
+@pytest.mark.parametrize(
+    "request_, code",
+    [
+        (pb.StartSyncRequest(user_id=""), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.StartSyncRequest(user_id="connected-x", bank_ids=["nobank"]), grpc.StatusCode.NOT_FOUND),
+        (pb.StartSyncRequest(user_id="connected-x", bank_ids=["vbank", "vbank"]), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.StartSyncRequest(user_id="connected-x", bank_ids=["sbank"]), grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
 async def test_start_sync_rejects_bad_requests(grpc_stub, request_, code):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await grpc_stub.StartSync(request_)
@@ -152,10 +169,35 @@ def test_read_cache_round_trips_stored_rows_exactly():
     from sync_svc.service import _dump, _rebuild
 
     now = dt.datetime.now(dt.UTC)
-    credit = StoredCredit("vbank", "loan-1", "prod-1", "loan", "Ипотека", Decimal("895465.41"), None, "active",
-                          now, None, "40817810000000000001", Decimal("10.05"), now)
-    account = StoredAccount("vbank", "acc-1", "Enabled", "RUB", "Personal", "Checking", "Main", dt.date(2024, 10, 30),
-                            "40817810000000000001", "Ivan", now, now)
+    credit = StoredCredit(
+        "vbank",
+        "loan-1",
+        "prod-1",
+        "loan",
+        "Ипотека",
+        Decimal("895465.41"),
+        None,
+        "active",
+        now,
+        None,
+        "40817810000000000001",
+        Decimal("10.05"),
+        now,
+    )
+    account = StoredAccount(
+        "vbank",
+        "acc-1",
+        "Enabled",
+        "RUB",
+        "Personal",
+        "Checking",
+        "Main",
+        dt.date(2024, 10, 30),
+        "40817810000000000001",
+        "Ivan",
+        now,
+        now,
+    )
     assert _rebuild(StoredCredit, [_dump(credit)]) == [credit]
     assert _rebuild(StoredAccount, [_dump(account)]) == [account]
 
@@ -168,12 +210,14 @@ async def test_a_change_at_the_bank_during_a_running_sync_queues_another_after_i
     user = f"connected-{uuid.uuid4().hex[:6]}"
 
     async def start(after_change: bool) -> pb.StartSyncResponse:
-        return await grpc_stub.StartSync(pb.StartSyncRequest(user_id=user, bank_ids=["vbank"], reason="payment",
-                                                             after_change=after_change))
+        return await grpc_stub.StartSync(
+            pb.StartSyncRequest(user_id=user, bank_ids=["vbank"], reason="payment", after_change=after_change)
+        )
 
     async def jobs_of_user() -> list:
-        return await pool.fetch("SELECT job_id, state, reason FROM sync.sync_jobs WHERE user_id = $1 "
-                                "ORDER BY created_at", user)
+        return await pool.fetch(
+            "SELECT job_id, state, reason FROM sync.sync_jobs WHERE user_id = $1 ORDER BY created_at", user
+        )
 
     await start(False)
     queued = await start(True)  # joins a job that has not run yet: it will read after the change
@@ -190,7 +234,10 @@ async def test_a_change_at_the_bank_during_a_running_sync_queues_another_after_i
     assert await jobs.finish(running.job_id, running.worker_id, "succeeded", {})
     rows = await jobs_of_user()
     assert [(r["state"], r["reason"]) for r in rows] == [
-        ("succeeded", "payment"), ("succeeded", "payment"), ("queued", "after_change")]
+        ("succeeded", "payment"),
+        ("succeeded", "payment"),
+        ("queued", "after_change"),
+    ]
 
     # Sent back to the queue to retry, the job reads everything again: no successor needed.
     successor = await _claim_for(jobs, user)
@@ -237,8 +284,14 @@ async def test_a_job_cut_short_by_the_database_runs_again_soon_and_the_attempt_d
 
     user = f"dbgone-{uuid.uuid4().hex[:6]}"
     jobs = _FlakyJobs(pool, fail=2)  # and its outcome is written once the database answers again
-    workers = SyncWorkers(jobs, BankDataStorage(pool), banks=None, consents=_DatabaseGone(), cache=cache,
-                          config=WorkerConfig(backoff_base=1.0, max_attempts=1))
+    workers = SyncWorkers(
+        jobs,
+        BankDataStorage(pool),
+        banks=None,
+        consents=_DatabaseGone(),
+        cache=cache,
+        config=WorkerConfig(backoff_base=1.0, max_attempts=1),
+    )
     ref = await jobs.enqueue(user, "vbank", "test")
     for _ in range(50):
         job = await jobs.claim(workers.worker_id, 30)
@@ -270,8 +323,7 @@ async def test_bootstrap_does_not_wait_for_a_job_that_retries_after_its_deadline
     """A bank whose last attempt failed waits to retry; a bootstrap joining it answers what is stored at
     once instead of waiting its whole deadline for a job that cannot run before it."""
     settings = load_settings({})
-    service = SyncService(JobStorage(pool), BankDataStorage(pool), cache, settings.banks, connected,
-                          bootstrap_wait=5.0)
+    service = SyncService(JobStorage(pool), BankDataStorage(pool), cache, settings.banks, connected, bootstrap_wait=5.0)
     user = f"connected-{uuid.uuid4().hex[:6]}"
     jobs = JobStorage(pool)
     await jobs.enqueue(user, "vbank", "test")

@@ -6,6 +6,7 @@ virtualenv, as svclib.protogen finds it) into a folder buf reads as a module (bu
 buf has no network to fetch them from a registry, and this way buf checks the protos against the very files
 the code is generated from. The folder is rebuilt from scratch each time.
 """
+
 from __future__ import annotations
 
 import pathlib

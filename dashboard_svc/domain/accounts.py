@@ -1,5 +1,6 @@
 """What the dashboard shows of accounts, savings, deposits, cards, recent transactions and the banks
 (statuses, freshness, notes on missing or stale data), and the deposits route's answer (pure)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -25,8 +26,16 @@ from finance.money import CENT, ZERO
 
 def deposits_total(credits: Iterable[CreditView], base: str) -> Decimal:
     """Active deposits in the base currency: their amount counts as savings."""
-    return sum((c.amount for c in credits if c.product_type.strip().lower() == "deposit"
-                and c.status.strip().lower() == "active" and c.currency == base), ZERO)
+    return sum(
+        (
+            c.amount
+            for c in credits
+            if c.product_type.strip().lower() == "deposit"
+            and c.status.strip().lower() == "active"
+            and c.currency == base
+        ),
+        ZERO,
+    )
 
 
 def savings_summary(data: DashboardData, today: dt.date) -> dict[str, float]:
@@ -40,8 +49,13 @@ def savings_summary(data: DashboardData, today: dt.date) -> dict[str, float]:
     progress_percent = saved ÷ target × 100, one decimal, within [0, 100]."""
     base = data.config.base_currency
     saved = deposits_total(data.credits, base) + sum(
-        (a.available for a in data.accounts
-         if a.sub_type.strip().lower() == "savings" and a.currency == base and a.available is not None), ZERO)
+        (
+            a.available
+            for a in data.accounts
+            if a.sub_type.strip().lower() == "savings" and a.currency == base and a.available is not None
+        ),
+        ZERO,
+    )
     goal = data.goals.target_amount
     target = goal if goal is not None and goal > 0 else data.config.default_savings_target
     remaining = target - saved
@@ -58,24 +72,40 @@ def savings_summary(data: DashboardData, today: dt.date) -> dict[str, float]:
     else:
         daily = data.config.default_savings_daily
     progress = min(HUNDRED, max(ZERO, saved / target * HUNDRED)) if target > 0 else HUNDRED
-    return {"total_saved": legacy(saved), "daily_payment": legacy(daily), "target": legacy(target),
-            "progress_percent": float(one_decimal(progress))}
+    return {
+        "total_saved": legacy(saved),
+        "daily_payment": legacy(daily),
+        "target": legacy(target),
+        "progress_percent": float(one_decimal(progress)),
+    }
 
 
 def debit_cards_balance(accounts: Iterable[AccountView], base: str) -> Decimal:
     """Σ available of current accounts ("Checking", also "Current") in the base currency: the accounts
     the debit cards draw on."""
-    return sum((a.available for a in accounts if a.sub_type.strip().lower() in ("checking", "current")
-                and a.currency == base and a.available is not None), ZERO)
+    return sum(
+        (
+            a.available
+            for a in accounts
+            if a.sub_type.strip().lower() in ("checking", "current") and a.currency == base and a.available is not None
+        ),
+        ZERO,
+    )
 
 
 def balances(accounts: Iterable[AccountView], base: str) -> list[dict[str, Any]]:
     """Every account with its balance; `spendable` tells whether it is in safe-to-spend."""
     rows = []
     for a in accounts:
-        row: dict[str, Any] = {"bank_id": a.bank_id, "bank_name": a.bank_name, "account_id": a.account_id,
-                               "account_type": a.sub_type, "nickname": a.nickname, "currency": a.currency,
-                               "spendable": is_spendable_account(a, base)}
+        row: dict[str, Any] = {
+            "bank_id": a.bank_id,
+            "bank_name": a.bank_name,
+            "account_id": a.account_id,
+            "account_type": a.sub_type,
+            "nickname": a.nickname,
+            "currency": a.currency,
+            "spendable": is_spendable_account(a, base),
+        }
         if a.available is not None:
             row["available"] = money(a.available)
         rows.append(row)
@@ -110,16 +140,25 @@ def deposit_maturity(credit: CreditView, term: int | None) -> dt.date | None:
     return None
 
 
-def deposit_rows(credits: Iterable[CreditView], products: Sequence[ProductView] = (),
-                 bank_name: Callable[[str], str] = lambda bank_id: bank_id) -> list[dict[str, Any]]:
+def deposit_rows(
+    credits: Iterable[CreditView],
+    products: Sequence[ProductView] = (),
+    bank_name: Callable[[str], str] = lambda bank_id: bank_id,
+) -> list[dict[str, Any]]:
     """Every deposit agreement with its bank's name, term (catalogue), maturity and status."""
     rows = []
     for c in credits:
         if not is_deposit(c):
             continue
-        row: dict[str, Any] = {"bank_id": c.bank_id, "agreement_id": c.agreement_id, "name": c.product_name,
-                               "amount": money(c.amount), "currency": c.currency, "bank_name": bank_name(c.bank_id),
-                               "status": c.status}
+        row: dict[str, Any] = {
+            "bank_id": c.bank_id,
+            "agreement_id": c.agreement_id,
+            "name": c.product_name,
+            "amount": money(c.amount),
+            "currency": c.currency,
+            "bank_name": bank_name(c.bank_id),
+            "status": c.status,
+        }
         if c.interest_rate is not None:
             row["interest_rate"] = f"{Decimal(c.interest_rate):f}"
         term = deposit_term(c, products)
@@ -138,16 +177,25 @@ def card_rows(credits: Iterable[CreditView]) -> list[dict[str, Any]]:
     for c in credits:
         if c.product_type.strip().lower() != "card":
             continue
-        row: dict[str, Any] = {"bank_id": c.bank_id, "agreement_id": c.agreement_id, "name": c.product_name,
-                               "limit": money(c.amount), "currency": c.currency}
+        row: dict[str, Any] = {
+            "bank_id": c.bank_id,
+            "agreement_id": c.agreement_id,
+            "name": c.product_name,
+            "limit": money(c.amount),
+            "currency": c.currency,
+        }
         if c.account_balance is not None:
             row["linked_balance"] = money(c.account_balance)
         rows.append(row)
     return rows
 
 
-def deposits_response(credits: Iterable[CreditView], products: Sequence[ProductView], savings: dict[str, float],
-                      bank_name: Callable[[str], str]) -> dict[str, Any]:
+def deposits_response(
+    credits: Iterable[CreditView],
+    products: Sequence[ProductView],
+    savings: dict[str, float],
+    bank_name: Callable[[str], str],
+) -> dict[str, Any]:
     """GetDepositsResponse: status "ok", the active deposits (type = the product's name, rate ≤ 2 decimals
     or 0, term from the catalogue or 0, maturity by `deposit_maturity`), and the dashboard's
     savings_summary figures (total_saved, sdp, target, progress_percent)."""
@@ -157,24 +205,42 @@ def deposits_response(credits: Iterable[CreditView], products: Sequence[ProductV
             continue
         term = deposit_term(c, products)
         item: dict[str, Any] = {
-            "id": c.agreement_id, "bank": bank_name(c.bank_id), "type": c.product_name, "balance": legacy(c.amount),
+            "id": c.agreement_id,
+            "bank": bank_name(c.bank_id),
+            "type": c.product_name,
+            "balance": legacy(c.amount),
             "rate": refinance.rate_number(c.interest_rate) if c.interest_rate is not None else 0.0,
-            "term_months": term or 0, "bank_id": c.bank_id, "currency": c.currency, "balance_exact": money(c.amount),
+            "term_months": term or 0,
+            "bank_id": c.bank_id,
+            "currency": c.currency,
+            "balance_exact": money(c.amount),
         }
         ends = deposit_maturity(c, term)
         if ends is not None:
             item["maturity_date"] = ends.isoformat()
         items.append(item)
-    return {"status": "ok", "deposits": items, "total_saved": savings["total_saved"], "sdp": savings["daily_payment"],
-            "target": savings["target"], "progress_percent": savings["progress_percent"]}
+    return {
+        "status": "ok",
+        "deposits": items,
+        "total_saved": savings["total_saved"],
+        "sdp": savings["daily_payment"],
+        "target": savings["target"],
+        "progress_percent": savings["progress_percent"],
+    }
 
 
 def last_transactions(data: DashboardData) -> list[dict[str, Any]]:
     rows = []
     for t in data.recent_transactions[:10]:
-        row: dict[str, Any] = {"bank_id": t.bank_id, "account_id": t.account_id, "transaction_id": t.transaction_id,
-                               "booking_time": iso_datetime(t.booking_time), "amount": money(t.signed_amount),
-                               "currency": t.currency, "description": t.description}
+        row: dict[str, Any] = {
+            "bank_id": t.bank_id,
+            "account_id": t.account_id,
+            "transaction_id": t.transaction_id,
+            "booking_time": iso_datetime(t.booking_time),
+            "amount": money(t.signed_amount),
+            "currency": t.currency,
+            "description": t.description,
+        }
         if t.category is not None:
             row["category"] = t.category
         rows.append(row)
@@ -184,8 +250,9 @@ def last_transactions(data: DashboardData) -> list[dict[str, Any]]:
 def spending_by_category(data: DashboardData) -> list[dict[str, Any]]:
     """The last 30 days' debits per category and currency, largest total first."""
     ordered = sorted(data.spending_30d, key=lambda c: (-c.total, c.category, c.currency))
-    return [{"category": c.category, "total": money(c.total), "currency": c.currency, "count": c.count}
-            for c in ordered]
+    return [
+        {"category": c.category, "total": money(c.total), "currency": c.currency, "count": c.count} for c in ordered
+    ]
 
 
 def bank_statuses(data: DashboardData) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -213,19 +280,24 @@ def bank_data_notes(data: DashboardData, lang: str = "ru") -> list[str]:
     for b in data.banks:
         if b.status not in ("error", "needs_reconsent"):
             continue
-        since = (texts.text(lang, "bank.last_data", when=texts.fmt_datetime(b.last_success_at, lang))
-                 if b.last_success_at else texts.text(lang, "bank.no_data_yet"))
+        since = (
+            texts.text(lang, "bank.last_data", when=texts.fmt_datetime(b.last_success_at, lang))
+            if b.last_success_at
+            else texts.text(lang, "bank.no_data_yet")
+        )
         key = "bank.reconsent" if b.status == "needs_reconsent" else "bank.failing"
-        notes.append(texts.text(lang, key, bank=b.bank_name or b.bank_id, error=(b.last_error or "")[:300],
-                                since=since))
+        notes.append(
+            texts.text(lang, key, bank=b.bank_name or b.bank_id, error=(b.last_error or "")[:300], since=since)
+        )
     return notes
 
 
 def totals_by_currency(accounts: Iterable[AccountView], base: str) -> list[dict[str, str]]:
     """Totals per currency of the account balances, Loan accounts left out (their balance is disbursed
     loan money, not the user's: counting it doubled a user's total)."""
-    return sum_by_currency(((a.currency, a.available) for a in accounts
-                            if a.available is not None and not is_loan_account(a)), base)
+    return sum_by_currency(
+        ((a.currency, a.available) for a in accounts if a.available is not None and not is_loan_account(a)), base
+    )
 
 
 def bank_name_of(data: DashboardData) -> Callable[[str], str]:

@@ -1,6 +1,7 @@
 """The assembly of the dashboard calculation (pure): `compute_all` runs the one analysis pass over a user's
 `DashboardData` and builds the four answers; `compute` is its dashboard; the financing triggers join the
 loans, safe-to-spend, health and refinancing figures."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,9 +59,18 @@ from finance.loans import repayments_by_key
 from finance.money import round_money
 
 
-def financing_triggers(facts: Sequence[LoanFacts], single_offers: Sequence[Offer], sts: dict[str, Any],
-                       has_accounts: bool, flow: MonthlyAverages, monthly_payments: Decimal, base: str,
-                       today: dt.date, bank_name: Callable[[str], str], lang: str) -> list[dict[str, Any]]:
+def financing_triggers(
+    facts: Sequence[LoanFacts],
+    single_offers: Sequence[Offer],
+    sts: dict[str, Any],
+    has_accounts: bool,
+    flow: MonthlyAverages,
+    monthly_payments: Decimal,
+    base: str,
+    today: dt.date,
+    bank_name: Callable[[str], str],
+    lang: str,
+) -> list[dict[str, Any]]:
     """The financing-need triggers, in this order (none at all without an active loan with debt):
     - missed_payment (high), per loan in priority order: `missed_previous_month`;
     - gap_risk (high): safe-to-spend has a shortfall (spendable < mandatory payments + safety buffer),
@@ -77,25 +87,33 @@ def financing_triggers(facts: Sequence[LoanFacts], single_offers: Sequence[Offer
     for f, month in missed:
         found.append(refinance.missed_payment_trigger(f.terms, month, bank_name(f.terms.bank_id), lang))
     detail = sts["detail"]
-    spendable, mandatory, buffer = (Decimal(detail["spendable_balance"]), Decimal(detail["mandatory_payments"]),
-                                    Decimal(detail["safety_buffer"]))
+    spendable, mandatory, buffer = (
+        Decimal(detail["spendable_balance"]),
+        Decimal(detail["mandatory_payments"]),
+        Decimal(detail["safety_buffer"]),
+    )
     if has_accounts and spendable < mandatory + buffer:
-        until = (dt.date.fromisoformat(detail["next_income_date"]) if "next_income_date" in detail
-                 else today + dt.timedelta(days=detail["days_left"]))
+        until = (
+            dt.date.fromisoformat(detail["next_income_date"])
+            if "next_income_date" in detail
+            else today + dt.timedelta(days=detail["days_left"])
+        )
         ids = sorted({i["agreement_id"] for i in detail["mandatory_items"] if i.get("agreement_id")})
         found.append(refinance.gap_risk_trigger(spendable, mandatory, buffer, until, base, ids, lang))
     ratio = refinance.debt_to_income(monthly_payments, flow.income if flow.months else None)
     if ratio is not None and ratio > refinance.DTI_LIMIT:
         ids = [f.terms.agreement_id for f in active if f.terms.currency == base]
-        found.append(refinance.high_dti_trigger(round_money(monthly_payments), round_money(flow.income), ratio, base,
-                                                ids, lang))
+        found.append(
+            refinance.high_dti_trigger(round_money(monthly_payments), round_money(flow.income), ratio, base, ids, lang)
+        )
     if not missed:
         best = refinance.best_offer_by_loan(single_offers)
         for f in active:
             if f.key in best:
                 offer = best[f.key]
-                found.append(refinance.refi_trigger(f.terms, offer, bank_name(f.terms.bank_id),
-                                                    bank_name(offer.bank_id), lang))
+                found.append(
+                    refinance.refi_trigger(f.terms, offer, bank_name(f.terms.bank_id), bank_name(offer.bank_id), lang)
+                )
     return found
 
 
@@ -110,14 +128,21 @@ def compute_all(data: DashboardData, lang: str = "ru") -> dict[str, dict[str, An
     bank_name = bank_name_of(data)
 
     days = base_income_days(data.income_days, base, today)
-    plan = apply_salary_inputs(detect_income(days, today, config.horizon_days_without_income, lang, base),
-                               data.inputs, today, config.horizon_days_without_income, lang, base)
+    plan = apply_salary_inputs(
+        detect_income(days, today, config.horizon_days_without_income, lang, base),
+        data.inputs,
+        today,
+        config.horizon_days_without_income,
+        lang,
+        base,
+    )
     horizon_end = plan.next_date or today + dt.timedelta(days=config.horizon_days_without_income)
 
     series = repayments_by_key(data.repayments)
     loans = analyse_loans(data.credits, series, today)
-    detected = ([loan.obligation for loan in loans if loan.obligation is not None]
-                + orphan_obligations(data.credits, series, today))
+    detected = [loan.obligation for loan in loans if loan.obligation is not None] + orphan_obligations(
+        data.credits, series, today
+    )
     obligations, credit_note = apply_credit_inputs(detected, data.inputs, base, today, horizon_end, lang)
 
     sts = safe_to_spend(data, plan, obligations, credit_note, today, lang)
@@ -137,12 +162,15 @@ def compute_all(data: DashboardData, lang: str = "ru") -> dict[str, dict[str, An
     spendable = spendable_balance(data.accounts, base)
     deposits = deposits_total(data.credits, base)
     has_accounts = bool(data.accounts)
-    health = health_score([
-        score_spend_vs_income(flow, lang),
-        score_liquid_savings(has_accounts, spendable + deposits, spendable, deposits, flow, lang),
-        score_debt_load(has_accounts, loans, figures.monthly, flow, base, lang),
-        score_on_time(has_accounts, loans, today, lang),
-    ], lang)
+    health = health_score(
+        [
+            score_spend_vs_income(flow, lang),
+            score_liquid_savings(has_accounts, spendable + deposits, spendable, deposits, flow, lang),
+            score_debt_load(has_accounts, loans, figures.monthly, flow, base, lang),
+            score_on_time(has_accounts, loans, today, lang),
+        ],
+        lang,
+    )
     notes = bank_data_notes(data, lang)
     if notes:  # which bank's data is missing or stale, and why: first, where the app shows two reasons
         health["reasons"] = notes + health["reasons"]
@@ -170,8 +198,7 @@ def compute_all(data: DashboardData, lang: str = "ru") -> dict[str, dict[str, An
         "last_transactions": last_transactions(data),
         "spending_by_category_30d": spending_by_category(data),
     }
-    triggers = financing_triggers(facts, single, sts, has_accounts, flow, figures.monthly, base, today, bank_name,
-                                  lang)
+    triggers = financing_triggers(facts, single, sts, has_accounts, flow, figures.monthly, base, today, bank_name, lang)
     return {
         "dashboard": dashboard,
         "loans": loans_response(facts, figures, summary, bank_name, lang),

@@ -1,5 +1,6 @@
 """Helpers of the dashboard calculation: money as shown (exact strings, the seed's legacy floats), dates,
 and which accounts count as spendable (pure)."""
+
 from __future__ import annotations
 
 import datetime as dt

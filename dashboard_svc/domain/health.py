@@ -1,5 +1,6 @@
 """The financial health score (pure): spending vs income, liquid savings, debt load and on-time repayments,
 each a 0–100 component with its inputs and explanation; the score is their mean."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,12 +40,14 @@ def complete_month_averages(cash_flow: Iterable[MonthFlow], base: str, today: dt
     if not months:
         return MonthlyAverages(0, ZERO, ZERO)
     n = len(months)
-    return MonthlyAverages(n, sum((v[0] for v in months.values()), ZERO) / n,
-                           sum((v[1] for v in months.values()), ZERO) / n)
+    return MonthlyAverages(
+        n, sum((v[0] for v in months.values()), ZERO) / n, sum((v[1] for v in months.values()), ZERO) / n
+    )
 
 
-def component(name: str, score: Decimal | None, inputs: dict[str, str], explanation: str,
-              missing: list[str]) -> dict[str, Any]:
+def component(
+    name: str, score: Decimal | None, inputs: dict[str, str], explanation: str, missing: list[str]
+) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": name, "inputs": inputs, "explanation": explanation}
     if score is not None:
         entry["score"] = float(one_decimal(score))
@@ -53,38 +56,64 @@ def component(name: str, score: Decimal | None, inputs: dict[str, str], explanat
 
 def score_spend_vs_income(flow: MonthlyAverages, lang: str = "ru") -> dict[str, Any]:
     """Spending ÷ income over the last 3 complete months: ≤ 70 % → 100, ≥ 120 % → 0, linear between."""
-    inputs = {"months": str(flow.months), "income_monthly_avg": money(flow.income),
-              "spending_monthly_avg": money(flow.spending)}
+    inputs = {
+        "months": str(flow.months),
+        "income_monthly_avg": money(flow.income),
+        "spending_monthly_avg": money(flow.spending),
+    }
     if flow.months == 0 or flow.income <= 0:
         missing = ["monthly_income"] + (["monthly_spending"] if flow.months == 0 else [])
         return component("spend_vs_income", None, inputs, texts.text(lang, "health.spend.none"), missing)
     ratio = flow.spending / flow.income
     inputs["spending_to_income"] = ratio_text(ratio)
     score = interpolate(ratio, [(Decimal("0.7"), HUNDRED), (Decimal("1.2"), ZERO)])
-    return component("spend_vs_income", score, inputs,
-                     texts.text(lang, "health.spend", ratio=texts.fmt_percent(one_decimal(ratio * 100), lang, 1)), [])
+    return component(
+        "spend_vs_income",
+        score,
+        inputs,
+        texts.text(lang, "health.spend", ratio=texts.fmt_percent(one_decimal(ratio * 100), lang, 1)),
+        [],
+    )
 
 
-def score_liquid_savings(has_accounts: bool, liquid: Decimal, spendable: Decimal, deposits: Decimal,
-                         flow: MonthlyAverages, lang: str = "ru") -> dict[str, Any]:
+def score_liquid_savings(
+    has_accounts: bool, liquid: Decimal, spendable: Decimal, deposits: Decimal, flow: MonthlyAverages, lang: str = "ru"
+) -> dict[str, Any]:
     """(spendable + deposits) ÷ average monthly spending, in months: 0 → 0, 1 → 40, 3 → 75, ≥ 6 → 100,
     linear between."""
-    inputs = {"spendable_balance": money(spendable), "deposits": money(deposits), "liquid_total": money(liquid),
-              "spending_monthly_avg": money(flow.spending)}
-    missing = (([] if has_accounts else ["balances"])
-               + ([] if flow.months and flow.spending > 0 else ["monthly_spending"]))
+    inputs = {
+        "spendable_balance": money(spendable),
+        "deposits": money(deposits),
+        "liquid_total": money(liquid),
+        "spending_monthly_avg": money(flow.spending),
+    }
+    missing = ([] if has_accounts else ["balances"]) + (
+        [] if flow.months and flow.spending > 0 else ["monthly_spending"]
+    )
     if missing:
         return component("liquid_savings", None, inputs, texts.text(lang, "health.liquid.none"), missing)
     months = liquid / flow.spending
     inputs["months_of_spending"] = ratio_text(months)
-    score = interpolate(months, [(ZERO, ZERO), (Decimal(1), Decimal(40)), (Decimal(3), Decimal(75)),
-                                 (Decimal(6), HUNDRED)])
-    return component("liquid_savings", score, inputs,
-                     texts.text(lang, "health.liquid", months=texts.fmt_decimal(one_decimal(months), lang, 1)), [])
+    score = interpolate(
+        months, [(ZERO, ZERO), (Decimal(1), Decimal(40)), (Decimal(3), Decimal(75)), (Decimal(6), HUNDRED)]
+    )
+    return component(
+        "liquid_savings",
+        score,
+        inputs,
+        texts.text(lang, "health.liquid", months=texts.fmt_decimal(one_decimal(months), lang, 1)),
+        [],
+    )
 
 
-def score_debt_load(has_accounts: bool, loans: list[LoanAnalysis], monthly_payments: Decimal,
-                    flow: MonthlyAverages, base: str, lang: str = "ru") -> dict[str, Any]:
+def score_debt_load(
+    has_accounts: bool,
+    loans: list[LoanAnalysis],
+    monthly_payments: Decimal,
+    flow: MonthlyAverages,
+    base: str,
+    lang: str = "ru",
+) -> dict[str, Any]:
     """Monthly loan payments ÷ monthly income: ≤ 10 % → 100, ≥ 50 % → 0, linear; no loans → 100."""
     inputs = {"loan_payments_monthly": money(monthly_payments), "income_monthly_avg": money(flow.income)}
     if not has_accounts:
@@ -99,8 +128,13 @@ def score_debt_load(has_accounts: bool, loans: list[LoanAnalysis], monthly_payme
     ratio = monthly_payments / flow.income
     inputs["debt_to_income"] = ratio_text(ratio)
     score = interpolate(ratio, [(Decimal("0.1"), HUNDRED), (Decimal("0.5"), ZERO)])
-    return component("debt_load", score, inputs,
-                     texts.text(lang, "health.debt", ratio=texts.fmt_percent(one_decimal(ratio * 100), lang, 1)), [])
+    return component(
+        "debt_load",
+        score,
+        inputs,
+        texts.text(lang, "health.debt", ratio=texts.fmt_percent(one_decimal(ratio * 100), lang, 1)),
+        [],
+    )
 
 
 def score_on_time(has_accounts: bool, loans: list[LoanAnalysis], today: dt.date, lang: str = "ru") -> dict[str, Any]:
@@ -125,8 +159,13 @@ def score_on_time(has_accounts: bool, loans: list[LoanAnalysis], today: dt.date,
     if expected == 0:
         return component("on_time_repayments", HUNDRED, inputs, texts.text(lang, "health.on_time.none_due"), [])
     share = Decimal(paid) / Decimal(expected)
-    return component("on_time_repayments", share * HUNDRED, inputs,
-                     texts.text(lang, "health.on_time", paid=paid, expected=expected), [])
+    return component(
+        "on_time_repayments",
+        share * HUNDRED,
+        inputs,
+        texts.text(lang, "health.on_time", paid=paid, expected=expected),
+        [],
+    )
 
 
 def health_status(value: Decimal) -> str:
@@ -149,13 +188,28 @@ def health_score(parts: list[dict[str, Any]], lang: str = "ru") -> dict[str, Any
     missing: list[str] = []
     for p in parts:
         missing += [m for m in p["missing"] if m not in missing]
-    reasons = [texts.text(lang, "health.reason", label=texts.text(lang, f"health.label.{p['entry']['name']}"),
-                          score=texts.fmt_number(p["score"], lang, 1),
-                          weak=texts.text(lang, f"health.weak.{p['entry']['name']}"),
-                          explanation=p["entry"]["explanation"])
-               for p in parts if p["score"] is not None and p["score"] < 60]
+    reasons = [
+        texts.text(
+            lang,
+            "health.reason",
+            label=texts.text(lang, f"health.label.{p['entry']['name']}"),
+            score=texts.fmt_number(p["score"], lang, 1),
+            weak=texts.text(lang, f"health.weak.{p['entry']['name']}"),
+            explanation=p["entry"]["explanation"],
+        )
+        for p in parts
+        if p["score"] is not None and p["score"] < 60
+    ]
     if not scores:
-        reasons.append(texts.text(lang, "health.not_enough",
-                                  missing=", ".join(texts.text(lang, f"health.missing.{m}") for m in missing)))
-    return {"value": float(value), "status": health_status(value), "reasons": reasons,
-            "components": [p["entry"] for p in parts], "missing_inputs": missing}
+        reasons.append(
+            texts.text(
+                lang, "health.not_enough", missing=", ".join(texts.text(lang, f"health.missing.{m}") for m in missing)
+            )
+        )
+    return {
+        "value": float(value),
+        "status": health_status(value),
+        "reasons": reasons,
+        "components": [p["entry"] for p in parts],
+        "missing_inputs": missing,
+    }

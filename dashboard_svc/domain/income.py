@@ -1,4 +1,5 @@
 """Income detection from history (monthly, biweekly, irregular) and the user's salary inputs (pure)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,6 +29,7 @@ MIN_SALARY_SHARE = Decimal("0.40")  # a salary-like series carries ≥ 40 % of t
 class IncomeStream:
     """A recurring income: `monthly` on `day` of the month, or `biweekly` every 14 days; `first` is the
     next occurrence (after today)."""
+
     kind: str  # monthly | biweekly
     amount: Decimal
     day: int
@@ -38,8 +40,13 @@ class IncomeStream:
         found: list[dt.date] = []
         k = 0
         while True:
-            when = (self.first + dt.timedelta(days=14 * k) if self.kind == "biweekly"
-                    else self.first if k == 0 else add_months(self.first, k, self.day))
+            when = (
+                self.first + dt.timedelta(days=14 * k)
+                if self.kind == "biweekly"
+                else self.first
+                if k == 0
+                else add_months(self.first, k, self.day)
+            )
             if when > end:
                 return found
             if when >= start:
@@ -52,6 +59,7 @@ class IncomePlan:
     """What income is expected: `source` is user_input | monthly | biweekly | irregular | none.
     With streams, the next income date is the soonest stream occurrence; without, the date is unknown and
     `amount_without_date` is the income expected over the default horizon."""
+
     source: str
     streams: tuple[IncomeStream, ...] = ()
     amount_without_date: Decimal = ZERO
@@ -79,8 +87,9 @@ class IncomePlan:
 def base_income_days(days: Iterable[DayAmount], base: str, today: dt.date) -> list[DayAmount]:
     """Income days in the base currency over the last 180 days (up to today), positive totals, by date."""
     since = today - dt.timedelta(days=INCOME_HISTORY_DAYS)
-    return sorted((d for d in days if d.currency == base and since < d.day <= today and d.total > 0),
-                  key=lambda d: d.day)
+    return sorted(
+        (d for d in days if d.currency == base and since < d.day <= today and d.total > 0), key=lambda d: d.day
+    )
 
 
 def within_amount(value: Decimal, anchor: Decimal) -> bool:
@@ -129,11 +138,18 @@ def detect_monthly(days: Sequence[DayAmount], today: dt.date) -> list[IncomeStre
             continue
         matches: list[DayAmount] = []
         for w in range(len(windows)):
-            options = [d for d, dw in candidates if dw == w and id(d) not in used
-                       and abs(d.day.day - anchor.day.day) <= DAY_TOLERANCE and within_amount(d.total, anchor.total)]
+            options = [
+                d
+                for d, dw in candidates
+                if dw == w
+                and id(d) not in used
+                and abs(d.day.day - anchor.day.day) <= DAY_TOLERANCE
+                and within_amount(d.total, anchor.total)
+            ]
             if options:
-                matches.append(min(options, key=lambda d: (abs(d.total - anchor.total),
-                                                           abs(d.day.day - anchor.day.day))))
+                matches.append(
+                    min(options, key=lambda d: (abs(d.total - anchor.total), abs(d.day.day - anchor.day.day)))
+                )
         if len(matches) < MONTHLY_MIN_HITS:
             continue
         matched_windows = {window_of(m.day) for m in matches}
@@ -153,18 +169,25 @@ def detect_biweekly(days: Sequence[DayAmount], today: dt.date) -> IncomeStream |
     the latest, the latest no older than 15 days, carrying ≥ 40 % of the income over the chain's span.
     (13–15, not 12–16: a semi-monthly pay, e.g. the 1st and the 15th, has 16–17-day gaps and is found as
     two monthly streams instead.) Next date: the latest + 14 days, repeated until after today."""
-    recent = sorted((d for d in days if 0 <= (today - d.day).days <= BIWEEKLY_MAX_AGE_DAYS),
-                    key=lambda d: (-d.day.toordinal(), -d.total))
+    recent = sorted(
+        (d for d in days if 0 <= (today - d.day).days <= BIWEEKLY_MAX_AGE_DAYS),
+        key=lambda d: (-d.day.toordinal(), -d.total),
+    )
     for latest in recent:
         chain = [latest]
         while True:
             current = chain[-1]
-            options = [d for d in days if BIWEEKLY_GAP[0] <= (current.day - d.day).days <= BIWEEKLY_GAP[1]
-                       and within_amount(d.total, latest.total)]
+            options = [
+                d
+                for d in days
+                if BIWEEKLY_GAP[0] <= (current.day - d.day).days <= BIWEEKLY_GAP[1]
+                and within_amount(d.total, latest.total)
+            ]
             if not options:
                 break
-            chain.append(min(options, key=lambda d: (abs((current.day - d.day).days - 14),
-                                                     abs(d.total - latest.total))))
+            chain.append(
+                min(options, key=lambda d: (abs((current.day - d.day).days - 14), abs(d.total - latest.total)))
+            )
         if len(chain) < BIWEEKLY_MIN_OCCURRENCES:
             continue
         span_income = sum((d.total for d in days if chain[-1].day <= d.day <= latest.day), ZERO)
@@ -187,34 +210,53 @@ def average_monthly_income(days: Sequence[DayAmount], today: dt.date) -> Decimal
     return round_money(sum((d.total for d in days), ZERO) / periods)
 
 
-def detect_income(days: Sequence[DayAmount], today: dt.date, horizon_days: int, lang: str = "ru",
-                  currency: str = "RUB") -> IncomePlan:
+def detect_income(
+    days: Sequence[DayAmount], today: dt.date, horizon_days: int, lang: str = "ru", currency: str = "RUB"
+) -> IncomePlan:
     """Income from history (base currency, last 180 days): biweekly first (a biweekly series would also
     look monthly), then monthly streams; otherwise irregular (income seen, no reliable date: the expected
     income over the default horizon is the average monthly income × horizon ÷ 30); otherwise none.
     The plan's note is written in `lang`."""
+
     def m(value: Decimal) -> str:
         return texts.fmt_money(value, currency, lang)
 
     average = average_monthly_income(days, today)
     biweekly = detect_biweekly(days, today)
     if biweekly is not None:
-        return IncomePlan("biweekly", (biweekly,), average_monthly=average,
-                          note=texts.text(lang, "income.biweekly", amount=m(biweekly.amount)))
+        return IncomePlan(
+            "biweekly",
+            (biweekly,),
+            average_monthly=average,
+            note=texts.text(lang, "income.biweekly", amount=m(biweekly.amount)),
+        )
     monthly = detect_monthly(days, today)
     if monthly:
-        described = ", ".join(texts.text(lang, "income.monthly_stream", amount=m(s.amount), day=s.day)
-                              for s in monthly)
-        return IncomePlan("monthly", tuple(monthly), average_monthly=average,
-                          note=texts.text(lang, "income.monthly", streams=described))
+        described = ", ".join(texts.text(lang, "income.monthly_stream", amount=m(s.amount), day=s.day) for s in monthly)
+        return IncomePlan(
+            "monthly",
+            tuple(monthly),
+            average_monthly=average,
+            note=texts.text(lang, "income.monthly", streams=described),
+        )
     if days:
-        return IncomePlan("irregular", amount_without_date=round_money(average * horizon_days / 30),
-                          average_monthly=average, note=texts.text(lang, "income.irregular", amount=m(average)))
+        return IncomePlan(
+            "irregular",
+            amount_without_date=round_money(average * horizon_days / 30),
+            average_monthly=average,
+            note=texts.text(lang, "income.irregular", amount=m(average)),
+        )
     return IncomePlan("none", note=texts.text(lang, "income.none"))
 
 
-def apply_salary_inputs(detected: IncomePlan, inputs: FinancialInputs, today: dt.date,
-                        horizon_days: int, lang: str = "ru", currency: str = "RUB") -> IncomePlan:
+def apply_salary_inputs(
+    detected: IncomePlan,
+    inputs: FinancialInputs,
+    today: dt.date,
+    horizon_days: int,
+    lang: str = "ru",
+    currency: str = "RUB",
+) -> IncomePlan:
     """The user's salary inputs win over detection (income_source "user_input").
 
     - A date (rolled forward by whole months when not after today — refinement: the inputs describe a
@@ -223,6 +265,7 @@ def apply_salary_inputs(detected: IncomePlan, inputs: FinancialInputs, today: dt
     - An amount without a date keeps the detected schedule, scaled so it adds up to the stated monthly
       amount (biweekly pays count 26/12 a month); with no schedule the amount is expected over the
       default horizon, date unknown."""
+
     def m(value: Decimal) -> str:
         return texts.fmt_money(round_money(value), currency, lang)
 
@@ -230,19 +273,29 @@ def apply_salary_inputs(detected: IncomePlan, inputs: FinancialInputs, today: dt
     if date is not None:
         first = roll_forward_monthly(date, today, include_today=False)
         if amount is None:
-            amount = (detected.amount_on(detected.next_date) if detected.next_date else detected.average_monthly)
-        return IncomePlan("user_input", (IncomeStream("monthly", round_money(amount), date.day, first),),
-                          average_monthly=detected.average_monthly,
-                          note=texts.text(lang, "income.user_dated", amount=m(amount),
-                                          date=texts.fmt_date(first, lang)))
+            amount = detected.amount_on(detected.next_date) if detected.next_date else detected.average_monthly
+        return IncomePlan(
+            "user_input",
+            (IncomeStream("monthly", round_money(amount), date.day, first),),
+            average_monthly=detected.average_monthly,
+            note=texts.text(lang, "income.user_dated", amount=m(amount), date=texts.fmt_date(first, lang)),
+        )
     if amount is None:
         return detected
     if detected.streams:
         factor = amount / detected.monthly_equivalent
         streams = tuple(dataclasses.replace(s, amount=round_money(s.amount * factor)) for s in detected.streams)
-        return IncomePlan("user_input", streams, average_monthly=detected.average_monthly,
-                          note=texts.text(lang, "income.user_scaled", amount=m(amount),
-                                          schedule=texts.text(lang, f"schedule.{detected.source}")))
-    return IncomePlan("user_input", amount_without_date=round_money(amount * horizon_days / 30),
-                      average_monthly=detected.average_monthly,
-                      note=texts.text(lang, "income.user_undated", amount=m(amount)))
+        return IncomePlan(
+            "user_input",
+            streams,
+            average_monthly=detected.average_monthly,
+            note=texts.text(
+                lang, "income.user_scaled", amount=m(amount), schedule=texts.text(lang, f"schedule.{detected.source}")
+            ),
+        )
+    return IncomePlan(
+        "user_input",
+        amount_without_date=round_money(amount * horizon_days / 30),
+        average_monthly=detected.average_monthly,
+        note=texts.text(lang, "income.user_undated", amount=m(amount)),
+    )

@@ -3,6 +3,7 @@ user's credit payment), its facts (kind, remaining schedule, maturity, priority,
 loan figures and summary (MDP, ADP by the user's speed), and the rows and items the answers show.
 
 The obligation of a loan (`finance.loans.obligation_of`) is the shared rule consent_svc pays by."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,6 +30,7 @@ DAYS_PER_MONTH = Decimal(30)
 
 # ================================================================================================ analysis
 
+
 @dataclasses.dataclass(frozen=True)
 class LoanAnalysis:
     credit: CreditView
@@ -41,8 +43,9 @@ class LoanAnalysis:
         return self.credit.status.strip().lower() == "active"
 
 
-def outstanding_estimate(principal: Decimal, rate: Decimal | None, payment: Decimal | None, count: int,
-                         total_repaid: Decimal) -> Decimal:
+def outstanding_estimate(
+    principal: Decimal, rate: Decimal | None, payment: Decimal | None, count: int, total_repaid: Decimal
+) -> Decimal:
     """The banks publish no outstanding debt. With a rate and repayments: annuity amortisation
     B = P(1+i)^n − M((1+i)^n − 1)/i, i = rate/12/100, n = payments seen, M = the average payment
     (B = P − M·n at a zero rate). Otherwise P − total repaid. Clamped to [0, P], rounded to cents."""
@@ -58,8 +61,9 @@ def outstanding_estimate(principal: Decimal, rate: Decimal | None, payment: Deci
     return round_money(min(max(balance, ZERO), principal))
 
 
-def analyse_loans(credits: Iterable[CreditView], repayments: dict[tuple[str, str], Repayments],
-                  today: dt.date) -> list[LoanAnalysis]:
+def analyse_loans(
+    credits: Iterable[CreditView], repayments: dict[tuple[str, str], Repayments], today: dt.date
+) -> list[LoanAnalysis]:
     """Every loan agreement, active or closed. Closed loans are listed with outstanding 0 and no payment
     due; active loans get the amortisation estimate and, when repayments are seen, an obligation."""
     result = []
@@ -71,26 +75,41 @@ def analyse_loans(credits: Iterable[CreditView], repayments: dict[tuple[str, str
         if not active:
             result.append(LoanAnalysis(credit, series, ZERO, None))
             continue
-        outstanding = outstanding_estimate(credit.amount, credit.interest_rate,
-                                           series.average if series else None, series.count if series else 0,
-                                           series.total if series else ZERO)
+        outstanding = outstanding_estimate(
+            credit.amount,
+            credit.interest_rate,
+            series.average if series else None,
+            series.count if series else 0,
+            series.total if series else ZERO,
+        )
         result.append(LoanAnalysis(credit, series, outstanding, obligation_of(series, today) if series else None))
     return result
 
 
-def orphan_obligations(credits: Iterable[CreditView], repayments: dict[tuple[str, str], Repayments],
-                       today: dt.date) -> list[Obligation]:
+def orphan_obligations(
+    credits: Iterable[CreditView], repayments: dict[tuple[str, str], Repayments], today: dt.date
+) -> list[Obligation]:
     """Repayments naming an agreement we do not have (no product consent at that bank) still leave the
     account every month: counted while the last one is at most 62 days old (refinement); a series whose
     last repayment is unknown is not counted."""
     known = {(c.bank_id, c.agreement_id) for c in credits}
-    return [obligation_of(r, today) for key, r in repayments.items()
-            if key not in known and r.last_paid_at is not None
-            and (today - today_of(r.last_paid_at)).days <= ORPHAN_REPAYMENT_MAX_AGE_DAYS]
+    return [
+        obligation_of(r, today)
+        for key, r in repayments.items()
+        if key not in known
+        and r.last_paid_at is not None
+        and (today - today_of(r.last_paid_at)).days <= ORPHAN_REPAYMENT_MAX_AGE_DAYS
+    ]
 
 
-def apply_credit_inputs(detected: list[Obligation], inputs: FinancialInputs, base: str, today: dt.date,
-                        horizon_end: dt.date, lang: str = "ru") -> tuple[list[Obligation], str]:
+def apply_credit_inputs(
+    detected: list[Obligation],
+    inputs: FinancialInputs,
+    base: str,
+    today: dt.date,
+    horizon_end: dt.date,
+    lang: str = "ru",
+) -> tuple[list[Obligation], str]:
     """The user's credit payment inputs REPLACE the detected base-currency loan payments (in the forecast,
     the events, the loan summary and the debt load); loans in other currencies stay.
 
@@ -117,9 +136,11 @@ def apply_credit_inputs(detected: list[Obligation], inputs: FinancialInputs, bas
 
 # ================================================================================================ facts
 
+
 @dataclasses.dataclass(frozen=True)
 class LoanFacts:
     """What the loans screen, the dashboard's loans[] and refinancing know of one loan agreement."""
+
     loan: LoanAnalysis
     kind: str  # consumer | mortgage | auto | other
     terms: LoanTerms
@@ -140,8 +161,9 @@ def loan_payment(loan: LoanAnalysis) -> Decimal | None:
     return round_money(loan.repayments.average) if loan.repayments is not None else None
 
 
-def maturity(credit: CreditView, schedule: Schedule | None,
-             obligation: Obligation | None) -> tuple[dt.date | None, str]:
+def maturity(
+    credit: CreditView, schedule: Schedule | None, obligation: Obligation | None
+) -> tuple[dt.date | None, str]:
     """When the loan ends: the agreement's end_date when present (source "agreement"); else the next due
     date + (remaining months − 1) months on the loan's typical day (source "estimated"); else unknown
     (None, "")."""
@@ -162,9 +184,17 @@ def loan_facts(loans: Iterable[LoanAnalysis]) -> list[LoanFacts]:
         kind = refinance.loan_kind(c.product_name)
         payment = loan_payment(loan)
         schedule = refinance.remaining_schedule(loan.outstanding, c.interest_rate, payment) if loan.active else None
-        terms = LoanTerms(c.bank_id, c.agreement_id, c.product_name, kind, c.currency, loan.outstanding,
-                          None if c.interest_rate is None else Decimal(c.interest_rate), payment,
-                          schedule or Schedule(None, None, c.interest_rate is not None, "closed"))
+        terms = LoanTerms(
+            c.bank_id,
+            c.agreement_id,
+            c.product_name,
+            kind,
+            c.currency,
+            loan.outstanding,
+            None if c.interest_rate is None else Decimal(c.interest_rate),
+            payment,
+            schedule or Schedule(None, None, c.interest_rate is not None, "closed"),
+        )
         when, source = maturity(c, schedule, loan.obligation)
         found.append(LoanFacts(loan, kind, terms, schedule, when, source))
     return found
@@ -220,6 +250,7 @@ def months_paid(repayments: Repayments | None, window: range) -> int:
 
 # ================================================================================================ figures and summary
 
+
 def loans_speed(goals: Goals) -> str:
     """The user's loans speed: conservative | optimal | fast (any case); missing or unknown: optimal."""
     speed = (goals.loans_speed or "").strip().lower()
@@ -235,6 +266,7 @@ def loan_strategy(goals: Goals) -> str:
 @dataclasses.dataclass(frozen=True)
 class LoanFigures:
     """The loan summary's exact figures (base currency)."""
+
     outstanding: Decimal
     monthly: Decimal
     mdp: Decimal
@@ -261,8 +293,9 @@ def additional_daily_payment(mdp: Decimal, share: Decimal, sts_per_day: Decimal)
     return wanted, wanted, False
 
 
-def loan_figures(loans: list[LoanAnalysis], obligations: list[Obligation], base: str, goals: Goals,
-                 sts_per_day: Decimal) -> LoanFigures:
+def loan_figures(
+    loans: list[LoanAnalysis], obligations: list[Obligation], base: str, goals: Goals, sts_per_day: Decimal
+) -> LoanFigures:
     """Loan numbers (base currency):
     total_outstanding = Σ outstanding estimates of active loans; monthly = Σ monthly payments (the
     obligations: detected average repayments, or the user's credit payment);
@@ -273,8 +306,19 @@ def loan_figures(loans: list[LoanAnalysis], obligations: list[Obligation], base:
     speed = loans_speed(goals)
     share = SPEED_SHARES[speed]
     adp, uncapped, capped = additional_daily_payment(mdp, share, sts_per_day)
-    return LoanFigures(round_money(outstanding), round_money(monthly), mdp, adp, uncapped, capped, sts_per_day,
-                       speed, share, loan_strategy(goals), base)
+    return LoanFigures(
+        round_money(outstanding),
+        round_money(monthly),
+        mdp,
+        adp,
+        uncapped,
+        capped,
+        sts_per_day,
+        speed,
+        share,
+        loan_strategy(goals),
+        base,
+    )
 
 
 def adp_explanation(f: LoanFigures, lang: str) -> str:
@@ -286,9 +330,14 @@ def adp_explanation(f: LoanFigures, lang: str) -> str:
     def m(value: Decimal) -> str:
         return texts.fmt_money(value, f.currency, lang)
 
-    params = dict(speed=texts.text(lang, f"speed.{f.speed}"), percent=texts.fmt_percent(f.share * 100, lang),
-                  mdp=m(f.mdp), share=texts.fmt_number(f.share, lang, 2), adp=m(f.adp),
-                  strategy=texts.text(lang, f"strategy.{f.strategy}"))
+    params = dict(
+        speed=texts.text(lang, f"speed.{f.speed}"),
+        percent=texts.fmt_percent(f.share * 100, lang),
+        mdp=m(f.mdp),
+        share=texts.fmt_number(f.share, lang, 2),
+        adp=m(f.adp),
+        strategy=texts.text(lang, f"strategy.{f.strategy}"),
+    )
     if f.capped:
         return texts.text(lang, "adp.capped", raw=m(f.adp_uncapped), sts=m(f.sts_per_day), **params)
     return texts.text(lang, "adp.share", **params)
@@ -296,21 +345,33 @@ def adp_explanation(f: LoanFigures, lang: str) -> str:
 
 def loan_summary_detail(f: LoanFigures, lang: str) -> dict[str, str]:
     """The LoanSummaryDetail: exact strings, speed, share ("0.05" / "0.20" / "0.40"), strategy, explanation."""
-    return {"total_outstanding": money(f.outstanding), "monthly_payments": money(f.monthly),
-            "mandatory_daily_payment": money(f.mdp), "additional_daily_payment": money(f.adp),
-            "speed": f.speed, "additional_share": f"{f.share:f}", "strategy": f.strategy,
-            "explanation": adp_explanation(f, lang), "currency": f.currency}
+    return {
+        "total_outstanding": money(f.outstanding),
+        "monthly_payments": money(f.monthly),
+        "mandatory_daily_payment": money(f.mdp),
+        "additional_daily_payment": money(f.adp),
+        "speed": f.speed,
+        "additional_share": f"{f.share:f}",
+        "strategy": f.strategy,
+        "explanation": adp_explanation(f, lang),
+        "currency": f.currency,
+    }
 
 
 def loan_summary(f: LoanFigures, lang: str = "ru") -> dict[str, Any]:
     """Legacy loan numbers plus the detail. total_monthly_payment = MDP × 30 as the seed defines it (so it
     can differ from the exact monthly sum, `detail.monthly_payments`, by a few cents)."""
-    return {"total_outstanding": legacy(f.outstanding), "mandatory_daily_payment": legacy(f.mdp),
-            "additional_daily_payment": legacy(f.adp), "total_monthly_payment": legacy(f.mdp * DAYS_PER_MONTH),
-            "detail": loan_summary_detail(f, lang)}
+    return {
+        "total_outstanding": legacy(f.outstanding),
+        "mandatory_daily_payment": legacy(f.mdp),
+        "additional_daily_payment": legacy(f.adp),
+        "total_monthly_payment": legacy(f.mdp * DAYS_PER_MONTH),
+        "detail": loan_summary_detail(f, lang),
+    }
 
 
 # ================================================================================================ rows
+
 
 def loan_rows(facts: list[LoanFacts], bank_name: Callable[[str], str], lang: str = "ru") -> list[dict[str, Any]]:
     """Every loan agreement (active and closed, in the banks' order) with the repayments seen, its bank's
@@ -319,13 +380,22 @@ def loan_rows(facts: list[LoanFacts], bank_name: Callable[[str], str], lang: str
     for f in facts:
         loan = f.loan
         c, r = loan.credit, loan.repayments
-        row: dict[str, Any] = {"bank_id": c.bank_id, "agreement_id": c.agreement_id, "name": c.product_name,
-                               "principal": money(c.amount), "outstanding_estimate": money(loan.outstanding),
-                               "payments_seen": r.count if r else 0, "currency": c.currency,
-                               "bank_name": bank_name(c.bank_id), "kind": f.kind,
-                               "type": refinance.loan_type_label(f.kind, lang),
-                               "maturity_source": f.maturity_source, "priority": f.priority,
-                               "is_refi_candidate": f.refi_candidate, "status": c.status}
+        row: dict[str, Any] = {
+            "bank_id": c.bank_id,
+            "agreement_id": c.agreement_id,
+            "name": c.product_name,
+            "principal": money(c.amount),
+            "outstanding_estimate": money(loan.outstanding),
+            "payments_seen": r.count if r else 0,
+            "currency": c.currency,
+            "bank_name": bank_name(c.bank_id),
+            "kind": f.kind,
+            "type": refinance.loan_type_label(f.kind, lang),
+            "maturity_source": f.maturity_source,
+            "priority": f.priority,
+            "is_refi_candidate": f.refi_candidate,
+            "status": c.status,
+        }
         if c.interest_rate is not None:
             row["interest_rate"] = f"{Decimal(c.interest_rate):f}"
         if r is not None:
@@ -346,12 +416,19 @@ def loan_item(f: LoanFacts, bank_name: Callable[[str], str], lang: str) -> dict[
     loan, c = f.loan, f.loan.credit
     payment = loan_payment(loan)
     item: dict[str, Any] = {
-        "id": c.agreement_id, "bank": bank_name(c.bank_id), "type": refinance.loan_type_label(f.kind, lang),
+        "id": c.agreement_id,
+        "bank": bank_name(c.bank_id),
+        "type": refinance.loan_type_label(f.kind, lang),
         "balance": legacy(loan.outstanding),
         "rate": refinance.rate_number(c.interest_rate) if c.interest_rate is not None else 0.0,
-        "monthly_payment": legacy(payment) if payment is not None else 0.0, "priority": f.priority,
-        "is_refi_candidate": f.refi_candidate, "bank_id": c.bank_id, "currency": c.currency,
-        "balance_exact": money(loan.outstanding), "kind": f.kind, "maturity_source": f.maturity_source,
+        "monthly_payment": legacy(payment) if payment is not None else 0.0,
+        "priority": f.priority,
+        "is_refi_candidate": f.refi_candidate,
+        "bank_id": c.bank_id,
+        "currency": c.currency,
+        "balance_exact": money(loan.outstanding),
+        "kind": f.kind,
+        "maturity_source": f.maturity_source,
     }
     if f.maturity is not None:
         item["maturity_date"] = f.maturity.isoformat()
@@ -366,16 +443,27 @@ def loan_item(f: LoanFacts, bank_name: Callable[[str], str], lang: str) -> dict[
     return item
 
 
-def loans_response(facts: Sequence[LoanFacts], figures: LoanFigures, summary: dict[str, Any],
-                   bank_name: Callable[[str], str], lang: str) -> dict[str, Any]:
+def loans_response(
+    facts: Sequence[LoanFacts],
+    figures: LoanFigures,
+    summary: dict[str, Any],
+    bank_name: Callable[[str], str],
+    lang: str,
+) -> dict[str, Any]:
     """GetLoansResponse: status "ok", the active loans in priority order (closed ones left out), and the
     dashboard's own loan_summary numbers (total_outstanding, mdp, adp, detail) and strategy."""
     active = sorted((f for f in facts if f.loan.active), key=lambda f: f.priority)
-    return {"status": "ok", "loans": [loan_item(f, bank_name, lang) for f in active],
-            "total_outstanding": summary["total_outstanding"], "mdp": summary["mandatory_daily_payment"],
-            "adp": summary["additional_daily_payment"], "strategy": figures.strategy, "detail": summary["detail"]}
+    return {
+        "status": "ok",
+        "loans": [loan_item(f, bank_name, lang) for f in active],
+        "total_outstanding": summary["total_outstanding"],
+        "mdp": summary["mandatory_daily_payment"],
+        "adp": summary["additional_daily_payment"],
+        "strategy": figures.strategy,
+        "detail": summary["detail"],
+    }
 
 
 def user_mode(loans: list[LoanAnalysis]) -> str:
-    """"loans" when any active loan's outstanding estimate is above 0, else "deposits"."""
+    """ "loans" when any active loan's outstanding estimate is above 0, else "deposits"."""
     return "loans" if any(loan.active and loan.outstanding > 0 for loan in loans) else "deposits"

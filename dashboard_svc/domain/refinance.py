@@ -11,6 +11,7 @@ An offer is compared with the current loans over the same remaining term, by TOT
 (interest plus commission), never by monthly payment alone: a longer term lowers the payment and raises
 the cost.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -76,20 +77,23 @@ def loan_type_label(kind: str, lang: str) -> str:
 
 # ================================================================================================ schedule
 
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """What is left of a loan at its current payment: `months` of payments and the `interest` they carry
     (None when unknown). `note`: "" (simulated), "paid" (nothing owed), "no_payment" (no payment seen),
     "not_amortising" (the payment does not cover the interest), "over_cap" (more than 600 months),
     "rate_unknown" (no rate: counted at 0 %)."""
+
     months: int | None
     interest: Decimal | None
     rate_known: bool
     note: str = ""
 
 
-def amortise(balance: Decimal, rate: Decimal, payment: Decimal,
-             settle_at: int | None = None) -> tuple[int, Decimal] | None:
+def amortise(
+    balance: Decimal, rate: Decimal, payment: Decimal, settle_at: int | None = None
+) -> tuple[int, Decimal] | None:
     """Month-by-month repayment of `balance` at `rate` % a year (i = rate ÷ 1200) with `payment` a month:
     interest_k = round_half_up(balance × i, cents); balance = balance + interest_k − payment; the last
     month (the first whose balance + interest ≤ payment, or month `settle_at` when given) pays
@@ -140,10 +144,12 @@ def annuity_payment(amount: Decimal, rate: Decimal, months: int) -> Decimal:
 
 # ================================================================================================ offers
 
+
 @dataclasses.dataclass(frozen=True)
 class LoanTerms:
     """One active loan as refinancing sees it: outstanding `balance`, `rate` (None: unknown), `payment`
     seen (None: none), its `schedule` at that payment."""
+
     bank_id: str
     agreement_id: str
     name: str
@@ -163,6 +169,7 @@ class LoanTerms:
 class Offer:
     """A priced offer: the current loans' remaining interest against the new loan's interest plus
     commission over `term_months`."""
+
     id: str
     strategy: str  # refinance_one | consolidation
     bank_id: str
@@ -209,9 +216,15 @@ def within_limits(product: ProductView, amount: Decimal) -> bool:
 def refinanceable(loan: LoanTerms, base: str) -> bool:
     """A loan refinancing can price: base currency, outstanding > 0, a known rate (an offer must be
     cheaper than it) and a known remaining term at its payment (rule of `remaining_schedule`)."""
-    return (loan.currency == base and loan.balance > 0 and loan.rate is not None and loan.payment is not None
-            and loan.schedule.months is not None and loan.schedule.interest is not None
-            and loan.schedule.rate_known)
+    return (
+        loan.currency == base
+        and loan.balance > 0
+        and loan.rate is not None
+        and loan.payment is not None
+        and loan.schedule.months is not None
+        and loan.schedule.interest is not None
+        and loan.schedule.rate_known
+    )
 
 
 _T = TypeVar("_T")
@@ -253,20 +266,33 @@ def price(strategy: str, product: ProductView, loans: Sequence[LoanTerms], term:
     payment = annuity_payment(amount, rate, term)
     simulated = amortise(amount, rate, payment, settle_at=term)
     assert simulated is not None  # settles by `term` ≤ 600 at the latest
-    commission = half_up(product.commission) if product.commission is not None and product.commission > 0 \
-        else Decimal("0.00")
+    commission = (
+        half_up(product.commission) if product.commission is not None and product.commission > 0 else Decimal("0.00")
+    )
     new_interest = simulated[1] + commission
     current_interest = sum((known(loan.schedule.interest, "the remaining interest") for loan in loans), ZERO)
     current_payment = sum((known(loan.payment, "the loan's payment") for loan in loans), ZERO)
     monthly_saving = current_payment - payment
     return Offer(
-        id=offer_id(product.bank_id, product.product_id, (loan.agreement_id for loan in loans)), strategy=strategy,
-        bank_id=product.bank_id, product_id=product.product_id, product_name=product.product_name, rate=rate,
-        term_months=term, loans=tuple(loans), loan_amount=half_up(amount), monthly_payment=payment,
-        current_monthly_payment=half_up(current_payment), current_interest=half_up(current_interest),
-        new_interest=half_up(new_interest), commission=commission,
-        savings=half_up(current_interest - new_interest), monthly_saving=half_up(monthly_saving),
-        breakeven_months=breakeven_months(commission, monthly_saving), currency=currency)
+        id=offer_id(product.bank_id, product.product_id, (loan.agreement_id for loan in loans)),
+        strategy=strategy,
+        bank_id=product.bank_id,
+        product_id=product.product_id,
+        product_name=product.product_name,
+        rate=rate,
+        term_months=term,
+        loans=tuple(loans),
+        loan_amount=half_up(amount),
+        monthly_payment=payment,
+        current_monthly_payment=half_up(current_payment),
+        current_interest=half_up(current_interest),
+        new_interest=half_up(new_interest),
+        commission=commission,
+        savings=half_up(current_interest - new_interest),
+        monthly_saving=half_up(monthly_saving),
+        breakeven_months=breakeven_months(commission, monthly_saving),
+        currency=currency,
+    )
 
 
 def material(offer: Offer) -> bool:
@@ -287,8 +313,11 @@ def refinance_one_offers(loans: Iterable[LoanTerms], products: Iterable[ProductV
         if not refinanceable(loan, base):
             continue
         for product in catalogue:
-            if (loan_kind(product.product_name) != loan.kind or not within_limits(product, loan.balance)
-                    or known(product.interest_rate, "the product's rate") >= known(loan.rate, "the loan's rate")):
+            if (
+                loan_kind(product.product_name) != loan.kind
+                or not within_limits(product, loan.balance)
+                or known(product.interest_rate, "the product's rate") >= known(loan.rate, "the loan's rate")
+            ):
                 continue
             remaining = known(loan.schedule.months, "the remaining term")
             offer = price("refinance_one", product, [loan], new_term(remaining, product), base)
@@ -318,8 +347,11 @@ def consolidation_offers(loans: Iterable[LoanTerms], products: Iterable[ProductV
     longest = max(known(loan.schedule.months, "the remaining term") for loan in group)
     found = []
     for product in loan_catalogue(products):
-        if (loan_kind(product.product_name) != "consumer" or not within_limits(product, amount)
-                or known(product.interest_rate, "the product's rate") >= average):
+        if (
+            loan_kind(product.product_name) != "consumer"
+            or not within_limits(product, amount)
+            or known(product.interest_rate, "the product's rate") >= average
+        ):
             continue
         offer = price("consolidation", product, group, new_term(longest, product), base)
         if material(offer):
@@ -343,36 +375,64 @@ def best_offer_by_loan(offers: Iterable[Offer]) -> dict[tuple[str, str], Offer]:
 
 def offer_explanation(offer: Offer, bank: str, lang: str) -> str:
     """One line with the offer's figures, in `lang`."""
+
     def m(value: Decimal) -> str:
         return texts.fmt_money(value, offer.currency, lang)
 
     commission = texts.text(lang, "offer.commission", commission=m(offer.commission)) if offer.commission > 0 else ""
-    common = dict(bank=bank, rate=texts.fmt_percent(offer.rate, lang), term=texts.fmt_months(offer.term_months, lang),
-                  payment=m(offer.monthly_payment), current_payment=m(offer.current_monthly_payment),
-                  new_interest=m(offer.new_interest), commission=commission,
-                  current_interest=m(offer.current_interest), savings=m(offer.savings))
+    common = dict(
+        bank=bank,
+        rate=texts.fmt_percent(offer.rate, lang),
+        term=texts.fmt_months(offer.term_months, lang),
+        payment=m(offer.monthly_payment),
+        current_payment=m(offer.current_monthly_payment),
+        new_interest=m(offer.new_interest),
+        commission=commission,
+        current_interest=m(offer.current_interest),
+        savings=m(offer.savings),
+    )
     if offer.strategy == "consolidation":
-        return texts.text(lang, "offer.consolidation", count=texts.fmt_loans(len(offer.loans), lang),
-                          loans=", ".join(f"«{loan.name}»" if texts.language(lang) == "ru" else f"\"{loan.name}\""
-                                          for loan in offer.loans), **common)
+        return texts.text(
+            lang,
+            "offer.consolidation",
+            count=texts.fmt_loans(len(offer.loans), lang),
+            loans=", ".join(
+                f"«{loan.name}»" if texts.language(lang) == "ru" else f'"{loan.name}"' for loan in offer.loans
+            ),
+            **common,
+        )
     return texts.text(lang, "offer.refinance_one", loan=offer.loans[0].name, **common)
 
 
 def offer_dict(offer: Offer, bank: str, lang: str) -> dict[str, Any]:
     """A RefinanceOffer: JSON numbers from the rounded Decimals, exact strings in `detail`."""
     return {
-        "id": offer.id, "bank": bank, "strategy": offer.strategy, "rate": rate_number(offer.rate),
-        "monthly_payment": float(offer.monthly_payment), "savings": float(offer.savings),
-        "loan_amount": float(offer.loan_amount), "commission": float(offer.commission),
-        "term_months": offer.term_months, "breakeven_months": offer.breakeven_months,
-        "bank_id": offer.bank_id, "product_id": offer.product_id, "product_name": offer.product_name,
-        "loan_ids": offer.loan_ids, "monthly_saving": float(offer.monthly_saving),
+        "id": offer.id,
+        "bank": bank,
+        "strategy": offer.strategy,
+        "rate": rate_number(offer.rate),
+        "monthly_payment": float(offer.monthly_payment),
+        "savings": float(offer.savings),
+        "loan_amount": float(offer.loan_amount),
+        "commission": float(offer.commission),
+        "term_months": offer.term_months,
+        "breakeven_months": offer.breakeven_months,
+        "bank_id": offer.bank_id,
+        "product_id": offer.product_id,
+        "product_name": offer.product_name,
+        "loan_ids": offer.loan_ids,
+        "monthly_saving": float(offer.monthly_saving),
         "detail": {
-            "rate": f"{offer.rate:f}", "monthly_payment": money_text(offer.monthly_payment),
-            "savings": money_text(offer.savings), "monthly_saving": money_text(offer.monthly_saving),
-            "loan_amount": money_text(offer.loan_amount), "commission": money_text(offer.commission),
-            "current_interest": money_text(offer.current_interest), "new_interest": money_text(offer.new_interest),
-            "current_monthly_payment": money_text(offer.current_monthly_payment), "currency": offer.currency,
+            "rate": f"{offer.rate:f}",
+            "monthly_payment": money_text(offer.monthly_payment),
+            "savings": money_text(offer.savings),
+            "monthly_saving": money_text(offer.monthly_saving),
+            "loan_amount": money_text(offer.loan_amount),
+            "commission": money_text(offer.commission),
+            "current_interest": money_text(offer.current_interest),
+            "new_interest": money_text(offer.new_interest),
+            "current_monthly_payment": money_text(offer.current_monthly_payment),
+            "currency": offer.currency,
         },
         "explanation": offer_explanation(offer, bank, lang),
     }
@@ -391,14 +451,19 @@ def debt_to_income(monthly_payments: Decimal, monthly_income: Decimal | None) ->
     return monthly_payments / monthly_income
 
 
-def trigger(kind: str, lang: str, description: str, loan_ids: Iterable[str],
-            savings: Decimal | None = None) -> dict[str, Any]:
+def trigger(
+    kind: str, lang: str, description: str, loan_ids: Iterable[str], savings: Decimal | None = None
+) -> dict[str, Any]:
     """A Trigger: language-neutral `type` and `urgency` (high | medium | watch), localized title,
     description and action label."""
-    entry: dict[str, Any] = {"type": kind, "urgency": URGENCY_OF[kind],
-                             "title": texts.text(lang, f"trigger.{kind}.title"), "description": description,
-                             "action_label": texts.text(lang, f"trigger.{kind}.action"),
-                             "loan_ids": list(loan_ids)}
+    entry: dict[str, Any] = {
+        "type": kind,
+        "urgency": URGENCY_OF[kind],
+        "title": texts.text(lang, f"trigger.{kind}.title"),
+        "description": description,
+        "action_label": texts.text(lang, f"trigger.{kind}.action"),
+        "loan_ids": list(loan_ids),
+    }
     if savings is not None:
         entry["savings"] = float(half_up(savings))
     return entry
@@ -406,44 +471,74 @@ def trigger(kind: str, lang: str, description: str, loan_ids: Iterable[str],
 
 def missed_payment_trigger(loan: LoanTerms, month: dt.date, bank: str, lang: str) -> dict[str, Any]:
     """missed_payment (high): `loan` had no repayment in `month` (the previous complete calendar month)."""
-    description = texts.text(lang, "trigger.missed_payment.description", loan=loan.name, bank=bank,
-                             month=texts.fmt_month(month, lang),
-                             balance=texts.fmt_money(loan.balance, loan.currency, lang))
+    description = texts.text(
+        lang,
+        "trigger.missed_payment.description",
+        loan=loan.name,
+        bank=bank,
+        month=texts.fmt_month(month, lang),
+        balance=texts.fmt_money(loan.balance, loan.currency, lang),
+    )
     if loan.payment is not None and loan.payment > 0:
-        description += texts.text(lang, "trigger.missed_payment.usual",
-                                  payment=texts.fmt_money(loan.payment, loan.currency, lang))
+        description += texts.text(
+            lang, "trigger.missed_payment.usual", payment=texts.fmt_money(loan.payment, loan.currency, lang)
+        )
     return trigger("missed_payment", lang, description, [loan.agreement_id])
 
 
-def gap_risk_trigger(spendable: Decimal, mandatory: Decimal, buffer: Decimal, until: dt.date, currency: str,
-                     loan_ids: Iterable[str], lang: str) -> dict[str, Any]:
+def gap_risk_trigger(
+    spendable: Decimal,
+    mandatory: Decimal,
+    buffer: Decimal,
+    until: dt.date,
+    currency: str,
+    loan_ids: Iterable[str],
+    lang: str,
+) -> dict[str, Any]:
     """gap_risk (high): spendable < mandatory payments + safety buffer before the horizon `until`."""
+
     def m(value: Decimal) -> str:
         return texts.fmt_money(value, currency, lang)
 
-    description = texts.text(lang, "trigger.gap_risk.description", until=texts.fmt_date(until, lang),
-                             shortfall=m(mandatory + buffer - spendable), spendable=m(spendable),
-                             mandatory=m(mandatory), buffer=m(buffer))
+    description = texts.text(
+        lang,
+        "trigger.gap_risk.description",
+        until=texts.fmt_date(until, lang),
+        shortfall=m(mandatory + buffer - spendable),
+        spendable=m(spendable),
+        mandatory=m(mandatory),
+        buffer=m(buffer),
+    )
     return trigger("gap_risk", lang, description, loan_ids)
 
 
-def high_dti_trigger(payments: Decimal, income: Decimal, ratio: Decimal, currency: str, loan_ids: Iterable[str],
-                     lang: str) -> dict[str, Any]:
+def high_dti_trigger(
+    payments: Decimal, income: Decimal, ratio: Decimal, currency: str, loan_ids: Iterable[str], lang: str
+) -> dict[str, Any]:
     """high_dti (medium): DTI above 0.5."""
-    description = texts.text(lang, "trigger.high_dti.description",
-                             payments=texts.fmt_money(payments, currency, lang),
-                             ratio=texts.fmt_percent(ratio * 100, lang, 1),
-                             income=texts.fmt_money(income, currency, lang))
+    description = texts.text(
+        lang,
+        "trigger.high_dti.description",
+        payments=texts.fmt_money(payments, currency, lang),
+        ratio=texts.fmt_percent(ratio * 100, lang, 1),
+        income=texts.fmt_money(income, currency, lang),
+    )
     return trigger("high_dti", lang, description, loan_ids)
 
 
 def refi_trigger(loan: LoanTerms, offer: Offer, loan_bank: str, offer_bank: str, lang: str) -> dict[str, Any]:
     """refi_opportunity (watch): a candidate loan and its best offer's total saving."""
-    description = texts.text(lang, "trigger.refi_opportunity.description", loan=loan.name, loan_bank=loan_bank,
-                             loan_rate=texts.fmt_percent(known(loan.rate, "the loan's rate"), lang), bank=offer_bank,
-                             rate=texts.fmt_percent(offer.rate, lang),
-                             term=texts.fmt_months(offer.term_months, lang),
-                             savings=texts.fmt_money(offer.savings, offer.currency, lang))
+    description = texts.text(
+        lang,
+        "trigger.refi_opportunity.description",
+        loan=loan.name,
+        loan_bank=loan_bank,
+        loan_rate=texts.fmt_percent(known(loan.rate, "the loan's rate"), lang),
+        bank=offer_bank,
+        rate=texts.fmt_percent(offer.rate, lang),
+        term=texts.fmt_months(offer.term_months, lang),
+        savings=texts.fmt_money(offer.savings, offer.currency, lang),
+    )
     return trigger("refi_opportunity", lang, description, [loan.agreement_id], offer.savings)
 
 
@@ -460,12 +555,22 @@ def overall_urgency(triggers: Sequence[dict[str, Any]]) -> str:
     return "NONE"
 
 
-def optimize_response(offers: Sequence[Offer], triggers: Sequence[dict[str, Any]], strategy: str,
-                      bank_name: Callable[[str], str], lang: str) -> dict[str, Any]:
+def optimize_response(
+    offers: Sequence[Offer],
+    triggers: Sequence[dict[str, Any]],
+    strategy: str,
+    bank_name: Callable[[str], str],
+    lang: str,
+) -> dict[str, Any]:
     """The OptimizeLoansResponse: ranked offers, urgency, financing_needed = urgency ≠ NONE, `triggers`
     (the descriptions, always present) and `trigger_details`, the user's strategy."""
     urgency = overall_urgency(triggers)
-    return {"status": "ok", "offers": [offer_dict(o, bank_name(o.bank_id), lang) for o in offers],
-            "financing_needed": urgency != "NONE", "urgency": urgency,
-            "triggers": [t["description"] for t in triggers], "trigger_details": list(triggers),
-            "strategy": strategy}
+    return {
+        "status": "ok",
+        "offers": [offer_dict(o, bank_name(o.bank_id), lang) for o in offers],
+        "financing_needed": urgency != "NONE",
+        "urgency": urgency,
+        "triggers": [t["description"] for t in triggers],
+        "trigger_details": list(triggers),
+        "strategy": strategy,
+    }

@@ -10,6 +10,7 @@ types, urgency, loan kinds) are language-neutral and never come from here.
   ru "150 000,00 ₽", "19,9 %", "04.12.2025", "14 дней"; en "150,000.00 RUB", "19.9%", "2025-12-04",
   "14 days". They take exact Decimals and never round money (the caller rounds first).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -20,7 +21,7 @@ DEFAULT_LANGUAGE = "ru"
 
 
 def language(lang: str | None) -> str:
-    """"en", "EN", "en-US", "en_GB" -> "en"; anything else (None, "", "ru", "ru-RU", unknown) -> "ru"."""
+    """ "en", "EN", "en-US", "en_GB" -> "en"; anything else (None, "", "ru", "ru-RU", unknown) -> "ru"."""
     return "en" if (lang or "").strip().lower()[:2] == "en" else DEFAULT_LANGUAGE
 
 
@@ -34,20 +35,19 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "sts.shortfall": {
         "ru": "не хватает {shortfall}: на счетах {spendable}, а обязательные платежи {mandatory} и резерв "
-              "{buffer} больше этой суммы",
+        "{buffer} больше этой суммы",
         "en": "shortfall of {shortfall}: spendable {spendable} is less than mandatory payments {mandatory} + "
-              "safety buffer {buffer}",
+        "safety buffer {buffer}",
     },
     "sts.no_income": {
-        "ru": "в ближайшие {days} доход не ожидается: в истории операций его нет, и зарплата в ваших данных "
-              "не указана",
+        "ru": "в ближайшие {days} доход не ожидается: в истории операций его нет, и зарплата в ваших данных не указана",
         "en": "no income expected in the next {days}: no income found in history and no salary in your inputs",
     },
     "sts.working": {
         "ru": "доступно {spendable} − обязательные платежи {mandatory} − резерв {buffer} = {left} на {days} "
-              "{until} → {amount} в день",
+        "{until} → {amount} в день",
         "en": "spendable {spendable} − mandatory payments {mandatory} − safety buffer {buffer} = {left} over "
-              "{days} {until} → {amount} per day",
+        "{days} {until} → {amount} per day",
     },
     "sts.until_income": {"ru": "до дохода {date}", "en": "until income on {date}"},
     "sts.until_default": {
@@ -199,16 +199,16 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "adp.share": {
         "ru": "Скорость погашения «{speed}»: +{percent} к обязательному платежу, {mdp} × {share} = {adp} в день; "
-              "{strategy}.",
-        "en": "Repayment speed \"{speed}\": +{percent} on top of the mandatory payment, {mdp} × {share} = {adp} "
-              "a day; {strategy}.",
+        "{strategy}.",
+        "en": 'Repayment speed "{speed}": +{percent} on top of the mandatory payment, {mdp} × {share} = {adp} '
+        "a day; {strategy}.",
     },
     "adp.capped": {
         "ru": "Скорость погашения «{speed}»: +{percent} к обязательному платежу, {mdp} × {share} = {raw} в день, "
-              "но сегодня без риска можно потратить только {sts} в день, поэтому предлагается {adp}; "
-              "{strategy}.",
-        "en": "Repayment speed \"{speed}\": +{percent} on top of the mandatory payment, {mdp} × {share} = {raw} "
-              "a day, but today's safe-to-spend is only {sts} a day, so {adp} is suggested; {strategy}.",
+        "но сегодня без риска можно потратить только {sts} в день, поэтому предлагается {adp}; "
+        "{strategy}.",
+        "en": 'Repayment speed "{speed}": +{percent} on top of the mandatory payment, {mdp} × {share} = {raw} '
+        "a day, but today's safe-to-spend is only {sts} a day, so {adp} is suggested; {strategy}.",
     },
     # ------------------------------------------------------------------ refinancing offers
     "offer.commission": {
@@ -217,24 +217,24 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "offer.refinance_one": {
         "ru": "Перекредитовать «{loan}» в {bank} под {rate} на {term}: платеж {payment} вместо {current_payment}, "
-              "переплата {new_interest}{commission} вместо {current_interest} — экономия {savings}.",
-        "en": "Refinance \"{loan}\" at {bank} at {rate} over {term}: payment {payment} instead of "
-              "{current_payment}, interest {new_interest}{commission} instead of {current_interest}: "
-              "you save {savings}.",
+        "переплата {new_interest}{commission} вместо {current_interest} — экономия {savings}.",
+        "en": 'Refinance "{loan}" at {bank} at {rate} over {term}: payment {payment} instead of '
+        "{current_payment}, interest {new_interest}{commission} instead of {current_interest}: "
+        "you save {savings}.",
     },
     "offer.consolidation": {
         "ru": "Объединить {count} ({loans}) в один кредит в {bank} под {rate} на {term}: платеж {payment} вместо "
-              "{current_payment}, переплата {new_interest}{commission} вместо {current_interest} — экономия "
-              "{savings}.",
+        "{current_payment}, переплата {new_interest}{commission} вместо {current_interest} — экономия "
+        "{savings}.",
         "en": "Combine {count} ({loans}) into one loan at {bank} at {rate} over {term}: payment {payment} "
-              "instead of {current_payment}, interest {new_interest}{commission} instead of {current_interest}: "
-              "you save {savings}.",
+        "instead of {current_payment}, interest {new_interest}{commission} instead of {current_interest}: "
+        "you save {savings}.",
     },
     # ------------------------------------------------------------------ financing-need triggers
     "trigger.missed_payment.title": {"ru": "Пропущен платеж по кредиту", "en": "Missed loan payment"},
     "trigger.missed_payment.description": {
         "ru": "По кредиту «{loan}» ({bank}) не найдено платежа за {month}; остаток долга около {balance}.",
-        "en": "No repayment of \"{loan}\" ({bank}) was found for {month}; about {balance} is still owed.",
+        "en": 'No repayment of "{loan}" ({bank}) was found for {month}; about {balance} is still owed.',
     },
     "trigger.missed_payment.usual": {
         "ru": " Обычный платеж — {payment}.",
@@ -247,30 +247,53 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "trigger.gap_risk.description": {
         "ru": "До {until} не хватает {shortfall}: на счетах {spendable}, а обязательные платежи {mandatory} "
-              "плюс резерв {buffer}.",
+        "плюс резерв {buffer}.",
         "en": "{shortfall} short before {until}: spendable {spendable}, but mandatory payments are {mandatory} "
-              "plus a safety buffer of {buffer}.",
+        "plus a safety buffer of {buffer}.",
     },
     "trigger.gap_risk.action": {"ru": "Пополнить счет", "en": "Top up an account"},
     "trigger.high_dti.title": {"ru": "Высокая долговая нагрузка", "en": "High debt load"},
     "trigger.high_dti.description": {
         "ru": "Платежи по кредитам — {payments} в месяц, это {ratio} среднего дохода {income} (больше 50 %).",
-        "en": "Loan payments of {payments} a month take {ratio} of the average income of {income} "
-              "(over 50%).",
+        "en": "Loan payments of {payments} a month take {ratio} of the average income of {income} (over 50%).",
     },
     "trigger.high_dti.action": {"ru": "Снизить платежи", "en": "Lower the payments"},
     "trigger.refi_opportunity.title": {"ru": "Можно переплатить меньше", "en": "A cheaper loan is available"},
     "trigger.refi_opportunity.description": {
         "ru": "«{loan}» ({loan_bank}, {loan_rate}): {bank} предлагает {rate} на {term}, экономия {savings}.",
-        "en": "\"{loan}\" ({loan_bank}, {loan_rate}): {bank} offers {rate} over {term}, saving {savings}.",
+        "en": '"{loan}" ({loan_bank}, {loan_rate}): {bank} offers {rate} over {term}, saving {savings}.',
     },
     "trigger.refi_opportunity.action": {"ru": "Сравнить предложения", "en": "Compare offers"},
 }
 
-RU_MONTHS = ("январь", "февраль", "март", "апрель", "май", "июнь", "июль", "август", "сентябрь", "октябрь",
-             "ноябрь", "декабрь")
-EN_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-             "November", "December")
+RU_MONTHS = (
+    "январь",
+    "февраль",
+    "март",
+    "апрель",
+    "май",
+    "июнь",
+    "июль",
+    "август",
+    "сентябрь",
+    "октябрь",
+    "ноябрь",
+    "декабрь",
+)
+EN_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 
 
 def text(lang: str, key: str, **params: object) -> str:
@@ -279,6 +302,7 @@ def text(lang: str, key: str, **params: object) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- formatting
+
 
 def fmt_number(value: Decimal, lang: str, places: int = 2) -> str:
     """A number with `places` decimals (ROUND_HALF_UP) and thousands grouped:

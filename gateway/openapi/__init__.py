@@ -39,41 +39,42 @@ Modules, along those seams: `comments` (the proto comments from the descriptor s
 (JSON schemas of messages, enums and fields), `document` (paths, operations, errors, security,
 probes: `build_document`), `serving` (`/openapi.json`, the `/docs` page, `setup`).
 """
+
 from __future__ import annotations
 
 from gateway.openapi.comments import comments_from_files, descriptor_set_path, load_comments
 from gateway.openapi.document import (
-                                      API_DESCRIPTION,
-                                      ERROR_RESPONSES,
-                                      DocumentBuilder,
-                                      build_document,
-                                      error_schema,
-                                      idempotency_key_field,
-                                      openapi_path,
-                                      probe_paths,
+    API_DESCRIPTION,
+    ERROR_RESPONSES,
+    DocumentBuilder,
+    build_document,
+    error_schema,
+    idempotency_key_field,
+    openapi_path,
+    probe_paths,
 )
 from gateway.openapi.schemas import NULL_SCHEMA, SCALAR_JSON_MESSAGES, SchemaBuilder, schema_name, user_id_note
 from gateway.openapi.serving import DOCS_HTML, OPENAPI_JSON, setup, swagger_ui_dir
 
 __all__ = [
-                                      "API_DESCRIPTION",
-                                      "DOCS_HTML",
-                                      "ERROR_RESPONSES",
-                                      "NULL_SCHEMA",
-                                      "OPENAPI_JSON",
-                                      "SCALAR_JSON_MESSAGES",
-                                      "DocumentBuilder",
-                                      "SchemaBuilder",
-                                      "build_document",
-                                      "comments_from_files",
-                                      "descriptor_set_path",
-                                      "error_schema",
-                                      "idempotency_key_field",
-                                      "load_comments",
-                                      "openapi_path",
-                                      "probe_paths",
-                                      "schema_name",
-                                      "setup",
-                                      "swagger_ui_dir",
-                                      "user_id_note",
+    "API_DESCRIPTION",
+    "DOCS_HTML",
+    "ERROR_RESPONSES",
+    "NULL_SCHEMA",
+    "OPENAPI_JSON",
+    "SCALAR_JSON_MESSAGES",
+    "DocumentBuilder",
+    "SchemaBuilder",
+    "build_document",
+    "comments_from_files",
+    "descriptor_set_path",
+    "error_schema",
+    "idempotency_key_field",
+    "load_comments",
+    "openapi_path",
+    "probe_paths",
+    "schema_name",
+    "setup",
+    "swagger_ui_dir",
+    "user_id_note",
 ]

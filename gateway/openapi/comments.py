@@ -4,6 +4,7 @@ the descriptions of the OpenAPI document.
 The generated modules do not keep comments, so they are read from the descriptor set with source
 info that `svclib.protogen` writes next to the generated code.
 """
+
 from __future__ import annotations
 
 import logging
@@ -98,8 +99,9 @@ def load_comments(routes: list[Route], path: pathlib.Path | str | None = None) -
     except OSError:
         data = None
     if data is None:
-        log.warning("no proto descriptor set with source info (run `make gen`): the OpenAPI document "
-                    "has no descriptions", extra={"path": str(path)})
+        log.warning(
+            "no proto descriptor set with source info (run `make gen`): the OpenAPI document has no descriptions",
+            extra={"path": str(path)},
+        )
         return {}
     return comments_from_files(descriptor_pb2.FileDescriptorSet.FromString(data).file)
-

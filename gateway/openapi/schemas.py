@@ -7,6 +7,7 @@ string's `maxLength`, a repeated field's `maxItems`, a map's `maxProperties`, fr
 `(finpulse.options.v1.max_length)` option, else `DEFAULT_TEXT` characters / `DEFAULT_ITEMS` items.
 Messages only replies carry have no such limits (their texts may be longer).
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,10 +35,16 @@ _UINT32 = {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**32 
 _INT64 = {"type": "string", "format": "int64", "pattern": r"^-?[0-9]+$"}
 _UINT64 = {"type": "string", "format": "uint64", "pattern": r"^[0-9]+$"}
 _SCALARS: dict[int, dict[str, Any]] = {
-    F.TYPE_INT32: _INT32, F.TYPE_SINT32: _INT32, F.TYPE_SFIXED32: _INT32,
-    F.TYPE_UINT32: _UINT32, F.TYPE_FIXED32: _UINT32,
-    F.TYPE_INT64: _INT64, F.TYPE_SINT64: _INT64, F.TYPE_SFIXED64: _INT64,
-    F.TYPE_UINT64: _UINT64, F.TYPE_FIXED64: _UINT64,
+    F.TYPE_INT32: _INT32,
+    F.TYPE_SINT32: _INT32,
+    F.TYPE_SFIXED32: _INT32,
+    F.TYPE_UINT32: _UINT32,
+    F.TYPE_FIXED32: _UINT32,
+    F.TYPE_INT64: _INT64,
+    F.TYPE_SINT64: _INT64,
+    F.TYPE_SFIXED64: _INT64,
+    F.TYPE_UINT64: _UINT64,
+    F.TYPE_FIXED64: _UINT64,
     F.TYPE_DOUBLE: {"type": "number", "format": "double"},
     F.TYPE_FLOAT: {"type": "number", "format": "float"},
     F.TYPE_BOOL: {"type": "boolean"},
@@ -46,10 +53,16 @@ _SCALARS: dict[int, dict[str, Any]] = {
 }
 # Well-known types, in their JSON forms (wrappers: the wrapped value, as json_format writes it).
 _WELL_KNOWN: dict[str, dict[str, Any]] = {
-    "google.protobuf.Timestamp": {"type": "string", "format": "date-time",
-                                  "description": "RFC 3339 time in UTC, e.g. `2025-01-31T12:00:00Z`."},
-    "google.protobuf.Duration": {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]{1,9})?s$",
-                                 "description": "Seconds with an `s` suffix, e.g. `1.5s`."},
+    "google.protobuf.Timestamp": {
+        "type": "string",
+        "format": "date-time",
+        "description": "RFC 3339 time in UTC, e.g. `2025-01-31T12:00:00Z`.",
+    },
+    "google.protobuf.Duration": {
+        "type": "string",
+        "pattern": r"^-?[0-9]+(\.[0-9]{1,9})?s$",
+        "description": "Seconds with an `s` suffix, e.g. `1.5s`.",
+    },
     "google.protobuf.FieldMask": {"type": "string", "description": "Comma-separated field paths."},
     "google.protobuf.DoubleValue": {"type": "number", "format": "double"},
     "google.protobuf.FloatValue": {"type": "number", "format": "float"},
@@ -64,11 +77,14 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.Value": {"description": "Any JSON value."},
     "google.protobuf.ListValue": {"type": "array", "items": {}},
     "google.protobuf.Empty": {"type": "object", "additionalProperties": False},
-    "google.protobuf.Any": {"type": "object", "required": ["@type"], "additionalProperties": True,
-                            "properties": {"@type": {"type": "string"}}},
+    "google.protobuf.Any": {
+        "type": "object",
+        "required": ["@type"],
+        "additionalProperties": True,
+        "properties": {"@type": {"type": "string"}},
+    },
 }
 assert SCALAR_JSON_MESSAGES <= _WELL_KNOWN.keys()
-
 
 
 def schema_name(full_name: str) -> str:
@@ -152,14 +168,24 @@ class SchemaBuilder:
             for value in desc.values:
                 text = self.describe(f"{desc.full_name}.{value.name}")
                 values.append(f"- `{value.name}`" + (f": {_one_line(text)}" if text else ""))
-            self.schemas[name] = {"type": "string", "enum": [v.name for v in desc.values],
-                                  "description": "\n\n".join([*lines, "\n".join(values)])}
+            self.schemas[name] = {
+                "type": "string",
+                "enum": [v.name for v in desc.values],
+                "description": "\n\n".join([*lines, "\n".join(values)]),
+            }
         return _ref(name)
 
     # -- fields and messages
 
-    def field(self, field: FieldDescriptor, *, describe: bool = True, extra_description: str | None = None,
-              presence: bool = True, optional: bool = False) -> dict[str, Any]:
+    def field(
+        self,
+        field: FieldDescriptor,
+        *,
+        describe: bool = True,
+        extra_description: str | None = None,
+        presence: bool = True,
+        optional: bool = False,
+    ) -> dict[str, Any]:
         """The property schema of `field` as it appears in JSON (`optional`: even if REQUIRED)."""
         behaviors = [b for b in _behaviors(field) if not (optional and b == _REQUIRED)]
         limit = limits.field_limit(field) if field.containing_type.full_name in self.limited else None
@@ -186,12 +212,15 @@ class SchemaBuilder:
         if extra_description:
             description = f"{description}\n\n{extra_description}" if description else extra_description
         nullable = presence and field.has_presence and not field.is_repeated and not _in_real_oneof(field)
-        return _with(schema, description=description, nullable=nullable,
-                     readOnly=True if _OUTPUT_ONLY in behaviors else None,
-                     writeOnly=True if _INPUT_ONLY in behaviors else None)
+        return _with(
+            schema,
+            description=description,
+            nullable=nullable,
+            readOnly=True if _OUTPUT_ONLY in behaviors else None,
+            writeOnly=True if _INPUT_ONLY in behaviors else None,
+        )
 
-    def message_schema(self, desc: Descriptor, *, exclude: Iterable[str] = (),
-                       request: bool = False) -> dict[str, Any]:
+    def message_schema(self, desc: Descriptor, *, exclude: Iterable[str] = (), request: bool = False) -> dict[str, Any]:
         """The object schema of a message; `request`: the input message of an RPC (its `user_id` is
         optional: the gateway fills it with the token's user)."""
         excluded = set(exclude)
@@ -217,7 +246,7 @@ class SchemaBuilder:
         for oneof in oneofs:
             members = [f.name for f in oneof.fields if f.name not in excluded]
             notes.append(f"At most one of {', '.join(f'`{m}`' for m in members)} is set (oneof `{oneof.name}`).")
-            exclusive += [{"required": [a, b]} for i, a in enumerate(members) for b in members[i + 1:]]
+            exclusive += [{"required": [a, b]} for i, a in enumerate(members) for b in members[i + 1 :]]
         if exclusive:
             schema["not"] = {"anyOf": exclusive}
         description = "\n\n".join(filter(None, [self.describe(desc.full_name), *notes]))
@@ -257,6 +286,4 @@ def _one_line(text: str) -> str:
 def user_id_note(*, path: bool = False) -> str:
     if path:
         return "Must be the authenticated user (the bearer token's `sub`); another user is refused with 403."
-    return ("Defaults to the authenticated user (the bearer token's `sub`); naming another user is "
-            "refused with 403.")
-
+    return "Defaults to the authenticated user (the bearer token's `sub`); naming another user is refused with 403."

@@ -1,4 +1,5 @@
 """Serving the OpenAPI document at `GET /openapi.json` and Swagger UI at `GET /docs`."""
+
 from __future__ import annotations
 
 import functools
