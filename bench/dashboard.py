@@ -26,7 +26,7 @@ import time
 import aiohttp
 
 from bench._common import bare_server, customer_with_accounts, http_load, http_tool, scratch_database, suite_env, top_up
-from deploy.launcher import Suite
+from deploy.suite import Suite
 from svclib import db
 from svclib.config import KNOWN_BANKS, load_settings
 from svclib.embedded import BackingServices

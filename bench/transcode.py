@@ -40,7 +40,7 @@ import tempfile
 import aiohttp
 
 from bench._common import bare_server, http_load, http_tool, scratch_database, suite_env
-from deploy.launcher import Suite
+from deploy.suite import Suite
 from svclib.config import load_settings
 from svclib.embedded import BackingServices
 

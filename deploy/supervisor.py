@@ -2,7 +2,8 @@
 
 A child is started again after a delay that doubles from 0.5 s up to 30 s while it keeps exiting
 within 60 s of its start, and is back to 0.5 s once it stayed up that long (`RestartPolicy`). The
-launcher (deploy/launcher.py) reports starts and exits to a `Supervisor` and asks it when to restart.
+suite (deploy/suite.py, which the launcher runs) reports starts and exits to a `Supervisor` and asks
+it when to restart.
 """
 
 from __future__ import annotations

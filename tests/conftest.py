@@ -213,7 +213,7 @@ async def grpc_stub(grpc_stub_cls, grpc_channel):
 def suite(fresh_database, tmp_path_factory):
     """The whole suite as `make up` runs it (emulator, four services, gateway), on free ports, with a
     database of its own (its sync workers must not take the unit tests' jobs)."""
-    from deploy.launcher import SERVICES, Suite
+    from deploy.suite import SERVICES, Suite
     from svclib.config import KNOWN_BANKS, load_settings
 
     log_dir = str(tmp_path_factory.mktemp("suite-logs"))

@@ -370,7 +370,8 @@ def start_suite(
 ):
     """The whole suite on the given stores, as tests/conftest.py's `suite` starts it, supervised.
     Returns (suite, supervision)."""
-    from deploy.launcher import SERVICES, RestartPolicy, Suite
+    from deploy.suite import SERVICES, Suite
+    from deploy.supervisor import RestartPolicy
     from svclib.config import KNOWN_BANKS, load_settings
     from svclib.embedded import BackingServices
     from svclib.ports import PortReservations

@@ -27,7 +27,7 @@ import jwt
 import pytest
 
 from bank_sandbox import data as bank_data
-from deploy.launcher import Child
+from deploy.children import Child
 from svclib.ports import PortReservations
 from tests.e2e import Http, customer_signs, eventually
 

@@ -12,7 +12,7 @@ import signal
 import aiohttp
 import pytest
 
-from deploy.launcher import Child, grpc_serving
+from deploy.children import Child, grpc_serving
 from tests.e2e import Http, eventually, onboard, set_faults, wait_synced
 
 pytestmark = pytest.mark.timeout(300)

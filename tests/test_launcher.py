@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from deploy.launcher import grpc_serving
+from deploy.children import grpc_serving
 from svclib.config import KNOWN_BANKS, SERVICE_PORTS
 
 pytestmark = pytest.mark.timeout(120)

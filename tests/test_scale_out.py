@@ -22,7 +22,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from deploy.launcher import SERVICES, Suite
+from deploy.suite import SERVICES, Suite
 from svclib.config import KNOWN_BANKS, load_settings
 from svclib.ports import PortReservations
 from tests.e2e import Http, customer_signs, eventually

@@ -1,4 +1,4 @@
-"""Supervision of the suite's processes (deploy.launcher): the backoff bookkeeping on a fake clock, then
+"""Supervision of the suite's processes (deploy.suite): the backoff bookkeeping on a fake clock, then
 real processes restarted by `Suite.supervise()` and `Suite.supervise_in_background()`."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import time
 import aiohttp
 import pytest
 
-from deploy.launcher import Child, RestartPolicy, Suite, Supervisor, describe_exit
+from deploy.children import Child
+from deploy.suite import Suite
+from deploy.supervisor import RestartPolicy, Supervisor, describe_exit
 from svclib.config import KNOWN_BANKS, load_settings
 
 pytestmark = pytest.mark.timeout(120)

@@ -36,8 +36,9 @@ descriptor set with source info that `svclib.protogen` writes next to the genera
 created) and Swagger UI at `GET /docs`, with its assets from the `swagger-ui-bundle` package.
 
 Modules, along those seams: `comments` (the proto comments from the descriptor set), `schemas`
-(JSON schemas of messages, enums and fields), `document` (paths, operations, errors, security,
-probes: `build_document`), `serving` (`/openapi.json`, the `/docs` page, `setup`).
+(JSON schemas of messages, enums and fields), `errors` (the `Error` body, the error responses and
+their examples), `probes` (`/healthz`, `/readyz`), `document` (paths, operations, security and the
+whole document: `build_document`), `serving` (`/openapi.json`, the `/docs` page, `setup`).
 """
 
 from __future__ import annotations
@@ -45,14 +46,13 @@ from __future__ import annotations
 from gateway.openapi.comments import comments_from_files, descriptor_set_path, load_comments
 from gateway.openapi.document import (
     API_DESCRIPTION,
-    ERROR_RESPONSES,
     DocumentBuilder,
     build_document,
-    error_schema,
     idempotency_key_field,
     openapi_path,
-    probe_paths,
 )
+from gateway.openapi.errors import ERROR_RESPONSES, error_schema
+from gateway.openapi.probes import probe_paths
 from gateway.openapi.schemas import NULL_SCHEMA, SCALAR_JSON_MESSAGES, SchemaBuilder, schema_name, user_id_note
 from gateway.openapi.serving import DOCS_HTML, OPENAPI_JSON, setup, swagger_ui_dir
 

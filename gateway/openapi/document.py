@@ -1,7 +1,8 @@
-"""The OpenAPI document of the gateway's routes: paths and operations (parameters, request bodies,
-responses, Server-Sent Events), the error answers of `gateway.errors`, the bearer security scheme and
-the probes. Schemas come from `gateway.openapi.schemas`, descriptions from the proto comments
-(`gateway.openapi.comments`).
+"""The OpenAPI document of the gateway's routes: a path per route template and an operation per binding
+(parameters, request bodies, responses, Server-Sent Events), the bearer security scheme, and the
+assembly of the whole document (`build_document`). Schemas come from `gateway.openapi.schemas`,
+descriptions from the proto comments (`gateway.openapi.comments`), the error answers from
+`gateway.openapi.errors` and the probes from `gateway.openapi.probes`.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import grpc
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gateway.login import LOGIN_METHOD
 from gateway.openapi.comments import load_comments
+from gateway.openapi.errors import ERROR_RESPONSES, error_response, error_schema
+from gateway.openapi.probes import probe_paths, readiness_schema
 from gateway.openapi.schemas import (
     _REQUIRED,
     NULL_SCHEMA,
@@ -21,7 +23,6 @@ from gateway.openapi.schemas import (
     SchemaBuilder,
     _behaviors,
     _one_line,
-    _ref,
     schema_name,
     user_id_note,
 )
@@ -43,283 +44,6 @@ def _first_sentence(text: str) -> str:
     paragraph = _one_line(text.split("\n\n")[0])
     match = re.match(r"(.+?[.!?])(\s|$)", paragraph)
     return match.group(1) if match else paragraph
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors
-
-#: gRPC code -> (HTTP status, component response name, when it happens). Mirrors gateway.errors.
-ERROR_RESPONSES: list[tuple[int, str, str]] = [
-    (
-        400,
-        "BadRequest",
-        "Bad input: a malformed body, an unknown field or query parameter, a value of the wrong "
-        "type, a missing required field (`INVALID_ARGUMENT`, with a `google.rpc.BadRequest` "
-        "detail naming the fields), or a request the current state refuses "
-        "(`FAILED_PRECONDITION`, `OUT_OF_RANGE`).",
-    ),
-    (
-        401,
-        "Unauthorized",
-        "No bearer token, or a malformed, badly signed or expired one (`UNAUTHENTICATED`); "
-        "`WWW-Authenticate` says why.",
-    ),
-    (403, "Forbidden", "The request names another user than the token's (`PERMISSION_DENIED`)."),
-    (404, "NotFound", "The resource does not exist, or belongs to another user (`NOT_FOUND`)."),
-    (409, "Conflict", "The resource exists already, or a concurrent change won (`ALREADY_EXISTS`, `ABORTED`)."),
-    (413, "PayloadTooLarge", "The request body is over the gateway's limit (`INVALID_ARGUMENT`)."),
-    (
-        429,
-        "TooManyRequests",
-        "Over the per-user request rate (`RESOURCE_EXHAUSTED`); retry after `Retry-After` seconds.",
-    ),
-    (
-        500,
-        "InternalError",
-        "An unexpected failure (`INTERNAL`, `UNKNOWN`, `DATA_LOSS`); the cause is logged, not sent.",
-    ),
-    (503, "Unavailable", "A backend service is down or overloaded (`UNAVAILABLE`); retry later."),
-    (504, "GatewayTimeout", "A backend service did not answer within the deadline (`DEADLINE_EXCEEDED`)."),
-]
-
-
-def error_schema() -> dict[str, Any]:
-    """The body of every error answer (`gateway.errors.ApiError.body`)."""
-    return {
-        "type": "object",
-        "description": "A `google.rpc.Status` with the gRPC code's name and the error's reason: every error "
-        "answer of the gateway.",
-        "required": ["code", "error", "error_code", "message", "details"],
-        "additionalProperties": False,
-        "example": ERROR_EXAMPLES["INVALID_ARGUMENT"][1],
-        "properties": {
-            "code": {
-                "type": "integer",
-                "format": "int32",
-                "minimum": 0,
-                "maximum": 16,
-                "description": "The gRPC status code number.",
-            },
-            "error": {
-                "type": "string",
-                "enum": [code.name for code in grpc.StatusCode],
-                "description": "The gRPC status code's name.",
-            },
-            "error_code": {
-                "type": "string",
-                "pattern": "^[A-Z][A-Z0-9_]*$",
-                "description": "A stable code for programs: the `reason` of the `google.rpc.ErrorInfo` "
-                "detail (e.g. `INSUFFICIENT_FUNDS`, `PAYMENT_NOT_FOUND`, "
-                "`LIMIT_EXCEEDED`), or the gRPC code's name when there is none.",
-            },
-            "message": {"type": "string", "description": "What went wrong, for people."},
-            "details": {
-                "type": "array",
-                "description": "`google.rpc` detail messages in their JSON form (as grpc-gateway writes a "
-                "`google.rpc.Status`): a `google.rpc.BadRequest` with `field_violations` for bad "
-                "input, a `google.rpc.ErrorInfo` (`reason`, `domain` `finpulse.<service>`, "
-                "`metadata`), a `google.rpc.RetryInfo` with `retry_delay` when a retry may succeed.",
-                "items": _error_detail_schema(),
-            },
-        },
-    }
-
-
-def _error_detail_schema() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["@type"],
-        "additionalProperties": True,
-        "properties": {
-            "@type": {"type": "string", "example": _INFO},
-            "reason": {"type": "string", "description": "ErrorInfo: the stable UPPER_SNAKE reason code."},
-            "domain": {
-                "type": "string",
-                "description": "ErrorInfo: who made the error, `finpulse.<service>` "
-                "(`finpulse.gateway` for the gateway's own).",
-            },
-            "metadata": {
-                "type": "object",
-                "additionalProperties": {"type": "string"},
-                "description": "ErrorInfo: facts about the error (`field`, `limit`, `bank_id`, ...).",
-            },
-            "field_violations": {
-                "type": "array",
-                "description": "BadRequest: one entry per bad field.",
-                "items": {
-                    "type": "object",
-                    "additionalProperties": True,
-                    "properties": {
-                        "field": {"type": "string", "description": "The field's path, e.g. `banks[0].bank_id`."},
-                        "description": {"type": "string"},
-                    },
-                },
-            },
-            "retry_delay": {"type": "string", "description": 'RetryInfo: how long to wait, e.g. `"2s"`.'},
-        },
-    }
-
-
-_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
-_BAD = "type.googleapis.com/google.rpc.BadRequest"
-_RETRY = "type.googleapis.com/google.rpc.RetryInfo"
-
-
-def _example(
-    code: grpc.StatusCode,
-    message: str,
-    reason: str,
-    domain: str,
-    metadata: dict[str, str] | None = None,
-    violations: list[tuple[str, str]] | None = None,
-    retry: str | None = None,
-) -> dict[str, Any]:
-    details: list[dict[str, Any]] = []
-    if violations:
-        details.append({"@type": _BAD, "field_violations": [{"field": f, "description": d} for f, d in violations]})
-    info: dict[str, Any] = {"@type": _INFO, "reason": reason, "domain": domain}
-    if metadata:
-        info["metadata"] = metadata
-    details.append(info)
-    if retry:
-        details.append({"@type": _RETRY, "retry_delay": retry})
-    return {"code": code.value[0], "error": code.name, "error_code": reason, "message": message, "details": details}
-
-
-_C = grpc.StatusCode
-#: One example error body per gRPC code the services and the gateway answer with (and the 413), true to
-#: what they send: name -> (HTTP status, body). (No code of this suite answers OUT_OF_RANGE or DATA_LOSS.)
-ERROR_EXAMPLES: dict[str, tuple[int, dict[str, Any]]] = {
-    "INVALID_ARGUMENT": (
-        400,
-        _example(
-            _C.INVALID_ARGUMENT,
-            'page_size: expected an integer, got "ten"',
-            "INVALID_VALUE",
-            "finpulse.gateway",
-            {"field": "page_size"},
-            [("page_size", 'expected an integer, got "ten"')],
-        ),
-    ),
-    "FAILED_PRECONDITION": (
-        400,
-        _example(
-            _C.FAILED_PRECONDITION,
-            "Payment pmt-5f1c failed at vbank: Insufficient funds",
-            "INSUFFICIENT_FUNDS",
-            "finpulse.consent",
-            {"payment_id": "pmt-5f1c", "bank_id": "vbank"},
-        ),
-    ),
-    "UNAUTHENTICATED": (
-        401,
-        _example(_C.UNAUTHENTICATED, "the token has expired", "TOKEN_EXPIRED", "finpulse.gateway"),
-    ),
-    "PERMISSION_DENIED": (
-        403,
-        _example(
-            _C.PERMISSION_DENIED,
-            "this token's user may not act for another user (user_id does not match the token)",
-            "USER_MISMATCH",
-            "finpulse.gateway",
-            {"field": "user_id"},
-        ),
-    ),
-    "NOT_FOUND": (
-        404,
-        _example(
-            _C.NOT_FOUND, "Bank 'nobank' is not supported.", "BANK_NOT_FOUND", "finpulse.sync", {"bank_id": "nobank"}
-        ),
-    ),
-    "ALREADY_EXISTS": (
-        409,
-        _example(
-            _C.ALREADY_EXISTS,
-            "Idempotency-Key 'k-1' was already used for another request (payment pmt-5f1c): use a "
-            "new key for a new payment",
-            "IDEMPOTENCY_KEY_REUSED",
-            "finpulse.consent",
-            {"payment_id": "pmt-5f1c"},
-        ),
-    ),
-    "ABORTED": (
-        409,
-        _example(
-            _C.ABORTED,
-            "A request with Idempotency-Key 'k-1' is still in progress (payment pmt-5f1c): retry in a moment",
-            "IDEMPOTENCY_KEY_IN_USE",
-            "finpulse.consent",
-            {"payment_id": "pmt-5f1c"},
-            retry="1s",
-        ),
-    ),
-    "REQUEST_TOO_LARGE": (
-        413,
-        _example(
-            _C.INVALID_ARGUMENT,
-            "request body is too large (limit 1048576 bytes)",
-            "REQUEST_TOO_LARGE",
-            "finpulse.gateway",
-            {"limit": "1048576"},
-        ),
-    ),
-    "RESOURCE_EXHAUSTED": (
-        429,
-        _example(
-            _C.RESOURCE_EXHAUSTED, "too many requests; retry after 2 s", "RATE_LIMITED", "finpulse.gateway", retry="2s"
-        ),
-    ),
-    "INTERNAL": (500, _example(_C.INTERNAL, "internal error", "INTERNAL", "finpulse.gateway")),
-    "UNAVAILABLE": (
-        503,
-        _example(
-            _C.UNAVAILABLE,
-            "the sync service is unavailable, try again later",
-            "SERVICE_UNAVAILABLE",
-            "finpulse.gateway",
-            {"service": "sync"},
-            retry="1s",
-        ),
-    ),
-    "DEADLINE_EXCEEDED": (
-        504,
-        _example(
-            _C.DEADLINE_EXCEEDED,
-            "the sync service did not answer in time",
-            "SERVICE_TIMEOUT",
-            "finpulse.gateway",
-            {"service": "sync"},
-        ),
-    ),
-}
-
-
-def _error_response(status: int, description: str) -> dict[str, Any]:
-    examples = {
-        name: {"summary": f"{body['error']} ({body['error_code']})", "value": body}
-        for name, (http, body) in ERROR_EXAMPLES.items()
-        if http == status
-    }
-    media: dict[str, Any] = {"schema": _ref("Error")}
-    if examples:
-        media["examples"] = examples
-    response: dict[str, Any] = {"description": description, "content": {"application/json": media}}
-    if status == 401:
-        response["headers"] = {
-            "WWW-Authenticate": {
-                "description": "The `Bearer` challenge (RFC 6750), with `error` and `error_description` when a "
-                "token was sent.",
-                "schema": {"type": "string"},
-            }
-        }
-    elif status == 429:
-        response["headers"] = {
-            "Retry-After": {
-                "description": "Seconds to wait before the next request.",
-                "schema": {"type": "integer", "minimum": 1},
-            }
-        }
-    return response
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,7 +268,7 @@ class DocumentBuilder:
             "paths": dict(sorted(paths.items())),
             "components": {
                 "schemas": schemas,
-                "responses": {name: _error_response(status, text) for status, name, text in ERROR_RESPONSES},
+                "responses": {name: error_response(status, text) for status, name, text in ERROR_RESPONSES},
                 "securitySchemes": {
                     SECURITY_SCHEME: {
                         "type": "http",
@@ -572,80 +296,10 @@ The REST API of FinPulse, derived from the `google.api.http` annotations of its 
 """
 
 
-def probe_paths() -> dict[str, Any]:
-    """`/healthz` and `/readyz` (plain aiohttp handlers of `gateway.app`, not RPCs)."""
-    return {
-        "/healthz": {
-            "get": {
-                "operationId": "Probes_Healthz",
-                "tags": ["Probes"],
-                "security": [],
-                "summary": "Liveness: the gateway process serves HTTP.",
-                "responses": {
-                    "200": {
-                        "description": "Alive.",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["status"],
-                                    "additionalProperties": False,
-                                    "properties": {"status": {"type": "string", "enum": ["ok"]}},
-                                }
-                            }
-                        },
-                    }
-                },
-            }
-        },
-        "/readyz": {
-            "get": {
-                "operationId": "Probes_Readyz",
-                "tags": ["Probes"],
-                "security": [],
-                "summary": "Readiness: every backend service reports SERVING on its gRPC health check.",
-                "responses": {
-                    "200": {
-                        "description": "Every backend is SERVING.",
-                        "content": {"application/json": {"schema": _ref("Readiness")}},
-                    },
-                    "503": {
-                        "description": "Some backend is not SERVING; `not_ready` names them.",
-                        "content": {"application/json": {"schema": _ref("Readiness")}},
-                    },
-                },
-            }
-        },
-    }
-
-
-def _readiness_schema() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["status", "services", "not_ready"],
-        "additionalProperties": False,
-        "description": "Health of the gateway's backends.",
-        "properties": {
-            "status": {"type": "string", "enum": ["ready", "not_ready"]},
-            "services": {
-                "type": "object",
-                "description": "Service -> its health status (`SERVING`, "
-                "`NOT_SERVING`, or the gRPC code of a failed check).",
-                "additionalProperties": {"type": "string"},
-            },
-            "not_ready": {
-                "type": "array",
-                "items": {"type": "string"},
-                "description": "Services that are not SERVING.",
-            },
-        },
-    }
-
-
 def build_document(routes: list[Route], comments: dict[str, str] | None = None) -> dict[str, Any]:
     """The OpenAPI document of `routes` (comments: from the generated descriptor set by default)."""
     if comments is None:
         comments = load_comments(routes)
     document = DocumentBuilder(routes, comments).build()
-    document["components"]["schemas"]["Readiness"] = _readiness_schema()
+    document["components"]["schemas"]["Readiness"] = readiness_schema()
     return document
