@@ -39,7 +39,7 @@ import sync_svc
 from bankapi.models import Account, Balance, ProductAgreement, Transaction
 from svclib import db
 from svclib.embedded import ensure_backing_services
-from sync_svc import bank_records, bank_write
+from sync_svc import bank_records, bank_upsert
 from sync_svc.bank_storage import BankDataStorage
 
 SCHEMA = "sync"
@@ -242,7 +242,7 @@ async def one_round(pool: asyncpg.Pool, fetches: dict[str, dict], copy_rows: dic
     await pool.execute(f"TRUNCATE {', '.join(BANK_TABLES)}")
     await pool.execute("DROP TABLE IF EXISTS bench_copy")
     await pool.execute("CREATE TABLE bench_copy (LIKE transactions INCLUDING ALL)")
-    columns = ["user_id", "bank_id", *bank_write.TRANSACTIONS.columns]
+    columns = ["user_id", "bank_id", *bank_upsert.TRANSACTIONS.columns]
 
     await _settle(pool)
     copy = 0.0

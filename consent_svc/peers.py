@@ -1,6 +1,6 @@
 """consent_svc's client of its peer sync_svc: the user's stored accounts and loans, the loans' repayments
 (through the shared `finance.protoconv`), and queueing a sync; it is the `SyncQueue` the consent service
-declares (`consent_svc.service`) and the `PaymentData` payments declare (`consent_svc.payment_requests`)."""
+declares (`consent_svc.model`) and the `PaymentData` payments declare (`consent_svc.payment_requests`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from svclib.protoconv import optional
 
 class SyncPaymentData:
     """sync_svc as consents and payments need it: stored accounts and loans, loan repayments, and
-    queueing a sync (the `SyncQueue` of consent_svc.service and the `PaymentData` of payments)."""
+    queueing a sync (the `SyncQueue` of consent_svc.model and the `PaymentData` of payments)."""
 
     START_SYNC_TIMEOUT = 5.0  # seconds: queueing a sync is best effort, never worth the whole deadline
 

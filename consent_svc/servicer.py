@@ -8,20 +8,20 @@ import datetime as dt
 from finpulse.consent.v1 import consent_pb2 as pb
 from finpulse.consent.v1 import consent_pb2_grpc as pb_grpc
 
-from consent_svc.payment_requests import RepaymentRequest, TransferRequest
-from consent_svc.payment_storage import PaymentEventRow, StoredPayment
-from consent_svc.payments import PaymentService
-from consent_svc.service import (
+from consent_svc.model import (
     ACCOUNTS,
     PAYMENTS,
     PRODUCTS,
     BankRequest,
-    ConsentService,
     Outcome,
     client_status,
     consent_message,
     overall_status,
 )
+from consent_svc.payment_requests import RepaymentRequest, TransferRequest
+from consent_svc.payment_storage import PaymentEventRow, StoredPayment
+from consent_svc.payments import PaymentService
+from consent_svc.service import ConsentService
 from consent_svc.storage import StoredConsent
 from svclib.protoconv import optional, set_timestamp
 from svclib.validation import format_amount

@@ -2,10 +2,10 @@
 
 `BankDataStorage` is the one object the service and the workers hold. Its write side is here: the
 write of one fetch of one (user, bank) in one transaction (`bank_write`, `write_bank_data`; the
-machinery is `BankWrite`, sync_svc/bank_write.py, which says how rows are COPYed and upserted), a
-failed sync's note, and the bank-call log. Its read side is `BankReads` (sync_svc/bank_reads.py);
-the result dataclasses and shared query helpers are in sync_svc/bank_records.py, all re-exported
-here for the importers of this module.
+machinery is `BankWrite`, sync_svc/bank_write.py, with its COPY and upsert SQL in
+sync_svc/bank_upsert.py), a failed sync's note, and the bank-call log. Its read side is `BankReads`
+(sync_svc/bank_reads.py); the result dataclasses and shared query helpers are in
+sync_svc/bank_records.py, all re-exported here for the importers of this module.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ import pytest
 from bank_sandbox import SandboxConfig, start_banks
 from bankapi import BankClients, MemoryTokenStore
 from consent_svc.__main__ import SPEC
-from consent_svc.service import BankRequest, ConsentService, consent_message, overall_status
+from consent_svc.model import BankRequest, consent_message, overall_status
+from consent_svc.service import ConsentService
 from consent_svc.storage import ConsentStorage
 from svclib import i18n
 from svclib.config import BankConfig, TeamCredentials

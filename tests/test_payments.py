@@ -23,10 +23,10 @@ from bank_sandbox.app import STATE
 from bankapi import BankClients, MemoryTokenStore
 from bankapi.config import BankEndpoint, TeamCredentials
 from consent_svc.__main__ import SPEC
+from consent_svc.model import ONBOARDING_VRP
 from consent_svc.payment_requests import DebtorAccount, Loan, RepaymentRequest, TransferRequest, fingerprint
 from consent_svc.payment_storage import PaymentIntent, PaymentStorage
 from consent_svc.payments import PaymentResult, PaymentService
-from consent_svc.service import ONBOARDING_VRP
 from consent_svc.storage import ConsentStorage, NewConsent
 from finance.dates import today_of
 from finance.loans import Repayments, obligation_of, repayments_by_key
