@@ -1,4 +1,4 @@
-"""Loans, deposits and refinancing in dashboard_svc.calc / dashboard_svc.domain.refinance (pure, no database).
+"""Loans, deposits and refinancing in dashboard_svc.calc / dashboard_svc.domain.loan_math and .refinance (pure).
 
 Every scenario runs at NOW = 2025-11-20 09:00 UTC (today = Thursday 2025-11-20) with the default
 configuration (RUB, safety buffer 3,000.00). Expected numbers are worked out by hand in the comments;
@@ -21,7 +21,7 @@ from finpulse.dashboard.v1 import dashboard_pb2
 from google.protobuf import json_format
 
 from dashboard_svc.calc import compute, compute_all
-from dashboard_svc.domain import refinance
+from dashboard_svc.domain import loan_math, refinance
 from dashboard_svc.domain.accounts import bank_name_of
 from dashboard_svc.model import (
     AccountView,
@@ -317,36 +317,36 @@ def test_remaining_terms_by_hand():
     #   3: 18,484.31 × 0.0125 = 231.0539 -> 231.05; -> 7,715.36
     #   4: 7,715.36 × 0.0125 = 96.442 -> 96.44; 7,715.36 + 96.44 = 7,811.80 ≤ 11,000.00: the last payment.
     # 4 months, 495.31 + 364.00 + 231.05 + 96.44 = 1,186.80.
-    schedule = refinance.remaining_schedule(D("39625.00"), D("15"), D("11000.00"))
+    schedule = loan_math.remaining_schedule(D("39625.00"), D("15"), D("11000.00"))
     assert (schedule.months, schedule.interest, schedule.rate_known) == (4, D("1186.80"), True)
     assert simulate("39625.00", "15", "11000.00") == (4, D("1186.80"))
-    schedule = refinance.remaining_schedule(D("293850.00"), D("19.9"), D("11125.00"))
+    schedule = loan_math.remaining_schedule(D("293850.00"), D("19.9"), D("11125.00"))
     assert (schedule.months, schedule.interest) == (N_A, INTEREST_A)
 
 
 def test_remaining_schedule_edge_rules():
     # No payment seen: unknown.
-    assert refinance.remaining_schedule(D("1000.00"), D("10"), None).months is None
+    assert loan_math.remaining_schedule(D("1000.00"), D("10"), None).months is None
     # The payment does not cover the interest: 100,000.00 × 0.01 = 1,000.00 ≥ 1,000.00: never amortises.
-    never = refinance.remaining_schedule(D("100000.00"), D("12"), D("1000.00"))
+    never = loan_math.remaining_schedule(D("100000.00"), D("12"), D("1000.00"))
     assert (never.months, never.interest, never.note) == (None, None, "not_amortising")
     # 1,000,000.00 at 12 % with 10,001.00: 1.00 of principal the first month; (1.01)^n = 10,001 -> n = 926 > 600.
-    capped = refinance.remaining_schedule(D("1000000.00"), D("12"), D("10001.00"))
+    capped = loan_math.remaining_schedule(D("1000000.00"), D("12"), D("10001.00"))
     assert (capped.months, capped.note) == (None, "over_cap")
     # No rate: counted at 0 %, ceil(160,000.00 / 10,000.00) = 16 months, no interest, rate unknown.
-    unknown = refinance.remaining_schedule(D("160000.00"), None, D("10000.00"))
+    unknown = loan_math.remaining_schedule(D("160000.00"), None, D("10000.00"))
     assert (unknown.months, unknown.interest, unknown.rate_known) == (16, D("0.00"), False)
     # ceil(100.00 / 30.00) = 4.
-    assert refinance.remaining_schedule(D("100.00"), None, D("30.00")).months == 4
+    assert loan_math.remaining_schedule(D("100.00"), None, D("30.00")).months == 4
 
 
 def test_annuity_payment():
     # 293,850.00 at 14.9 % over 36 months: i = 14.9 / 1200 = 0.0124167, (1 + i)^-36 = 0.641139…,
     # 293,850.00 × 0.0124167 / (1 − 0.641139) = 3,648.6375 / 0.358861 = 10,172.02.
-    assert refinance.annuity_payment(D("293850.00"), D("14.9"), 36) == D("10172.02")
+    assert loan_math.annuity_payment(D("293850.00"), D("14.9"), 36) == D("10172.02")
     assert annuity("293850.00", "14.9", 36) == D("10172.02")
     # At 0 %: 100,000.00 / 3 = 33,333.333… rounded UP to 33,333.34 (three payments repay it all).
-    assert refinance.annuity_payment(D("100000.00"), D("0"), 3) == D("33333.34")
+    assert loan_math.annuity_payment(D("100000.00"), D("0"), 3) == D("33333.34")
 
 
 def test_loan_kind_from_the_name():
@@ -363,14 +363,14 @@ def test_loan_kind_from_the_name():
         "Кредитная линия": "other",
         "Carpet fund": "other",
     }
-    assert {name: refinance.loan_kind(name) for name in cases} == cases
-    assert [refinance.loan_type_label(k, "ru") for k in ("mortgage", "auto", "consumer", "other")] == [
+    assert {name: loan_math.loan_kind(name) for name in cases} == cases
+    assert [loan_math.loan_type_label(k, "ru") for k in ("mortgage", "auto", "consumer", "other")] == [
         "Ипотека",
         "Автокредит",
         "Потребительский кредит",
         "Кредит",
     ]
-    assert [refinance.loan_type_label(k, "en") for k in ("mortgage", "auto", "consumer", "other")] == [
+    assert [loan_math.loan_type_label(k, "en") for k in ("mortgage", "auto", "consumer", "other")] == [
         "Mortgage",
         "Car loan",
         "Consumer loan",
@@ -723,7 +723,7 @@ def test_an_offer_must_save_one_percent():
         D("100000.00"),
         D("15"),
         D("5000.00"),
-        refinance.remaining_schedule(D("100000.00"), D("15"), D("5000.00")),
+        loan_math.remaining_schedule(D("100000.00"), D("15"), D("5000.00")),
     )
     # At 14.0 % over 24 months: saving 563.75 < 1 % of 100,000.00 = 1,000.00: not an offer.
     _, at_14 = simulate("100000.00", "14.0", annuity("100000.00", "14.0", 24), settle_at=24)

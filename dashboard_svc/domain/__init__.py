@@ -11,7 +11,8 @@ Both live in `assemble`; `dashboard_svc.calc` is their public entry.
 
 Language: every text for people comes from `dashboard_svc.domain.texts` in `lang` ("ru", the default and
 the app's language, or "en"); codes (OK/DANGER, income_source, statuses, kinds, trigger types) are
-language-neutral. Loan arithmetic and refinancing rules live in `dashboard_svc.domain.refinance`.
+language-neutral. Loan arithmetic lives in `dashboard_svc.domain.loan_math`, the refinancing offers in
+`refinance`, the financing triggers and urgency in `financing`, the OptimizeLoans answer in `optimize_loans`.
 
 Conventions
 - All arithmetic is in `Decimal`. Money shown is rounded ROUND_HALF_UP to cents; the per-day
@@ -25,16 +26,19 @@ Conventions
 
 Each rule lives in a small function whose docstring states it; `assemble.compute_all` only assembles them:
 
-    common.py     money and date helpers, which accounts are spendable
-    income.py     income detection (monthly, biweekly, irregular) and the user's salary inputs
-    loans.py      loans: analysis (outstanding, obligations, credit inputs), facts (kind, schedule,
-                  maturity, priority, missed months), figures and summary (MDP, ADP), rows and items
-    sts.py        events of the next 30 days and safe-to-spend
-    accounts.py   balances, savings, deposits, cards, transactions, banks' statuses and freshness
-    health.py     the health score and its components
-    refinance.py  loan arithmetic, refinancing offers, triggers and the OptimizeLoans answer
-    texts.py      texts for people, in Russian and English
-    assemble.py   `compute_all` / `compute`: one pass over the data, the four answers (and the triggers)
+    common.py          money and date helpers, which accounts are spendable
+    income.py          income detection (monthly, biweekly, irregular) and the user's salary inputs
+    loans.py           loans: analysis (outstanding, obligations, credit inputs), facts (kind, schedule,
+                       maturity, priority, missed months), figures and summary (MDP, ADP), rows and items
+    sts.py             events of the next 30 days and safe-to-spend
+    accounts.py        balances, savings, deposits, cards, transactions, banks' statuses and freshness
+    health.py          the health score and its components
+    loan_math.py       loan arithmetic: cents, a loan's kind, the remaining schedule, the annuity payment
+    refinance.py       refinancing offers: matching, exact pricing and savings, materiality, ranking
+    financing.py       the financing-need signal: triggers (missed payment, gap risk, DTI, refinancing), urgency
+    optimize_loans.py  the OptimizeLoans answer: offers and triggers as the app shows them
+    texts.py           texts for people, in Russian and English
+    assemble.py        `compute_all` / `compute`: one pass over the data, the four answers (and the triggers)
 
 The loan obligation and repayments shared with consent_svc (`Repayments`, `Obligation`, `obligation_of`,
 `next_due_date`) and the money and date basics live in the shared `finance` package.

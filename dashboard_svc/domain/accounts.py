@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from decimal import ROUND_UP, Decimal
 from typing import Any
 
-from dashboard_svc.domain import refinance, texts
+from dashboard_svc.domain import loan_math, texts
 from dashboard_svc.domain.common import (
     HUNDRED,
     is_loan_account,
@@ -209,7 +209,7 @@ def deposits_response(
             "bank": bank_name(c.bank_id),
             "type": c.product_name,
             "balance": legacy(c.amount),
-            "rate": refinance.rate_number(c.interest_rate) if c.interest_rate is not None else 0.0,
+            "rate": loan_math.rate_number(c.interest_rate) if c.interest_rate is not None else 0.0,
             "term_months": term or 0,
             "bank_id": c.bank_id,
             "currency": c.currency,

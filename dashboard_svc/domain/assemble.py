@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from dashboard_svc.domain import refinance, texts
+from dashboard_svc.domain import financing, optimize_loans, refinance, texts
 from dashboard_svc.domain.accounts import (
     balances,
     bank_data_notes,
@@ -85,7 +85,7 @@ def financing_triggers(
     found = []
     missed = [(f, month) for f in active if (month := missed_previous_month(f.loan, today)) is not None]
     for f, month in missed:
-        found.append(refinance.missed_payment_trigger(f.terms, month, bank_name(f.terms.bank_id), lang))
+        found.append(financing.missed_payment_trigger(f.terms, month, bank_name(f.terms.bank_id), lang))
     detail = sts["detail"]
     spendable, mandatory, buffer = (
         Decimal(detail["spendable_balance"]),
@@ -99,12 +99,12 @@ def financing_triggers(
             else today + dt.timedelta(days=detail["days_left"])
         )
         ids = sorted({i["agreement_id"] for i in detail["mandatory_items"] if i.get("agreement_id")})
-        found.append(refinance.gap_risk_trigger(spendable, mandatory, buffer, until, base, ids, lang))
-    ratio = refinance.debt_to_income(monthly_payments, flow.income if flow.months else None)
-    if ratio is not None and ratio > refinance.DTI_LIMIT:
+        found.append(financing.gap_risk_trigger(spendable, mandatory, buffer, until, base, ids, lang))
+    ratio = financing.debt_to_income(monthly_payments, flow.income if flow.months else None)
+    if ratio is not None and ratio > financing.DTI_LIMIT:
         ids = [f.terms.agreement_id for f in active if f.terms.currency == base]
         found.append(
-            refinance.high_dti_trigger(round_money(monthly_payments), round_money(flow.income), ratio, base, ids, lang)
+            financing.high_dti_trigger(round_money(monthly_payments), round_money(flow.income), ratio, base, ids, lang)
         )
     if not missed:
         best = refinance.best_offer_by_loan(single_offers)
@@ -112,7 +112,7 @@ def financing_triggers(
             if f.key in best:
                 offer = best[f.key]
                 found.append(
-                    refinance.refi_trigger(f.terms, offer, bank_name(f.terms.bank_id), bank_name(offer.bank_id), lang)
+                    financing.refi_trigger(f.terms, offer, bank_name(f.terms.bank_id), bank_name(offer.bank_id), lang)
                 )
     return found
 
@@ -203,7 +203,7 @@ def compute_all(data: DashboardData, lang: str = "ru") -> dict[str, dict[str, An
         "dashboard": dashboard,
         "loans": loans_response(facts, figures, summary, bank_name, lang),
         "deposits": deposits_response(data.credits, data.products, savings, bank_name),
-        "refinance": refinance.optimize_response(offers, triggers, figures.strategy, bank_name, lang),
+        "refinance": optimize_loans.optimize_response(offers, triggers, figures.strategy, bank_name, lang),
     }
 
 

@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from dashboard_svc.domain import refinance, texts
+from dashboard_svc.domain import loan_math, texts
 from dashboard_svc.domain.common import legacy, money, month_index, roll_forward_monthly
-from dashboard_svc.domain.refinance import LoanTerms, Schedule
+from dashboard_svc.domain.loan_math import Schedule
+from dashboard_svc.domain.refinance import LoanTerms
 from dashboard_svc.model import CreditView, FinancialInputs, Goals
 from finance.dates import add_months, month_day, today_of
 from finance.loans import Obligation, Repayments, obligation_of
@@ -175,15 +176,15 @@ def maturity(
 
 
 def loan_facts(loans: Iterable[LoanAnalysis]) -> list[LoanFacts]:
-    """Kind (`refinance.loan_kind` of the product name), remaining schedule of active loans
-    (`refinance.remaining_schedule` of the outstanding estimate, the rate and the payment seen), maturity
+    """Kind (`loan_math.loan_kind` of the product name), remaining schedule of active loans
+    (`loan_math.remaining_schedule` of the outstanding estimate, the rate and the payment seen), maturity
     (`maturity`); priority and refinancing come later."""
     found = []
     for loan in loans:
         c = loan.credit
-        kind = refinance.loan_kind(c.product_name)
+        kind = loan_math.loan_kind(c.product_name)
         payment = loan_payment(loan)
-        schedule = refinance.remaining_schedule(loan.outstanding, c.interest_rate, payment) if loan.active else None
+        schedule = loan_math.remaining_schedule(loan.outstanding, c.interest_rate, payment) if loan.active else None
         terms = LoanTerms(
             c.bank_id,
             c.agreement_id,
@@ -390,7 +391,7 @@ def loan_rows(facts: list[LoanFacts], bank_name: Callable[[str], str], lang: str
             "currency": c.currency,
             "bank_name": bank_name(c.bank_id),
             "kind": f.kind,
-            "type": refinance.loan_type_label(f.kind, lang),
+            "type": loan_math.loan_type_label(f.kind, lang),
             "maturity_source": f.maturity_source,
             "priority": f.priority,
             "is_refi_candidate": f.refi_candidate,
@@ -418,9 +419,9 @@ def loan_item(f: LoanFacts, bank_name: Callable[[str], str], lang: str) -> dict[
     item: dict[str, Any] = {
         "id": c.agreement_id,
         "bank": bank_name(c.bank_id),
-        "type": refinance.loan_type_label(f.kind, lang),
+        "type": loan_math.loan_type_label(f.kind, lang),
         "balance": legacy(loan.outstanding),
-        "rate": refinance.rate_number(c.interest_rate) if c.interest_rate is not None else 0.0,
+        "rate": loan_math.rate_number(c.interest_rate) if c.interest_rate is not None else 0.0,
         "monthly_payment": legacy(payment) if payment is not None else 0.0,
         "priority": f.priority,
         "is_refi_candidate": f.refi_candidate,
