@@ -14,7 +14,7 @@ import sys
 
 from aiohttp import web
 
-from gateway.app import ROUTES, create_app
+from gateway.app import MAX_REQUEST_LINE_BYTES, ROUTES, create_app
 from gateway.auth import Authenticator
 from gateway.routes import Route, RouteError, build_routes
 from gateway.settings import GatewaySettings, load_gateway_settings
@@ -29,7 +29,13 @@ log = logging.getLogger("gateway")
 async def serve(settings: GatewaySettings, routes: list[Route] | None = None) -> None:
     """Run the gateway until SIGTERM or SIGINT, then drain requests and close the gRPC channels."""
     app = create_app(settings, routes=routes)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_grace,
+        max_line_size=MAX_REQUEST_LINE_BYTES,  # passed on to aiohttp's RequestHandler
+        max_field_size=MAX_REQUEST_LINE_BYTES,
+    )
     await runner.setup()
     exporter = metrics.start_exporter(settings.gateway_metrics_addr)
     try:

@@ -47,6 +47,11 @@ from svclib.logging import user_id_var
 
 #: Largest accepted request body; larger ones are answered 413.
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+#: Longest request line (and header line) the HTTP parser reads, 64 KiB instead of aiohttp's 8 KiB: a query
+#: with over-long values must reach the gateway, whose field limits answer it with a JSON 400 naming the
+#: field (LIMIT_EXCEEDED), not be cut by the parser with a plain-text 400 (a 4-byte character is 12 bytes
+#: percent-encoded, so 8 KiB is ~680 characters). Only lines longer than this get the parser's plain 400.
+MAX_REQUEST_LINE_BYTES = 64 * 1024
 #: Deadline of one readiness health check (capped by GatewaySettings.rpc_timeout).
 READY_CHECK_TIMEOUT = 2.0
 #: Deadline of a streamed (Server-Sent Events) call; the services end their streams well before.

@@ -44,6 +44,18 @@ async def test_a_megabyte_value_is_400_naming_the_field_without_echoing_it(suite
     assert stored == 0, "an oversized reason is never stored"
 
 
+async def test_a_query_longer_than_aiohttps_default_line_is_a_json_400_naming_the_field(suite):
+    # 3,000 four-byte characters: 36 KB percent-encoded, past aiohttp's default 8 KiB request line (whose
+    # parser would answer a plain-text 400 before the gateway sees it), under the gateway's 64 KiB.
+    value = "\U000137d4" * 3000
+    async with aiohttp.ClientSession() as session:
+        http = Http(session, suite.gateway_url, token=suite.token(USER))
+        status, answer = await http.call("POST", "/api/sync/start", params={"bank_ids": value})
+    assert status == 400, (status, str(answer)[:300])
+    assert answer["error_code"] == "LIMIT_EXCEEDED" and "bank_ids" in answer["message"]
+    assert len(str(answer)) < 2000, "the value is never echoed back"
+
+
 async def test_a_token_whose_sub_holds_nul_is_401(suite):
     settings = suite.settings
     now = dt.datetime.now(dt.UTC)
