@@ -74,6 +74,33 @@ def _failure(exc: Exception) -> tuple[str, str]:
     return messages.BANK_REFUSED, _error_text(exc)
 
 
+def _without_bank_answer(
+    user_id: str,
+    bank_id: str,
+    kind: str,
+    status: str,
+    *,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> NewConsent:
+    """A consent row the bank issued nothing for (yet): DEFERRED, or FAILED with the bank's error."""
+    return NewConsent(
+        user_id=user_id,
+        bank_id=bank_id,
+        kind=kind,
+        consent_id=None,
+        request_id=None,
+        status=status,
+        bank_status=None,
+        approval_url=None,
+        permissions=(),
+        expires_at=None,
+        error_code=error_code,
+        error_message=error_message,
+        payment_type=ONBOARDING_PAYMENT_TYPE if kind == PAYMENTS else None,
+    )
+
+
 def _is_expired(consent: StoredConsent) -> bool:
     return consent.expires_at is not None and consent.expires_at <= dt.datetime.now(dt.UTC)
 
@@ -211,22 +238,7 @@ class ConsentCreation:
             if kind == PAYMENTS and account is not None and account.status != APPROVED:
                 if existing is not None and existing.status == DEFERRED:
                     return Outcome(existing, reused=True)
-                deferred = await self._save(
-                    replace,
-                    NewConsent(
-                        user_id=user_id,
-                        bank_id=bank.id,
-                        kind=kind,
-                        consent_id=None,
-                        request_id=None,
-                        status=DEFERRED,
-                        bank_status=None,
-                        approval_url=None,
-                        permissions=(),
-                        expires_at=None,
-                        payment_type=ONBOARDING_PAYMENT_TYPE,
-                    ),
-                )
+                deferred = await self._save(replace, _without_bank_answer(user_id, bank.id, kind, DEFERRED))
                 log.info(
                     "payment consent deferred until the account consent is approved",
                     extra={"bank_id": bank.id, "kind": kind},
@@ -248,21 +260,7 @@ class ConsentCreation:
             log.warning("consent creation failed", extra={"bank_id": bank.id, "kind": kind, "error": text})
             return await self._save(
                 replace,
-                NewConsent(
-                    user_id=user_id,
-                    bank_id=bank.id,
-                    kind=kind,
-                    consent_id=None,
-                    request_id=None,
-                    status=FAILED,
-                    bank_status=None,
-                    approval_url=None,
-                    permissions=(),
-                    expires_at=None,
-                    error_code=code,
-                    error_message=text,
-                    payment_type=ONBOARDING_PAYMENT_TYPE if kind == PAYMENTS else None,
-                ),
+                _without_bank_answer(user_id, bank.id, kind, FAILED, error_code=code, error_message=text),
             )
         approval_url = None
         if result.status != ConsentStatus.APPROVED and result.request_id:

@@ -213,33 +213,22 @@ async def grpc_stub(grpc_stub_cls, grpc_channel):
 def suite(fresh_database, tmp_path_factory):
     """The whole suite as `make up` runs it (emulator, four services, gateway), on free ports, with a
     database of its own (its sync workers must not take the unit tests' jobs)."""
-    from deploy.suite import SERVICES, Suite
-    from svclib.config import KNOWN_BANKS, load_settings
+    from deploy.suite import Suite
+    from svclib.config import load_settings
+    from tests.e2e import suite_env
 
     log_dir = str(tmp_path_factory.mktemp("suite-logs"))
     ports = PortReservations()  # every port of the suite, held until its end
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
-    env.update(
-        FINPULSE_ENV="local",
-        FINPULSE_GRPC_HOST="127.0.0.1",
-        FINPULSE_GATEWAY_HOST="127.0.0.1",
-        FINPULSE_GATEWAY_PORT=str(ports.port()),
-        FINPULSE_SHUTDOWN_GRACE="2",
-        FINPULSE_DATA_DIR=log_dir,
-        FINPULSE_LOG_LEVEL="INFO",
-        FINPULSE_SYNC_LEASE="4",
+    env = suite_env(
+        ports,
+        log_dir,
+        # Its own Redis keys: a shared Redis may hold another run's (for another database).
+        redis_prefix=f"finpulse-test-{uuid.uuid4().hex[:8]}:",
         # The flows below send bursts far above a person's (test_isolation walks every route at
         # once); the per-user limit itself is tested on a gateway of its own (test_gateway.py).
         FINPULSE_USER_RATE_LIMIT="1000",
         FINPULSE_USER_RATE_BURST="2000",
-        # Its own Redis keys: a shared Redis may hold another run's (for another database).
-        FINPULSE_REDIS_PREFIX=f"finpulse-test-{uuid.uuid4().hex[:8]}:",
     )
-    for name in SERVICES:
-        env[f"FINPULSE_{name.upper()}_ADDR"] = ports.addr()
-        env[f"FINPULSE_{name.upper()}_METRICS_ADDR"] = ports.addr()  # Prometheus exporter
-    for bank_id in KNOWN_BANKS:
-        env[f"FINPULSE_BANK_{bank_id.upper()}_URL"] = ports.url()
     settings = load_settings(env)
     # 50 emulator customers: each test against the shared suite takes its own (tests/test_isolation.py:
     # 38 and 39, test_bank_outage.py: 41, test_e2e_app.py: 30 and 42); two tests sharing one see each

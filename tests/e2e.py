@@ -159,3 +159,34 @@ async def onboard(http: Http, user: str, banks=("vbank", "abank"), *, wait: bool
     if wait:
         await wait_synced(http, user)
     return body
+
+
+def suite_env(ports: Any, log_dir: str, *, redis_prefix: str, metrics: bool = True, **settings: str) -> dict[str, str]:
+    """The environment of a suite a test starts (deploy.suite.Suite): this process's variables less any
+    FINPULSE_*, loopback binds, every address a port `ports` (svclib.ports.PortReservations) holds,
+    short grace and lease, its own Redis keys, then `settings` (FINPULSE_* names) on top."""
+    import os
+
+    from deploy.suite import SERVICES
+    from svclib.config import KNOWN_BANKS
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
+    env.update(
+        FINPULSE_ENV="local",
+        FINPULSE_GRPC_HOST="127.0.0.1",
+        FINPULSE_GATEWAY_HOST="127.0.0.1",
+        FINPULSE_GATEWAY_PORT=str(ports.port()),
+        FINPULSE_SHUTDOWN_GRACE="2",
+        FINPULSE_DATA_DIR=log_dir,
+        FINPULSE_LOG_LEVEL="INFO",
+        FINPULSE_SYNC_LEASE="4",
+        FINPULSE_REDIS_PREFIX=redis_prefix,
+    )
+    for name in SERVICES:
+        env[f"FINPULSE_{name.upper()}_ADDR"] = ports.addr()
+        if metrics:
+            env[f"FINPULSE_{name.upper()}_METRICS_ADDR"] = ports.addr()  # Prometheus exporter
+    for bank_id in KNOWN_BANKS:
+        env[f"FINPULSE_BANK_{bank_id.upper()}_URL"] = ports.url()
+    env.update(settings)
+    return env

@@ -370,32 +370,21 @@ def start_suite(
 ):
     """The whole suite on the given stores, as tests/conftest.py's `suite` starts it, supervised.
     Returns (suite, supervision)."""
-    from deploy.suite import SERVICES, Suite
+    from deploy.suite import Suite
     from deploy.supervisor import RestartPolicy
-    from svclib.config import KNOWN_BANKS, load_settings
+    from svclib.config import load_settings
     from svclib.embedded import BackingServices
     from svclib.ports import PortReservations
+    from tests.e2e import suite_env
 
     ports = PortReservations()  # held until suite.close() (svclib.ports)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
-    env.update(
-        FINPULSE_ENV="local",
-        FINPULSE_GRPC_HOST="127.0.0.1",
-        FINPULSE_GATEWAY_HOST="127.0.0.1",
-        FINPULSE_GATEWAY_PORT=str(ports.port()),
-        FINPULSE_SHUTDOWN_GRACE="2",
-        FINPULSE_DATA_DIR=log_dir,
-        FINPULSE_LOG_LEVEL="INFO",
-        FINPULSE_SYNC_LEASE="4",
+    env = suite_env(
+        ports,
+        log_dir,
+        redis_prefix=f"finpulse-faults-{uuid.uuid4().hex[:8]}:",
         FINPULSE_USER_RATE_LIMIT="1000",
         FINPULSE_USER_RATE_BURST="2000",
-        FINPULSE_REDIS_PREFIX=f"finpulse-faults-{uuid.uuid4().hex[:8]}:",
     )
-    for name in SERVICES:
-        env[f"FINPULSE_{name.upper()}_ADDR"] = ports.addr()
-        env[f"FINPULSE_{name.upper()}_METRICS_ADDR"] = ports.addr()
-    for bank_id in KNOWN_BANKS:
-        env[f"FINPULSE_BANK_{bank_id.upper()}_URL"] = ports.url()
     env.update(extra_env or {})
     settings = load_settings(env)
     suite = Suite(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from collections import Counter
 
@@ -23,9 +22,9 @@ import asyncpg
 import pytest
 
 from deploy.suite import SERVICES, Suite
-from svclib.config import KNOWN_BANKS, load_settings
+from svclib.config import load_settings
 from svclib.ports import PortReservations
-from tests.e2e import Http, customer_signs, eventually
+from tests.e2e import Http, customer_signs, eventually, suite_env
 from tests.test_db_roles import as_role
 from tests.test_e2e_sync import assert_counts_exact, emulator_counts
 
@@ -42,27 +41,19 @@ def scaled(fresh_database, tmp_path_factory):
     log_dir = str(tmp_path_factory.mktemp("scale-logs"))
     prefix = f"fpt_{uuid.uuid4().hex[:8]}"
     ports = PortReservations()  # held until the end (svclib.ports); the suite reserves its replicas' own
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FINPULSE_")}
-    env.update(
-        FINPULSE_ENV="local",
-        FINPULSE_GRPC_HOST="127.0.0.1",
-        FINPULSE_GATEWAY_HOST="127.0.0.1",
-        FINPULSE_GATEWAY_PORT=str(ports.port()),
-        FINPULSE_SHUTDOWN_GRACE="2",
-        FINPULSE_DATA_DIR=log_dir,
-        FINPULSE_LOG_LEVEL="INFO",
+    env = suite_env(
+        ports,
+        log_dir,
+        redis_prefix=f"finpulse-test-{uuid.uuid4().hex[:8]}:",
+        metrics=False,
         FINPULSE_SYNC_LEASE="10",
         # One job at a time per sync replica: three banks' jobs need both replicas at once.
         FINPULSE_SYNC_WORKERS="1",
-        FINPULSE_REDIS_PREFIX=f"finpulse-test-{uuid.uuid4().hex[:8]}:",
     )
     for name in SERVICES:
-        env[f"FINPULSE_{name.upper()}_ADDR"] = ports.addr()
         env[f"FINPULSE_{name.upper()}_DATABASE_URL"] = as_role(
             backing.database_url, f"{prefix}_{name}", f"pw-{uuid.uuid4().hex[:10]}"
         )
-    for bank_id in KNOWN_BANKS:
-        env[f"FINPULSE_BANK_{bank_id.upper()}_URL"] = ports.url()
     settings = load_settings(env)
     suite = Suite(
         settings,
