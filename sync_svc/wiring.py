@@ -6,11 +6,7 @@ from __future__ import annotations
 from finpulse.sync.v1 import sync_pb2 as pb
 from finpulse.sync.v1 import sync_pb2_grpc as pb_grpc
 
-from bankapi.breaker import RedisBreakerStore
-from bankapi.client import BankClients
-from bankapi.config import BankEndpoint, TeamCredentials
-from bankapi.tokens import RedisTokenStore
-from svclib.logging import current_request_id
+from svclib.banks import bank_clients
 from svclib.ratelimit import RateLimiter
 from svclib.resilience import Listener
 from svclib.runtime import Runtime
@@ -41,21 +37,8 @@ async def setup(runtime: Runtime, server: GrpcServer) -> None:
         bootstrap_wait=max(1.0, settings.rpc_timeout - 3),
     )
     limiter = RateLimiter(runtime.cache.redis, own.bank_rate_limit, burst=5, prefix=runtime.cache.key("rl", ""))
-    tokens = RedisTokenStore(runtime.cache.redis, prefix=runtime.cache.key("banktoken", ""))
-    breakers = RedisBreakerStore(runtime.cache.redis, prefix=runtime.cache.key("breaker", ""))
-    # bankapi reads no settings: its banks, team and options are given here
-    banks = BankClients(
-        [BankEndpoint(b.id, b.base_url, b.approval_mode) for b in settings.banks],
-        TeamCredentials(settings.team.client_id, settings.team.client_secret, settings.team.name),
-        token_store=tokens,
-        timeout=settings.bank_timeout,
-        max_retries=settings.bank_max_retries,
-        request_id_provider=current_request_id,
-        on_call=record_call,
-        breaker_store=breakers,
-        throttle=lambda bank_id: limiter.acquire(f"bank:{bank_id}"),
-    )
-    runtime.on_close(banks.close)
+    # tokens and circuit breakers in Redis (svclib.banks); every bank call logged and rate-capped per bank
+    banks = bank_clients(runtime, on_call=record_call, throttle=lambda bank_id: limiter.acquire(f"bank:{bank_id}"))
     catalogues = Catalogues(
         CatalogueStorage(runtime.pool), settings.banks, lambda bank_id: banks.get(bank_id).get_products()
     )
