@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
+from collections.abc import AsyncIterator
 
 import asyncpg
 
@@ -117,10 +120,15 @@ def _new_values(new: NewConsent) -> tuple:
 class ConsentStorage:
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
+        # A creation lock holds a pooled connection while the work under it takes another: at most half
+        # the pool is held by locks, or enough concurrent creations would wait on each other for ever.
+        self._lock_slots = asyncio.Semaphore(max(1, pool.get_max_size() // 2))
 
-    def creation_lock(self, user_id: str, bank_id: str, kind: str) -> AdvisoryLock:
+    @contextlib.asynccontextmanager
+    async def creation_lock(self, user_id: str, bank_id: str, kind: str) -> AsyncIterator[None]:
         """Serialises consent creation for one (user, bank, kind) across replicas."""
-        return AdvisoryLock(self.pool, f"consent:{user_id}:{bank_id}:{kind}")
+        async with self._lock_slots, AdvisoryLock(self.pool, f"consent:{user_id}:{bank_id}:{kind}"):
+            yield
 
     async def insert(self, new: NewConsent) -> StoredConsent:
         async with self.pool.acquire() as conn, conn.transaction():
