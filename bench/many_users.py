@@ -23,11 +23,17 @@ Figures, per replica count:
   share of them (sync.bank_status_log agrees with the emulator's count, or the output says so);
 - Postgres time per transaction written: the server's time executing statements in the benchmark's
   database ÷ the transactions stored, from pg_stat_statements when the server loads it, else from
-  pg_stat_database.active_time (every statement of every service: an upper bound of the writes'
-  share); and, from the sync's own timings, the commit tail after each job's fetch ÷ its rows.
-Then the CPU seconds each process spent (the machine's cores are shared by all of them).
+  pg_stat_database.active_time (the elapsed time of every statement of every service, waits for
+  locks and for a busy CPU included: an upper bound of the writes' share); and, from the sync's own
+  timings, the commit tail after each job's fetch ÷ the rows it wrote.
+Then, per bank, from the emulator's request log: the capped requests' rate while users still
+onboarded and after, the most that reached the bank in one second (the limiter spaces the slots;
+a stalled event loop can still bunch the requests it releases), and the tail after the last answer;
+and the CPU seconds each process of the suite spent (the machine's cores are shared by all of them).
 
-`python -m bench.many_users [--users 200] [--replicas 1 2] [--latency-ms 40] [--rate N] [--in-flight 50]`.
+`python -m bench.many_users [--users 200] [--replicas 1 2] [--latency-ms 40] [--rate N]
+[--sync-workers N] [--in-flight 50]` (`--sync-workers`: FINPULSE_SYNC_WORKERS, jobs at once per
+sync process; default the suite's).
 """
 
 from __future__ import annotations
@@ -75,8 +81,8 @@ class Run:
     rows_committed: int = 0
     cpu: dict[str, float] = dataclasses.field(default_factory=dict)
     failures: list[str] = dataclasses.field(default_factory=list)
-    # bank → seconds since the start of each capped request's answer (the emulator's log)
-    timeline: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    # bank → (arrived, answered) of each capped request, seconds since the start (the emulator's log)
+    timeline: dict[str, list[tuple[float, float]]] = dataclasses.field(default_factory=dict)
 
     def capped(self, bank: str) -> int:
         """The requests at `bank` that pass the sync's rate cap: all but consent_svc's consent calls."""
@@ -162,37 +168,41 @@ def _commit_tails(log_dir: str) -> tuple[float, int]:
     return total_ms, rows
 
 
-def _timeline(path: str, started: float) -> dict[str, list[float]]:
-    """Per bank, when each request through the sync's cap was answered (seconds after `started`)."""
-    seen: dict[str, list[float]] = {}
+def _timeline(path: str, started: float) -> dict[str, list[tuple[float, float]]]:
+    """Per bank, when each request through the sync's cap reached the bank's handler and when it was
+    answered (seconds after `started`), from the emulator's log, in order of answer."""
+    seen: dict[str, list[tuple[float, float]]] = {}
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             if '"request"' not in line:
                 continue
             try:
                 entry = json.loads(line)
-                at = dt.datetime.fromisoformat(entry["ts"]).timestamp() - started
-            except (ValueError, KeyError):
+                answered = dt.datetime.fromisoformat(entry["ts"]).timestamp() - started
+                arrived = answered - float(entry["latency_ms"]) / 1000
+            except (ValueError, KeyError, TypeError):
                 continue
-            if entry.get("msg") == "request" and "consent" not in entry.get("path", "") and entry.get("bank"):
-                if not entry["path"].startswith("/__admin__/"):
-                    seen.setdefault(entry["bank"], []).append(at)
-    return {bank: sorted(times) for bank, times in seen.items()}
+            path = entry.get("path", "")
+            if entry.get("msg") == "request" and entry.get("bank") and "consent" not in path:
+                if not path.startswith("/__admin__/"):
+                    seen.setdefault(entry["bank"], []).append((arrived, answered))
+    return {bank: sorted(times, key=lambda t: t[1]) for bank, times in seen.items()}
 
 
-def _phases(times: list[float], wall: float, onboarding: float, rate: float) -> str:
+def _phases(times: list[tuple[float, float]], wall: float, onboarding: float, rate: float) -> str:
     """Where a bank's capped requests fell in the run: the rate while users still onboarded and after,
-    the busiest second, the tail after the last answer."""
+    the most that arrived in one second, the tail after the last answer."""
     if len(times) < 2:
         return "no timeline"
-    first, last = times[0], times[-1]
-    during = sum(1 for t in times if t <= onboarding)
+    first, last = times[0][1], times[-1][1]
+    during = sum(1 for _, t in times if t <= onboarding)
     after = len(times) - during
-    per_second = Counter(int(t) for t in times)
+    per_second = Counter(int(arrived) for arrived, _ in times)
     return (
         f"capped requests answered from {first:.2f} s to {last:.2f} s: {during / max(onboarding - first, 1e-9):.1f} "
         f"req/s while users onboarded, {after / max(last - onboarding, 1e-9):.1f} req/s after (cap {rate:g}; "
-        f"busiest second {max(per_second.values())}); last job done {wall - last:.2f} s after the last answer"
+        f"most arrived in one second {max(per_second.values())}); last job done {wall - last:.2f} s after the "
+        "last answer"
     )
 
 
