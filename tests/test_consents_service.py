@@ -10,6 +10,7 @@ becomes APPROVED (and again after a product consent), best effort.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import aiohttp
@@ -300,3 +301,17 @@ async def test_a_failing_sync_queue_never_fails_the_consent_call(env):
     env.sync.fail = True
     [created] = await env.service.create(user, [BankRequest("vbank", True, True, False)])
     assert created.outcomes["accounts"].status == "approved" and created.outcomes["products"].status == "approved"
+
+
+async def test_more_concurrent_creations_than_pooled_connections_all_finish(env):
+    """Each creation holds a pooled connection for its lock and takes another for its rows: ten users at
+    once on a pool of five (the fixture's) must all get their consents, not wait on each other for ever."""
+    assert env.pool.get_max_size() < 10
+    users = [f"team200-{n}" for n in range(1, 11)]
+    results = await asyncio.wait_for(
+        asyncio.gather(*(env.service.create(user, [BankRequest("vbank", True, True, False)]) for user in users)),
+        timeout=60,
+    )
+    for result in results:
+        outcomes = by_bank(result)["vbank"].outcomes
+        assert outcomes["accounts"].consent.status == "APPROVED" and outcomes["products"].consent.status == "APPROVED"
