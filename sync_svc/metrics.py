@@ -8,7 +8,7 @@ status or `transport`), `finpulse_sync_bank_rate_limited_total` {bank} (429s, fa
 {bank, table, change} (rows a committed sync inserted, updated or deleted) and
 `finpulse_sync_jobs_total` {bank, outcome} (succeeded, retry, failed, needs_reconsent); the backlog, read
 from the job table every few seconds by each replica (`watch_backlog`; every replica reports the same
-table, so queries take `max`): `finpulse_sync_jobs` {bank, state: queued, running} and
+table, so queries take `max`): `finpulse_sync_jobs_active` {bank, state: queued, running} and
 `finpulse_sync_oldest_queued_job_age_seconds` {bank} (how long the oldest due queued job has waited for a
 worker; 0 when none waits).
 """
@@ -59,7 +59,7 @@ SYNC_JOBS = Counter(
 )
 
 SYNC_JOBS_ACTIVE = Gauge(
-    "finpulse_sync_jobs",
+    "finpulse_sync_jobs_active",
     "Sync jobs queued or running now, by bank and state (read from the job table).",
     ["bank", "state"],
 )

@@ -215,7 +215,7 @@ def test_the_dashboard_shows_what_the_issue_asks_for():
         "finpulse_sync_bank_call_failures_total",
         "finpulse_sync_bank_rate_limited_total",
         "finpulse_sync_bank_call_retries_total",
-        "finpulse_sync_jobs",
+        "finpulse_sync_jobs_active",
         "finpulse_sync_jobs_total",
         "finpulse_sync_oldest_queued_job_age_seconds",
         "finpulse_sync_rows_written_total",
