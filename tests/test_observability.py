@@ -8,6 +8,8 @@
 - Against the running suite after a little traffic (an onboarding with its sync, dashboards, an unknown
   route): every metric name that a dashboard query or an alert expression uses is exposed by the
   processes' exporters, and a real Prometheus scraping the suite returns data for every dashboard query.
+- The metrics added for the dashboard and the alerts, on real tables: the sync backlog, payments by status
+  and the open ones, the database pools, the serving status, bank call retries.
 
 promtool and prometheus come from Debian's `prometheus` package, pinned in the Makefile: `make test` (or
 `make prometheus`) unpacks them into tools/prometheus. They are required: a missing one fails the tests.
@@ -376,3 +378,133 @@ async def test_a_real_prometheus_scraping_the_suite_has_data_for_every_dashboard
     # The alerts' expressions evaluate on the real series too.
     for rule in alert_rules():
         await query(session, prometheus, rule["expr"])
+
+
+# ------------------------------------------------------------------- the metrics added for the dashboard
+
+
+async def test_the_sync_backlog_is_read_from_the_job_table(schema_pool):
+    """finpulse_sync_jobs_active and finpulse_sync_oldest_queued_job_age_seconds, from real jobs: queued
+    ones count, a due one's wait is its age past run_after, one in its retry backoff is not late yet."""
+    import uuid
+
+    from prometheus_client import REGISTRY
+
+    from sync_svc import metrics as sync_metrics
+    from sync_svc.__main__ import SPEC
+    from sync_svc.storage import JobStorage
+
+    pool = await schema_pool(SPEC)
+    jobs = JobStorage(pool)
+    bank, idle_bank = f"obs-{uuid.uuid4().hex[:8]}", f"obs-{uuid.uuid4().hex[:8]}"  # no other test's jobs
+    for user in ("u1", "u2", "u3", "u4"):
+        await jobs.enqueue(user, bank, "test")
+    await pool.execute("UPDATE sync_jobs SET run_after = now() - interval '90 seconds' WHERE bank_id = $1", bank)
+    await pool.execute(  # u3 waits out its retry backoff; u4 is being worked on
+        "UPDATE sync_jobs SET run_after = now() + interval '1 hour' WHERE bank_id = $1 AND user_id = 'u3'", bank
+    )
+    await pool.execute(
+        "UPDATE sync_jobs SET state = 'running', lease_until = now() + interval '1 minute' "
+        "WHERE bank_id = $1 AND user_id = 'u4'",
+        bank,
+    )
+    rows = await jobs.backlog()
+    ours = {(b, state): (n, waited) for b, state, n, waited in rows if b == bank}
+    assert ours[(bank, "queued")][0] == 3 and ours[(bank, "running")][0] == 1
+    assert 85 <= ours[(bank, "queued")][1] < 300
+    sync_metrics.set_backlog([bank, idle_bank], rows)
+
+    def value(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    assert value("finpulse_sync_jobs_active", bank=bank, state="queued") == 3
+    assert value("finpulse_sync_jobs_active", bank=bank, state="running") == 1
+    assert value("finpulse_sync_jobs_active", bank=idle_bank, state="queued") == 0
+    assert value("finpulse_sync_jobs_active", bank=idle_bank, state="running") == 0
+    assert 85 <= value("finpulse_sync_oldest_queued_job_age_seconds", bank=bank) < 300
+    assert value("finpulse_sync_oldest_queued_job_age_seconds", bank=idle_bank) == 0
+    await pool.execute("DELETE FROM sync_jobs WHERE bank_id = $1", bank)
+
+
+async def test_the_pool_gauges_and_the_serving_gauge(schema_pool):
+    from prometheus_client import REGISTRY
+
+    from svclib import metrics as svc_metrics
+    from sync_svc.__main__ import SPEC
+
+    pool = await schema_pool(SPEC)  # max_size 5
+    svc_metrics.watch_pool("obs-test", pool)
+    async with pool.acquire(), pool.acquire():
+        in_use = REGISTRY.get_sample_value("finpulse_db_pool_connections", {"service": "obs-test", "state": "in_use"})
+        assert in_use == 2
+    assert REGISTRY.get_sample_value("finpulse_db_pool_max_connections", {"service": "obs-test"}) == 5
+    assert REGISTRY.get_sample_value("finpulse_db_pool_connections", {"service": "obs-test", "state": "in_use"}) == 0
+    svc_metrics.set_serving("obs-test", False)
+    assert REGISTRY.get_sample_value("finpulse_service_serving", {"service": "obs-test"}) == 0
+    svc_metrics.set_serving("obs-test", True)
+    assert REGISTRY.get_sample_value("finpulse_service_serving", {"service": "obs-test"}) == 1
+    svc_metrics._POOLS.pools.pop("obs-test")
+
+
+async def test_payments_are_counted_by_status_and_the_open_ones_read_from_the_table(schema_pool):
+    """finpulse_consent_payments_total counts each status a payment reaches once committed (not a step that
+    keeps the status); the open payments and the oldest's age come from the payments table."""
+    import uuid
+    from decimal import Decimal
+
+    from prometheus_client import REGISTRY
+
+    from consent_svc import metrics as consent_metrics
+    from consent_svc.__main__ import SPEC
+    from consent_svc.payment_storage import PaymentIntent, PaymentStorage
+
+    pool = await schema_pool(SPEC)
+    storage = PaymentStorage(pool)
+    bank = f"obs-{uuid.uuid4().hex[:8]}"  # no other test's payments
+
+    def counted(status: str) -> float:
+        return REGISTRY.get_sample_value("finpulse_consent_payments_total", {"bank": bank, "status": status}) or 0
+
+    def intent(key: str) -> PaymentIntent:
+        return PaymentIntent(
+            "obs-user", key, "f" * 64, "transfer", bank, "acc-1", "40817810000000000001", "40817810000000000002",
+            None, "Someone", Decimal("10.00"), "RUB", None,
+        )  # fmt: skip
+
+    first, created = await storage.insert(f"pay-{uuid.uuid4().hex}", intent(f"k-{uuid.uuid4().hex}"))
+    assert created and counted("INITIATING") == 1
+    _, created = await storage.insert(f"pay-{uuid.uuid4().hex}", intent(first.idempotency_key))
+    assert not created and counted("INITIATING") == 1, "the same key again writes nothing, counts nothing"
+    second, _ = await storage.insert(f"pay-{uuid.uuid4().hex}", intent(f"k-{uuid.uuid4().hex}"))
+    first = await storage.update(first, source="bank_answer", status="PENDING")
+    first = await storage.update(first, source="reconcile", bank_status="AcceptedSettlementInProcess")  # same status
+    assert counted("PENDING") == 1
+    await pool.execute("UPDATE payments SET created_at = now() - interval '20 minutes' WHERE id = $1", second.id)
+    rows = [r for r in await storage.open_payments() if r[0] == bank]
+    assert sorted((b, s, n) for b, s, n, _ in rows) == [(bank, "INITIATING", 1), (bank, "PENDING", 1)]
+    consent_metrics.set_open_payments([bank], rows)
+
+    def gauge(name: str, status: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"bank": bank, "status": status})
+
+    assert gauge("finpulse_consent_payments_open", "INITIATING") == 1
+    assert gauge("finpulse_consent_payments_open", "AWAITING_AUTHORIZATION") == 0
+    assert 1190 <= gauge("finpulse_consent_payments_oldest_open_age_seconds", "INITIATING") < 1300
+    await storage.update(first, source="bank_answer", status="COMPLETED")
+    assert counted("COMPLETED") == 1
+    assert [r for r in await storage.open_payments() if r[0] == bank and r[1] == "PENDING"] == []
+
+
+def test_bank_call_retries_are_counted_from_the_second_attempt():
+    from prometheus_client import REGISTRY
+
+    from sync_svc import metrics as sync_metrics
+
+    def retries() -> float:
+        return REGISTRY.get_sample_value("finpulse_sync_bank_call_retries_total", {"bank": "obs-retry"}) or 0
+
+    sync_metrics.observe_bank_call("obs-retry", "get_accounts", 503, 0.01)
+    assert retries() == 0
+    sync_metrics.observe_bank_call("obs-retry", "get_accounts", 200, 0.01, attempt=2)
+    sync_metrics.observe_bank_call("obs-retry", "get_accounts", None, 0.01, attempt=3)
+    assert retries() == 2
