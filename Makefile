@@ -13,10 +13,14 @@ NPM ?= npm
 BUF := $(CURDIR)/tools/node_modules/.bin/buf
 TOOLS_STAMP := tools/node_modules/.installed
 PROTO_DEPS := build/proto-deps
+# Prometheus and promtool for the tests of deploy/observability/ (alert rules, the dashboard's queries against a
+# running suite): Debian's package, pinned, unpacked into tools/prometheus (git-ignored) by tools/prometheus.sh.
+PROMETHEUS_DEB ?= 2.42.0+ds-5+deb12u1
+PROMTOOL := tools/prometheus/promtool
 # The ref `buf breaking` compares the protos with (default: the merge-base with origin/main, else HEAD~1).
 BUF_AGAINST ?=
 
-.PHONY: up test test-fast gen venv clean check-gen lint lock lint-python lint-protos bench token grpc-token
+.PHONY: up test test-fast gen venv clean check-gen lint lock lint-python lint-protos bench token grpc-token prometheus
 
 venv: $(INSTALLED)
 
@@ -39,11 +43,11 @@ $(GEN_STAMP): $(PROTOS) $(INSTALLED)
 up: $(GEN_STAMP)
 	$(PY) -m deploy.launcher
 
-test: $(GEN_STAMP)
+test: $(GEN_STAMP) $(PROMTOOL)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The tests without the slow ones (the fault suite's minutes under load); `make test` runs them all.
-test-fast: $(GEN_STAMP)
+test-fast: $(GEN_STAMP) $(PROMTOOL)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # Rewrite requirements.lock and deploy/requirements.lock from pyproject.toml (UPGRADE=1: everything newest).
@@ -68,6 +72,13 @@ $(TOOLS_STAMP): tools/package.json tools/package-lock.json
 	cd tools && $(NPM) ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# Prometheus and promtool (see PROMETHEUS_DEB above).
+prometheus: $(PROMTOOL)
+
+$(PROMTOOL): tools/prometheus.sh Makefile
+	tools/prometheus.sh $(PROMETHEUS_DEB) tools/prometheus
+	@touch $@
+
 # The google/* protos the protos import, where buf.yaml reads them (from the venv, as make gen uses them).
 $(PROTO_DEPS)/.stamp: $(INSTALLED)
 	$(PY) tools/proto_deps.py $(PROTO_DEPS)
@@ -86,4 +97,4 @@ bench: $(GEN_STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf gen build $(VENV) tools/node_modules
+	rm -rf gen build $(VENV) tools/node_modules tools/prometheus

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 import asyncpg
 
+from consent_svc import metrics
 from svclib.db import AdvisoryLock
 from svclib.rows import Connection, returned
 
@@ -292,7 +293,8 @@ class PaymentStorage:
                 row["id"],
                 f"{intent.kind} of {intent.amount} {intent.currency} from {intent.bank_id}/{intent.account_id}",
             )
-            return _payment(row), True
+        metrics.payment_reached(intent.bank_id, "INITIATING")
+        return _payment(row), True
 
     async def update(
         self, payment: StoredPayment, *, source: str, message: str | None = None, **changes: object
@@ -330,7 +332,19 @@ class PaymentStorage:
                 message,
                 changes.get("bank_status"),
             )
-            return _payment(row)
+        if row["status"] != old:
+            metrics.payment_reached(row["bank_id"], row["status"])
+        return _payment(row)
+
+    async def open_payments(self) -> list[tuple[str, str, int, float]]:
+        """(bank, status, payments, age of the oldest in seconds) of the payments not final yet."""
+        rows = await self.pool.fetch(
+            """
+            SELECT bank_id, status, count(*) AS payments, extract(epoch FROM now() - min(created_at)) AS age
+            FROM payments WHERE status NOT IN ('COMPLETED', 'FAILED') GROUP BY bank_id, status
+            """
+        )
+        return [(r["bank_id"], r["status"], r["payments"], float(r["age"])) for r in rows]
 
     async def events(self, payment: StoredPayment) -> list[PaymentEventRow]:
         async with self._connection() as conn:

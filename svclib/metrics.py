@@ -9,7 +9,10 @@ hits and misses in `dashboard_svc/metrics.py`. This module holds only what every
 `FINPULSE_<SVC>_METRICS_ADDR` (`start_exporter`, called by `svclib.runtime`).
 
 - services: `finpulse_rpc_requests_total` {service, method, code} and `finpulse_rpc_duration_seconds`
-  {service, method} of every RPC a service handled.
+  {service, method} of every RPC a service handled; `finpulse_service_serving` {service}: 1 while its
+  gRPC health says SERVING (svclib.runtime's readiness watch), else 0.
+- the database pool of every service (svclib.runtime opens it): `finpulse_db_pool_connections`
+  {service, state: in_use, idle} and `finpulse_db_pool_max_connections` {service}, read at each scrape.
 """
 
 from __future__ import annotations
@@ -18,11 +21,15 @@ import functools
 import logging
 import socket
 import threading
+from collections.abc import Iterable
 from socketserver import ThreadingMixIn
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, Counter, Histogram, make_wsgi_app, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from svclib import ports
 
@@ -44,6 +51,11 @@ RPC_LATENCY = Histogram(
     ["service", "method"],
     buckets=LATENCY_BUCKETS,
 )
+SERVICE_SERVING = Gauge(
+    "finpulse_service_serving",
+    "1 while the service's gRPC health status is SERVING (its database answers, its loops beat), else 0.",
+    ["service"],
+)
 
 
 # ------------------------------------------------------------------------------------------- recording
@@ -60,6 +72,45 @@ def observe_rpc(full_method: str, code: str, seconds: float) -> None:
     count, latency = _rpc_children(full_method, code)
     count.inc()
     latency.observe(seconds)
+
+
+def set_serving(service: str, serving: bool) -> None:
+    """The service's health status changed (svclib.runtime's readiness watch)."""
+    SERVICE_SERVING.labels(service).set(1 if serving else 0)
+
+
+class _PoolCollector(Collector):
+    """The connections of each watched asyncpg pool, read when scraped (plain attribute reads: safe from
+    the exporter's thread)."""
+
+    def __init__(self) -> None:
+        self.pools: dict[str, Any] = {}
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        connections = GaugeMetricFamily(
+            "finpulse_db_pool_connections",
+            "Connections of the service's database pool, by state (in_use, idle).",
+            labels=["service", "state"],
+        )
+        limit = GaugeMetricFamily(
+            "finpulse_db_pool_max_connections", "The most connections the service's pool opens.", labels=["service"]
+        )
+        for service, pool in list(self.pools.items()):
+            size, idle = pool.get_size(), pool.get_idle_size()
+            connections.add_metric([service, "in_use"], size - idle)
+            connections.add_metric([service, "idle"], idle)
+            limit.add_metric([service], pool.get_max_size())
+        yield connections
+        yield limit
+
+
+_POOLS = _PoolCollector()
+REGISTRY.register(_POOLS)
+
+
+def watch_pool(service: str, pool: Any) -> None:
+    """Export `pool`'s (an asyncpg.Pool) connections under `service` from now on."""
+    _POOLS.pools[service] = pool
 
 
 # ------------------------------------------------------------------------------------------- exposition

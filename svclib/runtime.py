@@ -139,6 +139,7 @@ async def open_runtime(
         lambda: db.create_pool(database_url, spec.schema, application_name=f"finpulse-{spec.name}"),
         settings.startup_wait,
     )
+    metrics.watch_pool(spec.name, pool)
     return Runtime(
         settings=settings,
         pool=pool,
@@ -168,6 +169,7 @@ async def _watch_readiness(runtime: Runtime, server: GrpcServer) -> None:
     service's loops is silent (runtime.health: dead or stuck). Redis being down later does not count:
     every service keeps working without it."""
     serving = False
+    metrics.set_serving(server.name, serving)
     while True:
         try:
             if not serving:
@@ -177,6 +179,7 @@ async def _watch_readiness(runtime: Runtime, server: GrpcServer) -> None:
             if ready != serving:
                 serving = ready
                 await server.set_serving(serving)
+                metrics.set_serving(server.name, serving)
                 if serving:
                     log.info("serving")
                 else:

@@ -215,3 +215,16 @@ class JobStorage:
 
     async def wake_workers(self) -> None:
         await self.pool.execute("NOTIFY sync_jobs")
+
+    async def backlog(self) -> list[tuple[str, str, int, float]]:
+        """(bank, state, jobs, seconds the oldest due one has waited) of the queued and running jobs; a queued
+        job is due once its `run_after` passed (one waiting out its retry backoff is not late yet)."""
+        rows = await self.pool.fetch(
+            """
+            SELECT bank_id, state, count(*) AS jobs,
+                   coalesce(extract(epoch FROM now() - min(run_after) FILTER (WHERE run_after <= now())), 0)
+                       AS waited
+            FROM sync_jobs WHERE state IN ('queued', 'running') GROUP BY bank_id, state
+            """
+        )
+        return [(r["bank_id"], r["state"], r["jobs"], float(r["waited"])) for r in rows]

@@ -8,9 +8,10 @@ from finpulse.sync.v1 import sync_pb2_grpc as pb_grpc
 
 from svclib.banks import bank_clients
 from svclib.ratelimit import RateLimiter
-from svclib.resilience import Listener
+from svclib.resilience import Listener, run_forever
 from svclib.runtime import Runtime
 from svclib.server import GrpcServer
+from sync_svc import metrics
 from sync_svc.bank_storage import BankDataStorage
 from sync_svc.catalogue import Catalogues
 from sync_svc.catalogue_storage import CatalogueStorage
@@ -68,3 +69,10 @@ async def setup(runtime: Runtime, server: GrpcServer) -> None:
     runtime.on_close(listener.close)
     runtime.background(listener.run(), "sync-listener")
     runtime.background(workers.run(runtime.health), "sync-workers")
+    # The backlog (queued and running jobs, the oldest due job's wait) in the metrics, every few seconds.
+    bank_ids = [bank.id for bank in settings.banks]
+    metrics.init(bank_ids)
+    runtime.background(
+        run_forever("sync-backlog", lambda: metrics.watch_backlog(bank_ids, jobs.backlog)),  # no health: only metrics
+        "sync-backlog",
+    )

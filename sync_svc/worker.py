@@ -50,7 +50,9 @@ def record_call(record: CallRecord) -> None:
     """`on_call` hook of the bank clients: count every call in the metrics, collect the calls of the
     job running in this context, and note a failed one on its progress at once (the next heartbeat
     shows it in the sync status while the job still runs)."""
-    metrics.observe_bank_call(record.bank_id, record.operation, record.http_status, record.latency_ms / 1000)
+    metrics.observe_bank_call(
+        record.bank_id, record.operation, record.http_status, record.latency_ms / 1000, record.attempt
+    )
     calls = _calls.get()
     if calls is not None:
         calls.append(record)

@@ -99,7 +99,9 @@ def test_svclib_is_plumbing():
             assert _top(name) != "finpulse", f"{where}: the stubs a caller needs are created in its own peers.py"
     metrics = (ROOT / "svclib" / "metrics.py").read_text()
     names = re.findall(r"\"(finpulse_\w+)\"", metrics)
-    assert names and all(n.startswith("finpulse_rpc_") for n in names), (
+    # What every service shares: its RPCs, its health status, its database pool (svclib.runtime).
+    shared = ("finpulse_rpc_", "finpulse_service_serving", "finpulse_db_pool_")
+    assert names and all(n.startswith(shared) for n in names), (
         f"svclib/metrics.py defines {names}: each service (and the gateway) owns its own metrics"
     )
 
