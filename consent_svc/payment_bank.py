@@ -91,6 +91,23 @@ async def record(store: PaymentStorage, p: StoredPayment, answer: Payment, sourc
     )
 
 
+async def made_unnamed(store: PaymentStorage, p: StoredPayment, bank_status: str | None, why: str) -> StoredPayment:
+    """Reconciled: the bank's consent shows the payment was made, though the bank does not name it."""
+    return await store.update(
+        p,
+        source="reconcile",
+        status="COMPLETED",
+        in_doubt=False,
+        bank_status=bank_status,
+        message=f"{why}: the payment was made (the bank does not name it)",
+    )
+
+
+async def not_made(store: PaymentStorage, p: StoredPayment, message: str, **changes: object) -> StoredPayment:
+    """Reconciled: the payment was not made (no longer in doubt; `changes` say what it needs next)."""
+    return await store.update(p, source="reconcile", in_doubt=False, message=message, **changes)
+
+
 async def refresh_payment(store: PaymentStorage, p: StoredPayment, client: BankClient) -> StoredPayment:
     """A payment the bank accepted and is settling: its current status."""
     try:

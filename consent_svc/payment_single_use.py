@@ -12,7 +12,16 @@ import uuid
 from bankapi import errors as bank_errors
 from bankapi.client import BankClient
 from bankapi.models import ConsentResult, ConsentStatus
-from consent_svc.payment_bank import TRANSIENT, WAITING, fail, record, refusal_code, unavailable
+from consent_svc.payment_bank import (
+    TRANSIENT,
+    WAITING,
+    fail,
+    made_unnamed,
+    not_made,
+    record,
+    refusal_code,
+    unavailable,
+)
 from consent_svc.payment_storage import PaymentStorage, StoredPayment
 from svclib.config import BankConfig
 from svclib.errors import FailedPrecondition
@@ -149,7 +158,7 @@ async def pay(store: PaymentStorage, p: StoredPayment, client: BankClient) -> St
 async def reconcile(store: PaymentStorage, p: StoredPayment, client: BankClient, *, strict: bool) -> StoredPayment:
     """The outcome of a payment call is unknown: the payment consent tells whether it happened."""
     if p.consent_id is None:  # never sent without a consent; heal the row rather than guess
-        return await store.update(p, source="reconcile", in_doubt=False, message="no consent: not sent")
+        return await not_made(store, p, "no consent: not sent")
     try:
         consent = await client.get_payment_consent(p.consent_id)
         paid = None
@@ -163,32 +172,21 @@ async def reconcile(store: PaymentStorage, p: StoredPayment, client: BankClient,
     if paid is not None:
         return await record(store, p, paid, "reconcile")
     if consent.used:
-        return await store.update(
-            p,
-            source="reconcile",
-            status="COMPLETED",
-            in_doubt=False,
-            bank_status=consent.raw_status,
-            message=f"the bank reports consent {p.consent_id} as used ({consent.raw_status}): the payment was "
-            "made (the bank does not name it)",
+        return await made_unnamed(
+            store, p, consent.raw_status, f"the bank reports consent {p.consent_id} as used ({consent.raw_status})"
         )
     if consent.status is ConsentStatus.APPROVED:
-        return await store.update(
-            p,
-            source="reconcile",
-            in_doubt=False,
-            consent_status="APPROVED",
-            message=f"consent {p.consent_id} is unused: the payment was not made",
+        return await not_made(
+            store, p, f"consent {p.consent_id} is unused: the payment was not made", consent_status="APPROVED"
         )
     if consent.used_count == 0:
-        return await store.update(
+        return await not_made(
+            store,
             p,
-            source="reconcile",
-            in_doubt=False,
+            f"consent {p.consent_id} is {consent.raw_status} and unused: a new one is needed",
             consent_id=None,
             consent_request_id=None,
             consent_status=consent.status.value,
-            message=f"consent {p.consent_id} is {consent.raw_status} and unused: a new one is needed",
         )
     reason = (
         f"{p.bank_id} cannot say whether payment {p.payment_id} was made (its consent is "

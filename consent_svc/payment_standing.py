@@ -13,7 +13,16 @@ import uuid
 from bankapi import errors as bank_errors
 from bankapi.client import BankClient
 from bankapi.models import ConsentResult, ConsentStatus
-from consent_svc.payment_bank import TRANSIENT, WAITING, fail, record, refusal_code, unavailable
+from consent_svc.payment_bank import (
+    TRANSIENT,
+    WAITING,
+    fail,
+    made_unnamed,
+    not_made,
+    record,
+    refusal_code,
+    unavailable,
+)
 from consent_svc.payment_storage import STANDING, PaymentStorage, StoredPayment
 from consent_svc.storage import ConsentStorage, StoredConsent
 from svclib.errors import FailedPrecondition
@@ -199,22 +208,14 @@ async def _reconcile_standing_locked(
         return p
     before, now = p.consent_used_count, seen.used_count
     if before is not None and now is not None and now > before:
-        return await store.update(
+        return await made_unnamed(
+            store,
             p,
-            source="reconcile",
-            status="COMPLETED",
-            in_doubt=False,
-            bank_status=seen.raw_status,
-            message=f"the bank reports consent {consent_id} used {now} times, {before} before this payment was "
-            "sent: the payment was made (the bank does not name it)",
+            seen.raw_status,
+            f"the bank reports consent {consent_id} used {now} times, {before} before this payment was sent",
         )
     if seen.status is ConsentStatus.APPROVED:
-        return await store.update(
-            p,
-            source="reconcile",
-            in_doubt=False,
-            message=f"standing consent {consent_id} has no new use: the payment was not made",
-        )
+        return await not_made(store, p, f"standing consent {consent_id} has no new use: the payment was not made")
     return await fall_back(
         store, p, f"standing consent {consent_id} has no new use and is {seen.raw_status}", in_doubt=False
     )
