@@ -5,7 +5,7 @@ dataclasses of `sync_svc.bank_records`."""
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
@@ -175,6 +175,9 @@ class BankReads:
         return rows[:limit], TransactionCursor(last.booking_time, last.bank_id, last.account_id, last.transaction_id)
 
     # ------------------------------------------------------------------------------------------ aggregates
+    # Read from the rollups (sync_svc/rollups.py): whole UTC days and months come from them, the part of a
+    # day at a window's edge from the raw rows. Results equal the scans they replaced
+    # (sync_svc/aggregate_scan.py; tests/test_rollups.py).
 
     async def monthly_cash_flow(
         self, user_id: str, months: int = 12, *, at: datetime | None = None
@@ -187,17 +190,14 @@ class BankReads:
         rows = await self.pool.fetch(
             """
             WITH bounds AS (
-                SELECT date_trunc('month', COALESCE($3::timestamptz, now()) AT TIME ZONE 'UTC') AS this_month
+                SELECT date_trunc('month', COALESCE($3::timestamptz, now()) AT TIME ZONE 'UTC')::date AS this_month
             )
-            SELECT date_trunc('month', t.booking_time AT TIME ZONE 'UTC')::date AS month, t.currency,
-                   COALESCE(sum(t.signed_amount) FILTER (WHERE t.direction = 'credit'), 0) AS income,
-                   COALESCE(-sum(t.signed_amount) FILTER (WHERE t.direction = 'debit'), 0) AS spending,
-                   count(*) AS count
-            FROM transactions t, bounds b
-            WHERE t.user_id = $1
-              AND t.booking_time >= (b.this_month - make_interval(months => $2 - 1)) AT TIME ZONE 'UTC'
-              AND t.booking_time < (b.this_month + interval '1 month') AT TIME ZONE 'UTC'
-            GROUP BY 1, 2 ORDER BY 1, 2
+            SELECT r.month, r.currency, sum(r.income) AS income, sum(r.spending) AS spending,
+                   sum(r.credits + r.debits)::bigint AS count
+            FROM rollup_month_flow r, bounds b
+            WHERE r.user_id = $1
+              AND r.month >= (b.this_month - make_interval(months => $2 - 1))::date AND r.month <= b.this_month
+            GROUP BY 1, 2 HAVING sum(r.credits + r.debits) > 0 ORDER BY 1, 2
             """,
             user_id,
             months,
@@ -209,40 +209,79 @@ class BankReads:
         self, user_id: str, since: datetime, until: datetime | None = None
     ) -> list[CategorySpending]:
         """Debits booked in [since, until) per merchant category and currency, largest total first."""
-        where = (
-            _Where()
-            .add("user_id = {}", user_id)
-            .add("direction = 'debit'")
-            .add("booking_time >= {}", _aware(since, "since"))
-            .maybe("booking_time < {}", _aware(until, "until"))
-        )
+        first, end, edges = _whole_days(_aware(since, "since"), _aware(until, "until"))
+        q = _Where()
+        user = q.arg(user_id)
+        parts = [
+            f"SELECT category, currency, total, n FROM rollup_day_spending WHERE user_id = {user} "
+            f"AND day >= {q.arg(first)}" + (f" AND day < {q.arg(end)}" if end is not None else "")
+        ]
+        if edges:
+            parts.append(
+                f"""SELECT category, currency, -signed_amount, 1 FROM transactions
+                    WHERE user_id = {user} AND direction = 'debit' AND ({_between(q, edges)})"""
+            )
         rows = await self.pool.fetch(
-            f"""SELECT category, currency, -sum(signed_amount) AS total, count(*) AS count
-                FROM transactions WHERE {where}
-                GROUP BY category, currency ORDER BY total DESC, category NULLS LAST, currency""",
-            *where.args,
+            f"""SELECT category, currency, sum(total) AS total, sum(n)::bigint AS count
+                FROM ({" UNION ALL ".join(parts)}) p
+                GROUP BY category, currency HAVING sum(n) > 0
+                ORDER BY total DESC, category NULLS LAST, currency""",
+            *q.args,
         )
         return _build(CategorySpending, rows)
 
     async def loan_repayments(self, user_id: str, since: datetime | None = None) -> list[LoanRepayments]:
         """Per loan agreement (bank, agreement id, currency): the debits naming it — count, total, average,
-        last payment and the most common day of month."""
-        where = (
-            _Where()
-            .add("user_id = {}", user_id)
-            .add("agreement_id IS NOT NULL")
-            .add("direction = 'debit'")
-            .maybe("booking_time >= {}", _aware(since, "since"))
-        )
+        last payment and the most common day of month (the earliest day among equally common ones)."""
+        q = _Where()
+        user = q.arg(user_id)
+        since = _aware(since, "since")
+        parts = [
+            "SELECT bank_id, agreement_id, currency, day, total, n FROM rollup_day_loans "
+            f"WHERE user_id = {user} AND n > 0"
+        ]
+        if since is not None:
+            first, _, edges = _whole_days(since, None)
+            parts[0] += f" AND day >= {q.arg(first)}"
+            if edges:
+                parts.append(
+                    f"""SELECT bank_id, agreement_id, currency, (booking_time AT TIME ZONE 'UTC')::date,
+                               -signed_amount, 1
+                        FROM transactions
+                        WHERE user_id = {user} AND agreement_id IS NOT NULL AND direction = 'debit'
+                          AND ({_between(q, edges)})"""
+                )
         rows = await self.pool.fetch(
-            f"""SELECT bank_id, agreement_id, currency, count(*) AS count, -sum(signed_amount) AS total,
-                       round(-avg(signed_amount), 2) AS average, max(booking_time) AS last_paid_at,
-                       mode() WITHIN GROUP (ORDER BY extract(day FROM booking_time AT TIME ZONE 'UTC'))::int
-                           AS typical_day,
-                       array_agg(DISTINCT date_trunc('month', booking_time AT TIME ZONE 'UTC')::date) AS months
-                FROM transactions WHERE {where}
-                GROUP BY bank_id, agreement_id, currency ORDER BY bank_id, agreement_id, currency""",
-            *where.args,
+            f"""
+            WITH parts AS ({" UNION ALL ".join(parts)}),
+            groups AS (
+                SELECT bank_id, agreement_id, currency, sum(n)::bigint AS count, sum(total) AS total,
+                       max(day) AS last_day, array_agg(DISTINCT date_trunc('month', day::timestamp)::date) AS months
+                FROM parts GROUP BY bank_id, agreement_id, currency HAVING sum(n) > 0
+            ),
+            by_day AS (
+                SELECT bank_id, agreement_id, currency, extract(day FROM day)::int AS day_of_month, sum(n) AS n
+                FROM parts GROUP BY 1, 2, 3, 4
+            ),
+            typical AS (  -- mode(): the most frequent, the first in order among equally frequent ones
+                SELECT bank_id, agreement_id, currency,
+                       (array_agg(day_of_month ORDER BY n DESC, day_of_month))[1] AS typical_day
+                FROM by_day GROUP BY 1, 2, 3
+            )
+            SELECT g.bank_id, g.agreement_id, g.currency, g.count, g.total,
+                   round(-((-g.total) / g.count), 2) AS average,  -- as round(-avg(signed_amount), 2)
+                   (SELECT max(t.booking_time) FROM transactions t
+                    WHERE t.user_id = {user} AND t.agreement_id = g.agreement_id AND t.bank_id = g.bank_id
+                      AND t.currency IS NOT DISTINCT FROM g.currency AND t.direction = 'debit'
+                      AND t.booking_time >= greatest(g.last_day::timestamp AT TIME ZONE 'UTC', {q.arg(since)})
+                      AND t.booking_time < (g.last_day + 1)::timestamp AT TIME ZONE 'UTC') AS last_paid_at,
+                   y.typical_day, g.months
+            FROM groups g
+            JOIN typical y ON y.bank_id = g.bank_id AND y.agreement_id = g.agreement_id
+                          AND y.currency IS NOT DISTINCT FROM g.currency
+            ORDER BY g.bank_id, g.agreement_id, g.currency
+            """,
+            *q.args,
         )
         return _build(LoanRepayments, rows)
 
@@ -250,14 +289,46 @@ class BankReads:
         """Income per UTC day and currency since `since`, oldest first: credits, without deposit interest
         or anything naming an agreement, and without transfers ("Перевод…", which move the user's own
         money between accounts or come from other people)."""
+        first, _, edges = _whole_days(_aware(since, "since"), None)
+        q = _Where()
+        user = q.arg(user_id)
+        parts = [
+            f"SELECT day, currency, total, n FROM rollup_day_income WHERE user_id = {user} AND day >= {q.arg(first)}"
+        ]
+        if edges:
+            parts.append(
+                f"""SELECT (booking_time AT TIME ZONE 'UTC')::date, currency, amount, 1 FROM transactions
+                    WHERE user_id = {user} AND direction = 'credit' AND agreement_id IS NULL
+                      AND coalesce(description, '') NOT ILIKE 'Перевод%' AND ({_between(q, edges)})"""
+            )
         rows = await self.pool.fetch(
-            """SELECT (booking_time AT TIME ZONE 'UTC')::date AS day, currency, sum(amount) AS total,
-                      count(*) AS count
-               FROM transactions
-               WHERE user_id = $1 AND direction = 'credit' AND booking_time >= $2 AND agreement_id IS NULL
-                 AND coalesce(description, '') NOT ILIKE 'Перевод%'
-               GROUP BY 1, currency ORDER BY 1, currency""",
-            user_id,
-            _aware(since, "since"),
+            f"""SELECT day, currency, sum(total) AS total, sum(n)::bigint AS count
+                FROM ({" UNION ALL ".join(parts)}) p
+                GROUP BY day, currency HAVING sum(n) > 0 ORDER BY day, currency""",
+            *q.args,
         )
         return _build(DayIncome, rows)
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def _whole_days(
+    since: datetime | None, until: datetime | None
+) -> tuple[date, date | None, list[tuple[datetime, datetime]]]:
+    """[since, until) as UTC days: the first whole day, the day after the last whole one (None: no end),
+    and the parts of days at the edges, as [start, end) time ranges (none when the edges are midnights)."""
+    assert since is not None
+    since = since.astimezone(UTC)
+    first = since.date() if since == _midnight(since.date()) else since.date() + timedelta(days=1)
+    head_end = _midnight(first)
+    if until is None:
+        return first, None, [(since, head_end)] if since < head_end else []
+    until = until.astimezone(UTC)
+    edges = [(since, min(head_end, until)), (max(_midnight(until.date()), head_end), until)]
+    return first, until.date(), [(a, b) for a, b in edges if a < b]
+
+
+def _between(q: _Where, ranges: list[tuple[datetime, datetime]]) -> str:
+    return " OR ".join(f"(booking_time >= {q.arg(a)} AND booking_time < {q.arg(b)})" for a, b in ranges)

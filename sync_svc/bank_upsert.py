@@ -10,7 +10,8 @@ more at the row. Inserts and updates are told apart by `xmax = 0`. When a table 
 Balance snapshots are appended only when the value differs from the latest snapshot
 (`_SNAPSHOT_BALANCES`); pending transactions the bank replaced by their booked version are deleted
 (`_DELETE_REPLACED_PENDING`); the sync state (watermark, last success, running row totals) is
-updated by `_RECORD_SUCCESS`. All of it runs inside the write's one transaction, under its
+updated by `_RECORD_SUCCESS`. The transactions' rollups (sync_svc/rollups.py) follow every insert,
+update and delete in the same transaction. All of it runs inside the write's one transaction, under its
 (user, bank) advisory lock.
 """
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 from svclib.db import copy_records
 from svclib.rows import Connection, returned
+from sync_svc import rollups
 from sync_svc.bank_records import TableStats
 
 
@@ -199,18 +201,21 @@ _SNAPSHOT_BALANCES = f"""
 
 # Pending rows of the fetched accounts, inside the fetched window, that this fetch no longer carries:
 # the bank replaced them by their booked version under a new id.
-_DELETE_REPLACED_PENDING = """
-    WITH gone AS (
+# Their contributions leave the rollups in the same statement; answers (deleted, emptied rollup rows).
+_DELETE_REPLACED_PENDING = rollups.apply_sql(
+    f"""
+    gone AS (
         DELETE FROM transactions t
         WHERE t.user_id = $1 AND t.bank_id = $2 AND t.account_id = ANY($3::text[])
           AND lower(t.status) = 'pending'
           AND t.booking_time >= COALESCE($4::timestamptz, '-infinity') AND t.booking_time <= $5
           AND NOT EXISTS (SELECT 1 FROM _stage_transactions s
                           WHERE s.account_id = t.account_id AND s.transaction_id = t.transaction_id)
-        RETURNING 1
-    )
-    SELECT count(*) FROM gone
-"""
+        RETURNING {rollups.CONTRIBUTION.removeprefix("sign, ")}
+    ),
+    d AS (SELECT -1 AS sign, * FROM gone)""",
+    "(SELECT count(*) FROM gone) AS deleted",
+)
 
 _RECORD_SUCCESS = """
     WITH before AS (SELECT last_success_at, last_error_at FROM sync_state WHERE user_id = $1 AND bank_id = $2)

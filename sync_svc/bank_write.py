@@ -9,7 +9,8 @@ table through the staging and upsert SQL of sync_svc/bank_upsert.py (rows COPYed
 stage, then upserted on their natural key; unchanged rows are neither rewritten nor locked; a
 table holding no row of the (user, bank) yet is COPYed into directly). The sync state (watermark,
 last success, running row totals) is updated in the same transaction, and the user's data version
-is bumped there too, but only when a row was inserted, updated or deleted: a second sync with no
+is bumped there too, and the rollups the dashboard's aggregates read (sync_svc/rollups.py) follow
+the rows, but the version only when a row was inserted, updated or deleted: a second sync with no
 new bank data writes no bank-data row and leaves the version alone. A write that fails or is
 abandoned before `commit` rolls back whole.
 """
@@ -28,6 +29,7 @@ from bankapi.models import Account, Balance, ProductAgreement, Transaction
 from svclib.db import copy_records
 from svclib.resilience import connection_lost
 from svclib.rows import Connection, returned
+from sync_svc import rollups
 from sync_svc.bank_records import (
     _BUMP_VERSION,
     _DATA_VERSION,
@@ -260,15 +262,25 @@ class BankWrite:
         if self._direct:
             # nothing was stored before this write: every row is new and no pending row needs cleaning up
             transaction_stats = TableStats(inserted=count)
-        else:
             if count:
+                await rollups.from_raw(conn, user_id, bank_id)
+        else:
+            emptied = 0
+            if count:
+                emptied += await conn.fetchval(rollups.STAGED_DELTA, user_id, bank_id)  # reads the old rows
                 inserted, updated = returned(await conn.fetchrow(TRANSACTIONS.sql, user_id, bank_id), "transactions")
                 transaction_stats = TableStats(inserted=inserted, updated=updated, unchanged=count - inserted - updated)
             if fetched_window is not None and window_accounts:
-                deleted = await conn.fetchval(
-                    _DELETE_REPLACED_PENDING, user_id, bank_id, sorted(window_accounts), *fetched_window
+                deleted, gone = returned(
+                    await conn.fetchrow(
+                        _DELETE_REPLACED_PENDING, user_id, bank_id, sorted(window_accounts), *fetched_window
+                    ),
+                    "transactions",
                 )
+                emptied += gone
                 transaction_stats = dataclasses.replace(transaction_stats, deleted=deleted)
+            if emptied:
+                await conn.execute(rollups.DROP_EMPTY, user_id, bank_id)
 
         changed = any(s.changed for s in (account_stats, credit_stats, balance_stats, transaction_stats))
         watermark, was_failing = returned(
