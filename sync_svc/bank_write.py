@@ -8,10 +8,10 @@ indexes them while the bank is still being waited on; the rest is written at `co
 table through the staging and upsert SQL of sync_svc/bank_upsert.py (rows COPYed into a temporary
 stage, then upserted on their natural key; unchanged rows are neither rewritten nor locked; a
 table holding no row of the (user, bank) yet is COPYed into directly). The sync state (watermark,
-last success, running row totals) is updated in the same transaction, and the user's data version
-is bumped there too, and the rollups the dashboard's aggregates read (sync_svc/rollups.py) follow
-the rows, but the version only when a row was inserted, updated or deleted: a second sync with no
-new bank data writes no bank-data row and leaves the version alone. A write that fails or is
+last success, running row totals) and the rollups the dashboard's aggregates read
+(sync_svc/rollups.py) are updated in the same transaction, and the user's data version is bumped
+there too, but only when a row was inserted, updated or deleted: a second sync with no new bank
+data writes no bank-data row and leaves the version alone. A write that fails or is
 abandoned before `commit` rolls back whole.
 """
 

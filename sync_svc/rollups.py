@@ -108,11 +108,18 @@ STAGED_DELTA = apply_sql("""
                s.amount, s.currency, s.category, s.agreement_id, s.description
         FROM _stage_transactions s
         UNION ALL
-        SELECT -1, o.booking_time, o.direction, o.signed_amount, o.amount, o.currency, o.category,
-               o.agreement_id, o.description
+        SELECT -1, o.*
         FROM _stage_transactions s
-        JOIN transactions o ON o.user_id = $1 AND o.bank_id = $2
-                           AND o.account_id = s.account_id AND o.transaction_id = s.transaction_id
+        -- One primary-key probe per staged row, never a scan of the (user, bank)'s rows, even when the
+        -- table's statistics are stale (after a first sync): LIMIT 1 (the key is unique) keeps it a
+        -- nested loop, ORDER BY the key's last column makes the primary key the cheapest index.
+        CROSS JOIN LATERAL (
+            SELECT o.booking_time, o.direction, o.signed_amount, o.amount, o.currency, o.category,
+                   o.agreement_id, o.description
+            FROM transactions o
+            WHERE o.user_id = $1 AND o.bank_id = $2
+              AND o.account_id = s.account_id AND o.transaction_id = s.transaction_id
+            ORDER BY o.transaction_id LIMIT 1) o
     )""")
 
 # Every stored row of ($1 user, $2 bank) added: after `CLEAR_BANK`, the rollups of a first sync
