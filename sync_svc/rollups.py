@@ -100,7 +100,10 @@ def apply_sql(source: str, answer: str = "") -> str:
 
 # Rows of the staged upsert (sync_svc/bank_upsert.py: TRANSACTIONS): run before it, it adds the staged
 # rows and takes away the stored rows they replace (identical ones cancel out). The staged rows'
-# signed amount is the generated column's definition (002_bank_data.sql).
+# signed amount is the generated column's definition (002_bank_data.sql). With statistics the join is
+# a primary-key probe per staged row; on a table never analysed since a big first sync the planner
+# hashes the (user, bank)'s rows instead, as for the upsert's own NOT EXISTS (a LATERAL … LIMIT 1
+# forcing probes then picks transactions_by_account_time and scans an account per row: far worse).
 STAGED_DELTA = apply_sql("""
     d AS (
         SELECT 1 AS sign, s.booking_time, s.direction,
@@ -108,18 +111,11 @@ STAGED_DELTA = apply_sql("""
                s.amount, s.currency, s.category, s.agreement_id, s.description
         FROM _stage_transactions s
         UNION ALL
-        SELECT -1, o.*
+        SELECT -1, o.booking_time, o.direction, o.signed_amount, o.amount, o.currency, o.category,
+               o.agreement_id, o.description
         FROM _stage_transactions s
-        -- One primary-key probe per staged row, never a scan of the (user, bank)'s rows, even when the
-        -- table's statistics are stale (after a first sync): LIMIT 1 (the key is unique) keeps it a
-        -- nested loop, ORDER BY the key's last column makes the primary key the cheapest index.
-        CROSS JOIN LATERAL (
-            SELECT o.booking_time, o.direction, o.signed_amount, o.amount, o.currency, o.category,
-                   o.agreement_id, o.description
-            FROM transactions o
-            WHERE o.user_id = $1 AND o.bank_id = $2
-              AND o.account_id = s.account_id AND o.transaction_id = s.transaction_id
-            ORDER BY o.transaction_id LIMIT 1) o
+        JOIN transactions o ON o.user_id = $1 AND o.bank_id = $2
+                           AND o.account_id = s.account_id AND o.transaction_id = s.transaction_id
     )""")
 
 # Every stored row of ($1 user, $2 bank) added: after `CLEAR_BANK`, the rollups of a first sync
