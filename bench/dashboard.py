@@ -79,8 +79,8 @@ async def _prepare_user(session, suite: Suite, per_account: int, user: str | Non
     for _ in range(1200):
         async with session.get(f"{gateway}/api/sync/status", params={"user_id": user}, headers=auth) as resp:
             status = await resp.json()
-        if status["status"] == "completed":
-            break
+        if status["status"] == "completed" and all(b["state"] == "JOB_STATE_SUCCEEDED" for b in status["banks"]):
+            break  # (a job retried after a slow bank answer leaves the status "completed" meanwhile)
         await asyncio.sleep(0.5)
     assert all(b["state"] == "JOB_STATE_SUCCEEDED" for b in status["banks"]), status
     return user
@@ -186,6 +186,7 @@ async def _run(
         log_dir,
         FINPULSE_BANK_RATE_LIMIT="99",
         FINPULSE_RPC_TIMEOUT="60",
+        FINPULSE_BANK_TIMEOUT="60",  # the emulator serving 20,000 transactions per account on a busy machine
         FINPULSE_USER_RATE_LIMIT="100000",
         FINPULSE_USER_RATE_BURST="100000",
     )
