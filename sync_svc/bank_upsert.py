@@ -10,9 +10,9 @@ more at the row. Inserts and updates are told apart by `xmax = 0`. When a table 
 Balance snapshots are appended only when the value differs from the latest snapshot
 (`_SNAPSHOT_BALANCES`); pending transactions the bank replaced by their booked version are deleted
 (`_DELETE_REPLACED_PENDING`); the sync state (watermark, last success, running row totals) is
-updated by `_RECORD_SUCCESS`. The transactions' rollups (sync_svc/rollups.py) follow every insert,
-update and delete in the same transaction. All of it runs inside the write's one transaction, under its
-(user, bank) advisory lock.
+updated by `_RECORD_SUCCESS`; the transactions' rollups (sync_svc/rollups.py) follow every insert,
+update and delete. All of it runs inside the write's one transaction, under its (user, bank)
+advisory lock.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ every transaction's contribution is added when it is stored, and when a stored r
 deleted its old contribution is subtracted (an identical re-delivered row adds and subtracts the same,
 so nothing changes). Sums are NUMERIC, so the arithmetic is exact; a row whose count reaches 0 is
 deleted, so the tables hold exactly what a recomputation from the raw rows gives (tests/test_rollups.py).
+Whatever else comes to change or delete transactions (a purge of a user's data, say) must apply its
+delta the same way (`apply_sql`) or recompute the (user, bank) (`from_raw`) in its transaction.
 
 Every rollup key holds the bank, and a (user, bank) is written by one transaction at a time (the
 advisory lock of `BankWrite`): two syncs of one user at two banks never touch the same rollup row,
