@@ -137,19 +137,24 @@ async def _customers(session, url: str, count: int) -> list[str]:
     raise RuntimeError(f"fewer than {count} emulator customers with 4 accounts")
 
 
-async def _cold_leg(session, suite: Suite, dsn: str, user: str, per_account: int, samples: int) -> Cold:
-    auth = {"Authorization": f"Bearer {suite.token(user)}"}
-    url = f"{suite.gateway_url}/api/dashboard?user_id={user}&force_refresh=true"
-    latencies = []
+async def _cold_legs(session, suite: Suite, dsn: str, users: dict[int, str], samples: int) -> list[Cold]:
+    """The cold leg of every user, the users taking turns call by call (a load that comes and goes on
+    the machine then weighs on every history size alike)."""
+    latencies: dict[int, list[float]] = {n: [] for n in users}
     for _ in range(samples):
-        started = time.perf_counter()
-        async with session.get(url, headers=auth) as resp:
-            assert resp.status == 200, await resp.text()
-            await resp.read()
-        latencies.append(time.perf_counter() - started)
-    return Cold(
-        per_account, latencies, await _sql_alone(dsn, user, samples), await _sql_alone(dsn, user, samples, True)
-    )
+        for n, user in users.items():
+            auth = {"Authorization": f"Bearer {suite.token(user)}"}
+            started = time.perf_counter()
+            async with session.get(
+                f"{suite.gateway_url}/api/dashboard?user_id={user}&force_refresh=true", headers=auth
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+                await resp.read()
+            latencies[n].append(time.perf_counter() - started)
+    return [
+        Cold(n, latencies[n], await _sql_alone(dsn, user, samples), await _sql_alone(dsn, user, samples, True))
+        for n, user in users.items()
+    ]
 
 
 def _cold_report(legs: list[Cold], samples: int) -> None:
@@ -204,10 +209,7 @@ async def _run(
         async with aiohttp.ClientSession() as session:
             customers = await _customers(session, suite.settings.banks[0].base_url, len(sizes))
             users = [await _prepare_user(session, suite, n, c) for n, c in zip(sizes, customers, strict=True)]
-            legs = [
-                await _cold_leg(session, suite, backing.database_url, u, n, samples)
-                for n, u in zip(sizes, users, strict=True)
-            ]
+            legs = await _cold_legs(session, suite, backing.database_url, dict(zip(sizes, users, strict=True)), samples)
             user, per_account = users[0], sizes[0]
             auth = {"Authorization": f"Bearer {suite.token(user)}"}
             url = f"{suite.gateway_url}/api/dashboard?user_id={user}"
