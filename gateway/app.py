@@ -107,7 +107,7 @@ def create_app(
     """The gateway app. Clients created here are closed on cleanup; passed-in ones are the caller's."""
     app = web.Application(
         client_max_size=max_body_bytes,
-        middlewares=[middleware.request_context, middleware.cors(settings.cors_origins), middleware.errors],
+        middlewares=[middleware.gateway(settings.cors_origins)],
     )
     app[SETTINGS] = settings
     app[RENDERED] = RenderedCache()
