@@ -204,6 +204,7 @@ class Load:
     seconds: float
     tool_cpu: float
     processes: int = 1
+    server_cpu: float = 0.0  # CPU seconds of the serving processes, when measured (`http_turns`)
 
     @property
     def rps(self) -> float:
@@ -217,6 +218,10 @@ class Load:
     @property
     def saturated(self) -> bool:
         return self.tool_busy >= SATURATED
+
+    @property
+    def server_cpu_per_request(self) -> float:
+        return self.server_cpu / self.requests
 
     def describe(self) -> str:
         return f"{self.tool} at {self.tool_busy:.0%} of a core"
@@ -255,6 +260,40 @@ def http_load(url: str, seconds: float, connections: int, token: str = "") -> Lo
         raise RuntimeError(f"cannot read wrk's output:\n{out}")
     scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[match.group(3)]
     return Load("wrk -t1", int(match.group(1)), float(match.group(2)) * scale, cpu)
+
+
+def process_cpu(pids: list[int]) -> float:
+    """utime + stime of the processes (all their threads), from /proc/<pid>/stat."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5), after pid and comm
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def http_turns(
+    targets: list[tuple[str, list[int]]], seconds: float, connections: int, token: str = "", rounds: int = 5
+) -> list[Load]:
+    """`http_load` on each (url, serving pids) for `seconds` in all, in `rounds` turns taken one after the
+    other (so that the machine's other load falls on every target alike), each warmed up first: one Load
+    per target, summed over its turns, with the CPU its serving processes used."""
+    for url, _ in targets:
+        http_load(url, 1, connections, token)
+    sums = [[0, 0.0, 0.0, 0.0] for _ in targets]
+    tool = ""
+    for turn in range(rounds):
+        order = list(enumerate(targets))
+        for i, (url, pids) in order if turn % 2 == 0 else order[::-1]:
+            before = process_cpu(pids)
+            done = http_load(url, seconds / rounds, connections, token)
+            total = sums[i]
+            total[0] += done.requests
+            total[1] += done.seconds
+            total[2] += done.tool_cpu
+            total[3] += process_cpu(pids) - before
+            tool = done.tool
+    return [Load(tool, int(t[0]), t[1], t[2], server_cpu=t[3]) for t in sums]
 
 
 def ratio(a: Load, b: Load, goal: float | None = None) -> str:

@@ -26,7 +26,7 @@ import time
 
 import aiohttp
 
-from bench._common import bare_server, customer_with_accounts, http_load, ratio, scratch_database, suite_env, top_up
+from bench._common import bare_server, customer_with_accounts, http_turns, ratio, scratch_database, suite_env, top_up
 from deploy.suite import Suite
 from svclib import db
 from svclib.config import KNOWN_BANKS, load_settings
@@ -135,19 +135,27 @@ async def _run(backing: BackingServices, per_account: int, seconds: float, conne
         sql = await _sql_alone(backing.database_url, user, samples)
 
         token = suite.token(user)
-        with bare_server(body, "/api/dashboard", log_dir) as (bare_url, _):
-            gateway = http_load(url, seconds, connections, token)
-            bare = http_load(f"{bare_url}/api/dashboard?user_id={user}", seconds, connections, token)
+        with bare_server(body, "/api/dashboard", log_dir) as (bare_url, bare_proc):
+            targets = [
+                (url, [suite.children["gateway"].proc.pid]),
+                (f"{bare_url}/api/dashboard?user_id={user}", [bare_proc.pid]),
+            ]
+            gateway, bare = http_turns(targets, seconds, connections, token)
 
         p50, p99 = _percentile(latencies, 0.5), _percentile(latencies, 0.99)
         s50, s99 = _percentile(sql, 0.5), _percentile(sql, 0.99)
         print(
             f"dashboard: user with {len(BANKS)} banks x 4 accounts x {per_account} transactions "
-            f"({len(body)} bytes of JSON); load tool {gateway.tool}, {connections} connections, {seconds:g} s each"
+            f"({len(body)} bytes of JSON); load tool {gateway.tool}, {connections} connections, {seconds:g} s each "
+            "in 5 turns taken in alternation"
         )
-        print(f"  cached GET /api/dashboard via gateway: {gateway.rps:,.0f} req/s ({gateway.describe()})")
-        print(f"  bare aiohttp handler, same body:       {bare.rps:,.0f} req/s ({bare.describe()})")
-        print(f"  ratio gateway / bare: {ratio(gateway, bare, 0.8)}")
+        for name, done in (("cached GET /api/dashboard via gateway:", gateway), ("bare aiohttp, same body:", bare)):
+            print(
+                f"  {name:<38} {done.rps:,.0f} req/s, {done.server_cpu_per_request * 1e6:.0f} µs CPU/request "
+                f"({done.describe()})"
+            )
+        cpu = bare.server_cpu_per_request / gateway.server_cpu_per_request
+        print(f"  ratio gateway / bare: req/s {ratio(gateway, bare, 0.8)}; bare ÷ gateway CPU/request {cpu:.2f}")
         print(
             f"  uncached dashboard (force_refresh) over {samples} calls: p50 {p50 * 1000:.1f} ms, "
             f"p99 {p99 * 1000:.1f} ms"
