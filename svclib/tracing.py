@@ -56,10 +56,6 @@ def wanted(environ: Mapping[str, str] | None = None) -> bool:
     return bool(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
 
-def enabled() -> bool:
-    return _enabled
-
-
 def setup_tracing(service_name: str) -> bool:
     """Install tracing for this process when the environment asks for it (see the module docstring);
     call once, before any server, channel, pool or aiohttp application is made. True when on."""
