@@ -426,3 +426,4 @@ def test_an_otlp_endpoint_installs_the_sdk_and_the_instrumentations():
     }
     named = _probe(OTEL_TRACES_EXPORTER="otlp", OTEL_SERVICE_NAME="sync-eu-1")
     assert named["on"] and named["service"] == "sync-eu-1"
+    assert _probe(OTEL_TRACES_EXPORTER="console")["on"]
