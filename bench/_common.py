@@ -149,45 +149,6 @@ def bare_server(body: bytes, path: str, work_dir: str) -> Iterator[tuple[str, su
         proc.wait(5)
 
 
-# argv: port. POST /v1/traces: an OTLP/HTTP export, answered at once (its spans counted); GET /spans: the count.
-_OTLP_SINK = """
-import sys
-from aiohttp import web
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
-count = 0
-async def export(request):
-    global count
-    body = pb.ExportTraceServiceRequest.FromString(await request.read())
-    count += sum(len(s.spans) for r in body.resource_spans for s in r.scope_spans)
-    return web.Response(body=pb.ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf")
-async def spans(request):
-    return web.Response(text=str(count))
-app = web.Application(client_max_size=64 << 20)
-app.router.add_post("/v1/traces", export)
-app.router.add_get("/spans", spans)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None, reuse_port=True)
-"""
-
-
-@contextlib.contextmanager
-def otlp_sink() -> Iterator[str]:
-    """An OTLP/HTTP trace receiver that counts and drops what it gets (`GET <url>/spans`), in its own
-    process (its CPU is not the suite's): its base URL, for OTEL_EXPORTER_OTLP_ENDPOINT."""
-    port = reserved_port()
-    proc = subprocess.Popen([sys.executable, "-c", _OTLP_SINK, str(port)])
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(5)
-
-
 # argv: url, seconds, connections, token ("" for none)
 _HTTP_LOOP = """
 import asyncio, sys, time

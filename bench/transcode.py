@@ -24,11 +24,7 @@ loop; a grpc.aio client loop for gRPC; each in its own process, `--connections` 
 The suite runs as `make up` runs it (each service its own process, logs at WARNING), on a scratch
 database (FINPULSE_DATABASE_URL's server when set, else embedded Postgres and Redis).
 
-With `--tracing`, every process of the suite traces (svclib.tracing) and exports its spans over
-OTLP/HTTP to a receiver in a process of its own that drops them (`bench._common.otlp_sink`): what
-tracing on costs, next to a run without it (tracing off: no OTEL_* variables).
-
-`python -m bench.transcode [--seconds 10] [--connections 32] [--warmup 2] [--tracing]`
+`python -m bench.transcode [--seconds 10] [--connections 32] [--warmup 2]`
 """
 
 from __future__ import annotations
@@ -43,7 +39,7 @@ import tempfile
 
 import aiohttp
 
-from bench._common import bare_server, http_load, http_tool, otlp_sink, scratch_database, suite_env
+from bench._common import bare_server, http_load, http_tool, scratch_database, suite_env
 from deploy.suite import Suite
 from svclib.config import load_settings
 from svclib.embedded import BackingServices
@@ -51,24 +47,22 @@ from svclib.embedded import BackingServices
 PATH = "/api/banks"
 USER = "bench-transcode-user"
 
-# The gRPC load (HTTP load is bench._common.http_load), signing its calls as the gateway does
-# (svclib.internal_auth: a cached statement for the user, or for no user).
-# argv: target (host:port), seconds, connections, user ("" for none); FINPULSE_INTERNAL_SECRET in the environment
+# The gRPC load (HTTP load is bench._common.http_load).
+# argv: target (host:port), seconds, connections, user ("" for none)
 _GRPC_LOOP = """
-import asyncio, os, sys, time
+import asyncio, sys, time
 target, seconds, connections, user = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 
 async def run_grpc():
     import grpc
     from finpulse.sync.v1 import sync_pb2, sync_pb2_grpc
-    from svclib.internal_auth import Signer
-    signer = Signer(os.environ["FINPULSE_INTERNAL_SECRET"], "gateway")
     request = sync_pb2.ListBanksRequest(user_id=user) if user else sync_pb2.ListBanksRequest()
+    metadata = (("x-user-id", user),) if user else None
     async with grpc.aio.insecure_channel(target) as channel:
         stub = sync_pb2_grpc.SyncServiceStub(channel)
-        await stub.ListBanks(request, metadata=(signer.metadata(user or None),), timeout=10)
+        await stub.ListBanks(request, metadata=metadata, timeout=10)
         async def call():
-            await stub.ListBanks(request, metadata=(signer.metadata(user or None),), timeout=10)
+            await stub.ListBanks(request, metadata=metadata, timeout=10)
         return await drive(call)
 
 async def drive(call):
@@ -116,13 +110,12 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def load(
-    kind: str, target: str, seconds: float, connections: int, user: str = "", token: str = "", secret: str = ""
+    kind: str, target: str, seconds: float, connections: int, user: str = "", token: str = ""
 ) -> tuple[int, float]:
     if kind == "http":
         return http_load(target, seconds, connections, token)
     out = subprocess.run(
         [sys.executable, "-c", _GRPC_LOOP, target, str(seconds), str(connections), user],
-        env={**os.environ, "FINPULSE_INTERNAL_SECRET": secret},
         capture_output=True,
         text=True,
         check=True,
@@ -150,16 +143,10 @@ def _ratios(a: Result, other: Result, name: str) -> str:
 
 async def run(args) -> None:
     async with scratch_database("transcode") as backing:
-        if args.tracing:
-            with otlp_sink() as sink:
-                await _run(backing, args, {"OTEL_EXPORTER_OTLP_ENDPOINT": sink})
-                async with aiohttp.ClientSession() as session, session.get(sink + "/spans") as resp:
-                    print(f"  tracing on: {await resp.text()} spans exported over OTLP/HTTP")
-        else:
-            await _run(backing, args)
+        await _run(backing, args)
 
 
-async def _run(backing: BackingServices, args, tracing: dict[str, str] | None = None) -> None:
+async def _run(backing: BackingServices, args) -> None:
     log_dir = tempfile.mkdtemp(prefix="fpt-logs-")
     env = suite_env(
         log_dir,
@@ -167,7 +154,6 @@ async def _run(backing: BackingServices, args, tracing: dict[str, str] | None = 
         FINPULSE_USER_RATE_LIMIT="100000",
         FINPULSE_USER_RATE_BURST="100000",
         FINPULSE_BANK_EMULATOR="off",
-        **(tracing or {}),
     )
     suite = Suite(load_settings(env), backing, base_env=env, log_dir=log_dir)
     try:
@@ -189,8 +175,7 @@ async def _run(backing: BackingServices, args, tracing: dict[str, str] | None = 
         await asyncio.sleep(args.warmup)
         idle = {name: (cpu_seconds([pid[name]]) - cpu) / args.warmup for name, cpu in idle_before.items()}
         rest = measure("(a) REST via the gateway", [pid["gateway"], pid["sync"]], "http", url, args)
-        secret = suite.settings.internal_secret  # the direct calls sign as the gateway does
-        direct = measure("(b) grpc.aio, ListBanks directly", [pid["sync"]], "grpc", sync_addr, args, secret=secret)
+        direct = measure("(b) grpc.aio, ListBanks directly", [pid["sync"]], "grpc", sync_addr, args)
         rest_user = measure(
             "(a) REST via the gateway, token",
             [pid["gateway"], pid["sync"], pid["consent"]],
@@ -200,13 +185,7 @@ async def _run(backing: BackingServices, args, tracing: dict[str, str] | None = 
             token=token,
         )
         direct_user = measure(
-            "(b) grpc.aio, ListBanks(user)",
-            [pid["sync"], pid["consent"]],
-            "grpc",
-            sync_addr,
-            args,
-            user=USER,
-            secret=secret,
+            "(b) grpc.aio, ListBanks(user)", [pid["sync"], pid["consent"]], "grpc", sync_addr, args, user=USER
         )
 
         print(
@@ -237,7 +216,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--warmup", type=float, default=2)
-    parser.add_argument("--tracing", action="store_true", help="every process traces, exporting over OTLP/HTTP")
     asyncio.run(run(parser.parse_args(argv)))
 
 
