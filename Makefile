@@ -17,10 +17,15 @@ PROTO_DEPS := build/proto-deps
 # running suite): Debian's package, pinned, unpacked into tools/prometheus (git-ignored) by tools/prometheus.sh.
 PROMETHEUS_DEB ?= 2.42.0+ds-5+deb12u1
 PROMTOOL := tools/prometheus/promtool
+# wrk, the HTTP load tool of bench/ (`make bench-tools`; the benchmarks find it there or on PATH): Debian's
+# packages, pinned, unpacked into tools/wrk (git-ignored) by tools/wrk.sh, with no root and no install.
+WRK_DEB ?= 4.1.0-3+b2
+LUAJIT_DEB ?= 2.1.0~beta3+git20220320+dfsg-4.1+deb12u1
+WRK := tools/wrk/wrk
 # The ref `buf breaking` compares the protos with (default: the merge-base with origin/main, else HEAD~1).
 BUF_AGAINST ?=
 
-.PHONY: up test test-fast gen venv clean check-gen lint lock lint-python lint-protos bench token grpc-token prometheus
+.PHONY: up test test-fast gen venv clean check-gen lint lock lint-python lint-protos bench bench-tools token grpc-token prometheus
 
 venv: $(INSTALLED)
 
@@ -93,8 +98,15 @@ token: $(GEN_STAMP)
 grpc-token: $(GEN_STAMP)
 	@$(PY) -m svclib.internal_auth $(if $(USER_ID),--user "$(USER_ID)")
 
-bench: $(GEN_STAMP)
+bench: $(GEN_STAMP) $(WRK)
 	$(PY) -m bench
 
+# wrk (see WRK_DEB above).
+bench-tools: $(WRK)
+
+$(WRK): tools/wrk.sh Makefile
+	tools/wrk.sh $(WRK_DEB) $(LUAJIT_DEB) tools/wrk
+	@touch $@
+
 clean:
-	rm -rf gen build $(VENV) tools/node_modules tools/prometheus
+	rm -rf gen build $(VENV) tools/node_modules tools/prometheus tools/wrk

@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 from .consents import CONSENT_ENDPOINTS
 from .models import Account, Balance, ConsentKind, Product, ProductAgreement, Transaction, TransactionPage, items_of
 from .transport import BankTransport, Response, wire_time
+from .wire import decode_transaction_page
 
 MAX_PAGE_LIMIT = 100  # the API rejects limit > 100 with 422
 MAX_PAGES = 10_000  # safety stop for a server whose links.next never ends
@@ -146,7 +147,7 @@ class DataEndpoints(BankTransport):
             client_id,
             params,
         )
-        return self._parse("get_transactions", answer, lambda b: TransactionPage.from_api(b, account_id=account_id))
+        return self._parse("get_transactions", answer, lambda b: decode_transaction_page(b, account_id))
 
     # ------------------------------------------------------------------------------------ products
 

@@ -25,8 +25,9 @@ import email.utils
 import json
 import time
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any
+
+from .jsonbody import decode_json, plain
 
 
 class BankError(Exception):
@@ -137,13 +138,10 @@ class UnknownBank(BankError):
 
 
 def decode_body(text: str) -> Any:
-    """JSON with exact decimals (`parse_float=Decimal`); the raw text when it is not JSON; None when empty."""
-    if not text.strip():
-        return None
-    try:
-        return json.loads(text, parse_float=Decimal)
-    except ValueError:
-        return text
+    """JSON with exact decimals (`parse_float=Decimal`); the raw text when it is not JSON; None when empty.
+    A JSON object comes as a `JSONObject`: a Mapping decoded on first access, whose text a typed decoder
+    can take instead (bankapi/jsonbody.py)."""
+    return decode_json(text)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -166,6 +164,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 def describe_detail(body: Any) -> tuple[str, str | None]:
     """(human message, error code) from a FastAPI-style error body (`detail` str, object or 422 list)."""
+    body = plain(body)
     detail = body.get("detail", body) if isinstance(body, Mapping) else body
     if isinstance(detail, str):
         return detail[:500] or "no detail", None
@@ -194,6 +193,7 @@ def error_for_status(
     status: int, body: Any, *, retry_after_header: str | None = None, after_refresh: bool = False, **context: Any
 ) -> BankError:
     """The typed error for a non-2xx answer. `context`: bank_id, operation, interaction_id."""
+    body = plain(body)
     message, code = describe_detail(body)
     detail = body.get("detail", body) if isinstance(body, Mapping) else body
     kw = dict(context, http_status=status, detail=detail)

@@ -111,7 +111,7 @@ _AGREEMENT_RE = re.compile(r"(?:Плат[её]ж\s+по\s+кредиту|Про�
 
 def agreement_id_from_text(text: str | None) -> str | None:
     """The agreement id embedded in "Платеж по кредиту №<id>" / "Проценты по депозиту №<id>", else None."""
-    if not text:
+    if not text or "№" not in text:  # the pattern needs one: most descriptions are done here
         return None
     match = _AGREEMENT_RE.search(text)
     return match.group(1) if match else None

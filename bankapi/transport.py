@@ -34,6 +34,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -50,6 +51,7 @@ from .errors import (
     is_refusal,
 )
 from .tokens import Token, TokenCache, TokenStore
+from .tracing import BankSpan
 
 log = logging.getLogger("bankapi")
 _Parsed = TypeVar("_Parsed")  # what a model parser makes of a bank answer
@@ -144,6 +146,7 @@ class BankTransport:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self._base_url = bank.base_url.rstrip("/")
+        self._host = urlsplit(self._base_url).hostname or ""  # the bank's host, for its spans
         self._session = session
         self._owns_session = session is None
         self._pool_size = pool_size
@@ -315,25 +318,29 @@ class BankTransport:
             request_headers["Content-Type"] = "application/json"
         query = {k: str(v) for k, v in (params or {}).items() if v is not None}
         started = time.perf_counter()
-        try:
-            async with self._http().request(
-                method,
-                self._base_url + path,
-                params=query,
-                data=data,
-                headers=request_headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-            ) as resp:
-                raw = await resp.read()
-                response = Response(resp.status, decode_body(raw.decode("utf-8", "replace")), resp.headers, iid)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            if isinstance(exc, asyncio.TimeoutError):
-                message = f"timeout after {self.timeout}s"
-            else:
-                message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            await self._report(operation, method, path, None, started, iid, message, attempt)
-            await self._breaker.failed()
-            raise _TransportError(message) from exc
+        with BankSpan(self.bank_id, self._host, operation, method, path, attempt) as span:
+            span.inject(request_headers)
+            try:
+                async with self._http().request(
+                    method,
+                    self._base_url + path,
+                    params=query,
+                    data=data,
+                    headers=request_headers,
+                    timeout=aiohttp.ClientTimeout(total=self.timeout),
+                ) as resp:
+                    span.answered(resp.status)
+                    raw = await resp.read()
+                    response = Response(resp.status, decode_body(raw.decode("utf-8", "replace")), resp.headers, iid)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                if isinstance(exc, asyncio.TimeoutError):
+                    message = f"timeout after {self.timeout}s"
+                else:
+                    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                span.failed("timeout" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__)
+                await self._report(operation, method, path, None, started, iid, message, attempt)
+                await self._breaker.failed()
+                raise _TransportError(message) from exc
         message = "" if response.status < 300 else describe_detail(response.body)[0]
         await self._report(operation, method, path, response.status, started, iid, message, attempt)
         if response.status >= 500:

@@ -4,6 +4,7 @@ suite's environment, the emulator's admin API, a bare aiohttp server and an HTTP
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -175,29 +176,131 @@ async def main():
 print(*asyncio.run(main()))
 """
 
+#: wrk as `make bench-tools` installs it (tools/wrk.sh), else on PATH.
+_REPO_WRK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "wrk", "wrk")
+#: A load generator busier than this (CPU seconds per second, one process is one core at most) is
+#: taken to be the bottleneck: it cannot send faster, so the rate says more about it than the server.
+SATURATED = 0.9
+
+
+def wrk_path() -> str | None:
+    """wrk from `make bench-tools` (tools/wrk), else from PATH, else None."""
+    if os.access(_REPO_WRK, os.X_OK):
+        return _REPO_WRK
+    return shutil.which("wrk")
+
 
 def http_tool() -> str:
-    return "wrk -t1" if shutil.which("wrk") else "aiohttp client loop"
+    return "wrk -t1" if wrk_path() else "aiohttp client loop"
 
 
-def http_load(url: str, seconds: float, connections: int, token: str = "") -> tuple[int, float]:
-    """GET `url` with `connections` requests in flight for `seconds` from another process: wrk when it is
-    on PATH (`apt-get install wrk`), else an aiohttp client loop. (requests answered, seconds taken);
-    any non-200 answer is an error."""
-    if not shutil.which("wrk"):
-        out = subprocess.run(
-            [sys.executable, "-c", _HTTP_LOOP, url, str(seconds), str(connections), token],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()
-        return int(out[0]), float(out[1])
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """One load run: what sent it, how many requests were answered in how long, and the CPU the load
+    generator itself used (its processes' utime + stime)."""
+
+    tool: str
+    requests: int
+    seconds: float
+    tool_cpu: float
+    processes: int = 1
+    server_cpu: float = 0.0  # CPU seconds of the serving processes, when measured (`http_turns`)
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def tool_busy(self) -> float:
+        """The load generator's CPU per second per process (1.0: a core kept busy)."""
+        return self.tool_cpu / self.seconds / self.processes
+
+    @property
+    def saturated(self) -> bool:
+        return self.tool_busy >= SATURATED
+
+    @property
+    def server_cpu_per_request(self) -> float:
+        return self.server_cpu / self.requests
+
+    def describe(self) -> str:
+        return f"{self.tool} at {self.tool_busy:.0%} of a core"
+
+
+def measured_run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, float]:
+    """`cmd` to the end with its CPU: (stdout, utime + stime of it and its children). Failing is an error."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    out = proc.stdout.read() if proc.stdout else ""
+    err = proc.stderr.read() if proc.stderr else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {err.strip()[-2000:]}")
+    return out, usage.ru_utime + usage.ru_stime
+
+
+def http_load(url: str, seconds: float, connections: int, token: str = "") -> Load:
+    """GET `url` with `connections` requests in flight for `seconds` from another process: wrk (one
+    thread) when installed (`make bench-tools`, or on PATH), else an aiohttp client loop. Any non-200
+    answer is an error. The Load says how busy the load generator was (`saturated`: it, not the
+    server, set the rate)."""
+    wrk = wrk_path()
+    if wrk is None:
+        out, cpu = measured_run([sys.executable, "-c", _HTTP_LOOP, url, str(seconds), str(connections), token])
+        requests, elapsed = out.split()
+        return Load("aiohttp client loop", int(requests), float(elapsed), cpu)
+    cmd = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
     if token:
         cmd += ["-H", f"Authorization: Bearer {token}"]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    out, cpu = measured_run([*cmd, url])
     if "Non-2xx or 3xx responses" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk saw failed requests on {url}:\n{out}")
     match = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)\b", out)
+    if match is None:
+        raise RuntimeError(f"cannot read wrk's output:\n{out}")
     scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[match.group(3)]
-    return int(match.group(1)), float(match.group(2)) * scale
+    return Load("wrk -t1", int(match.group(1)), float(match.group(2)) * scale, cpu)
+
+
+def process_cpu(pids: list[int]) -> float:
+    """utime + stime of the processes (all their threads), from /proc/<pid>/stat."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5), after pid and comm
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def http_turns(
+    targets: list[tuple[str, list[int]]], seconds: float, connections: int, token: str = "", rounds: int = 5
+) -> list[Load]:
+    """`http_load` on each (url, serving pids) for `seconds` in all, in `rounds` turns taken one after the
+    other (so that the machine's other load falls on every target alike), each warmed up first: one Load
+    per target, summed over its turns, with the CPU its serving processes used."""
+    for url, _ in targets:
+        http_load(url, 1, connections, token)
+    sums = [[0, 0.0, 0.0, 0.0] for _ in targets]
+    tool = ""
+    for turn in range(rounds):
+        order = list(enumerate(targets))
+        for i, (url, pids) in order if turn % 2 == 0 else order[::-1]:
+            before = process_cpu(pids)
+            done = http_load(url, seconds / rounds, connections, token)
+            total = sums[i]
+            total[0] += done.requests
+            total[1] += done.seconds
+            total[2] += done.tool_cpu
+            total[3] += process_cpu(pids) - before
+            tool = done.tool
+    return [Load(tool, int(t[0]), t[1], t[2], server_cpu=t[3]) for t in sums]
+
+
+def ratio(a: Load, b: Load, goal: float | None = None) -> str:
+    """`a ÷ b` in requests/s, or why no ratio is given: a load generator that kept its core busy set
+    its own rate, and a ratio of two such rates measures the load tools, not the servers."""
+    busy = [load for load in (a, b) if load.saturated]
+    if busy:
+        return "no ratio: the load generator is the bottleneck (" + "; ".join(x.describe() for x in busy) + ")"
+    text = f"{a.rps / b.rps:.2f}"
+    return text + (f" (goal >= {goal:g})" if goal is not None else "")

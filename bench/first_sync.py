@@ -32,13 +32,16 @@ spent meanwhile by this process, the emulator and every local process named post
 meaningful with the server on this machine and nothing else running), against what the machine's
 cores could give in the measured time.
 
-`python -m bench.first_sync [--latency-ms 50] [--transactions 1000] [--rate N] [--concurrency N]`.
+`python -m bench.first_sync [--latency-ms 50] [--transactions 1000] [--rate N] [--concurrency N] [--profile FILE]`
+(`--profile`: cProfile of this process over the measured part only, saved for `pstats`; it slows the
+sync, so its ratio is not the figure).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import logging
 import math
 import os
@@ -151,12 +154,14 @@ def lower_bound(requests: int, latency: float, concurrency: int, rate: float, bu
     }
 
 
-async def run(latency_ms: float, per_account: int, rate: float, concurrency: int) -> None:
+async def run(latency_ms: float, per_account: int, rate: float, concurrency: int, profile: str | None = None) -> None:
     async with scratch_database("first_sync") as backing:
-        await _run(backing, latency_ms, per_account, rate, concurrency)
+        await _run(backing, latency_ms, per_account, rate, concurrency, profile)
 
 
-async def _run(backing, latency_ms: float, per_account: int, rate: float, concurrency: int) -> None:
+async def _run(
+    backing, latency_ms: float, per_account: int, rate: float, concurrency: int, profile: str | None
+) -> None:
     dsn = backing.database_url
     ports = {b: reserved_port() for b in BANKS}
     urls = {b: f"http://127.0.0.1:{p}" for b, p in ports.items()}
@@ -224,10 +229,16 @@ async def _run(backing, latency_ms: float, per_account: int, rate: float, concur
             worker_log.addHandler(job_times)
             worker_log.setLevel(logging.INFO)
             cpu_before = (time.process_time(), _cpu_seconds(emulator.pid), _postgres_cpu())
+            profiler = cProfile.Profile() if profile else None
+            if profiler is not None:
+                profiler.enable()
             started = time.perf_counter()
             claimed = [await jobs.claim(workers.worker_id, 60) for _ in BANKS]
             await asyncio.gather(*(workers.process(job) for job in claimed))
             elapsed = time.perf_counter() - started
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(profile)
             cpu_after = (time.process_time(), _cpu_seconds(emulator.pid), _postgres_cpu())
             worker_log.removeHandler(job_times)
             await clients.close()
@@ -289,8 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--transactions", type=int, default=1000, help="per account")
     parser.add_argument("--rate", type=float, default=defaults.bank_rate_limit, help="requests/s per bank")
     parser.add_argument("--concurrency", type=int, default=defaults.concurrency)
+    parser.add_argument("--profile", help="save a cProfile of the measured part to this file")
     args = parser.parse_args(argv)
-    asyncio.run(run(args.latency_ms, args.transactions, args.rate, args.concurrency))
+    asyncio.run(run(args.latency_ms, args.transactions, args.rate, args.concurrency, args.profile))
 
 
 if __name__ == "__main__":

@@ -19,12 +19,15 @@ the user's sync state (a consent_svc call and two queries), in (a) and (b) alike
 consent_svc is counted too (Postgres is not). The per-user rate limit is raised out of the way; its
 Redis round trip stays on the path.
 
-Load: wrk (one thread) for HTTP when it is on PATH (`apt-get install wrk`), else an aiohttp client
-loop; a grpc.aio client loop for gRPC; each in its own process, `--connections` requests in flight.
+Load: wrk (one thread) for HTTP when installed (`make bench-tools`, or on PATH), else an aiohttp client
+loop; a grpc.aio client loop for gRPC, signing its calls as the gateway does (svclib.internal_auth);
+each in its own process, `--connections` requests in flight. The legs compared take turns
+(`--rounds`, the time split over them), so that the machine's other load falls on both alike. A
+req/s ratio is printed only when no load generator kept its core busy (`bench._common.ratio`).
 The suite runs as `make up` runs it (each service its own process, logs at WARNING), on a scratch
 database (FINPULSE_DATABASE_URL's server when set, else embedded Postgres and Redis).
 
-`python -m bench.transcode [--seconds 10] [--connections 32] [--warmup 2]`
+`python -m bench.transcode [--seconds 10] [--connections 32] [--warmup 2] [--rounds 5]`
 """
 
 from __future__ import annotations
@@ -33,31 +36,34 @@ import argparse
 import asyncio
 import dataclasses
 import os
-import subprocess
 import sys
 import tempfile
 
 import aiohttp
 
-from bench._common import bare_server, http_load, http_tool, scratch_database, suite_env
+from bench._common import Load, bare_server, http_load, http_tool, measured_run, ratio, scratch_database, suite_env
 from deploy.suite import Suite
 from svclib.config import load_settings
 from svclib.embedded import BackingServices
+from svclib.internal_auth import Signer
 
 PATH = "/api/banks"
+#: The suite's internal secret, once it is known (the direct gRPC calls sign their statements with it).
+SECRET: list[str] = []
 USER = "bench-transcode-user"
 
 # The gRPC load (HTTP load is bench._common.http_load).
-# argv: target (host:port), seconds, connections, user ("" for none)
+# argv: target (host:port), seconds, connections, user ("" for none), the internal statement (svclib.internal_auth)
 _GRPC_LOOP = """
 import asyncio, sys, time
-target, seconds, connections, user = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+target, seconds, connections, user, statement = sys.argv[1:]
+seconds, connections = float(seconds), int(connections)
 
 async def run_grpc():
     import grpc
     from finpulse.sync.v1 import sync_pb2, sync_pb2_grpc
     request = sync_pb2.ListBanksRequest(user_id=user) if user else sync_pb2.ListBanksRequest()
-    metadata = (("x-user-id", user),) if user else None
+    metadata = (("authorization", "Bearer " + statement),)
     async with grpc.aio.insecure_channel(target) as channel:
         stub = sync_pb2_grpc.SyncServiceStub(channel)
         await stub.ListBanks(request, metadata=metadata, timeout=10)
@@ -88,6 +94,7 @@ class Result:
     requests: int
     elapsed: float
     cpu: float  # CPU seconds of the serving processes
+    load: Load
 
     @property
     def rps(self) -> float:
@@ -109,36 +116,73 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
-def load(
-    kind: str, target: str, seconds: float, connections: int, user: str = "", token: str = ""
-) -> tuple[int, float]:
+def load(kind: str, target: str, seconds: float, connections: int, user: str = "", token: str = "") -> Load:
     if kind == "http":
         return http_load(target, seconds, connections, token)
-    out = subprocess.run(
-        [sys.executable, "-c", _GRPC_LOOP, target, str(seconds), str(connections), user],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    return int(out[0]), float(out[1])
+    # The statement a process of the suite signs for this user (the gateway's, cached by its signer
+    # likewise): the services accept only signed calls. Valid for a minute, longer than one run.
+    statement = Signer(SECRET[0], "gateway").statement(user or None)
+    cmd = [sys.executable, "-c", _GRPC_LOOP, target, str(seconds), str(connections), user, statement]
+    out, cpu = measured_run(cmd)
+    requests, elapsed = out.split()
+    return Load("grpc.aio client loop", int(requests), float(elapsed), cpu)
 
 
-def measure(label: str, pids: list[int], kind: str, target: str, args, **auth: str) -> Result:
-    load(kind, target, args.warmup, args.connections, **auth)  # warm caches, connections and JITs alike
-    before = cpu_seconds(pids)
-    requests, elapsed = load(kind, target, args.seconds, args.connections, **auth)
-    return Result(label, requests, elapsed, cpu_seconds(pids) - before)
+def family(pid: int) -> list[int]:
+    """`pid` and its descendants (a gateway with several workers), from /proc/<pid>/task/*/children."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in os.listdir(f"/proc/{current}/task"):
+            with open(f"/proc/{current}/task/{task}/children") as f:
+                todo += [int(child) for child in f.read().split()]
+    return found
+
+
+@dataclasses.dataclass
+class Leg:
+    label: str
+    pids: list[int]
+    kind: str  # "http" or "grpc"
+    target: str
+    auth: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def measure(legs: list[Leg], args) -> list[Result]:
+    """Each leg warmed up, then run `--rounds` times for `--seconds` ÷ rounds, the legs taking turns, so
+    that a change in the machine's other load falls on all of them alike; sums over the rounds."""
+    for leg in legs:
+        load(leg.kind, leg.target, args.warmup, args.connections, **leg.auth)  # caches, connections, JITs
+    totals: dict[str, list] = {leg.label: [0, 0.0, 0.0, 0.0, ""] for leg in legs}
+    for _ in range(args.rounds):
+        for leg in legs:
+            before = cpu_seconds(leg.pids)
+            done = load(leg.kind, leg.target, args.seconds / args.rounds, args.connections, **leg.auth)
+            total = totals[leg.label]
+            total[0] += done.requests
+            total[1] += done.seconds
+            total[2] += cpu_seconds(leg.pids) - before
+            total[3] += done.tool_cpu
+            total[4] = done.tool
+    return [
+        Result(leg.label, t[0], t[1], t[2], Load(t[4], t[0], t[1], t[3]))
+        for leg, t in ((leg, totals[leg.label]) for leg in legs)
+    ]
 
 
 def _line(result: Result, what: str) -> str:
     return (
         f"  {result.label:<34} {result.rps:>9,.0f} req/s  {result.cpu_per_request * 1e6:>7,.0f} µs CPU/request"
-        f"  ({what})"
+        f"  ({what}; {result.load.describe()})"
     )
 
 
-def _ratios(a: Result, other: Result, name: str) -> str:
-    return f"  ratio {name}: req/s {a.rps / other.rps:.2f}, CPU/request {a.cpu_per_request / other.cpu_per_request:.2f}"
+def _ratios(a: Result, other: Result, name: str, goal: float | None = None) -> str:
+    return (
+        f"  ratio {name}: req/s {ratio(a.load, other.load, goal)}, "
+        f"CPU/request {a.cpu_per_request / other.cpu_per_request:.2f}"
+    )
 
 
 async def run(args) -> None:
@@ -157,6 +201,7 @@ async def _run(backing: BackingServices, args) -> None:
     )
     suite = Suite(load_settings(env), backing, base_env=env, log_dir=log_dir)
     try:
+        SECRET[:] = [suite.settings.resolved_internal_secret()]
         await suite.migrate()
         suite.start()
         await suite.wait_healthy()
@@ -169,35 +214,40 @@ async def _run(backing: BackingServices, args) -> None:
                 assert resp.status == 200, await resp.text()
                 body = await resp.read()
         with bare_server(body, PATH, log_dir) as (bare_url, bare):
-            plain = measure("(c) bare aiohttp, same body", [bare.pid], "http", bare_url + PATH, args)
+            [plain] = measure([Leg("(c) bare aiohttp, same body", [bare.pid], "http", bare_url + PATH)], args)
 
+        load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
         idle_before = {name: cpu_seconds([pid[name]]) for name in ("gateway", "sync", "consent")}
         await asyncio.sleep(args.warmup)
         idle = {name: (cpu_seconds([pid[name]]) - cpu) / args.warmup for name, cpu in idle_before.items()}
-        rest = measure("(a) REST via the gateway", [pid["gateway"], pid["sync"]], "http", url, args)
-        direct = measure("(b) grpc.aio, ListBanks directly", [pid["sync"]], "grpc", sync_addr, args)
-        rest_user = measure(
-            "(a) REST via the gateway, token",
-            [pid["gateway"], pid["sync"], pid["consent"]],
-            "http",
-            url,
+        gateway = family(pid["gateway"])
+        rest, direct = measure(
+            [
+                Leg("(a) REST via the gateway", [*gateway, pid["sync"]], "http", url),
+                Leg("(b) grpc.aio, ListBanks directly", [pid["sync"]], "grpc", sync_addr),
+            ],
             args,
-            token=token,
         )
-        direct_user = measure(
-            "(b) grpc.aio, ListBanks(user)", [pid["sync"], pid["consent"]], "grpc", sync_addr, args, user=USER
+        backends = [pid["sync"], pid["consent"]]
+        rest_user, direct_user = measure(
+            [
+                Leg("(a) REST via the gateway, token", [*gateway, *backends], "http", url, {"token": token}),
+                Leg("(b) grpc.aio, ListBanks(user)", backends, "grpc", sync_addr, {"user": USER}),
+            ],
+            args,
         )
 
         print(
             f"transcode: GET {PATH} -> SyncService.ListBanks ({len(body)} bytes of JSON); load: {http_tool()} "
-            f"(HTTP), grpc.aio client loop (gRPC); {args.connections} in flight, {args.seconds:g} s each; "
-            f"CPU of the serving processes"
+            f"(HTTP), grpc.aio client loop (gRPC); {args.connections} in flight, {args.seconds:g} s each in "
+            f"{args.rounds} turns; gateway processes {len(gateway)}; "
+            f"CPU of the serving processes; load average before {load_before}"
         )
         print("  no user (no database work):")
         print(_line(rest, "gateway + sync_svc"))
         print(_line(direct, "sync_svc"))
         print(_line(plain, "bare server"))
-        print(_ratios(rest, direct, "a/b"))
+        print(_ratios(rest, direct, "a/b", 0.8))
         print(_ratios(rest, plain, "a/c"))
         print("  bearer token (JWT verified; ListBanks reads the user's sync state: consent_svc call + SQL):")
         print(_line(rest_user, "gateway + sync_svc + consent_svc"))
@@ -216,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--warmup", type=float, default=2)
+    parser.add_argument("--rounds", type=int, default=5, help="turns the legs take, --seconds split over them")
     asyncio.run(run(parser.parse_args(argv)))
 
 

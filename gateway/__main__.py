@@ -22,6 +22,7 @@ from svclib import metrics, ports
 from svclib.config import ConfigError
 from svclib.logging import setup_logging
 from svclib.process import die_with_parent
+from svclib.tracing import setup_tracing
 
 log = logging.getLogger("gateway")
 
@@ -76,6 +77,7 @@ def main() -> int:
         print(f"cannot route the HTTP annotations: {exc}", file=sys.stderr)
         return 1
     setup_logging("gateway", settings.log_level)
+    setup_tracing("gateway")  # only when OTEL_* ask for it (svclib.tracing)
     asyncio.run(serve(settings, routes))
     return 0
 

@@ -107,7 +107,7 @@ def create_app(
     """The gateway app. Clients created here are closed on cleanup; passed-in ones are the caller's."""
     app = web.Application(
         client_max_size=max_body_bytes,
-        middlewares=[middleware.request_context, middleware.cors(settings.cors_origins), middleware.errors],
+        middlewares=[middleware.gateway(settings.cors_origins)],
     )
     app[SETTINGS] = settings
     app[RENDERED] = RenderedCache()
@@ -177,7 +177,6 @@ def _language(request: web.Request) -> str:
 def _handler(route: Route):
     """The generic handler of one unary route."""
     cacheable = route.http_method == "GET"
-    cache_hits = gateway_metrics.GATEWAY_RESPONSE_CACHE_HITS.labels(route.path_template)
     stub_class = route.stub_class()
     is_login = route.grpc_path == LOGIN_METHOD
     keyed = "idempotency_key" in route.input_descriptor.fields_by_name
@@ -196,7 +195,7 @@ def _handler(route: Route):
         if key is not None:
             body = responses.get(key)
             if body is not None:
-                cache_hits.inc()
+                gateway_metrics.cache_hit(route.path_template)
                 return web.Response(body=body, content_type="application/json")
             stamp = responses.stamp()
         try:

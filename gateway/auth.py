@@ -68,6 +68,9 @@ class Principal:
     token: str | None = dataclasses.field(default=None, repr=False)  # the verified bearer token
 
 
+_NOBODY = Principal(None, authenticated=False)
+
+
 class Authenticator:
     """Verifies bearer tokens against the configured key."""
 
@@ -93,6 +96,7 @@ class Authenticator:
         self.audience = settings.jwt_audience
         self.dev_trust_user = settings.auth_dev_trust_user
         self._verified: dict[str, tuple[str, float]] = {}  # token -> (sub, exp + leeway), oldest first
+        self._principals: dict[str, tuple[Principal, float]] = {}  # Authorization header -> (principal, as above)
 
     def principal(self, request: web.Request, *, anonymous: bool = False) -> Principal:
         """The principal of `request`, or Unauthenticated. With `anonymous`, a request without an
@@ -100,12 +104,22 @@ class Authenticator:
         header = request.headers.get("Authorization")
         if header is None:
             if self.dev_trust_user or anonymous:
-                return Principal(None, authenticated=False)
+                return _NOBODY
             raise Unauthenticated("an Authorization: Bearer token is required", error=None, reason="TOKEN_MISSING")
+        # The principal of a header seen before, until its token expires (every request pays this lookup).
+        known = self._principals.get(header)
+        if known is not None and self._clock() < known[1]:
+            return known[0]
         scheme, _, token = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("the Authorization header must be 'Bearer <token>'", error="invalid_request")
-        return Principal(self.verify(token.strip()), authenticated=True, token=token.strip())
+        token = token.strip()
+        principal = Principal(self.verify(token), authenticated=True, token=token)
+        self._principals.pop(header, None)
+        self._principals[header] = (principal, self._verified[token][1])
+        if len(self._principals) > VERIFIED_KEPT:
+            self._principals.pop(next(iter(self._principals)))
+        return principal
 
     def verify(self, token: str) -> str:
         """The user id (`sub`) of a valid token.

@@ -1,14 +1,16 @@
-"""aiohttp middlewares of the gateway, outermost first: request context (with metrics), CORS, errors.
+"""The gateway's one aiohttp middleware, `gateway(origins)`: request context (with metrics), CORS, errors,
+in that order from the outside in. One layer, not three: every aiohttp middleware wraps every request in
+a call chain of its own, a cost the cached dashboard pays on each request (README, Benchmarks).
 
-- `request_context`: the request id (a sane incoming `X-Request-Id`, else a new one) lives in
+- request context: the request id (a sane incoming `X-Request-Id`, else a new one) lives in
   `svclib.logging.request_id_var` for the whole request, so log lines and outgoing gRPC metadata
   carry it; it is echoed in the response header; every request is counted in the Prometheus
   metrics (count and latency by route template, `gateway.metrics`) and gets one JSON access line on
-  the `gateway.access` logger. (One middleware, not three: each layer costs every request.)
-- `cors(origins)`: CORS for the configured origins only (credentials, every method, every header,
-  as the seed allowed); preflights are answered here, before routing.
-- `errors`: every failure becomes a JSON error body (see `gateway.errors`); an unexpected exception
-  is logged with its traceback and answered 500 with a generic message.
+  the `gateway.access` logger.
+- CORS: for the configured origins only (credentials, every method, every header, as the seed
+  allowed); preflights are answered here, before routing.
+- errors: every failure becomes a JSON error body (see `gateway.errors`); an unexpected exception is
+  logged with its traceback and answered 500 with a generic message.
 """
 
 from __future__ import annotations
@@ -48,81 +50,102 @@ def _route_template(request: web.Request) -> str:
     return resource.canonical if resource is not None else "<unmatched>"
 
 
-@web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id in the context variable and the response header; Prometheus metrics (count by route
-    template, method and status, latency by route template and method: `gateway.metrics`); one access
-    log line. Outside `errors`, so error answers are counted and logged with their real status."""
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else new_request_id()
-    token = request_id_var.set(request_id)
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        if not response.prepared:
-            response.headers[REQUEST_ID_HEADER] = request_id
-        return response
-    except web.HTTPException as exc:  # a redirect or the like, raised past `errors`
-        status = exc.status
-        raise
-    except asyncio.CancelledError:
-        status = 499  # the client went away
-        raise
-    finally:
-        elapsed = time.perf_counter() - started
-        route = _route_template(request)
-        gateway_metrics.observe_gateway(route, request.method, status, elapsed)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                "%s %s %s",
-                request.method,
-                route,
-                status,
-                extra={
-                    "method": request.method,
-                    "route": route,
-                    "status": status,
-                    "latency_ms": round(elapsed * 1000, 2),
-                },
-            )
-        request_id_var.reset(token)
+def _observe(request: web.Request, status: int, elapsed: float) -> None:
+    """Count the answered request in the metrics and write its access line."""
+    route = _route_template(request)
+    gateway_metrics.observe_gateway(route, request.method, status, elapsed)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            "%s %s %s",
+            request.method,
+            route,
+            status,
+            extra={"method": request.method, "route": route, "status": status, "latency_ms": round(elapsed * 1000, 2)},
+        )
 
 
-def cors(origins: Iterable[str]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """CORS for exactly `origins`; requests from other origins get no CORS headers."""
+def gateway(origins: Iterable[str]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """The gateway's middleware (see the module's docstring): request id, metrics and access line around
+    CORS around the errors' JSON answers; error answers are counted and logged with their real status."""
     allowed = frozenset(origins)
 
     @web.middleware
-    async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        if origin is None:
-            return await handler(request)
-        is_preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
-        if origin not in allowed:
-            if is_preflight:
-                return ApiError(
-                    grpc.StatusCode.PERMISSION_DENIED, f"origin {origin} is not allowed", reason="ORIGIN_NOT_ALLOWED"
-                ).response()
-            response = await handler(request)
-        elif is_preflight:
-            response = web.Response(status=204)
-            response.headers["Access-Control-Allow-Methods"] = _CORS_METHODS
-            requested = request.headers.get("Access-Control-Request-Headers")
-            if requested:
-                response.headers["Access-Control-Allow-Headers"] = requested
-            response.headers["Access-Control-Max-Age"] = _CORS_MAX_AGE
-        else:
-            response = await handler(request)
-            response.headers["Access-Control-Expose-Headers"] = REQUEST_ID_HEADER
-        if origin in allowed:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Credentials"] = "true"
-        response.headers.add("Vary", "Origin")
-        return response
+    async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        request_id = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else new_request_id()
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        try:
+            origin = request.headers.get("Origin")
+            if origin is None:
+                response = await _answer(request, handler)
+            else:
+                response = await _cors_answer(request, handler, origin, allowed)
+            status = response.status
+            if not response.prepared:
+                response.headers[REQUEST_ID_HEADER] = request_id
+            return response
+        except web.HTTPException as exc:  # a redirect or the like, raised past the error handling
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = 499  # the client went away
+            raise
+        finally:
+            _observe(request, status, time.perf_counter() - started)
+            request_id_var.reset(token)
 
-    return cors_middleware
+    return gateway_middleware
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure as a JSON error response (see `gateway.errors`); never a traceback."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise  # redirects and the like are responses, not errors
+        response = _from_http_exception(exc, request).response()
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, _route_template(request))
+        return internal_error().response()
+
+
+async def _cors_answer(
+    request: web.Request, handler: Handler, origin: str, allowed: frozenset[str]
+) -> web.StreamResponse:
+    """CORS for exactly the allowed origins around `_answer`: preflights answered here, before routing;
+    requests from other origins get no CORS headers."""
+    is_preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+    if origin not in allowed:
+        if is_preflight:
+            return ApiError(
+                grpc.StatusCode.PERMISSION_DENIED, f"origin {origin} is not allowed", reason="ORIGIN_NOT_ALLOWED"
+            ).response()
+        response = await _answer(request, handler)
+    elif is_preflight:
+        response = web.Response(status=204)
+        response.headers["Access-Control-Allow-Methods"] = _CORS_METHODS
+        requested = request.headers.get("Access-Control-Request-Headers")
+        if requested:
+            response.headers["Access-Control-Allow-Headers"] = requested
+        response.headers["Access-Control-Max-Age"] = _CORS_MAX_AGE
+    else:
+        response = await _answer(request, handler)
+        response.headers["Access-Control-Expose-Headers"] = REQUEST_ID_HEADER
+    if origin in allowed:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Credentials"] = "true"
+    response.headers.add("Vary", "Origin")
+    return response
 
 
 def too_large(limit: int | None) -> ApiError:
@@ -152,24 +175,3 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request) -> ApiErr
     if exc.status < 500:
         return bad_request(exc.reason, http=exc.status)
     return internal_error()
-
-
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into a JSON error response; never leak a traceback."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return exc.response()
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise  # redirects and the like are responses, not errors
-        response = _from_http_exception(exc, request).response()
-        if "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
-        return response
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, _route_template(request))
-        return internal_error().response()

@@ -3,6 +3,8 @@
 Each line: {"ts", "level", "logger", "service", "request_id", "msg", ...extra}. The request id lives
 in a context variable set by the gRPC server interceptor (from `x-request-id` metadata) or by the
 gateway (from the `X-Request-Id` header or a new one), so every log line of one request carries it.
+With tracing on (svclib.tracing), a line written while a span is current also has "trace_id" and
+"span_id" (hex, as the trace backend shows them); with it off, neither field is there.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ import json
 import logging
 import secrets
 import sys
+from collections.abc import Callable
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 user_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("user_id", default=None)
+
+#: Set by svclib.tracing when tracing is on: (trace id, span id) of the current span, or None.
+trace_ids: Callable[[], tuple[str, str] | None] | None = None
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -52,6 +58,10 @@ class JsonFormatter(logging.Formatter):
         user_id = user_id_var.get()
         if user_id:
             entry["user_id"] = user_id
+        if trace_ids is not None:
+            ids = trace_ids()
+            if ids is not None:
+                entry["trace_id"], entry["span_id"] = ids
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 entry[key] = value

@@ -21,17 +21,19 @@ from redis.exceptions import RedisError
 log = logging.getLogger("svclib.ratelimit")
 
 # GCRA with reservation: the "theoretical arrival time" of the next request is kept per key; each
-# call takes the next slot and returns the milliseconds to wait for it (0: go now). One round trip
-# per request, however many requests are waiting.
+# call takes the next ARGV[3] slots and returns the milliseconds to wait for the first of them (0 or
+# less: go now); slot i comes i intervals later. The requests of one process waiting on a key at once
+# share one round trip.
 _GCRA = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil(tat + interval - now) + 1000)
-return math.max(0, tat - burst - now)
+redis.call('SET', KEYS[1], tat + n * interval, 'PX', math.ceil(tat + n * interval - now) + 1000)
+return tat - burst - now
 """
 
 
@@ -86,13 +88,44 @@ class RateLimiter:
         # key -> [slots left, usable until, refused until] (time.monotonic seconds)
         self._admission: dict[str, list[float]] = {}
         self._pending: dict[str, asyncio.Future] = {}
+        self._queued: dict[str, list[asyncio.Future[float]]] = {}  # acquire: waiters for the next reservation
+        self._reserving: set[asyncio.Task[None]] = set()
         self._last_warning = 0.0
 
     async def acquire(self, key: str) -> None:
-        """Take the next slot under `key` and wait until it comes."""
-        wait_ms = await self._reserve(key)
+        """Take the next slot under `key` and wait until it comes.
+
+        Requests that ask while a reservation for `key` is on its way to Redis are queued and reserved
+        together by the next one (one round trip for all of them, each its own slot): a busy key
+        costs a Redis call per batch, not per request."""
+        waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        queue = self._queued.get(key)
+        if queue is None:
+            queue = self._queued[key] = []
+            task = asyncio.create_task(self._reserve_queued(key))
+            self._reserving.add(task)
+            task.add_done_callback(self._reserving.discard)
+        queue.append(waiter)
+        wait_ms = await waiter
         if wait_ms > 0:
             await self._sleep(wait_ms / 1000.0)
+
+    async def _reserve_queued(self, key: str) -> None:
+        """Reserve slots for the waiters queued under `key`, batch after batch, until none is left."""
+        await asyncio.sleep(0)  # let the requests of this loop iteration join the first batch
+        while batch := self._queued.get(key):
+            self._queued[key] = []
+            try:
+                first_ms = await self._reserve(key, len(batch))
+            except BaseException as exc:  # never leave a waiter hanging (cancellation included)
+                for waiter in batch + self._queued.pop(key, []):
+                    if not waiter.done():
+                        waiter.set_exception(exc if isinstance(exc, Exception) else RuntimeError("limiter stopped"))
+                raise
+            for i, waiter in enumerate(batch):
+                if not waiter.done():  # a cancelled request's slot goes unused: the cap is only under-used
+                    waiter.set_result(max(0.0, first_ms + i * self.interval_ms))
+        self._queued.pop(key, None)
 
     async def admit(self, key: str) -> float:
         """Admit a request under `key` now (0.0), or refuse it: the seconds until one would be admitted.
@@ -157,16 +190,17 @@ class RateLimiter:
             self._last_warning = now
             log.warning("redis unavailable: rate cap enforced per process", extra={"error": repr(exc)})
 
-    async def _reserve(self, key: str) -> float:
+    async def _reserve(self, key: str, n: int) -> float:
+        """Take the next `n` slots under `key`: the milliseconds until the first (≤ 0: now)."""
         if self._script is not None:
             try:
-                return float(await self._script(keys=[self.prefix + key], args=[self.interval_ms, self.burst_ms]))
+                return float(await self._script(keys=[self.prefix + key], args=[self.interval_ms, self.burst_ms, n]))
             except (RedisError, OSError) as exc:
                 self._warn(exc)
-        return self._reserve_local(key)
+        return self._reserve_local(key, n)
 
-    def _reserve_local(self, key: str) -> float:
+    def _reserve_local(self, key: str, n: int) -> float:
         now = time.monotonic() * 1000.0
         tat = max(self._local.get(key, now), now)
-        self._local[key] = tat + self.interval_ms
-        return max(0.0, tat - self.burst_ms - now)
+        self._local[key] = tat + n * self.interval_ms
+        return tat - self.burst_ms - now

@@ -30,6 +30,7 @@ from svclib.logging import setup_logging
 from svclib.process import die_with_parent
 from svclib.resilience import LoopHealth, is_unavailable
 from svclib.server import GrpcServer, install_signal_handlers
+from svclib.tracing import setup_tracing
 
 log = logging.getLogger("svclib.runtime")
 
@@ -300,6 +301,8 @@ def main(spec: ServiceSpec, argv: list[str] | None = None) -> int:
         print(f"{spec.name}_svc: {exc}", file=sys.stderr)
         return 2
     setup_logging(f"{spec.name}_svc", settings.log_level)
+    if args.command == "serve":
+        setup_tracing(f"{spec.name}_svc")  # only when OTEL_* ask for it (svclib.tracing)
     if args.command == "wait-migrations":
         return asyncio.run(wait_for_migrations(spec, settings, args.timeout))
     try:

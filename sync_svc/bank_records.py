@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from bankapi.jsonbody import JSONObject
 from bankapi.models import Account, Balance, ProductAgreement, Transaction
 
 MAX_PAGE = 1000
@@ -289,10 +290,6 @@ _to_json = json.JSONEncoder(
 ).encode
 
 
-def _direction(indicator: str | None) -> str:
-    return "debit" if indicator is not None and indicator.lower() == "debit" else "credit"
-
-
 def _account_row(a: Account) -> tuple:
     return (
         a.account_id,
@@ -304,7 +301,7 @@ def _account_row(a: Account) -> tuple:
         a.opening_date,
         a.account_number,
         a.owner_name,
-        _to_json(a.raw),
+        _raw_json(a.raw),
     )
 
 
@@ -321,33 +318,41 @@ def _credit_row(p: ProductAgreement) -> tuple:
         p.end_date,
         p.account_number,
         p.account_balance,
-        _to_json(p.raw),
+        _raw_json(p.raw),
     )
 
 
 def _balance_row(b: Balance) -> tuple:
-    return (b.account_id, b.type or "", b.amount, b.currency, b.credit_debit_indicator, b.as_of, _to_json(b.raw))
+    return (b.account_id, b.type or "", b.amount, b.currency, b.credit_debit_indicator, b.as_of, _raw_json(b.raw))
+
+
+def _raw_json(raw: Mapping[str, Any]) -> str:
+    """The `raw` column: the bank's own text when the client kept it (a `JSONObject`: no re-encoding,
+    and numbers stay exactly as the bank wrote them), else the mapping encoded."""
+    return raw.text if type(raw) is JSONObject else _to_json(raw)
 
 
 def _transaction_row(t: Transaction, head: tuple = ()) -> tuple:
-    """`head` + the TRANSACTIONS columns (head: user and bank, for a COPY straight into the table)."""
+    """`head` + the TRANSACTIONS columns (head: user and bank, for a COPY straight into the table): the
+    COPY record itself, made from the decoded `Transaction` with no other object in between."""
+    indicator, raw, value_time = t.credit_debit_indicator, t.raw, t.value_time
     return (
         *head,
         t.account_id,
         t.transaction_id,
         t.amount,
-        _direction(t.credit_debit_indicator),
+        "debit" if indicator is not None and indicator.lower() == "debit" else "credit",
         t.currency,
         t.status,
-        t.booking_time or t.value_time,
-        t.value_time,
+        t.booking_time or value_time,
+        value_time,
         t.description,
         t.bank_code,
         t.merchant_name,
         t.merchant_category,
         t.mcc,
         t.agreement_id,
-        _to_json(t.raw),
+        raw.text if type(raw) is JSONObject else _to_json(raw),
     )
 
 

@@ -15,6 +15,7 @@ from svclib.cache import Cache
 from svclib.config import BankConfig
 from svclib.errors import InvalidArgument, NotFound, require
 from svclib.logging import current_request_id
+from svclib.tracing import current_traceparent
 from sync_svc.bank_storage import (
     BankDataStorage,
     CategorySpending,
@@ -221,7 +222,9 @@ class SyncService:
                     settled[bank_id] = JobRef(job.job_id, bank_id, job.state, job.created_at, True)
         jobs = [
             settled.get(bank_id)
-            or await self.jobs.enqueue(user_id, bank_id, reason or "refresh", force, request_id, after_change)
+            or await self.jobs.enqueue(
+                user_id, bank_id, reason or "refresh", force, request_id, after_change, current_traceparent()
+            )
             for bank_id in targets
         ]
         log.info("sync requested", extra={"banks": targets, "joined": [j.bank_id for j in jobs if j.joined]})

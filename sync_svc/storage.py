@@ -36,11 +36,12 @@ class Job:
     updated_at: dt.datetime
     finished_at: dt.datetime | None
     request_id: str | None = None  # of the request that queued it (the worker logs under it)
+    traceparent: str | None = None  # of the request that queued it (the job's trace links to it)
 
 
 _JOB_COLUMNS = (
     "job_id, user_id, bank_id, state, reason, force, attempts, run_after, lease_until, worker_id, "
-    "last_error, progress, created_at, updated_at, finished_at, request_id"
+    "last_error, progress, created_at, updated_at, finished_at, request_id, traceparent"
 )
 
 
@@ -70,16 +71,18 @@ class JobStorage:
         force: bool = False,
         request_id: str | None = None,
         after_change: bool = False,
+        traceparent: str | None = None,
     ) -> JobRef:
         """Queue a job for (user, bank), or join the one already queued or running (which keeps the
-        request id it was queued with). With `after_change` (the caller just changed data at the
+        request id and traceparent it was queued with). With `after_change` (the caller just changed data at the
         bank), a running job that is joined may have read before the change: it is marked to run again
         once it finishes."""
         async with self.pool.acquire() as conn:
             for _ in range(3):  # a concurrent insert can win the race between our two statements
                 row = await conn.fetchrow(
                     """
-                    INSERT INTO sync_jobs (user_id, bank_id, reason, force, request_id) VALUES ($1, $2, $3, $4, $5)
+                    INSERT INTO sync_jobs (user_id, bank_id, reason, force, request_id, traceparent)
+                    VALUES ($1, $2, $3, $4, $5, $6)
                     ON CONFLICT (user_id, bank_id) WHERE state IN ('queued', 'running') DO NOTHING
                     RETURNING job_id, bank_id, state, created_at
                     """,
@@ -88,6 +91,7 @@ class JobStorage:
                     reason,
                     force,
                     request_id,
+                    traceparent,
                 )
                 if row is not None:
                     await conn.execute("NOTIFY sync_jobs")
@@ -153,7 +157,7 @@ class JobStorage:
                 UPDATE sync_jobs SET state = $3, progress = $4::jsonb, last_error = $5, lease_until = NULL,
                        finished_at = now(), updated_at = now()
                 WHERE job_id = $1 AND worker_id = $2 AND state = 'running'
-                RETURNING user_id, bank_id, force, request_id, rerun
+                RETURNING user_id, bank_id, force, request_id, traceparent, rerun
                 """,
                 job_id,
                 worker_id,
@@ -166,14 +170,15 @@ class JobStorage:
             if done["rerun"]:
                 await conn.execute(
                     """
-                    INSERT INTO sync_jobs (user_id, bank_id, reason, force, request_id)
-                    VALUES ($1, $2, 'after_change', $3, $4)
+                    INSERT INTO sync_jobs (user_id, bank_id, reason, force, request_id, traceparent)
+                    VALUES ($1, $2, 'after_change', $3, $4, $5)
                     ON CONFLICT (user_id, bank_id) WHERE state IN ('queued', 'running') DO NOTHING
                     """,
                     done["user_id"],
                     done["bank_id"],
                     done["force"],
                     done["request_id"],
+                    done["traceparent"],
                 )
                 await conn.execute("NOTIFY sync_jobs")
             return True

@@ -32,6 +32,7 @@ from typing import Protocol, TypeVar
 from bankapi import errors as bank_errors
 from bankapi.client import BankClients, CallRecord
 from finance.dataversion import DATA_VERSION_TTL, data_version_key
+from svclib import tracing
 from svclib.cache import Cache
 from svclib.logging import new_request_id, request_id_var
 from svclib.resilience import LoopHealth, is_unavailable, run_forever
@@ -170,7 +171,23 @@ class SyncWorkers:
         # The job's log lines, its calls to consent_svc and its bank calls carry the id of the request
         # that queued it (set before the heartbeat task copies this context).
         request_token = request_id_var.set(job.request_id or new_request_id())
-        heartbeat = asyncio.create_task(self._heartbeat(job, progress))
+        heartbeat = asyncio.create_task(self._heartbeat(job, progress))  # outside the job's trace: not its work
+        try:
+            with tracing.job_span(
+                "sync job",
+                job.traceparent,
+                {"finpulse.job.id": job.job_id, "finpulse.bank.id": job.bank_id, "finpulse.job.attempt": job.attempts},
+            ):
+                await self._run_traced(job, progress)
+        finally:
+            heartbeat.cancel()
+            _calls.reset(token)
+            _progress.reset(progress_token)
+            await self._log_calls(job, calls)
+            request_id_var.reset(request_token)
+
+    async def _run_traced(self, job: Job, progress: Progress) -> None:
+        """The job and its outcome, in the job's span (svclib.tracing.job_span) when tracing is on."""
         log.info("sync job started", extra={"job_id": job.job_id, "bank_id": job.bank_id, "attempt": job.attempts})
         try:
             await self._run_job(job, progress)
@@ -192,12 +209,6 @@ class SyncWorkers:
             await self._give_up(job, progress, "failed", str(exc))
         except Exception as exc:  # noqa: BLE001 - transient (bank down, 429s, a service restarting)
             await self._retry(job, progress, exc)
-        finally:
-            heartbeat.cancel()
-            _calls.reset(token)
-            _progress.reset(progress_token)
-            await self._log_calls(job, calls)
-            request_id_var.reset(request_token)
 
     async def _run_job(self, job: Job, progress: Progress) -> None:
         consents = await self.consents.for_bank(job.user_id, job.bank_id)
@@ -229,6 +240,7 @@ class SyncWorkers:
             for change in ("inserted", "updated", "deleted"):
                 metrics.SYNC_ROWS_WRITTEN.labels(job.bank_id, table, change).inc(getattr(table_stats, change))
         metrics.SYNC_JOBS.labels(job.bank_id, "succeeded").inc()
+        tracing.note({"finpulse.job.outcome": "succeeded", "finpulse.job.rows_written": progress.rows_written})
         # Committed: whatever was cached for this user and bank is stale now. Published before the job
         # shows as finished, so whoever waits for it sees answers computed from the new data.
         await self.cache.delete_prefix(data_cache_prefix(self.cache, job.user_id, job.bank_id))
@@ -315,6 +327,7 @@ class SyncWorkers:
 
     async def _give_up(self, job: Job, progress: Progress, state: str, message: str) -> None:
         metrics.SYNC_JOBS.labels(job.bank_id, state).inc()
+        tracing.note({"finpulse.job.outcome": state})
         log.warning(
             "sync job stopped", extra={"job_id": job.job_id, "bank_id": job.bank_id, "state": state, "error": message}
         )
@@ -333,6 +346,7 @@ class SyncWorkers:
 
     async def _retry(self, job: Job, progress: Progress, exc: Exception) -> None:
         message = str(exc) or type(exc).__name__
+        tracing.note({"finpulse.job.outcome": "retry", "finpulse.job.error": type(exc).__name__})
         database = self._database_unavailable(job, exc)
         if database:
             # Not the job's fault: run it again as soon as the database is back, without counting this

@@ -139,11 +139,15 @@ async def test_second_sync_writes_nothing_and_new_transactions_arrive(http, db, 
 async def test_flaky_banks_still_sync_exactly(http, db, bank_urls):
     user = "team200-13"
     async with aiohttp.ClientSession() as session:
-        for bank in AUTO_BANKS:
-            await onboard_consents_only(http, user, bank)
-            await set_faults(session, bank_urls[bank], error_rate=0.2, rate_limit_rate=0.05)
         try:
+            for bank in AUTO_BANKS:
+                await onboard_consents_only(http, user, bank)  # each bank's first sync starts here
+                await set_faults(session, bank_urls[bank], error_rate=0.2, rate_limit_rate=0.05)
             status, body = await http.post("/api/onboarding/finalize", {"onboarding_id": user, "user_id": user})
+            assert status == 200, body
+            await wait_synced(http, user, timeout=180)
+            # A first sync can finish before its bank turns flaky: a full refresh runs every bank under the faults.
+            status, body = await http.post("/api/sync", {"user_id": user, "force": True})
             assert status == 200, body
             await wait_synced(http, user, timeout=180)
         finally:
@@ -208,12 +212,13 @@ async def test_one_bank_down_others_sync_and_it_is_retried(http, db, bank_urls):
 
 async def test_kill_9_mid_sync_then_restart_completes(suite, http, db, bank_urls):
     user = "team200-15"
-    for bank in AUTO_BANKS:
-        await onboard_consents_only(http, user, bank)
     async with aiohttp.ClientSession() as session:
+        # Slow banks before the consents: the first sync starts at approval and must still be running when killed.
         for bank in AUTO_BANKS:
             await set_faults(session, bank_urls[bank], latency_ms=400)  # a sync of several seconds
         try:
+            for bank in AUTO_BANKS:
+                await onboard_consents_only(http, user, bank)
             await http.post("/api/onboarding/finalize", {"onboarding_id": user, "user_id": user})
 
             async def running():
@@ -271,10 +276,12 @@ async def test_two_sync_processes_run_every_job_once(suite, http, db, bank_urls,
 
 async def test_sync_events_stream_progress(http, bank_urls):
     user = "team200-20"
-    await onboard_consents_only(http, user, "vbank")
     async with aiohttp.ClientSession() as session:
-        await set_faults(session, bank_urls["vbank"], latency_ms=50)
+        await set_faults(
+            session, bank_urls["vbank"], latency_ms=200
+        )  # before the consent: its approval starts the sync
         try:
+            await onboard_consents_only(http, user, "vbank")
             await http.post("/api/onboarding/finalize", {"onboarding_id": user, "user_id": user})
             events = []
             async with session.get(

@@ -192,6 +192,42 @@ async def test_rate_limiter_caps_requests_across_limiters(redis_url):
     await client.aclose()
 
 
+async def test_concurrent_acquires_share_round_trips_and_keep_one_slot_each(redis_url):
+    """100 requests waiting on one key at once: a Redis call per batch (counted by Redis itself), and
+    still one slot each, 20 ms apart past the burst of 5 (the waits are recorded, not slept)."""
+    import redis.asyncio as aioredis
+
+    from svclib.ratelimit import RateLimiter
+
+    client = aioredis.from_url(redis_url)
+    key = f"test-{uuid.uuid4().hex[:8]}"
+    waits: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waits.append(seconds)
+
+    limiter = RateLimiter(client, 50, burst=5, prefix="finpulse-test:rl:", sleep=record)
+    calls: list[int] = []
+    reserve = limiter._reserve
+
+    async def counted(key: str, n: int) -> float:
+        calls.append(n)
+        return await reserve(key, n)
+
+    limiter._reserve = counted
+    await asyncio.gather(*(limiter.acquire(key) for _ in range(100)))
+    assert sum(calls) == 100 and len(calls) <= 2, f"reservations {calls} for 100 requests waiting at once"
+    ordered = sorted(waits)
+    assert len(ordered) >= 94, "past the burst, every request waits for a slot of its own"
+    assert all(abs((b - a) - 0.02) < 1e-6 for a, b in itertools.pairwise(ordered)), "one slot per request"
+    seconds, micros = await client.time()
+    redis_now = seconds * 1000 + micros / 1000
+    tat = float(await client.get(f"finpulse-test:rl:{key}"))
+    assert abs(tat - redis_now - 100 * 20) < 200, "the shared budget moved on by one slot per request"
+    await client.delete(f"finpulse-test:rl:{key}")
+    await client.aclose()
+
+
 async def test_admission_leases_slots_in_batches_and_never_exceeds_the_cap(redis_url):
     """Two replicas admitting one key with leases of 10: 100 concurrent requests at a burst of 40
     admit exactly 40 (the shared bucket) and cost one Redis call per batch, not per request."""
