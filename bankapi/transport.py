@@ -334,10 +334,11 @@ class BankTransport:
                     response = Response(resp.status, decode_body(raw.decode("utf-8", "replace")), resp.headers, iid)
             except (TimeoutError, aiohttp.ClientError) as exc:
                 if isinstance(exc, asyncio.TimeoutError):
-                    message = f"timeout after {self.timeout}s"
+                    what, message = "timeout", f"timeout after {self.timeout}s"
                 else:
-                    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                span.failed("timeout" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__)
+                    what = type(exc).__name__
+                    message = f"{what}: {exc}" if str(exc) else what
+                span.failed(what)
                 await self._report(operation, method, path, None, started, iid, message, attempt)
                 await self._breaker.failed()
                 raise _TransportError(message) from exc

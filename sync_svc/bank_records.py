@@ -335,7 +335,7 @@ def _raw_json(raw: Mapping[str, Any]) -> str:
 def _transaction_row(t: Transaction, head: tuple = ()) -> tuple:
     """`head` + the TRANSACTIONS columns (head: user and bank, for a COPY straight into the table): the
     COPY record itself, made from the decoded `Transaction` with no other object in between."""
-    indicator, raw, value_time = t.credit_debit_indicator, t.raw, t.value_time
+    indicator, value_time = t.credit_debit_indicator, t.value_time
     return (
         *head,
         t.account_id,
@@ -352,7 +352,7 @@ def _transaction_row(t: Transaction, head: tuple = ()) -> tuple:
         t.merchant_category,
         t.mcc,
         t.agreement_id,
-        raw.text if type(raw) is JSONObject else _to_json(raw),
+        _raw_json(t.raw),
     )
 
 
