@@ -32,8 +32,9 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import metrics as gateway_metrics
-from gateway import middleware, openapi, transcode
+from gateway import openapi, transcode
 from gateway.auth import Gatekeeper, Principal, bind_user
+from gateway.envelope import MAX_BODY_BYTES, AnswerNow, Envelope, Handler, too_large
 from gateway.errors import from_rpc_error
 from gateway.login import LOGIN_METHOD, LoginPolicy
 from gateway.respcache import ResponseCache
@@ -105,13 +106,11 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> web.Application:
     """The gateway app. Clients created here are closed on cleanup; passed-in ones are the caller's."""
-    app = web.Application(
-        client_max_size=max_body_bytes,
-        middlewares=[middleware.gateway(settings.cors_origins)],
-    )
+    app = web.Application(client_max_size=max_body_bytes)
+    envelope = Envelope(settings.cors_origins)  # what every request goes through (gateway.envelope)
     app[SETTINGS] = settings
     app[RENDERED] = RenderedCache()
-    app[middleware.MAX_BODY_BYTES] = max_body_bytes
+    app[MAX_BODY_BYTES] = max_body_bytes
     if clients is None:
         clients = ServiceClients(settings, "gateway")
         app.on_cleanup.append(lambda _app: clients.close())
@@ -127,13 +126,14 @@ def create_app(
         app.cleanup_ctx.append(_change_feed(settings))
     app[ROUTES] = build_routes() if routes is None else routes
     for route in app[ROUTES]:
-        make = _sse_handler if route.is_server_streaming else _handler
-        app.router.add_route(route.http_method, route.aiohttp_path, make(route))
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    openapi.setup(app, app[ROUTES])  # GET /openapi.json (built here, once) and GET /docs
+        handler, now = (_sse_handler(route), None) if route.is_server_streaming else _handler(route, app)
+        envelope.add(app, route.http_method, route.aiohttp_path, handler, route.path_template, now=now)
+    envelope.add(app, "GET", "/healthz", healthz, allow_head=True)
+    envelope.add(app, "GET", "/readyz", readyz, allow_head=True)
+    openapi.setup(app, app[ROUTES], envelope)  # GET /openapi.json (built here, once) and GET /docs
     if settings.gateway_metrics_addr is None:  # else served on their own address (gateway.__main__)
-        app.router.add_get("/metrics", metrics_endpoint)
+        envelope.add(app, "GET", "/metrics", metrics_endpoint, allow_head=True)
+    envelope.finish(app)  # last: what no route serves (404, 405, preflights)
     return app
 
 
@@ -169,45 +169,70 @@ _OUTCOME_UNKNOWN = frozenset(
 )
 
 
-def _language(request: web.Request) -> str:
-    """The language of texts for people in the answer (svclib.i18n), from Accept-Language."""
-    return i18n.negotiate(request.headers.get("Accept-Language"), request.app[SETTINGS].default_language)
+#: What the cache-first half of a GET handler learned before it missed: (principal, language).
+_ADMITTED = web.RequestKey("admitted", tuple)
 
 
-def _handler(route: Route):
-    """The generic handler of one unary route."""
+def _handler(route: Route, app: web.Application) -> tuple[Handler, AnswerNow | None]:
+    """The generic handler of one unary route of `app`, and for a GET its cache-first half.
+
+    The cache-first half (`answer_now`, a plain function: `gateway.envelope`) admits the caller and
+    answers from the response cache when it can, with no coroutine and no wait: the authentication
+    and the rate limit decide at once (`Gatekeeper.admit_now`) unless the limit must ask Redis, and
+    the language of the answer is a lookup of the request's Accept-Language. On a miss the handler
+    goes on with what it learned (a caller is admitted once).
+    """
     cacheable = route.http_method == "GET"
     stub_class = route.stub_class()
     is_login = route.grpc_path == LOGIN_METHOD
     keyed = "idempotency_key" in route.input_descriptor.fields_by_name
+    grpc_path, template = route.grpc_path, route.path_template
+    settings, gatekeeper, responses, rendered = app[SETTINGS], app[GATEKEEPER], app[RESPONSES], app[RENDERED]
+    login = app[LOGIN] if is_login else None
+    default_language = settings.default_language
+    cache_hit = gateway_metrics.REQUESTS.cache_hit
+
+    def answer_now(request: web.Request) -> web.Response | None:
+        principal = gatekeeper.admit_now(request)
+        if principal is None:  # the rate limit asks Redis: the handler waits for it
+            return None
+        accept_language = request.headers.get("Accept-Language")
+        language = default_language if accept_language is None else i18n.negotiate(accept_language, default_language)
+        body = responses.get((grpc_path, principal.user_id, request.query_string, language))
+        if body is None:
+            request[_ADMITTED] = (principal, language)
+            return None
+        cache_hit(template)
+        return web.Response(body=body, content_type="application/json")
 
     async def handle(request: web.Request) -> web.Response:
-        request[middleware.ROUTE_TEMPLATE] = route.path_template
-        login = request.app[LOGIN] if is_login else None
-        # The login route lets a token-less request through to its own policy, which says where tokens
-        # come from in this mode (gateway/login.py).
-        principal = await request.app[GATEKEEPER].admit(request, anonymous=login is not None)
+        admitted = request.get(_ADMITTED)
+        if admitted is not None:
+            principal, language = admitted
+        else:
+            # The login route lets a token-less request through to its own policy, which says where
+            # tokens come from in this mode (gateway/login.py).
+            principal = await gatekeeper.admit(request, anonymous=is_login)
+            language = i18n.negotiate(request.headers.get("Accept-Language"), default_language)
         if login is not None:
             login.check(principal)
-        responses = request.app[RESPONSES]
-        language = _language(request)
-        key = (route.grpc_path, principal.user_id, request.query_string, language) if cacheable else None
+        key = (grpc_path, principal.user_id, request.query_string, language) if cacheable else None
         if key is not None:
-            body = responses.get(key)
+            body = responses.get(key) if admitted is None else None  # else answer_now just missed it
             if body is not None:
-                gateway_metrics.cache_hit(route.path_template)
+                cache_hit(template)
                 return web.Response(body=body, content_type="application/json")
             stamp = responses.stamp()
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise middleware.too_large(request.app[middleware.MAX_BODY_BYTES]) from None
+            raise too_large(request.app[MAX_BODY_BYTES]) from None
         message, user = _bound_request(route, request, principal, body)
         user_token, language_token = user_id_var.set(user), i18n.language_var.set(language)
         try:
             call = getattr(
                 request.app[CLIENTS].stub(route.service_key, stub_class, route.proto_file), route.method_name
-            )(message, timeout=request.app[SETTINGS].rpc_timeout)
+            )(message, timeout=settings.rpc_timeout)
             reply = await call
             until = _cache_until(await call.trailing_metadata()) if key is not None and user else None
         except grpc.aio.AioRpcError as exc:
@@ -223,14 +248,14 @@ def _handler(route: Route):
         if login is not None:
             login.complete(reply, principal, user)
             return web.json_response(transcode.render(reply, route), dumps=_dumps)
-        body = request.app[RENDERED].body(route, reply)
+        body = rendered.body(route, reply)
         if until is not None:
             responses.put(key, user, body, until, stamp)
         return web.Response(body=body, content_type="application/json")
 
     handle.__name__ = handle.__qualname__ = f"handle_{route.method_name}"
     handle.__doc__ = f"{route.http_method} {route.path_template} -> {route.grpc_path}"
-    return handle
+    return handle, (answer_now if cacheable and not is_login else None)
 
 
 def _sse_handler(route: Route):
@@ -243,10 +268,14 @@ def _sse_handler(route: Route):
     stub_class = route.stub_class()
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        request[middleware.ROUTE_TEMPLATE] = route.path_template
         principal = await request.app[GATEKEEPER].admit(request)
         message, user = _bound_request(route, request, principal, await request.read())
-        user_token, language_token = user_id_var.set(user), i18n.language_var.set(_language(request))
+        user_token, language_token = (
+            user_id_var.set(user),
+            i18n.language_var.set(
+                i18n.negotiate(request.headers.get("Accept-Language"), request.app[SETTINGS].default_language)
+            ),
+        )
         try:
             call = getattr(
                 request.app[CLIENTS].stub(route.service_key, stub_class, route.proto_file), route.method_name

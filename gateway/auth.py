@@ -199,20 +199,37 @@ class Gatekeeper:
             lease=max(1, lease),
         )
 
+    def admit_now(self, request: web.Request, *, anonymous: bool = False) -> Principal | None:
+        """`admit` when it can decide without waiting (the caller's slots are leased here, or it was just
+        refused): the principal, or the 401/429; None when the rate limit must ask Redis first."""
+        principal = self.authenticator.principal(request, anonymous=anonymous)
+        wait = self.limiter.admit_now(principal.user_id if principal.user_id is not None else f"addr:{request.remote}")
+        if wait is None:
+            return None
+        if wait > 0:
+            raise _rate_limited(wait)
+        return principal
+
     async def admit(self, request: web.Request, *, anonymous: bool = False) -> Principal:
+        """The principal of `request` if it may be served now: 401 without a valid token, 429 over the
+        caller's rate limit."""
         principal = self.authenticator.principal(request, anonymous=anonymous)
         key = principal.user_id if principal.user_id is not None else f"addr:{request.remote}"
         wait = await self.limiter.admit(key)
         if wait > 0:
-            retry_after = max(1, math.ceil(wait))
-            raise ApiError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"too many requests; retry after {retry_after} s",
-                headers={"Retry-After": str(retry_after)},
-                reason="RATE_LIMITED",
-                retry_after=retry_after,
-            )
+            raise _rate_limited(wait)
         return principal
+
+
+def _rate_limited(wait: float) -> ApiError:
+    retry_after = max(1, math.ceil(wait))
+    return ApiError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"too many requests; retry after {retry_after} s",
+        headers={"Retry-After": str(retry_after)},
+        reason="RATE_LIMITED",
+        retry_after=retry_after,
+    )
 
 
 def bind_user(message: Any, principal: Principal) -> str | None:

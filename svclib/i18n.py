@@ -11,6 +11,7 @@ on it.
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections.abc import Mapping
 
 LANGUAGES = ("ru", "en")
@@ -20,6 +21,7 @@ METADATA_KEY = "x-language"
 language_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("language", default=None)
 
 
+@functools.lru_cache(maxsize=256)  # a browser sends the same header on every request
 def negotiate(accept_language: str | None, default: str = DEFAULT_LANGUAGE) -> str:
     """The first supported language of an `Accept-Language` header by its q-values (RFC 9110), else
     `default`. `ru-RU` counts as `ru`; `*` means the default; malformed parts are skipped."""

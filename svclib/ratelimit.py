@@ -127,6 +127,19 @@ class RateLimiter:
                     waiter.set_result(max(0.0, first_ms + i * self.interval_ms))
         self._queued.pop(key, None)
 
+    def admit_now(self, key: str) -> float | None:
+        """`admit` as far as it can go without Redis: 0.0 (a leased slot is spent), the seconds to wait
+        (a refusal remembered), or None (`admit` must ask Redis)."""
+        state = self._admission.get(key)
+        if state is not None:
+            now = time.monotonic()
+            if state[0] > 0 and now < state[1]:
+                state[0] -= 1
+                return 0.0
+            if now < state[2]:
+                return state[2] - now
+        return None
+
     async def admit(self, key: str) -> float:
         """Admit a request under `key` now (0.0), or refuse it: the seconds until one would be admitted.
 
@@ -137,14 +150,9 @@ class RateLimiter:
         cap costs no Redis calls either.
         """
         while True:
-            now = time.monotonic()
-            state = self._admission.get(key)
-            if state is not None:
-                if state[0] > 0 and now < state[1]:
-                    state[0] -= 1
-                    return 0.0
-                if now < state[2]:
-                    return state[2] - now
+            known = self.admit_now(key)
+            if known is not None:
+                return known
             pending = self._pending.get(key)
             if pending is None:
                 break

@@ -8,6 +8,7 @@ import pathlib
 
 from aiohttp import web
 
+from gateway.envelope import Envelope
 from gateway.openapi.document import build_document
 from gateway.routes import Route
 
@@ -58,9 +59,19 @@ async def docs(request: web.Request) -> web.Response:
     return web.Response(text=DOCS_HTML, content_type="text/html")
 
 
-def setup(app: web.Application, routes: list[Route]) -> None:
-    """Serve the document of `routes` at `/openapi.json` (built now, once) and Swagger UI at `/docs`."""
+async def docs_asset(request: web.Request) -> web.StreamResponse:
+    """One of Swagger UI's files (a plain name in `swagger_ui_dir()`; anything else is not found)."""
+    name = request.match_info["name"]
+    path = swagger_ui_dir() / name
+    if name.startswith(".") or not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path)
+
+
+def setup(app: web.Application, routes: list[Route], envelope: Envelope) -> None:
+    """Serve the document of `routes` at `/openapi.json` (built now, once) and Swagger UI at `/docs`,
+    through `envelope` like every route of the gateway."""
     app[OPENAPI_JSON] = json.dumps(build_document(routes), ensure_ascii=False).encode()
-    app.router.add_get("/openapi.json", openapi_json)
-    app.router.add_get("/docs", docs)
-    app.router.add_static("/docs/static/", swagger_ui_dir(), append_version=False)
+    envelope.add(app, "GET", "/openapi.json", openapi_json, allow_head=True)
+    envelope.add(app, "GET", "/docs", docs, allow_head=True)
+    envelope.add(app, "GET", "/docs/static/{name}", docs_asset, allow_head=True)
