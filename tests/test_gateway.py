@@ -801,6 +801,31 @@ async def test_unknown_path_and_method_are_json(gw):
     assert "GET" in resp.headers["Allow"]
 
 
+async def test_access_lines_carry_the_request_id_on_every_path(gw, backends):
+    """The envelope puts the request id in the logging context only where something may log: the
+    access line of an answer that needed no handler (a 404, the cache-first half's 401) still carries it."""
+    from svclib.logging import current_request_id
+
+    seen = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.route, record.status, current_request_id()))
+
+    access, capture = logging.getLogger("gateway.access"), Capture()
+    level = access.level
+    access.addHandler(capture)
+    access.setLevel(logging.INFO)
+    try:
+        for i, (path, status) in enumerate((("/api/nope", 404), ("/api/dashboard?user_id=u1", 401))):
+            resp = await gw.get(path, headers={"X-Request-Id": f"req-{i}", "Authorization": "Bearer not-a-jwt"})
+            assert resp.status == status and resp.headers["X-Request-Id"] == f"req-{i}"
+    finally:
+        access.removeHandler(capture)
+        access.setLevel(level)
+    assert seen == [("<unmatched>", 404, "req-0"), ("/api/dashboard", 401, "req-1")]
+
+
 # ---------------------------------------------------------------------------------------------
 # Request id, access log, CORS, probes
 

@@ -568,3 +568,7 @@ async def test_openapi_json_and_docs_are_served(gateway_client, document):
     # Not behind authentication: documentation is public.
     resp = await gateway_client.get("/api/banks")
     assert resp.status == 401
+    # Only Swagger UI's own files: a name that is not one of them is the gateway's JSON 404.
+    for name in ("nope.js", "..", ".%2e", "%2e%2e%2fREADME.md"):
+        resp = await gateway_client.get("/docs/static/" + name)
+        assert resp.status == 404 and (await resp.json())["error_code"] == "ROUTE_NOT_FOUND", name
